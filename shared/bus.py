@@ -1,0 +1,350 @@
+"""The only module that imports ``nats``: connection, request/reply, queue-group services,
+streamed replies into a multiplexed inbox, and the JetStream handles the services use.
+
+Foreign exceptions are mapped to the Janus error tree here, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.kv import KeyValue
+
+from shared import metrics
+from shared.errors import JanusError, ServiceUnavailable, UpstreamTimeout
+from shared.logging import get_logger
+
+log = get_logger("bus")
+
+__all__ = [
+    "Bus",
+    "CasConflict",
+    "KeyNotFound",
+    "KeyValue",
+    "Msg",
+]
+
+NO_RESPONDERS = "503"
+
+Handler = Callable[[Msg], Awaitable[None]]
+
+
+class KeyNotFound(Exception):
+    pass
+
+
+class CasConflict(Exception):
+    """A compare-and-set write lost to another writer: re-read and try again."""
+
+
+class Inbox:
+    """Frames for one streamed reply. Created before the request is published."""
+
+    __slots__ = ("_bus", "queue", "subject", "token")
+
+    def __init__(self, bus: Bus, token: str) -> None:
+        self._bus = bus
+        self.token = token
+        self.subject = f"{bus._inbox_prefix}.{token}"
+        self.queue: asyncio.Queue[Msg] = asyncio.Queue()
+
+    async def next(self, timeout: float) -> Msg:
+        try:
+            return await asyncio.wait_for(self.queue.get(), timeout)
+        except TimeoutError:
+            raise UpstreamTimeout("no frame from the worker in time", code="stall_timeout") from None
+
+    def close(self) -> None:
+        self._bus._inboxes.pop(self.token, None)
+
+    def __enter__(self) -> Inbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Bus:
+    def __init__(self, nc: Client, service: str) -> None:
+        self.nc = nc
+        self.service = service
+        self._js: JetStreamContext | None = None
+        self._inboxes: dict[str, Inbox] = {}
+        self._inbox_prefix = ""
+        self._inbox_sub: Subscription | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._subs: list[Subscription] = []
+
+    # ------------------------------------------------------------------------------ connection
+    @classmethod
+    async def connect(cls, url: str, service: str, *, connect_timeout: float = 5.0) -> Bus:
+        bus_ref: list[Bus] = []
+
+        async def disconnected() -> None:
+            metrics.NATS_CONNECTED.set(0)
+            log.warning("nats_disconnected")
+
+        async def reconnected() -> None:
+            metrics.NATS_CONNECTED.set(1)
+            log.info("nats_reconnected")
+
+        async def error_cb(exc: Exception) -> None:
+            log.warning("nats_error", error=str(exc) or type(exc).__name__)
+
+        async def closed() -> None:
+            metrics.NATS_CONNECTED.set(0)
+
+        servers = [s.strip() for s in url.split(",") if s.strip()]
+        try:
+            nc = await nats.connect(
+                servers=servers,
+                name=f"janus-{service}",
+                connect_timeout=connect_timeout,
+                reconnect_time_wait=0.25,
+                max_reconnect_attempts=-1,
+                allow_reconnect=True,
+                disconnected_cb=disconnected,
+                reconnected_cb=reconnected,
+                error_cb=error_cb,
+                closed_cb=closed,
+                pending_size=64 * 1024 * 1024,
+            )
+        except (nats.errors.NoServersError, OSError, TimeoutError) as exc:
+            raise ServiceUnavailable(f"cannot connect to NATS at {url}: {exc}") from None
+        metrics.NATS_CONNECTED.set(1)
+        bus = cls(nc, service)
+        bus_ref.append(bus)
+        await bus._start_inbox()
+        return bus
+
+    async def _start_inbox(self) -> None:
+        self._inbox_prefix = self.nc.new_inbox()
+        self._inbox_sub = await self.nc.subscribe(f"{self._inbox_prefix}.*", cb=self._on_frame)
+
+    async def _on_frame(self, msg: Msg) -> None:
+        box = self._inboxes.get(msg.subject[len(self._inbox_prefix) + 1 :])
+        if box is not None:
+            box.queue.put_nowait(msg)
+
+    @property
+    def connected(self) -> bool:
+        return self.nc.is_connected
+
+    async def drain(self) -> None:
+        """Stop taking new messages, let in-flight handlers finish, flush, close."""
+        with contextlib.suppress(Exception):
+            for sub in self._subs:
+                await sub.unsubscribe()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=30)
+        with contextlib.suppress(Exception):
+            await self.nc.drain()
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.nc.close()
+
+    # ---------------------------------------------------------------------------- core messaging
+    async def request(
+        self, subject: str, data: bytes, timeout: float, headers: dict[str, str] | None = None
+    ) -> bytes:
+        try:
+            msg = await self.nc.request(subject, data, timeout=timeout, headers=headers)
+        except nats.errors.NoRespondersError:
+            raise ServiceUnavailable(f"no service is listening on {subject}", code="no_responders") from None
+        except nats.errors.TimeoutError:
+            raise ServiceUnavailable(f"{subject} did not answer in {timeout:g}s", code="bus_timeout") from None
+        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
+                nats.errors.OutboundBufferLimitError) as exc:
+            raise ServiceUnavailable(f"message bus unavailable: {type(exc).__name__}") from None
+        return msg.data
+
+    async def publish(
+        self, subject: str, data: bytes, reply: str = "", headers: dict[str, str] | None = None
+    ) -> None:
+        try:
+            await self.nc.publish(subject, data, reply=reply, headers=headers)
+        except (nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError) as exc:
+            raise ServiceUnavailable(f"message bus unavailable: {type(exc).__name__}") from None
+
+    def open_inbox(self, token: str) -> Inbox:
+        box = Inbox(self, token)
+        self._inboxes[token] = box
+        return box
+
+    @staticmethod
+    def is_no_responders(msg: Msg) -> bool:
+        return bool(msg.headers) and msg.headers.get("Status") == NO_RESPONDERS and not msg.data  # type: ignore[union-attr]
+
+    async def serve(
+        self, subject: str, handler: Handler, *, queue: str = "", concurrency: int = 256
+    ) -> Subscription:
+        """Run ``handler`` for every message, one task each, at most ``concurrency`` at once.
+
+        A subscription callback runs one message at a time, so the work is moved to a task; the
+        semaphore bounds memory when a burst arrives.
+        """
+        sem = asyncio.Semaphore(concurrency)
+        tasks = self._tasks
+
+        async def run(msg: Msg) -> None:
+            try:
+                await handler(msg)
+            except Exception:
+                log.exception("handler_failed", subject=subject)
+            finally:
+                sem.release()
+
+        async def cb(msg: Msg) -> None:
+            await sem.acquire()
+            t = asyncio.get_running_loop().create_task(run(msg))
+            tasks.add(t)
+            t.add_done_callback(tasks.discard)
+
+        sub = await self.nc.subscribe(subject, queue=queue, cb=cb, pending_msgs_limit=65536)
+        self._subs.append(sub)
+        return sub
+
+    async def flush(self, timeout: float = 5.0) -> None:
+        await self.nc.flush(timeout=timeout)
+
+    # --------------------------------------------------------------------------------- JetStream
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            self._js = self.nc.jetstream(timeout=5.0)
+        return self._js
+
+    async def kv(self, bucket: str, *, history: int = 1, replicas: int = 1,
+                 ttl: float | None = None) -> KeyValue:
+        try:
+            return await self.js.key_value(bucket)
+        except nats.js.errors.BucketNotFoundError:
+            pass
+        try:
+            return await self.js.create_key_value(
+                KeyValueConfig(bucket=bucket, history=history, replicas=replicas, ttl=ttl,
+                               storage=StorageType.FILE)
+            )
+        except nats.js.errors.BadRequestError:
+            # another replica created it first
+            return await self.js.key_value(bucket)
+
+    async def ensure_stream(self, name: str, subjects: list[str], *, duplicate_window: float = 600.0,
+                            replicas: int = 1, work_queue: bool = False,
+                            max_age: float | None = None) -> None:
+        cfg = StreamConfig(
+            name=name,
+            subjects=subjects,
+            retention=RetentionPolicy.WORK_QUEUE if work_queue else RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            duplicate_window=duplicate_window,
+            num_replicas=replicas,
+            max_age=max_age,
+        )
+        try:
+            await self.js.add_stream(cfg)
+        except nats.js.errors.BadRequestError:
+            await self.js.update_stream(cfg)
+
+    async def js_publish(self, subject: str, data: bytes, *, msg_id: str, timeout: float = 5.0) -> bool:
+        """Publish to a stream, de-duplicated by ``msg_id``. Returns False for a duplicate."""
+        try:
+            ack = await self.js.publish(subject, data, timeout=timeout, headers={"Nats-Msg-Id": msg_id})
+        except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError) as exc:
+            raise ServiceUnavailable(f"JetStream did not acknowledge {subject}: {type(exc).__name__}") from None
+        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError) as exc:
+            raise ServiceUnavailable(f"message bus unavailable: {type(exc).__name__}") from None
+        return not ack.duplicate
+
+    async def pull_consumer(self, stream: str, durable: str, subject: str, *,
+                            ack_wait: float = 30.0, max_ack_pending: int = 10_000) -> Any:
+        return await self.js.pull_subscribe(
+            subject,
+            durable=durable,
+            stream=stream,
+            config=ConsumerConfig(
+                durable_name=durable,
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=ack_wait,
+                max_ack_pending=max_ack_pending,
+            ),
+        )
+
+    @staticmethod
+    async def fetch(sub: Any, batch: int, timeout: float) -> list[Msg]:
+        try:
+            return list(await sub.fetch(batch, timeout=timeout))
+        except nats.errors.TimeoutError:
+            return []
+
+    @staticmethod
+    async def kv_get(kv: KeyValue, key: str) -> tuple[bytes, int]:
+        """(value, revision); raises KeyNotFound."""
+        try:
+            entry = await kv.get(key)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            raise KeyNotFound(key) from None
+        return entry.value or b"", entry.revision or 0
+
+    @staticmethod
+    async def kv_cas(kv: KeyValue, key: str, value: bytes, revision: int) -> int:
+        """Write ``value`` only if the key is still at ``revision`` (0: only if absent)."""
+        try:
+            if revision == 0:
+                return await kv.create(key, value)
+            return await kv.update(key, value, last=revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            raise CasConflict(key) from None
+        except nats.js.errors.APIError as exc:
+            # create() on an existing key reports "wrong last sequence" as a plain API error (10071)
+            if getattr(exc, "err_code", None) == 10071:
+                raise CasConflict(key) from None
+            raise
+
+    @staticmethod
+    async def kv_put(kv: KeyValue, key: str, value: bytes) -> int:
+        return await kv.put(key, value)
+
+    @staticmethod
+    async def kv_delete(kv: KeyValue, key: str) -> None:
+        with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+            await kv.delete(key)
+
+    @staticmethod
+    async def kv_keys(kv: KeyValue) -> list[str]:
+        try:
+            return list(await kv.keys())
+        except nats.js.errors.NoKeysError:
+            return []
+
+
+def map_exception(exc: BaseException) -> JanusError:
+    """Any NATS exception as the Janus error a caller should see."""
+    if isinstance(exc, JanusError):
+        return exc
+    if isinstance(exc, nats.errors.TimeoutError):
+        return ServiceUnavailable("the message bus timed out")
+    if isinstance(exc, nats.errors.Error):
+        return ServiceUnavailable(f"message bus error: {type(exc).__name__}")
+    return JanusError("internal error")

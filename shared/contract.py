@@ -1,0 +1,214 @@
+"""The bus contract: every message that crosses NATS, as tagged msgspec Structs.
+
+Rules that keep rolling deploys working:
+- every message carries a ``type`` tag that names its version (``route.plan.v1``);
+- new fields are added with defaults; unknown fields are never forbidden;
+- encoders and decoders are built once, here, at import.
+
+The wire format is MessagePack (binary-safe, and cheaper than JSON on both ends).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from shared.errors import ErrorInfo, JanusError
+
+_tagged = {"tag_field": "type", "omit_defaults": True}
+
+
+# --------------------------------------------------------------------------------------------- usage
+class Usage(msgspec.Struct, omit_defaults=True):
+    """Normalised token usage. ``prompt_tokens`` includes ``cached_tokens``; ``completion_tokens``
+    includes ``reasoning_tokens`` (OpenAI's convention): the detail fields are never added twice."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+# ------------------------------------------------------------------------------------------- routing
+class RouteRequest(msgspec.Struct, tag="route.request.v1", **_tagged):
+    request_id: str
+    model: str  # as the client sent it: "auto", "", an id or an alias
+    plan: str
+    kind: Literal["chat", "embeddings"] = "chat"
+    prompt_tokens: int = 0  # estimated
+    needs_tools: bool = False
+    needs_vision: bool = False
+    needs_json: bool = False
+    text: str = ""  # the prompt text the auto policy scores (only sent for auto)
+    budget_fraction: float | None = None  # remaining / limit of the tightest pool, when known
+
+
+class Target(msgspec.Struct, omit_defaults=True):
+    deployment: str  # deployment id in the catalog
+    provider: str  # provider id: the worker pool (subject token) that serves it
+    upstream_model: str  # the provider's own model name
+
+
+class RoutePlan(msgspec.Struct, tag="route.plan.v1", **_tagged):
+    model: str  # catalog id actually chosen
+    response_model: str  # what responses name as "model"
+    targets: list[Target]  # primary first, then fallbacks in order
+    reason: str  # "direct", "tier_default", "rule:code", "complexity", ...
+    auto: bool = False
+    score: float | None = None
+
+
+# ------------------------------------------------------------------------------------------ metering
+class PoolState(msgspec.Struct, omit_defaults=True):
+    name: str  # "session" | "weekly"
+    limit: int  # credits
+    remaining: int  # credits, after every open hold
+    reset: float  # unix seconds when the pool resets (or the session would open anew)
+
+
+class ReserveRequest(msgspec.Struct, tag="meter.reserve.v1", **_tagged):
+    request_id: str
+    user: str
+    plan: str
+    model: str  # catalog id (prices are looked up by metering)
+    input_tokens: int
+    max_output_tokens: int
+    bot: str = "default"
+    byok: bool = False
+
+
+class ReserveReply(msgspec.Struct, tag="meter.reserve_reply.v1", **_tagged):
+    admitted: bool
+    pools: list[PoolState]
+    hold: int = 0  # credits held for this request
+    denied_pool: str | None = None
+    message: str = ""
+
+
+class Settlement(msgspec.Struct, tag="meter.settle.v1", **_tagged):
+    """Published to JetStream with ``Nats-Msg-Id`` = request id; applying it twice is a no-op."""
+
+    request_id: str
+    user: str
+    plan: str
+    model: str
+    usage: Usage
+    bot: str = "default"
+    ok: bool = True  # False: the call failed; charge only what ``usage`` says was produced
+    byok: bool = False
+    at: float = 0.0
+
+
+class UsageQuery(msgspec.Struct, tag="meter.usage_query.v1", **_tagged):
+    user: str
+    plan: str
+
+
+class UsageReply(msgspec.Struct, tag="meter.usage_reply.v1", **_tagged):
+    body: bytes  # the /v1/usage JSON document, built by metering
+
+
+# -------------------------------------------------------------------------------------------- worker
+class WorkRequest(msgspec.Struct, tag="work.request.v1", **_tagged):
+    request_id: str
+    kind: Literal["chat", "embeddings"]
+    deployment: str
+    provider: str
+    upstream_model: str
+    response_model: str  # "model" in what the client sees
+    body: bytes  # the client's validated OpenAI request JSON, unchanged
+    stream: bool = False
+    created: int = 0  # unix seconds for "created" in chunks and responses
+    user: str = ""  # for bring-your-own-key lookups; never logged
+    byok: bool = False
+
+
+class Cancel(msgspec.Struct, tag="work.cancel.v1", **_tagged):
+    request_id: str
+
+
+# frames a worker sends to the gateway's inbox; ``seq`` counts from 0 with no gaps
+class Accepted(msgspec.Struct, tag="frame.accepted.v1", **_tagged):
+    seq: int
+    worker: str = ""
+
+
+class Heartbeat(msgspec.Struct, tag="frame.heartbeat.v1", **_tagged):
+    """Sent while the upstream is silent, so a stall means a dead worker, not a slow model."""
+
+    seq: int
+
+
+class Chunk(msgspec.Struct, tag="frame.chunk.v1", **_tagged):
+    seq: int
+    data: bytes  # one OpenAI ``chat.completion.chunk`` JSON, ready to go out as ``data: ...``
+
+
+class Done(msgspec.Struct, tag="frame.done.v1", **_tagged):
+    """Terminal success. ``body`` is the whole OpenAI response for a buffered call."""
+
+    seq: int
+    usage: Usage
+    body: bytes = b""
+    finish_reason: str | None = None
+
+
+class Failed(msgspec.Struct, tag="frame.failed.v1", **_tagged):
+    """Terminal failure. ``produced`` is True once any content reached the gateway; ``usage`` is
+    what the provider produced (and must be charged) up to the failure."""
+
+    seq: int
+    error: ErrorInfo
+    usage: Usage = msgspec.field(default_factory=Usage)
+    produced: bool = False
+
+
+Frame = Accepted | Heartbeat | Chunk | Done | Failed
+TERMINAL = (Done, Failed)
+
+
+class HealthReport(msgspec.Struct, tag="health.report.v1", **_tagged):
+    deployment: str
+    provider: str
+    ok: bool
+    latency_s: float = 0.0
+    error: str | None = None
+    retryable: bool = True
+
+
+class KeyRevoked(msgspec.Struct, tag="keys.revoked.v1", **_tagged):
+    key_hash: str
+
+
+class ErrorReply(msgspec.Struct, tag="error.v1", **_tagged):
+    error: ErrorInfo
+
+    def exception(self) -> JanusError:
+        return JanusError.from_wire(self.error)
+
+
+def error_reply(exc: JanusError) -> ErrorReply:
+    return ErrorReply(exc.to_wire())
+
+
+# ------------------------------------------------------------------------------ encoders / decoders
+encoder = msgspec.msgpack.Encoder()
+encode = encoder.encode
+
+route_request_decoder = msgspec.msgpack.Decoder(RouteRequest)
+route_reply_decoder = msgspec.msgpack.Decoder(RoutePlan | ErrorReply)
+reserve_request_decoder = msgspec.msgpack.Decoder(ReserveRequest)
+reserve_reply_decoder = msgspec.msgpack.Decoder(ReserveReply | ErrorReply)
+settlement_decoder = msgspec.msgpack.Decoder(Settlement)
+usage_query_decoder = msgspec.msgpack.Decoder(UsageQuery)
+usage_reply_decoder = msgspec.msgpack.Decoder(UsageReply | ErrorReply)
+work_decoder = msgspec.msgpack.Decoder(WorkRequest)
+cancel_decoder = msgspec.msgpack.Decoder(Cancel)
+frame_decoder = msgspec.msgpack.Decoder(Frame)
+health_decoder = msgspec.msgpack.Decoder(HealthReport)
+key_revoked_decoder = msgspec.msgpack.Decoder(KeyRevoked)

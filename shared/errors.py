@@ -1,0 +1,247 @@
+"""One closed error tree for every service.
+
+    JanusError                      500 api_error            (never retryable by default)
+     ├── InvalidRequest             400 invalid_request_error
+     │    └── PayloadTooLarge       413 invalid_request_error
+     ├── AuthenticationFailed       401 invalid_request_error  code=invalid_api_key
+     ├── PermissionDenied           403 permission_error
+     ├── NotFound                   404 invalid_request_error
+     │    └── ModelNotFound         404 invalid_request_error  code=model_not_found
+     ├── BudgetExceeded             429 insufficient_quota     (x-should-retry: false)
+     ├── RateLimited                429 rate_limit_exceeded    (Retry-After)
+     ├── UpstreamError              502 upstream_error         retryable
+     │    └── UpstreamClientError   4xx from a provider, passed back, not retryable
+     ├── UpstreamTimeout            504 timeout                retryable
+     ├── ServiceUnavailable         503 service_unavailable    retryable
+     └── StreamInterrupted          502 stream_interrupted     (only ever sent in-band)
+
+Each class knows its HTTP status, OpenAI ``type``/``code``, whether a fallback may retry it and the
+level to log it at. It converts itself to an HTTP body (``to_body``) and to the bus form
+(``to_wire``); ``from_wire`` rebuilds the right class on the other side of NATS, so an error raised in
+a worker surfaces in the gateway as the same class.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import msgspec
+
+
+class ErrorInfo(msgspec.Struct, omit_defaults=True):
+    """The bus form of an error (carried in replies and in a stream's terminal frame)."""
+
+    kind: str
+    message: str
+    status: int = 500
+    param: str | None = None
+    code: str | None = None
+    retry_after: float | None = None
+
+
+class _OpenAIError(msgspec.Struct):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class _OpenAIErrorBody(msgspec.Struct):
+    error: _OpenAIError
+
+
+_body_encoder = msgspec.json.Encoder()
+
+
+class JanusError(Exception):
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "api_error"
+    default_code: ClassVar[str | None] = None
+    retryable: ClassVar[bool] = False
+    log_level: ClassVar[str] = "error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+        self.retry_after = retry_after
+        if status is not None:
+            self.http_status = status
+        else:
+            self.http_status = self.status
+
+    def openai(self) -> _OpenAIErrorBody:
+        return _OpenAIErrorBody(_OpenAIError(self.message, self.type, self.param, self.code))
+
+    def to_body(self) -> bytes:
+        return _body_encoder.encode(self.openai())
+
+    def to_wire(self) -> ErrorInfo:
+        return ErrorInfo(
+            kind=type(self).__name__,
+            message=self.message,
+            status=self.http_status,
+            param=self.param,
+            code=self.code,
+            retry_after=self.retry_after,
+        )
+
+    @staticmethod
+    def from_wire(info: ErrorInfo) -> JanusError:
+        cls = _BY_NAME.get(info.kind, JanusError)
+        return cls(info.message, param=info.param, code=info.code, retry_after=info.retry_after, status=info.status)
+
+    def headers(self) -> dict[str, str]:
+        """HTTP headers this error adds to a response."""
+        out: dict[str, str] = {}
+        if self.retry_after is not None:
+            out["Retry-After"] = str(max(1, round(self.retry_after)))
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.http_status}, {self.message!r})"
+
+
+class InvalidRequest(JanusError):
+    status = 400
+    type = "invalid_request_error"
+    log_level = "info"
+
+
+class PayloadTooLarge(InvalidRequest):
+    status = 413
+    default_code = "payload_too_large"
+
+
+class AuthenticationFailed(JanusError):
+    status = 401
+    type = "invalid_request_error"
+    default_code = "invalid_api_key"
+    log_level = "info"
+
+
+class PermissionDenied(JanusError):
+    status = 403
+    type = "permission_error"
+    log_level = "info"
+
+
+class NotFound(JanusError):
+    status = 404
+    type = "invalid_request_error"
+    default_code = "not_found"
+    log_level = "info"
+
+
+class ModelNotFound(NotFound):
+    default_code = "model_not_found"
+
+
+class BudgetExceeded(JanusError):
+    status = 429
+    type = "insufficient_quota"
+    default_code = "budget_exceeded"
+    log_level = "info"
+
+    def headers(self) -> dict[str, str]:
+        # The OpenAI SDKs retry every 429 unless told otherwise; a spent budget will not come back
+        # within a retry's wait, so say so.
+        return {"x-should-retry": "false"}
+
+
+class RateLimited(JanusError):
+    status = 429
+    type = "requests"
+    default_code = "rate_limit_exceeded"
+    log_level = "info"
+
+
+class UpstreamError(JanusError):
+    status = 502
+    type = "upstream_error"
+    default_code = "upstream_error"
+    retryable = True
+    log_level = "warning"
+
+
+class UpstreamClientError(UpstreamError):
+    """The provider refused the request itself (400/401/403/404/422): the same request would fail
+    on every deployment, so it is passed back to the client and never retried."""
+
+    status = 400
+    type = "invalid_request_error"
+    default_code = "upstream_rejected"
+    retryable = False
+    log_level = "info"
+
+
+class UpstreamTimeout(JanusError):
+    status = 504
+    type = "timeout"
+    default_code = "upstream_timeout"
+    retryable = True
+    log_level = "warning"
+
+
+class ServiceUnavailable(JanusError):
+    status = 503
+    type = "service_unavailable"
+    default_code = "service_unavailable"
+    retryable = True
+    log_level = "warning"
+
+
+class StreamInterrupted(JanusError):
+    status = 502
+    type = "upstream_error"
+    default_code = "stream_interrupted"
+    log_level = "warning"
+
+
+_BY_NAME: dict[str, type[JanusError]] = {}
+
+
+def _register(cls: type[JanusError]) -> None:
+    _BY_NAME[cls.__name__] = cls
+    for sub in cls.__subclasses__():
+        _register(sub)
+
+
+_register(JanusError)
+
+
+def upstream_error_for_status(status: int, message: str, retry_after: float | None = None) -> JanusError:
+    """Classify a provider's HTTP status once, for every adapter."""
+    if status in (400, 401, 403, 404, 422):
+        # The provider's own credentials failing is our configuration problem, not the caller's.
+        if status in (401, 403):
+            return UpstreamClientError(f"upstream refused the credentials ({status}): {message}", status=502,
+                                       code="upstream_auth")
+        return UpstreamClientError(message, status=400 if status == 422 else status)
+    if status == 408:
+        return UpstreamTimeout(message, retry_after=retry_after)
+    if status == 429:
+        return UpstreamError(message, status=429, code="upstream_rate_limited", retry_after=retry_after)
+    return UpstreamError(message, status=502 if status < 500 or status > 599 else status,
+                         retry_after=retry_after)
+
+
+def as_janus_error(exc: BaseException) -> JanusError:
+    return exc if isinstance(exc, JanusError) else JanusError("internal error")
+
+
+def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> bytes:
+    return _body_encoder.encode(_OpenAIErrorBody(_OpenAIError(message, type_, param, code)))
+
+
+def jsonable(exc: JanusError) -> dict[str, Any]:
+    return msgspec.to_builtins(exc.openai())

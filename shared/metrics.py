@@ -1,0 +1,93 @@
+"""Every Prometheus metric Janus exports, defined once.
+
+Names carry the ``janus_`` prefix and base units; labels follow the OpenTelemetry GenAI names
+(``gen_ai_provider_name``, ``gen_ai_request_model``, ``gen_ai_token_type``). Never a user, key or
+request id as a label: those are unbounded and personal.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_FAST = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
+
+# --- every service
+NATS_CONNECTED = Gauge("janus_nats_connected", "1 while the service is connected to NATS")
+UP_INFO = Gauge("janus_service_info", "Constant 1, labelled with the service name", ["service"])
+
+# --- gateway
+HTTP_REQUESTS = Counter(
+    "janus_http_requests_total", "HTTP requests answered by the gateway", ["route", "method", "status"]
+)
+HTTP_DURATION = Histogram(
+    "janus_http_request_duration_seconds", "Time from request to the last byte", ["route"], buckets=_LATENCY
+)
+OVERHEAD = Histogram(
+    "janus_gateway_overhead_seconds",
+    "Time Janus adds: the request's duration minus the worker's upstream time",
+    ["route"],
+    buckets=_FAST + (0.25, 0.5, 1.0),
+)
+TTFT = Histogram(
+    "janus_time_to_first_token_seconds",
+    "Time from the request to the first content chunk sent to the client",
+    ["gen_ai_request_model"],
+    buckets=_LATENCY,
+)
+IN_FLIGHT = Gauge("janus_in_flight_requests", "Requests the gateway is serving now")
+STREAM_ERRORS = Counter(
+    "janus_stream_errors_total", "Streams ended with an in-band error event", ["code"]
+)
+FALLBACKS = Counter(
+    "janus_fallbacks_total",
+    "Moves to the next deployment of a route plan before the first token",
+    ["gen_ai_provider_name", "reason"],
+)
+AUTH_FAILURES = Counter("janus_auth_failures_total", "Requests refused authentication", ["reason"])
+
+# --- router
+ROUTE_DECISIONS = Counter(
+    "janus_route_decisions_total", "Routing decisions by reason", ["reason", "gen_ai_request_model"]
+)
+ROUTE_DECISION_SECONDS = Histogram(
+    "janus_route_decision_seconds", "Time the router spends deciding", buckets=_FAST
+)
+CIRCUIT_STATE = Gauge(
+    "janus_circuit_state", "Circuit breaker per deployment: 0 closed, 1 half-open, 2 open", ["deployment"]
+)
+
+# --- provider worker
+TOKENS = Counter(
+    "janus_tokens_total",
+    "Tokens processed, by provider, model and type",
+    ["gen_ai_provider_name", "gen_ai_request_model", "gen_ai_token_type"],
+)
+UPSTREAM_DURATION = Histogram(
+    "janus_upstream_request_duration_seconds",
+    "Time spent on the upstream provider call",
+    ["gen_ai_provider_name"],
+    buckets=_LATENCY,
+)
+UPSTREAM_ERRORS = Counter(
+    "janus_upstream_errors_total", "Failed upstream calls by class", ["gen_ai_provider_name", "error_type"]
+)
+WORKER_IN_FLIGHT = Gauge("janus_worker_in_flight", "Upstream calls in progress", ["gen_ai_provider_name"])
+WORKER_CAPACITY = Gauge(
+    "janus_worker_capacity", "Concurrent upstream calls a worker accepts", ["gen_ai_provider_name"]
+)
+
+# --- metering
+BUDGET_DECISIONS = Counter(
+    "janus_budget_decisions_total", "Admission decisions", ["decision", "pool"]
+)
+CREDITS_CHARGED = Counter(
+    "janus_credits_charged_total", "Credits (microdollars) charged", ["gen_ai_request_model"]
+)
+SETTLEMENTS = Counter("janus_settlements_total", "Settlements applied", ["result"])
+HOLDS_OPEN = Gauge("janus_holds_open", "Reservations not yet settled, as seen by this replica")
+HOLDS_REAPED = Counter("janus_holds_reaped_total", "Reservations released by the reaper")
+METER_OP_SECONDS = Histogram(
+    "janus_metering_operation_seconds", "Time to reserve or settle", ["operation"], buckets=_FAST + (0.25,)
+)
+CAS_RETRIES = Counter("janus_metering_cas_retries_total", "Compare-and-set conflicts retried")

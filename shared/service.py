@@ -1,0 +1,132 @@
+"""The lifecycle every service shares: logging, NATS, an ops HTTP server, signals, draining.
+
+    run(MyService)  ->  configure logs -> connect NATS -> service.start(bus)
+                        -> ops server (/metrics /healthz /readyz) -> wait for SIGTERM/SIGINT
+                        -> not ready -> service.stop() (stop taking work, finish in-flight
+                           within the grace bound) -> drain NATS -> exit 0
+
+``/healthz`` answers while the process's event loop runs (liveness is never tied to NATS, so a NATS
+outage does not get every pod restarted); ``/readyz`` answers 200 only while NATS is connected and
+the service says it is ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from typing import ClassVar
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from shared import metrics
+from shared.bus import Bus
+from shared.catalog import ConfigError
+from shared.errors import JanusError
+from shared.logging import configure, get_logger
+from shared.settings import CommonSettings, load_settings
+
+log = get_logger("service")
+
+
+class Service:
+    name: ClassVar[str] = "service"
+    default_ops_port: ClassVar[int] = 0
+
+    def __init__(self, common: CommonSettings) -> None:
+        self.common = common
+        self.bus: Bus | None = None
+        self.stopping = False
+
+    async def start(self, bus: Bus) -> None:
+        """Subscribe and open whatever the service serves."""
+        self.bus = bus
+
+    async def stop(self) -> None:
+        """Stop taking new work and finish what is in flight (within the grace bound)."""
+
+    def ready(self) -> bool:
+        return True
+
+    def ready_detail(self) -> dict[str, bool]:
+        return {}
+
+
+async def _ops_app(svc: Service) -> web.Application:
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "service": svc.name})
+
+    async def readyz(_: web.Request) -> web.Response:
+        nats_ok = svc.bus is not None and svc.bus.connected
+        ok = nats_ok and not svc.stopping and svc.ready()
+        body = {"ready": ok, "nats": nats_ok, "stopping": svc.stopping, **svc.ready_detail()}
+        return web.json_response(body, status=200 if ok else 503)
+
+    async def metrics_view(_: web.Request) -> web.Response:
+        resp = web.Response(body=generate_latest())
+        resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_view)
+    return app
+
+
+async def serve(svc: Service) -> None:
+    common = svc.common
+    bus = await Bus.connect(common.nats_url, svc.name)
+    metrics.UP_INFO.labels(svc.name).set(1)
+    ops = web.AppRunner(await _ops_app(svc), access_log=None)
+    await ops.setup()
+    port = common.ops_port or svc.default_ops_port
+    site = web.TCPSite(ops, common.ops_host, port)
+    await site.start()
+    bound = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else port  # type: ignore[union-attr]
+    await svc.start(bus)
+    log.info("started", ops_port=bound, nats=common.nats_url.split("@")[-1])
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    log.info("stopping", grace_seconds=common.shutdown_grace_seconds)
+    svc.stopping = True  # /readyz flips first, so load balancers stop sending work
+    try:
+        await asyncio.wait_for(svc.stop(), common.shutdown_grace_seconds)
+    except TimeoutError:
+        log.warning("stop_grace_exceeded")
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(bus.drain(), 10)
+    await ops.cleanup()
+    log.info("stopped")
+
+
+def run(cls: type[Service], settings_cls: type[CommonSettings] = CommonSettings) -> None:
+    try:
+        common = load_settings(settings_cls)
+    except ConfigError as exc:
+        print(f"janus-{cls.name}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    configure(cls.name, common.log_level)
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is optional off Linux
+        loop_factory = None
+    try:
+        svc = cls(common)
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(serve(svc))
+    except ConfigError as exc:
+        log.error("config_error", error=str(exc))
+        raise SystemExit(2) from None
+    except JanusError as exc:
+        log.error("startup_failed", error=exc.message)
+        raise SystemExit(1) from None

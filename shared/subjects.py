@@ -1,0 +1,65 @@
+"""Every NATS subject and queue group Janus uses, built in one place.
+
+Tokens run from general to specific with identifiers last; no ``$`` prefix and no version token
+(versions live in the message type tag). Variable tokens are validated so that a provider or user id
+can never inject a wildcard or an extra token.
+"""
+
+from __future__ import annotations
+
+import re
+
+PREFIX = "janus"
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+def token(value: str) -> str:
+    if not _TOKEN.match(value):
+        raise ValueError(f"not a valid subject token: {value!r}")
+    return value
+
+
+# request/reply, served by queue groups
+ROUTE = f"{PREFIX}.route.plan"
+METER_RESERVE = f"{PREFIX}.meter.reserve"
+METER_USAGE = f"{PREFIX}.meter.usage"
+METER_ADMIN = f"{PREFIX}.meter.admin"
+
+# JetStream: settlements (de-duplicated by request id) and the usage ledger
+SETTLE_STREAM = "JANUS_SETTLE"
+SETTLE = f"{PREFIX}.meter.settle"
+LEDGER_STREAM = "JANUS_LEDGER"
+LEDGER = f"{PREFIX}.ledger.entry"
+
+# provider work, one queue group per provider so each pool scales on its own
+WORK_PREFIX = f"{PREFIX}.work"
+
+
+def work(provider: str) -> str:
+    return f"{WORK_PREFIX}.{token(provider)}"
+
+
+def work_queue(provider: str) -> str:
+    # queue-group names carry no dots
+    return f"worker_{token(provider)}"
+
+
+# broadcast (no queue group): every worker hears a cancel and checks whether it owns the request
+WORK_CANCEL = f"{PREFIX}.work.cancel"
+# workers report deployment health; every router consumes it
+HEALTH = f"{PREFIX}.health.report"
+# key revocations, broadcast to every gateway
+KEYS_REVOKED = f"{PREFIX}.keys.revoked"
+
+ROUTER_QUEUE = "router"
+METERING_QUEUE = "metering"
+
+# KV buckets
+BUDGET_BUCKET = "janus_budget"
+KEYS_BUCKET = "janus_keys"
+BYOK_BUCKET = "janus_byok"
+
+# NATS headers
+H_REQUEST_ID = "Janus-Request-Id"
+H_DEADLINE = "Janus-Deadline"

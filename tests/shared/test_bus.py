@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from shared import contract
+from shared.bus import Bus, CasConflict, KeyNotFound
+from shared.errors import ServiceUnavailable
+
+
+async def test_request_reply_through_a_queue_group(bus: Bus) -> None:
+    async def handler(msg) -> None:  # type: ignore[no-untyped-def]
+        await msg.respond(msg.data.upper())
+
+    await bus.serve("janus.test.echo", handler, queue="echo")
+    assert await bus.request("janus.test.echo", b"hi", timeout=2) == b"HI"
+
+
+async def test_no_responders_is_service_unavailable(bus: Bus) -> None:
+    with pytest.raises(ServiceUnavailable) as ei:
+        await bus.request("janus.test.nobody", b"x", timeout=2)
+    assert ei.value.code == "no_responders"
+
+
+async def test_streamed_reply_to_an_inbox_sees_no_responders(bus: Bus) -> None:
+    with bus.open_inbox("req1") as box:
+        await bus.publish("janus.work.nobody", b"x", reply=box.subject)
+        msg = await box.next(2)
+        assert Bus.is_no_responders(msg)
+
+
+async def test_frames_arrive_in_order_in_their_own_inbox(bus: Bus) -> None:
+    async def worker(msg) -> None:  # type: ignore[no-untyped-def]
+        for i in range(5):
+            await bus.publish(msg.reply, contract.encode(contract.Chunk(seq=i, data=b"{}")))
+
+    await bus.serve("janus.work.t", worker, queue="worker_t")
+    with bus.open_inbox("a") as a, bus.open_inbox("b") as b:
+        await bus.publish("janus.work.t", b"", reply=a.subject)
+        await bus.publish("janus.work.t", b"", reply=b.subject)
+        for box in (a, b):
+            seqs = [contract.frame_decoder.decode((await box.next(2)).data).seq for _ in range(5)]
+            assert seqs == list(range(5))
+
+
+async def test_kv_compare_and_set(bus: Bus) -> None:
+    kv = await bus.kv("janus_test")
+    with pytest.raises(KeyNotFound):
+        await Bus.kv_get(kv, "k")
+    rev = await Bus.kv_cas(kv, "k", b"1", 0)
+    with pytest.raises(CasConflict):
+        await Bus.kv_cas(kv, "k", b"x", 0)
+    rev2 = await Bus.kv_cas(kv, "k", b"2", rev)
+    with pytest.raises(CasConflict):
+        await Bus.kv_cas(kv, "k", b"3", rev)
+    assert await Bus.kv_get(kv, "k") == (b"2", rev2)
+
+
+async def test_stream_publish_deduplicates_by_message_id(bus: Bus) -> None:
+    await bus.ensure_stream("JANUS_TEST", ["janus.test.s"])
+    assert await bus.js_publish("janus.test.s", b"a", msg_id="r1") is True
+    assert await bus.js_publish("janus.test.s", b"a", msg_id="r1") is False
+    sub = await bus.pull_consumer("JANUS_TEST", "c1", "janus.test.s")
+    msgs = await Bus.fetch(sub, 10, 1)
+    assert [m.data for m in msgs] == [b"a"]
+    await asyncio.gather(*(m.ack() for m in msgs))

@@ -1,0 +1,1 @@
+"""Developer tools: the local stack launcher, dev tokens, benchmarks and training scripts."""

