@@ -156,6 +156,8 @@ class Done(msgspec.Struct, tag="frame.done.v1", **_tagged):
     usage: Usage
     body: bytes = b""
     finish_reason: str | None = None
+    upstream_seconds: float = 0.0  # time spent waiting on the provider, for the overhead metric
+    deployment: str = ""  # the deployment that served it
 
 
 class Failed(msgspec.Struct, tag="frame.failed.v1", **_tagged):
@@ -166,6 +168,7 @@ class Failed(msgspec.Struct, tag="frame.failed.v1", **_tagged):
     error: ErrorInfo
     usage: Usage = msgspec.field(default_factory=Usage)
     produced: bool = False
+    upstream_seconds: float = 0.0
 
 
 Frame = Accepted | Heartbeat | Chunk | Done | Failed

@@ -1,0 +1,52 @@
+# Janus — two commands on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+ROUTING_DATA ?= ../shared/data/routing
+
+.PHONY: install run test unit validate-deploy bench token train-router eval-routing lint soak clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## make run: install, start nats-server + the four services with the fake provider, print a dev token
+run: install
+	$(BIN)/python -m tools.stack
+
+## make test: install and run the whole suite (unit, contract, integration, end to end, deploy checks)
+test: install
+	$(BIN)/python -m pytest
+	$(MAKE) validate-deploy
+
+unit: install
+	$(BIN)/python -m pytest tests -m "not slow"
+
+validate-deploy: install
+	bash deploy/validate.sh
+
+## make bench: direct vs through Janus, at concurrency 1, 16 and 64, buffered and streaming
+bench: install
+	$(BIN)/python -m tools.bench
+
+## make token USER=<id> PLAN=<tier> [EMAIL=<e>]
+token: install
+	@$(BIN)/python -m tools.token --user "$(USER)" --plan "$(or $(PLAN),free)" $(if $(EMAIL),--email "$(EMAIL)")
+
+train-router: install
+	ROUTING_DATA=$(ROUTING_DATA) $(BIN)/python -m tools.train_router
+
+eval-routing: install
+	ROUTING_DATA=$(ROUTING_DATA) $(BIN)/python -m tools.eval_routing
+
+lint: install
+	$(BIN)/ruff check shared services tools tests
+	$(BIN)/mypy shared services
+
+clean:
+	rm -rf $(VENV) .janus .pytest_cache .mypy_cache .ruff_cache bench-results
