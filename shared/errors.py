@@ -2,7 +2,8 @@
 
     JanusError                      500 api_error            (never retryable by default)
      ├── InvalidRequest             400 invalid_request_error
-     │    └── PayloadTooLarge       413 invalid_request_error
+     │    ├── PayloadTooLarge       413 invalid_request_error
+     │    └── MethodNotAllowed      405 invalid_request_error
      ├── AuthenticationFailed       401 invalid_request_error  code=invalid_api_key
      ├── PermissionDenied           403 permission_error
      ├── NotFound                   404 invalid_request_error
@@ -120,6 +121,11 @@ class InvalidRequest(JanusError):
 class PayloadTooLarge(InvalidRequest):
     status = 413
     default_code = "payload_too_large"
+
+
+class MethodNotAllowed(InvalidRequest):
+    status = 405
+    default_code = "method_not_allowed"
 
 
 class AuthenticationFailed(JanusError):

@@ -1,0 +1,158 @@
+"""The public endpoints and the orchestration of one request:
+
+    authenticate -> validate body -> route (router) -> reserve (metering) -> dispatch (worker)
+    -> respond -> settle (JetStream, background)
+
+Route first: the plan names the model, and the reservation is priced on that model.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from aiohttp import web
+
+from services.gateway.auth import Authenticator, Principal
+from services.gateway.body import parse_chat, parse_embeddings
+from services.gateway.dispatch import BufferedSink, Call, Dispatcher, Sink, StreamSink
+from services.gateway.edge import CALL, Edge
+from services.gateway.meter import Meter
+from services.gateway.models import ModelIndex
+from services.gateway.settings import GatewaySettings
+from shared import contract, subjects
+from shared.bus import Bus
+from shared.catalog import Catalog
+from shared.contract import ReserveRequest, RouteRequest, UsageQuery, WorkRequest
+from shared.errors import InvalidRequest, PayloadTooLarge
+
+_JSON = "application/json"
+_BOT = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_AUTO = ("", "auto")
+
+
+class Gateway:
+    """Everything a request handler needs, built once at start."""
+
+    def __init__(self, settings: GatewaySettings, bus: Bus, catalog: Catalog, auth: Authenticator,
+                 meter: Meter, dispatcher: Dispatcher) -> None:
+        self.s = settings
+        self.bus = bus
+        self.catalog = catalog
+        self.auth = auth
+        self.meter = meter
+        self.dispatcher = dispatcher
+        self.models = ModelIndex(catalog)
+
+    # ---------------------------------------------------------------------------------- helpers
+    async def _principal(self, request: web.Request, call: Call) -> Principal:
+        principal = await self.auth.authenticate(request.headers.get("Authorization"))
+        call.user = principal.user
+        call.plan_name = principal.plan
+        bot = request.headers.get("X-Bot-ID")
+        if bot:
+            if not _BOT.match(bot):
+                raise InvalidRequest("X-Bot-ID must be 1-64 letters, digits or '_.:-'.", param="X-Bot-ID",
+                                     code="invalid_bot_id")
+            call.bot = bot
+        return principal
+
+    async def _body(self, request: web.Request) -> bytes:
+        length = request.content_length
+        if length is not None and length > self.s.max_body_bytes:
+            raise PayloadTooLarge(
+                f"The request body is {length} bytes; the limit is {self.s.max_body_bytes}.")
+        # aiohttp enforces client_max_size while reading a body without Content-Length (413)
+        return await request.read()
+
+    async def _route(self, req: RouteRequest, call: Call) -> contract.RoutePlan:
+        data = await self.bus.request(subjects.ROUTE, contract.encode(req), self.s.route_timeout_seconds)
+        plan = contract.route_reply_decoder.decode(data)
+        if isinstance(plan, contract.ErrorReply):
+            raise plan.exception()
+        call.model = plan.model
+        score = "-" if plan.score is None else f"{plan.score:g}"
+        call.headers["X-Janus-Route"] = f"model={plan.model}; reason={plan.reason}; score={score}"
+        return plan
+
+    async def _serve(self, call: Call, kind: str, plan: contract.RoutePlan, body: bytes, stream: bool,
+                     max_output: int, sink: Sink) -> web.StreamResponse:
+        await self.meter.reserve(
+            ReserveRequest(call.request_id, call.user, call.plan_name, plan.model, call.prompt_tokens,
+                           max_output, bot=call.bot),
+            call.headers,
+        )
+        work = WorkRequest(
+            request_id=call.request_id, kind=kind,  # type: ignore[arg-type]
+            deployment="", provider="", upstream_model="", response_model=plan.response_model,
+            body=body, stream=stream, created=int(time.time()), user=call.user,
+        )
+        return await self.dispatcher.run(call, plan, work, sink)
+
+    # --------------------------------------------------------------------------------- handlers
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        call: Call = request[CALL]
+        principal = await self._principal(request, call)
+        body = await self._body(request)
+        facts = parse_chat(body)
+        req = facts.request
+        call.prompt_tokens = facts.prompt_tokens
+        plan = await self._route(
+            RouteRequest(
+                call.request_id, req.model, principal.plan, "chat", facts.prompt_tokens,
+                needs_tools=facts.needs_tools, needs_vision=facts.needs_vision, needs_json=facts.needs_json,
+                text=facts.prompt_text() if req.model in _AUTO else "",
+            ),
+            call,
+        )
+        max_output = facts.max_output_tokens(self.s.default_max_tokens)
+        model = self.catalog.model(plan.model)
+        if model is not None:
+            room = max(1, model.context_window - facts.prompt_tokens)
+            max_output = min(max_output, model.max_output_tokens, room)
+        sink: Sink = StreamSink(request, call) if req.stream else BufferedSink(call)
+        return await self._serve(call, "chat", plan, body, req.stream, max_output, sink)
+
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
+        call: Call = request[CALL]
+        principal = await self._principal(request, call)
+        body = await self._body(request)
+        req, prompt_tokens = parse_embeddings(body)
+        call.prompt_tokens = prompt_tokens
+        plan = await self._route(
+            RouteRequest(call.request_id, req.model, principal.plan, "embeddings", prompt_tokens), call
+        )
+        return await self._serve(call, "embeddings", plan, body, False, 0, BufferedSink(call))
+
+    async def list_models(self, request: web.Request) -> web.StreamResponse:
+        call: Call = request[CALL]
+        await self._principal(request, call)
+        return web.Response(body=self.models.list_body, headers={**call.headers, "Content-Type": _JSON})
+
+    async def get_model(self, request: web.Request) -> web.StreamResponse:
+        call: Call = request[CALL]
+        await self._principal(request, call)
+        body = self.models.body(request.match_info["model"])
+        return web.Response(body=body, headers={**call.headers, "Content-Type": _JSON})
+
+    async def usage(self, request: web.Request) -> web.StreamResponse:
+        call: Call = request[CALL]
+        principal = await self._principal(request, call)
+        data = await self.bus.request(subjects.METER_USAGE,
+                                      contract.encode(UsageQuery(principal.user, principal.plan)),
+                                      self.s.usage_timeout_seconds)
+        reply = contract.usage_reply_decoder.decode(data)
+        if isinstance(reply, contract.ErrorReply):
+            raise reply.exception()
+        return web.Response(body=reply.body, headers={**call.headers, "Content-Type": _JSON})
+
+
+def build_app(gw: Gateway, edge: Edge) -> web.Application:
+    app = web.Application(middlewares=[edge.middleware], client_max_size=gw.s.max_body_bytes)
+    r = app.router
+    r.add_post("/v1/chat/completions", gw.chat)
+    r.add_post("/v1/embeddings", gw.embeddings)
+    r.add_get("/v1/models", gw.list_models)
+    r.add_get("/v1/models/{model:.+}", gw.get_model)
+    r.add_get("/v1/usage", gw.usage)
+    return app

@@ -1,0 +1,236 @@
+"""Validation of request bodies, and what the gateway needs to know from them.
+
+The client's bytes are forwarded to the worker unchanged, so the Structs here declare only the fields
+the gateway checks or reads; every other OpenAI parameter passes through untouched (unknown fields are
+allowed). Decoders are built once. A ``msgspec.ValidationError`` becomes ``InvalidRequest`` with
+``param`` set to the field path (``messages[0].role``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from shared import tokens
+from shared.errors import InvalidRequest
+
+PositiveInt = Annotated[int, Meta(ge=1)]
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+
+
+class ContentPart(msgspec.Struct):
+    type: str
+    text: str | None = None
+
+
+class FunctionCall(msgspec.Struct):
+    name: str = ""
+    arguments: str = ""
+
+
+class ToolCall(msgspec.Struct):
+    function: FunctionCall | None = None
+
+
+class Message(msgspec.Struct):
+    role: Role
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+
+
+class FunctionDef(msgspec.Struct):
+    name: str
+    description: str | None = None
+    # kept raw: only its size matters here, and decoding a large JSON schema would be wasted work
+    parameters: msgspec.Raw = msgspec.Raw(b"")
+
+
+class Tool(msgspec.Struct):
+    type: str = "function"
+    function: FunctionDef | None = None
+
+
+class StreamOptions(msgspec.Struct):
+    include_usage: bool | None = None
+
+
+class ResponseFormat(msgspec.Struct):
+    type: Literal["text", "json_object", "json_schema"]
+
+
+class ChatRequest(msgspec.Struct):
+    messages: Annotated[list[Message], Meta(min_length=1)]
+    model: str = ""
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: PositiveInt | None = None
+    max_completion_tokens: PositiveInt | None = None
+    temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Meta(ge=0, le=1)] | None = None
+    n: Annotated[int, Meta(ge=1, le=128)] | None = None
+    presence_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    user: str | None = None
+    tools: list[Tool] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+
+
+class EmbeddingsRequest(msgspec.Struct):
+    model: str
+    # one union may hold only one array type, so the shapes (strings, tokens, token arrays) are
+    # told apart after decoding
+    input: str | list[str | int | list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: PositiveInt | None = None
+    user: str | None = None
+
+
+_chat_decoder = msgspec.json.Decoder(ChatRequest)
+_embeddings_decoder = msgspec.json.Decoder(EmbeddingsRequest)
+
+_PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+_MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]+)`")
+
+
+def _invalid(exc: msgspec.ValidationError) -> InvalidRequest:
+    text = str(exc)
+    m = _PATH.search(text)
+    path = m.group("path") if m else ""
+    message = text[: m.start()] if m else text
+    missing = _MISSING.match(message)
+    if missing:
+        path = f"{path}.{missing.group('field')}" if path else missing.group("field")
+        message = f"Missing required parameter: '{path}'."
+    elif path:
+        message = f"Invalid value for '{path}': {message}."
+    return InvalidRequest(message, param=path or None, code="invalid_value")
+
+
+def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
+    if not body:
+        raise InvalidRequest("The request body is empty; send a JSON object.", code="invalid_json")
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise _invalid(exc) from None
+    except msgspec.DecodeError:
+        raise InvalidRequest(
+            "We could not parse the JSON body of your request. The body must be a JSON object.",
+            code="invalid_json",
+        ) from None
+
+
+def _size(text: str) -> int:
+    # tokens.py counts UTF-8 bytes for non-ASCII text, characters otherwise
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+class ChatFacts(msgspec.Struct):
+    """What routing and admission need from a chat request."""
+
+    request: ChatRequest
+    prompt_tokens: int
+    needs_tools: bool
+    needs_vision: bool
+    needs_json: bool
+
+    def prompt_text(self, limit: int = 16_384) -> str:
+        """The users' text for the auto policy: the most recent ``limit`` characters."""
+        parts: list[str] = []
+        for m in self.request.messages:
+            if m.role != "user" or m.content is None:
+                continue
+            if isinstance(m.content, str):
+                parts.append(m.content)
+            else:
+                parts.extend(p.text for p in m.content if p.text)
+        text = "\n".join(parts)
+        return text[-limit:]
+
+    def max_output_tokens(self, default: int) -> int:
+        r = self.request
+        return r.max_completion_tokens or r.max_tokens or default
+
+
+def parse_chat(body: bytes) -> ChatFacts:
+    req: ChatRequest = _decode(_chat_decoder, body)
+    sizes: list[int] = []
+    vision = False
+    for m in req.messages:
+        n = 0
+        content = m.content
+        if isinstance(content, str):
+            n = _size(content)
+        elif content is not None:
+            for part in content:
+                if part.text:
+                    n += _size(part.text)
+                elif part.type == "image_url" or part.type == "input_image":
+                    vision = True
+        if m.name:
+            n += _size(m.name)
+        if m.tool_calls:
+            for call in m.tool_calls:
+                if call.function is not None:
+                    n += _size(call.function.name) + _size(call.function.arguments)
+        sizes.append(n)
+    if req.tools:
+        n = 0
+        for tool in req.tools:
+            f = tool.function
+            if f is not None:
+                n += _size(f.name) + (_size(f.description) if f.description else 0)
+                n += len(f.parameters)
+        sizes.append(n)
+    fmt = req.response_format
+    return ChatFacts(
+        request=req,
+        prompt_tokens=tokens.estimate_messages(sizes),
+        needs_tools=bool(req.tools),
+        needs_vision=vision,
+        needs_json=fmt is not None and fmt.type != "text",
+    )
+
+
+def parse_embeddings(body: bytes) -> tuple[EmbeddingsRequest, int]:
+    """The request and its estimated input tokens."""
+    req: EmbeddingsRequest = _decode(_embeddings_decoder, body)
+    inp = req.input
+    if isinstance(inp, str):
+        if not inp:
+            raise InvalidRequest("'input' cannot be an empty string.", param="input", code="invalid_value")
+        return req, tokens.estimate_text(inp)
+    if not inp:
+        raise InvalidRequest("'input' cannot be an empty array.", param="input", code="invalid_value")
+    first = inp[0]
+    kind = str if isinstance(first, str) else int if isinstance(first, int) else list
+    total = 0
+    for i, item in enumerate(inp):
+        if not isinstance(item, kind):
+            raise InvalidRequest(
+                "'input' must be a string, an array of strings, an array of tokens or an array of "
+                "token arrays, not a mix.", param=f"input[{i}]", code="invalid_value",
+            )
+        if isinstance(item, str):
+            if not item:
+                raise InvalidRequest("'input' cannot contain an empty string.", param=f"input[{i}]",
+                                     code="invalid_value")
+            total += tokens.estimate_text(item)
+        elif isinstance(item, list):
+            if not item:
+                raise InvalidRequest("'input' cannot contain an empty token array.", param=f"input[{i}]",
+                                     code="invalid_value")
+            total += len(item)
+        else:
+            total += 1
+    return req, total

@@ -1,0 +1,280 @@
+"""Sending the work to a worker pool and turning its frames into the HTTP response.
+
+    for each target of the route plan (at most max_attempts):
+        open inbox -> publish WorkRequest (reply = inbox) -> read frames
+        retryable failure before the first chunk went out -> next target
+    Done      -> buffered: Done.body as is | stream: data: [DONE]
+    Failed    -> HTTP error before the first chunk | in-band error event after it
+    disconnect-> Cancel, wait briefly for the worker's usage, settle with it
+    finally   -> exactly one settlement per request (ok, usage actually produced)
+
+A sink hides the difference between a buffered and a streamed response; the attempt loop is one.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+from aiohttp import web
+
+from services.gateway.frames import SHUTDOWN, FrameReader
+from services.gateway.meter import Meter
+from services.gateway.settings import GatewaySettings
+from shared import contract, metrics, subjects
+from shared.bus import Bus, Inbox
+from shared.contract import Cancel, Chunk, Done, Failed, RoutePlan, Settlement, Usage, WorkRequest
+from shared.errors import JanusError, ServiceUnavailable
+from shared.logging import get_logger
+
+log = get_logger("gateway.dispatch")
+
+_SSE_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",  # reverse proxies must not hold back events
+}
+_DONE_EVENT = b"data: [DONE]\n\n"
+_JSON = "application/json"
+
+
+class Call:
+    """One HTTP request's state, shared by the handler, the dispatcher and the edge middleware."""
+
+    __slots__ = ("bot", "error_code", "headers", "model", "ok", "plan_name", "prompt_tokens",
+                 "request_id", "start", "status", "upstream_seconds", "usage", "user")
+
+    def __init__(self, request_id: str, start: float) -> None:
+        self.request_id = request_id
+        self.start = start
+        self.headers: dict[str, str] = {"X-Request-Id": request_id}
+        self.user = ""
+        self.plan_name = ""
+        self.bot = "default"
+        self.model = ""  # catalog id once routed
+        self.prompt_tokens = 0
+        self.upstream_seconds = 0.0
+        self.status = 0  # set when the handler knows better than the response (499: client left)
+        self.usage = Usage()  # produced by every attempt so far: what the settlement charges
+        self.ok = False
+        self.error_code: str | None = None  # an in-band error's code, for the request's log line
+
+
+class Sink(Protocol):
+    started: bool
+    chunks: int
+    resp: web.StreamResponse | None
+
+    async def chunk(self, data: bytes) -> None: ...
+    async def done(self, frame: Done) -> web.StreamResponse: ...
+    async def fail(self, err: JanusError) -> web.StreamResponse: ...
+
+
+class BufferedSink:
+    started: bool = False
+    chunks: int = 0
+    resp: web.StreamResponse | None = None
+
+    def __init__(self, call: Call) -> None:
+        self.call = call
+
+    async def chunk(self, data: bytes) -> None:
+        # a buffered reply carries its whole body in Done; stray chunks are not the client's
+        return
+
+    async def done(self, frame: Done) -> web.StreamResponse:
+        headers = self.call.headers
+        headers["Content-Type"] = _JSON
+        return web.Response(body=frame.body, headers=headers)
+
+    async def fail(self, err: JanusError) -> web.StreamResponse:
+        raise err
+
+
+class StreamSink:
+    """SSE. Headers go out only with the first chunk, so that everything before it can still fall
+    back to another deployment or end as an ordinary HTTP error."""
+
+    def __init__(self, request: web.Request, call: Call) -> None:
+        self.request = request
+        self.call = call
+        self.resp: web.StreamResponse | None = None
+        self.started = False
+        self.chunks = 0
+
+    async def _open(self) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={**self.call.headers, **_SSE_HEADERS})
+        self.resp = resp
+        self.started = True
+        await resp.prepare(self.request)
+        return resp
+
+    async def chunk(self, data: bytes) -> None:
+        resp = self.resp
+        if resp is None:
+            resp = await self._open()
+            metrics.TTFT.labels(self.call.model).observe(time.perf_counter() - self.call.start)
+        self.chunks += 1
+        await resp.write(b"data: " + data + b"\n\n")
+
+    async def done(self, frame: Done) -> web.StreamResponse:
+        resp = self.resp or await self._open()
+        await resp.write(_DONE_EVENT)
+        await resp.write_eof()
+        return resp
+
+    async def fail(self, err: JanusError) -> web.StreamResponse:
+        if self.resp is None:
+            raise err
+        metrics.STREAM_ERRORS.labels(err.code or "error").inc()
+        self.call.error_code = err.code or "error"
+        try:
+            await self.resp.write(b"data: " + err.to_body() + b"\n\n")
+            await self.resp.write_eof()
+        except ConnectionError:
+            self.call.status = 499
+        return self.resp
+
+
+def _add(total: Usage, more: Usage) -> Usage:
+    return Usage(
+        total.prompt_tokens + more.prompt_tokens,
+        total.completion_tokens + more.completion_tokens,
+        total.cached_tokens + more.cached_tokens,
+        total.reasoning_tokens + more.reasoning_tokens,
+    )
+
+
+class Dispatcher:
+    def __init__(self, bus: Bus, settings: GatewaySettings, meter: Meter) -> None:
+        self.bus = bus
+        self.s = settings
+        self.meter = meter
+        self.active: set[Inbox] = set()
+        self.draining = False
+
+    def abort_all(self) -> None:
+        """Wake every request still waiting on a worker so it ends now (shutdown past the grace)."""
+        self.draining = True
+        for box in list(self.active):
+            box.queue.put_nowait(SHUTDOWN)  # type: ignore[arg-type]
+
+    async def _cancel(self, request_id: str) -> None:
+        try:
+            await self.bus.publish(subjects.WORK_CANCEL, contract.encode(Cancel(request_id)))
+        except JanusError:
+            pass
+
+    async def _terminal_usage(self, reader: FrameReader, sink: Sink, within: float) -> Usage | None:
+        """After a cancel: the usage in the worker's terminal frame, if it comes in time."""
+        deadline = time.monotonic() + within
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                frame = await reader.next(left)
+            except JanusError:
+                return None
+            if isinstance(frame, (Done, Failed)):
+                return frame.usage
+            if isinstance(frame, Chunk):
+                sink.chunks += 1
+        return None
+
+    async def _after_loss(self, call: Call, reader: FrameReader, sink: Sink, wait: float) -> Usage:
+        """The client or the gateway gave up mid-call: stop the worker, learn what it produced."""
+        await self._cancel(call.request_id)
+        usage = await self._terminal_usage(reader, sink, wait)
+        if usage is None:
+            # no word from the worker: charge the prompt estimate and one token per chunk sent
+            usage = Usage(prompt_tokens=call.prompt_tokens, completion_tokens=sink.chunks)
+        return usage
+
+    async def run(self, call: Call, plan: RoutePlan, work: WorkRequest, sink: Sink) -> web.StreamResponse:
+        try:
+            return await self._attempts(call, plan, work, sink)
+        except Exception as exc:
+            if sink.resp is None or isinstance(exc, JanusError):
+                raise
+            # the stream is already open: a new HTTP response is impossible, end it in-band
+            log.exception("stream_failed")
+            return await sink.fail(JanusError("internal error"))
+        finally:
+            # exactly one settlement per request, whatever happened: it also releases the hold
+            self.meter.settle(Settlement(call.request_id, call.user, call.plan_name, call.model,
+                                         call.usage, bot=call.bot, ok=call.ok, at=time.time()))
+
+    async def _attempts(self, call: Call, plan: RoutePlan, work: WorkRequest,
+                        sink: Sink) -> web.StreamResponse:
+        last: JanusError = ServiceUnavailable("the route plan has no deployments", code="no_targets")
+        headers = {subjects.H_REQUEST_ID: call.request_id,
+                   subjects.H_DEADLINE: f"{time.time() + self.s.request_deadline_seconds:.3f}"}
+        # cycle through the plan: with a single deployment, a retry still lands on another worker
+        # replica of the same pool (a killed worker's subscription is gone from the queue group)
+        n = len(plan.targets)
+        targets = [plan.targets[i % n] for i in range(max(1, self.s.max_attempts))] if n else []
+        for i, target in enumerate(targets):
+            if i:
+                metrics.FALLBACKS.labels(targets[i - 1].provider, last.code or "error").inc()
+            work.deployment = target.deployment
+            work.provider = target.provider
+            work.upstream_model = target.upstream_model
+            box = self.bus.open_inbox(call.request_id if i == 0 else f"{call.request_id}_{i}")
+            self.active.add(box)
+            try:
+                reader = FrameReader(box, target.provider, self.s.first_frame_timeout_seconds,
+                                     self.s.stall_timeout_seconds)
+                if self.draining:
+                    raise ServiceUnavailable("the gateway is shutting down", code="shutting_down")
+                await self.bus.publish(subjects.work(target.provider), contract.encode(work),
+                                       reply=box.subject, headers=headers)
+                outcome = await self._frames(call, reader, sink)
+            finally:
+                self.active.discard(box)
+                box.close()
+            resp, err, got = outcome
+            call.usage = _add(call.usage, got)
+            if resp is not None:
+                call.ok = err is None
+                return resp
+            assert err is not None
+            last = err
+            if sink.started or not err.retryable or self.draining:
+                break
+            log.info("fallback", provider=target.provider, code=err.code)
+        return await sink.fail(last)
+
+    async def _frames(self, call: Call, reader: FrameReader,
+                      sink: Sink) -> tuple[web.StreamResponse | None, JanusError | None, Usage]:
+        """One attempt: (response when finished, error when it failed, usage produced)."""
+        try:
+            while True:
+                try:
+                    frame = await reader.next()
+                except JanusError as err:
+                    if reader.expect == 0:
+                        return None, err, Usage()
+                    # the worker took the work and went silent (or the gateway is stopping)
+                    if not sink.started:
+                        await self._cancel(call.request_id)
+                        return None, err, Usage()
+                    wait = 1.0 if self.draining else 0.0
+                    return None, err, await self._after_loss(call, reader, sink, wait)
+                if isinstance(frame, Chunk):
+                    await sink.chunk(frame.data)
+                elif isinstance(frame, Done):
+                    call.upstream_seconds = frame.upstream_seconds
+                    try:
+                        return await sink.done(frame), None, frame.usage
+                    except ConnectionError:
+                        # the answer is complete upstream; only the final [DONE] was lost
+                        call.status = 499
+                        assert sink.resp is not None
+                        return sink.resp, None, frame.usage
+                elif isinstance(frame, Failed):
+                    return None, JanusError.from_wire(frame.error), frame.usage
+        except ConnectionError:
+            # the client went away mid-stream (aiohttp raises ClientConnectionResetError on write)
+            call.status = 499
+            usage = await self._after_loss(call, reader, sink, self.s.cancel_wait_seconds)
+            assert sink.resp is not None
+            return sink.resp, ServiceUnavailable("client closed the connection", code="client_closed"), usage
+

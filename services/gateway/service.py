@@ -1,0 +1,91 @@
+"""The gateway service: the HTTP server's lifecycle around the shared service shell.
+
+Shutdown order (readiness has already flipped in ``shared.service``): stop accepting connections,
+ask keep-alive connections to close after their current response, let open requests and streams
+finish, then end whatever is left with an explicit error (in-band for streams), settle, close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from aiohttp import web
+
+from services.gateway.app import Gateway, build_app
+from services.gateway.auth import Authenticator
+from services.gateway.dispatch import Dispatcher
+from services.gateway.edge import Edge
+from services.gateway.meter import Meter
+from services.gateway.settings import GatewaySettings
+from shared.bus import Bus
+from shared.catalog import ConfigError, load_catalog, load_plans
+from shared.logging import get_logger
+from shared.service import Service
+from shared.settings import CommonSettings
+
+log = get_logger("gateway")
+
+# time kept back from the shutdown grace to end the remaining streams and settle them
+_ABORT_RESERVE_SECONDS = 3.0
+
+
+class GatewayService(Service):
+    name = "gateway"
+    default_ops_port = 9100
+
+    def __init__(self, common: CommonSettings) -> None:
+        super().__init__(common)
+        if not isinstance(common, GatewaySettings):
+            raise ConfigError("the gateway needs GatewaySettings")
+        self.s = common
+        if not common.jwt_secret:
+            raise ConfigError("JANUS_JWT_SECRET is not set: the gateway cannot verify tokens without it")
+        self.catalog = load_catalog()
+        self.plans = load_plans(catalog=self.catalog)
+        self.auth = Authenticator(common.jwt_secret, self.plans, cache_size=common.auth_cache_size)
+        self.edge = Edge()
+        self.runner: web.AppRunner | None = None
+        self.meter: Meter | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.port = 0
+
+    async def start(self, bus: Bus) -> None:
+        await super().start(bus)
+        self.meter = Meter(bus, self.s.reserve_timeout_seconds)
+        self.dispatcher = Dispatcher(bus, self.s, self.meter)
+        gw = Gateway(self.s, bus, self.catalog, self.auth, self.meter, self.dispatcher)
+        self.runner = web.AppRunner(build_app(gw, self.edge), access_log=None, handle_signals=False)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.s.host, self.s.port, backlog=1024)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else self.s.port
+        log.info("listening", host=self.s.host, port=self.port)
+
+    async def _wait_idle(self, until: float) -> bool:
+        if self.edge.in_flight:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.edge.idle.wait(), max(0.0, until - time.monotonic()))
+        return self.edge.in_flight == 0
+
+    async def stop(self) -> None:
+        runner = self.runner
+        if runner is None:
+            return
+        start = time.monotonic()
+        grace = self.s.shutdown_grace_seconds
+        for site in list(runner.sites):
+            await site.stop()
+        if runner.server is not None:
+            runner.server.pre_shutdown()
+        idle = await self._wait_idle(start + max(grace - _ABORT_RESERVE_SECONDS, grace / 2))
+        if not idle and self.dispatcher is not None:
+            log.warning("aborting_requests", count=self.edge.in_flight)
+            self.dispatcher.abort_all()
+            await self._wait_idle(time.monotonic() + 2.0)
+        if self.meter is not None:
+            await self.meter.drain(within=max(0.5, start + grace - time.monotonic() - 0.5))
+        await runner.cleanup()
