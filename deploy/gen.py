@@ -1,0 +1,232 @@
+"""Generate the deployment files that are derived from others, so they cannot drift:
+
+- ``deploy/grafana/dashboards/*.json``: the four dashboards, built from the panel lists below;
+- ``deploy/k8s/base/monitoring/prometheusrule.yaml``: the PrometheusRule carrying exactly the groups of
+  ``deploy/prometheus/rules/janus.rules.yml`` (the file promtool checks and tests);
+- ``deploy/k8s/base/config/{catalog,plans}.yaml`` and ``deploy/k8s/overlays/prod/catalog.production.yaml``:
+  copies of ``config/`` for the kustomize ConfigMap generators (kustomize refuses files outside its root).
+
+    python deploy/gen.py           write them
+    python deploy/gen.py --check   exit 1 and name the stale files (validate.sh and tests run this)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+RULES = DEPLOY / "prometheus" / "rules" / "janus.rules.yml"
+PROMETHEUS_RULE = DEPLOY / "k8s" / "base" / "monitoring" / "prometheusrule.yaml"
+DASHBOARDS = DEPLOY / "grafana" / "dashboards"
+K8S_CONFIG = DEPLOY / "k8s" / "base" / "config"
+PROD_CATALOG = DEPLOY / "k8s" / "overlays" / "prod" / "catalog.production.yaml"
+DATASOURCE = {"type": "prometheus", "uid": "prometheus"}  # provisioned with this uid
+
+# ----------------------------------------------------------------------------- dashboards
+# (title, [(legend, PromQL)], unit, panel type)
+Panel = tuple[str, list[tuple[str, str]], str, str]
+
+RATE = "$__rate_interval"
+
+
+def P(title: str, unit: str, *queries: tuple[str, str], kind: str = "timeseries") -> Panel:
+    return (title, list(queries), unit, kind)
+
+
+def _rate(metric: str, by: str = "", fn: str = "rate", match: str = "") -> str:
+    grouping = f" by ({by})" if by else ""
+    return f"sum{grouping} ({fn}({metric}{match}[{RATE}]))"
+
+
+def _p(q: float, metric: str, by: str = "") -> str:
+    keys = f"le, {by}" if by else "le"
+    return f"histogram_quantile({q}, sum by ({keys}) (rate({metric}_bucket[{RATE}])))"
+
+
+_PROVIDER = "gen_ai_provider_name"
+_MODEL = "gen_ai_request_model"
+
+OVERVIEW: list[Panel] = [
+    P("Requests per second by status", "reqps", ("{{status}}", _rate("janus_http_requests_total", "status"))),
+    P("5xx ratio", "percentunit",
+      ("5xx", _rate("janus_http_requests_total", match='{status=~"5.."}')
+       + " / " + _rate("janus_http_requests_total"))),
+    P("In-flight requests", "short", ("{{instance}}", "sum by (instance) (janus_in_flight_requests)")),
+    P("Request duration", "s",
+      ("p50 {{route}}", _p(0.5, "janus_http_request_duration_seconds", "route")),
+      ("p99 {{route}}", _p(0.99, "janus_http_request_duration_seconds", "route"))),
+    P("Gateway overhead (Janus's own time)", "s",
+      ("p50", _p(0.5, "janus_gateway_overhead_seconds")),
+      ("p99", _p(0.99, "janus_gateway_overhead_seconds"))),
+    P("Time to first token p99", "s",
+      ("{{gen_ai_request_model}}", _p(0.99, "janus_time_to_first_token_seconds", _MODEL))),
+    P("Streams ended with an error", "short",
+      ("{{code}}", _rate("janus_stream_errors_total", "code", fn="increase"))),
+    P("Authentication failures", "reqps", ("{{reason}}", _rate("janus_auth_failures_total", "reason"))),
+    P("Services connected to NATS", "short", ("{{job}} {{instance}}", "janus_nats_connected")),
+    P("Service replicas", "short", ("{{service}}", "sum by (service) (janus_service_info)"), kind="stat"),
+]
+
+PROVIDERS: list[Panel] = [
+    P("Upstream latency p99", "s",
+      ("{{gen_ai_provider_name}}", _p(0.99, "janus_upstream_request_duration_seconds", _PROVIDER))),
+    P("Upstream errors by class", "reqps",
+      ("{{gen_ai_provider_name}} {{error_type}}",
+       _rate("janus_upstream_errors_total", f"{_PROVIDER}, error_type"))),
+    P("Upstream calls per second", "reqps",
+      ("{{gen_ai_provider_name}}", _rate("janus_upstream_request_duration_seconds_count", _PROVIDER))),
+    P("Tokens per second", "short",
+      ("{{gen_ai_provider_name}} {{gen_ai_token_type}}",
+       _rate("janus_tokens_total", f"{_PROVIDER}, gen_ai_token_type"))),
+    P("Worker saturation (in flight / capacity)", "percentunit",
+      ("{{gen_ai_provider_name}}", f"sum by ({_PROVIDER}) (janus_worker_in_flight)"
+                                   f" / sum by ({_PROVIDER}) (janus_worker_capacity)")),
+    P("Fallbacks by provider and reason", "reqps",
+      ("{{gen_ai_provider_name}} {{reason}}", _rate("janus_fallbacks_total", f"{_PROVIDER}, reason"))),
+]
+
+METERING: list[Panel] = [
+    P("Admission decisions", "reqps",
+      ("{{decision}} {{pool}}", _rate("janus_budget_decisions_total", "decision, pool"))),
+    P("Credits charged per second by model", "short",
+      ("{{gen_ai_request_model}}", _rate("janus_credits_charged_total", _MODEL))),
+    P("Settlements by result", "reqps", ("{{result}}", _rate("janus_settlements_total", "result"))),
+    P("Open holds", "short", ("{{instance}}", "sum by (instance) (janus_holds_open)")),
+    P("Holds released by the reaper", "short", ("reaped", _rate("janus_holds_reaped_total", fn="increase"))),
+    P("Reserve / settle latency p99", "s",
+      ("{{operation}}", _p(0.99, "janus_metering_operation_seconds", "operation"))),
+    P("Compare-and-set retries", "short", ("retries", _rate("janus_metering_cas_retries_total"))),
+]
+
+ROUTING: list[Panel] = [
+    P("Route decisions by reason", "reqps", ("{{reason}}", _rate("janus_route_decisions_total", "reason"))),
+    P("Models chosen", "reqps", ("{{gen_ai_request_model}}", _rate("janus_route_decisions_total", _MODEL))),
+    P("Routing decision time", "s",
+      ("p50", _p(0.5, "janus_route_decision_seconds")),
+      ("p99", _p(0.99, "janus_route_decision_seconds"))),
+    P("Circuit state (0 closed, 1 half-open, 2 open)", "short",
+      ("{{deployment}}", "max by (deployment) (janus_circuit_state)")),
+    P("Fallbacks by reason", "reqps", ("{{reason}}", _rate("janus_fallbacks_total", "reason"))),
+]
+
+DASHBOARD_SPECS: dict[str, tuple[str, str, list[Panel]]] = {
+    "overview": ("Janus / Overview", "Traffic, errors and latency at the gateway", OVERVIEW),
+    "providers": ("Janus / Providers", "Upstream calls, tokens and worker pools", PROVIDERS),
+    "metering": ("Janus / Metering", "Budget admission, settlement and credits", METERING),
+    "routing": ("Janus / Routing", "Routing decisions, model choice and circuit breakers", ROUTING),
+}
+
+
+_LEGEND = {"legend": {"displayMode": "list", "placement": "bottom"}}
+
+
+def dashboard(slug: str) -> dict[str, Any]:
+    title, description, panels = DASHBOARD_SPECS[slug]
+    out: list[dict[str, Any]] = []
+    for i, (ptitle, queries, unit, kind) in enumerate(panels):
+        w = 12
+        out.append({
+            "id": i + 1,
+            "type": kind,
+            "title": ptitle,
+            "datasource": DATASOURCE,
+            "gridPos": {"h": 8, "w": w, "x": (i % 2) * w, "y": (i // 2) * 8},
+            "targets": [
+                {"refId": chr(ord("A") + j), "datasource": DATASOURCE, "expr": expr, "legendFormat": legend}
+                for j, (legend, expr) in enumerate(queries)
+            ],
+            "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+            "options": _LEGEND if kind == "timeseries" else {},
+        })
+    return {
+        "uid": f"janus-{slug}",
+        "title": title,
+        "description": description,
+        "tags": ["janus"],
+        "timezone": "utc",
+        "editable": False,
+        "graphTooltip": 1,
+        "time": {"from": "now-1h", "to": "now"},
+        "refresh": "30s",
+        "schemaVersion": 39,
+        "version": 1,
+        "panels": out,
+        "templating": {"list": []},
+        "annotations": {"list": []},
+        "links": [],
+    }
+
+
+# ----------------------------------------------------------------------------- PrometheusRule
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    # multi-line PromQL stays a readable block, as in the rules file
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def prometheus_rule() -> str:
+    rules = yaml.safe_load(RULES.read_text())
+    obj = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        # the label a Prometheus Operator's ruleSelector commonly matches on; adjust to yours
+        "metadata": {
+            "name": "janus",
+            "labels": {"app.kubernetes.io/part-of": "janus", "release": "prometheus"},
+        },
+        "spec": {"groups": rules["groups"]},
+    }
+    head = ("# Generated by deploy/gen.py from deploy/prometheus/rules/janus.rules.yml; edit that file.\n"
+            "---\n")
+    return head + yaml.dump(obj, Dumper=_Dumper, sort_keys=False, width=110, default_flow_style=False)
+
+
+# ----------------------------------------------------------------------------- all outputs
+def outputs() -> dict[Path, str]:
+    files: dict[Path, str] = {}
+    for slug in DASHBOARD_SPECS:
+        files[DASHBOARDS / f"{slug}.json"] = json.dumps(dashboard(slug), indent=2) + "\n"
+    files[PROMETHEUS_RULE] = prometheus_rule()
+    for name in ("catalog.yaml", "plans.yaml"):
+        files[K8S_CONFIG / name] = (ROOT / "config" / name).read_text()
+    files[PROD_CATALOG] = (ROOT / "config" / "catalog.production.yaml").read_text()
+    return files
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--check", action="store_true", help="only report files that are out of date")
+    args = ap.parse_args()
+    stale = []
+    for path, text in outputs().items():
+        current = path.read_text() if path.exists() else None
+        if current == text:
+            continue
+        stale.append(path.relative_to(ROOT))
+        if not args.check:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    if args.check and stale:
+        print("out of date (run: python deploy/gen.py):", *stale, sep="\n  ", file=sys.stderr)
+        return 1
+    for p in stale:
+        print(f"wrote {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""docker-compose.yml, the compose Prometheus config and the Grafana dashboards hang together."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+PROMETHEUS = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+DASHBOARDS = sorted((ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"))
+OPS_PORTS = {"services.gateway": 9100, "services.router": 9101, "services.worker": 9102,
+             "services.metering": 9103}
+
+
+def janus_services() -> dict[str, dict[str, Any]]:
+    return {n: s for n, s in COMPOSE["services"].items() if s.get("command", [""])[0] in OPS_PORTS}
+
+
+def test_every_service_runs_with_its_ops_port() -> None:
+    services = janus_services()
+    assert {s["command"][0] for s in services.values()} == set(OPS_PORTS)
+    for name, svc in services.items():
+        assert svc["environment"]["JANUS_OPS_PORT"] == str(OPS_PORTS[svc["command"][0]]), name
+        assert svc["environment"]["JANUS_NATS_URL"] == "nats://nats:4222", name
+        assert svc["depends_on"]["nats"]["condition"] == "service_healthy"
+    workers = [s for s in services.values() if s["command"] == ["services.worker"]]
+    assert all(w["environment"].get("JANUS_WORKER_PROVIDERS") for w in workers)
+
+
+def test_prometheus_scrapes_every_janus_service_on_its_ops_port() -> None:
+    targets = set()
+    for job in PROMETHEUS["scrape_configs"]:
+        for sd in job.get("dns_sd_configs", []):
+            targets |= {(n, sd["port"]) for n in sd["names"]}
+    expected = {(n, OPS_PORTS[s["command"][0]]) for n, s in janus_services().items()}
+    assert targets == expected
+
+
+def test_bind_mounts_exist_and_volumes_are_declared() -> None:
+    declared = set(COMPOSE.get("volumes", {}))
+    for name, svc in COMPOSE["services"].items():
+        for vol in svc.get("volumes", []):
+            source = vol.split(":", 1)[0]
+            if source.startswith("."):
+                assert (ROOT / source).exists(), f"{name}: {source} does not exist"
+            else:
+                assert source in declared, f"{name}: volume {source} is not declared"
+    assert "/data" in " ".join(COMPOSE["services"]["nats"]["command"])
+
+
+def _drop_nulls(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _drop_nulls(x) for k, x in v.items() if x is not None}
+    if isinstance(v, list):
+        return [_drop_nulls(x) for x in v]
+    return v
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_dashboard_matches_grafana_schema(path: Path) -> None:
+    schema = json.loads((ROOT / "tests" / "spec" / "grafana" / "dashboard.jsonschema.json").read_text())
+    board = _drop_nulls(json.loads(path.read_text()))
+    jsonschema.Draft7Validator(schema).validate(board)
+    assert board["uid"] == f"janus-{path.stem}"
+    ids = [p["id"] for p in board["panels"]]
+    assert len(ids) == len(set(ids))
+    datasource_uid = yaml.safe_load(
+        (ROOT / "deploy" / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text()
+    )["datasources"][0]["uid"]
+    assert all(p["datasource"]["uid"] == datasource_uid for p in board["panels"])
+
+
+def test_schema_check_can_fail() -> None:
+    schema = json.loads((ROOT / "tests" / "spec" / "grafana" / "dashboard.jsonschema.json").read_text())
+    board = json.loads(DASHBOARDS[0].read_text())
+    board["refresh"] = 30  # the schema wants a string
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft7Validator(schema).validate(board)

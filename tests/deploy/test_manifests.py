@@ -1,0 +1,178 @@
+"""The Kubernetes base and the compose file agree with the code: ports, env names, probes, grace.
+
+Reads the base's YAML files directly (kustomize builds and kubernetes-validate run in
+deploy/validate.sh), so these checks need nothing but the repository.
+"""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from shared.settings import CommonSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = ROOT / "deploy" / "k8s" / "base"
+OPS_PORTS = {"gateway": 9100, "router": 9101, "worker": 9102, "metering": 9103}
+# read by shared/catalog.py from the environment, not through a settings Struct
+CATALOG_VARS = {"JANUS_CATALOG", "JANUS_PLANS"}
+
+
+def base_objects() -> list[dict[str, Any]]:
+    kust = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    out = []
+    for res in kust["resources"]:
+        out += [d for d in yaml.safe_load_all((BASE / res).read_text()) if d]
+    return out
+
+
+OBJECTS = base_objects()
+
+
+def find(kind: str, name: str) -> dict[str, Any]:
+    for o in OBJECTS:
+        if o["kind"] == kind and o["metadata"]["name"] == name:
+            return o
+    raise AssertionError(f"no {kind} {name} in deploy/k8s/base")
+
+
+def container(name: str) -> dict[str, Any]:
+    return find("Deployment", name)["spec"]["template"]["spec"]["containers"][0]
+
+
+def settings_fields(service: str) -> set[str]:
+    """JANUS_* names the service reads: its settings class when it exists, else the common ones."""
+    fields = set(CommonSettings.__struct_fields__)
+    try:
+        mod = importlib.import_module(f"services.{service}.settings")
+    except ImportError:
+        mod = None
+    for obj in vars(mod).values() if mod else []:
+        if isinstance(obj, type) and issubclass(obj, CommonSettings):
+            fields |= set(obj.__struct_fields__)
+    return {"JANUS_" + f.upper() for f in fields}
+
+
+def configmap_literals(name: str) -> dict[str, str]:
+    kust = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    for gen in kust["configMapGenerator"]:
+        if gen["name"] == name:
+            return dict(lit.split("=", 1) for lit in gen.get("literals", []))
+    raise AssertionError(f"no configMapGenerator {name}")
+
+
+@pytest.mark.parametrize("service", sorted(OPS_PORTS))
+def test_probes_on_the_ops_port(service: str) -> None:
+    c = container(service)
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports["ops"] == OPS_PORTS[service]
+    env = {e["name"]: e.get("value") for e in c.get("env", [])}
+    assert env["JANUS_OPS_PORT"] == str(OPS_PORTS[service])
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "ops"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "ops"}
+    assert c["args"] == [f"services.{service}"]
+
+
+@pytest.mark.parametrize("service", sorted(OPS_PORTS))
+def test_hardened(service: str) -> None:
+    dep = find("Deployment", service)
+    pod = dep["spec"]["template"]["spec"]
+    c = container(service)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    sc = c["securityContext"]
+    assert sc == {
+        "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}
+    }
+    for key in ("requests", "limits"):
+        assert set(c["resources"][key]) == {"cpu", "memory"}
+    # the drain bound, plus the preStop sleep and the NATS drain, must fit before SIGKILL
+    grace = float(configmap_literals("janus-env")["JANUS_SHUTDOWN_GRACE_SECONDS"])
+    assert grace >= CommonSettings().shutdown_grace_seconds
+    pre_stop = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+    sleep = int(pre_stop[1]) if pre_stop[:1] == ["sleep"] else 0
+    assert pod["terminationGracePeriodSeconds"] > grace + sleep
+
+
+def test_gateway_drains_and_takes_http() -> None:
+    c = container("gateway")
+    assert c["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
+    env = {e["name"]: e for e in c["env"]}
+    assert env["JANUS_JWT_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == "janus-secrets"
+    assert {p["name"]: p["containerPort"] for p in c["ports"]}["http"] == int(env["JANUS_PORT"]["value"])
+    svc = find("Service", "gateway")
+    assert {p["name"]: p["targetPort"] for p in svc["spec"]["ports"]} == {"http": "http", "ops": "ops"}
+
+
+@pytest.mark.parametrize("service", sorted(OPS_PORTS))
+def test_env_names_come_from_the_code(service: str) -> None:
+    known = settings_fields(service) | CATALOG_VARS
+    names = {e["name"] for e in container(service).get("env", [])} | set(configmap_literals("janus-env"))
+    assert names <= known, f"{service}: {sorted(names - known)} are not settings of the service"
+
+
+@pytest.mark.parametrize("service", sorted(OPS_PORTS))
+def test_disruption_budget_and_autoscaler(service: str) -> None:
+    labels = find("Deployment", service)["spec"]["selector"]["matchLabels"]
+    assert find("PodDisruptionBudget", service)["spec"]["selector"]["matchLabels"] == labels
+    hpa = find("HorizontalPodAutoscaler", service)["spec"]
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": service}
+    assert any(m["type"] == "Resource" and m["resource"]["name"] == "cpu" for m in hpa["metrics"])
+
+
+def test_gateway_scales_on_in_flight_requests() -> None:
+    from shared import metrics
+
+    pods = [m["pods"]["metric"]["name"] for m in find("HorizontalPodAutoscaler", "gateway")["spec"]["metrics"]
+            if m["type"] == "Pods"]
+    assert pods == [metrics.IN_FLIGHT._name]
+
+
+def test_service_monitor_scrapes_every_ops_port() -> None:
+    sm = find("ServiceMonitor", "janus")
+    (expr,) = sm["spec"]["selector"]["matchExpressions"]
+    assert set(expr["values"]) == set(OPS_PORTS)
+    port = sm["spec"]["endpoints"][0]["port"]
+    for service in OPS_PORTS:
+        assert port in {p["name"] for p in find("Service", service)["spec"]["ports"]}
+
+
+def test_nats_cluster_of_three_with_persistent_jetstream() -> None:
+    sts = find("StatefulSet", "nats")
+    assert sts["spec"]["replicas"] == 3
+    assert find("Service", sts["spec"]["serviceName"])["spec"]["clusterIP"] == "None"
+    assert sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+    conf = (BASE / "nats" / "nats.conf").read_text()
+    assert "store_dir: /data" in conf
+    routes = [f"nats://nats-{i}.{sts['spec']['serviceName']}:6222" for i in range(3)]
+    assert all(r in conf for r in routes)
+    assert configmap_literals("janus-env")["JANUS_NATS_REPLICAS"] == "3"
+
+
+def test_only_the_gateway_is_open_to_everyone() -> None:
+    policies = [o for o in OBJECTS if o["kind"] == "NetworkPolicy"]
+    deny = next(p for p in policies if p["metadata"]["name"] == "default-deny")
+    assert deny["spec"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+    for p in policies:
+        for rule in p["spec"].get("ingress", []):
+            if "from" not in rule:  # any source
+                assert p["spec"]["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "gateway"}}
+                assert rule["ports"] == [{"protocol": "TCP", "port": 8080}]
+
+
+def test_generated_files_are_up_to_date() -> None:
+    res = subprocess.run([sys.executable, str(ROOT / "deploy" / "gen.py"), "--check"], capture_output=True,
+                         text=True, check=False)
+    assert res.returncode == 0, res.stderr
+
+
+def test_prometheus_rule_carries_the_same_rules() -> None:
+    rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "rules" / "janus.rules.yml").read_text())
+    assert find("PrometheusRule", "janus")["spec"]["groups"] == rules["groups"]
