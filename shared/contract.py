@@ -52,6 +52,7 @@ class Target(msgspec.Struct, omit_defaults=True):
     deployment: str  # deployment id in the catalog
     provider: str  # provider id: the worker pool (subject token) that serves it
     upstream_model: str  # the provider's own model name
+    model: str = ""  # catalog id this target serves when it differs from RoutePlan.model (a fallback model)
 
 
 class RoutePlan(msgspec.Struct, tag="route.plan.v1", **_tagged):
@@ -102,6 +103,21 @@ class Settlement(msgspec.Struct, tag="meter.settle.v1", **_tagged):
     ok: bool = True  # False: the call failed; charge only what ``usage`` says was produced
     byok: bool = False
     at: float = 0.0
+
+
+class LedgerEntry(msgspec.Struct, tag="meter.ledger.v1", **_tagged):
+    """One applied settlement, appended to the ledger stream with ``Nats-Msg-Id`` = request id."""
+
+    request_id: str
+    user: str
+    model: str
+    credits: int  # what was charged (0 for BYOK and for failures that produced nothing)
+    usage: Usage
+    bot: str = "default"
+    reserved: int = 0  # the hold it replaced (0 when the hold had been reaped, or for BYOK)
+    ok: bool = True
+    byok: bool = False
+    at: float = 0.0  # when metering applied it
 
 
 class UsageQuery(msgspec.Struct, tag="meter.usage_query.v1", **_tagged):
@@ -188,6 +204,20 @@ class KeyRevoked(msgspec.Struct, tag="keys.revoked.v1", **_tagged):
     key_hash: str
 
 
+class ApiKeyRecord(msgspec.Struct, tag="keys.record.v1", **_tagged):
+    """An issued API key, stored in KV bucket ``subjects.KEYS_BUCKET`` under the SHA-256 hex digest of
+    the whole key (``sk-janus-...``); the key itself is never stored. Revoking sets ``revoked`` (or
+    deletes the entry) and publishes ``KeyRevoked`` with the same digest on ``subjects.KEYS_REVOKED``."""
+
+    user: str
+    plan: str
+    email: str = ""
+    name: str = ""  # the owner's label for the key
+    created: float = 0.0
+    expires: float | None = None  # unix seconds; None: never
+    revoked: bool = False
+
+
 class ErrorReply(msgspec.Struct, tag="error.v1", **_tagged):
     error: ErrorInfo
 
@@ -208,6 +238,7 @@ route_reply_decoder = msgspec.msgpack.Decoder(RoutePlan | ErrorReply)
 reserve_request_decoder = msgspec.msgpack.Decoder(ReserveRequest)
 reserve_reply_decoder = msgspec.msgpack.Decoder(ReserveReply | ErrorReply)
 settlement_decoder = msgspec.msgpack.Decoder(Settlement)
+ledger_entry_decoder = msgspec.msgpack.Decoder(LedgerEntry)
 usage_query_decoder = msgspec.msgpack.Decoder(UsageQuery)
 usage_reply_decoder = msgspec.msgpack.Decoder(UsageReply | ErrorReply)
 work_decoder = msgspec.msgpack.Decoder(WorkRequest)
@@ -215,3 +246,4 @@ cancel_decoder = msgspec.msgpack.Decoder(Cancel)
 frame_decoder = msgspec.msgpack.Decoder(Frame)
 health_decoder = msgspec.msgpack.Decoder(HealthReport)
 key_revoked_decoder = msgspec.msgpack.Decoder(KeyRevoked)
+api_key_record_decoder = msgspec.msgpack.Decoder(ApiKeyRecord)
