@@ -1,0 +1,170 @@
+"""The benchmark's tools work end to end with tiny numbers. Only shapes and counts are checked,
+never speed: speed is what the benchmark reports, not what a test asserts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import openai
+import pytest
+from openai.types.chat import ChatCompletionMessageParam
+
+from tools.bench import extras
+from tools.bench.load import run_load
+from tools.bench.upstream import Shape, UpstreamServer
+from tools.stack import ROOT, SERVICES
+
+KEY = "sk-bench-test"
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[UpstreamServer]:
+    srv = UpstreamServer(Shape(chunks=5, api_key=KEY))
+    await srv.start()
+    try:
+        yield srv
+    finally:
+        await srv.close()
+
+
+def _client(srv: UpstreamServer, key: str = KEY) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{srv.port}/v1", api_key=key, max_retries=0)
+
+
+async def test_upstream_speaks_openai_wire_format_to_the_official_sdk(upstream: UpstreamServer) -> None:
+    async with _client(upstream) as client:
+        msgs: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello there"}]
+        done = await client.chat.completions.create(model="m-1", messages=msgs)
+        assert done.model == "m-1"
+        assert done.choices[0].finish_reason == "stop"
+        assert done.usage is not None and done.usage.completion_tokens == 5
+        assert done.usage.total_tokens == done.usage.prompt_tokens + 5
+
+        text, usage, finish = [], None, None
+        stream = await client.chat.completions.create(
+            model="m-1", messages=msgs, stream=True, stream_options={"include_usage": True},
+        )
+        async for chunk in stream:
+            if chunk.choices:
+                text.append(chunk.choices[0].delta.content or "")
+                finish = chunk.choices[0].finish_reason or finish
+            if chunk.usage:
+                usage = chunk.usage
+        assert "".join(text) == done.choices[0].message.content
+        assert finish == "stop" and usage is not None and usage.completion_tokens == 5
+
+        emb = await client.embeddings.create(model="e-1", input=["a", "b", "c"])
+        assert [d.index for d in emb.data] == [0, 1, 2]
+        assert len(emb.data[0].embedding) == 16
+        b64 = await client.embeddings.create(model="e-1", input="a", encoding_format="base64")
+        assert b64.data[0].embedding  # the SDK hands base64 through as a string or decodes it
+
+    async with _client(upstream, "sk-wrong") as bad:
+        with pytest.raises(openai.AuthenticationError):
+            await bad.chat.completions.create(model="m", messages=msgs)
+
+
+async def test_load_counts_requests_and_complete_streams(upstream: UpstreamServer) -> None:
+    url = f"http://127.0.0.1:{upstream.port}/v1"
+    for mode in ("buffered", "stream", "embeddings"):
+        r = await run_load(url, mode, 3, model="m", token=KEY, requests=30, warmup_requests=3)
+        assert (r.requests, r.errors, r.incomplete_streams) == (30, 0, 0), r
+        assert r.p50_ms is not None and r.p99_ms is not None
+        assert (r.ttft_p50_ms is not None) == (mode == "stream")
+    r = await run_load(url, "buffered", 2, model="m", token="sk-wrong", requests=4)
+    assert r.errors == 4 and r.statuses == {"401": 4}
+
+
+async def test_load_flags_a_stream_that_ends_without_done() -> None:
+    """A truncated stream must count as incomplete, or the c=64 figure would mean nothing."""
+    event = b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
+    answer = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+              + b"%x\r\n%s\r\n0\r\n\r\n" % (len(event), event))
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            writer.write(answer)
+            await writer.drain()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        r = await run_load(f"http://127.0.0.1:{port}/v1", "stream", 2, model="m", requests=6)
+    finally:
+        server.close()
+    assert r.requests == 6 and r.incomplete_streams == 6
+    assert r.ttft_p50_ms is not None  # the content event was seen before the stream ended short
+
+
+def test_extra_sections_run_when_present_and_are_skipped_when_absent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(extras, "SECTIONS", [
+        ("sample", "tests.bench.sample_section", ("run", "main")),
+        ("absent", "tools.no_such_bench_module", ("bench",)),
+    ])
+    results, notes = extras.run_extras()
+    assert results["sample"]["result"]["decisions_per_second"] == 123.0
+    assert results["sample"]["result"]["argv"] == ["tests.bench.sample_section"]
+    assert "sample section ran" in results["sample"]["output"]
+    assert "absent" not in results
+    assert any("absent" in n and "skipped" in n for n in notes)
+
+
+def _bench(tmp_path: Path, *args: str, timeout: float) -> dict[str, object]:
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.bench", "--out", str(out), "--workdir", str(tmp_path / "work"),
+         "--no-extras", "--warmup", "0", *args],
+        cwd=str(ROOT), capture_output=True, text=True, timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "p50 ms" in proc.stdout  # the table was printed
+    doc = json.loads((out / "latest.json").read_text())
+    assert set(doc) >= {"rows", "targets", "settings", "machine", "notes", "extras"}
+    assert set(doc["targets"]) == {"added_p50_ms_at_c1", "janus_cpu_ms_per_buffered_request", "janus_rps",
+                                   "incomplete_streams_at_c64"}
+    return doc
+
+
+@pytest.mark.timeout(90)
+def test_bench_direct_path_end_to_end(tmp_path: Path) -> None:
+    doc = _bench(tmp_path, "--targets", "direct", "--concurrency", "1,4", "--modes", "buffered,stream",
+                 "--requests", "40", timeout=80)
+    rows = doc["rows"]
+    assert isinstance(rows, list)
+    assert [(r["target"], r["mode"], r["concurrency"]) for r in rows] == [
+        ("direct", "buffered", 1), ("direct", "buffered", 4),
+        ("direct", "stream", 1), ("direct", "stream", 4),
+    ]
+    for r in rows:
+        assert r["requests"] == 40 and r["errors"] == 0 and r["incomplete_streams"] == 0
+        assert r["p50_ms"] is not None and r["p99_ms"] is not None and r["rps"] > 0
+        assert r["janus_cpu_ms_per_request"] is None  # no Janus process ran in a direct phase
+        assert r["upstream_cpu_ms_per_request"] is not None
+
+
+def _services_present() -> bool:
+    return all((ROOT / "services" / s / "__main__.py").exists() for s in SERVICES)
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.skipif(not _services_present(), reason="the four services are not all written yet")
+def test_bench_through_janus_end_to_end(tmp_path: Path) -> None:
+    doc = _bench(tmp_path, "--concurrency", "2", "--modes", "buffered,stream", "--requests", "30",
+                 timeout=140)
+    assert doc["notes"] == [], doc["notes"]
+    janus = [r for r in doc["rows"] if r["target"] == "janus"]  # type: ignore[attr-defined,index]
+    assert [(r["mode"], r["concurrency"]) for r in janus] == [("buffered", 2), ("stream", 2)]
+    for r in janus:
+        assert r["requests"] == 30 and r["errors"] == 0 and r["incomplete_streams"] == 0, r["first_error"]
+        assert r["overhead_p50_ms"] is not None
+        assert r["janus_cpu_ms_per_request"] is not None
+        assert set(r["janus_cpu_ms_by_process"]) == {"nats-server", "metering", "router", "worker", "gateway"}
+        assert r["stages"], "no stage histograms were scraped from the services"

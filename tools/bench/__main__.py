@@ -1,0 +1,202 @@
+"""``make bench``: the same load sent straight to a fake upstream and through Janus, in one run.
+
+    python -m tools.bench [--concurrency 1,16,64] [--modes buffered,stream] [--seconds 4]
+                          [--requests N] [--warmup 1] [--targets direct,janus] [--profile]
+
+1. start the fake OpenAI-compatible upstream (its own process);
+2. direct: for each mode and concurrency, closed-loop load straight at the upstream;
+3. janus: start nats-server and the four services with a generated catalog whose one provider is
+   the upstream (``openai_compat``), issue a JWT for a plan too large to run out, and send the
+   same load through the gateway, reading the CPU time of every Janus process around each window;
+4. run the extra sections other benchmarks plug in (``tools.bench.extras``);
+5. print one table and write it as JSON to ``bench-results/latest.json``.
+
+The design targets are printed as measured against target, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tools.bench import janus as janus_mod
+from tools.bench import report, stages
+from tools.bench.extras import run_extras
+from tools.bench.load import MODES
+from tools.bench.procs import ROOT, CpuMeter, Phase, PhaseRun, Upstream, run_phase
+from tools.bench.profile import Profiler, profile_text, profiler_available
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _names(text: str, allowed: tuple[str, ...]) -> list[str]:
+    out = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [x for x in out if x not in allowed]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown {bad}; choose from {allowed}")
+    return out
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--concurrency", type=_ints, default=[1, 16, 64], help="comma list (default 1,16,64)")
+    ap.add_argument("--modes", type=lambda t: _names(t, MODES), default=["buffered", "stream"],
+                    help="comma list of buffered, stream, embeddings (default buffered,stream)")
+    ap.add_argument("--targets", type=lambda t: _names(t, ("direct", "janus")), default=["direct", "janus"])
+    ap.add_argument("--seconds", type=float, default=4.0, help="measured seconds per phase")
+    ap.add_argument("--requests", type=int, default=0,
+                    help="measured requests per phase (overrides --seconds)")
+    ap.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each phase")
+    ap.add_argument("--timeout", type=float, default=30.0, help="bound on one request, seconds")
+    ap.add_argument("--chunks", type=int, default=8, help="content deltas per upstream stream")
+    ap.add_argument("--chunk-delay-ms", type=float, default=0.0, help="upstream pause between events")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench-results", help="report directory")
+    ap.add_argument("--workdir", type=Path, default=None, help="keep the stack's files and logs here")
+    ap.add_argument("--no-extras", action="store_true", help="skip the metering and routing sections")
+    ap.add_argument("--profile", action="store_true",
+                    help="sample every service with py-spy during the Janus buffered phase at --profile-at")
+    ap.add_argument("--profile-at", type=int, default=16, help="concurrency of the profiled phase")
+    return ap.parse_args(argv)
+
+
+def _phases(target: str, url: str, args: argparse.Namespace, model_for: dict[str, str],
+            token: str = "") -> list[Phase]:
+    return [Phase(target, url, mode, c, model_for[mode], token)
+            for mode in args.modes for c in args.concurrency]
+
+
+def _run(phase: Phase, meter: CpuMeter, args: argparse.Namespace,
+         before: Callable[[], None] | None = None, after: Callable[[], None] | None = None) -> PhaseRun:
+    print(f"  {phase.target:<6} {phase.mode:<10} c={phase.concurrency:<3} ...", end="", flush=True)
+    run = run_phase(phase, meter, requests=args.requests, seconds=args.seconds,
+                    warmup_seconds=args.warmup, timeout=args.timeout, before=before, after=after)
+    r = run.result
+    print(f" {r.requests} requests, {r.rps:.0f}/s, p50 {r.p50_ms} ms"
+          + (f", {r.errors} errors" if r.errors else "")
+          + (f", {r.incomplete_streams} incomplete" if r.incomplete_streams else ""), flush=True)
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+    notes: list[str] = []
+    rows: list[report.Row] = []
+    profiles: dict[str, Any] = {}
+    tmp = None if args.workdir else Path(tempfile.mkdtemp(prefix="janus-bench-"))
+    workdir = args.workdir or tmp
+    assert workdir is not None
+    key = janus_mod.new_upstream_key()
+    model_for = {"buffered": janus_mod.CHAT_MODEL, "stream": janus_mod.CHAT_MODEL,
+                 "embeddings": janus_mod.EMBED_MODEL}
+
+    upstream = Upstream(chunks=args.chunks, chunk_delay_ms=args.chunk_delay_ms,
+                        api_key_env=janus_mod.KEY_ENV, env={janus_mod.KEY_ENV: key})
+    print(f"fake upstream on {upstream.base_url} (pid {upstream.proc.pid})", flush=True)
+    try:
+        if "direct" in args.targets:
+            meter = CpuMeter({"upstream": upstream.proc.pid})
+            for phase in _phases("direct", upstream.base_url, args, model_for, key):
+                rows.append(report.make_row("direct", _run(phase, meter, args), []))
+        if "janus" in args.targets:
+            rows += _janus_phases(args, workdir, upstream, key, model_for, notes, profiles)
+    finally:
+        upstream.stop()
+
+    extras: dict[str, Any] = {}
+    if not args.no_extras:
+        extras, extra_notes = run_extras()
+        notes += extra_notes
+    if profiles:
+        extras["profile"] = profiles
+
+    report.add_overheads(rows)
+    targets = report.evaluate(rows)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                if k not in ("out", "workdir")}
+    settings["wall_seconds"] = round(time.monotonic() - started, 1)
+    doc = report.document(rows, targets, settings, notes, extras)
+    path = report.write(doc, args.out)
+
+    print()
+    print(report.table(rows))
+    for text in (report.breakdown(rows), report.stages_text(rows)):
+        if text:
+            print()
+            print(text)
+    if profiles:
+        print()
+        print(profile_text(profiles))
+    print()
+    print(report.targets_text(targets))
+    for note in notes:
+        print(f"note: {note}")
+    print(f"\nwrote {path} ({settings['wall_seconds']} s)", flush=True)
+    if tmp is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def _janus_phases(args: argparse.Namespace, workdir: Path, upstream: Upstream, key: str,
+                  model_for: dict[str, str], notes: list[str], profiles: dict[str, Any]) -> list[report.Row]:
+    print("starting nats-server and the four services ...", flush=True)
+    try:
+        janus = janus_mod.start(workdir / "janus", upstream.base_url, key, dimensions=16)
+    except Exception as exc:  # the services may not exist yet or may fail to start: report, go on
+        notes.append(f"janus stack did not start: {str(exc)[-1500:]}")
+        print(f"janus stack did not start:\n{str(exc)[-1500:]}", flush=True)
+        return []
+    rows: list[report.Row] = []
+    try:
+        problem = janus_mod.probe(janus)
+        if problem:
+            notes.append(f"janus probe request failed: {problem}")
+            print(f"janus probe request failed: {problem}", flush=True)
+        pids = janus.pids()
+        names = list(pids)
+        ports = {name: svc.ops_port for name, svc in janus.stack.services.items()}
+        meter = CpuMeter({**pids, "upstream": upstream.proc.pid})
+        for phase in _phases("janus", janus.base_url, args, model_for, janus.token):
+            profiler = None
+            if args.profile and phase.mode == "buffered" and phase.concurrency == args.profile_at:
+                if profiler_available():
+                    profiler = Profiler({n: p for n, p in pids.items() if n != "nats-server"},
+                                        workdir / "profiles", args.warmup + args.seconds)
+                else:
+                    notes.append("profile: py-spy not installed (pip install py-spy==0.4.1)")
+            if profiler:
+                notes.append(f"profile: janus {phase.mode} c={phase.concurrency} ran under py-spy sampling; "
+                             "its figures are slightly pessimistic")
+                profiler.start()
+            scrapes: list[stages.Sample] = []
+
+            def take(into: list[stages.Sample] = scrapes) -> None:
+                into.append(stages.scrape(ports))
+
+            run = _run(phase, meter, args, before=take, after=take)
+            if profiler:
+                profiles.update(profiler.finish())
+            row = report.make_row("janus", run, names)
+            row.stages = stages.stage_means(*scrapes)
+            rows.append(row)
+            dead = set(names) - set(janus.alive())
+            if dead:
+                where = f"{phase.mode} c={phase.concurrency}"
+                notes.append(f"janus processes exited during {where}: {sorted(dead)}")
+                break
+    finally:
+        janus.stop()
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(main())

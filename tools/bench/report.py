@@ -1,0 +1,210 @@
+"""The benchmark report: one row per phase, the overhead of Janus over the direct path, the design
+targets (measured and compared, never asserted), one printed table and one JSON document."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from tools.bench.janus import CHAT_MODEL, PROVIDER
+from tools.bench.load import Result
+from tools.bench.procs import PhaseRun
+
+# The figures the team designs for. A miss is reported, never raised: speed is for benchmarks.
+TARGETS = {
+    "added_p50_ms_at_c1": 1.5,
+    "janus_cpu_ms_per_buffered_request": 1.5,
+    "janus_rps": 1000.0,
+    "incomplete_streams_at_c64": 0,
+}
+
+
+class Row(msgspec.Struct, omit_defaults=False):
+    target: str  # "direct" | "janus"
+    mode: str
+    concurrency: int
+    requests: int
+    errors: int
+    incomplete_streams: int
+    rps: float
+    p50_ms: float | None
+    p99_ms: float | None
+    ttft_p50_ms: float | None
+    overhead_p50_ms: float | None = None
+    overhead_p99_ms: float | None = None
+    overhead_ttft_p50_ms: float | None = None
+    janus_cpu_ms_per_request: float | None = None
+    janus_cpu_ms_by_process: dict[str, float] = {}  # per request
+    upstream_cpu_ms_per_request: float | None = None
+    client_cpu_ms_per_request: float | None = None
+    ttft_p99_ms: float | None = None
+    first_error: str = ""
+    stages: dict[str, Any] = {}  # mean ms per Janus stage, from the services' own histograms
+
+
+def _per_request(seconds: float, n: int) -> float | None:
+    return round(seconds * 1000 / n, 3) if n else None
+
+
+def make_row(target: str, run: PhaseRun, janus_names: list[str]) -> Row:
+    r: Result = run.result
+    n = r.requests
+    janus_cpu = {k: v for k, v in run.cpu.items() if k in janus_names}
+    return Row(
+        target=target, mode=r.mode, concurrency=r.concurrency, requests=n, errors=r.errors,
+        incomplete_streams=r.incomplete_streams, rps=r.rps, p50_ms=r.p50_ms, p99_ms=r.p99_ms,
+        ttft_p50_ms=r.ttft_p50_ms, ttft_p99_ms=r.ttft_p99_ms,
+        janus_cpu_ms_per_request=_per_request(sum(janus_cpu.values()), n) if janus_cpu else None,
+        janus_cpu_ms_by_process={k: _per_request(v, n) or 0.0 for k, v in sorted(janus_cpu.items())},
+        upstream_cpu_ms_per_request=_per_request(run.cpu.get("upstream", 0.0), n),
+        client_cpu_ms_per_request=round(r.client_cpu_ms / n, 3) if n else None,
+        first_error=r.first_error[:500],
+    )
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else round(a - b, 3)
+
+
+def add_overheads(rows: list[Row]) -> None:
+    """Janus minus direct for the same mode and concurrency (differences of percentiles)."""
+    direct = {(r.mode, r.concurrency): r for r in rows if r.target == "direct"}
+    for r in rows:
+        d = direct.get((r.mode, r.concurrency))
+        if r.target != "janus" or d is None:
+            continue
+        r.overhead_p50_ms = _minus(r.p50_ms, d.p50_ms)
+        r.overhead_p99_ms = _minus(r.p99_ms, d.p99_ms)
+        r.overhead_ttft_p50_ms = _minus(r.ttft_p50_ms, d.ttft_p50_ms)
+
+
+def evaluate(rows: list[Row]) -> dict[str, dict[str, Any]]:
+    janus = [r for r in rows if r.target == "janus"]
+    out: dict[str, dict[str, Any]] = {}
+
+    def put(name: str, value: float | None, ok: bool | None, how: str) -> None:
+        out[name] = {"target": TARGETS[name], "measured": value, "met": ok, "how": how}
+
+    c1 = [r.overhead_p50_ms for r in janus if r.concurrency == 1 and r.mode == "buffered"]
+    v = c1[0] if c1 and c1[0] is not None else None
+    put("added_p50_ms_at_c1", v, None if v is None else v <= TARGETS["added_p50_ms_at_c1"],
+        "Janus p50 minus direct p50, buffered, concurrency 1")
+    cpu = [r.janus_cpu_ms_per_request for r in janus if r.mode == "buffered" and r.janus_cpu_ms_per_request]
+    v = max(cpu) if cpu else None
+    put("janus_cpu_ms_per_buffered_request", v,
+        None if v is None else v <= TARGETS["janus_cpu_ms_per_buffered_request"],
+        "worst over buffered concurrencies; all services and nats-server summed")
+    rps = [r.rps for r in janus if r.mode == "buffered" and r.errors == 0]
+    v = max(rps) if rps else None
+    put("janus_rps", v, None if v is None else v >= TARGETS["janus_rps"],
+        "best buffered requests/s through the whole pipeline with no errors")
+    c64 = [r for r in janus if r.mode == "stream" and r.concurrency == 64]
+    v = float(c64[0].incomplete_streams + c64[0].errors) if c64 else None
+    put("incomplete_streams_at_c64", v, None if v is None else v == 0,
+        "streams without [DONE], with an in-band error, or failed, at concurrency 64")
+    return out
+
+
+def _fmt(v: float | None, digits: int = 2) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def table(rows: list[Row]) -> str:
+    head = ("phase", "mode", "conc", "requests", "rps", "p50 ms", "p99 ms", "ttft p50", "+p50 ms",
+            "+p99 ms", "+ttft ms", "cpu ms/req", "incomplete", "errors")
+    lines = [head]
+    for r in rows:
+        lines.append((
+            r.target, r.mode, str(r.concurrency), str(r.requests), _fmt(r.rps, 0), _fmt(r.p50_ms, 3),
+            _fmt(r.p99_ms, 3), _fmt(r.ttft_p50_ms, 3), _fmt(r.overhead_p50_ms, 3),
+            _fmt(r.overhead_p99_ms, 3), _fmt(r.overhead_ttft_p50_ms, 3),
+            _fmt(r.janus_cpu_ms_per_request, 3), str(r.incomplete_streams) if r.mode == "stream" else "-",
+            str(r.errors),
+        ))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    # the first two columns are names (left-aligned), the rest figures (right-aligned)
+    text = ["  ".join(c.rjust(w) if i > 1 else c.ljust(w)
+                      for i, (c, w) in enumerate(zip(line, widths, strict=True)))
+            for line in lines]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(text)
+
+
+def breakdown(rows: list[Row]) -> str:
+    """CPU ms per request by Janus process: where the time goes."""
+    janus = [r for r in rows if r.target == "janus" and r.janus_cpu_ms_by_process]
+    if not janus:
+        return ""
+    names = sorted({n for r in janus for n in r.janus_cpu_ms_by_process})
+    lines = ["Janus CPU ms per request by process (+ upstream and load generator, not Janus):",
+             "  " + "mode      conc  " + "  ".join(f"{n:>11}" for n in names) + "     upstream   loadgen"]
+    for r in janus:
+        cells = "  ".join(f"{r.janus_cpu_ms_by_process.get(n, 0.0):>11.3f}" for n in names)
+        upstream = _fmt(r.upstream_cpu_ms_per_request, 3)
+        client = _fmt(r.client_cpu_ms_per_request, 3)
+        lines.append(f"  {r.mode:<9} {r.concurrency:>4}  {cells}  {upstream:>11}  {client:>8}")
+    return "\n".join(lines)
+
+
+# the stage columns printed (all stages are in the JSON), with short headings
+_STAGE_COLUMNS = (
+    ("janus_http_request_duration_seconds[route=/v1/chat/completions]", "gateway total"),
+    ("janus_gateway_overhead_seconds[route=/v1/chat/completions]", "gateway overhead"),
+    ("janus_route_decision_seconds", "route decision"),
+    ("janus_metering_operation_seconds[operation=reserve]", "reserve"),
+    ("janus_metering_operation_seconds[operation=settle]", "settle"),
+    (f"janus_upstream_request_duration_seconds[gen_ai_provider_name={PROVIDER}]", "worker upstream call"),
+    (f"janus_time_to_first_token_seconds[gen_ai_request_model={CHAT_MODEL}]", "gateway ttft"),
+)
+
+
+def stages_text(rows: list[Row]) -> str:
+    """Mean ms per stage as each service measures it: where a request's time goes."""
+    janus = [r for r in rows if r.target == "janus" and r.stages]
+    if not janus:
+        return ""
+    present = [(k, h) for k, h in _STAGE_COLUMNS if any(k in r.stages for r in janus)]
+    lines = ["Mean ms per stage, as the services measure it (see rows[].stages in the JSON for all):",
+             "  mode      conc  " + "  ".join(f"{h:>{max(len(h), 8)}}" for _, h in present)]
+    for r in janus:
+        cells = "  ".join(f"{_fmt(r.stages.get(k, {}).get('mean_ms'), 3):>{max(len(h), 8)}}"
+                          for k, h in present)
+        lines.append(f"  {r.mode:<9} {r.concurrency:>4}  {cells}")
+    return "\n".join(lines)
+
+
+def targets_text(targets: dict[str, dict[str, Any]]) -> str:
+    lines = ["Design targets (measured, not asserted):"]
+    for name, t in targets.items():
+        verdict = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
+        lines.append(f"  {name:<36} target {t['target']:<8} measured {_fmt(t['measured'], 3):<10} {verdict}"
+                     f"  ({t['how']})")
+    return "\n".join(lines)
+
+
+def document(rows: list[Row], targets: dict[str, dict[str, Any]], settings: dict[str, Any],
+             notes: list[str], extras: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "system": platform.platform()},
+        "settings": settings,
+        "rows": [msgspec.to_builtins(r) for r in rows],
+        "targets": targets,
+        "extras": extras,
+        "notes": notes,
+    }
+
+
+def write(doc: dict[str, Any], out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "latest.json"
+    # encode first, then write, so an encoding error never leaves a truncated report behind
+    data = msgspec.json.format(msgspec.json.encode(doc), indent=2)
+    path.write_bytes(data + b"\n")
+    return path
