@@ -123,7 +123,8 @@ def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise _invalid(exc) from None
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        # msgspec raises UnicodeDecodeError (not DecodeError) for bytes that are not UTF-8
         raise InvalidRequest(
             "We could not parse the JSON body of your request. The body must be a JSON object.",
             code="invalid_json",

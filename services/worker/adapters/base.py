@@ -14,12 +14,14 @@ adapter cannot do it does not declare, and the worker refuses it before calling 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any, ClassVar, Literal, Protocol
 
 import msgspec
 
 from shared.catalog import Deployment, Provider
 from shared.contract import Usage
+from shared.errors import InvalidRequest
 
 Framing = Literal["json", "sse", "ndjson", "aws-eventstream"]
 
@@ -38,7 +40,8 @@ class UpstreamRequest(msgspec.Struct):
     headers: dict[str, str]
     body: bytes
     framing: Framing  # how the *response* is framed
-    # Bedrock signs the finished request; the transport calls ``sign`` (when set) just before sending
+    # Bedrock signs the finished request; the transport calls ``sign(request)`` (when set) just before
+    # sending, with this UpstreamRequest: it updates ``headers`` in place (or returns a new headers dict)
     sign: Any = None
 
 
@@ -112,6 +115,8 @@ class ChatContext(msgspec.Struct):
     body: dict[str, Any]  # the client's OpenAI request, decoded
     stream: bool
     api_key: str | None  # resolved by the worker (env var or the user's own key); never logged
+    request_id: str = ""
+    dimensions: int | None = None  # embeddings: the catalog model's vector size
 
 
 class StreamParser(Protocol):
@@ -146,3 +151,112 @@ class EmbeddingsAdapter(Adapter, Protocol):
     def embeddings_request(self, ctx: ChatContext, inputs: list[str]) -> UpstreamRequest: ...
 
     def parse_embeddings(self, body: bytes) -> Embeddings: ...
+
+
+# ------------------------------------------------------------------------- helpers for translators
+# Reading the client's OpenAI request is the same chore in every translator; it lives here once.
+_json_decoder = msgspec.json.Decoder()
+
+
+def max_tokens_of(body: dict[str, Any]) -> int | None:
+    """``max_completion_tokens`` wins over the deprecated ``max_tokens`` (OpenAI's own rule)."""
+    value = body.get("max_completion_tokens") or body.get("max_tokens")
+    return int(value) if value else None
+
+
+def stop_list(body: dict[str, Any]) -> list[str]:
+    stop = body.get("stop")
+    if not stop:
+        return []
+    return [stop] if isinstance(stop, str) else [s for s in stop if s]
+
+
+def text_of(content: Any) -> str:
+    """The text of a message's ``content``: a string, or the text parts of a parts list."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+
+
+def parse_data_url(url: str) -> tuple[str, str] | None:
+    """``data:image/png;base64,AAAA`` -> ("image/png", "AAAA"); anything else -> None."""
+    if not url.startswith("data:"):
+        return None
+    head, sep, data = url[5:].partition(",")
+    if not sep or not head.endswith(";base64"):
+        return None
+    return head[: -len(";base64")] or "application/octet-stream", data
+
+
+def json_arguments(arguments: Any) -> Any:
+    """A tool call's ``arguments`` (a JSON string in OpenAI's format) as an object for providers
+    that take structured input."""
+    if not isinstance(arguments, str):
+        return arguments if arguments is not None else {}
+    if not arguments.strip():
+        return {}
+    try:
+        return _json_decoder.decode(arguments)
+    except msgspec.DecodeError:
+        raise InvalidRequest("tool call arguments are not valid JSON", param="messages") from None
+
+
+def option(ctx: ChatContext, name: str, default: str = "") -> str:
+    """A setting from the deployment's ``options``, else the provider's."""
+    return ctx.deployment.options.get(name) or ctx.provider.options.get(name) or default
+
+
+def error_text(body: bytes, *path: str) -> str:
+    """The message at ``path`` in a JSON error body, else the body's first 500 characters: a
+    provider's gateway can answer with HTML or plain text instead of its documented JSON."""
+    try:
+        node: Any = _json_decoder.decode(body)
+        for key in path:
+            node = node[key]
+        if isinstance(node, str) and node:
+            return node
+    except (msgspec.DecodeError, KeyError, TypeError, IndexError):
+        pass
+    return body[:500].decode("utf-8", "replace").strip() or "upstream error"
+
+
+def single_choice(body: dict[str, Any]) -> None:
+    """Providers without ``n`` generate one answer; say so rather than silently returning one."""
+    n = body.get("n")
+    if n not in (None, 1):
+        raise InvalidRequest("n > 1 is not supported by this model's provider", param="n")
+
+
+def unsupported_part(kind: Any) -> InvalidRequest:
+    return InvalidRequest(f"content part type {kind!r} is not supported by this model", param="messages")
+
+
+class LocalAdapter(Protocol):
+    """An adapter that answers in process, with no upstream HTTP (the built-in ``fake`` provider).
+
+    The worker recognises it by ``local = True`` and takes events straight from it instead of going
+    through the transport; everything after the events (encoding, usage, frames) is shared.
+    """
+
+    kind: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+    local: ClassVar[bool]
+
+    def stream_events(self, ctx: ChatContext) -> AsyncIterator[Event]:
+        """The answer as canonical events, ending with ``Finish`` and a ``UsageEvent``."""
+        ...
+
+    async def embed(self, ctx: ChatContext, inputs: list[str]) -> Embeddings: ...
+
+
+def append_turn(turns: list[dict[str, Any]], role: str, blocks: list[Any], key: str = "content") -> None:
+    """Add a turn for providers that require alternating roles (Anthropic, Gemini, Bedrock): a turn
+    with the previous turn's role is merged into it, e.g. parallel tool results into one user turn."""
+    if not blocks:
+        return
+    if turns and turns[-1]["role"] == role:
+        turns[-1][key].extend(blocks)
+    else:
+        turns.append({"role": role, key: blocks})

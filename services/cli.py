@@ -1,0 +1,143 @@
+"""``janus``: the operator's command line (API keys, bring-your-own-key, usage).
+
+    janus keys create --user U --plan P [--name N]
+    janus keys list [--user U]
+    janus keys revoke <id-or-prefix>
+    janus byok set --user U --provider P --key-env VAR     (the key is read from $VAR, never argv)
+    janus byok delete --user U --provider P
+    janus byok genkey                                        (a fresh JANUS_BYOK_KEY)
+    janus usage --user U [--plan P]
+
+Connects to ``JANUS_NATS_URL`` (default nats://127.0.0.1:4222). Exit status: 0 ok, 1 failed,
+2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+import structlog
+
+from services.metering.byok import ByokStore, Sealer, generate_key
+from services.metering.keys import KeyStore
+from shared import contract, subjects
+from shared.bus import Bus
+from shared.catalog import ConfigError, load_plans
+from shared.errors import JanusError
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="janus", description="Janus operator commands")
+    sub = p.add_subparsers(dest="group", required=True)
+
+    keys = sub.add_parser("keys", help="issued API keys").add_subparsers(dest="cmd", required=True)
+    c = keys.add_parser("create", help="issue a key (printed once)")
+    c.add_argument("--user", required=True)
+    c.add_argument("--plan", required=True)
+    c.add_argument("--name", default="")
+    ls = keys.add_parser("list", help="list keys (never the keys themselves)")
+    ls.add_argument("--user")
+    r = keys.add_parser("revoke", help="revoke a key by id, id prefix, or the key itself")
+    r.add_argument("ref")
+
+    byok = sub.add_parser("byok", help="users' own provider keys").add_subparsers(dest="cmd", required=True)
+    s = byok.add_parser("set", help="store a user's provider key, read from an environment variable")
+    s.add_argument("--user", required=True)
+    s.add_argument("--provider", required=True)
+    s.add_argument("--key-env", required=True, metavar="VAR")
+    d = byok.add_parser("delete", help="forget a user's provider key")
+    d.add_argument("--user", required=True)
+    d.add_argument("--provider", required=True)
+    byok.add_parser("genkey", help="print a fresh JANUS_BYOK_KEY")
+
+    u = sub.add_parser("usage", help="a user's budget pools and this week's usage")
+    u.add_argument("--user", required=True)
+    u.add_argument("--plan", default="")
+    return p
+
+
+async def _run(args: argparse.Namespace) -> int:
+    url = os.environ.get("JANUS_NATS_URL", "nats://127.0.0.1:4222")
+    replicas = int(os.environ.get("JANUS_NATS_REPLICAS", "1") or 1)
+    bus = await Bus.connect(url, "cli")
+    try:
+        if args.group == "keys":
+            store = await KeyStore.open(bus, replicas)
+            if args.cmd == "create":
+                if load_plans().get(args.plan) is None:
+                    print(f"janus: unknown plan {args.plan!r}", file=sys.stderr)
+                    return 2
+                key, rec = await store.create(args.user, args.plan, args.name)
+                print(key)
+                print(f"id {rec.id}  user {rec.user}  plan {rec.plan}  (the key is shown only this once)",
+                      file=sys.stderr)
+            elif args.cmd == "list":
+                rows = await store.list(args.user)
+                print(f"{'ID':<17}{'USER':<24}{'PLAN':<12}{'NAME':<20}{'CREATED':<22}REVOKED")
+                for k in rows:
+                    print(f"{k.id:<17}{k.user:<24}{k.plan:<12}{k.name:<20}{_when(k.created):<22}"
+                          f"{_when(k.revoked)}")
+            else:
+                rec = await store.revoke(args.ref)
+                print(f"revoked {rec.id} ({rec.user})")
+        elif args.group == "byok":
+            store_b = await ByokStore.open(bus, Sealer.from_env(), replicas)
+            if args.cmd == "set":
+                secret = os.environ.get(args.key_env, "")
+                if not secret:
+                    print(f"janus: ${args.key_env} is empty or not set", file=sys.stderr)
+                    return 2
+                await store_b.set(args.user, args.provider, secret)
+                print(f"stored {args.provider} key for {args.user}")
+            else:
+                found = await store_b.delete(args.user, args.provider)
+                print(f"deleted {args.provider} key for {args.user}" if found else "no such key")
+                return 0 if found else 1
+        else:
+            plan = args.plan or load_plans().default_plan
+            raw = await bus.request(subjects.METER_USAGE,
+                                    contract.encode(contract.UsageQuery(args.user, plan)), timeout=5)
+            reply = contract.usage_reply_decoder.decode(raw)
+            if isinstance(reply, contract.ErrorReply):
+                raise reply.exception()
+            print(json.dumps(json.loads(reply.body), indent=2))
+        return 0
+    finally:
+        await bus.close()
+
+
+def _quiet_logs() -> None:
+    # stdout carries the command's answer (a new key, a table); the bus's logs go to stderr
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+                        wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _quiet_logs()
+    if args.group == "byok" and args.cmd == "genkey":
+        print(generate_key())
+        return 0
+    try:
+        return asyncio.run(_run(args))
+    except ConfigError as exc:
+        print(f"janus: {exc}", file=sys.stderr)
+        return 2
+    except (JanusError, ValueError) as exc:
+        print(f"janus: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,273 @@
+"""Admission, settlement and reaping as pure functions on one user's ``Record``.
+
+Nothing here touches NATS or the clock: the caller passes ``now`` (whole UTC seconds) and writes the
+mutated record back with one compare-and-set, so the rules below hold across pools and replicas.
+
+Admission: a request is admitted only if every pool can hold its worst-case cost (the prompt
+estimate plus ``max_output_tokens`` at the model's price, with ``shared.money.cost_credits``):
+``used + open holds + this hold <= limit`` for the session, the week and, when the plan sets them,
+the monthly input/output token quotas.
+
+Overshoot bound: a pool's spend can pass its limit by at most one request's ``actual - reserved``
+cost. Every admitted hold fits under the limit together with all the others, and a settlement
+replaces its hold by the actual cost, so the only way past the limit is a request whose actual
+cost exceeded its reservation (an underestimated prompt, or a settlement that arrives after the
+reaper released its hold); the next admission sees the overshoot in ``used`` and is refused.
+With exact prompt counts and ``completion_tokens <= max_output_tokens`` the bound is zero.
+
+Settlement lands in the windows of the moment the request was admitted (the hold's time), so a
+request made on Sunday night and settled on Monday is charged to last week, not to the new one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.metering import windows as w
+from services.metering.record import Hold, Record, Settled, Tally
+from shared.catalog import Plan
+from shared.contract import LedgerEntry, PoolState, ReserveReply, ReserveRequest, Settlement, Usage
+from shared.money import PriceUnits, cost_credits
+
+
+@dataclass(frozen=True, slots=True)
+class PlanRules:
+    """A plan with its window parameters parsed once at startup."""
+
+    name: str
+    plan: Plan
+    session_seconds: int
+    reset_weekday: int
+    reset_seconds: int
+
+    @classmethod
+    def of(cls, name: str, plan: Plan) -> PlanRules:
+        if not 0 <= plan.weekly.reset_weekday <= 6:
+            raise ValueError(f"plan {name}: weekly.reset_weekday must be 0..6")
+        return cls(name, plan, w.session_length(plan.session.hours), plan.weekly.reset_weekday,
+                   w.parse_reset_time(plan.weekly.reset_time))
+
+    def week_start(self, now: int) -> int:
+        return w.week_start(now, self.reset_weekday, self.reset_seconds)
+
+
+@dataclass(slots=True)
+class Figures:
+    """Every pool's state at ``now``: what is used, what open holds reserve, when it resets."""
+
+    session_open: bool
+    session_used: int
+    session_reserved: int
+    session_reset: int
+    week_used: int
+    week_reserved: int
+    week_reset: int
+    month_in: int
+    month_in_reserved: int
+    month_out: int
+    month_out_reserved: int
+    month_reset: int
+
+
+def roll(rec: Record, rules: PlanRules, now: int) -> None:
+    """Move the record's windows to ``now``. Windows only move forward, so a replica whose clock
+    lags another's never re-opens a window that has already been replaced."""
+    if rec.session_start and w.session_expired(rec.session_start, rules.session_seconds, now):
+        rec.session_start, rec.session_used = 0, 0
+    ws = rules.week_start(now)
+    if ws > rec.week_start:
+        rec.week_start, rec.week_used = ws, 0
+        rec.week_by_model, rec.week_by_bot = {}, {}
+    ms = w.month_start(now)
+    if ms > rec.month_start:
+        rec.month_start, rec.month_input_tokens, rec.month_output_tokens = ms, 0, 0
+
+
+def figures(rec: Record, rules: PlanRules, now: int) -> Figures:
+    """Pool states of a record already rolled to ``now``."""
+    s_res = wk_res = in_res = out_res = 0
+    for h in rec.holds.values():
+        if rec.session_start and h.at >= rec.session_start:
+            s_res += h.credits
+        if h.at >= rec.week_start:
+            wk_res += h.credits
+        if h.at >= rec.month_start:
+            in_res += h.input_tokens
+            out_res += h.output_tokens
+    is_open = rec.session_start > 0
+    return Figures(
+        session_open=is_open,
+        session_used=rec.session_used,
+        session_reserved=s_res,
+        session_reset=w.session_end(rec.session_start, rules.session_seconds, now),
+        week_used=rec.week_used,
+        week_reserved=wk_res,
+        week_reset=rec.week_start + w.WEEK,
+        month_in=rec.month_input_tokens,
+        month_in_reserved=in_res,
+        month_out=rec.month_output_tokens,
+        month_out_reserved=out_res,
+        month_reset=w.month_end(now),
+    )
+
+
+def pool_states(f: Figures, plan: Plan) -> list[PoolState]:
+    return [
+        PoolState("session", plan.session.credits,
+                  max(0, plan.session.credits - f.session_used - f.session_reserved), float(f.session_reset)),
+        PoolState("weekly", plan.weekly.credits,
+                  max(0, plan.weekly.credits - f.week_used - f.week_reserved), float(f.week_reset)),
+    ]
+
+
+def hold_cost(req: ReserveRequest, price: PriceUnits) -> int:
+    usage = Usage(prompt_tokens=max(req.input_tokens, 0), completion_tokens=max(req.max_output_tokens, 0))
+    return cost_credits(usage, price)
+
+
+def _denial(f: Figures, plan: Plan, hold: int, req: ReserveRequest) -> tuple[str, str] | None:
+    """The pool that cannot hold the request (the one that frees up last), and the message."""
+    over: list[tuple[int, str, str]] = []
+
+    def check(pool: str, unit: str, limit: int | None, used: int, need: int, reset: int) -> None:
+        if limit is None or used + need <= limit:
+            return
+        left = max(0, limit - used)
+        what = f"{pool} budget" if unit == "credits" else f"{pool.replace('_', ' ')} quota"
+        extra = f"; this request may use up to {need} {unit}" if left else ""
+        over.append((reset, pool, f"{what} exhausted: {left} of {limit} {unit} remaining{extra}; "
+                                  f"resets at {w.iso(reset)}"))
+
+    check("session", "credits", plan.session.credits, f.session_used + f.session_reserved, hold,
+          f.session_reset)
+    check("weekly", "credits", plan.weekly.credits, f.week_used + f.week_reserved, hold, f.week_reset)
+    q = plan.monthly_tokens
+    check("monthly_input_tokens", "tokens", q.input, f.month_in + f.month_in_reserved,
+          max(req.input_tokens, 0), f.month_reset)
+    check("monthly_output_tokens", "tokens", q.output, f.month_out + f.month_out_reserved,
+          max(req.max_output_tokens, 0), f.month_reset)
+    if not over:
+        return None
+    _, pool, message = max(over, key=lambda o: o[0])
+    return pool, message
+
+
+def reserve(rec: Record, req: ReserveRequest, rules: PlanRules, price: PriceUnits,
+            now: int) -> tuple[ReserveReply, bool]:
+    """Admit or refuse; returns the reply and whether the record changed (and must be written)."""
+    existing = rec.holds.get(req.request_id)
+    if existing is not None or rec.settled_cost(req.request_id) is not None:
+        # a retried reserve of a request already admitted: answer the same, hold nothing twice
+        roll(rec, rules, now)
+        pools = pool_states(figures(rec, rules, now), rules.plan)
+        return ReserveReply(True, pools, hold=existing.credits if existing else 0), False
+    roll(rec, rules, now)
+    if req.byok:
+        return ReserveReply(True, pool_states(figures(rec, rules, now), rules.plan)), False
+    hold = hold_cost(req, price)
+    f = figures(rec, rules, now)
+    denied = _denial(f, rules.plan, hold, req)
+    if denied is not None:
+        pool, message = denied
+        return ReserveReply(False, pool_states(f, rules.plan), denied_pool=pool, message=message), False
+    if not rec.session_start:
+        rec.session_start, rec.session_used = now, 0
+    rec.plan = rules.name
+    rec.holds[req.request_id] = Hold(hold, max(req.input_tokens, 0), max(req.max_output_tokens, 0),
+                                     req.model, req.bot, now)
+    return ReserveReply(True, pool_states(figures(rec, rules, now), rules.plan), hold=hold), True
+
+
+@dataclass(slots=True)
+class Outcome:
+    result: str  # "charged" | "released" | "late" | "byok" | "duplicate"
+    entry: LedgerEntry
+
+
+def settle(rec: Record, s: Settlement, rules: PlanRules, price: PriceUnits | None, now: int,
+           keep: int) -> tuple[Outcome, bool]:
+    """Replace the hold by the actual cost. Idempotent by request id: a settled id is a no-op that
+    still returns its ledger entry, so a redelivery after a crash re-publishes the same entry."""
+    known = rec.settled_cost(s.request_id)
+    if known is not None:
+        return Outcome("duplicate", _entry(s, known, 0, now)), False
+    roll(rec, rules, now)
+    hold = rec.holds.pop(s.request_id, None)
+    if s.byok:
+        cost = 0
+    elif price is not None:
+        cost = cost_credits(s.usage, price)
+    else:
+        # the model left the catalog between admission and settlement: charge what was held
+        cost = hold.credits if hold is not None and s.ok else 0
+    at = hold.at if hold is not None else w.now_s(s.at or now)
+    if rec.session_start and at >= rec.session_start:
+        rec.session_used += cost
+    if at >= rec.week_start:
+        rec.week_used += cost
+        prompt, completion = max(s.usage.prompt_tokens, 0), max(s.usage.completion_tokens, 0)
+        rec.week_by_model.setdefault(s.model, Tally()).add(cost, prompt, completion)
+        rec.week_by_bot.setdefault(s.bot or "default", Tally()).add(cost, prompt, completion)
+    if at >= rec.month_start and not s.byok:
+        # quotas bound what the platform pays for; a user's own key spends nothing of it
+        rec.month_input_tokens += max(s.usage.prompt_tokens, 0)
+        rec.month_output_tokens += max(s.usage.completion_tokens, 0)
+    rec.settled.append(Settled(s.request_id, cost))
+    if len(rec.settled) > keep:
+        del rec.settled[: len(rec.settled) - keep]
+    if s.byok:
+        result = "byok"
+    elif hold is None:
+        result = "late"
+    elif not s.ok and cost == 0:
+        result = "released"
+    else:
+        result = "charged"
+    return Outcome(result, _entry(s, cost, hold.credits if hold else 0, now)), True
+
+
+def _entry(s: Settlement, cost: int, reserved: int, now: int) -> LedgerEntry:
+    return LedgerEntry(request_id=s.request_id, user=s.user, model=s.model, credits=cost, usage=s.usage,
+                       bot=s.bot or "default", reserved=reserved, ok=s.ok, byok=s.byok, at=float(now))
+
+
+def reap(rec: Record, now: int, ttl: float) -> list[str]:
+    """Release holds older than ``ttl`` seconds (their gateway died before settling)."""
+    stale = [rid for rid, h in rec.holds.items() if now - h.at >= ttl]
+    for rid in stale:
+        del rec.holds[rid]
+    return stale
+
+
+def usage_document(rec: Record, rules: PlanRules, now: int) -> dict[str, object]:
+    """The ``/v1/usage`` body for a record rolled to ``now``."""
+    f = figures(rec, rules, now)
+    plan = rules.plan
+
+    def pool(limit: int, used: int, reserved: int, reset: int) -> dict[str, object]:
+        return {"limit": limit, "used": used, "reserved": reserved,
+                "remaining": max(0, limit - used - reserved), "reset": w.iso(reset)}
+
+    def quota(limit: int | None, used: int, reserved: int) -> dict[str, object]:
+        return {"limit": limit, "used": used, "reserved": reserved,
+                "remaining": None if limit is None else max(0, limit - used - reserved)}
+
+    def tallies(d: dict[str, Tally]) -> dict[str, object]:
+        return {k: {"credits": t.credits, "requests": t.requests, "input_tokens": t.input_tokens,
+                    "output_tokens": t.output_tokens} for k, t in sorted(d.items())}
+
+    return {
+        "object": "usage",
+        "plan": rules.name,
+        "unit": "credits",
+        "session": {**pool(plan.session.credits, f.session_used, f.session_reserved, f.session_reset),
+                    "active": f.session_open},
+        "weekly": pool(plan.weekly.credits, f.week_used, f.week_reserved, f.week_reset),
+        "monthly_tokens": {
+            "input": quota(plan.monthly_tokens.input, f.month_in, f.month_in_reserved),
+            "output": quota(plan.monthly_tokens.output, f.month_out, f.month_out_reserved),
+            "reset": w.iso(f.month_reset),
+        },
+        "week": {"start": w.iso(rec.week_start), "by_model": tallies(rec.week_by_model),
+                 "by_bot": tallies(rec.week_by_bot)},
+    }

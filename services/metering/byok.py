@@ -1,0 +1,120 @@
+"""Bring-your-own-key: a user's provider API key, encrypted at rest in KV ``janus_byok``.
+
+The key is sealed with AES-256-GCM under ``JANUS_BYOK_KEY`` (32 random bytes, URL-safe base64;
+``janus byok genkey`` prints one). The user id and provider are the associated data, so a sealed
+key copied onto another user's or provider's entry fails to open instead of being used.
+
+    store = await ByokStore.open(bus, Sealer.from_env())
+    await store.set(user, provider, secret)      # the CLI
+    secret = await store.get(user, provider)     # the worker, per request; None when absent
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import time
+
+import msgspec
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from services.metering.record import kv_key
+from shared import subjects
+from shared.bus import Bus, KeyNotFound, KeyValue
+from shared.catalog import ConfigError
+from shared.errors import JanusError
+
+ENV = "JANUS_BYOK_KEY"
+
+
+class SealedKey(msgspec.Struct, omit_defaults=True):
+    user: str
+    provider: str
+    nonce: bytes
+    ciphertext: bytes
+    created: float = 0.0
+    hint: str = ""  # last 4 characters, to tell keys apart without decrypting
+
+
+_enc = msgspec.msgpack.Encoder()
+_dec = msgspec.msgpack.Decoder(SealedKey)
+
+
+def generate_key() -> str:
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+
+
+class Sealer:
+    def __init__(self, key: bytes) -> None:
+        if len(key) != 32:
+            raise ConfigError(f"{ENV} must be 32 bytes of URL-safe base64 (janus byok genkey)")
+        self._aead = AESGCM(key)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Sealer:
+        raw = (env if env is not None else os.environ).get(ENV, "")
+        if not raw:
+            raise ConfigError(f"{ENV} is not set (janus byok genkey prints a fresh one)")
+        try:
+            key = base64.urlsafe_b64decode(raw.encode())
+        except ValueError:
+            raise ConfigError(f"{ENV} is not URL-safe base64") from None
+        return cls(key)
+
+    @staticmethod
+    def _aad(user: str, provider: str) -> bytes:
+        return f"janus-byok\x00{user}\x00{provider}".encode()
+
+    def seal(self, user: str, provider: str, secret: str) -> SealedKey:
+        nonce = secrets.token_bytes(12)
+        ct = self._aead.encrypt(nonce, secret.encode(), self._aad(user, provider))
+        return SealedKey(user, provider, nonce, ct, time.time(), secret[-4:] if len(secret) >= 12 else "")
+
+    def open(self, sealed: SealedKey, user: str, provider: str) -> str:
+        """Decrypt for the entry it was read from: the AAD is who asks, not what the record says."""
+        try:
+            return self._aead.decrypt(sealed.nonce, sealed.ciphertext, self._aad(user, provider)).decode()
+        except InvalidTag:
+            # never the user's fault, and never worth the key in a log line
+            raise JanusError("a stored provider key cannot be decrypted (wrong JANUS_BYOK_KEY?)",
+                             code="byok_undecryptable") from None
+
+
+def _key(user: str, provider: str) -> str:
+    return f"{kv_key('y', user)}.{subjects.token(provider)}"
+
+
+class ByokStore:
+    def __init__(self, kv: KeyValue, sealer: Sealer) -> None:
+        self.kv = kv
+        self.sealer = sealer
+
+    @classmethod
+    async def open(cls, bus: Bus, sealer: Sealer, replicas: int = 1) -> ByokStore:
+        return cls(await bus.kv(subjects.BYOK_BUCKET, replicas=replicas), sealer)
+
+    async def set(self, user: str, provider: str, secret: str) -> SealedKey:
+        if not secret.strip():
+            raise ValueError("the provider key is empty")
+        sealed = self.sealer.seal(user, provider, secret.strip())
+        await Bus.kv_put(self.kv, _key(user, provider), _enc.encode(sealed))
+        return sealed
+
+    async def get(self, user: str, provider: str) -> str | None:
+        """The user's plaintext key for ``provider``, or None when they registered none."""
+        try:
+            data, _ = await Bus.kv_get(self.kv, _key(user, provider))
+        except KeyNotFound:
+            return None
+        return self.sealer.open(_dec.decode(data), user, provider)
+
+    async def delete(self, user: str, provider: str) -> bool:
+        key = _key(user, provider)
+        try:
+            await Bus.kv_get(self.kv, key)
+        except KeyNotFound:
+            return False
+        await Bus.kv_delete(self.kv, key)
+        return True

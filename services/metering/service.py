@@ -1,0 +1,281 @@
+"""The metering service: admission (reserve), settlement, the hold reaper and usage answers.
+
+    janus.meter.reserve  (queue "metering")  ReserveRequest  -> ReserveReply | ErrorReply
+    janus.meter.usage    (queue "metering")  UsageQuery      -> UsageReply   | ErrorReply
+    JANUS_SETTLE stream, durable pull consumer "metering" shared by every replica:
+        Settlement -> one CAS write of the user's record -> ledger entry -> ack
+
+All state is in JetStream (the ``janus_budget`` KV bucket and the two streams), so any number of
+replicas serve the same users and a SIGKILL loses nothing: a settlement is acknowledged only after
+its KV write, and applying it again is a no-op (the record remembers recent request ids).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from typing import Any, ClassVar
+
+import msgspec
+
+from services.metering import budget
+from services.metering import windows as w
+from services.metering.store import BudgetStore
+from services.metering.streams import SETTLE_DURABLE, ensure_ledger_stream, ensure_settlement_stream
+from shared import contract, metrics, subjects
+from shared.bus import Bus, Msg, map_exception
+from shared.catalog import load_catalog, load_plans
+from shared.errors import InvalidRequest, JanusError, ModelNotFound, PermissionDenied
+from shared.logging import get_logger
+from shared.money import PriceUnits
+from shared.service import Service
+from shared.settings import CommonSettings
+
+log = get_logger("metering")
+
+_json = msgspec.json.Encoder()
+
+
+class MeteringSettings(CommonSettings, kw_only=True):
+    catalog: str = ""  # path; empty: JANUS_CATALOG or config/catalog.yaml
+    plans: str = ""  # path; empty: JANUS_PLANS or config/plans.yaml
+    hold_ttl_seconds: float = 900.0  # longer than any stream may last
+    reap_interval_seconds: float = 60.0
+    settle_ack_wait_seconds: float = 30.0
+    settle_batch: int = 128
+    settled_keep: int = 256  # request ids remembered per user for idempotency
+    concurrency: int = 512
+
+
+class MeteringService(Service):
+    name: ClassVar[str] = "metering"
+    default_ops_port: ClassVar[int] = 9103
+
+    def __init__(self, common: CommonSettings) -> None:
+        super().__init__(common)
+        assert isinstance(common, MeteringSettings)
+        self.settings = common
+        catalog = load_catalog(common.catalog or None)
+        plans = load_plans(common.plans or None, catalog)
+        self.default_plan = plans.default_plan
+        self.rules = {name: budget.PlanRules.of(name, p) for name, p in plans.plans.items()}
+        # priced once per model and alias, so a request costs one dict lookup
+        self.prices: dict[str, PriceUnits] = {
+            name: PriceUnits.of(m.price) for name, m in catalog.model_by_name.items()
+        }
+        self.store: BudgetStore | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = asyncio.Event()
+        self._consuming = False
+        self._sub: Any = None
+
+    # ------------------------------------------------------------------------------- lifecycle
+    async def start(self, bus: Bus) -> None:
+        await super().start(bus)
+        replicas = self.settings.nats_replicas
+        kv = await bus.kv(subjects.BUDGET_BUCKET, replicas=replicas)
+        self.store = BudgetStore(kv)
+        await ensure_settlement_stream(bus, replicas)
+        await ensure_ledger_stream(bus, replicas)
+        sub = self._sub = await bus.pull_consumer(subjects.SETTLE_STREAM, SETTLE_DURABLE, subjects.SETTLE,
+                                      ack_wait=self.settings.settle_ack_wait_seconds)
+        n = self.settings.concurrency
+        q = subjects.METERING_QUEUE
+        await bus.serve(subjects.METER_RESERVE, self._on_reserve, queue=q, concurrency=n)
+        await bus.serve(subjects.METER_USAGE, self._on_usage, queue=q, concurrency=n)
+        await bus.flush()  # subscriptions are registered at the server before we report ready
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._settle_loop(sub)), loop.create_task(self._reap_loop())]
+
+    async def stop(self) -> None:
+        self._closing.set()
+        settle, reaper = self._tasks or (None, None)
+        if reaper is not None:
+            reaper.cancel()
+        if settle is not None:
+            # the settle loop finishes the batch in hand; what it has not acked is redelivered
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(settle, self.settings.shutdown_grace_seconds)
+        if self._sub is not None:
+            # a pull subscription left behind after a timed-out fetch stalls the connection's
+            # drain for its whole timeout
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+
+    def ready(self) -> bool:
+        return self._consuming and not self._closing.is_set()
+
+    def ready_detail(self) -> dict[str, bool]:
+        return {"settlements": self._consuming}
+
+    # --------------------------------------------------------------------------------- helpers
+    def _plan(self, name: str, *, strict: bool) -> budget.PlanRules:
+        rules = self.rules.get(name)
+        if rules is None:
+            if strict:
+                raise PermissionDenied(f"unknown plan {name!r}", code="unknown_plan")
+            # a settlement must still be charged; the default plan's windows are the best guess
+            rules = self.rules[self.default_plan]
+        return rules
+
+    @staticmethod
+    async def _respond(msg: Msg, data: bytes) -> None:
+        if msg.reply:
+            await msg.respond(data)
+
+    # --------------------------------------------------------------------------------- reserve
+    async def reserve(self, req: contract.ReserveRequest) -> contract.ReserveReply:
+        assert self.store is not None
+        rules = self._plan(req.plan, strict=True)
+        price = self.prices.get(req.model)
+        if price is None:
+            raise ModelNotFound(f"the model {req.model!r} does not exist", param="model")
+        now = w.now_s(time.time())
+        reply: contract.ReserveReply = await self.store.update(
+            req.user, lambda rec: budget.reserve(rec, req, rules, price, now))
+        if req.byok:
+            metrics.BUDGET_DECISIONS.labels("byok", "none").inc()
+        elif reply.admitted:
+            metrics.BUDGET_DECISIONS.labels("admitted", "none").inc()
+        else:
+            metrics.BUDGET_DECISIONS.labels("denied", reply.denied_pool or "unknown").inc()
+        return reply
+
+    async def _on_reserve(self, msg: Msg) -> None:
+        t0 = time.perf_counter()
+        try:
+            req = contract.reserve_request_decoder.decode(msg.data)
+            out = contract.encode(await self.reserve(req))
+        except Exception as exc:
+            out = self._error(exc, "reserve")
+        await self._respond(msg, out)
+        metrics.METER_OP_SECONDS.labels("reserve").observe(time.perf_counter() - t0)
+
+    @staticmethod
+    def _error(exc: Exception, op: str) -> bytes:
+        if isinstance(exc, msgspec.DecodeError | msgspec.ValidationError):
+            err: JanusError = InvalidRequest(f"malformed {op} message: {exc}")
+        else:
+            err = map_exception(exc)
+            if not isinstance(exc, JanusError):
+                log.exception(f"{op}_failed")
+        return contract.encode(contract.error_reply(err))
+
+    # ----------------------------------------------------------------------------------- usage
+    async def usage(self, q: contract.UsageQuery) -> bytes:
+        assert self.store is not None
+        rules = self._plan(q.plan, strict=True)
+        rec = await self.store.read_user(q.user)
+        now = w.now_s(time.time())
+        budget.roll(rec, rules, now)  # a view only: nothing is written
+        return _json.encode(budget.usage_document(rec, rules, now))
+
+    async def _on_usage(self, msg: Msg) -> None:
+        t0 = time.perf_counter()
+        try:
+            q = contract.usage_query_decoder.decode(msg.data)
+            out = contract.encode(contract.UsageReply(await self.usage(q)))
+        except Exception as exc:
+            out = self._error(exc, "usage")
+        await self._respond(msg, out)
+        metrics.METER_OP_SECONDS.labels("usage").observe(time.perf_counter() - t0)
+
+    # ------------------------------------------------------------------------------ settlement
+    async def settle(self, s: contract.Settlement) -> budget.Outcome:
+        """Apply one settlement and append its ledger entry (both idempotent by request id)."""
+        assert self.store is not None and self.bus is not None
+        rules = self._plan(s.plan, strict=False)
+        price = self.prices.get(s.model)
+        if price is None:
+            log.warning("settle_unknown_model", model=s.model)
+        now = w.now_s(time.time())
+        keep = self.settings.settled_keep
+        outcome: budget.Outcome = await self.store.update(
+            s.user, lambda rec: budget.settle(rec, s, rules, price, now, keep))
+        # after the KV write: a crash here redelivers the settlement, which re-publishes this entry
+        await self.bus.js_publish(subjects.LEDGER, contract.encode(outcome.entry), msg_id=s.request_id)
+        metrics.SETTLEMENTS.labels(outcome.result).inc()
+        if outcome.result != "duplicate" and outcome.entry.credits:
+            metrics.CREDITS_CHARGED.labels(s.model).inc(outcome.entry.credits)
+        return outcome
+
+    async def _apply(self, m: Msg) -> None:
+        t0 = time.perf_counter()
+        try:
+            s = contract.settlement_decoder.decode(m.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            # redelivering a message nobody can read would loop for ever
+            log.error("settlement_undecodable", error=str(exc))
+            metrics.SETTLEMENTS.labels("invalid").inc()
+            with contextlib.suppress(Exception):
+                await m.term()
+            return
+        try:
+            await self.settle(s)
+        except Exception as exc:
+            # not acked: JetStream redelivers it after ack_wait, to this replica or another
+            log.warning("settle_failed", request_id=s.request_id, error=map_exception(exc).message)
+            metrics.SETTLEMENTS.labels("retry").inc()
+            return
+        try:
+            await m.ack()
+        except Exception as exc:
+            log.warning("settle_ack_failed", request_id=s.request_id, error=str(exc) or type(exc).__name__)
+        metrics.METER_OP_SECONDS.labels("settle").observe(time.perf_counter() - t0)
+
+    async def _settle_loop(self, sub: Any) -> None:
+        self._consuming = True
+        try:
+            while not self._closing.is_set():
+                try:
+                    msgs = await Bus.fetch(sub, self.settings.settle_batch, 1.0)
+                except Exception as exc:
+                    log.warning("settle_fetch_failed", error=map_exception(exc).message)
+                    await asyncio.sleep(0.5)
+                    continue
+                if msgs:
+                    # different users settle in parallel; the store serialises one user's changes
+                    await asyncio.gather(*(self._apply(m) for m in msgs))
+        finally:
+            self._consuming = False
+
+    # ---------------------------------------------------------------------------------- reaper
+    async def reap_once(self) -> int:
+        """Release every hold older than ``hold_ttl_seconds``, in every record; returns how many."""
+        assert self.store is not None
+        ttl = self.settings.hold_ttl_seconds
+        reaped = still_open = 0
+        for key in await self.store.keys():
+            rec, _ = await self.store.read(key)
+            if rec is None or not rec.holds:
+                continue
+            now = w.now_s(time.time())
+            if any(now - h.at >= ttl for h in rec.holds.values()):
+                def drop(r: Any, now: int = now) -> tuple[list[str], bool]:
+                    ids = budget.reap(r, now, ttl)
+                    return ids, bool(ids)
+
+                ids = await self.store.update(rec.user, drop, key=key)
+                reaped += len(ids)
+                still_open += len(rec.holds) - len(ids)
+                if ids:
+                    log.info("holds_reaped", count=len(ids))
+            else:
+                still_open += len(rec.holds)
+        metrics.HOLDS_REAPED.inc(reaped)
+        metrics.HOLDS_OPEN.set(still_open)
+        return reaped
+
+    async def _reap_loop(self) -> None:
+        interval = self.settings.reap_interval_seconds
+        while not self._closing.is_set():
+            # jitter keeps replicas from scanning in lock-step
+            await asyncio.sleep(interval * random.uniform(0.8, 1.2))
+            t0 = time.perf_counter()
+            try:
+                await self.reap_once()
+            except Exception as exc:
+                log.warning("reap_failed", error=map_exception(exc).message)
+            metrics.METER_OP_SECONDS.labels("reap").observe(time.perf_counter() - t0)

@@ -1,0 +1,214 @@
+"""Cohere Chat API v2 (``POST /v2/chat``), buffered and SSE-streamed.
+
+Wire format: https://docs.cohere.com/reference/chat, https://docs.cohere.com/v2/docs/streaming and
+https://docs.cohere.com/docs/tool-use-streaming. v2 messages are close to OpenAI's (roles, tool
+calls with string ``arguments``, ``tool_call_id``); what differs:
+- ``top_p`` is ``p``, ``stop`` is ``stop_sequences``; ``tool_choice`` is ``REQUIRED`` or ``NONE``;
+- the answer's ``content`` is a list of typed blocks; usage is reported as ``billed_units`` (what
+  Cohere charges for) and ``tokens`` (including its prompt template);
+- the stream is typed SSE events (``message-start``, ``content-delta``, ``tool-call-start`` /
+  ``-delta`` / ``-end``, ``message-end`` with the finish reason and usage); ``message-end`` is the
+  terminal event.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import msgspec
+
+from services.worker.adapters.base import (
+    Capabilities,
+    ChatContext,
+    Completion,
+    Event,
+    Finish,
+    ReasoningDelta,
+    StreamMessage,
+    TextDelta,
+    ToolCallDelta,
+    UpstreamRequest,
+    UsageEvent,
+    error_text,
+    max_tokens_of,
+    single_choice,
+    stop_list,
+    text_of,
+)
+from shared.contract import Usage
+from shared.errors import InvalidRequest, StreamInterrupted, UpstreamError, UpstreamTimeout
+
+DEFAULT_BASE_URL = "https://api.cohere.com"
+
+_decode = msgspec.json.Decoder().decode
+_encode = msgspec.json.Encoder().encode
+
+FINISH = {"COMPLETE": "stop", "STOP_SEQUENCE": "stop", "MAX_TOKENS": "length", "TOOL_CALL": "tool_calls"}
+
+
+def usage_from(u: dict[str, Any]) -> Usage:
+    counts = u.get("billed_units") or u.get("tokens") or {}
+    return Usage(
+        prompt_tokens=int(counts.get("input_tokens") or 0),
+        completion_tokens=int(counts.get("output_tokens") or 0),
+        cached_tokens=int(u.get("cached_tokens") or 0),
+    )
+
+
+def _finish(reason: str | None) -> str:
+    """A finish reason, or the error Cohere reports through one (``ERROR``, ``TIMEOUT``)."""
+    if reason == "ERROR":
+        raise UpstreamError("cohere: the generation failed (finish_reason ERROR)")
+    if reason == "TIMEOUT":
+        raise UpstreamTimeout("cohere: the generation timed out (finish_reason TIMEOUT)")
+    return FINISH.get(reason or "COMPLETE", "stop")
+
+
+def _convert_message(msg: dict[str, Any]) -> dict[str, Any]:
+    role = msg.get("role")
+    if role in ("system", "developer"):
+        return {"role": "system", "content": text_of(msg.get("content"))}
+    if role == "user":
+        content = msg.get("content")
+        if isinstance(content, list) and any(p.get("type") == "image_url" for p in content):
+            return {"role": "user", "content": content}  # v2 takes OpenAI's image_url parts as they are
+        return {"role": "user", "content": text_of(content)}
+    if role == "assistant":
+        turn: dict[str, Any] = {"role": "assistant"}
+        text = text_of(msg.get("content"))
+        if text:
+            turn["content"] = text
+        calls = msg.get("tool_calls")
+        if calls:
+            turn["tool_calls"] = [{"id": c.get("id"), "type": "function", "function": c.get("function")}
+                                  for c in calls]
+        return turn
+    if role == "tool":
+        return {"role": "tool", "tool_call_id": msg.get("tool_call_id"),
+                "content": text_of(msg.get("content"))}
+    raise InvalidRequest(f"message role {role!r} is not supported", param="messages")
+
+
+def build_body(ctx: ChatContext) -> dict[str, Any]:
+    body = ctx.body
+    single_choice(body)
+    out: dict[str, Any] = {
+        "model": ctx.upstream_model,
+        "messages": [_convert_message(m) for m in body.get("messages") or []],
+        "stream": ctx.stream,
+    }
+    limit = max_tokens_of(body)
+    if limit:
+        out["max_tokens"] = limit
+    for ours, theirs in (("temperature", "temperature"), ("top_p", "p"), ("seed", "seed"),
+                         ("presence_penalty", "presence_penalty"),
+                         ("frequency_penalty", "frequency_penalty")):
+        if body.get(ours) is not None:
+            out[theirs] = body[ours]
+    stops = stop_list(body)
+    if stops:
+        out["stop_sequences"] = stops
+    fmt = body.get("response_format") or {}
+    if fmt.get("type") in ("json_object", "json_schema"):
+        out["response_format"] = {"type": "json_object"}
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        if schema:
+            out["response_format"]["json_schema"] = schema
+    tools = [t for t in body.get("tools") or [] if t.get("type") == "function"]
+    if tools:
+        out["tools"] = tools
+        choice = body.get("tool_choice")
+        if choice == "required":
+            out["tool_choice"] = "REQUIRED"
+        elif choice == "none":
+            out["tool_choice"] = "NONE"
+        elif isinstance(choice, dict):
+            # Cohere cannot force one named tool: offer only that tool and require a call
+            name = (choice.get("function") or {}).get("name")
+            out["tools"] = [t for t in tools if t["function"].get("name") == name]
+            out["tool_choice"] = "REQUIRED"
+    return out
+
+
+class CohereStream:
+    def __init__(self) -> None:
+        self._tools: dict[int, int] = {}  # event index -> tool call ordinal
+        self._done = False
+
+    def feed(self, msg: StreamMessage) -> list[Event]:
+        if self._done or not msg.data:
+            return []
+        ev = _decode(msg.data)
+        kind = ev.get("type") or msg.event
+        message = (ev.get("delta") or {}).get("message") or {}
+        if kind == "content-delta":
+            content = message.get("content") or {}
+            if content.get("text"):
+                return [TextDelta(content["text"])]
+            return [ReasoningDelta(content["thinking"])] if content.get("thinking") else []
+        if kind == "tool-call-start":
+            call = message.get("tool_calls") or {}
+            fn = call.get("function") or {}
+            ordinal = len(self._tools)
+            self._tools[ev.get("index", ordinal)] = ordinal
+            return [ToolCallDelta(ordinal, id=call.get("id"), name=fn.get("name"),
+                                  arguments=fn.get("arguments") or "")]
+        if kind == "tool-call-delta":
+            frag = ((message.get("tool_calls") or {}).get("function") or {}).get("arguments") or ""
+            known = self._tools.get(ev.get("index", -1))
+            return [ToolCallDelta(known, arguments=frag)] if frag and known is not None else []
+        if kind == "message-end":
+            self._done = True
+            delta = ev.get("delta") or {}
+            out: list[Event] = [Finish(_finish(delta.get("finish_reason")))]  # type: ignore[arg-type]
+            if delta.get("usage"):
+                out.append(UsageEvent(usage_from(delta["usage"])))
+            return out
+        return []  # message-start, content-start/-end, tool-plan-delta, tool-call-end, citations
+
+    def finish(self) -> None:
+        if not self._done:
+            raise StreamInterrupted("the Cohere stream ended before message-end")
+
+
+class CohereAdapter:
+    kind: ClassVar[str] = "cohere"
+    capabilities: ClassVar[Capabilities] = Capabilities(streaming=True, tools=True, json_mode=True)
+
+    def chat_request(self, ctx: ChatContext) -> UpstreamRequest:
+        base = (ctx.deployment.base_url or DEFAULT_BASE_URL).rstrip("/")
+        headers = {"content-type": "application/json", "accept": "application/json"}
+        if ctx.api_key:
+            headers["authorization"] = f"Bearer {ctx.api_key}"
+        return UpstreamRequest(method="POST", url=f"{base}/v2/chat", headers=headers,
+                               body=_encode(build_body(ctx)), framing="sse" if ctx.stream else "json")
+
+    def parse_chat(self, body: bytes) -> Completion:
+        doc = _decode(body)
+        message = doc.get("message") or {}
+        texts: list[str] = []
+        thoughts: list[str] = []
+        for block in message.get("content") or []:
+            if block.get("type") == "text":
+                texts.append(block.get("text") or "")
+            elif block.get("type") == "thinking":
+                thoughts.append(block.get("thinking") or "")
+        calls = [
+            ToolCallDelta(i, id=c.get("id"), name=(c.get("function") or {}).get("name"),
+                          arguments=(c.get("function") or {}).get("arguments") or "{}")
+            for i, c in enumerate(message.get("tool_calls") or [])
+        ]
+        return Completion(
+            content="".join(texts) if texts or not calls else None,
+            tool_calls=calls,
+            finish_reason=_finish(doc.get("finish_reason")),
+            usage=usage_from(doc.get("usage") or {}),
+            reasoning="".join(thoughts) or None,
+        )
+
+    def stream_parser(self, ctx: ChatContext) -> CohereStream:
+        return CohereStream()
+
+    def error_message(self, status: int, body: bytes) -> str:
+        return error_text(body, "message")
+

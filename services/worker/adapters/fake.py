@@ -1,0 +1,210 @@
+"""The built-in offline provider (kind ``fake``): deterministic answers in process, no network.
+
+It lets ``make run``, the tests and the benchmark exercise every path of Janus with no keys:
+
+- text derived from the prompt (same prompt, same answer), one word per token;
+- latency to the first token and a generation speed, from the deployment's ``options``
+  (``latency_ms``, ``tokens_per_second``; 0 = as fast as possible), overridden by the environment
+  variables ``JANUS_FAKE_LATENCY_MS`` / ``JANUS_FAKE_TOKENS_PER_SECOND``;
+- real usage: prompt tokens counted from the messages, completion tokens = tokens generated;
+- ``max_tokens`` / ``max_completion_tokens`` (finish ``length``) and ``stop`` sequences;
+- tools: unless ``tool_choice`` is "none", a call to the named (or first) tool with arguments that
+  satisfy the schema's required properties; several tools at once when parallel calls are allowed,
+  several tools are given and the prompt asks for more than one thing ("both", "each", "all", ...);
+- embeddings: deterministic unit vectors of the model's dimensions, seeded by a hash of the input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
+
+import msgspec
+import numpy as np
+
+from services.worker.adapters.base import (
+    Capabilities,
+    ChatContext,
+    Embeddings,
+    Event,
+    Finish,
+    TextDelta,
+    ToolCallDelta,
+    UsageEvent,
+    max_tokens_of,
+    option,
+    stop_list,
+    text_of,
+)
+from services.worker.openai import estimate_prompt_tokens
+from shared import tokens
+from shared.contract import Usage
+
+_encode = msgspec.json.Encoder().encode
+
+WORDS = (
+    "the", "gateway", "answers", "with", "a", "steady", "voice", "and", "every", "request", "finds",
+    "its", "model", "while", "budgets", "hold", "tokens", "flow", "through", "queues", "of", "light",
+    "so", "that", "each", "reply", "arrives", "in", "order", "calm", "clear", "bright", "swift",
+)
+_MANY = re.compile(r"\b(both|each|all|every|several|multiple|parallel)\b", re.IGNORECASE)
+DEFAULT_DIMENSIONS = 1536
+
+
+def _digest(*parts: str) -> bytes:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode("utf-8", "replace"))
+        h.update(b"\x00")
+    return h.digest()
+
+
+def _last_user_text(body: dict[str, Any]) -> str:
+    for m in reversed(body.get("messages") or []):
+        if isinstance(m, dict) and m.get("role") == "user":
+            return text_of(m.get("content"))
+    return ""
+
+
+def answer_words(prompt: str, model: str) -> list[str]:
+    """16 to 63 words, chosen by the prompt's hash: deterministic, and different per prompt."""
+    d = _digest(model, prompt)
+    n = 16 + d[0] % 48
+    return ["Janus"] + [WORDS[(d[i % 32] + i) % len(WORDS)] for i in range(1, n)]
+
+
+def example_value(schema: Any, depth: int = 0) -> Any:
+    """A value that satisfies ``schema``'s type, enum/const and required properties."""
+    if not isinstance(schema, dict) or depth > 8:
+        return None
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    if "default" in schema:
+        return schema["default"]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if schema.get(key):
+            return example_value(schema[key][0], depth + 1)
+    typ = schema.get("type", "object" if "properties" in schema else "string")
+    if isinstance(typ, list):
+        typ = next((t for t in typ if t != "null"), "null")
+    if typ == "object":
+        props = schema.get("properties") or {}
+        return {k: example_value(props.get(k, {}), depth + 1) for k in schema.get("required") or []}
+    if typ == "array":
+        n = int(schema.get("minItems") or 0)
+        return [example_value(schema.get("items", {}), depth + 1) for _ in range(n)]
+    if typ == "integer":
+        return int(schema.get("minimum", 1))
+    if typ == "number":
+        return float(schema.get("minimum", 1.0))
+    if typ == "boolean":
+        return True
+    if typ == "null":
+        return None
+    n = int(schema.get("minLength") or 0)
+    return "example".ljust(n, "x")
+
+
+def _chosen_tools(body: dict[str, Any], prompt: str) -> list[dict[str, Any]]:
+    tools = [t for t in body.get("tools") or []
+             if isinstance(t, dict) and isinstance(t.get("function"), dict)]
+    choice = body.get("tool_choice")
+    if not tools or choice == "none":
+        return []
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name")
+        named = [t for t in tools if t["function"].get("name") == name]
+        return named[:1] or tools[:1]
+    if body.get("parallel_tool_calls") is not False and len(tools) > 1 and _MANY.search(prompt):
+        return tools
+    return tools[:1]
+
+
+class FakeAdapter:
+    kind: ClassVar[str] = "fake"
+    local: ClassVar[bool] = True
+    capabilities: ClassVar[Capabilities] = Capabilities(streaming=True, tools=True, json_mode=True,
+                                                        vision=True, embeddings=True)
+    max_batch: ClassVar[int] = 2048
+
+    def __init__(self) -> None:
+        self._env_latency = os.environ.get("JANUS_FAKE_LATENCY_MS", "")
+        self._env_tps = os.environ.get("JANUS_FAKE_TOKENS_PER_SECOND", "")
+
+    def _pace(self, ctx: ChatContext) -> tuple[float, float]:
+        latency = float(self._env_latency or option(ctx, "latency_ms", "0") or 0) / 1000
+        tps = float(self._env_tps or option(ctx, "tokens_per_second", "0") or 0)
+        return latency, (1.0 / tps if tps > 0 else 0.0)
+
+    async def stream_events(self, ctx: ChatContext) -> AsyncIterator[Event]:
+        body = ctx.body
+        prompt = _last_user_text(body)
+        prompt_tokens = estimate_prompt_tokens(body)
+        latency, per_token = self._pace(ctx)
+        if latency:
+            await asyncio.sleep(latency)
+        tools = _chosen_tools(body, prompt)
+        if tools:
+            completion = 0
+            for i, tool in enumerate(tools):
+                fn = tool["function"]
+                name = str(fn.get("name", ""))
+                args = _encode(example_value(fn.get("parameters") or {"type": "object"}) or {}).decode()
+                call_id = "call_" + _digest(ctx.request_id, prompt, str(i)).hex()[:24]
+                completion += tokens.estimate_text(name) + tokens.estimate_text(args)
+                # the arguments arrive in two fragments, as real providers send them
+                cut = len(args) // 2
+                yield ToolCallDelta(i, call_id, name, "")
+                yield ToolCallDelta(i, arguments=args[:cut])
+                yield ToolCallDelta(i, arguments=args[cut:])
+                if per_token:
+                    await asyncio.sleep(per_token)
+            yield Finish("tool_calls")
+            yield UsageEvent(Usage(prompt_tokens=prompt_tokens, completion_tokens=completion))
+            return
+        words = answer_words(prompt, ctx.upstream_model)
+        limit = max_tokens_of(body)
+        stops = stop_list(body)
+        reason = "stop"
+        if limit is not None and limit < len(words):
+            words, reason = words[:limit], "length"
+        generated = 0
+        text = ""
+        for i, w in enumerate(words):
+            piece = w if i == 0 else " " + w
+            if stops:
+                candidate = text + piece
+                cut = min((candidate.find(s) for s in stops if s in candidate), default=-1)
+                if cut >= 0:
+                    # the stop sequence itself is never part of the answer (OpenAI's behaviour)
+                    if cut > len(text):
+                        yield TextDelta(candidate[len(text):cut])
+                    generated += 1
+                    reason = "stop"
+                    break
+                text = candidate
+            generated += 1
+            if per_token and i:
+                await asyncio.sleep(per_token)
+            yield TextDelta(piece)
+        yield Finish(reason)  # type: ignore[arg-type]
+        yield UsageEvent(Usage(prompt_tokens=prompt_tokens, completion_tokens=generated))
+
+    async def embed(self, ctx: ChatContext, inputs: list[str]) -> Embeddings:
+        dims = int(ctx.body.get("dimensions") or ctx.dimensions or DEFAULT_DIMENSIONS)
+        latency, _ = self._pace(ctx)
+        if latency:
+            await asyncio.sleep(latency)
+        vectors = []
+        for text in inputs:
+            seed = int.from_bytes(_digest(ctx.upstream_model, text)[:8], "little")
+            v = np.random.default_rng(seed).standard_normal(dims)
+            v /= np.linalg.norm(v)
+            vectors.append(v.tolist())
+        return Embeddings(vectors, Usage(prompt_tokens=sum(tokens.estimate_text(t) for t in inputs)))

@@ -1,0 +1,245 @@
+"""One unit of work: a WorkRequest turned into an upstream call and numbered frames.
+
+    Accepted(0)  [Heartbeat | Chunk]*  Done | Failed
+
+The service sends ``Accepted`` and the terminal frame; this module produces what lies between and
+the terminal frame's content. In-process adapters (``local = True``) yield canonical events directly;
+HTTP adapters go through the transport and their parser. Everything after the events (encoding,
+usage accounting, frames) is the same code for both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import msgspec
+
+from services.worker import openai
+from services.worker.adapters.base import ChatContext, Event
+from services.worker.transport import Transport
+from shared import tokens
+from shared.bus import Bus
+from shared.contract import Chunk, Done, Failed, Frame, Heartbeat, Usage, WorkRequest, encode
+from shared.errors import InvalidRequest, JanusError
+
+_json_decoder = msgspec.json.Decoder()
+
+
+class Replier:
+    """Frames to one inbox, numbered from 0 with no gaps.
+
+    ``next()`` and the publish that follows run without a suspension point in between (nats-py
+    queues the bytes synchronously), so frames leave in ``seq`` order even with the heartbeat task
+    sending alongside the call.
+    """
+
+    __slots__ = ("_bus", "_subject", "last_sent", "seq")
+
+    def __init__(self, bus: Bus, subject: str) -> None:
+        self._bus = bus
+        self._subject = subject
+        self.seq = 0
+        self.last_sent = time.monotonic()
+
+    def next(self) -> int:
+        s = self.seq
+        self.seq = s + 1
+        return s
+
+    async def send(self, frame: Frame) -> None:
+        self.last_sent = time.monotonic()
+        await self._bus.publish(self._subject, encode(frame))
+
+    async def heartbeats(self, interval: float) -> None:
+        """Runs beside a call: a Heartbeat whenever nothing was sent for ``interval``."""
+        while True:
+            wait = self.last_sent + interval - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            await self.send(Heartbeat(seq=self.next()))
+
+
+def _inputs(body: dict[str, Any]) -> list[str]:
+    raw = body.get("input")
+    if isinstance(raw, str):
+        return [raw]
+    if isinstance(raw, list) and raw and all(isinstance(x, str) for x in raw):
+        return raw
+    raise InvalidRequest("'input' must be a string or a non-empty array of strings", param="input")
+
+
+class Call:
+    """Runs one WorkRequest; ``execute`` returns the terminal ``Done`` (raises on failure, after which
+    ``produced`` and ``usage_so_far`` say what must still be charged)."""
+
+    def __init__(self, req: WorkRequest, ctx: ChatContext, adapter: Any, transport: Transport,
+                 replier: Replier) -> None:
+        self.req = req
+        self.ctx = ctx
+        self.adapter = adapter
+        self.transport = transport
+        self.r = replier
+        self.local = bool(getattr(adapter, "local", False))
+        self._enc: openai.StreamEncoder | None = None
+        self._asm: openai.CompletionAssembler | None = None  # in-process buffered answers
+        self._prompt_estimate = 0
+        self.started = time.perf_counter()
+
+    @staticmethod
+    def decode_body(req: WorkRequest) -> dict[str, Any]:
+        try:
+            body = _json_decoder.decode(req.body)
+        except msgspec.DecodeError:
+            raise InvalidRequest("the request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise InvalidRequest("the request body must be a JSON object")
+        return body
+
+    # -------------------------------------------------------------------------------- accounting
+    @property
+    def produced(self) -> bool:
+        return self._enc is not None and self._enc.produced
+
+    def usage_so_far(self) -> Usage:
+        """What a failed or cancelled call produced: the provider's report, counted where missing
+        but only once output exists (a call that never reached the provider costs nothing)."""
+        enc = self._enc
+        if enc is None:
+            if self._asm is not None:
+                c = self._asm.completion()
+                return openai.with_fallback(c.usage, self._prompt_estimate, openai.completion_size(c))
+            return Usage()
+        if enc.output_size:
+            return enc.final_usage(self._prompt_estimate)
+        return enc.usage
+
+    def upstream_seconds(self) -> float:
+        return time.perf_counter() - self.started
+
+    # ------------------------------------------------------------------------------------ checks
+    def _check_capabilities(self) -> None:
+        caps = self.adapter.capabilities
+        body = self.ctx.body
+        if self.req.kind == "embeddings":
+            if not caps.embeddings:
+                raise InvalidRequest(f"provider {self.ctx.provider.id!r} does not serve embeddings",
+                                     param="model")
+            return
+        if self.req.stream and not caps.streaming:
+            raise InvalidRequest("this model's provider cannot stream", param="stream")
+        if body.get("tools") and not caps.tools:
+            raise InvalidRequest("this model's provider does not support tools", param="tools")
+
+    # ---------------------------------------------------------------------------------- execution
+    async def execute(self) -> Done:
+        self._check_capabilities()
+        if self.req.kind == "embeddings":
+            return await self._embeddings()
+        self._prompt_estimate = openai.estimate_prompt_tokens(self.ctx.body)
+        if self.req.stream:
+            return await self._chat_stream()
+        return await self._chat_buffered()
+
+    async def _events(self) -> AsyncGenerator[Event, None]:
+        if self.local:
+            async with contextlib.aclosing(self.adapter.stream_events(self.ctx)) as local_events:
+                async for ev in local_events:
+                    yield ev
+            return
+        up = self.adapter.chat_request(self.ctx)
+        parser = self.adapter.stream_parser(self.ctx)
+        async with contextlib.aclosing(self.transport.stream(up, self.adapter)) as msgs:
+            async for m in msgs:
+                for ev in parser.feed(m):
+                    yield ev
+        parser.finish()
+
+    async def _chat_stream(self) -> Done:
+        req, r = self.req, self.r
+        enc = self._enc = openai.StreamEncoder(req.request_id, req.created, req.response_model,
+                                               openai.wants_usage(self.ctx.body))
+        async with contextlib.aclosing(self._events()) as events:
+            async for ev in events:
+                data = enc.encode(ev)
+                if data is not None:
+                    await r.send(Chunk(seq=r.next(), data=data))
+        usage = enc.final_usage(self._prompt_estimate)
+        tail = enc.usage_chunk(usage)
+        if tail is not None:
+            await r.send(Chunk(seq=r.next(), data=tail))
+        return Done(seq=0, usage=usage, finish_reason=enc.finish_reason,
+                    upstream_seconds=self.upstream_seconds(), deployment=req.deployment)
+
+    async def _chat_buffered(self) -> Done:
+        req = self.req
+        if self.local:
+            asm = self._asm = openai.CompletionAssembler()
+            async with contextlib.aclosing(self.adapter.stream_events(self.ctx)) as events:
+                async for ev in events:
+                    asm.add(ev)
+            c = asm.completion()
+        else:
+            raw = await self.transport.fetch(self.adapter.chat_request(self.ctx), self.adapter)
+            seconds = self.upstream_seconds()
+            if hasattr(self.adapter, "parse_chat_openai"):
+                return self._passthrough(self.adapter.parse_chat_openai(raw), seconds)
+            c = self.adapter.parse_chat(raw)
+        seconds = self.upstream_seconds()
+        usage = openai.with_fallback(c.usage, self._prompt_estimate, openai.completion_size(c))
+        body = openai.completion_body(c, req.request_id, req.created, req.response_model, usage)
+        return Done(seq=0, usage=usage, body=body, finish_reason=c.finish_reason, upstream_seconds=seconds,
+                    deployment=req.deployment)
+
+    def _passthrough(self, obj: openai.ChatCompletion, seconds: float) -> Done:
+        req = self.req
+        usage = openai.usage_of(obj.usage)
+        if not (usage.prompt_tokens and usage.completion_tokens):
+            size = 0
+            for ch in obj.choices:
+                size += openai.text_size(ch.message.content or "")
+                for t in ch.message.tool_calls or ():
+                    size += openai.text_size(t.function.arguments)
+            usage = openai.with_fallback(usage, self._prompt_estimate, size)
+        finish = obj.choices[0].finish_reason if obj.choices else None
+        body = openai.rewrite_completion(obj, req.request_id, req.created, req.response_model, usage)
+        return Done(seq=0, usage=usage, body=body, finish_reason=finish, upstream_seconds=seconds,
+                    deployment=req.deployment)
+
+    async def _embeddings(self) -> Done:
+        req, body = self.req, self.ctx.body
+        inputs = _inputs(body)
+        if self.local:
+            result = await self.adapter.embed(self.ctx, inputs)
+            vectors, prompt_tokens = result.vectors, result.usage.prompt_tokens
+        else:
+            step = int(getattr(self.adapter, "max_batch", 2048)) or 2048
+            batches = [inputs[i : i + step] for i in range(0, len(inputs), step)]
+
+            async def one(batch: list[str]) -> Any:
+                up = self.adapter.embeddings_request(self.ctx, batch)
+                return self.adapter.parse_embeddings(await self.transport.fetch(up, self.adapter))
+
+            results = await asyncio.gather(*(one(b) for b in batches))
+            vectors = [v for res in results for v in res.vectors]
+            prompt_tokens = sum(res.usage.prompt_tokens for res in results)
+        if len(vectors) != len(inputs):
+            raise JanusError(f"the provider returned {len(vectors)} embeddings for {len(inputs)} inputs")
+        if not prompt_tokens:
+            prompt_tokens = sum(tokens.estimate_text(t) for t in inputs)
+        usage = Usage(prompt_tokens=prompt_tokens)
+        fmt = body.get("encoding_format") or "float"
+        out = openai.embeddings_body(vectors, req.response_model, prompt_tokens, fmt)
+        return Done(seq=0, usage=usage, body=out, upstream_seconds=self.upstream_seconds(),
+                    deployment=req.deployment)
+
+
+def failed_frame(call: Call | None, err: JanusError) -> Failed:
+    if call is None:
+        return Failed(seq=0, error=err.to_wire())
+    return Failed(seq=0, error=err.to_wire(), usage=call.usage_so_far(), produced=call.produced,
+                  upstream_seconds=call.upstream_seconds())

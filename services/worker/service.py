@@ -1,0 +1,278 @@
+"""The provider worker: serves ``subjects.work(provider)`` for its providers, one queue group each.
+
+Per WorkRequest: ``Accepted(seq=0)`` at once, then the call as its own task (bounded by
+``max_concurrency``: beyond it the work is refused as retryable so the gateway moves on at once),
+heartbeats while the provider is silent, chunks, and exactly one terminal frame - also when the
+call raises, is cancelled (``subjects.WORK_CANCEL``, broadcast) or outlives its deadline.
+A failed or cancelled call still reports the usage produced, so metering charges what was made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from typing import Any, ClassVar
+
+import msgspec
+
+from services.worker.adapters import ADAPTERS
+from services.worker.adapters.base import ChatContext
+from services.worker.call import Call, Replier, failed_frame
+from services.worker.health import HealthTracker
+from services.worker.settings import WorkerSettings
+from services.worker.transport import Transport
+from shared import metrics, subjects
+from shared.bus import Bus, Msg
+from shared.catalog import Catalog, ConfigError, Deployment, Provider, load_catalog
+from shared.contract import (
+    Accepted,
+    Done,
+    Failed,
+    HealthReport,
+    Usage,
+    WorkRequest,
+    cancel_decoder,
+    encode,
+    work_decoder,
+)
+from shared.errors import InvalidRequest, JanusError, ServiceUnavailable, UpstreamError, UpstreamTimeout
+from shared.logging import bind_request, get_logger, unbind_request
+from shared.service import Service
+
+log = get_logger("worker")
+
+# a cancelled call ends with this error (the client is gone; nobody retries it)
+CANCELLED_STATUS = 499
+
+
+class WorkerService(Service):
+    name: ClassVar[str] = "worker"
+    default_ops_port: ClassVar[int] = 9102
+
+    def __init__(self, common: WorkerSettings) -> None:  # type: ignore[override]
+        super().__init__(common)
+        self.settings = common
+        self.worker_id = common.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.catalog: Catalog = load_catalog(common.catalog or None)
+        ids = common.providers() or [p.id for p in self.catalog.providers]
+        self.providers: dict[str, Provider] = {}
+        self.adapters: dict[str, Any] = {}
+        for pid in ids:
+            provider = self.catalog.provider_by_id.get(pid)
+            if provider is None:
+                raise ConfigError(f"JANUS_WORKER_PROVIDERS: unknown provider {pid!r}")
+            cls = ADAPTERS.get(provider.kind)
+            if cls is None:
+                raise ConfigError(f"provider {pid!r}: no adapter for kind {provider.kind!r}")
+            self.providers[pid] = provider
+            self.adapters[pid] = cls()
+        # keys are resolved once, by variable name; the values are never logged
+        self.keys: dict[str, str | None] = {}
+        for provider in self.providers.values():
+            for d in provider.deployments:
+                key = os.environ.get(d.api_key_env) if d.api_key_env else None
+                if d.api_key_env and not key:
+                    log.warning("api_key_missing", deployment=d.id, variable=d.api_key_env)
+                self.keys[d.id] = key
+        self.transport = Transport(connect_timeout=common.connect_timeout_seconds,
+                                   read_timeout=common.read_timeout_seconds, pool_size=common.pool_size)
+        self.health: HealthTracker | None = None
+        self.calls: dict[str, set[asyncio.Task[Any]]] = {}
+        self.in_flight = 0
+        self._idle = asyncio.Event()  # set whenever no call is in flight (for a graceful stop)
+        self._work_subs: list[Any] = []
+        self._started = False
+
+    # --------------------------------------------------------------------------------- lifecycle
+    async def start(self, bus: Bus) -> None:
+        await super().start(bus)
+        await self.transport.start()
+
+        async def publish_health(report: HealthReport) -> None:
+            await bus.publish(subjects.HEALTH, encode(report))
+
+        self.health = HealthTracker(publish_health, self.settings.health_interval_seconds)
+        self.health.start()
+        # cancels are heard by every worker (no queue group); subscribe before taking work
+        await bus.serve(subjects.WORK_CANCEL, self._on_cancel, concurrency=64)
+        cap = self.settings.max_concurrency
+        for pid in self.providers:
+            metrics.WORKER_CAPACITY.labels(pid).set(cap)
+            metrics.WORKER_IN_FLIGHT.labels(pid).set(0)
+            # the subscription admits a little more than the capacity, so that excess work is
+            # refused at once (and the gateway falls back) rather than left waiting unanswered
+            sub = await bus.serve(subjects.work(pid), self._on_work, queue=subjects.work_queue(pid),
+                                  concurrency=cap + 64)
+            self._work_subs.append(sub)
+        # nats-py writes a flush's PING straight to the socket, ahead of SUBs still queued for its
+        # flusher task, so one round trip does not prove the server has our subscriptions (seen as
+        # "no responders" for the first requests). The second PING leaves after the queue drained.
+        await bus.flush()
+        await bus.flush()
+        self._started = True
+        log.info("worker_serving", providers=list(self.providers), capacity=cap, worker=self.worker_id)
+
+    async def stop(self) -> None:
+        # stop taking work first; in-flight calls finish (the lifecycle bounds the wait)
+        for sub in self._work_subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        if self.in_flight:
+            self._idle.clear()
+            await self._idle.wait()
+        if self.health is not None:
+            await self.health.stop()
+        await self.transport.close()
+
+    def ready(self) -> bool:
+        return self._started
+
+    def ready_detail(self) -> dict[str, bool]:
+        return {"subscribed": self._started}
+
+    # ---------------------------------------------------------------------------------- handlers
+    async def _on_cancel(self, msg: Msg) -> None:
+        try:
+            request_id = cancel_decoder.decode(msg.data).request_id
+        except msgspec.DecodeError:
+            return
+        for task in self.calls.get(request_id, ()):
+            task.cancel()
+
+    async def _on_work(self, msg: Msg) -> None:
+        if not msg.reply:
+            return
+        assert self.bus is not None
+        r = Replier(self.bus, msg.reply)
+        try:
+            req = work_decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            await r.send(Accepted(seq=r.next(), worker=self.worker_id))
+            await r.send(Failed(seq=r.next(), error=InvalidRequest("malformed work request").to_wire()))
+            return
+        await r.send(Accepted(seq=r.next(), worker=self.worker_id))
+        if self.in_flight >= self.settings.max_concurrency or self.stopping:
+            err = ServiceUnavailable("the provider worker is at capacity", code="worker_busy")
+            await r.send(Failed(seq=r.next(), error=err.to_wire()))
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        tasks = self.calls.setdefault(req.request_id, set())
+        tasks.add(task)
+        self.in_flight += 1
+        # a label only ever names a provider this worker serves (bounded cardinality)
+        label = req.provider if req.provider in self.providers else "unknown"
+        metrics.WORKER_IN_FLIGHT.labels(label).inc()
+        bind_request(request_id=req.request_id)
+        try:
+            await self._run(req, r, msg.headers or {})
+        finally:
+            unbind_request("request_id")
+            tasks.discard(task)
+            if not tasks:
+                self.calls.pop(req.request_id, None)
+            self.in_flight -= 1
+            metrics.WORKER_IN_FLIGHT.labels(label).dec()
+            if not self.in_flight:
+                self._idle.set()
+
+    def _context(self, req: WorkRequest) -> tuple[Provider, Deployment, Any, ChatContext]:
+        provider = self.providers.get(req.provider)
+        pair = self.catalog.deployment_by_id.get(req.deployment)
+        if provider is None or pair is None or pair[0].id != provider.id:
+            raise ServiceUnavailable(f"this worker does not serve deployment {req.deployment!r}",
+                                     code="unknown_deployment")
+        deployment = pair[1]
+        key = self.keys.get(deployment.id)
+        if deployment.api_key_env and not key:
+            # retryable: another deployment of the plan may be configured
+            raise UpstreamError(f"deployment {deployment.id!r} has no API key configured",
+                                code="upstream_auth")
+        model = self.catalog.model(req.response_model)
+        ctx = ChatContext(provider=provider, deployment=deployment, upstream_model=req.upstream_model,
+                          body=Call.decode_body(req), stream=req.stream and req.kind == "chat",
+                          api_key=key, request_id=req.request_id,
+                          dimensions=model.dimensions if model is not None else None)
+        return provider, deployment, self.adapters[provider.id], ctx
+
+    async def _run(self, req: WorkRequest, r: Replier, headers: dict[str, str]) -> None:
+        call: Call | None = None
+        terminal: Done | Failed
+        hb = asyncio.get_running_loop().create_task(r.heartbeats(self.settings.heartbeat_seconds))
+        try:
+            try:
+                async with asyncio.timeout(_remaining(headers)):
+                    _, _, adapter, ctx = self._context(req)
+                    call = Call(req, ctx, adapter, self.transport, r)
+                    terminal = await call.execute()
+            except TimeoutError:
+                err: JanusError = UpstreamTimeout("the request's deadline passed", code="deadline_exceeded")
+                terminal = failed_frame(call, err)
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None:
+                    current.uncancel()
+                err = InvalidRequest("the request was cancelled", code="cancelled", status=CANCELLED_STATUS)
+                terminal = failed_frame(call, err)
+            except JanusError as exc:
+                terminal = failed_frame(call, exc)
+            except Exception:
+                log.exception("call_crashed", provider=req.provider, deployment=req.deployment)
+                terminal = failed_frame(call, JanusError("internal error in the provider worker"))
+        finally:
+            hb.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await hb
+        terminal.seq = r.next()
+        await r.send(terminal)
+        self._account(req, call, terminal)
+
+    def _account(self, req: WorkRequest, call: Call | None, terminal: Done | Failed) -> None:
+        provider = req.provider if req.provider in self.providers else "unknown"
+        usage: Usage = terminal.usage
+        if usage.prompt_tokens or usage.completion_tokens:
+            model = req.response_model
+            for kind, n in (("input", usage.prompt_tokens), ("output", usage.completion_tokens),
+                            ("cached", usage.cached_tokens), ("reasoning", usage.reasoning_tokens)):
+                if n:
+                    metrics.TOKENS.labels(provider, model, kind).inc(n)
+        if call is None:
+            return
+        seconds = terminal.upstream_seconds
+        metrics.UPSTREAM_DURATION.labels(provider).observe(seconds)
+        health = self.health
+        if isinstance(terminal, Done):
+            if health is not None:
+                health.record(req.deployment, provider, seconds)
+            return
+        info = terminal.error
+        error_type = info.code or info.kind
+        metrics.UPSTREAM_ERRORS.labels(provider, error_type).inc()
+        err = JanusError.from_wire(info)
+        # log once, here, at the error's own level; the client's own mistakes and cancels say
+        # nothing about the deployment's health
+        getattr(log, err.log_level)("call_failed", provider=provider, deployment=req.deployment,
+                                    kind=info.kind, code=info.code, status=info.status,
+                                    produced=terminal.produced)
+        if health is not None and _says_deployment_is_unwell(info.kind, info.code):
+            health.record(req.deployment, provider, seconds, error=error_type, retryable=err.retryable)
+
+
+def _says_deployment_is_unwell(kind: str, code: str | None) -> bool:
+    if code == "upstream_auth":  # our credentials for it are wrong: it cannot serve anyone
+        return True
+    return code != "cancelled" and kind not in ("InvalidRequest", "PayloadTooLarge", "UpstreamClientError")
+
+
+def _remaining(headers: dict[str, str]) -> float | None:
+    """Seconds left before the gateway's deadline (``Janus-Deadline``: unix seconds), if it sent one."""
+    raw = headers.get(subjects.H_DEADLINE)
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw) - time.time())
+    except ValueError:
+        return None

@@ -1,0 +1,21 @@
+"""The worker's settings, each read from ``JANUS_<NAME>`` (see ``shared.settings``)."""
+
+from __future__ import annotations
+
+from shared.settings import CommonSettings
+
+
+class WorkerSettings(CommonSettings, kw_only=True):
+    # comma-separated provider ids this worker serves (``JANUS_WORKER_PROVIDERS``); empty: all
+    worker_providers: str = ""
+    catalog: str = ""  # path of the catalog file; empty: shared.catalog's default
+    worker_id: str = ""  # names this replica in Accepted frames; empty: host and pid
+    max_concurrency: int = 256  # upstream calls in flight at once; beyond it work is refused
+    heartbeat_seconds: float = 2.0  # frame sent while the upstream is silent this long
+    connect_timeout_seconds: float = 10.0
+    read_timeout_seconds: float = 300.0  # silence allowed between two reads from the provider
+    pool_size: int = 1024  # open upstream connections, all providers together
+    health_interval_seconds: float = 1.0
+
+    def providers(self) -> list[str]:
+        return [p.strip() for p in self.worker_providers.split(",") if p.strip()]

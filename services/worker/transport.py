@@ -1,0 +1,139 @@
+"""The one module that makes upstream HTTP calls.
+
+One pooled ``aiohttp.ClientSession`` per worker (keep-alive, DNS cache, bounded connections), connect
+and read timeouts, the adapter's optional ``sign`` hook just before sending, and response framing.
+aiohttp's exceptions are mapped to the Janus error tree here, once:
+
+    HTTP status >= 400              -> upstream_error_for_status(...) (Retry-After honoured)
+    connect / connection reset      -> UpstreamError (retryable)
+    connect or read timeout         -> UpstreamTimeout (retryable)
+    body cut short while streaming  -> StreamInterrupted
+
+Cancelling the calling task closes the upstream response, so the provider stops generating.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import aiohttp
+
+from services.worker.adapters.base import StreamMessage, UpstreamRequest
+from services.worker.framing import decoder_for
+from shared.errors import (
+    JanusError,
+    StreamInterrupted,
+    UpstreamError,
+    UpstreamTimeout,
+    upstream_error_for_status,
+)
+
+ERROR_BODY_LIMIT = 64 * 1024
+
+
+def retry_after_of(headers: Any) -> float | None:
+    """Seconds to wait, from ``retry-after-ms`` (OpenAI) or ``Retry-After`` (seconds or HTTP date)."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def map_exception(exc: BaseException, *, streaming: bool = False) -> JanusError:
+    if isinstance(exc, JanusError):
+        return exc
+    if isinstance(exc, TimeoutError):  # aiohttp's connect/read timeouts subclass it
+        return UpstreamTimeout(f"the provider did not answer in time ({type(exc).__name__})")
+    if streaming and isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError)):
+        return StreamInterrupted("the provider's stream was cut off before it finished")
+    if isinstance(exc, aiohttp.InvalidURL):
+        return JanusError(f"the deployment's URL is not valid: {exc}")
+    if isinstance(exc, aiohttp.ClientError):
+        return UpstreamError(f"cannot reach the provider: {type(exc).__name__}: {exc}")
+    return JanusError(f"unexpected transport error: {type(exc).__name__}")
+
+
+class Transport:
+    def __init__(self, *, connect_timeout: float = 10.0, read_timeout: float = 300.0,
+                 pool_size: int = 1024, dns_ttl: int = 300) -> None:
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout,
+                                              sock_read=read_timeout)
+        self._pool_size = pool_size
+        self._dns_ttl = dns_ttl
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=self._pool_size, ttl_dns_cache=self._dns_ttl,
+                                         keepalive_timeout=30.0)
+        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout,
+                                              auto_decompress=True, trust_env=True)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _open(self, req: UpstreamRequest) -> Any:
+        if self._session is None:
+            raise JanusError("transport used before start")
+        if req.sign is not None:
+            headers = req.sign(req)
+            if isinstance(headers, dict):
+                req.headers = headers
+        return self._session.request(req.method, req.url, data=req.body, headers=req.headers)
+
+    @staticmethod
+    async def _raise_for_status(resp: aiohttp.ClientResponse, adapter: Any) -> None:
+        if resp.status < 400:
+            return
+        body = await resp.content.read(ERROR_BODY_LIMIT)
+        raise upstream_error_for_status(resp.status, adapter.error_message(resp.status, body),
+                                        retry_after=retry_after_of(resp.headers))
+
+    async def fetch(self, req: UpstreamRequest, adapter: Any) -> bytes:
+        """A buffered call: the whole response body (framing "json")."""
+        try:
+            async with self._open(req) as resp:
+                await self._raise_for_status(resp, adapter)
+                return await resp.read()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise map_exception(exc) from None
+
+    async def stream(self, req: UpstreamRequest, adapter: Any) -> AsyncGenerator[StreamMessage, None]:
+        """A streamed call, framed by ``req.framing``. Use under ``contextlib.aclosing`` so a cancel
+        closes the response at once."""
+        decoder = decoder_for(req.framing)
+        started = False
+        try:
+            async with self._open(req) as resp:
+                await self._raise_for_status(resp, adapter)
+                started = True
+                async for chunk in resp.content.iter_any():
+                    for msg in decoder.feed(chunk):
+                        yield msg
+                for msg in decoder.end():
+                    yield msg
+        except (asyncio.CancelledError, GeneratorExit):
+            raise
+        except Exception as exc:
+            raise map_exception(exc, streaming=started) from None

@@ -1,0 +1,76 @@
+"""The pure admission and settlement rules."""
+
+from __future__ import annotations
+
+from services.metering import budget
+from services.metering.record import Record, decode_record, encode_record, kv_key, user_key
+from shared.catalog import Plan, SessionPool, WeeklyPool
+from shared.contract import ReserveRequest, Settlement, Usage
+from shared.money import PriceUnits
+
+RULES = budget.PlanRules.of("p", Plan(session=SessionPool(credits=1000, hours=1),
+                                      weekly=WeeklyPool(credits=5000), default_model="m"))
+PRICE = PriceUnits(input=1_000_000, cached_input=1_000_000, output=1_000_000)  # 1 credit a token
+NOW = 1_800_000_000
+
+
+def req(rid: str, inp: int, out: int) -> ReserveRequest:
+    return ReserveRequest(rid, "u", "p", "m", input_tokens=inp, max_output_tokens=out)
+
+
+def test_overshoot_is_bounded_by_one_requests_actual_minus_reserved() -> None:
+    rec = Record(user="u")
+    reply, _ = budget.reserve(rec, req("a", 100, 800), RULES, PRICE, NOW)
+    assert reply.admitted and reply.hold == 900
+    # the prompt estimate was low: the provider reports 400 prompt tokens, not 100
+    out, _ = budget.settle(rec, Settlement("a", "u", "p", "m", Usage(400, 800)), RULES, PRICE, NOW, 10)
+    assert out.entry.credits == 1200 and out.entry.reserved == 900
+    assert rec.session_used - 1000 <= out.entry.credits - out.entry.reserved
+    refused, changed = budget.reserve(rec, req("b", 1, 0), RULES, PRICE, NOW)
+    assert not refused.admitted and not changed and refused.denied_pool == "session"
+    assert refused.pools[0].remaining == 0
+
+
+def test_settlement_is_idempotent_and_remembers_its_cost() -> None:
+    rec = Record(user="u")
+    budget.reserve(rec, req("a", 10, 10), RULES, PRICE, NOW)
+    s = Settlement("a", "u", "p", "m", Usage(10, 5))
+    first, changed = budget.settle(rec, s, RULES, PRICE, NOW, 10)
+    again, changed_again = budget.settle(rec, s, RULES, PRICE, NOW + 5, 10)
+    assert changed and not changed_again and again.result == "duplicate"
+    assert again.entry.credits == first.entry.credits == 15 and rec.session_used == 15
+
+
+def test_retried_reserve_holds_once() -> None:
+    rec = Record(user="u")
+    a, _ = budget.reserve(rec, req("a", 10, 10), RULES, PRICE, NOW)
+    b, changed = budget.reserve(rec, req("a", 10, 10), RULES, PRICE, NOW)
+    assert a.hold == b.hold == 20 and not changed and len(rec.holds) == 1
+
+
+def test_settlement_lands_in_the_window_of_its_admission() -> None:
+    rec = Record(user="u")
+    budget.reserve(rec, req("old", 10, 10), RULES, PRICE, NOW)
+    later = NOW + 3600  # the session has expired
+    budget.reserve(rec, req("new", 10, 10), RULES, PRICE, later)
+    budget.settle(rec, Settlement("old", "u", "p", "m", Usage(10, 10)), RULES, PRICE, later, 10)
+    assert rec.session_used == 0 and rec.session_start == later
+    assert rec.week_used == 20  # the same week
+
+
+def test_reap_releases_only_stale_holds() -> None:
+    rec = Record(user="u")
+    budget.reserve(rec, req("a", 1, 1), RULES, PRICE, NOW)
+    budget.reserve(rec, req("b", 1, 1), RULES, PRICE, NOW + 100)
+    assert budget.reap(rec, NOW + 120, ttl=60) == ["a"]
+    assert list(rec.holds) == ["b"]
+
+
+def test_record_round_trip_and_safe_keys() -> None:
+    rec = Record(user="u")
+    budget.reserve(rec, req("a", 1, 1), RULES, PRICE, NOW)
+    assert decode_record(encode_record(rec)) == rec
+    assert user_key("alice_01") == "b.u.alice_01"
+    hashed = user_key("alice@example.com")
+    assert hashed.startswith("b.h.") and len(hashed) == 4 + 64
+    assert kv_key("b", "a.b") != kv_key("b", "a/b") and "*" not in user_key("a*>")

@@ -1,0 +1,207 @@
+"""The worker service with the built-in fake provider, over a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+
+import numpy as np
+
+from services.worker.service import WorkerService
+from shared import contract, subjects
+from shared.bus import Bus
+from shared.errors import JanusError
+from tests.openai_schema import validate
+from tests.worker.conftest import check_sequence, run_work, work
+
+MESSAGES = [{"role": "user", "content": "Tell me something about gateways."}]
+
+
+async def test_stream_frames_in_order_with_usage_chunk(bus: Bus, worker: WorkerService) -> None:
+    req = work("fake-chat", {"model": "fake-chat", "messages": MESSAGES, "stream": True,
+                             "stream_options": {"include_usage": True}})
+    frames = await run_work(bus, req)
+    done = check_sequence(frames)
+    assert isinstance(done, contract.Done)
+    chunks = [json.loads(f.data) for f in frames if isinstance(f, contract.Chunk)]
+    for c in chunks:
+        validate("CreateChatCompletionStreamResponse", c)
+        assert c["id"] == f"chatcmpl-{req.request_id}"
+        assert c["model"] == "fake-chat" and c["created"] == 1712345678
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    last = chunks[-1]
+    assert last["choices"] == []
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks[:-1])
+    assert text.startswith("Janus ")
+    assert last["usage"]["completion_tokens"] == len(text.split()) == done.usage.completion_tokens
+    assert last["usage"]["prompt_tokens"] == done.usage.prompt_tokens > 0
+    assert done.deployment == "fake-local" and done.finish_reason == "stop"
+
+
+async def test_stream_without_include_usage_has_no_usage_chunk(bus: Bus, worker: WorkerService) -> None:
+    frames = await run_work(bus, work("fake-chat", {"messages": MESSAGES, "stream": True}))
+    chunks = [json.loads(f.data) for f in frames if isinstance(f, contract.Chunk)]
+    assert all(c["choices"] for c in chunks)
+    assert "usage" not in chunks[-1]
+    assert frames[-1].usage.completion_tokens > 0  # metering still gets the numbers
+
+
+async def test_buffered_answer_is_deterministic_and_valid(bus: Bus, worker: WorkerService) -> None:
+    bodies = []
+    for _ in range(2):
+        req = work("fake-chat", {"messages": MESSAGES})
+        done = check_sequence(await run_work(bus, req))
+        body = json.loads(done.body)
+        validate("CreateChatCompletionResponse", body)
+        assert body["id"] == f"chatcmpl-{req.request_id}" and body["model"] == "fake-chat"
+        assert body["usage"]["total_tokens"] == done.usage.prompt_tokens + done.usage.completion_tokens
+        bodies.append(body["choices"][0]["message"]["content"])
+    assert bodies[0] == bodies[1]
+
+
+async def test_max_tokens_and_stop(bus: Bus, worker: WorkerService) -> None:
+    done = (await run_work(bus, work("fake-chat", {"messages": MESSAGES, "max_tokens": 3})))[-1]
+    body = json.loads(done.body)
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert len(body["choices"][0]["message"]["content"].split()) == 3 == done.usage.completion_tokens
+    done = (await run_work(bus, work("fake-chat", {"messages": MESSAGES, "stop": [" "]})))[-1]
+    body = json.loads(done.body)
+    assert body["choices"][0]["message"]["content"] == "Janus"
+    assert body["choices"][0]["finish_reason"] == "stop"
+
+
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "required": ["city", "days"],
+        "properties": {"city": {"type": "string"}, "days": {"type": "integer", "minimum": 1},
+                       "unit": {"type": "string", "enum": ["c", "f"]}}}}},
+    {"type": "function", "function": {"name": "get_time", "parameters": {
+        "type": "object", "required": ["tz"], "properties": {"tz": {"enum": ["UTC", "CET"]}}}}},
+]
+
+
+async def test_tool_calls_parallel_and_named(bus: Bus, worker: WorkerService) -> None:
+    ask = [{"role": "user", "content": "What are both the weather and the time in Paris?"}]
+    done = (await run_work(bus, work("fake-chat", {"messages": ask, "tools": TOOLS})))[-1]
+    body = json.loads(done.body)
+    validate("CreateChatCompletionResponse", body)
+    msg = body["choices"][0]["message"]
+    assert body["choices"][0]["finish_reason"] == "tool_calls"
+    assert [c["function"]["name"] for c in msg["tool_calls"]] == ["get_weather", "get_time"]
+    assert json.loads(msg["tool_calls"][0]["function"]["arguments"]) == {"city": "example", "days": 1}
+    assert json.loads(msg["tool_calls"][1]["function"]["arguments"]) == {"tz": "UTC"}
+
+    named = {"messages": ask, "tools": TOOLS, "stream": True,
+             "tool_choice": {"type": "function", "function": {"name": "get_time"}}}
+    frames = await run_work(bus, work("fake-chat", named))
+    chunks = [json.loads(f.data) for f in frames if isinstance(f, contract.Chunk)]
+    calls = [tc for c in chunks for tc in c["choices"][0]["delta"].get("tool_calls", [])]
+    for c in chunks:
+        validate("CreateChatCompletionStreamResponse", c)
+    assert calls[0]["function"]["name"] == "get_time" and calls[0]["id"].startswith("call_")
+    assert json.loads("".join(tc["function"]["arguments"] for tc in calls)) == {"tz": "UTC"}
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+    none = (await run_work(bus, work("fake-chat", {"messages": ask, "tools": TOOLS, "tool_choice": "none"})))
+    assert "tool_calls" not in json.loads(none[-1].body)["choices"][0]["message"]
+
+
+async def test_heartbeats_while_the_upstream_is_silent(bus: Bus, worker: WorkerService) -> None:
+    frames = await run_work(bus, slow({"messages": MESSAGES, "stream": True, "max_tokens": 2}))
+    done = check_sequence(frames)
+    assert isinstance(done, contract.Done)
+    first_chunk = next(i for i, f in enumerate(frames) if isinstance(f, contract.Chunk))
+    # 1.5 s of silence with a 0.2 s heartbeat: several heartbeats before the first token
+    assert sum(isinstance(f, contract.Heartbeat) for f in frames[:first_chunk]) >= 2
+
+
+async def test_cancel_ends_with_failed_and_the_usage_produced(bus: Bus, worker: WorkerService) -> None:
+    req = slow({"messages": MESSAGES, "stream": True})
+    seen = 0
+
+    async def cancel_after_three(frame: object) -> None:
+        nonlocal seen
+        if isinstance(frame, contract.Chunk):
+            seen += 1
+            if seen == 3:
+                await bus.publish(subjects.WORK_CANCEL, contract.encode(contract.Cancel(req.request_id)))
+
+    frames = await run_work(bus, req, on_frame=cancel_after_three)
+    failed = check_sequence(frames)
+    assert isinstance(failed, contract.Failed)
+    assert failed.error.code == "cancelled" and failed.produced
+    assert not JanusError.from_wire(failed.error).retryable
+    chunks = sum(isinstance(f, contract.Chunk) for f in frames)
+    assert 3 <= failed.usage.completion_tokens < 16  # charged for what was made, no more
+    assert failed.usage.completion_tokens >= chunks - 1
+    assert failed.usage.prompt_tokens > 0
+    await asyncio.sleep(0.05)
+    assert worker.in_flight == 0 and not worker.calls
+
+
+async def test_embeddings_base64_round_trips(bus: Bus, worker: WorkerService) -> None:
+    inputs = ["alpha", "beta"]
+    floats = (await run_work(bus, work("emb-small", {"input": inputs}, kind="embeddings",
+                                       upstream="emb-up")))[-1]
+    b64 = (await run_work(bus, work("emb-small", {"input": inputs, "encoding_format": "base64"},
+                                    kind="embeddings", upstream="emb-up")))[-1]
+    fbody, bbody = json.loads(floats.body), json.loads(b64.body)
+    validate("CreateEmbeddingResponse", fbody)
+    assert fbody["model"] == "emb-small" and floats.usage.prompt_tokens > 0
+    for f, b in zip(fbody["data"], bbody["data"], strict=True):
+        vec = np.frombuffer(base64.b64decode(b["embedding"]), dtype="<f4")
+        assert len(f["embedding"]) == 8  # the catalog's dimensions
+        assert np.allclose(vec, np.asarray(f["embedding"], dtype=np.float32))
+        assert abs(float(np.linalg.norm(vec)) - 1.0) < 1e-5
+
+
+async def test_bad_requests_fail_cleanly(bus: Bus, worker: WorkerService) -> None:
+    done = (await run_work(bus, work("emb-small", {"input": [1, 2]}, kind="embeddings")))[-1]
+    assert isinstance(done, contract.Failed) and done.error.kind == "InvalidRequest"
+    req = work("fake-chat", {"messages": MESSAGES}, deployment="no-such-deployment")
+    failed = check_sequence(await run_work(bus, req))
+    assert isinstance(failed, contract.Failed) and JanusError.from_wire(failed.error).retryable
+
+
+async def test_health_is_reported_per_deployment(bus: Bus, worker: WorkerService) -> None:
+    reports: asyncio.Queue[contract.HealthReport] = asyncio.Queue()
+
+    async def on_report(msg) -> None:  # type: ignore[no-untyped-def]
+        reports.put_nowait(contract.health_decoder.decode(msg.data))
+
+    await bus.serve(subjects.HEALTH, on_report)
+    await bus.flush()
+    for _ in range(3):
+        await run_work(bus, work("fake-chat", {"messages": MESSAGES}))
+    first = await asyncio.wait_for(reports.get(), 5)
+    assert first.deployment == "fake-local" and first.provider == "fake" and first.ok
+    second = await asyncio.wait_for(reports.get(), 5)  # the rest, folded into one periodic report
+    assert second.deployment == "fake-local" and second.ok
+    await asyncio.sleep(0.5)
+    assert reports.empty()  # not one report per request
+
+
+def slow(body: dict[str, object]) -> contract.WorkRequest:
+    return work("slow-chat", body, provider="slowfake", deployment="fake-slow", upstream="slow-upstream-name")
+
+
+async def test_deadline_ends_the_call(bus: Bus, worker: WorkerService) -> None:
+    deadline = {subjects.H_DEADLINE: f"{time.time() + 0.4:.3f}"}
+    frames = await run_work(bus, slow({"messages": MESSAGES, "stream": True}), headers=deadline)
+    failed = check_sequence(frames)
+    assert isinstance(failed, contract.Failed) and failed.error.code == "deadline_exceeded"
+    assert JanusError.from_wire(failed.error).retryable and not failed.produced
+
+
+async def test_work_beyond_capacity_is_refused_at_once(bus: Bus, worker: WorkerService) -> None:
+    capacity = worker.settings.max_concurrency
+    results = await asyncio.gather(*(run_work(bus, slow({"messages": MESSAGES, "max_tokens": 1}))
+                                     for _ in range(capacity + 2)))
+    terminals = [check_sequence(frames) for frames in results]
+    refused = [t for t in terminals if isinstance(t, contract.Failed)]
+    assert len(refused) == 2 and all(t.error.code == "worker_busy" for t in refused)
+    assert JanusError.from_wire(refused[0].error).retryable
+    assert sum(isinstance(t, contract.Done) for t in terminals) == capacity
