@@ -172,9 +172,14 @@ class Bus:
         except nats.errors.NoRespondersError:
             raise ServiceUnavailable(f"no service is listening on {subject}", code="no_responders") from None
         except nats.errors.TimeoutError:
-            raise ServiceUnavailable(f"{subject} did not answer in {timeout:g}s", code="bus_timeout") from None
-        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
-                nats.errors.OutboundBufferLimitError) as exc:
+            raise ServiceUnavailable(
+                f"{subject} did not answer in {timeout:g}s", code="bus_timeout"
+            ) from None
+        except (
+            nats.errors.ConnectionClosedError,
+            nats.errors.ConnectionReconnectingError,
+            nats.errors.OutboundBufferLimitError,
+        ) as exc:
             raise ServiceUnavailable(f"message bus unavailable: {type(exc).__name__}") from None
         return msg.data
 
@@ -225,6 +230,12 @@ class Bus:
         return sub
 
     async def flush(self, timeout: float = 5.0) -> None:
+        """Return once the server has every command sent before (subscriptions included).
+
+        nats-py writes the flush PING straight to the socket, ahead of commands still queued for
+        its flusher task; the second round trip leaves after that queue has drained.
+        """
+        await self.nc.flush(timeout=timeout)
         await self.nc.flush(timeout=timeout)
 
     # --------------------------------------------------------------------------------- JetStream
@@ -234,24 +245,33 @@ class Bus:
             self._js = self.nc.jetstream(timeout=5.0)
         return self._js
 
-    async def kv(self, bucket: str, *, history: int = 1, replicas: int = 1,
-                 ttl: float | None = None) -> KeyValue:
+    async def kv(
+        self, bucket: str, *, history: int = 1, replicas: int = 1, ttl: float | None = None
+    ) -> KeyValue:
         try:
             return await self.js.key_value(bucket)
         except nats.js.errors.BucketNotFoundError:
             pass
         try:
             return await self.js.create_key_value(
-                KeyValueConfig(bucket=bucket, history=history, replicas=replicas, ttl=ttl,
-                               storage=StorageType.FILE)
+                KeyValueConfig(
+                    bucket=bucket, history=history, replicas=replicas, ttl=ttl, storage=StorageType.FILE
+                )
             )
         except nats.js.errors.BadRequestError:
             # another replica created it first
             return await self.js.key_value(bucket)
 
-    async def ensure_stream(self, name: str, subjects: list[str], *, duplicate_window: float = 600.0,
-                            replicas: int = 1, work_queue: bool = False,
-                            max_age: float | None = None) -> None:
+    async def ensure_stream(
+        self,
+        name: str,
+        subjects: list[str],
+        *,
+        duplicate_window: float = 600.0,
+        replicas: int = 1,
+        work_queue: bool = False,
+        max_age: float | None = None,
+    ) -> None:
         cfg = StreamConfig(
             name=name,
             subjects=subjects,
@@ -271,14 +291,23 @@ class Bus:
         try:
             ack = await self.js.publish(subject, data, timeout=timeout, headers={"Nats-Msg-Id": msg_id})
         except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError) as exc:
-            raise ServiceUnavailable(f"JetStream did not acknowledge {subject}: {type(exc).__name__}") from None
+            raise ServiceUnavailable(
+                f"JetStream did not acknowledge {subject}: {type(exc).__name__}"
+            ) from None
         except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError) as exc:
             raise ServiceUnavailable(f"message bus unavailable: {type(exc).__name__}") from None
         return not ack.duplicate
 
-    async def pull_consumer(self, stream: str, durable: str, subject: str, *,
-                            ack_wait: float = 30.0, max_ack_pending: int = 10_000) -> Any:
-        return await self.js.pull_subscribe(
+    async def pull_consumer(
+        self,
+        stream: str,
+        durable: str,
+        subject: str,
+        *,
+        ack_wait: float = 30.0,
+        max_ack_pending: int = 10_000,
+    ) -> Any:
+        sub = await self.js.pull_subscribe(
             subject,
             durable=durable,
             stream=stream,
@@ -290,6 +319,10 @@ class Bus:
                 max_ack_pending=max_ack_pending,
             ),
         )
+        # drain() unsubscribes it first: a pull subscription whose fetch timed out otherwise holds
+        # the connection's drain open for its whole timeout
+        self._subs.append(sub._sub)
+        return sub
 
     @staticmethod
     async def fetch(sub: Any, batch: int, timeout: float) -> list[Msg]:

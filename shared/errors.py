@@ -99,7 +99,9 @@ class JanusError(Exception):
     @staticmethod
     def from_wire(info: ErrorInfo) -> JanusError:
         cls = _BY_NAME.get(info.kind, JanusError)
-        return cls(info.message, param=info.param, code=info.code, retry_after=info.retry_after, status=info.status)
+        return cls(
+            info.message, param=info.param, code=info.code, retry_after=info.retry_after, status=info.status
+        )
 
     def headers(self) -> dict[str, str]:
         """HTTP headers this error adds to a response."""
@@ -230,15 +232,17 @@ def upstream_error_for_status(status: int, message: str, retry_after: float | No
     if status in (400, 401, 403, 404, 422):
         # The provider's own credentials failing is our configuration problem, not the caller's.
         if status in (401, 403):
-            return UpstreamClientError(f"upstream refused the credentials ({status}): {message}", status=502,
-                                       code="upstream_auth")
+            return UpstreamClientError(
+                f"upstream refused the credentials ({status}): {message}", status=502, code="upstream_auth"
+            )
         return UpstreamClientError(message, status=400 if status == 422 else status)
     if status == 408:
         return UpstreamTimeout(message, retry_after=retry_after)
     if status == 429:
         return UpstreamError(message, status=429, code="upstream_rate_limited", retry_after=retry_after)
-    return UpstreamError(message, status=502 if status < 500 or status > 599 else status,
-                         retry_after=retry_after)
+    return UpstreamError(
+        message, status=502 if status < 500 or status > 599 else status, retry_after=retry_after
+    )
 
 
 def as_janus_error(exc: BaseException) -> JanusError:

@@ -107,10 +107,6 @@ class WorkerService(Service):
             sub = await bus.serve(subjects.work(pid), self._on_work, queue=subjects.work_queue(pid),
                                   concurrency=cap + 64)
             self._work_subs.append(sub)
-        # nats-py writes a flush's PING straight to the socket, ahead of SUBs still queued for its
-        # flusher task, so one round trip does not prove the server has our subscriptions (seen as
-        # "no responders" for the first requests). The second PING leaves after the queue drained.
-        await bus.flush()
         await bus.flush()
         self._started = True
         log.info("worker_serving", providers=list(self.providers), capacity=cap, worker=self.worker_id)

@@ -256,7 +256,9 @@ def test_budget_refusal_is_429_with_headers_and_no_retry(stack: Stack) -> None:
     for h in RATE_HEADERS:
         assert h in r.headers
     validate("ErrorResponse", r.json())
-    assert "session" in r.json()["error"]["message"]
+    # the message names the pool that refused and when it resets
+    msg = r.json()["error"]["message"]
+    assert "exhausted" in msg and "resets at" in msg
 
 
 @pytest.mark.parametrize(
