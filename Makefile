@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ROUTING_DATA ?= ../shared/data/routing
 
-.PHONY: install run test unit validate-deploy bench token train-router eval-routing lint soak clean
+.PHONY: install run test unit validate-deploy gen-deploy bench bench-metering bench-router token \
+        train-router eval-routing lint soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +34,20 @@ validate-deploy: install
 ## make bench: direct vs through Janus, at concurrency 1, 16 and 64, buffered and streaming
 bench: install
 	$(BIN)/python -m tools.bench
+
+bench-metering: install
+	$(BIN)/python -m tools.bench_metering
+
+bench-router: install
+	$(BIN)/python -m tools.eval_routing --bench
+
+## make soak: 64 concurrent streams for 10 minutes; reports RSS growth per service
+soak: install
+	$(BIN)/python -m tools.soak
+
+## regenerate deploy/ files derived from config/ and shared/metrics.py
+gen-deploy: install
+	$(BIN)/python deploy/gen.py
 
 ## make token USER=<id> PLAN=<tier> [EMAIL=<e>]
 token: install

@@ -25,10 +25,10 @@ from collections.abc import Sequence
 
 import structlog
 
-from services.metering.byok import ByokStore, Sealer, generate_key
 from services.metering.keys import KeyStore
 from shared import contract, subjects
 from shared.bus import Bus
+from shared.byok import ByokStore, Sealer, generate_key
 from shared.catalog import ConfigError, load_plans
 from shared.errors import JanusError
 

@@ -7,6 +7,7 @@ can never inject a wildcard or an extra token.
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 PREFIX = "janus"
@@ -63,3 +64,19 @@ BYOK_BUCKET = "janus_byok"
 # NATS headers
 H_REQUEST_ID = "Janus-Request-Id"
 H_DEADLINE = "Janus-Deadline"
+
+
+# KV keys allow [-/_=.a-zA-Z0-9]; '.' and '/' are left out of the literal form so a user id can never
+# look like a hashed one or add a token to the key.
+_PLAIN = re.compile(r"^[-_=a-zA-Z0-9]{1,96}$")
+
+
+def kv_key(kind: str, ident: str) -> str:
+    """A KV key for ``ident``: readable when it is made of safe characters, hashed when not.
+
+    The two forms carry different markers (``u.`` and ``h.``), so a literal id can never collide
+    with the hash of another one.
+    """
+    if _PLAIN.match(ident):
+        return f"{kind}.u.{ident}"
+    return f"{kind}.h.{hashlib.sha256(ident.encode()).hexdigest()}"

@@ -26,6 +26,8 @@ from services.worker.settings import WorkerSettings
 from services.worker.transport import Transport
 from shared import metrics, subjects
 from shared.bus import Bus, Msg
+from shared.byok import ENV as BYOK_ENV
+from shared.byok import ByokStore, Sealer
 from shared.catalog import Catalog, ConfigError, Deployment, Provider, load_catalog
 from shared.contract import (
     Accepted,
@@ -38,7 +40,14 @@ from shared.contract import (
     encode,
     work_decoder,
 )
-from shared.errors import InvalidRequest, JanusError, ServiceUnavailable, UpstreamError, UpstreamTimeout
+from shared.errors import (
+    InvalidRequest,
+    JanusError,
+    PermissionDenied,
+    ServiceUnavailable,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from shared.logging import bind_request, get_logger, unbind_request
 from shared.service import Service
 
@@ -85,11 +94,14 @@ class WorkerService(Service):
         self._idle = asyncio.Event()  # set whenever no call is in flight (for a graceful stop)
         self._work_subs: list[Any] = []
         self._started = False
+        self.byok: ByokStore | None = None  # users' own provider keys, when JANUS_BYOK_KEY is set
 
     # --------------------------------------------------------------------------------- lifecycle
     async def start(self, bus: Bus) -> None:
         await super().start(bus)
         await self.transport.start()
+        if os.environ.get(BYOK_ENV):
+            self.byok = await ByokStore.open(bus, Sealer.from_env(), replicas=self.common.nats_replicas)
 
         async def publish_health(report: HealthReport) -> None:
             await bus.publish(subjects.HEALTH, encode(report))
@@ -175,14 +187,24 @@ class WorkerService(Service):
             if not self.in_flight:
                 self._idle.set()
 
-    def _context(self, req: WorkRequest) -> tuple[Provider, Deployment, Any, ChatContext]:
+    async def _user_key(self, req: WorkRequest) -> str:
+        """The caller's own key for this provider (bring your own key); never logged."""
+        key = await self.byok.get(req.user, req.provider) if self.byok is not None else None
+        if not key:
+            # the gateway saw a key moments ago; without it the call must not run on ours
+            raise PermissionDenied(f"no key of your own is registered for provider {req.provider!r}",
+                                   code="byok_missing")
+        return key
+
+    def _context(self, req: WorkRequest, user_key: str | None = None) -> tuple[Provider, Deployment, Any,
+                                                                               ChatContext]:
         provider = self.providers.get(req.provider)
         pair = self.catalog.deployment_by_id.get(req.deployment)
         if provider is None or pair is None or pair[0].id != provider.id:
             raise ServiceUnavailable(f"this worker does not serve deployment {req.deployment!r}",
                                      code="unknown_deployment")
         deployment = pair[1]
-        key = self.keys.get(deployment.id)
+        key = user_key or self.keys.get(deployment.id)
         if deployment.api_key_env and not key:
             # retryable: another deployment of the plan may be configured
             raise UpstreamError(f"deployment {deployment.id!r} has no API key configured",
@@ -201,7 +223,8 @@ class WorkerService(Service):
         try:
             try:
                 async with asyncio.timeout(_remaining(headers)):
-                    _, _, adapter, ctx = self._context(req)
+                    user_key = await self._user_key(req) if req.byok else None
+                    _, _, adapter, ctx = self._context(req, user_key)
                     call = Call(req, ctx, adapter, self.transport, r)
                     terminal = await call.execute()
             except TimeoutError:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from services.metering.byok import ByokStore, Sealer, generate_key
+from shared.byok import ByokStore, Sealer, generate_key
 from services.metering.keys import KeyStore, hash_key, watch_revocations
 from shared import subjects
 from shared.bus import Bus

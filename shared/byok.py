@@ -20,7 +20,6 @@ import msgspec
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from services.metering.record import kv_key
 from shared import subjects
 from shared.bus import Bus, KeyNotFound, KeyValue
 from shared.catalog import ConfigError
@@ -83,7 +82,7 @@ class Sealer:
 
 
 def _key(user: str, provider: str) -> str:
-    return f"{kv_key('y', user)}.{subjects.token(provider)}"
+    return f"{subjects.kv_key('y', user)}.{subjects.token(provider)}"
 
 
 class ByokStore:
