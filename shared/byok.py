@@ -81,7 +81,7 @@ class Sealer:
                              code="byok_undecryptable") from None
 
 
-def _key(user: str, provider: str) -> str:
+def entry_key(user: str, provider: str) -> str:
     return f"{subjects.kv_key('y', user)}.{subjects.token(provider)}"
 
 
@@ -98,19 +98,19 @@ class ByokStore:
         if not secret.strip():
             raise ValueError("the provider key is empty")
         sealed = self.sealer.seal(user, provider, secret.strip())
-        await Bus.kv_put(self.kv, _key(user, provider), _enc.encode(sealed))
+        await Bus.kv_put(self.kv, entry_key(user, provider), _enc.encode(sealed))
         return sealed
 
     async def get(self, user: str, provider: str) -> str | None:
         """The user's plaintext key for ``provider``, or None when they registered none."""
         try:
-            data, _ = await Bus.kv_get(self.kv, _key(user, provider))
+            data, _ = await Bus.kv_get(self.kv, entry_key(user, provider))
         except KeyNotFound:
             return None
         return self.sealer.open(_dec.decode(data), user, provider)
 
     async def delete(self, user: str, provider: str) -> bool:
-        key = _key(user, provider)
+        key = entry_key(user, provider)
         try:
             await Bus.kv_get(self.kv, key)
         except KeyNotFound:

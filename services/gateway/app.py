@@ -8,13 +8,16 @@ Route first: the plan names the model, and the reservation is priced on that mod
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
+from pathlib import Path
 
 from aiohttp import web
 
 from services.gateway.auth import Authenticator, Principal
 from services.gateway.body import parse_chat, parse_embeddings
+from services.gateway.byok import ByokProbe
 from services.gateway.dispatch import BufferedSink, Call, Dispatcher, Sink, StreamSink
 from services.gateway.edge import CALL, Edge
 from services.gateway.meter import Meter
@@ -27,6 +30,7 @@ from shared.contract import ReserveRequest, RouteRequest, UsageQuery, WorkReques
 from shared.errors import InvalidRequest, PayloadTooLarge
 
 _JSON = "application/json"
+OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 _BOT = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _AUTO = ("", "auto")
 
@@ -35,13 +39,14 @@ class Gateway:
     """Everything a request handler needs, built once at start."""
 
     def __init__(self, settings: GatewaySettings, bus: Bus, catalog: Catalog, auth: Authenticator,
-                 meter: Meter, dispatcher: Dispatcher) -> None:
+                 meter: Meter, dispatcher: Dispatcher, byok: ByokProbe | None = None) -> None:
         self.s = settings
         self.bus = bus
         self.catalog = catalog
         self.auth = auth
         self.meter = meter
         self.dispatcher = dispatcher
+        self.byok = byok
         self.models = ModelIndex(catalog)
 
     # ---------------------------------------------------------------------------------- helpers
@@ -62,8 +67,14 @@ class Gateway:
         if length is not None and length > self.s.max_body_bytes:
             raise PayloadTooLarge(
                 f"The request body is {length} bytes; the limit is {self.s.max_body_bytes}.")
-        # aiohttp enforces client_max_size while reading a body without Content-Length (413)
-        return await request.read()
+        # aiohttp enforces client_max_size while reading a body without Content-Length (413);
+        # a client trickling its body would otherwise hold this request (and a task) for ever
+        try:
+            async with asyncio.timeout(self.s.body_timeout_seconds):
+                return await request.read()
+        except TimeoutError:
+            raise InvalidRequest("The client took too long to send the request body.", status=408,
+                                 code="request_timeout") from None
 
     async def _route(self, req: RouteRequest, call: Call) -> contract.RoutePlan:
         data = await self.bus.request(subjects.ROUTE, contract.encode(req), self.s.route_timeout_seconds)
@@ -77,15 +88,22 @@ class Gateway:
 
     async def _serve(self, call: Call, kind: str, plan: contract.RoutePlan, body: bytes, stream: bool,
                      max_output: int, sink: Sink) -> web.StreamResponse:
+        if self.byok is not None and plan.targets:
+            provider = plan.targets[0].provider
+            if await self.byok.has(call.user, provider):
+                # served on the user's own key: charged nothing, so never moved to a provider that
+                # would be served on ours
+                call.byok = True
+                plan.targets = [t for t in plan.targets if t.provider == provider]
         await self.meter.reserve(
             ReserveRequest(call.request_id, call.user, call.plan_name, plan.model, call.prompt_tokens,
-                           max_output, bot=call.bot),
+                           max_output, bot=call.bot, byok=call.byok),
             call.headers,
         )
         work = WorkRequest(
             request_id=call.request_id, kind=kind,  # type: ignore[arg-type]
             deployment="", provider="", upstream_model="", response_model=plan.response_model,
-            body=body, stream=stream, created=int(time.time()), user=call.user,
+            body=body, stream=stream, created=int(time.time()), user=call.user, byok=call.byok,
         )
         return await self.dispatcher.run(call, plan, work, sink)
 
@@ -122,6 +140,11 @@ class Gateway:
         plan = await self._route(
             RouteRequest(call.request_id, req.model, principal.plan, "embeddings", prompt_tokens), call
         )
+        model = self.catalog.model(plan.model)
+        if req.dimensions is not None and model is not None and model.dimensions is not None \
+                and req.dimensions > model.dimensions:
+            raise InvalidRequest(f"'dimensions' can be at most {model.dimensions} for {plan.response_model}.",
+                                 param="dimensions", code="invalid_value")
         return await self._serve(call, "embeddings", plan, body, False, 0, BufferedSink(call))
 
     async def list_models(self, request: web.Request) -> web.StreamResponse:
@@ -149,7 +172,14 @@ class Gateway:
 
 def build_app(gw: Gateway, edge: Edge) -> web.Application:
     app = web.Application(middlewares=[edge.middleware], client_max_size=gw.s.max_body_bytes)
+    openapi = OPENAPI_PATH.read_bytes()
+
+    async def openapi_json(request: web.Request) -> web.StreamResponse:
+        call: Call = request[CALL]
+        return web.Response(body=openapi, headers={**call.headers, "Content-Type": _JSON})
+
     r = app.router
+    r.add_get("/openapi.json", openapi_json)
     r.add_post("/v1/chat/completions", gw.chat)
     r.add_post("/v1/embeddings", gw.embeddings)
     r.add_get("/v1/models", gw.list_models)

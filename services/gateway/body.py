@@ -167,13 +167,17 @@ def parse_chat(body: bytes) -> ChatFacts:
     req: ChatRequest = _decode(_chat_decoder, body)
     sizes: list[int] = []
     vision = False
-    for m in req.messages:
+    for i, m in enumerate(req.messages):
         n = 0
         content = m.content
         if isinstance(content, str):
             n = _size(content)
         elif content is not None:
-            for part in content:
+            for j, part in enumerate(content):
+                if part.type == "text" and part.text is None:
+                    # OpenAI requires the text of a text part; providers choke on a null
+                    raise InvalidRequest("A 'text' content part needs a 'text' string.",
+                                         param=f"messages[{i}].content[{j}].text", code="invalid_value")
                 if part.text:
                     n += _size(part.text)
                 elif part.type == "image_url" or part.type == "input_image":

@@ -41,7 +41,7 @@ _JSON = "application/json"
 class Call:
     """One HTTP request's state, shared by the handler, the dispatcher and the edge middleware."""
 
-    __slots__ = ("bot", "error_code", "headers", "model", "ok", "plan_name", "prompt_tokens",
+    __slots__ = ("bot", "byok", "error_code", "headers", "model", "ok", "plan_name", "prompt_tokens",
                  "request_id", "start", "status", "upstream_seconds", "usage", "user")
 
     def __init__(self, request_id: str, start: float) -> None:
@@ -51,6 +51,7 @@ class Call:
         self.user = ""
         self.plan_name = ""
         self.bot = "default"
+        self.byok = False  # served on the user's own provider key: recorded, not charged
         self.model = ""  # catalog id once routed
         self.prompt_tokens = 0
         self.upstream_seconds = 0.0
@@ -200,7 +201,8 @@ class Dispatcher:
         finally:
             # exactly one settlement per request, whatever happened: it also releases the hold
             self.meter.settle(Settlement(call.request_id, call.user, call.plan_name, call.model,
-                                         call.usage, bot=call.bot, ok=call.ok, at=time.time()))
+                                         call.usage, bot=call.bot, ok=call.ok, byok=call.byok,
+                                         at=time.time()))
 
     async def _attempts(self, call: Call, plan: RoutePlan, work: WorkRequest,
                         sink: Sink) -> web.StreamResponse:

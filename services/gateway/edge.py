@@ -42,7 +42,10 @@ def _error_response(err: JanusError, call: Call, extra: dict[str, str] | None = 
     headers.pop("Content-Length", None)
     if extra:
         headers.update(extra)
-    return web.Response(status=err.http_status, body=err.to_body(), headers=headers)
+    resp = web.Response(status=err.http_status, body=err.to_body(), headers=headers)
+    if err.http_status == 408:
+        resp.force_close()  # the rest of a trickled body is not worth waiting for
+    return resp
 
 
 def _route_label(request: web.Request) -> str:

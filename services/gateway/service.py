@@ -13,10 +13,13 @@ import time
 
 from aiohttp import web
 
+from services.gateway.apikeys import ApiKeys
 from services.gateway.app import Gateway, build_app
 from services.gateway.auth import Authenticator
+from services.gateway.byok import ByokProbe
 from services.gateway.dispatch import Dispatcher
 from services.gateway.edge import Edge
+from services.gateway.guard import GuardedRunner
 from services.gateway.meter import Meter
 from services.gateway.settings import GatewaySettings
 from shared.bus import Bus
@@ -40,11 +43,12 @@ class GatewayService(Service):
         if not isinstance(common, GatewaySettings):
             raise ConfigError("the gateway needs GatewaySettings")
         self.s = common
-        if not common.jwt_secret:
-            raise ConfigError("JANUS_JWT_SECRET is not set: the gateway cannot verify tokens without it")
         self.catalog = load_catalog()
         self.plans = load_plans(catalog=self.catalog)
-        self.auth = Authenticator(common.jwt_secret, self.plans, cache_size=common.auth_cache_size)
+        self.api_keys = ApiKeys(ttl=common.api_key_cache_seconds,
+                                negative_ttl=common.api_key_negative_cache_seconds,
+                                replicas=common.nats_replicas)
+        self.auth = Authenticator(common, self.plans, api_keys=self.api_keys)
         self.edge = Edge()
         self.runner: web.AppRunner | None = None
         self.meter: Meter | None = None
@@ -53,10 +57,20 @@ class GatewayService(Service):
 
     async def start(self, bus: Bus) -> None:
         await super().start(bus)
+        await self.auth.jwt.start()
+        await self.api_keys.start(bus)
         self.meter = Meter(bus, self.s.reserve_timeout_seconds)
         self.dispatcher = Dispatcher(bus, self.s, self.meter)
-        gw = Gateway(self.s, bus, self.catalog, self.auth, self.meter, self.dispatcher)
-        self.runner = web.AppRunner(build_app(gw, self.edge), access_log=None, handle_signals=False)
+        byok = ByokProbe()
+        await byok.start(bus, self.common.nats_replicas)
+        gw = Gateway(self.s, bus, self.catalog, self.auth, self.meter, self.dispatcher, byok)
+        s = self.s
+        self.runner = GuardedRunner(
+            build_app(gw, self.edge), header_timeout=s.header_timeout_seconds, access_log=None,
+            handle_signals=False, max_line_size=s.max_header_bytes, max_field_size=s.max_header_bytes,
+            max_headers=s.max_headers, keepalive_timeout=s.keepalive_timeout_seconds,
+            lingering_time=s.lingering_seconds,
+        )
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.s.host, self.s.port, backlog=1024)
         await site.start()
@@ -89,3 +103,4 @@ class GatewayService(Service):
         if self.meter is not None:
             await self.meter.drain(within=max(0.5, start + grace - time.monotonic() - 0.5))
         await runner.cleanup()
+        await self.auth.jwt.close()

@@ -8,7 +8,6 @@ from shared.settings import CommonSettings
 class GatewaySettings(CommonSettings, kw_only=True):
     host: str = "127.0.0.1"  # containers set 0.0.0.0
     port: int = 8080
-    jwt_secret: str = ""  # required: the service refuses to start without it
     max_body_bytes: int = 4 * 1024 * 1024
     default_max_tokens: int = 4096
     first_frame_timeout_seconds: float = 5.0  # the worker's Accepted must arrive within this
@@ -19,4 +18,26 @@ class GatewaySettings(CommonSettings, kw_only=True):
     usage_timeout_seconds: float = 2.0
     cancel_wait_seconds: float = 5.0  # after a cancel, how long to wait for the worker's usage
     request_deadline_seconds: float = 600.0  # sent to workers as Janus-Deadline
+
+    # --- authentication: at least one of secret, public keys or JWKS URL must be set
+    jwt_secret: str = ""  # HS256
+    jwt_public_keys: str = ""  # RS*/PS*/ES*: PEM file paths, comma-separated
+    jwt_jwks_url: str = ""  # RS*/PS*/ES*: keys fetched and cached by kid
+    jwt_issuer: str = ""  # when set, the 'iss' claim must equal it
+    jwt_audience: str = ""  # when set (comma-separated), the 'aud' claim must name one of them
+    jwt_leeway_seconds: float = 10.0  # clock skew allowed on exp, nbf and iat
+    jwks_refresh_seconds: float = 600.0  # background refresh of the JWKS
+    jwks_min_refresh_seconds: float = 30.0  # at most one fetch per interval for unknown kids
+    jwks_timeout_seconds: float = 5.0
+    max_token_bytes: int = 8192  # a longer bearer token is refused before any parsing
     auth_cache_size: int = 10_000
+    api_key_cache_seconds: float = 30.0  # a found key; revocations evict it at once
+    api_key_negative_cache_seconds: float = 2.0  # an unknown key
+
+    # --- the HTTP edge against hostile or slow clients
+    max_header_bytes: int = 16 * 1024  # one header line (so an 8 KiB token still reaches auth)
+    max_headers: int = 100
+    header_timeout_seconds: float = 10.0  # from a request's first byte to the end of its headers
+    body_timeout_seconds: float = 60.0  # to read the whole body once the handler asks for it
+    keepalive_timeout_seconds: float = 75.0  # an idle keep-alive connection is closed after this
+    lingering_seconds: float = 2.0  # reading an unread body's rest before closing

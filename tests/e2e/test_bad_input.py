@@ -23,17 +23,32 @@ BAD_BODIES: list[tuple[str, bytes, int]] = [
     ("message without role", b'{"model": "auto", "messages": [{"content": "x"}]}', 400),
     ("message not an object", b'{"model": "auto", "messages": [42]}', 400),
     ("model not a string", b'{"model": 7, "messages": [{"role": "user", "content": "x"}]}', 400),
-    ("stream not a bool", b'{"model": "auto", "stream": "yes", "messages": [{"role": "user", "content": "x"}]}',
-     400),
-    ("max_tokens negative", b'{"model": "auto", "max_tokens": -5, "messages": [{"role": "user", "content": "x"}]}',
-     400),
-    ("max_tokens a string",
-     b'{"model": "auto", "max_tokens": "many", "messages": [{"role": "user", "content": "x"}]}', 400),
-    ("temperature a string",
-     b'{"model": "auto", "temperature": "hot", "messages": [{"role": "user", "content": "x"}]}', 400),
+    (
+        "stream not a bool",
+        b'{"model": "auto", "stream": "yes", "messages": [{"role": "user", "content": "x"}]}',
+        400,
+    ),
+    (
+        "max_tokens negative",
+        b'{"model": "auto", "max_tokens": -5, "messages": [{"role": "user", "content": "x"}]}',
+        400,
+    ),
+    (
+        "max_tokens a string",
+        b'{"model": "auto", "max_tokens": "many", "messages": [{"role": "user", "content": "x"}]}',
+        400,
+    ),
+    (
+        "temperature a string",
+        b'{"model": "auto", "temperature": "hot", "messages": [{"role": "user", "content": "x"}]}',
+        400,
+    ),
     ("unknown model", b'{"model": "nope-1", "messages": [{"role": "user", "content": "x"}]}', 404),
-    ("embeddings model for chat",
-     b'{"model": "neboloop/nebo-embed-small", "messages": [{"role": "user", "content": "x"}]}', 400),
+    (
+        "embeddings model for chat",
+        b'{"model": "neboloop/nebo-embed-small", "messages": [{"role": "user", "content": "x"}]}',
+        400,
+    ),
 ]
 
 

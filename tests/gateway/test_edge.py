@@ -26,7 +26,7 @@ AUTH_CASES = {
     "missing": None,
     "not_bearer": "Basic YWxpY2U6cHc=",
     "malformed": "Bearer not.a.jwt",
-    "expired": "Bearer " + token(ttl_seconds=-10),
+    "expired": "Bearer " + token(ttl_seconds=-120),
     "wrong_signature": "Bearer " + jwt.encode({"sub": "a", "plan": "pro", "exp": int(time.time()) + 600},
                                               "another-secret-of-enough-length!", algorithm="HS256"),
     "alg_none": "Bearer " + _none_alg_token(),

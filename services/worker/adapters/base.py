@@ -177,7 +177,7 @@ def text_of(content: Any) -> str:
         return ""
     if isinstance(content, str):
         return content
-    return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return "".join(p.get("text") or "" for p in content if isinstance(p, dict) and p.get("type") == "text")
 
 
 def parse_data_url(url: str) -> tuple[str, str] | None:

@@ -1,0 +1,164 @@
+"""Issued API keys (``sk-janus-...``): looked up by SHA-256 digest in JetStream KV, cached briefly.
+
+    key -> sha256 hex -> cache hit?  -> Principal
+                       -> KV bucket subjects.KEYS_BUCKET -> ApiKeyRecord -> cache (positive, short)
+                       -> absent / revoked / expired      -> cache (negative, briefer) -> 401
+
+Every gateway replica subscribes to ``subjects.KEYS_REVOKED`` (a broadcast, no queue group) and
+drops a revoked digest from its cache as soon as the message arrives, so a revocation holds
+everywhere within the bus's latency. A lookup that was already reading KV when a revocation arrived
+does not cache its answer (the epoch check below), so a stale read cannot resurrect the key. If a
+revocation is missed while NATS is down, the positive TTL bounds how long the key keeps working.
+
+Concurrent requests with the same uncached key share one KV read.
+
+The stored format is the key store's (``services/metering/keys.py``): KV key ``k.<sha256 hex>``, a
+msgpack map with at least ``user``, ``plan`` and ``revoked`` (unix seconds, absent while valid).
+Only those fields are read here; the rest (id, name, hint, created) is the store's business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+
+import msgspec
+
+from shared import contract, subjects
+from shared.bus import Bus, KeyNotFound, KeyValue, Msg, map_exception
+from shared.errors import JanusError, ServiceUnavailable
+from shared.logging import get_logger
+
+log = get_logger("gateway.apikeys")
+
+PREFIX = "sk-janus-"
+_MAX_CACHE = 50_000
+
+
+class ApiKeyRecord(msgspec.Struct):
+    """What the gateway reads of a key store record (unknown fields are ignored)."""
+
+    user: str
+    plan: str
+    revoked: float | None = None  # unix seconds; None while the key is valid
+    expires: float | None = None  # unix seconds; None: never
+
+
+_decode_record = msgspec.msgpack.Decoder(ApiKeyRecord).decode
+
+
+def key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def _kv_key(digest: str) -> str:
+    return f"k.{digest}"
+
+
+class ApiKeys:
+    def __init__(self, *, ttl: float, negative_ttl: float, replicas: int = 1) -> None:
+        self.ttl = ttl
+        self.negative_ttl = negative_ttl
+        self.replicas = replicas
+        # digest -> (record or None for "no such usable key", valid until)
+        self._cache: dict[str, tuple[ApiKeyRecord | None, float]] = {}
+        self._inflight: dict[str, asyncio.Future[ApiKeyRecord | None]] = {}
+        self._epoch = 0  # bumped by every revocation
+        self._bus: Bus | None = None
+        self._kv: KeyValue | None = None
+        self._kv_lock = asyncio.Lock()
+
+    async def start(self, bus: Bus) -> None:
+        self._bus = bus
+        await bus.serve(subjects.KEYS_REVOKED, self._on_revoked, concurrency=16)
+
+    async def _on_revoked(self, msg: Msg) -> None:
+        try:
+            digest = contract.key_revoked_decoder.decode(msg.data).key_hash
+        except msgspec.DecodeError:
+            log.warning("bad_revocation_message")
+            return
+        self.revoke(digest)
+
+    def revoke(self, digest: str) -> None:
+        self._epoch += 1
+        self._cache[digest] = (None, time.monotonic() + max(self.ttl, self.negative_ttl))
+
+    async def lookup(self, key: str) -> ApiKeyRecord | None:
+        """The key's record when it is usable (exists, not revoked, not expired), else None."""
+        digest = key_hash(key)
+        now = time.monotonic()
+        hit = self._cache.get(digest)
+        if hit is not None and hit[1] > now:
+            return _usable(hit[0])
+        pending = self._inflight.get(digest)
+        if pending is not None:
+            return _usable(await asyncio.shield(pending))
+        fut: asyncio.Future[ApiKeyRecord | None] = asyncio.get_running_loop().create_future()
+        self._inflight[digest] = fut
+        epoch = self._epoch
+        try:
+            record = await self._read(digest)
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: sharers re-raise it; nobody else needs to see it logged
+            raise
+        finally:
+            del self._inflight[digest]
+        fut.set_result(record)
+        if epoch == self._epoch:
+            self._remember(digest, record)
+        return _usable(record)
+
+    async def _read(self, digest: str) -> ApiKeyRecord | None:
+        try:
+            kv = await self._bucket()
+            value, _ = await Bus.kv_get(kv, _kv_key(digest))
+        except KeyNotFound:
+            return None
+        except JanusError:
+            raise
+        except Exception as exc:
+            # the key store is unreachable: an outage, not a wrong key
+            err = map_exception(exc)
+            raise ServiceUnavailable("The API key store is unavailable; try again shortly.",
+                                     code="key_store_unavailable") from err
+        try:
+            return _decode_record(value)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            log.warning("bad_key_record")
+            return None
+
+    async def _bucket(self) -> KeyValue:
+        if self._kv is None:
+            async with self._kv_lock:
+                if self._kv is None:
+                    if self._bus is None:
+                        raise ServiceUnavailable("The API key store is not connected.")
+                    self._kv = await self._bus.kv(subjects.KEYS_BUCKET, replicas=self.replicas)
+        return self._kv
+
+    def _remember(self, digest: str, record: ApiKeyRecord | None) -> None:
+        cache = self._cache
+        if len(cache) >= _MAX_CACHE:
+            now = time.monotonic()
+            for k in [k for k, (_, until) in cache.items() if until <= now]:
+                del cache[k]
+            if len(cache) >= _MAX_CACHE:
+                for k in list(cache)[: _MAX_CACHE // 4]:
+                    del cache[k]
+        usable = _usable(record) is not None
+        ttl = self.ttl if usable else self.negative_ttl
+        if usable and record is not None and record.expires is not None:
+            # never hold a key past its expiry (the cache clock is monotonic, expiry is wall time)
+            ttl = min(ttl, max(0.0, record.expires - time.time()))
+        cache[digest] = (record, time.monotonic() + ttl)
+
+
+def _usable(record: ApiKeyRecord | None) -> ApiKeyRecord | None:
+    if record is None or record.revoked is not None:
+        return None
+    if record.expires is not None and record.expires <= time.time():
+        return None
+    return record
