@@ -91,3 +91,7 @@ METER_OP_SECONDS = Histogram(
     "janus_metering_operation_seconds", "Time to reserve or settle", ["operation"], buckets=(*_FAST, 0.25)
 )
 CAS_RETRIES = Counter("janus_metering_cas_retries_total", "Compare-and-set conflicts retried")
+METER_COMMIT_OPS = Histogram(
+    "janus_metering_commit_operations", "Reserves and settlements persisted by one budget-record write",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)

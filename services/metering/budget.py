@@ -83,30 +83,71 @@ def roll(rec: Record, rules: PlanRules, now: int) -> None:
         rec.month_start, rec.month_input_tokens, rec.month_output_tokens = ms, 0, 0
 
 
+class _Reserved:
+    """What the open holds reserve in each window of a record.
+
+    Counted once per decoded record and then kept current by every change to ``rec.holds`` in this
+    module, so the k-th admission of a group commit costs O(1) instead of a pass over every open
+    hold. ``key`` is what the sums were counted for: window starts that move (``roll``) or a hold
+    count that changed behind our back force a recount.
+    """
+
+    __slots__ = ("key", "month_in", "month_out", "session", "week")
+
+    def __init__(self, key: tuple[int, int, int, int]) -> None:
+        self.key = key
+        self.session = self.week = self.month_in = self.month_out = 0
+
+    def add(self, h: Hold, sign: int) -> None:
+        ss, ws, ms, _ = self.key
+        if h.at >= ms:
+            self.month_in += sign * h.input_tokens
+            self.month_out += sign * h.output_tokens
+        if h.at >= ws:
+            self.week += sign * h.credits
+        if ss and h.at >= ss:
+            self.session += sign * h.credits
+
+
+def _reserved(rec: Record) -> _Reserved:
+    key = (rec.session_start, rec.week_start, rec.month_start, len(rec.holds))
+    memo: _Reserved | None = rec.__dict__.get("_reserved")
+    if memo is None or memo.key != key:
+        memo = _Reserved(key)
+        for h in rec.holds.values():
+            memo.add(h, 1)
+        rec.__dict__["_reserved"] = memo
+    return memo
+
+
+def _held(rec: Record, h: Hold, sign: int) -> None:
+    """Account for ``h`` just added (1) to or removed (-1) from ``rec.holds``."""
+    memo: _Reserved | None = rec.__dict__.get("_reserved")
+    if memo is None:
+        return
+    ss, ws, ms, n = memo.key
+    if (ss, ws, ms) != (rec.session_start, rec.week_start, rec.month_start) or n + sign != len(rec.holds):
+        del rec.__dict__["_reserved"]  # stale anyway: the next figures() recounts
+        return
+    memo.add(h, sign)
+    memo.key = (ss, ws, ms, n + sign)
+
+
 def figures(rec: Record, rules: PlanRules, now: int) -> Figures:
     """Pool states of a record already rolled to ``now``."""
-    s_res = wk_res = in_res = out_res = 0
-    for h in rec.holds.values():
-        if rec.session_start and h.at >= rec.session_start:
-            s_res += h.credits
-        if h.at >= rec.week_start:
-            wk_res += h.credits
-        if h.at >= rec.month_start:
-            in_res += h.input_tokens
-            out_res += h.output_tokens
-    is_open = rec.session_start > 0
+    r = _reserved(rec)
     return Figures(
-        session_open=is_open,
+        session_open=rec.session_start > 0,
         session_used=rec.session_used,
-        session_reserved=s_res,
+        session_reserved=r.session,
         session_reset=w.session_end(rec.session_start, rules.session_seconds, now),
         week_used=rec.week_used,
-        week_reserved=wk_res,
+        week_reserved=r.week,
         week_reset=rec.week_start + w.WEEK,
         month_in=rec.month_input_tokens,
-        month_in_reserved=in_res,
+        month_in_reserved=r.month_in,
         month_out=rec.month_output_tokens,
-        month_out_reserved=out_res,
+        month_out_reserved=r.month_out,
         month_reset=w.month_end(now),
     )
 
@@ -173,8 +214,9 @@ def reserve(rec: Record, req: ReserveRequest, rules: PlanRules, price: PriceUnit
     if not rec.session_start:
         rec.session_start, rec.session_used = now, 0
     rec.plan = rules.name
-    rec.holds[req.request_id] = Hold(hold, max(req.input_tokens, 0), max(req.max_output_tokens, 0),
-                                     req.model, req.bot, now)
+    h = rec.holds[req.request_id] = Hold(hold, max(req.input_tokens, 0), max(req.max_output_tokens, 0),
+                                         req.model, req.bot, now)
+    _held(rec, h, 1)
     return ReserveReply(True, pool_states(figures(rec, rules, now), rules.plan), hold=hold), True
 
 
@@ -193,6 +235,8 @@ def settle(rec: Record, s: Settlement, rules: PlanRules, price: PriceUnits | Non
         return Outcome("duplicate", _entry(s, known, 0, now)), False
     roll(rec, rules, now)
     hold = rec.holds.pop(s.request_id, None)
+    if hold is not None:
+        _held(rec, hold, -1)
     if s.byok:
         cost = 0
     elif price is not None:
@@ -235,7 +279,7 @@ def reap(rec: Record, now: int, ttl: float) -> list[str]:
     """Release holds older than ``ttl`` seconds (their gateway died before settling)."""
     stale = [rid for rid, h in rec.holds.items() if now - h.at >= ttl]
     for rid in stale:
-        del rec.holds[rid]
+        _held(rec, rec.holds.pop(rid), -1)
     return stale
 
 

@@ -47,7 +47,8 @@ class Settled(msgspec.Struct, array_like=True):
     credits: int
 
 
-class Record(msgspec.Struct, omit_defaults=True):
+# dict=True: admission keeps private running sums on a decoded record (never encoded)
+class Record(msgspec.Struct, omit_defaults=True, dict=True):
     user: str
     plan: str = ""
     session_start: int = 0  # 0: no open session

@@ -3,7 +3,7 @@
     janus.meter.reserve  (queue "metering")  ReserveRequest  -> ReserveReply | ErrorReply
     janus.meter.usage    (queue "metering")  UsageQuery      -> UsageReply   | ErrorReply
     JANUS_SETTLE stream, durable pull consumer "metering" shared by every replica:
-        Settlement -> one CAS write of the user's record -> ledger entry -> ack
+        a fetched batch -> one CAS write per user (group commit) -> ledger entries -> acks
 
 All state is in JetStream (the ``janus_budget`` KV bucket and the two streams), so any number of
 replicas serve the same users and a SIGKILL loses nothing: a settlement is acknowledged only after
@@ -23,7 +23,12 @@ import msgspec
 from services.metering import budget
 from services.metering import windows as w
 from services.metering.store import BudgetStore
-from services.metering.streams import SETTLE_DURABLE, ensure_ledger_stream, ensure_settlement_stream
+from services.metering.streams import (
+    SETTLE_DURABLE,
+    ensure_ledger_stream,
+    ensure_settlement_stream,
+    publish_ledger,
+)
 from shared import contract, metrics, subjects
 from shared.bus import Bus, Msg, map_exception
 from shared.catalog import load_catalog, load_plans
@@ -36,6 +41,24 @@ from shared.settings import CommonSettings
 log = get_logger("metering")
 
 _json = msgspec.json.Encoder()
+
+# label children resolved once: .labels() is a dict lookup under a lock on every call
+_RESERVE_SECONDS = metrics.METER_OP_SECONDS.labels("reserve")
+_SETTLE_SECONDS = metrics.METER_OP_SECONDS.labels("settle")
+_ADMITTED = metrics.BUDGET_DECISIONS.labels("admitted", "none")
+_BYOK = metrics.BUDGET_DECISIONS.labels("byok", "none")
+
+
+def _count_settlement(s: contract.Settlement, outcome: budget.Outcome) -> None:
+    metrics.SETTLEMENTS.labels(outcome.result).inc()
+    if outcome.result != "duplicate" and outcome.entry.credits:
+        metrics.CREDITS_CHARGED.labels(s.model).inc(outcome.entry.credits)
+
+
+def _settle_failed(s: contract.Settlement, exc: BaseException) -> None:
+    # not acked: JetStream redelivers it after ack_wait, to this replica or another
+    log.warning("settle_failed", request_id=s.request_id, error=map_exception(exc).message)
+    metrics.SETTLEMENTS.labels("retry").inc()
 
 
 class MeteringSettings(CommonSettings, kw_only=True):
@@ -136,9 +159,9 @@ class MeteringService(Service):
         reply: contract.ReserveReply = await self.store.update(
             req.user, lambda rec: budget.reserve(rec, req, rules, price, now))
         if req.byok:
-            metrics.BUDGET_DECISIONS.labels("byok", "none").inc()
+            _BYOK.inc()
         elif reply.admitted:
-            metrics.BUDGET_DECISIONS.labels("admitted", "none").inc()
+            _ADMITTED.inc()
         else:
             metrics.BUDGET_DECISIONS.labels("denied", reply.denied_pool or "unknown").inc()
         return reply
@@ -151,7 +174,7 @@ class MeteringService(Service):
         except Exception as exc:
             out = self._error(exc, "reserve")
         await self._respond(msg, out)
-        metrics.METER_OP_SECONDS.labels("reserve").observe(time.perf_counter() - t0)
+        _RESERVE_SECONDS.observe(time.perf_counter() - t0)
 
     @staticmethod
     def _error(exc: Exception, op: str) -> bytes:
@@ -183,47 +206,64 @@ class MeteringService(Service):
         metrics.METER_OP_SECONDS.labels("usage").observe(time.perf_counter() - t0)
 
     # ------------------------------------------------------------------------------ settlement
-    async def settle(self, s: contract.Settlement) -> budget.Outcome:
-        """Apply one settlement and append its ledger entry (both idempotent by request id)."""
-        assert self.store is not None and self.bus is not None
+    def _submit_settlement(self, s: contract.Settlement) -> asyncio.Future[budget.Outcome]:
+        """Queue one settlement's KV change; the store commits it with the user's other changes."""
+        assert self.store is not None
         rules = self._plan(s.plan, strict=False)
         price = self.prices.get(s.model)
         if price is None:
             log.warning("settle_unknown_model", model=s.model)
         now = w.now_s(time.time())
         keep = self.settings.settled_keep
-        outcome: budget.Outcome = await self.store.update(
-            s.user, lambda rec: budget.settle(rec, s, rules, price, now, keep))
-        # after the KV write: a crash here redelivers the settlement, which re-publishes this entry
-        await self.bus.js_publish(subjects.LEDGER, contract.encode(outcome.entry), msg_id=s.request_id)
-        metrics.SETTLEMENTS.labels(outcome.result).inc()
-        if outcome.result != "duplicate" and outcome.entry.credits:
-            metrics.CREDITS_CHARGED.labels(s.model).inc(outcome.entry.credits)
-        return outcome
+        return self.store.submit(s.user, lambda rec: budget.settle(rec, s, rules, price, now, keep))
 
-    async def _apply(self, m: Msg) -> None:
+    async def settle_batch(self, msgs: list[Msg]) -> None:
+        """Apply a fetched batch: KV changes grouped per user (one write each), then every ledger
+        entry published at once, then the acks. A message is acknowledged only after both its KV
+        write and its ledger entry are stored; anything short of that is redelivered after
+        ``ack_wait``, and applying it again is a no-op."""
+        assert self.bus is not None
         t0 = time.perf_counter()
-        try:
-            s = contract.settlement_decoder.decode(m.data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            # redelivering a message nobody can read would loop for ever
-            log.error("settlement_undecodable", error=str(exc))
-            metrics.SETTLEMENTS.labels("invalid").inc()
-            with contextlib.suppress(Exception):
-                await m.term()
+        batch: list[tuple[Msg, contract.Settlement]] = []
+        for m in msgs:
+            try:
+                batch.append((m, contract.settlement_decoder.decode(m.data)))
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                # redelivering a message nobody can read would loop for ever
+                log.error("settlement_undecodable", error=str(exc))
+                metrics.SETTLEMENTS.labels("invalid").inc()
+                with contextlib.suppress(Exception):
+                    await m.term()
+        if not batch:
             return
-        try:
-            await self.settle(s)
-        except Exception as exc:
-            # not acked: JetStream redelivers it after ack_wait, to this replica or another
-            log.warning("settle_failed", request_id=s.request_id, error=map_exception(exc).message)
-            metrics.SETTLEMENTS.labels("retry").inc()
-            return
-        try:
-            await m.ack()
-        except Exception as exc:
-            log.warning("settle_ack_failed", request_id=s.request_id, error=str(exc) or type(exc).__name__)
-        metrics.METER_OP_SECONDS.labels("settle").observe(time.perf_counter() - t0)
+        futures: list[asyncio.Future[budget.Outcome]] = []
+        for _, s in batch:
+            try:
+                futures.append(self._submit_settlement(s))
+            except Exception as exc:
+                failed: asyncio.Future[budget.Outcome] = asyncio.get_running_loop().create_future()
+                failed.set_exception(exc)
+                futures.append(failed)
+        applied = await asyncio.gather(*futures, return_exceptions=True)
+        done: list[tuple[Msg, contract.Settlement, budget.Outcome]] = []
+        for (m, s), out in zip(batch, applied, strict=True):
+            if isinstance(out, BaseException):
+                _settle_failed(s, out)
+            else:
+                done.append((m, s, out))
+        # after the KV writes: a crash here redelivers the settlements, which re-publish these entries
+        published = await publish_ledger(self.bus, [out.entry for _, _, out in done])
+        for (m, s, out), err in zip(done, published, strict=True):
+            if err is not None:
+                _settle_failed(s, err)
+                continue
+            _count_settlement(s, out)
+            try:
+                await m.ack()
+            except Exception as exc:
+                log.warning("settle_ack_failed", request_id=s.request_id,
+                            error=str(exc) or type(exc).__name__)
+            _SETTLE_SECONDS.observe(time.perf_counter() - t0)
 
     async def _settle_loop(self, sub: Any) -> None:
         self._consuming = True
@@ -236,8 +276,11 @@ class MeteringService(Service):
                     await asyncio.sleep(0.5)
                     continue
                 if msgs:
-                    # different users settle in parallel; the store serialises one user's changes
-                    await asyncio.gather(*(self._apply(m) for m in msgs))
+                    try:
+                        await self.settle_batch(msgs)
+                    except Exception:
+                        # nothing unacked is lost: JetStream redelivers it
+                        log.exception("settle_batch_failed")
         finally:
             self._consuming = False
 

@@ -6,8 +6,13 @@ meets a missing stream); both sides then declare the same configuration.
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from shared import subjects
-from shared.bus import Bus
+from shared.bus import Bus, map_exception
+from shared.contract import LedgerEntry, encode
+from shared.errors import ServiceUnavailable
 
 # Settlements are de-duplicated by request id for this long: far longer than any gateway retry.
 SETTLE_DUPLICATE_WINDOW = 20 * 60.0
@@ -15,6 +20,7 @@ SETTLE_DUPLICATE_WINDOW = 20 * 60.0
 # ledger write and the ack; the window must outlast any plausible metering outage.
 LEDGER_DUPLICATE_WINDOW = 2 * 3600.0
 SETTLE_DURABLE = "metering"
+_TIMED_OUT = ServiceUnavailable("JetStream did not acknowledge the ledger entry in time")
 
 
 async def ensure_settlement_stream(bus: Bus, replicas: int = 1) -> None:
@@ -26,3 +32,35 @@ async def ensure_settlement_stream(bus: Bus, replicas: int = 1) -> None:
 async def ensure_ledger_stream(bus: Bus, replicas: int = 1) -> None:
     await bus.ensure_stream(subjects.LEDGER_STREAM, [subjects.LEDGER],
                             duplicate_window=LEDGER_DUPLICATE_WINDOW, replicas=replicas)
+
+
+async def publish_ledger(bus: Bus, entries: list[LedgerEntry],
+                         timeout: float = 5.0) -> list[BaseException | None]:
+    """Append ``entries`` to the ledger, de-duplicated by request id; one outcome per entry (None: stored).
+
+    All of them are sent before any acknowledgement is awaited, so a batch of settlements costs one
+    JetStream round trip instead of one per entry. An entry whose acknowledgement does not come in
+    ``timeout`` counts as failed (its settlement is redelivered and publishes it again).
+    """
+    js = bus.js
+    futures: list[asyncio.Future[Any]] = []
+    outcomes: list[BaseException | None] = [None] * len(entries)
+    sent: list[int] = []
+    for i, e in enumerate(entries):
+        try:
+            futures.append(await js.publish_async(subjects.LEDGER, encode(e), wait_stall=timeout,
+                                                  headers={"Nats-Msg-Id": e.request_id}))
+            sent.append(i)
+        except Exception as exc:
+            outcomes[i] = map_exception(exc)
+    if not futures:
+        return outcomes
+    try:
+        acks = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), timeout)
+    except TimeoutError:
+        # gather cancelled what was still pending; those are failures, the rest stand
+        acks = [_TIMED_OUT if f.cancelled() else f.exception() for f in futures]
+    for i, ack in zip(sent, acks, strict=True):
+        if isinstance(ack, BaseException):
+            outcomes[i] = map_exception(ack)
+    return outcomes

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from services.metering import budget
 from services.metering.record import Record, decode_record, encode_record, kv_key, user_key
 from shared.catalog import Plan, SessionPool, WeeklyPool
@@ -74,3 +77,28 @@ def test_record_round_trip_and_safe_keys() -> None:
     hashed = user_key("alice@example.com")
     assert hashed.startswith("b.h.") and len(hashed) == 4 + 64
     assert kv_key("b", "a.b") != kv_key("b", "a/b") and "*" not in user_key("a*>")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["reserve", "settle", "reap"]), st.integers(0, 5),
+                          st.integers(0, 4 * 86400), st.integers(0, 400)), max_size=40))
+def test_an_admission_answers_the_pools_a_fresh_count_gives(
+        ops: list[tuple[str, int, int, int]]) -> None:
+    # admission counts the open holds once and adds its own; the answer must equal a full recount,
+    # whatever windows moved (session expiry, week and month turns) in between
+    rec = Record(user="u")
+    now = NOW
+    for op, rid, step, tokens in ops:
+        now += step
+        if op == "reserve":
+            reply, _ = budget.reserve(rec, req(f"r{rid}", tokens, tokens), RULES, PRICE, now)
+            # a fresh copy has no running sums: it counts every hold
+            fresh = budget.figures(decode_record(encode_record(rec)), RULES, now)
+            assert reply.pools == budget.pool_states(fresh, RULES.plan)
+            assert budget.figures(rec, RULES, now) == fresh
+        elif op == "settle":
+            budget.settle(rec, Settlement(f"r{rid}", "u", "p", "m", Usage(tokens, 1)), RULES, PRICE, now, 3)
+        else:
+            budget.reap(rec, now, ttl=3600)
+        fresh = budget.figures(decode_record(encode_record(rec)), RULES, now)
+        assert budget.figures(rec, RULES, now) == fresh
