@@ -103,6 +103,8 @@ METERING: list[Panel] = [
     P("Reserve / settle latency p99", "s",
       ("{{operation}}", _p(0.99, "janus_metering_operation_seconds", "operation"))),
     P("Compare-and-set retries", "short", ("retries", _rate("janus_metering_cas_retries_total"))),
+    P("Changes per KV write (group commit), p50", "short",
+      ("p50", _p(0.5, "janus_metering_commit_operations"))),
 ]
 
 ROUTING: list[Panel] = [
