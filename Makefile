@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ROUTING_DATA ?= ../shared/data/routing
 
-.PHONY: install run test unit validate-deploy gen-deploy bench bench-metering bench-router token \
+.PHONY: install run test unit validate-deploy gen-deploy bench bench-metering bench-router token faults \
         train-router eval-routing lint soak clean
 
 $(STAMP): pyproject.toml
@@ -22,8 +22,12 @@ run: install
 
 ## make test: install and run the whole suite (unit, contract, integration, end to end, deploy checks)
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --ignore=tests/faults --ignore=tests/scale
 	$(MAKE) validate-deploy
+
+## make faults: worker/metering/NATS kills, a JetStream leader loss, scale-out, 64 streams for a minute
+faults: install
+	$(BIN)/python -m pytest tests/faults tests/scale
 
 unit: install
 	$(BIN)/python -m pytest tests -m "not slow"

@@ -20,6 +20,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("metering", "router", "worker", "gateway")
@@ -50,6 +51,19 @@ class NatsServer:
     port: int
     args: list[str]
     name: str = "nats"
+    monitor_port: int | None = None  # HTTP monitoring (/jsz, /varz) when started with one
+
+    def monitor(self, path: str, timeout: float = 2.0) -> dict[str, Any]:
+        """One JSON document from the monitoring port, e.g. ``monitor("jsz?streams=true")``."""
+        if self.monitor_port is None:
+            raise RuntimeError(f"{self.name} was started without a monitoring port")
+        url = f"http://127.0.0.1:{self.monitor_port}/{path.lstrip('/')}"
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return dict(json.loads(r.read()))
+
+    @property
+    def running(self) -> bool:
+        return self.proc.poll() is None
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
         if self.proc.poll() is None:
@@ -74,8 +88,11 @@ def start_nats(
     cluster_port: int | None = None,
     routes: list[int] | None = None,
     cluster_name: str = "janus",
+    monitor_port: int | None = None,
 ) -> NatsServer:
-    """A real nats-server bound to 127.0.0.1; ``port=-1`` lets the server choose."""
+    """A real nats-server bound to 127.0.0.1; ``port=-1`` lets the server choose.
+
+    ``monitor_port`` opens the HTTP monitoring endpoints (``/jsz`` names the JetStream leaders)."""
     store = workdir / f"jetstream-{name}"
     store.mkdir(parents=True, exist_ok=True)
     ports_dir = workdir / f"ports-{name}"
@@ -88,6 +105,8 @@ def start_nats(
         args += ["--cluster_name", cluster_name, "--cluster", f"nats://127.0.0.1:{cluster_port}"]
         if routes:
             args += ["--routes", ",".join(f"nats://127.0.0.1:{p}" for p in routes)]
+    if monitor_port is not None:
+        args += ["-m", str(monitor_port)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -99,7 +118,7 @@ def start_nats(
                 chosen = int(url.rsplit(":", 1)[1])
                 # pin the chosen port so a restart comes back where clients reconnect
                 args[args.index("-p") + 1] = str(chosen)
-                return NatsServer(proc, url, store, chosen, args, name)
+                return NatsServer(proc, url, store, chosen, args, name, monitor_port)
             except (ValueError, KeyError, IndexError):
                 pass
         if proc.poll() is not None:
@@ -117,6 +136,81 @@ def _wait_port(port: int, timeout: float) -> None:
             return
         time.sleep(0.05)
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def start_cluster(workdir: Path, size: int = 3, *, timeout: float = 30) -> list[NatsServer]:
+    """``size`` nats-servers with JetStream routed into one cluster on loopback, each with a
+    monitoring port; returns once JetStream has elected a meta leader (before that, creating a
+    stream or bucket fails)."""
+    cluster_ports = [free_port() for _ in range(size)]
+    servers: list[NatsServer] = []
+    try:
+        for i, cp in enumerate(cluster_ports):
+            servers.append(start_nats(workdir, name=f"n{i + 1}", cluster_port=cp,
+                                      routes=[p for p in cluster_ports if p != cp],
+                                      monitor_port=free_port()))
+        wait_meta_leader(servers, timeout)
+    except BaseException:
+        for srv in servers:
+            srv.stop(signal.SIGKILL)
+        raise
+    return servers
+
+
+def meta_leader(servers: list[NatsServer]) -> str | None:
+    """The name of the JetStream meta leader as a running server of the cluster reports it."""
+    for srv in servers:
+        if not srv.running:
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            leader = srv.monitor("jsz").get("meta_cluster", {}).get("leader")
+            if leader:
+                return str(leader)
+    return None
+
+
+def stream_leader(servers: list[NatsServer], stream: str) -> str | None:
+    """The name of the node leading ``stream``'s replica group (e.g. ``KV_janus_budget``)."""
+    for srv in servers:
+        if not srv.running:
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            for account in srv.monitor("jsz?streams=true").get("account_details") or []:
+                for detail in account.get("stream_detail") or []:
+                    if detail.get("name") == stream and detail.get("cluster", {}).get("leader"):
+                        return str(detail["cluster"]["leader"])
+    return None
+
+
+def wait_meta_leader(servers: list[NatsServer], timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        leader = meta_leader(servers)
+        if leader:
+            return leader
+        time.sleep(0.1)
+    raise RuntimeError("the NATS cluster elected no JetStream meta leader")
+
+
+def cluster_url(servers: list[NatsServer]) -> str:
+    """The comma-separated ``JANUS_NATS_URL`` that lets a client fail over between the nodes."""
+    return ",".join(srv.url for srv in servers)
+
+
+def parse_metric(text: str, name: str, **labels: str) -> float:
+    """The sum of every sample of ``name`` (Prometheus text format) whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name) or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        metric, _, rest = head.partition("{")
+        if metric != name:
+            continue
+        if any(f'{k}="{v}"' not in rest for k, v in labels.items()):
+            continue
+        total += float(value)
+    return total
 
 
 @dataclass
@@ -143,6 +237,18 @@ class ServiceProc:
                 return
             time.sleep(0.05)
         raise RuntimeError(f"{self.name} not ready in {timeout}s:\n{self.log_tail()}")
+
+    def metrics(self, timeout: float = 2.0) -> str:
+        """The Prometheus text this replica exports (see ``parse_metric``)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.ops_port}/metrics", timeout=timeout) as r:
+            return str(r.read().decode())
+
+    def rss_kib(self) -> int:
+        """Resident memory of the process now, from /proc (Linux), in KiB."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError(f"no VmRSS for {self.name}")
 
     def log_tail(self, n: int = 4000) -> str:
         try:
@@ -189,6 +295,7 @@ class Stack:
     env: dict[str, str]
     services: dict[str, ServiceProc] = field(default_factory=dict)
     gateway_port: int = 0
+    cluster: list[NatsServer] = field(default_factory=list)  # every node, when on a NATS cluster
 
     @property
     def base_url(self) -> str:
@@ -197,7 +304,8 @@ class Stack:
     def stop(self) -> None:
         for name in reversed(list(self.services)):
             self.services[name].stop()
-        self.nats.stop()
+        for srv in self.cluster or [self.nats]:
+            srv.stop()
 
 
 def base_env(nats_url: str, **extra: str) -> dict[str, str]:
@@ -213,13 +321,17 @@ def base_env(nats_url: str, **extra: str) -> dict[str, str]:
 
 def start_stack(workdir: Path | None = None, *, gateway_port: int = 0, nats_port: int = -1,
                 env: dict[str, str] | None = None, services: tuple[str, ...] = SERVICES,
-                console: bool = False) -> Stack:
+                console: bool = False, cluster: list[NatsServer] | None = None) -> Stack:
+    """``cluster``: run the services on these already running nodes (see ``start_cluster``) instead
+    of starting one nats-server; the stack then owns and stops them."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="janus-"))
-    nats = start_nats(workdir, nats_port)
-    full = base_env(nats.url, **(env or {}))
+    nats = cluster[0] if cluster else start_nats(workdir, nats_port)
+    full = base_env(cluster_url(cluster) if cluster else nats.url, **(env or {}))
+    if cluster:
+        full.setdefault("JANUS_NATS_REPLICAS", str(min(3, len(cluster))))
     port = gateway_port or free_port()
     full.setdefault("JANUS_PORT", str(port))
-    stack = Stack(workdir, nats, full, gateway_port=int(full["JANUS_PORT"]))
+    stack = Stack(workdir, nats, full, gateway_port=int(full["JANUS_PORT"]), cluster=list(cluster or []))
     try:
         procs = [start_service(n, full, workdir, wait=False, stdout_to_console=console) for n in services]
         for p in procs:
@@ -228,7 +340,8 @@ def start_stack(workdir: Path | None = None, *, gateway_port: int = 0, nats_port
     except BaseException:
         for p in procs if "procs" in locals() else []:
             p.stop(signal.SIGKILL)
-        nats.stop()
+        for srv in cluster or [nats]:
+            srv.stop()
         raise
     return stack
 

@@ -1,0 +1,154 @@
+"""What the fault and scale-out tests share: a stack with its own paced catalog and timeouts, extra
+replicas, waiting for the budget to settle, and reading the ledger stream as metering wrote it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from shared import contract, subjects
+from shared.bus import Bus
+from shared.contract import LedgerEntry
+from shared.money import PriceUnits, cost_credits
+from tools.soak import ChatResult, get_usage, write_config
+from tools.stack import NatsServer, ServiceProc, Stack, free_port, start_service, start_stack
+
+# short timeouts so that a fault shows within seconds; workers heartbeat well inside the stall bound
+FAST_ENV = {
+    "JANUS_FIRST_FRAME_TIMEOUT_SECONDS": "2",
+    "JANUS_STALL_TIMEOUT_SECONDS": "2",
+    "JANUS_HEARTBEAT_SECONDS": "0.5",
+    "JANUS_CANCEL_WAIT_SECONDS": "1",
+    "JANUS_SHUTDOWN_GRACE_SECONDS": "3",
+    "JANUS_LOG_LEVEL": "WARNING",
+}
+
+
+def launch(tmp: Path, *, latency_ms: int = 0, tokens_per_second: int = 0,
+           env: dict[str, str] | None = None, cluster: list[NatsServer] | None = None) -> Stack:
+    """The four services with a catalog paced as asked, on a fresh nats-server or on ``cluster``."""
+    full = {**FAST_ENV, **write_config(tmp / "config", latency_ms=latency_ms,
+                                       tokens_per_second=tokens_per_second), **(env or {})}
+    return start_stack(tmp, env=full, cluster=cluster)
+
+
+def add_replica(stack: Stack, name: str, tag: str = "-2", **env: str) -> ServiceProc:
+    """Another replica of ``name`` on the same NATS (a gateway gets its own HTTP port)."""
+    extra = dict(stack.env)
+    extra.pop("JANUS_OPS_PORT", None)
+    if name == "gateway":
+        extra["JANUS_PORT"] = str(free_port())
+    extra.update(env)
+    svc = start_service(name, extra, stack.workdir, tag=tag)
+    stack.services[svc.name] = svc
+    return svc
+
+
+def gateway_url(svc: ServiceProc) -> str:
+    return f"http://127.0.0.1:{svc.env['JANUS_PORT']}/v1"
+
+
+async def wait_until(probe: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
+    """Poll the coroutine function ``probe`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = await probe()
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            last = exc
+        if last and not isinstance(last, BaseException):
+            return last
+        await asyncio.sleep(every)
+    raise AssertionError(f"{what} not within {timeout}s (last: {last!r})")
+
+
+async def settled_usage(session: aiohttp.ClientSession, base_url: str, token: str,
+                        timeout: float = 20, *, nats_url: str = "", user: str = "") -> dict[str, Any]:
+    """The caller's /v1/usage once no hold is open any more (every settlement applied). Given
+    ``nats_url`` and ``user``, a failure names the request ids still held, read from the bucket."""
+    async def probe() -> dict[str, Any] | None:
+        doc = await get_usage(session, base_url, token)
+        return doc if doc["session"]["reserved"] == 0 and doc["weekly"]["reserved"] == 0 else None
+
+    try:
+        return dict(await wait_until(probe, timeout, "holds released"))
+    except AssertionError as exc:
+        if not nats_url:
+            raise
+        raise AssertionError(f"{exc}; {user} still holds {await open_holds(nats_url, user)}") from None
+
+
+async def open_holds(nats_url: str, user: str) -> dict[str, int]:
+    """request id -> credits of every hold the user's budget record still has."""
+    from services.metering.record import decode_record, user_key
+
+    bus = await Bus.connect(nats_url, "test-holds")
+    try:
+        kv = await bus.kv(subjects.BUDGET_BUCKET)
+        data, _ = await Bus.kv_get(kv, user_key(user))
+        return {rid: h.credits for rid, h in decode_record(data).holds.items()}
+    finally:
+        await bus.close()
+
+
+async def ledger(nats_url: str) -> list[LedgerEntry]:
+    """Every entry of the ledger stream, read with a throw-away durable consumer."""
+    bus = await Bus.connect(nats_url, "test-ledger")
+    try:
+        sub = await bus.pull_consumer(subjects.LEDGER_STREAM, f"test_{uuid.uuid4().hex[:12]}",
+                                      subjects.LEDGER)
+        out: list[LedgerEntry] = []
+        while True:
+            try:
+                msgs = await Bus.fetch(sub, 512, 1.0)
+            except TimeoutError:
+                # nats-py raises the plain asyncio timeout past its deadline, which Bus.fetch lets out
+                msgs = []
+            if not msgs:
+                break
+            for m in msgs:
+                out.append(contract.ledger_entry_decoder.decode(m.data))
+                await m.ack()
+        return out
+    finally:
+        await bus.close()
+
+
+def ledger_by_user(entries: list[LedgerEntry]) -> Counter[str]:
+    """Credits per user; a request id that appears twice is a double charge and fails here."""
+    ids = Counter(e.request_id for e in entries)
+    doubled = [rid for rid, n in ids.items() if n > 1]
+    assert not doubled, f"settled twice in the ledger: {doubled[:5]}"
+    out: Counter[str] = Counter()
+    for e in entries:
+        out[e.user] += e.credits
+    return out
+
+
+def tally(results: list[tuple[str, ChatResult]], price: PriceUnits) -> tuple[Counter[str], set[str]]:
+    """(credits per user by the usage the clients received, users with a stream broken in-band).
+
+    A refusal must be an OpenAI-style error; a broken stream must end with an error event. A user
+    with a broken stream was charged for usage the client never saw, so only their ledger and
+    their /v1/usage can be compared with each other."""
+    charged: Counter[str] = Counter()
+    broken: set[str] = set()
+    for user, res in results:
+        if res.status != 200:
+            err = res.error or {}
+            assert res.status >= 500 and {"message", "type"} <= set(err), (res.status, err)
+        elif res.in_band:
+            assert res.error and {"message", "type"} <= set(res.error) and not res.done, res.error
+            broken.add(user)
+        else:
+            assert res.done and res.usage is not None, f"{res.request_id}: stream ended without [DONE]"
+            charged[user] += cost_credits(res.usage, price)
+    return charged, broken
