@@ -204,20 +204,6 @@ class KeyRevoked(msgspec.Struct, tag="keys.revoked.v1", **_tagged):
     key_hash: str
 
 
-class ApiKeyRecord(msgspec.Struct, tag="keys.record.v1", **_tagged):
-    """An issued API key, stored in KV bucket ``subjects.KEYS_BUCKET`` under the SHA-256 hex digest of
-    the whole key (``sk-janus-...``); the key itself is never stored. Revoking sets ``revoked`` (or
-    deletes the entry) and publishes ``KeyRevoked`` with the same digest on ``subjects.KEYS_REVOKED``."""
-
-    user: str
-    plan: str
-    email: str = ""
-    name: str = ""  # the owner's label for the key
-    created: float = 0.0
-    expires: float | None = None  # unix seconds; None: never
-    revoked: bool = False
-
-
 class ErrorReply(msgspec.Struct, tag="error.v1", **_tagged):
     error: ErrorInfo
 
@@ -246,4 +232,3 @@ cancel_decoder = msgspec.msgpack.Decoder(Cancel)
 frame_decoder = msgspec.msgpack.Decoder(Frame)
 health_decoder = msgspec.msgpack.Decoder(HealthReport)
 key_revoked_decoder = msgspec.msgpack.Decoder(KeyRevoked)
-api_key_record_decoder = msgspec.msgpack.Decoder(ApiKeyRecord)
