@@ -30,7 +30,7 @@ from nats.js.api import (
 from nats.js.kv import KeyValue
 
 from shared import metrics
-from shared.errors import JanusError, ServiceUnavailable, UpstreamTimeout
+from shared.errors import JanusError, PayloadTooLarge, ServiceUnavailable, UpstreamTimeout
 from shared.logging import get_logger
 
 log = get_logger("bus")
@@ -44,6 +44,17 @@ __all__ = [
 ]
 
 NO_RESPONDERS = "503"
+
+# Errors that mean "the bus or JetStream cannot answer right now": a caller sees 503 and may retry.
+_UNAVAILABLE = (
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.StaleConnectionError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+    TimeoutError,  # nats.errors.TimeoutError is a subclass
+)
 
 Handler = Callable[[Msg], Awaitable[None]]
 
@@ -175,11 +186,9 @@ class Bus:
             raise ServiceUnavailable(
                 f"{subject} did not answer in {timeout:g}s", code="bus_timeout"
             ) from None
-        except (
-            nats.errors.ConnectionClosedError,
-            nats.errors.ConnectionReconnectingError,
-            nats.errors.OutboundBufferLimitError,
-        ) as exc:
+        except nats.errors.MaxPayloadError:
+            raise _too_large(subject, data) from None
+        except _UNAVAILABLE as exc:
             raise ServiceUnavailable(f"message bus unavailable: {type(exc).__name__}") from None
         return msg.data
 
@@ -188,7 +197,9 @@ class Bus:
     ) -> None:
         try:
             await self.nc.publish(subject, data, reply=reply, headers=headers)
-        except (nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError) as exc:
+        except nats.errors.MaxPayloadError:
+            raise _too_large(subject, data) from None
+        except _UNAVAILABLE as exc:
             raise ServiceUnavailable(f"message bus unavailable: {type(exc).__name__}") from None
 
     def open_inbox(self, token: str) -> Inbox:
@@ -328,7 +339,7 @@ class Bus:
     async def fetch(sub: Any, batch: int, timeout: float) -> list[Msg]:
         try:
             return list(await sub.fetch(batch, timeout=timeout))
-        except nats.errors.TimeoutError:
+        except TimeoutError:  # nats.errors.TimeoutError included
             return []
 
     @staticmethod
@@ -338,6 +349,8 @@ class Bus:
             entry = await kv.get(key)
         except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
             raise KeyNotFound(key) from None
+        except _UNAVAILABLE as exc:
+            raise ServiceUnavailable(f"key-value store unavailable: {type(exc).__name__}") from None
         return entry.value or b"", entry.revision or 0
 
     @staticmethod
@@ -353,7 +366,9 @@ class Bus:
             # create() on an existing key reports "wrong last sequence" as a plain API error (10071)
             if getattr(exc, "err_code", None) == 10071:
                 raise CasConflict(key) from None
-            raise
+            raise ServiceUnavailable(f"key-value store refused the write: {exc}") from None
+        except _UNAVAILABLE as exc:
+            raise ServiceUnavailable(f"key-value store unavailable: {type(exc).__name__}") from None
 
     @staticmethod
     async def kv_put(kv: KeyValue, key: str, value: bytes) -> int:
@@ -370,6 +385,14 @@ class Bus:
             return list(await kv.keys())
         except nats.js.errors.NoKeysError:
             return []
+
+
+def _too_large(subject: str, data: bytes) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"a message of {len(data)} bytes is larger than the message bus allows; "
+        "send less per request (for embeddings, fewer inputs)",
+        code="message_too_large",
+    )
 
 
 def map_exception(exc: BaseException) -> JanusError:
