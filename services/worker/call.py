@@ -19,14 +19,15 @@ from typing import Any
 import msgspec
 
 from services.worker import openai
-from services.worker.adapters.base import ChatContext, Event
+from services.worker.adapters.base import ChatContext, Event, batch_limit
 from services.worker.transport import Transport
 from shared import tokens
 from shared.bus import Bus
 from shared.contract import Chunk, Done, Failed, Frame, Heartbeat, Usage, WorkRequest, encode
-from shared.errors import InvalidRequest, JanusError
+from shared.errors import InvalidRequest, JanusError, PayloadTooLarge
 
 _json_decoder = msgspec.json.Decoder()
+EMBED_CONCURRENCY = 8  # upstream calls in flight for one embeddings request split into batches
 
 
 class Replier:
@@ -52,7 +53,14 @@ class Replier:
 
     async def send(self, frame: Frame) -> None:
         self.last_sent = time.monotonic()
-        await self._bus.publish(self._subject, encode(frame))
+        try:
+            await self._bus.publish(self._subject, encode(frame))
+        except PayloadTooLarge:
+            # the frame never left: give its number back so the next frame (the small Failed that
+            # replaces it) keeps the sequence gapless
+            if frame.seq == self.seq - 1:
+                self.seq = frame.seq
+            raise
 
     async def heartbeats(self, interval: float) -> None:
         """Runs beside a call: a Heartbeat whenever nothing was sent for ``interval``."""
@@ -217,13 +225,17 @@ class Call:
             result = await self.adapter.embed(self.ctx, inputs)
             vectors, prompt_tokens = result.vectors, result.usage.prompt_tokens
         else:
-            step = int(getattr(self.adapter, "max_batch", 2048)) or 2048
+            step = batch_limit(self.adapter, self.ctx)
             batches = [inputs[i : i + step] for i in range(0, len(inputs), step)]
+            # a provider that takes one text a call (Titan) must not get hundreds of calls at once
+            gate = asyncio.Semaphore(EMBED_CONCURRENCY)
 
             async def one(batch: list[str]) -> Any:
-                up = self.adapter.embeddings_request(self.ctx, batch)
-                return self.adapter.parse_embeddings(await self.transport.fetch(up, self.adapter))
+                async with gate:
+                    up = self.adapter.embeddings_request(self.ctx, batch)
+                    return self.adapter.parse_embeddings(await self.transport.fetch(up, self.adapter))
 
+            # gather keeps the batches' order, so the vectors line up with the inputs
             results = await asyncio.gather(*(one(b) for b in batches))
             vectors = [v for res in results for v in res.vectors]
             prompt_tokens = sum(res.usage.prompt_tokens for res in results)

@@ -279,6 +279,12 @@ def rewrite_completion(obj: ChatCompletion, request_id: str, created: int, model
     obj.created = created
     obj.model = model
     obj.usage = oa_usage(usage)
+    # OpenAI itself answers "system_fingerprint": null for newer models, which its own schema
+    # (a string when present) does not allow; absent is valid for both
+    if obj.system_fingerprint is None:
+        obj.system_fingerprint = UNSET
+    if obj.service_tier is None:
+        obj.service_tier = UNSET
     for ch in obj.choices:
         m = ch.message
         # some compatible servers send nulls where OpenAI omits the field; clients validate both

@@ -43,6 +43,7 @@ from shared.contract import (
 from shared.errors import (
     InvalidRequest,
     JanusError,
+    PayloadTooLarge,
     PermissionDenied,
     ServiceUnavailable,
     UpstreamError,
@@ -246,7 +247,17 @@ class WorkerService(Service):
             with contextlib.suppress(asyncio.CancelledError):
                 await hb
         terminal.seq = r.next()
-        await r.send(terminal)
+        try:
+            await r.send(terminal)
+        except PayloadTooLarge as exc:
+            # an answer bigger than the bus allows (a large embeddings batch): the client gets a
+            # clear error instead, and the usage the provider reported is still settled
+            usage = terminal.usage
+            terminal = failed_frame(call, PayloadTooLarge(
+                f"the response is too large to deliver: {exc.message}",
+                code="message_too_large"))
+            terminal.usage, terminal.seq = usage, r.next()
+            await r.send(terminal)
         self._account(req, call, terminal)
 
     def _account(self, req: WorkRequest, call: Call | None, terminal: Done | Failed) -> None:

@@ -108,7 +108,9 @@ class Transport:
         # yarl would otherwise decode %3A in a model id back to ':' and break the signature
         url = yarl.URL(req.url, encoded=True)
         proxy = None
-        if self._proxies and not urllib.request.proxy_bypass_environment(url.host or ""):
+        # not in typeshed, but part of urllib.request since Python 3.0
+        bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+        if self._proxies and not bypass(url.host or ""):
             proxy = self._proxies.get(url.scheme)
         return self._session.request(req.method, url, data=req.body, headers=req.headers, proxy=proxy)
 

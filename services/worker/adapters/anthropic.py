@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import msgspec
-
 from services.worker.adapters.base import (
     Capabilities,
     ChatContext,
@@ -30,8 +28,12 @@ from services.worker.adapters.base import (
     UpstreamRequest,
     UsageEvent,
     append_turn,
+    buffered_answer,
     error_text,
     json_arguments,
+    json_decode,
+    json_encode,
+    json_text,
     max_tokens_of,
     option,
     parse_data_url,
@@ -47,8 +49,6 @@ API_VERSION = "2023-06-01"
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_MAX_TOKENS = 4096
 
-_decode = msgspec.json.Decoder().decode
-_encode = msgspec.json.Encoder().encode
 
 FINISH = {
     "end_turn": "stop",
@@ -233,7 +233,7 @@ class AnthropicStream:
     def feed(self, msg: StreamMessage) -> list[Event]:
         if self._done or not msg.data:
             return []
-        ev = _decode(msg.data)
+        ev = json_decode(msg.data)
         kind = ev.get("type")
         if kind == "content_block_delta":
             delta = ev.get("delta") or {}
@@ -252,7 +252,7 @@ class AnthropicStream:
             if block.get("type") == "tool_use":
                 ordinal = len(self._tools)
                 self._tools[ev.get("index", ordinal)] = ordinal
-                args = _encode(block["input"]).decode() if block.get("input") else ""
+                args = json_text(block["input"]) if block.get("input") else ""
                 return [ToolCallDelta(ordinal, id=block.get("id"), name=block.get("name"), arguments=args)]
             if block.get("type") == "text" and block.get("text"):
                 return [TextDelta(block["text"])]
@@ -294,12 +294,12 @@ class AnthropicAdapter:
             method="POST",
             url=f"{base}/v1/messages",
             headers=headers,
-            body=_encode(build_body(ctx)),
+            body=json_encode(build_body(ctx)),
             framing="sse" if ctx.stream else "json",
         )
 
     def parse_chat(self, body: bytes) -> Completion:
-        doc = _decode(body)
+        doc = json_decode(body)
         if doc.get("type") == "error":
             raise error_from(doc.get("error") or {})
         texts: list[str] = []
@@ -313,15 +313,10 @@ class AnthropicAdapter:
                 thinking.append(block.get("thinking") or "")
             elif kind == "tool_use":
                 calls.append(ToolCallDelta(len(calls), id=block.get("id"), name=block.get("name"),
-                                           arguments=_encode(block.get("input") or {}).decode()))
+                                           arguments=json_text(block.get("input"))))
         reason = doc.get("stop_reason") or "end_turn"
-        return Completion(
-            content="".join(texts) if texts or not calls else None,
-            tool_calls=calls,
-            finish_reason=FINISH.get(reason, "stop"),
-            usage=usage_from(doc.get("usage") or {}),
-            reasoning="".join(thinking) or None,
-        )
+        usage = usage_from(doc.get("usage") or {})
+        return buffered_answer(texts, calls, FINISH.get(reason, "stop"), usage, thinking)
 
     def stream_parser(self, ctx: ChatContext) -> AnthropicStream:
         return AnthropicStream()

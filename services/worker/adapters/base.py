@@ -21,7 +21,7 @@ import msgspec
 
 from shared.catalog import Deployment, Provider
 from shared.contract import Usage
-from shared.errors import InvalidRequest
+from shared.errors import InvalidRequest, UpstreamError
 
 Framing = Literal["json", "sse", "ndjson", "aws-eventstream"]
 
@@ -146,6 +146,11 @@ class Adapter(Protocol):
 
 
 class EmbeddingsAdapter(Adapter, Protocol):
+    """Declared with ``Capabilities(embeddings=True)``. The worker splits the inputs into batches of
+    at most ``max_batch`` (or ``batch_size(ctx)`` when the limit depends on the model), calls the
+    provider once per batch and joins the vectors in order; the adapter always asks for floats (the
+    encoder makes base64) and reports the provider's token count, or 0 to have the inputs counted."""
+
     max_batch: ClassVar[int]
 
     def embeddings_request(self, ctx: ChatContext, inputs: list[str]) -> UpstreamRequest: ...
@@ -153,9 +158,50 @@ class EmbeddingsAdapter(Adapter, Protocol):
     def parse_embeddings(self, body: bytes) -> Embeddings: ...
 
 
+def batch_limit(adapter: Any, ctx: ChatContext) -> int:
+    """How many inputs one upstream embeddings call may carry for this model."""
+    per_model = getattr(adapter, "batch_size", None)
+    limit = per_model(ctx) if per_model is not None else getattr(adapter, "max_batch", 2048)
+    return max(1, int(limit))
+
+
+def embedding_dimensions(ctx: ChatContext) -> int | None:
+    """The client's ``dimensions``, for providers that can shorten their vectors."""
+    dims = ctx.body.get("dimensions")
+    return int(dims) if isinstance(dims, int) and not isinstance(dims, bool) and dims > 0 else None
+
+
 # ------------------------------------------------------------------------- helpers for translators
 # Reading the client's OpenAI request is the same chore in every translator; it lives here once.
 _json_decoder = msgspec.json.Decoder()
+
+
+_json_encoder = msgspec.json.Encoder()
+# every translator's JSON codec, built once
+json_decode = _json_decoder.decode
+json_encode = _json_encoder.encode
+
+
+def json_text(value: Any) -> str:
+    """Structured tool input (Anthropic, Gemini, Bedrock, Ollama) as the JSON string OpenAI's
+    ``arguments`` carries."""
+    return _json_encoder.encode(value if value is not None else {}).decode()
+
+
+def buffered_answer(texts: list[str], calls: list[ToolCallDelta], finish_reason: str, usage: Usage,
+                    thoughts: list[str]) -> Completion:
+    """A buffered answer from its collected parts; ``content`` is null only for an answer made of
+    tool calls alone, as OpenAI sends it."""
+    return Completion(content="".join(texts) if texts or not calls else None, tool_calls=calls,
+                      finish_reason=finish_reason, usage=usage, reasoning="".join(thoughts) or None)
+
+
+def upstream_json(body: bytes) -> Any:
+    """A provider's JSON response body; a malformed one is the provider's fault (502), not ours."""
+    try:
+        return _json_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise UpstreamError(f"the provider sent a malformed response: {exc}") from None
 
 
 def max_tokens_of(body: dict[str, Any]) -> int | None:

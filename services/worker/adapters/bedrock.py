@@ -9,7 +9,12 @@ hands us each event's ``:event-type`` and JSON payload). What differs from OpenA
 - usage reports ``inputTokens`` *without* ``cacheReadInputTokens`` / ``cacheWriteInputTokens``;
 - the stream ends with ``messageStop`` (stop reason) and then ``metadata`` (usage): ``metadata``
   is the terminal event, so a stream cut after ``messageStop`` still lost its usage;
-- requests are signed with SigV4 (service ``bedrock``), or carry a Bedrock API key as a bearer token.
+- requests are signed with SigV4 (service ``bedrock``), or carry a Bedrock API key as a bearer token;
+- embeddings go through ``/model/{modelId}/invoke`` in the model family's own format: Titan Text
+  Embeddings (``{"inputText", "dimensions", "normalize"}`` -> ``{"embedding", "inputTextTokenCount"}``,
+  one text a call; https://docs.aws.amazon.com/bedrock/latest/userguide/model-parameters-titan-embed-text.html)
+  or Cohere Embed (Cohere's ``texts`` / ``input_type`` body, up to 96 texts, no token count;
+  https://docs.aws.amazon.com/bedrock/latest/userguide/model-parameters-embed.html).
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ import os
 import urllib.parse
 from typing import Any, ClassVar
 
-import msgspec
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
@@ -27,6 +31,7 @@ from services.worker.adapters.base import (
     Capabilities,
     ChatContext,
     Completion,
+    Embeddings,
     Event,
     Finish,
     ReasoningDelta,
@@ -36,8 +41,13 @@ from services.worker.adapters.base import (
     UpstreamRequest,
     UsageEvent,
     append_turn,
+    buffered_answer,
+    embedding_dimensions,
     error_text,
     json_arguments,
+    json_decode,
+    json_encode,
+    json_text,
     max_tokens_of,
     option,
     parse_data_url,
@@ -45,15 +55,15 @@ from services.worker.adapters.base import (
     stop_list,
     text_of,
     unsupported_part,
+    upstream_json,
 )
+from services.worker.adapters.cohere_embed import embed_body, embed_vectors
 from shared.contract import Usage
 from shared.errors import InvalidRequest, JanusError, StreamInterrupted, upstream_error_for_status
 
 SERVICE = "bedrock"
 DEFAULT_REGION = "us-east-1"
 
-_decode = msgspec.json.Decoder().decode
-_encode = msgspec.json.Encoder().encode
 
 FINISH = {
     "end_turn": "stop",
@@ -227,7 +237,7 @@ class BedrockStream:
         if msg.is_exception:
             raise exception_from(msg.event, msg.data)
         kind = msg.event
-        ev = _decode(msg.data) if msg.data else {}
+        ev = json_decode(msg.data) if msg.data else {}
         if kind == "contentBlockDelta":
             delta = ev.get("delta") or {}
             if "text" in delta:
@@ -260,23 +270,33 @@ class BedrockStream:
             raise StreamInterrupted(f"the Bedrock stream ended {where}")
 
 
+def _is_cohere(model: str) -> bool:
+    # "cohere.embed-english-v3", or a cross-region profile such as "us.cohere.embed-v4:0"
+    return model.startswith("cohere.") or ".cohere." in model
+
+
 class BedrockAdapter:
     kind: ClassVar[str] = "bedrock"
-    capabilities: ClassVar[Capabilities] = Capabilities(streaming=True, tools=True, vision=True)
+    capabilities: ClassVar[Capabilities] = Capabilities(streaming=True, tools=True, vision=True,
+                                                        embeddings=True)
+    max_batch: ClassVar[int] = 96  # Cohere Embed on Bedrock; Titan takes one text a call
 
-    def chat_request(self, ctx: ChatContext) -> UpstreamRequest:
+    def batch_size(self, ctx: ChatContext) -> int:
+        return self.max_batch if _is_cohere(ctx.upstream_model) else 1
+
+    @staticmethod
+    def _request(ctx: ChatContext, action: str, payload: dict[str, Any], stream: bool) -> UpstreamRequest:
         region = ctx.deployment.region or option(ctx, "region", DEFAULT_REGION)
         base = (ctx.deployment.base_url or f"https://bedrock-runtime.{region}.amazonaws.com").rstrip("/")
         # model ids hold ':' (``qwen.qwen3-32b-v1:0``) and ARNs hold '/': one path segment, encoded
         model = urllib.parse.quote(ctx.upstream_model, safe="")
-        action = "converse-stream" if ctx.stream else "converse"
         headers = {"content-type": "application/json"}
         req = UpstreamRequest(
             method="POST",
             url=f"{base}/model/{model}/{action}",
             headers=headers,
-            body=_encode(build_body(ctx)),
-            framing="aws-eventstream" if ctx.stream else "json",
+            body=json_encode(payload),
+            framing="aws-eventstream" if stream else "json",
         )
         if ctx.api_key:  # a Bedrock API key is a bearer token and replaces signing
             headers["authorization"] = f"Bearer {ctx.api_key}"
@@ -289,8 +309,32 @@ class BedrockAdapter:
             )
         return req
 
+    def chat_request(self, ctx: ChatContext) -> UpstreamRequest:
+        action = "converse-stream" if ctx.stream else "converse"
+        return self._request(ctx, action, build_body(ctx), ctx.stream)
+
+    def embeddings_request(self, ctx: ChatContext, inputs: list[str]) -> UpstreamRequest:
+        if _is_cohere(ctx.upstream_model):
+            payload = embed_body(ctx, inputs)
+            del payload["model"]  # the model is in the path
+        else:
+            if len(inputs) != 1:
+                raise InvalidRequest("Titan embedding models take one input per call", param="input")
+            payload = {"inputText": inputs[0], "normalize": True}
+            dims = embedding_dimensions(ctx)
+            if dims:
+                payload["dimensions"] = dims
+        return self._request(ctx, "invoke", payload, False)
+
+    def parse_embeddings(self, body: bytes) -> Embeddings:
+        doc = upstream_json(body)
+        if "embedding" in doc:  # Titan
+            return Embeddings([doc["embedding"] or []],
+                              Usage(prompt_tokens=doc.get("inputTextTokenCount") or 0))
+        return Embeddings(embed_vectors(doc), Usage())  # Cohere on Bedrock reports no token count
+
     def parse_chat(self, body: bytes) -> Completion:
-        doc = _decode(body)
+        doc = json_decode(body)
         texts: list[str] = []
         thoughts: list[str] = []
         calls: list[ToolCallDelta] = []
@@ -300,18 +344,13 @@ class BedrockAdapter:
             elif "toolUse" in block:
                 tool = block["toolUse"]
                 calls.append(ToolCallDelta(len(calls), id=tool.get("toolUseId"), name=tool.get("name"),
-                                           arguments=_encode(tool.get("input") or {}).decode()))
+                                           arguments=json_text(tool.get("input"))))
             elif "reasoningContent" in block:
                 reasoning = (block["reasoningContent"] or {}).get("reasoningText") or {}
                 thoughts.append(reasoning.get("text") or "")
         reason = doc.get("stopReason") or "end_turn"
-        return Completion(
-            content="".join(texts) if texts or not calls else None,
-            tool_calls=calls,
-            finish_reason=FINISH.get(reason, "stop"),
-            usage=usage_from(doc.get("usage") or {}),
-            reasoning="".join(thoughts) or None,
-        )
+        usage = usage_from(doc.get("usage") or {})
+        return buffered_answer(texts, calls, FINISH.get(reason, "stop"), usage, thoughts)
 
     def stream_parser(self, ctx: ChatContext) -> BedrockStream:
         return BedrockStream()

@@ -8,19 +8,21 @@ calls with string ``arguments``, ``tool_call_id``); what differs:
   Cohere charges for) and ``tokens`` (including its prompt template);
 - the stream is typed SSE events (``message-start``, ``content-delta``, ``tool-call-start`` /
   ``-delta`` / ``-end``, ``message-end`` with the finish reason and usage); ``message-end`` is the
-  terminal event.
+  terminal event;
+- embeddings: ``POST /v2/embed`` (https://docs.cohere.com/reference/embed) with ``texts`` (at most
+  96 a call), ``input_type`` (required by v3+ models) and ``embedding_types: ["float"]``; the answer
+  is ``{"embeddings": {"float": [[...]]}, "meta": {"billed_units": {"input_tokens"}}}``.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import msgspec
-
 from services.worker.adapters.base import (
     Capabilities,
     ChatContext,
     Completion,
+    Embeddings,
     Event,
     Finish,
     ReasoningDelta,
@@ -29,19 +31,22 @@ from services.worker.adapters.base import (
     ToolCallDelta,
     UpstreamRequest,
     UsageEvent,
+    buffered_answer,
     error_text,
+    json_decode,
+    json_encode,
     max_tokens_of,
     single_choice,
     stop_list,
     text_of,
+    upstream_json,
 )
+from services.worker.adapters.cohere_embed import embed_body, embed_vectors
 from shared.contract import Usage
 from shared.errors import InvalidRequest, StreamInterrupted, UpstreamError, UpstreamTimeout
 
 DEFAULT_BASE_URL = "https://api.cohere.com"
 
-_decode = msgspec.json.Decoder().decode
-_encode = msgspec.json.Encoder().encode
 
 FINISH = {"COMPLETE": "stop", "STOP_SEQUENCE": "stop", "MAX_TOKENS": "length", "TOOL_CALL": "tool_calls"}
 
@@ -138,7 +143,7 @@ class CohereStream:
     def feed(self, msg: StreamMessage) -> list[Event]:
         if self._done or not msg.data:
             return []
-        ev = _decode(msg.data)
+        ev = json_decode(msg.data)
         kind = ev.get("type") or msg.event
         message = (ev.get("delta") or {}).get("message") or {}
         if kind == "content-delta":
@@ -173,18 +178,32 @@ class CohereStream:
 
 class CohereAdapter:
     kind: ClassVar[str] = "cohere"
-    capabilities: ClassVar[Capabilities] = Capabilities(streaming=True, tools=True, json_mode=True)
+    capabilities: ClassVar[Capabilities] = Capabilities(streaming=True, tools=True, json_mode=True,
+                                                        embeddings=True)
+    max_batch: ClassVar[int] = 96  # texts per /v2/embed call
 
-    def chat_request(self, ctx: ChatContext) -> UpstreamRequest:
+    @staticmethod
+    def _request(ctx: ChatContext, path: str, payload: dict[str, Any], stream: bool) -> UpstreamRequest:
         base = (ctx.deployment.base_url or DEFAULT_BASE_URL).rstrip("/")
         headers = {"content-type": "application/json", "accept": "application/json"}
         if ctx.api_key:
             headers["authorization"] = f"Bearer {ctx.api_key}"
-        return UpstreamRequest(method="POST", url=f"{base}/v2/chat", headers=headers,
-                               body=_encode(build_body(ctx)), framing="sse" if ctx.stream else "json")
+        return UpstreamRequest(method="POST", url=f"{base}{path}", headers=headers, body=json_encode(payload),
+                               framing="sse" if stream else "json")
+
+    def chat_request(self, ctx: ChatContext) -> UpstreamRequest:
+        return self._request(ctx, "/v2/chat", build_body(ctx), ctx.stream)
+
+    def embeddings_request(self, ctx: ChatContext, inputs: list[str]) -> UpstreamRequest:
+        return self._request(ctx, "/v2/embed", embed_body(ctx, inputs), False)
+
+    def parse_embeddings(self, body: bytes) -> Embeddings:
+        doc = upstream_json(body)
+        billed = (doc.get("meta") or {}).get("billed_units") or {}
+        return Embeddings(embed_vectors(doc), Usage(prompt_tokens=int(billed.get("input_tokens") or 0)))
 
     def parse_chat(self, body: bytes) -> Completion:
-        doc = _decode(body)
+        doc = json_decode(body)
         message = doc.get("message") or {}
         texts: list[str] = []
         thoughts: list[str] = []
@@ -198,13 +217,8 @@ class CohereAdapter:
                           arguments=(c.get("function") or {}).get("arguments") or "{}")
             for i, c in enumerate(message.get("tool_calls") or [])
         ]
-        return Completion(
-            content="".join(texts) if texts or not calls else None,
-            tool_calls=calls,
-            finish_reason=_finish(doc.get("finish_reason")),
-            usage=usage_from(doc.get("usage") or {}),
-            reasoning="".join(thoughts) or None,
-        )
+        usage = usage_from(doc.get("usage") or {})
+        return buffered_answer(texts, calls, _finish(doc.get("finish_reason")), usage, thoughts)
 
     def stream_parser(self, ctx: ChatContext) -> CohereStream:
         return CohereStream()

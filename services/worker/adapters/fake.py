@@ -23,7 +23,6 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
-import msgspec
 import numpy as np
 
 from services.worker.adapters.base import (
@@ -35,6 +34,7 @@ from services.worker.adapters.base import (
     TextDelta,
     ToolCallDelta,
     UsageEvent,
+    json_text,
     max_tokens_of,
     option,
     stop_list,
@@ -43,8 +43,6 @@ from services.worker.adapters.base import (
 from services.worker.openai import estimate_prompt_tokens
 from shared import tokens
 from shared.contract import Usage
-
-_encode = msgspec.json.Encoder().encode
 
 WORDS = (
     "the", "gateway", "answers", "with", "a", "steady", "voice", "and", "every", "request", "finds",
@@ -155,7 +153,7 @@ class FakeAdapter:
             for i, tool in enumerate(tools):
                 fn = tool["function"]
                 name = str(fn.get("name", ""))
-                args = _encode(example_value(fn.get("parameters") or {"type": "object"}) or {}).decode()
+                args = json_text(example_value(fn.get("parameters") or {"type": "object"}) or {})
                 call_id = "call_" + _digest(ctx.request_id, prompt, str(i)).hex()[:24]
                 completion += tokens.estimate_text(name) + tokens.estimate_text(args)
                 # the arguments arrive in two fragments, as real providers send them

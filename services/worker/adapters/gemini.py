@@ -1,4 +1,5 @@
-"""Google Gemini API (``models/{model}:generateContent`` and ``:streamGenerateContent?alt=sse``).
+"""Google Gemini API (``models/{model}:generateContent``, ``:streamGenerateContent?alt=sse`` and
+``:batchEmbedContents``).
 
 Wire format: https://ai.google.dev/api/generate-content and https://ai.google.dev/api/caching
 (Content, Part). What differs from OpenAI:
@@ -9,7 +10,10 @@ Wire format: https://ai.google.dev/api/generate-content and https://ai.google.de
 - ``usageMetadata.promptTokenCount`` already includes ``cachedContentTokenCount``, and
   ``thoughtsTokenCount`` is *not* part of ``candidatesTokenCount`` (OpenAI counts reasoning inside
   ``completion_tokens``, so the two are added);
-- a stream has no terminal event: it is complete once a chunk carried a ``finishReason``.
+- a stream has no terminal event: it is complete once a chunk carried a ``finishReason``;
+- embeddings (https://ai.google.dev/api/embeddings): ``batchEmbedContents`` takes up to 100
+  ``EmbedContentRequest``s and answers ``{"embeddings": [{"values": [...]}]}`` in order, with no
+  token count (the worker counts the inputs).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from services.worker.adapters.base import (
     Capabilities,
     ChatContext,
     Completion,
+    Embeddings,
     Event,
     Finish,
     ReasoningDelta,
@@ -33,14 +38,20 @@ from services.worker.adapters.base import (
     UpstreamRequest,
     UsageEvent,
     append_turn,
+    buffered_answer,
+    embedding_dimensions,
     error_text,
     json_arguments,
+    json_decode,
+    json_encode,
+    json_text,
     max_tokens_of,
     parse_data_url,
     single_choice,
     stop_list,
     text_of,
     unsupported_part,
+    upstream_json,
 )
 from shared.contract import Usage
 from shared.errors import InvalidRequest, JanusError, StreamInterrupted, upstream_error_for_status
@@ -51,8 +62,6 @@ DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 # (https://ai.google.dev/gemini-api/docs/thought-signatures).
 SKIP_SIGNATURE = "skip_thought_signature_validator"
 
-_decode = msgspec.json.Decoder().decode
-_encode = msgspec.json.Encoder().encode
 
 FINISH = {
     "STOP": "stop",
@@ -123,7 +132,7 @@ def _function_response(msg: dict[str, Any], names: dict[str, str]) -> dict[str, 
         raise InvalidRequest(f"tool message answers unknown tool_call_id {call_id!r}", param="messages")
     text = text_of(msg.get("content"))
     try:
-        result = _decode(text) if text.strip().startswith("{") else None
+        result = json_decode(text) if text.strip().startswith("{") else None
     except msgspec.DecodeError:
         result = None
     # ``response`` must be a JSON object; a plain-text result is wrapped
@@ -230,7 +239,7 @@ class GeminiStream:
     def feed(self, msg: StreamMessage) -> list[Event]:
         if self._done or not msg.data:
             return []
-        doc = _decode(msg.data)
+        doc = json_decode(msg.data)
         if "error" in doc:
             raise error_from(doc["error"] or {})
         out: list[Event] = []
@@ -242,7 +251,7 @@ class GeminiStream:
                 if "functionCall" in part:
                     call = part["functionCall"]
                     out.append(ToolCallDelta(self._calls, id=_call_id(call), name=call.get("name"),
-                                             arguments=_encode(call.get("args") or {}).decode()))
+                                             arguments=json_text(call.get("args"))))
                     self._calls += 1
                 elif part.get("text"):
                     text = part["text"]
@@ -264,25 +273,42 @@ class GeminiStream:
 class GeminiAdapter:
     kind: ClassVar[str] = "gemini"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        streaming=True, tools=True, json_mode=True, vision=True
+        streaming=True, tools=True, json_mode=True, vision=True, embeddings=True
     )
+    max_batch: ClassVar[int] = 100  # batchEmbedContents' documented limit
 
-    def chat_request(self, ctx: ChatContext) -> UpstreamRequest:
+    @staticmethod
+    def _request(ctx: ChatContext, action: str, payload: dict[str, Any], stream: bool) -> UpstreamRequest:
         base = (ctx.deployment.base_url or DEFAULT_BASE_URL).rstrip("/")
-        action = "streamGenerateContent?alt=sse" if ctx.stream else "generateContent"
         headers = {"content-type": "application/json"}
         if ctx.api_key:
             headers["x-goog-api-key"] = ctx.api_key
-        return UpstreamRequest(
-            method="POST",
-            url=f"{base}/v1beta/models/{ctx.upstream_model}:{action}",
-            headers=headers,
-            body=_encode(build_body(ctx)),
-            framing="sse" if ctx.stream else "json",
-        )
+        return UpstreamRequest(method="POST", url=f"{base}/v1beta/models/{ctx.upstream_model}:{action}",
+                               headers=headers, body=json_encode(payload),
+                               framing="sse" if stream else "json")
+
+    def chat_request(self, ctx: ChatContext) -> UpstreamRequest:
+        action = "streamGenerateContent?alt=sse" if ctx.stream else "generateContent"
+        return self._request(ctx, action, build_body(ctx), ctx.stream)
+
+    def embeddings_request(self, ctx: ChatContext, inputs: list[str]) -> UpstreamRequest:
+        one: dict[str, Any] = {"model": f"models/{ctx.upstream_model}"}
+        dims = embedding_dimensions(ctx)
+        if dims:
+            one["outputDimensionality"] = dims
+        requests = [{**one, "content": {"parts": [{"text": text}]}} for text in inputs]
+        return self._request(ctx, "batchEmbedContents", {"requests": requests}, False)
+
+    def parse_embeddings(self, body: bytes) -> Embeddings:
+        doc = upstream_json(body)
+        if "error" in doc:
+            raise error_from(doc["error"] or {})
+        vectors = [e.get("values") or [] for e in doc.get("embeddings") or []]
+        meta = doc.get("usageMetadata") or {}
+        return Embeddings(vectors, Usage(prompt_tokens=meta.get("promptTokenCount") or 0))
 
     def parse_chat(self, body: bytes) -> Completion:
-        doc = _decode(body)
+        doc = json_decode(body)
         if "error" in doc:
             raise error_from(doc["error"] or {})
         texts: list[str] = []
@@ -295,18 +321,13 @@ class GeminiAdapter:
                 if "functionCall" in part:
                     call = part["functionCall"]
                     calls.append(ToolCallDelta(len(calls), id=_call_id(call), name=call.get("name"),
-                                               arguments=_encode(call.get("args") or {}).decode()))
+                                               arguments=json_text(call.get("args"))))
                 elif part.get("text"):
                     (thoughts if part.get("thought") else texts).append(part["text"])
             reason = candidates[0].get("finishReason")
         blocked = (doc.get("promptFeedback") or {}).get("blockReason")
-        return Completion(
-            content="".join(texts) if texts or not calls else None,
-            tool_calls=calls,
-            finish_reason="content_filter" if blocked and not candidates else _finish(reason, bool(calls)),
-            usage=usage_from(doc.get("usageMetadata") or {}),
-            reasoning="".join(thoughts) or None,
-        )
+        finish = "content_filter" if blocked and not candidates else _finish(reason, bool(calls))
+        return buffered_answer(texts, calls, finish, usage_from(doc.get("usageMetadata") or {}), thoughts)
 
     def stream_parser(self, ctx: ChatContext) -> GeminiStream:
         return GeminiStream()

@@ -16,8 +16,6 @@ from __future__ import annotations
 import uuid
 from typing import Any, ClassVar
 
-import msgspec
-
 from services.worker.adapters.base import (
     Capabilities,
     ChatContext,
@@ -33,6 +31,9 @@ from services.worker.adapters.base import (
     UsageEvent,
     error_text,
     json_arguments,
+    json_decode,
+    json_encode,
+    json_text,
     max_tokens_of,
     parse_data_url,
     single_choice,
@@ -45,8 +46,6 @@ from shared.errors import InvalidRequest, StreamInterrupted, UpstreamError
 
 DEFAULT_BASE_URL = "http://127.0.0.1:11434"
 
-_decode = msgspec.json.Decoder().decode
-_encode = msgspec.json.Encoder().encode
 
 FINISH = {"stop": "stop", "length": "length"}
 
@@ -69,7 +68,7 @@ def _tool_call(call: dict[str, Any], ordinal: int) -> ToolCallDelta:
         ordinal,
         id=call.get("id") or f"call_{uuid.uuid4().hex[:24]}",
         name=fn.get("name"),
-        arguments=args if isinstance(args, str) else _encode(args or {}).decode(),
+        arguments=args if isinstance(args, str) else json_text(args),
     )
 
 
@@ -168,7 +167,7 @@ class OllamaStream:
     def feed(self, msg: StreamMessage) -> list[Event]:
         if self._done or not msg.data.strip():
             return []
-        doc = _decode(msg.data)
+        doc = json_decode(msg.data)
         if doc.get("error"):
             raise UpstreamError(f"ollama: {doc['error']}")
         out: list[Event] = []
@@ -204,14 +203,14 @@ class OllamaAdapter:
         if ctx.api_key:  # a local Ollama needs none; one behind an authenticating proxy may
             headers["authorization"] = f"Bearer {ctx.api_key}"
         base = (ctx.deployment.base_url or DEFAULT_BASE_URL).rstrip("/")
-        return UpstreamRequest(method="POST", url=f"{base}{path}", headers=headers, body=_encode(payload),
+        return UpstreamRequest(method="POST", url=f"{base}{path}", headers=headers, body=json_encode(payload),
                                framing=framing)
 
     def chat_request(self, ctx: ChatContext) -> UpstreamRequest:
         return self._request(ctx, "/api/chat", build_body(ctx), "ndjson" if ctx.stream else "json")
 
     def parse_chat(self, body: bytes) -> Completion:
-        doc = _decode(body)
+        doc = json_decode(body)
         if doc.get("error"):
             raise UpstreamError(f"ollama: {doc['error']}")
         message = doc.get("message") or {}
@@ -235,7 +234,7 @@ class OllamaAdapter:
         return self._request(ctx, "/api/embed", payload, "json")
 
     def parse_embeddings(self, body: bytes) -> Embeddings:
-        doc = _decode(body)
+        doc = json_decode(body)
         return Embeddings(vectors=doc.get("embeddings") or [],
                           usage=Usage(prompt_tokens=doc.get("prompt_eval_count") or 0))
 

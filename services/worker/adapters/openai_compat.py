@@ -30,6 +30,7 @@ from services.worker.adapters.base import (
     UpstreamRequest,
     UsageEvent,
     error_text,
+    json_encode,
     single_choice,
 )
 from services.worker.openai import OAUsage, chat_completion_decoder, usage_of
@@ -38,8 +39,6 @@ from shared.errors import JanusError, StreamInterrupted, UpstreamError, upstream
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DONE = b"[DONE]"
-
-_encode = msgspec.json.Encoder().encode
 
 
 # ------------------------------------------------------------------------- what a stream chunk holds
@@ -186,7 +185,7 @@ class OpenAICompatAdapter:
             body.pop("stream", None)
             body.pop("stream_options", None)
         return UpstreamRequest("POST", self._url(ctx, "/chat/completions"), self._headers(ctx, ctx.stream),
-                               _encode(body), "sse" if ctx.stream else "json")
+                               json_encode(body), "sse" if ctx.stream else "json")
 
     def parse_chat_openai(self, body: bytes) -> Any:
         """The upstream's own ``chat.completion``, for a pass-through that keeps every field a client
@@ -216,7 +215,7 @@ class OpenAICompatAdapter:
             if ctx.body.get(key) is not None:
                 body[key] = ctx.body[key]
         return UpstreamRequest("POST", self._url(ctx, "/embeddings"), self._headers(ctx, False),
-                               _encode(body), "json")
+                               json_encode(body), "json")
 
     def parse_embeddings(self, body: bytes) -> Embeddings:
         try:

@@ -22,6 +22,7 @@ from services.worker.adapters.base import (
     TextDelta,
     ToolCallDelta,
     UsageEvent,
+    batch_limit,
 )
 from shared.catalog import Deployment, Provider
 from shared.contract import Usage
@@ -198,11 +199,26 @@ def test_error_message_survives_a_non_json_body(provider: str) -> None:
 
 
 # ------------------------------------------------------------------------------------- embeddings
-@pytest.mark.parametrize("provider", [p for p in PROVIDERS if adapter(p).capabilities.embeddings
-                                      and "embed" in wire.expected(p)])
-def test_embeddings(provider: str) -> None:
-    want = wire.expected(provider)["embed"]
-    got = adapter(provider).parse_embeddings(wire.body(provider, "embed"))
+@pytest.mark.parametrize(("provider", "name"), [p for p in scenarios("embed")
+                                                 if adapter(p.values[0]).capabilities.embeddings])
+def test_embeddings(provider: str, name: str) -> None:
+    want = wire.expected(provider)[name]
+    got = adapter(provider).parse_embeddings(wire.body(provider, name))
     assert len(got.vectors) == want["count"]
     assert {len(v) for v in got.vectors} == {want["dimensions"]}
+    assert all(isinstance(x, float) for v in got.vectors for x in v)
     assert_usage(_usage_dict(got.usage), want["usage"])
+
+
+@pytest.mark.parametrize("provider", [p for p in PROVIDERS if adapter(p).capabilities.embeddings])
+def test_embeddings_request_asks_for_floats_within_the_batch_limit(provider: str) -> None:
+    a = adapter(provider)
+    ctx = context(provider, False)
+    limit = batch_limit(a, ctx)
+    assert limit >= 1
+    req = a.embeddings_request(ctx, [f"text {i}" for i in range(limit)])
+    assert req.method == "POST" and req.framing == "json"
+    body = json.loads(req.body)
+    # base64 is made once, by the worker's encoder: no adapter may ask the provider for it
+    assert "base64" not in json.dumps(body)
+    assert body.get("encoding_format", "float") == "float"

@@ -23,3 +23,15 @@ def test_production_catalog_loads_and_every_kind_has_an_adapter() -> None:
 
 def test_plans_resolve_against_the_production_catalog() -> None:
     load_plans(catalog=load_catalog(PATH))
+
+
+def test_every_embeddings_model_is_served_by_a_provider_that_embeds() -> None:
+    cat = load_catalog(PATH)
+    embedders = [m for m in cat.models if m.kind == "embeddings"]
+    assert {"gemini-embedding-001", "amazon.titan-embed-text-v2", "cohere.embed-english-v3", "embed-v4.0",
+            "nomic-embed-text"} <= {m.id for m in embedders}
+    for m in embedders:
+        assert m.dimensions and m.price.input > 0, m.id
+        for s in m.serve:
+            kind = cat.deployment_by_id[s.deployment][0].kind
+            assert ADAPTERS[kind].capabilities.embeddings, f"{m.id} on {kind}"
