@@ -2,6 +2,7 @@
 
     python -m tools.eval_routing            APGR, CPT(50%), CPT(80%), strong share for 95% quality
     python -m tools.eval_routing --bench    decision time of the whole auto policy (p50/p99)
+    python -m tools.eval_routing --write-golden   re-record tests/router/golden_decisions.json
 
 Data: ``$ROUTING_DATA`` (default ``../shared/data/routing`` beside the checkout). Only the
 evaluation groups are scored here: all of GSM8K, all of MT-Bench, and 12 MMLU subjects; the
@@ -25,6 +26,10 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from services.router.policy import Policy
 
 ROOT = Path(__file__).resolve().parent.parent
 STRONG = "gpt-4-1106-preview"
@@ -35,6 +40,7 @@ EVAL_SUBJECTS = frozenset({
     "professional_law", "virology", "world_religions",
 })
 FIXTURES = ROOT / "tests" / "fixtures" / "routing"
+GOLDEN = ROOT / "tests" / "router" / "golden_decisions.json"
 
 csv.field_size_limit(1 << 24)
 
@@ -293,13 +299,55 @@ def write_slice(seed: int = 7) -> None:
             f.write(json.dumps({"prompt": p[:1500]}) + "\n")
 
 
+def golden_policy() -> Policy:
+    """The policy the golden decisions are recorded with: the router tests' own catalog, plans and
+    routing config, and the shipped weights."""
+    from services.router.config import load_routing
+    from services.router.health import HealthView
+    from services.router.policy import Policy
+    from services.router.scorer import Scorer
+    from shared.catalog import load_catalog, load_plans
+
+    catalog = load_catalog(FIXTURES / "catalog.yaml")
+    routing = load_routing(FIXTURES / "routing.yaml", catalog=catalog)
+    return Policy(catalog, load_plans(FIXTURES / "plans.yaml", catalog=catalog), routing, Scorer.load(),
+                  HealthView(routing.health))
+
+
+def golden_decision(policy: Policy, prompt: str) -> dict[str, object]:
+    """An auto decision on the "plus" plan (every quality class on offer), as recorded."""
+    from shared.contract import RouteRequest
+
+    req = RouteRequest(request_id="golden", model="auto", plan="plus", text=prompt,
+                       prompt_tokens=len(prompt) // 4)
+    plan = policy.route(req, 0.0)
+    return {"model": plan.model, "reason": plan.reason, "score": plan.score}
+
+
+def write_golden() -> None:
+    """Re-record the expected decision of every prompt in the golden file (the prompts stay)."""
+    rows = json.loads(GOLDEN.read_text())
+    policy = golden_policy()
+    for row in rows:
+        before = (row.get("model"), row.get("reason"))
+        row.update(golden_decision(policy, row["prompt"]))
+        if before != (row["model"], row["reason"]):
+            now = (row["model"], row["reason"])
+            print(f"{before} -> {now} score {row['score']}: {row['prompt'][:70]!r}")
+    GOLDEN.write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bench", action="store_true", help="measure decision time instead")
     ap.add_argument("--weights", help="weights file (default: the shipped one)")
     ap.add_argument("--rows", help="a JSONL slice of rows to evaluate instead of the data set")
     ap.add_argument("--write-slice", action="store_true", help="rewrite the test suite's data slice")
+    ap.add_argument("--write-golden", action="store_true", help="re-record the golden auto decisions")
     args = ap.parse_args(argv)
+    if args.write_golden:
+        write_golden()
+        return 0
     if args.write_slice:
         write_slice()
         return 0

@@ -15,13 +15,17 @@ import re
 import zlib
 
 # Layout of the feature space; the trained weights file records these and the scorer checks them.
-WORD_BITS = 12
-CHAR_BITS = 12
+WORD_BITS = 10
+CHAR_BITS = 10
 WORD_BUCKETS = 1 << WORD_BITS
 CHAR_BUCKETS = 1 << CHAR_BITS
 # n-grams are read from the head of long prompts only: that bounds the decision time, and the
 # length signals below still see the whole text
 MAX_CHARS = 2000
+# character shares (digits, capitals, punctuation) are taken over at least this many characters
+MIN_CHARS = 100
+# the hashed blocks are scaled by 1/sqrt(active n-grams), with at least this many counted
+MIN_NGRAMS = 64
 
 _WORD = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
 _CODE = re.compile(
@@ -30,7 +34,10 @@ _CODE = re.compile(
     re.MULTILINE,
 )
 _MATH = re.compile(r"\\frac|\\sum|\\int|\$[^$]+\$|\d\s*[-+*/^=<>]\s*\d|\b[xyzn]\s*[=^]|\d+%|√|∫|≤|≥")
-_CHOICE = re.compile(r"^\s*\(?[A-Da-d][.)]\s", re.MULTILINE)
+# the answer template of multiple-choice benchmarks ("A. ...", a closing "Answer:"): the same in
+# every training prompt, so it carries no signal, and seen by the n-grams it would make every
+# prompt without it look unlike the training data
+_TEMPLATE = re.compile(r"^[ \t]*\(?[A-D][.)][ \t]|\n?Answer:\s*\Z", re.MULTILINE)
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
 _REASONING = re.compile(
     r"\b(prove|derive|explain why|step by step|analy[sz]e|compare|evaluate|design|implement|optimi[sz]e|"
@@ -50,7 +57,6 @@ DENSE_NAMES = (
     "question_marks",
     "code_hits",
     "math_hits",
-    "choices",
     "numbers",
     "reasoning_words",
     "chat_opening",
@@ -81,7 +87,8 @@ def dense(text: str) -> list[float]:
             upper += 1
         elif not ch.isalnum() and not ch.isspace():
             punct += 1
-    head = n if n < MAX_CHARS else MAX_CHARS
+    # shares of at least MIN_CHARS characters: in "Hi!" a third of the text is not punctuation-heavy
+    head = min(max(n, MIN_CHARS), MAX_CHARS)
     words = text.split()
     nw = len(words) or 1
     lower_head = text[:MAX_CHARS].lower()
@@ -97,7 +104,6 @@ def dense(text: str) -> list[float]:
         min(text.count("?"), 5) / 5.0,
         min(len(_CODE.findall(text[:MAX_CHARS])), 10) / 10.0,
         min(len(_MATH.findall(text[:MAX_CHARS])), 10) / 10.0,
-        min(len(_CHOICE.findall(text[:MAX_CHARS])), 6) / 6.0,
         _log(len(_NUMBER.findall(text[:MAX_CHARS]))) / 4.0,
         min(len(_REASONING.findall(lower_head)), 5) / 5.0,
         1.0 if _CHAT.match(lower_head.lstrip()) else 0.0,
@@ -111,6 +117,7 @@ def dense(text: str) -> list[float]:
 def features(text: str) -> tuple[list[float], list[int]]:
     """(dense values, hashed indices). Hashed features are binary; the scorer weighs each
     hashed block by 1/sqrt(its size) so a long prompt does not swamp the dense signals."""
+    text = strip_template(text)
     head = text[:MAX_CHARS].lower()
     crc = zlib.crc32
     idx: set[int] = set()
@@ -128,11 +135,17 @@ def features(text: str) -> tuple[list[float], list[int]]:
     return dense(text), sorted(idx)
 
 
+def strip_template(text: str) -> str:
+    """The prompt without a multiple-choice answer template (option letters, a final "Answer:")."""
+    return _TEMPLATE.sub("", text) if "Answer:" in text or "\nA" in text else text
+
+
 def block_scale(indices: list[int]) -> tuple[float, float]:
-    """The weight of one active index in the word block and in the char block."""
+    """The weight of one active index in the word block and in the char block, 1/sqrt(count)."""
     words = sum(1 for i in indices if i < _CHAR_BASE)
     chars = len(indices) - words
-    return (1.0 / math.sqrt(words) if words else 0.0, 1.0 / math.sqrt(chars) if chars else 0.0)
+    # floored: a three-word prompt must not weigh each of its few n-grams like a whole paragraph
+    return 1.0 / math.sqrt(max(words, MIN_NGRAMS)), 1.0 / math.sqrt(max(chars, MIN_NGRAMS))
 
 
 def is_char_index(i: int) -> bool:

@@ -28,18 +28,28 @@ class WeightsFile(msgspec.Struct):
     dense: list[float]
     hashed: list[float]  # WORD_BUCKETS + CHAR_BUCKETS weights, word block first
     quantiles: list[float]  # logits at percentiles 0, 1, ..., 100 of the training prompts
+    # the usual range of each dense signal over the training prompts (1st..99th percentile): a
+    # prompt outside it (a greeting has a punctuation share few training prompts have) is
+    # clipped into it, so the linear model is not asked to extrapolate
+    dense_lo: list[float] = []
+    dense_hi: list[float] = []
     trained_on: str = ""
     metrics: dict[str, float] = {}
 
 
 class Scorer:
-    __slots__ = ("_dense", "_hashed", "_quantiles", "meta")
+    __slots__ = ("_dense", "_hashed", "_hi", "_lo", "_quantiles", "meta")
 
     def __init__(self, w: WeightsFile) -> None:
         if (w.word_bits, w.char_bits, tuple(w.dense_names)) != (F.WORD_BITS, F.CHAR_BITS, F.DENSE_NAMES):
             raise ValueError("weights were trained for another feature layout: run `make train-router`")
         if len(w.hashed) != F.WORD_BUCKETS + F.CHAR_BUCKETS or len(w.quantiles) != 101:
             raise ValueError("weights file is truncated")
+        lo = w.dense_lo or [-math.inf] * F.DENSE
+        hi = w.dense_hi or [math.inf] * F.DENSE
+        if not len(w.dense) == len(lo) == len(hi) == F.DENSE:
+            raise ValueError("weights file is truncated")
+        self._lo, self._hi = lo, hi
         self._dense = w.dense
         # index the hashed weights by feature index so the hot loop is one list lookup
         self._hashed = [0.0] * F.DENSE + list(w.hashed)
@@ -53,7 +63,9 @@ class Scorer:
 
     def logit(self, text: str) -> float:
         dense, idx = F.features(text)
-        z = sum(d * w for d, w in zip(dense, self._dense, strict=True))
+        z = 0.0
+        for d, w, lo, hi in zip(dense, self._dense, self._lo, self._hi, strict=True):
+            z += w * (lo if d < lo else hi if d > hi else d)
         if idx:
             sw, sc = F.block_scale(idx)
             hw = self._hashed

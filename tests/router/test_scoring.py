@@ -68,6 +68,7 @@ def test_learned_scorer_on_the_evaluation_slice(scorer: Scorer, rows: list[Row])
     print(f"slice n={len(rows)}: learned APGR {learned.apgr:.3f}, length {length.apgr:.3f}, "
           f"random {rand.apgr:.3f}")
     assert learned.apgr > 0.5 and learned.apgr > rand.apgr
+    assert learned.apgr > length.apgr  # the learned scorer must earn its keep over prompt length
 
 
 def test_arena_hard_prompts_score_higher_than_everyday_chat(scorer: Scorer) -> None:
