@@ -20,12 +20,14 @@ install: $(STAMP)
 run: install
 	$(BIN)/python -m tools.stack
 
-## make test: install and run the whole suite (unit, contract, integration, end to end, deploy checks)
+## make test: install and run the whole suite (unit, contract, integration, end to end, faults and
+## scale-out, deploy checks)
 test: install
-	$(BIN)/python -m pytest --ignore=tests/faults --ignore=tests/scale
+	$(BIN)/python -m pytest
 	$(MAKE) validate-deploy
 
-## make faults: worker/metering/NATS kills, a JetStream leader loss, scale-out, 64 streams for a minute
+## make faults: only the fault and scale-out tests (worker/metering/NATS kills, a JetStream leader
+## loss, two replicas of everything, 64 streams for a minute); `make test` runs them too
 faults: install
 	$(BIN)/python -m pytest tests/faults tests/scale
 

@@ -301,12 +301,13 @@ class Bus:
         """Publish to a stream, de-duplicated by ``msg_id``. Returns False for a duplicate."""
         try:
             ack = await self.js.publish(subject, data, timeout=timeout, headers={"Nats-Msg-Id": msg_id})
-        except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError) as exc:
+        except nats.errors.MaxPayloadError:
+            raise _too_large(subject, data) from None
+        except (*_UNAVAILABLE, nats.js.errors.APIError) as exc:
+            # an APIError here is JetStream refusing for now (no leader during an election, 503)
             raise ServiceUnavailable(
                 f"JetStream did not acknowledge {subject}: {type(exc).__name__}"
             ) from None
-        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError) as exc:
-            raise ServiceUnavailable(f"message bus unavailable: {type(exc).__name__}") from None
         return not ack.duplicate
 
     async def pull_consumer(

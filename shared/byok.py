@@ -5,8 +5,9 @@ The key is sealed with AES-256-GCM under ``JANUS_BYOK_KEY`` (32 random bytes, UR
 key copied onto another user's or provider's entry fails to open instead of being used.
 
     store = await ByokStore.open(bus, Sealer.from_env())
-    await store.set(user, provider, secret)      # the CLI
+    await store.set(user, provider, secret)      # the CLI and the gateway's /v1/byok API
     secret = await store.get(user, provider)     # the worker, per request; None when absent
+    sealed = await store.info(user, provider)    # what a listing shows (``masked``), never decrypted
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class SealedKey(msgspec.Struct, omit_defaults=True):
     ciphertext: bytes
     created: float = 0.0
     hint: str = ""  # last 4 characters, to tell keys apart without decrypting
+    prefix: str = ""  # first 3 characters (``sk-``) of a long key, for the same reason
 
 
 _enc = msgspec.msgpack.Encoder()
@@ -69,7 +71,9 @@ class Sealer:
     def seal(self, user: str, provider: str, secret: str) -> SealedKey:
         nonce = secrets.token_bytes(12)
         ct = self._aead.encrypt(nonce, secret.encode(), self._aad(user, provider))
-        return SealedKey(user, provider, nonce, ct, time.time(), secret[-4:] if len(secret) >= 12 else "")
+        # a short key shows nothing of itself: 7 known characters of 12 would leave too little secret
+        return SealedKey(user, provider, nonce, ct, time.time(), secret[-4:] if len(secret) >= 12 else "",
+                         secret[:3] if len(secret) >= 20 else "")
 
     def open(self, sealed: SealedKey, user: str, provider: str) -> str:
         """Decrypt for the entry it was read from: the AAD is who asks, not what the record says."""
@@ -81,23 +85,56 @@ class Sealer:
                              code="byok_undecryptable") from None
 
 
+MIN_SECRET, MAX_SECRET = 8, 4096
+
+
+def clean_secret(secret: str) -> str:
+    """The key without surrounding whitespace, or ValueError (whose message never repeats the key).
+
+    A key travels in an HTTP header to the provider: a control character or space inside it could
+    split or forge headers there, so only printable ASCII without spaces is accepted."""
+    secret = secret.strip()
+    if not secret:
+        raise ValueError("the provider key is empty")
+    if not MIN_SECRET <= len(secret) <= MAX_SECRET:
+        raise ValueError(f"a provider key must be {MIN_SECRET} to {MAX_SECRET} characters long")
+    if not (secret.isascii() and secret.isprintable()) or " " in secret:
+        raise ValueError("a provider key may contain only printable ASCII characters without spaces")
+    return secret
+
+
+def masked(sealed: SealedKey) -> str:
+    """``sk-...abcd``: enough to recognise a key, never enough to use it."""
+    return f"{sealed.prefix}...{sealed.hint}"
+
+
 def entry_key(user: str, provider: str) -> str:
     return f"{subjects.kv_key('y', user)}.{subjects.token(provider)}"
 
 
 class ByokStore:
-    def __init__(self, kv: KeyValue, sealer: Sealer) -> None:
+    """``sealer`` None: a store that can list and delete entries but neither seal nor open a key."""
+
+    def __init__(self, kv: KeyValue, sealer: Sealer | None) -> None:
         self.kv = kv
-        self.sealer = sealer
+        self._sealer = sealer
+
+    @property
+    def sealer(self) -> Sealer:
+        if self._sealer is None:
+            raise ConfigError(f"{ENV} is not set: provider keys can be neither stored nor used")
+        return self._sealer
+
+    @property
+    def can_seal(self) -> bool:
+        return self._sealer is not None
 
     @classmethod
-    async def open(cls, bus: Bus, sealer: Sealer, replicas: int = 1) -> ByokStore:
+    async def open(cls, bus: Bus, sealer: Sealer | None, replicas: int = 1) -> ByokStore:
         return cls(await bus.kv(subjects.BYOK_BUCKET, replicas=replicas), sealer)
 
     async def set(self, user: str, provider: str, secret: str) -> SealedKey:
-        if not secret.strip():
-            raise ValueError("the provider key is empty")
-        sealed = self.sealer.seal(user, provider, secret.strip())
+        sealed = self.sealer.seal(user, provider, clean_secret(secret))
         await Bus.kv_put(self.kv, entry_key(user, provider), _enc.encode(sealed))
         return sealed
 
@@ -108,6 +145,14 @@ class ByokStore:
         except KeyNotFound:
             return None
         return self.sealer.open(_dec.decode(data), user, provider)
+
+    async def info(self, user: str, provider: str) -> SealedKey | None:
+        """The sealed entry as stored (its hint and creation time), without decrypting it."""
+        try:
+            data, _ = await Bus.kv_get(self.kv, entry_key(user, provider))
+        except KeyNotFound:
+            return None
+        return _dec.decode(data)
 
     async def delete(self, user: str, provider: str) -> bool:
         key = entry_key(user, provider)

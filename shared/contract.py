@@ -62,6 +62,9 @@ class RoutePlan(msgspec.Struct, tag="route.plan.v1", **_tagged):
     reason: str  # "direct", "tier_default", "rule:code", "complexity", ...
     auto: bool = False
     score: float | None = None
+    # > 0: this plan depends only on the request's model, plan, kind and needs (no health, no draw),
+    # so a gateway may reuse it for identical requests for this many seconds
+    cache_seconds: float = 0.0
 
 
 # ------------------------------------------------------------------------------------------ metering
@@ -83,12 +86,33 @@ class ReserveRequest(msgspec.Struct, tag="meter.reserve.v1", **_tagged):
     byok: bool = False
 
 
+class RequestRate(msgspec.Struct, omit_defaults=True):
+    """The caller's request-rate window, as metering counted it (plans with ``requests_per_minute``)."""
+
+    limit: int  # requests admitted per window
+    remaining: int  # after this request
+    reset: int  # whole seconds until the window ends and ``limit`` is available again (0: none open)
+
+    def headers(self) -> dict[str, str]:
+        """OpenAI's ``x-ratelimit-*-requests`` headers (reset as a duration, like ``6m0s`` or ``1s``)."""
+        m, s = divmod(max(self.reset, 0), 60)
+        h, m = divmod(m, 60)
+        reset = (f"{h}h" if h else "") + (f"{m}m" if h or m else "") + f"{s}s"
+        return {
+            "X-RateLimit-Limit-Requests": str(self.limit),
+            "X-RateLimit-Remaining-Requests": str(max(self.remaining, 0)),
+            "X-RateLimit-Reset-Requests": reset,
+        }
+
+
 class ReserveReply(msgspec.Struct, tag="meter.reserve_reply.v1", **_tagged):
     admitted: bool
     pools: list[PoolState]
     hold: int = 0  # credits held for this request
-    denied_pool: str | None = None
+    denied_pool: str | None = None  # a credit pool or quota; "requests" when the rate limit refused it
     message: str = ""
+    requests: RequestRate | None = None  # None: the plan sets no request rate
+    retry_after: int | None = None  # whole seconds, on a rate-limit refusal
 
 
 class Settlement(msgspec.Struct, tag="meter.settle.v1", **_tagged):

@@ -9,7 +9,7 @@
      ├── NotFound                   404 invalid_request_error
      │    └── ModelNotFound         404 invalid_request_error  code=model_not_found
      ├── BudgetExceeded             429 insufficient_quota     (x-should-retry: false)
-     ├── RateLimited                429 rate_limit_exceeded    (Retry-After)
+     ├── RateLimited                429 rate_limit_exceeded    (Retry-After, x-should-retry: true)
      ├── UpstreamError              502 upstream_error         retryable
      │    └── UpstreamClientError   4xx from a provider, passed back, not retryable
      ├── UpstreamTimeout            504 timeout                retryable
@@ -24,6 +24,7 @@ a worker surfaces in the gateway as the same class.
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import msgspec
@@ -107,7 +108,8 @@ class JanusError(Exception):
         """HTTP headers this error adds to a response."""
         out: dict[str, str] = {}
         if self.retry_after is not None:
-            out["Retry-After"] = str(max(1, round(self.retry_after)))
+            # whole seconds, rounded up: a client that waits exactly this long is not early
+            out["Retry-After"] = str(max(1, math.ceil(self.retry_after)))
         return out
 
     def __repr__(self) -> str:
@@ -171,6 +173,10 @@ class RateLimited(JanusError):
     type = "requests"
     default_code = "rate_limit_exceeded"
     log_level = "info"
+
+    def headers(self) -> dict[str, str]:
+        # unlike a spent budget, a request-rate window reopens within Retry-After: worth the retry
+        return {**super().headers(), "x-should-retry": "true"}
 
 
 class UpstreamError(JanusError):

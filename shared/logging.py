@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import msgspec
@@ -27,14 +28,14 @@ def redact(text: str) -> str:
     return _SECRET.sub("[redacted]", text)
 
 
-def _redact_processor(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _redact_processor(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for k, v in event.items():
         if isinstance(v, str) and ("sk-" in v or "eyJ" in v):
             event[k] = redact(v)
     return event
 
 
-def _stringify(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _stringify(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for k, v in event.items():
         if not isinstance(v, (str, int, float, bool, type(None), list, dict)):
             event[k] = str(v)

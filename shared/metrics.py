@@ -7,7 +7,26 @@ request id as a label: those are unbounded and personal.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
+
+
+def children(metric: Any) -> Callable[..., Any]:
+    """``metric.labels(*values)`` resolved once per distinct values: ``labels()`` takes a lock and
+    builds its key on every call, which the request path should not pay. Only for labels whose
+    values are few (the rule for every label here anyway)."""
+    cache: dict[tuple[str, ...], Any] = {}
+
+    def child(*values: str) -> Any:
+        found = cache.get(values)
+        if found is None:
+            found = cache[values] = metric.labels(*values)
+        return found
+
+    return child
+
 
 _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _FAST = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
@@ -84,7 +103,10 @@ BUDGET_DECISIONS = Counter(
 CREDITS_CHARGED = Counter(
     "janus_credits_charged_total", "Credits (microdollars) charged", ["gen_ai_request_model"]
 )
-SETTLEMENTS = Counter("janus_settlements_total", "Settlements applied", ["result"])
+SETTLEMENTS = Counter(
+    "janus_settlements_total", "Settlements by outcome (metering's results; 'lost' counted by the gateway)",
+    ["result"],
+)
 HOLDS_OPEN = Gauge("janus_holds_open", "Reservations not yet settled, as seen by this replica")
 HOLDS_REAPED = Counter("janus_holds_reaped_total", "Reservations released by the reaper")
 METER_OP_SECONDS = Histogram(

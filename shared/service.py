@@ -6,14 +6,15 @@
                            within the grace bound) -> drain NATS -> exit 0
 
 ``/healthz`` answers while the process's event loop runs (liveness is never tied to NATS, so a NATS
-outage does not get every pod restarted); ``/readyz`` answers 200 only while NATS is connected and
-the service says it is ready.
+outage does not get every pod restarted); ``/readyz`` answers 200 only once ``start()`` has returned
+(the gateway is listening), while NATS is connected and the service says it is ready.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import sys
 from typing import ClassVar
@@ -30,6 +31,9 @@ from shared.settings import CommonSettings, load_settings
 
 log = get_logger("service")
 
+# (young, middle, old) generation thresholds once a service has started; Python's default is (700, 10, 10)
+_GC_THRESHOLDS = (10_000, 20, 20)
+
 
 class Service:
     name: ClassVar[str] = "service"
@@ -38,6 +42,7 @@ class Service:
     def __init__(self, common: CommonSettings) -> None:
         self.common = common
         self.bus: Bus | None = None
+        self.started = False  # start() has returned: until then the service may not be listening yet
         self.stopping = False
 
     async def start(self, bus: Bus) -> None:
@@ -60,8 +65,9 @@ async def _ops_app(svc: Service) -> web.Application:
 
     async def readyz(_: web.Request) -> web.Response:
         nats_ok = svc.bus is not None and svc.bus.connected
-        ok = nats_ok and not svc.stopping and svc.ready()
-        body = {"ready": ok, "nats": nats_ok, "stopping": svc.stopping, **svc.ready_detail()}
+        ok = nats_ok and svc.started and not svc.stopping and svc.ready()
+        body = {"ready": ok, "nats": nats_ok, "started": svc.started, "stopping": svc.stopping,
+                **svc.ready_detail()}
         return web.json_response(body, status=200 if ok else 503)
 
     async def metrics_view(_: web.Request) -> web.Response:
@@ -76,6 +82,19 @@ async def _ops_app(svc: Service) -> web.Application:
     return app
 
 
+def _settle_heap() -> None:
+    """Take everything built at start (modules, catalog, compiled decoders) out of the cyclic GC.
+
+    Those objects live as long as the process, yet every full collection walked all of them, and
+    the default young-generation threshold ran a collection every few requests: in the benchmark
+    8-12% of a service's CPU went to the collector. Frozen objects are never scanned; the larger
+    threshold still collects request garbage (asyncio makes cycles) every few thousand allocations.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*_GC_THRESHOLDS)
+
+
 async def serve(svc: Service) -> None:
     common = svc.common
     bus = await Bus.connect(common.nats_url, svc.name)
@@ -85,8 +104,11 @@ async def serve(svc: Service) -> None:
     port = common.ops_port or svc.default_ops_port
     site = web.TCPSite(ops, common.ops_host, port)
     await site.start()
-    bound = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else port  # type: ignore[union-attr]
+    sockets = getattr(site._server, "sockets", None)
+    bound = sockets[0].getsockname()[1] if sockets else port
     await svc.start(bus)
+    _settle_heap()
+    svc.started = True
     log.info("started", ops_port=bound, nats=common.nats_url.split("@")[-1])
 
     stop = asyncio.Event()

@@ -6,6 +6,8 @@ three run the same processes the same way.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -98,8 +100,18 @@ def start_nats(
     ports_dir = workdir / f"ports-{name}"
     ports_dir.mkdir(parents=True, exist_ok=True)
     args = [
-        nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store),
-        "--ports_file_dir", str(ports_dir), "-n", name,
+        nats_server_binary(),
+        "-a",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-js",
+        "-sd",
+        str(store),
+        "--ports_file_dir",
+        str(ports_dir),
+        "-n",
+        name,
     ]
     if cluster_port is not None:
         args += ["--cluster_name", cluster_name, "--cluster", f"nats://127.0.0.1:{cluster_port}"]
@@ -140,16 +152,45 @@ def _wait_port(port: int, timeout: float) -> None:
 
 def start_cluster(workdir: Path, size: int = 3, *, timeout: float = 30) -> list[NatsServer]:
     """``size`` nats-servers with JetStream routed into one cluster on loopback, each with a
-    monitoring port; returns once JetStream has elected a meta leader (before that, creating a
-    stream or bucket fails)."""
+    monitoring port; returns once JetStream can place a stream on all ``size`` nodes (before that,
+    creating a replicated stream or bucket fails with "no suitable peers for placement")."""
+    for attempt in range(3):
+        try:
+            return _start_cluster(workdir, size, timeout)
+        except PortTaken:
+            if attempt == 2:
+                raise
+            for i in range(size):  # a fresh cluster: no node may remember the first attempt's peers
+                shutil.rmtree(workdir / f"jetstream-n{i + 1}", ignore_errors=True)
+    raise AssertionError("unreachable")
+
+
+class PortTaken(RuntimeError):
+    """A port chosen by ``free_port`` was bound by another process before the server bound it."""
+
+
+def _start_cluster(workdir: Path, size: int, timeout: float) -> list[NatsServer]:
     cluster_ports = [free_port() for _ in range(size)]
     servers: list[NatsServer] = []
     try:
         for i, cp in enumerate(cluster_ports):
-            servers.append(start_nats(workdir, name=f"n{i + 1}", cluster_port=cp,
-                                      routes=[p for p in cluster_ports if p != cp],
-                                      monitor_port=free_port()))
-        wait_meta_leader(servers, timeout)
+            try:
+                servers.append(
+                    start_nats(
+                        workdir,
+                        name=f"n{i + 1}",
+                        cluster_port=cp,
+                        routes=[p for p in cluster_ports if p != cp],
+                        monitor_port=free_port(),
+                    )
+                )
+            except RuntimeError as exc:
+                if "address already in use" in str(exc):
+                    raise PortTaken(str(exc)) from None
+                raise
+        deadline = time.monotonic() + timeout
+        wait_meta_leader(servers, timeout, peers=size)
+        wait_placement(servers, size, max(1.0, deadline - time.monotonic()))
     except BaseException:
         for srv in servers:
             srv.stop(signal.SIGKILL)
@@ -182,14 +223,56 @@ def stream_leader(servers: list[NatsServer], stream: str) -> str | None:
     return None
 
 
-def wait_meta_leader(servers: list[NatsServer], timeout: float = 30) -> str:
+def meta_peers_current(servers: list[NatsServer], leader: str) -> int:
+    """How many nodes the meta leader counts as current members, itself included (0: unknown)."""
+    for srv in servers:
+        if srv.name != leader or not srv.running:
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            meta = srv.monitor("jsz").get("meta_cluster", {})
+            if meta.get("leader") == leader:
+                return 1 + sum(1 for r in meta.get("replicas") or [] if r.get("current"))
+    return 0
+
+
+def wait_meta_leader(servers: list[NatsServer], timeout: float = 30, *, peers: int = 1) -> str:
+    """The meta leader's name, once there is one that counts ``peers`` current members."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         leader = meta_leader(servers)
-        if leader:
+        if leader and (peers <= 1 or meta_peers_current(servers, leader) >= peers):
             return leader
         time.sleep(0.1)
-    raise RuntimeError("the NATS cluster elected no JetStream meta leader")
+    raise RuntimeError(f"the NATS cluster elected no JetStream meta leader with {peers} current peers")
+
+
+def wait_placement(servers: list[NatsServer], replicas: int, timeout: float = 30) -> None:
+    """Create (and delete) a stream with ``replicas`` replicas, retrying until the cluster places it:
+    the meta leader learns the other nodes' JetStream resources a little after they join."""
+
+    async def probe() -> None:
+        from shared.bus import Bus
+
+        bus = await Bus.connect(cluster_url(servers), "stack-probe")
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    await bus.ensure_stream("STACK_PROBE", ["stack.probe"], replicas=replicas)
+                    await bus.js.delete_stream("STACK_PROBE")
+                    return
+                except Exception as exc:  # "no suitable peers for placement", timeouts
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(
+                            f"the NATS cluster cannot place a stream on {replicas} nodes: {exc!r}"
+                        ) from None
+                    await asyncio.sleep(0.2)
+        finally:
+            await bus.close()
+
+    # a thread of its own: the caller may be inside a running event loop
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, probe()).result()
 
 
 def cluster_url(servers: list[NatsServer]) -> str:
@@ -220,6 +303,11 @@ class ServiceProc:
     ops_port: int
     env: dict[str, str]
     log_path: Path
+    # env names of the ports chosen here rather than by the caller: chosen again when another
+    # process takes one between the choice and the service's bind (free_port cannot reserve it)
+    movable: tuple[str, ...] = ()
+    log_offset: int = 0  # where this process's output starts in the (appended) log
+    respawns: int = 0
 
     def ready(self) -> bool:
         try:
@@ -232,11 +320,29 @@ class ServiceProc:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                if self._respawn_on_port_taken():
+                    deadline = time.monotonic() + timeout
+                    continue
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
             if self.ready():
                 return
             time.sleep(0.05)
         raise RuntimeError(f"{self.name} not ready in {timeout}s:\n{self.log_tail()}")
+
+    def _respawn_on_port_taken(self) -> bool:
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(self.log_offset)
+                out = f.read().decode(errors="replace")
+        except OSError:
+            return False
+        if not self.movable or self.respawns >= 3 or "address already in use" not in out:
+            return False
+        env = {**self.env, **{k: str(free_port()) for k in self.movable}}
+        fresh = _spawn(self.name, env, self.log_path, self.movable, console=False)
+        self.proc, self.ops_port, self.env = fresh.proc, fresh.ops_port, fresh.env
+        self.log_offset, self.respawns = fresh.log_offset, self.respawns + 1
+        return True
 
     def metrics(self, timeout: float = 2.0) -> str:
         """The Prometheus text this replica exports (see ``parse_metric``)."""
@@ -267,25 +373,52 @@ class ServiceProc:
         return self.proc.returncode
 
 
-def start_service(name: str, env: dict[str, str], workdir: Path, *, tag: str = "",
-                  wait: bool = True, stdout_to_console: bool = False) -> ServiceProc:
+def start_service(
+    name: str,
+    env: dict[str, str],
+    workdir: Path,
+    *,
+    tag: str = "",
+    wait: bool = True,
+    stdout_to_console: bool = False,
+    move_ports: tuple[str, ...] = (),
+) -> ServiceProc:
+    """Start ``services.<name>``. Its ops port is ``JANUS_OPS_PORT`` or a free one; a free one (and
+    the env names in ``move_ports``, e.g. a gateway's ``JANUS_PORT``) is chosen again if another
+    process binds it first (see ``ServiceProc.wait_ready``)."""
+    movable = tuple(move_ports) + (() if env.get("JANUS_OPS_PORT") else ("JANUS_OPS_PORT",))
     ops_port = int(env.get("JANUS_OPS_PORT") or free_port())
     full_env = {**os.environ, **env, "JANUS_OPS_PORT": str(ops_port), "PYTHONUNBUFFERED": "1"}
-    log_path = workdir / f"{name}{tag}.log"
-    out = None if stdout_to_console else log_path.open("ab")
+    svc = _spawn(
+        name + tag, full_env, workdir / f"{name}{tag}.log", movable, console=stdout_to_console, module=name
+    )
+    if wait:
+        svc.wait_ready()
+    return svc
+
+
+def _spawn(
+    name: str,
+    env: dict[str, str],
+    log_path: Path,
+    movable: tuple[str, ...],
+    *,
+    console: bool,
+    module: str = "",
+) -> ServiceProc:
+    module = module or name.split("-", 1)[0]
+    out = None if console else log_path.open("ab")
+    offset = log_path.stat().st_size if out else 0
     proc = subprocess.Popen(
-        [sys.executable, "-m", f"services.{name}"],
+        [sys.executable, "-m", f"services.{module}"],
         cwd=str(ROOT),
-        env=full_env,
+        env=env,
         stdout=out,
         stderr=subprocess.STDOUT if out else None,
     )
     if out:
         out.close()
-    svc = ServiceProc(name + tag, proc, ops_port, full_env, log_path)
-    if wait:
-        svc.wait_ready()
-    return svc
+    return ServiceProc(name, proc, int(env["JANUS_OPS_PORT"]), env, log_path, movable, offset)
 
 
 @dataclass
@@ -319,9 +452,16 @@ def base_env(nats_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def start_stack(workdir: Path | None = None, *, gateway_port: int = 0, nats_port: int = -1,
-                env: dict[str, str] | None = None, services: tuple[str, ...] = SERVICES,
-                console: bool = False, cluster: list[NatsServer] | None = None) -> Stack:
+def start_stack(
+    workdir: Path | None = None,
+    *,
+    gateway_port: int = 0,
+    nats_port: int = -1,
+    env: dict[str, str] | None = None,
+    services: tuple[str, ...] = SERVICES,
+    console: bool = False,
+    cluster: list[NatsServer] | None = None,
+) -> Stack:
     """``cluster``: run the services on these already running nodes (see ``start_cluster``) instead
     of starting one nats-server; the stack then owns and stops them."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="janus-"))
@@ -329,14 +469,28 @@ def start_stack(workdir: Path | None = None, *, gateway_port: int = 0, nats_port
     full = base_env(cluster_url(cluster) if cluster else nats.url, **(env or {}))
     if cluster:
         full.setdefault("JANUS_NATS_REPLICAS", str(min(3, len(cluster))))
+    http_movable = ("JANUS_PORT",) if not gateway_port and "JANUS_PORT" not in full else ()
     port = gateway_port or free_port()
     full.setdefault("JANUS_PORT", str(port))
     stack = Stack(workdir, nats, full, gateway_port=int(full["JANUS_PORT"]), cluster=list(cluster or []))
     try:
-        procs = [start_service(n, full, workdir, wait=False, stdout_to_console=console) for n in services]
+        procs = [
+            start_service(
+                n,
+                full,
+                workdir,
+                wait=False,
+                stdout_to_console=console,
+                move_ports=http_movable if n == "gateway" else (),
+            )
+            for n in services
+        ]
         for p in procs:
             p.wait_ready()
             stack.services[p.name] = p
+            if p.name == "gateway":  # its HTTP port may have been chosen again
+                full["JANUS_PORT"] = p.env["JANUS_PORT"]
+                stack.gateway_port = int(p.env["JANUS_PORT"])
     except BaseException:
         for p in procs if "procs" in locals() else []:
             p.stop(signal.SIGKILL)

@@ -29,6 +29,8 @@ from shared.logging import get_logger
 
 log = get_logger("gateway.dispatch")
 
+_ttft = metrics.children(metrics.TTFT)
+
 _SSE_HEADERS = {
     "Content-Type": "text/event-stream",
     "Cache-Control": "no-cache",
@@ -66,7 +68,9 @@ class Sink(Protocol):
     chunks: int
     resp: web.StreamResponse | None
 
-    async def chunk(self, data: bytes) -> None: ...
+    # more: another frame has already arrived, so the write may wait for it (one write, not many)
+    async def chunk(self, data: bytes, more: bool = False) -> None: ...
+    async def flush(self) -> None: ...
     async def done(self, frame: Done) -> web.StreamResponse: ...
     async def fail(self, err: JanusError) -> web.StreamResponse: ...
 
@@ -79,8 +83,11 @@ class BufferedSink:
     def __init__(self, call: Call) -> None:
         self.call = call
 
-    async def chunk(self, data: bytes) -> None:
+    async def chunk(self, data: bytes, more: bool = False) -> None:
         # a buffered reply carries its whole body in Done; stray chunks are not the client's
+        return
+
+    async def flush(self) -> None:
         return
 
     async def done(self, frame: Done) -> web.StreamResponse:
@@ -94,7 +101,10 @@ class BufferedSink:
 
 class StreamSink:
     """SSE. Headers go out only with the first chunk, so that everything before it can still fall
-    back to another deployment or end as an ordinary HTTP error."""
+    back to another deployment or end as an ordinary HTTP error.
+
+    Chunks that arrived together leave in one write (a write per event costs a syscall each); a
+    chunk is held only while another frame is already waiting, so nothing is ever delayed."""
 
     def __init__(self, request: web.Request, call: Call) -> None:
         self.request = request
@@ -102,6 +112,7 @@ class StreamSink:
         self.resp: web.StreamResponse | None = None
         self.started = False
         self.chunks = 0
+        self._held: list[bytes] = []
 
     async def _open(self) -> web.StreamResponse:
         resp = web.StreamResponse(headers={**self.call.headers, **_SSE_HEADERS})
@@ -110,30 +121,49 @@ class StreamSink:
         await resp.prepare(self.request)
         return resp
 
-    async def chunk(self, data: bytes) -> None:
-        resp = self.resp
-        if resp is None:
-            resp = await self._open()
-            metrics.TTFT.labels(self.call.model).observe(time.perf_counter() - self.call.start)
+    async def chunk(self, data: bytes, more: bool = False) -> None:
         self.chunks += 1
-        await resp.write(b"data: " + data + b"\n\n")
+        self.started = True  # from here on the stream is the client's: no fallback
+        self._held.append(b"data: " + data + b"\n\n")
+        if not more:
+            await self.flush()
+
+    async def _take(self) -> bytes:
+        """The held events as one payload, the response opened first if this is the first."""
+        if self.resp is None:
+            await self._open()
+            if self._held:
+                _ttft(self.call.model).observe(time.perf_counter() - self.call.start)
+        held = self._held
+        if not held:
+            return b""
+        self._held = []
+        return held[0] if len(held) == 1 else b"".join(held)
+
+    async def flush(self) -> None:
+        if self._held:
+            data = await self._take()
+            assert self.resp is not None
+            await self.resp.write(data)
 
     async def done(self, frame: Done) -> web.StreamResponse:
-        resp = self.resp or await self._open()
-        await resp.write(_DONE_EVENT)
-        await resp.write_eof()
-        return resp
+        data = await self._take()
+        assert self.resp is not None
+        await self.resp.write_eof(data + _DONE_EVENT)  # the last events and the terminator together
+        return self.resp
 
     async def fail(self, err: JanusError) -> web.StreamResponse:
-        if self.resp is None:
+        if self.resp is None and not self._held:
             raise err
         metrics.STREAM_ERRORS.labels(err.code or "error").inc()
         self.call.error_code = err.code or "error"
         try:
-            await self.resp.write(b"data: " + err.to_body() + b"\n\n")
-            await self.resp.write_eof()
+            data = await self._take()
+            assert self.resp is not None
+            await self.resp.write_eof(data + b"data: " + err.to_body() + b"\n\n")
         except ConnectionError:
             self.call.status = 499
+        assert self.resp is not None
         return self.resp
 
 
@@ -261,7 +291,7 @@ class Dispatcher:
                     wait = 1.0 if self.draining else 0.0
                     return None, err, await self._after_loss(call, reader, sink, wait)
                 if isinstance(frame, Chunk):
-                    await sink.chunk(frame.data)
+                    await sink.chunk(frame.data, reader.ready())
                 elif isinstance(frame, Done):
                     call.upstream_seconds = frame.upstream_seconds
                     try:
@@ -273,6 +303,8 @@ class Dispatcher:
                         return sink.resp, None, frame.usage
                 elif isinstance(frame, Failed):
                     return None, JanusError.from_wire(frame.error), frame.usage
+                elif not reader.ready():
+                    await sink.flush()  # a heartbeat came after held chunks, and nothing more yet
         except ConnectionError:
             # the client went away mid-stream (aiohttp raises ClientConnectionResetError on write)
             call.status = 499

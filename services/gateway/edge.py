@@ -21,6 +21,10 @@ from shared.logging import bind_request, get_logger, unbind_request
 
 log = get_logger("gateway.http")
 
+_requests = metrics.children(metrics.HTTP_REQUESTS)
+_duration = metrics.children(metrics.HTTP_DURATION)
+_overhead = metrics.children(metrics.OVERHEAD)
+
 CALL = "janus.call"  # the request's Call, in the aiohttp request mapping
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -92,10 +96,10 @@ class Edge:
         duration = time.perf_counter() - start
         status = call.status or resp.status
         route = _route_label(request)
-        metrics.HTTP_REQUESTS.labels(route, request.method, str(status)).inc()
-        metrics.HTTP_DURATION.labels(route).observe(duration)
+        _requests(route, request.method, str(status)).inc()
+        _duration(route).observe(duration)
         if call.upstream_seconds:
-            metrics.OVERHEAD.labels(route).observe(max(duration - call.upstream_seconds, 0.0))
+            _overhead(route).observe(max(duration - call.upstream_seconds, 0.0))
         if error is not None and error.http_status >= 500:
             log.warning("request", route=route, method=request.method, status=status, model=call.model,
                         duration_ms=round(duration * 1000, 2), code=error.code, error=error.message)

@@ -7,6 +7,8 @@ decides what to do with it (fall back, end the stream, answer the client).
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 
 from shared import contract
@@ -27,16 +29,23 @@ class FrameReader:
         self.stall_timeout = stall_timeout
         self.expect = 0  # the next seq; > 0 once the worker has accepted the work
 
+    def ready(self) -> bool:
+        """A frame (or the gateway's stop signal) has arrived and ``next`` would not wait."""
+        return not self.box.queue.empty()
+
     async def next(self, within: float | None = None) -> contract.Frame:
         first = self.expect == 0
-        wait = within if within is not None else self.first_timeout if first else self.stall_timeout
-        try:
-            msg = await self.box.next(wait)
-        except UpstreamTimeout:
-            if first:
-                raise UpstreamTimeout(f"no worker for {self.provider!r} accepted the request in time",
-                                      code="first_frame_timeout") from None
-            raise UpstreamTimeout(f"the worker for {self.provider!r} stalled", code="stall_timeout") from None
+        queue = self.box.queue
+        if queue.empty():
+            wait = within if within is not None else self.first_timeout if first else self.stall_timeout
+            try:
+                # the timeout wraps the get in this task (asyncio.wait_for would start a task per frame)
+                async with asyncio.timeout(wait):
+                    msg = await queue.get()
+            except TimeoutError:
+                raise self._timed_out(first) from None
+        else:
+            msg = queue.get_nowait()  # frames that arrived together are read without waiting
         if msg is SHUTDOWN:
             raise ServiceUnavailable("the gateway is shutting down", code="shutting_down")
         if Bus.is_no_responders(msg):
@@ -51,3 +60,9 @@ class FrameReader:
                                 code="frame_gap")
         self.expect += 1
         return frame
+
+    def _timed_out(self, first: bool) -> UpstreamTimeout:
+        if first:
+            return UpstreamTimeout(f"no worker for {self.provider!r} accepted the request in time",
+                                   code="first_frame_timeout")
+        return UpstreamTimeout(f"the worker for {self.provider!r} stalled", code="stall_timeout")

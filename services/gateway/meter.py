@@ -1,25 +1,36 @@
 """The gateway's side of metering: reserve before the call, settle after it, the credit headers.
 
-Settlements go to JetStream de-duplicated by request id, in background tasks tracked in a set so
-``stop()`` can wait for them; a settlement the stream did not acknowledge is retried a few times,
-because a lost one leaves the caller's credits held until metering's reaper releases them.
+Settlements go to JetStream de-duplicated by request id (``Nats-Msg-Id``), in background tasks
+tracked in a set so ``drain()`` can wait for them. A settlement the stream did not acknowledge is
+retried with capped, jittered exponential backoff until a deadline (``settle_deadline_seconds``):
+a JetStream leader election or a NATS reconnect takes seconds, and a settlement given up leaves the
+caller's credits held until metering's reaper releases them, uncharged. Retrying is safe because
+the stream drops a second copy of the same request id (its duplicate window is far longer than the
+deadline), so a publish whose acknowledgement was lost never charges twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import random
 import time
 
-from shared import contract, subjects
-from shared.bus import Bus
+from shared import contract, metrics, subjects
+from shared.bus import Bus, map_exception
 from shared.contract import PoolState, ReserveReply, ReserveRequest, Settlement, Usage
-from shared.errors import BudgetExceeded, JanusError
+from shared.errors import BudgetExceeded, JanusError, RateLimited
 from shared.logging import get_logger
 
 log = get_logger("gateway.meter")
 
-_SETTLE_ATTEMPTS = 5
+SETTLE_DEADLINE_SECONDS = 60.0
+_BACKOFF_FIRST = 0.05
+_BACKOFF_CAP = 2.0
+_ACK_TIMEOUT = 5.0  # one publish's wait for the stream's acknowledgement
+
+# metering's dashboard shows janus_settlements_total by result; the gateway adds the ones it gave up
+_LOST = metrics.SETTLEMENTS.labels("lost")
 
 
 def _iso(ts: float) -> str:
@@ -42,10 +53,19 @@ def credit_headers(pools: list[PoolState]) -> dict[str, str]:
     return out
 
 
+def backoff(attempt: int, first: float = _BACKOFF_FIRST, cap: float = _BACKOFF_CAP) -> float:
+    """The pause before retry number ``attempt`` (0-based): "full jitter", uniform below an
+    exponentially growing ceiling, so gateways that failed together do not retry together."""
+    return random.uniform(0.0, min(cap, first * 2.0 ** min(attempt, 30)))
+
+
 class Meter:
-    def __init__(self, bus: Bus, reserve_timeout: float) -> None:
+    def __init__(
+        self, bus: Bus, reserve_timeout: float, *, settle_deadline: float = SETTLE_DEADLINE_SECONDS
+    ) -> None:
         self.bus = bus
         self.reserve_timeout = reserve_timeout
+        self.settle_deadline = settle_deadline
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def reserve(self, req: ReserveRequest, headers: dict[str, str]) -> ReserveReply:
@@ -53,21 +73,35 @@ class Meter:
         answered, so a refusal (429) carries them too."""
         try:
             data = await self.bus.request(subjects.METER_RESERVE, contract.encode(req), self.reserve_timeout)
+            reply = contract.reserve_reply_decoder.decode(data)
+            if isinstance(reply, contract.ErrorReply):
+                raise reply.exception()
         except JanusError as exc:
-            if exc.code == "bus_timeout":
-                # metering may have taken the hold and lost only the reply: release it
-                self.settle(Settlement(req.request_id, req.user, req.plan, req.model, Usage(),
-                                       bot=req.bot, ok=False, at=time.time()))
+            if exc.retryable:
+                # the hold may have been taken: the request reached metering and only the reply was lost
+                # (a timeout, a reconnect), or metering's write had an unknown outcome. Release it;
+                # releasing a hold that was never taken costs nothing.
+                self.release(req)
             raise
-        reply = contract.reserve_reply_decoder.decode(data)
-        if isinstance(reply, contract.ErrorReply):
-            raise reply.exception()
         headers.update(credit_headers(reply.pools))
+        if reply.requests is not None:
+            headers.update(reply.requests.headers())
         if not reply.admitted:
+            if reply.denied_pool == "requests":
+                raise RateLimited(reply.message or "Too many requests.", retry_after=reply.retry_after)
             pool = reply.denied_pool or "budget"
-            raise BudgetExceeded(reply.message or f"Your {pool} credit pool cannot cover this request.",
-                                 param=None)
+            raise BudgetExceeded(
+                reply.message or f"Your {pool} credit pool cannot cover this request.", param=None
+            )
         return reply
+
+    def release(self, req: ReserveRequest) -> None:
+        """Settle ``req`` as failed with nothing produced: its hold (if any) goes, nothing is charged."""
+        self.settle(
+            Settlement(
+                req.request_id, req.user, req.plan, req.model, Usage(), bot=req.bot, ok=False, at=time.time()
+            )
+        )
 
     def settle(self, settlement: Settlement) -> None:
         task = asyncio.get_running_loop().create_task(self._publish(settlement))
@@ -76,18 +110,46 @@ class Meter:
 
     async def _publish(self, s: Settlement) -> None:
         data = contract.encode(s)
-        delay = 0.1
-        for attempt in range(_SETTLE_ATTEMPTS):
-            try:
-                await self.bus.js_publish(subjects.SETTLE, data, msg_id=s.request_id)
-                return
-            except JanusError as exc:
-                if attempt == _SETTLE_ATTEMPTS - 1:
-                    log.error("settlement_lost", request_id=s.request_id, error=exc.message)
+        deadline = time.monotonic() + self.settle_deadline
+        attempt = 0
+        error: JanusError | None = None
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                try:
+                    await self.bus.js_publish(
+                        subjects.SETTLE, data, msg_id=s.request_id, timeout=max(0.1, min(_ACK_TIMEOUT, left))
+                    )
                     return
-            await asyncio.sleep(delay)
-            delay *= 2
+                except Exception as exc:  # a JetStream API error (503 during an election) included
+                    error = map_exception(exc)
+                left = deadline - time.monotonic()
+                if not error.retryable or left <= 0:
+                    _lost(s, error.message, attempt + 1)
+                    return
+                await asyncio.sleep(min(backoff(attempt), left))
+                attempt += 1
+        except asyncio.CancelledError:
+            _lost(
+                s,
+                "the gateway stopped before the settlement was acknowledged"
+                + (f" ({error.message})" if error else ""),
+                attempt + 1,
+            )
+            raise
 
     async def drain(self, within: float) -> None:
-        if self.tasks:
-            await asyncio.wait(set(self.tasks), timeout=within)
+        """Wait up to ``within`` seconds for the settlements still being published; the ones left
+        after that are given up (and counted lost) so that shutdown stays bounded."""
+        if not self.tasks:
+            return
+        _, pending = await asyncio.wait(set(self.tasks), timeout=within)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+
+
+def _lost(s: Settlement, error: str, attempts: int) -> None:
+    _LOST.inc()
+    log.error("settlement_lost", request_id=s.request_id, error=error, attempts=attempts)

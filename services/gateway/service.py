@@ -59,7 +59,9 @@ class GatewayService(Service):
         await super().start(bus)
         await self.auth.jwt.start()
         await self.api_keys.start(bus)
-        self.meter = Meter(bus, self.s.reserve_timeout_seconds)
+        self.meter = Meter(
+            bus, self.s.reserve_timeout_seconds, settle_deadline=self.s.settle_deadline_seconds
+        )
         self.dispatcher = Dispatcher(bus, self.s, self.meter)
         byok = ByokProbe()
         await byok.start(bus, self.common.nats_replicas)

@@ -16,8 +16,14 @@ class GatewaySettings(CommonSettings, kw_only=True):
     route_timeout_seconds: float = 2.0
     reserve_timeout_seconds: float = 2.0
     usage_timeout_seconds: float = 2.0
+    # a settlement JetStream did not acknowledge is retried until this; keep it far below metering's
+    # de-duplication window (20 min), which is what makes the retries safe
+    settle_deadline_seconds: float = 60.0
     cancel_wait_seconds: float = 5.0  # after a cancel, how long to wait for the worker's usage
     request_deadline_seconds: float = 600.0  # sent to workers as Janus-Deadline
+    # JANUS_BYOK_KEY, the worker's key for users' own provider keys: lets PUT /v1/byok seal them.
+    # Never logged; empty: keys can be listed and deleted over HTTP but not stored.
+    byok_key: str = ""
 
     # --- authentication: at least one of secret, public keys or JWKS URL must be set
     jwt_secret: str = ""  # HS256

@@ -15,6 +15,12 @@ cost exceeded its reservation (an underestimated prompt, or a settlement that ar
 reaper released its hold); the next admission sees the overshoot in ``used`` and is refused.
 With exact prompt counts and ``completion_tokens <= max_output_tokens`` the bound is zero.
 
+Request rate: a plan's ``requests_per_minute`` is counted in the same record, in a rolling window
+(``windows.rate_admit``) that opens at the first request after the previous one ended and admits at
+most that many requests; the count and its compare-and-set are the pools', so the limit holds for
+the whole cluster, not per gateway or metering replica. Only admitted requests count; a request the
+budget refuses is not counted, and one the rate refuses takes no hold.
+
 Settlement lands in the windows of the moment the request was admitted (the hold's time), so a
 request made on Sunday night and settled on Monday is charged to last week, not to the new one.
 """
@@ -24,9 +30,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.metering import windows as w
-from services.metering.record import Hold, Record, Settled, Tally
+from services.metering.record import Hold, Record, Tally
 from shared.catalog import Plan
-from shared.contract import LedgerEntry, PoolState, ReserveReply, ReserveRequest, Settlement, Usage
+from shared.contract import (
+    LedgerEntry,
+    PoolState,
+    RequestRate,
+    ReserveReply,
+    ReserveRequest,
+    Settlement,
+    Usage,
+)
 from shared.money import PriceUnits, cost_credits
 
 
@@ -39,13 +53,20 @@ class PlanRules:
     session_seconds: int
     reset_weekday: int
     reset_seconds: int
+    rate_limit: int | None = None  # requests admitted per rate window; None: unlimited
+    rate_seconds: int = 60  # the rate window's length (a minute, shorter in tests)
 
     @classmethod
-    def of(cls, name: str, plan: Plan) -> PlanRules:
+    def of(cls, name: str, plan: Plan, rate_seconds: int = 60) -> PlanRules:
         if not 0 <= plan.weekly.reset_weekday <= 6:
             raise ValueError(f"plan {name}: weekly.reset_weekday must be 0..6")
+        rpm = plan.requests_per_minute
+        if rpm is not None and rpm < 1:
+            raise ValueError(f"plan {name}: requests_per_minute must be at least 1 (omit it for no limit)")
+        if rate_seconds < 1:
+            raise ValueError("the request-rate window must last at least one second")
         return cls(name, plan, w.session_length(plan.session.hours), plan.weekly.reset_weekday,
-                   w.parse_reset_time(plan.weekly.reset_time))
+                   w.parse_reset_time(plan.weekly.reset_time), rpm, rate_seconds)
 
     def week_start(self, now: int) -> int:
         return w.week_start(now, self.reset_weekday, self.reset_seconds)
@@ -193,31 +214,71 @@ def _denial(f: Figures, plan: Plan, hold: int, req: ReserveRequest) -> tuple[str
     return pool, message
 
 
+def request_rate(rec: Record, rules: PlanRules, now: int) -> RequestRate | None:
+    """The rate window as it stands at ``now`` (nothing counted); None when the plan sets no rate."""
+    if rules.rate_limit is None:
+        return None
+    reset = w.rate_reset(rec.rate_start, rules.rate_seconds, now)
+    used = rec.rate_count if reset else 0
+    return RequestRate(rules.rate_limit, max(0, rules.rate_limit - used), reset)
+
+
+def _count_request(rec: Record, rules: PlanRules, now: int) -> tuple[RequestRate | None, str]:
+    """Count one request against the plan's rate: (the window after it, "" or the refusal message).
+    A refused request leaves the record untouched."""
+    limit, seconds = rules.rate_limit, rules.rate_seconds
+    if limit is None:
+        return None, ""
+    ok, start, count = w.rate_admit(rec.rate_start, rec.rate_count, limit, seconds, now)
+    reset = w.rate_reset(start, seconds, now)
+    if not ok:
+        per = "minute" if seconds == 60 else f"{seconds} s"
+        return RequestRate(limit, 0, reset), (
+            f"Rate limit reached for requests on plan {rules.name!r}: limit {limit} per {per}, used {count}. "
+            f"Please try again in {reset}s.")
+    rec.rate_start, rec.rate_count = start, count
+    return RequestRate(limit, limit - count, reset), ""
+
+
 def reserve(rec: Record, req: ReserveRequest, rules: PlanRules, price: PriceUnits,
             now: int) -> tuple[ReserveReply, bool]:
-    """Admit or refuse; returns the reply and whether the record changed (and must be written)."""
+    """Admit or refuse; returns the reply and whether the record changed (and must be written).
+
+    The budget is asked first: a request it refuses is answered as such (a spent budget is not worth
+    retrying soon, a rate limit is) and is not counted against the rate."""
     existing = rec.holds.get(req.request_id)
     if existing is not None or rec.settled_cost(req.request_id) is not None:
         # a retried reserve of a request already admitted: answer the same, hold nothing twice
         roll(rec, rules, now)
         pools = pool_states(figures(rec, rules, now), rules.plan)
-        return ReserveReply(True, pools, hold=existing.credits if existing else 0), False
+        return ReserveReply(True, pools, hold=existing.credits if existing else 0,
+                            requests=request_rate(rec, rules, now)), False
     roll(rec, rules, now)
-    if req.byok:
-        return ReserveReply(True, pool_states(figures(rec, rules, now), rules.plan)), False
-    hold = hold_cost(req, price)
     f = figures(rec, rules, now)
-    denied = _denial(f, rules.plan, hold, req)
-    if denied is not None:
-        pool, message = denied
-        return ReserveReply(False, pool_states(f, rules.plan), denied_pool=pool, message=message), False
+    hold = 0
+    if not req.byok:
+        hold = hold_cost(req, price)
+        denied = _denial(f, rules.plan, hold, req)
+        if denied is not None:
+            pool, message = denied
+            return ReserveReply(False, pool_states(f, rules.plan), denied_pool=pool, message=message,
+                                requests=request_rate(rec, rules, now)), False
+    rate, refused = _count_request(rec, rules, now)
+    if refused:
+        assert rate is not None
+        return ReserveReply(False, pool_states(f, rules.plan), denied_pool="requests", message=refused,
+                            requests=rate, retry_after=rate.reset), False
+    if req.byok:
+        # charged nothing, so no hold; the record changed only if the request was counted
+        return ReserveReply(True, pool_states(f, rules.plan), requests=rate), rate is not None
     if not rec.session_start:
         rec.session_start, rec.session_used = now, 0
     rec.plan = rules.name
     h = rec.holds[req.request_id] = Hold(hold, max(req.input_tokens, 0), max(req.max_output_tokens, 0),
                                          req.model, req.bot, now)
     _held(rec, h, 1)
-    return ReserveReply(True, pool_states(figures(rec, rules, now), rules.plan), hold=hold), True
+    pools = pool_states(figures(rec, rules, now), rules.plan)
+    return ReserveReply(True, pools, hold=hold, requests=rate), True
 
 
 @dataclass(slots=True)
@@ -256,9 +317,7 @@ def settle(rec: Record, s: Settlement, rules: PlanRules, price: PriceUnits | Non
         # quotas bound what the platform pays for; a user's own key spends nothing of it
         rec.month_input_tokens += max(s.usage.prompt_tokens, 0)
         rec.month_output_tokens += max(s.usage.completion_tokens, 0)
-    rec.settled.append(Settled(s.request_id, cost))
-    if len(rec.settled) > keep:
-        del rec.settled[: len(rec.settled) - keep]
+    rec.remember_settled(s.request_id, cost, keep)
     if s.byok:
         result = "byok"
     elif hold is None:

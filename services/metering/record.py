@@ -1,15 +1,19 @@
 """One user's budget state: a single msgpack record in the ``janus_budget`` KV bucket.
 
 Everything admission and settlement read or write for a user sits in this one record, so a change
-that touches several pools (session, week, month, holds, idempotency list) is one compare-and-set
-write: atomic across pools and safe with any number of metering replicas.
+that touches several pools (session, week, month, request rate, holds, idempotency list) is one
+compare-and-set write: atomic across pools and safe with any number of metering replicas.
 """
 
 from __future__ import annotations
 
+import hashlib
+
 import msgspec
 
 from shared.subjects import kv_key
+
+DIGEST = 8  # bytes of a settled request id's digest
 
 
 def user_key(user: str) -> str:
@@ -41,7 +45,8 @@ class Tally(msgspec.Struct, array_like=True):
 
 
 class Settled(msgspec.Struct, array_like=True):
-    """A settled request id and what it cost, kept so a redelivery re-publishes the same ledger entry."""
+    """The former form of a settled request id: still read from records written before the compact
+    set, and moved into it at their next settlement."""
 
     request_id: str
     credits: int
@@ -61,14 +66,63 @@ class Record(msgspec.Struct, omit_defaults=True, dict=True):
     month_input_tokens: int = 0
     month_output_tokens: int = 0
     holds: dict[str, Hold] = {}
-    settled: list[Settled] = []  # most recent last, bounded
+    rate_start: int = 0  # the open request-rate window's start (0: none open)
+    rate_count: int = 0  # requests admitted in it
+    settled: list[Settled] = []  # the former form, only in records not settled since the change
+    # The recently settled request ids, oldest first, bounded: what makes a settlement idempotent
+    # once JetStream has stopped de-duplicating it (a redelivery after a crash between the KV write
+    # and the ack is the same stored message, which Nats-Msg-Id does not filter), and what answers a
+    # retried reserve of a request already settled. Each id is an 8-byte digest in one bytes field,
+    # with its cost at the same index (a redelivery re-publishes the same ledger entry): about
+    # 11 bytes an id instead of 35, and one memcpy to decode instead of 256 strings.
+    settled_ids: bytes = b""
+    settled_costs: list[int] = []
 
     def settled_cost(self, request_id: str) -> int | None:
-        # newest first: a redelivery is almost always of something settled moments ago
+        if self.settled_ids:
+            i = _find(self.settled_ids, digest(request_id))
+            if i >= 0:
+                return self.settled_costs[i]
         for s in reversed(self.settled):
             if s.request_id == request_id:
                 return s.credits
         return None
+
+    def remember_settled(self, request_id: str, credits: int, keep: int) -> None:
+        """Add a settled id (and forget the oldest beyond ``keep``)."""
+        if self.settled:
+            # the former list moves over once; its order (oldest first) is kept
+            self.settled_ids += b"".join(digest(s.request_id) for s in self.settled)
+            self.settled_costs = [*self.settled_costs, *(s.credits for s in self.settled)]
+            self.settled = []
+        ids = self.settled_ids + digest(request_id)
+        costs = [*self.settled_costs, credits]
+        if len(costs) > keep:
+            ids, costs = ids[(len(costs) - keep) * DIGEST :], costs[len(costs) - keep :]
+        self.settled_ids, self.settled_costs = ids, costs
+
+    @property
+    def settled_count(self) -> int:
+        return len(self.settled_costs) + len(self.settled)
+
+
+def digest(request_id: str) -> bytes:
+    """A request id as 8 bytes. A different id matches only by a 64-bit collision: with 256 ids kept
+    per user, about one chance in 7e16 per settlement of treating a new one as a duplicate."""
+    return hashlib.blake2b(request_id.encode(), digest_size=DIGEST).digest()
+
+
+def _find(ids: bytes, d: bytes) -> int:
+    """The index of digest ``d`` in ``ids`` (newest first, as a redelivery is almost always of something
+    settled moments ago), or -1. A match must start on a digest boundary."""
+    end = len(ids)
+    while True:
+        at = ids.rfind(d, 0, end)
+        if at < 0:
+            return -1
+        if at % DIGEST == 0:
+            return at // DIGEST
+        end = at + DIGEST - 1  # a match straddling two digests: look further back
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -47,6 +47,8 @@ _RESERVE_SECONDS = metrics.METER_OP_SECONDS.labels("reserve")
 _SETTLE_SECONDS = metrics.METER_OP_SECONDS.labels("settle")
 _ADMITTED = metrics.BUDGET_DECISIONS.labels("admitted", "none")
 _BYOK = metrics.BUDGET_DECISIONS.labels("byok", "none")
+# its own decision, not "denied": the budget alerts watch refusals of credit pools
+_RATE_LIMITED = metrics.BUDGET_DECISIONS.labels("rate_limited", "requests")
 
 
 def _count_settlement(s: contract.Settlement, outcome: budget.Outcome) -> None:
@@ -70,6 +72,7 @@ class MeteringSettings(CommonSettings, kw_only=True):
     settle_batch: int = 128
     settled_keep: int = 256  # request ids remembered per user for idempotency
     concurrency: int = 512
+    rate_window_seconds: int = 60  # the window requests_per_minute counts in (shorter only in tests)
 
 
 class MeteringService(Service):
@@ -83,7 +86,8 @@ class MeteringService(Service):
         catalog = load_catalog(common.catalog or None)
         plans = load_plans(common.plans or None, catalog)
         self.default_plan = plans.default_plan
-        self.rules = {name: budget.PlanRules.of(name, p) for name, p in plans.plans.items()}
+        window = common.rate_window_seconds
+        self.rules = {name: budget.PlanRules.of(name, p, window) for name, p in plans.plans.items()}
         # priced once per model and alias, so a request costs one dict lookup
         self.prices: dict[str, PriceUnits] = {
             name: PriceUnits.of(m.price) for name, m in catalog.model_by_name.items()
@@ -158,7 +162,9 @@ class MeteringService(Service):
         now = w.now_s(time.time())
         reply: contract.ReserveReply = await self.store.update(
             req.user, lambda rec: budget.reserve(rec, req, rules, price, now))
-        if req.byok:
+        if reply.denied_pool == "requests":
+            _RATE_LIMITED.inc()
+        elif req.byok:
             _BYOK.inc()
         elif reply.admitted:
             _ADMITTED.inc()

@@ -74,3 +74,25 @@ def month_end(now: int) -> int:
 def iso(ts: float) -> str:
     """``2026-04-03T10:00:00Z``: the form the rate-limit headers and /v1/usage carry."""
     return dt.datetime.fromtimestamp(math.floor(ts), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def rate_admit(start: int, count: int, limit: int, length: int, now: int) -> tuple[bool, int, int]:
+    """One request against a request-rate window: (admitted, window start, count after it).
+
+    The window is rolling like the session: it opens at the first request after the previous one
+    expired and lasts ``length`` seconds, and at most ``limit`` requests are admitted in it. A refused
+    request leaves the window as it was (it is not counted). Exact, and two integers of state; the
+    cost of that is the fixed window's edge: two full windows back to back can admit ``2 * limit``
+    within ``length`` seconds, never more.
+    """
+    if session_expired(start, length, now):
+        start, count = now, 0
+    if count >= limit:
+        return False, start, count
+    return True, start, count + 1
+
+
+def rate_reset(start: int, length: int, now: int) -> int:
+    """Whole seconds from ``now`` until the open window ends and the full limit is available again
+    (at least 1 while a window is open; 0 when none is)."""
+    return 0 if session_expired(start, length, now) else start + length - now

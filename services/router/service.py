@@ -27,11 +27,16 @@ from shared.settings import CommonSettings
 
 log = get_logger("router")
 
+_decisions = metrics.children(metrics.ROUTE_DECISIONS)
+
 
 class RouterSettings(CommonSettings, kw_only=True):
     routing: str = ""  # path of the routing config (JANUS_ROUTING); empty: the built-in one
     concurrency: int = 512
     health_refresh_seconds: float = 1.0  # how often open circuits are checked for their cool-down
+    # how long a gateway may reuse a plan that depends on nothing but the catalog (0: never); short,
+    # so that every router replica keeps seeing a share of the traffic and a new config takes over soon
+    plan_cache_seconds: float = 1.0
 
 
 class RouterService(Service):
@@ -45,12 +50,16 @@ class RouterService(Service):
         self.policy: Policy | None = None
         self._subscribed = False
         self._ticker: asyncio.Task[None] | None = None
+        self._stable: frozenset[str] = frozenset()
 
     async def start(self, bus: Bus) -> None:
         await super().start(bus)
         self.policy = Policy.load(self.settings.routing, on_state=_publish_state)
         for dep in self.policy.catalog.deployment_by_id:
             metrics.CIRCUIT_STATE.labels(dep).set(0)
+        # a direct plan for a model with one deployment is that deployment whatever its health
+        # (targets.order has nothing to draw or rank), so it is the same for every such request
+        self._stable = frozenset(m.id for m in self.policy.catalog.models if len(m.serve) == 1)
         await bus.serve(subjects.HEALTH, self._on_health, concurrency=64)
         await bus.serve(subjects.ROUTE, self._on_route, queue=subjects.ROUTER_QUEUE,
                         concurrency=self.settings.concurrency)
@@ -94,9 +103,11 @@ class RouterService(Service):
             metrics.ROUTE_DECISIONS.labels(f"error:{exc.code or type(exc).__name__}", "").inc()
             await msg.respond(encode(error_reply(exc)))
             return
+        if not plan.auto and plan.reason == "direct" and plan.model in self._stable:
+            plan.cache_seconds = self.settings.plan_cache_seconds
         elapsed = time.perf_counter() - t0
         metrics.ROUTE_DECISION_SECONDS.observe(elapsed)
-        metrics.ROUTE_DECISIONS.labels(plan.reason, plan.model).inc()
+        _decisions(plan.reason, plan.model).inc()
         if plan.auto:
             log.info("auto_route", request_id=req.request_id, plan=req.plan, model=plan.model,
                      reason=plan.reason, score=plan.score, primary=plan.targets[0].deployment,

@@ -101,8 +101,9 @@ class WorkerService(Service):
     async def start(self, bus: Bus) -> None:
         await super().start(bus)
         await self.transport.start()
-        if os.environ.get(BYOK_ENV):
-            self.byok = await ByokStore.open(bus, Sealer.from_env(), replicas=self.common.nats_replicas)
+        if self.settings.byok_key:
+            sealer = Sealer.from_env({BYOK_ENV: self.settings.byok_key})
+            self.byok = await ByokStore.open(bus, sealer, replicas=self.common.nats_replicas)
 
         async def publish_health(report: HealthReport) -> None:
             await bus.publish(subjects.HEALTH, encode(report))

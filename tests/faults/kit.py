@@ -7,18 +7,22 @@ import asyncio
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
+import nats.errors as nats_errors
 
 from shared import contract, subjects
 from shared.bus import Bus
 from shared.contract import LedgerEntry
+from shared.errors import JanusError
 from shared.money import PriceUnits, cost_credits
 from tools.soak import ChatResult, get_usage, write_config
 from tools.stack import NatsServer, ServiceProc, Stack, free_port, start_service, start_stack
+
+T = TypeVar("T")
 
 # short timeouts so that a fault shows within seconds; workers heartbeat well inside the stall bound
 FAST_ENV = {
@@ -27,15 +31,27 @@ FAST_ENV = {
     "JANUS_HEARTBEAT_SECONDS": "0.5",
     "JANUS_CANCEL_WAIT_SECONDS": "1",
     "JANUS_SHUTDOWN_GRACE_SECONDS": "3",
+    # a settlement metering took but could not finish (its ledger stream was electing a leader, the
+    # process was killed) comes back after this; its charge is already in the budget by then
+    "JANUS_SETTLE_ACK_WAIT_SECONDS": "5",
     "JANUS_LOG_LEVEL": "WARNING",
 }
 
 
-def launch(tmp: Path, *, latency_ms: int = 0, tokens_per_second: int = 0,
-           env: dict[str, str] | None = None, cluster: list[NatsServer] | None = None) -> Stack:
+def launch(
+    tmp: Path,
+    *,
+    latency_ms: int = 0,
+    tokens_per_second: int = 0,
+    env: dict[str, str] | None = None,
+    cluster: list[NatsServer] | None = None,
+) -> Stack:
     """The four services with a catalog paced as asked, on a fresh nats-server or on ``cluster``."""
-    full = {**FAST_ENV, **write_config(tmp / "config", latency_ms=latency_ms,
-                                       tokens_per_second=tokens_per_second), **(env or {})}
+    full = {
+        **FAST_ENV,
+        **write_config(tmp / "config", latency_ms=latency_ms, tokens_per_second=tokens_per_second),
+        **(env or {}),
+    }
     return start_stack(tmp, env=full, cluster=cluster)
 
 
@@ -46,7 +62,8 @@ def add_replica(stack: Stack, name: str, tag: str = "-2", **env: str) -> Service
     if name == "gateway":
         extra["JANUS_PORT"] = str(free_port())
     extra.update(env)
-    svc = start_service(name, extra, stack.workdir, tag=tag)
+    moved = ("JANUS_PORT",) if name == "gateway" and "JANUS_PORT" not in env else ()
+    svc = start_service(name, extra, stack.workdir, tag=tag, move_ports=moved)
     stack.services[svc.name] = svc
     return svc
 
@@ -70,10 +87,18 @@ async def wait_until(probe: Callable[[], Any], timeout: float, what: str, every:
     raise AssertionError(f"{what} not within {timeout}s (last: {last!r})")
 
 
-async def settled_usage(session: aiohttp.ClientSession, base_url: str, token: str,
-                        timeout: float = 20, *, nats_url: str = "", user: str = "") -> dict[str, Any]:
+async def settled_usage(
+    session: aiohttp.ClientSession,
+    base_url: str,
+    token: str,
+    timeout: float = 20,
+    *,
+    nats_url: str = "",
+    user: str = "",
+) -> dict[str, Any]:
     """The caller's /v1/usage once no hold is open any more (every settlement applied). Given
     ``nats_url`` and ``user``, a failure names the request ids still held, read from the bucket."""
+
     async def probe() -> dict[str, Any] | None:
         doc = await get_usage(session, base_url, token)
         return doc if doc["session"]["reserved"] == 0 and doc["weekly"]["reserved"] == 0 else None
@@ -99,21 +124,38 @@ async def open_holds(nats_url: str, user: str) -> dict[str, int]:
         await bus.close()
 
 
-async def ledger(nats_url: str) -> list[LedgerEntry]:
-    """Every entry of the ledger stream, read with a throw-away durable consumer."""
+async def ledger(nats_url: str, timeout: float = 30) -> list[LedgerEntry]:
+    """Every entry of the ledger stream, read with a throw-away durable consumer. Right after a
+    JetStream leader change the stream's API may time out for a while: each step is retried until
+    ``timeout``, and reading goes on until the count the stream reports has been read."""
+    deadline = time.monotonic() + timeout
+
+    async def retried(step: Callable[[], Awaitable[T]], what: str) -> T:
+        while True:
+            try:
+                return await step()
+            except (JanusError, nats_errors.Error, TimeoutError) as exc:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{what} failed for {timeout}s: {exc!r}") from None
+                await asyncio.sleep(0.5)
+
     bus = await Bus.connect(nats_url, "test-ledger")
     try:
-        sub = await bus.pull_consumer(subjects.LEDGER_STREAM, f"test_{uuid.uuid4().hex[:12]}",
-                                      subjects.LEDGER)
+        info = await retried(lambda: bus.js.stream_info(subjects.LEDGER_STREAM), "ledger stream info")
+        want = info.state.messages
+        durable = f"test_{uuid.uuid4().hex[:12]}"
+        sub = await retried(
+            lambda: bus.pull_consumer(subjects.LEDGER_STREAM, durable, subjects.LEDGER), "ledger consumer"
+        )
         out: list[LedgerEntry] = []
-        while True:
+        while len(out) < want:
             try:
                 msgs = await Bus.fetch(sub, 512, 1.0)
             except TimeoutError:
                 # nats-py raises the plain asyncio timeout past its deadline, which Bus.fetch lets out
                 msgs = []
-            if not msgs:
-                break
+            if not msgs and time.monotonic() > deadline:
+                raise AssertionError(f"read {len(out)} of the ledger's {want} entries in {timeout}s")
             for m in msgs:
                 out.append(contract.ledger_entry_decoder.decode(m.data))
                 await m.ack()
@@ -131,6 +173,21 @@ def ledger_by_user(entries: list[LedgerEntry]) -> Counter[str]:
     for e in entries:
         out[e.user] += e.credits
     return out
+
+
+async def ledger_matches(nats_url: str, expected: dict[str, int], timeout: float = 45) -> None:
+    """Wait until the ledger's credits per user equal ``expected``: metering writes the budget record
+    first and the ledger entry after it, and an entry whose publish failed is published again when
+    its settlement is redelivered (``JANUS_SETTLE_ACK_WAIT_SECONDS`` later)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        by_ledger = ledger_by_user(await ledger(nats_url))
+        got = {u: by_ledger[u] for u in expected}
+        if got == expected:
+            return
+        if time.monotonic() > deadline:
+            assert got == expected, f"the ledger and the budgets disagree after {timeout}s"
+        await asyncio.sleep(1.0)
 
 
 def tally(results: list[tuple[str, ChatResult]], price: PriceUnits) -> tuple[Counter[str], set[str]]:

@@ -161,6 +161,7 @@ class Fakes:
         self.admit = True
         self.behaviours: dict[str, Behaviour] = {}
         self.route_requests: list[RouteRequest] = []
+        self.plan_cache_seconds = 0.0  # what the fake router allows gateways to reuse its plans for
         self.reserves: list[ReserveRequest] = []
         self.works: list[tuple[WorkRequest, dict[str, str]]] = []
         self.settlements: list[Settlement] = []
@@ -189,7 +190,10 @@ class Fakes:
     async def _route(self, msg: Msg) -> None:
         req = contract.route_request_decoder.decode(msg.data)
         self.route_requests.append(req)
-        await msg.respond(contract.encode(plan_for(req, self.providers)))
+        plan = plan_for(req, self.providers)
+        if isinstance(plan, RoutePlan):
+            plan.cache_seconds = self.plan_cache_seconds
+        await msg.respond(contract.encode(plan))
 
     async def _reserve(self, msg: Msg) -> None:
         req = contract.reserve_request_decoder.decode(msg.data)

@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 
-from shared.contract import Usage
+from shared.contract import Accepted, Chunk, Done, Heartbeat, Usage, WorkRequest
 from tests.gateway import fakes as F
 from tests.gateway.conftest import Gateway, auth
 from tests.openai_schema import validate
@@ -139,6 +139,33 @@ async def test_stall_after_first_chunk_ends_in_band(gateway: Gateway, fakes: F.F
     assert len(settled) == 1 and not settled[0].ok and settled[0].usage.completion_tokens == 1
 
 
+async def test_a_chunk_is_never_held_back_behind_a_heartbeat(gateway: Gateway, fakes: F.Fakes,
+                                                             http: aiohttp.ClientSession) -> None:
+    """Chunks that arrive together share one write; a chunk followed only by a heartbeat must still
+    reach the client at once. The worker here finishes only after the client has read the first
+    event: a held chunk would end the stream with a stall error instead of [DONE]."""
+    seen = asyncio.Event()
+
+    async def chunk_heartbeat_wait(f: F.Fakes, work: WorkRequest, send: F.Send) -> None:
+        await send(Accepted(0))
+        await send(Chunk(1, F.chunk_data(work, {"role": "assistant", "content": "Hi"})))
+        await send(Heartbeat(2))
+        await asyncio.wait_for(seen.wait(), 10)
+        await send(Chunk(3, F.chunk_data(work, {}, "stop")))
+        await send(Done(4, Usage(12, 1), finish_reason="stop", upstream_seconds=0.001))
+
+    await fakes.start({"pa": chunk_heartbeat_wait})
+    async with http.post(gateway.url + "/v1/chat/completions", json={**CHAT, "stream": True},
+                         headers=auth()) as r:
+        assert r.status == 200
+        first = await r.content.readuntil(b"\n\n")
+        seen.set()
+        raw = first + await r.content.read()
+    events = sse_events(raw)
+    assert json.loads(events[0])["choices"][0]["delta"]["content"] == "Hi"
+    assert events[-1] == b"[DONE]" and len(events) == 3
+
+
 async def test_failure_after_first_chunk_ends_in_band(gateway: Gateway, fakes: F.Fakes,
                                                       http: aiohttp.ClientSession) -> None:
     fakes.providers = ("pa", "pb")
@@ -184,6 +211,45 @@ async def test_budget_refused(gateway: Gateway, fakes: F.Fakes, http: aiohttp.Cl
     assert r.headers["X-RateLimit-Session-Remaining-Credits"] == "0"
     assert_error(body, "budget_exceeded")
     assert fakes.works == []
+
+
+async def test_a_plan_the_router_marks_reusable_skips_the_router(gateway: Gateway, fakes: F.Fakes,
+                                                                 http: aiohttp.ClientSession) -> None:
+    # a model name no other test uses: the gateway process (and its plan cache) is shared by the module
+    fakes.plan_cache_seconds = 60.0
+    await fakes.start({"pa": F.answer})
+    body = {**CHAT, "model": "reusable-model"}
+    ids = []
+    for _ in range(3):
+        r, raw = await post(http, gateway, body)
+        assert r.status == 200, raw
+        assert r.headers["X-Janus-Route"] == "model=reusable-model; reason=direct; score=-"
+        ids.append(r.headers["X-Request-Id"])
+    assert len(fakes.route_requests) == 1
+    # every request is still reserved, served and settled on its own
+    assert [rq.request_id for rq in fakes.reserves] == ids
+    assert [w.request_id for w, _ in fakes.works] == ids
+    assert all(rq.model == "reusable-model" for rq in fakes.reserves)
+    for rid in ids:
+        assert len(await fakes.settlement_for(rid)) == 1
+    # other needs are another plan; auto is always decided afresh, even when a router marks it
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    r, raw = await post(http, gateway, {**body, "tools": tools})
+    assert r.status == 200, raw
+    assert len(fakes.route_requests) == 2 and fakes.route_requests[1].needs_tools
+    for _ in range(2):
+        r, raw = await post(http, gateway, {**CHAT, "model": "auto"})
+        assert r.status == 200, raw
+    assert len(fakes.route_requests) == 4
+
+
+async def test_an_unmarked_plan_is_asked_for_every_time(gateway: Gateway, fakes: F.Fakes,
+                                                        http: aiohttp.ClientSession) -> None:
+    await fakes.start({"pa": F.answer})
+    for _ in range(2):
+        r, raw = await post(http, gateway, {**CHAT, "model": "unmarked-model"})
+        assert r.status == 200, raw
+    assert len(fakes.route_requests) == 2
 
 
 async def test_unknown_model(gateway: Gateway, fakes: F.Fakes, http: aiohttp.ClientSession) -> None:

@@ -155,7 +155,7 @@ async def test_settlements_fetched_together_are_one_write_per_user(
     assert await writes(bus, subjects.BUDGET_BUCKET) - before == len(users)
     for u in users:
         rec = await store.read_user(u)
-        assert not rec.holds and len(rec.settled) == 8
+        assert not rec.holds and rec.settled_count == 8
         assert rec.session_used == sum(50 + 40 * i for i in range(8))  # 1000 in, 100*i out
     entries = await ledger(bus)
     assert sorted(e.request_id for e in entries) == sorted(f"{u}-{i}" for u in users for i in range(8))

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from shared.byok import ByokStore, Sealer, generate_key
 from services.metering.keys import KeyStore, hash_key, watch_revocations
 from shared import subjects
 from shared.bus import Bus
+from shared.byok import ByokStore, Sealer, generate_key
 from shared.errors import JanusError, NotFound
 from tools.stack import ROOT, NatsServer
 

@@ -5,6 +5,12 @@ permission on the services' processes. Its collapsed-stack output ("frame;frame;
 line) is summarised as the top frames by own time (leaf) and by inclusive time, per service.
 Time spent in native code (the event loop, sockets, msgspec) is charged to the Python frame that
 called it, so a large share on ``run (asyncio/runners.py)`` is the event loop's own work.
+
+py-spy counts a thread that is runnable but waiting for a CPU as busy. A write to a local socket
+wakes the reader, which on a small machine often takes the CPU from the writer right there, so
+socket writes (``writelines``) collect many samples that are not CPU: measured inside the services,
+such a write cost ~10 us of CPU but ~150-270 us of wall time on 2 loaded cores. Judge CPU by the
+per-process CPU figures of the report; use the profile for what runs, not for how long it holds a CPU.
 """
 
 from __future__ import annotations
@@ -93,7 +99,8 @@ def summarise(collapsed: str, top: int = TOP) -> dict[str, Any]:
 
 
 def profile_text(profiles: dict[str, Any], top: int = 6) -> str:
-    lines = ["Top frames by own time, then by inclusive time (py-spy), per service:"]
+    lines = ["Top frames by own time, then by inclusive time (py-spy), per service",
+             "(socket writes include time spent runnable after waking the peer: see tools/bench/profile.py):"]
     for name, p in profiles.items():
         if "error" in p:
             lines.append(f"  {name}: py-spy failed: {p['error'].strip()[:200]}")

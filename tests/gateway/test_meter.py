@@ -1,0 +1,174 @@
+"""The gateway's Meter against a real nats-server: a settlement JetStream cannot take yet is retried
+until its deadline (not a fixed handful of tries), is stored once however often it was sent, is
+counted and logged as lost when the deadline passes, and shutdown's drain stays bounded. A reserve
+that fails in a way that may have left a hold releases it."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from prometheus_client import REGISTRY
+
+from services.gateway.meter import Meter, backoff
+from services.metering.streams import ensure_settlement_stream
+from shared import contract, subjects
+from shared.bus import Bus, Msg
+from shared.contract import ReserveRequest, Settlement, Usage
+from shared.errors import BudgetExceeded, ServiceUnavailable
+from tools.stack import NatsServer
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def lost() -> float:
+    return REGISTRY.get_sample_value("janus_settlements_total", {"result": "lost"}) or 0.0
+
+
+def settlement(rid: str = "", tokens: int = 7) -> Settlement:
+    return Settlement(
+        rid or f"req-{uuid.uuid4().hex}",
+        "meter-user",
+        "free",
+        "gpt-5-nano",
+        Usage(prompt_tokens=3, completion_tokens=tokens),
+        at=1.0,
+    )
+
+
+async def stored(bus: Bus) -> list[Settlement]:
+    """Every settlement in the (work-queue) stream, read without acknowledging."""
+    info = await bus.js.stream_info(subjects.SETTLE_STREAM)
+    out: list[Settlement] = []
+    if not info.state.messages:
+        return out
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        msg = await bus.js.get_msg(subjects.SETTLE_STREAM, seq)
+        out.append(contract.settlement_decoder.decode(msg.data or b""))
+    return out
+
+
+async def until_done(meter: Meter, timeout: float) -> None:
+    if meter.tasks:
+        await asyncio.wait_for(asyncio.gather(*meter.tasks), timeout)
+
+
+def test_backoff_is_capped_and_jittered() -> None:
+    samples = [backoff(a) for a in range(40) for _ in range(20)]
+    assert all(0.0 <= d <= 2.0 for d in samples)
+    assert len(set(samples)) > 100, "the pause must be random (jitter)"
+    assert max(backoff(0) for _ in range(200)) <= 0.05
+    assert max(backoff(30) for _ in range(200)) > 1.0, "late retries back off up to the cap"
+
+
+async def test_a_settlement_outlives_a_missing_stream_and_is_stored_once(bus: Bus) -> None:
+    meter = Meter(bus, 1.0, settle_deadline=30)
+    s = settlement()
+    before = lost()
+    meter.settle(s)
+    # longer than the old fixed schedule of five tries (about 1.5 s): still retrying, not given up
+    await asyncio.sleep(2.5)
+    assert meter.tasks, "the settlement was given up before its deadline"
+    await ensure_settlement_stream(bus)
+    await until_done(meter, 20)
+    # sent again (a retry whose acknowledgement was lost looks exactly like this): stored once
+    meter.settle(s)
+    await until_done(meter, 20)
+    assert [x.request_id for x in await stored(bus)] == [s.request_id]
+    assert lost() == before
+
+
+async def test_a_settlement_survives_a_nats_restart(nats_server: NatsServer, bus: Bus) -> None:
+    await ensure_settlement_stream(bus)
+    meter = Meter(bus, 1.0, settle_deadline=40)
+    await asyncio.to_thread(nats_server.stop)
+    s = settlement()
+    meter.settle(s)
+    await asyncio.sleep(1.0)
+    await asyncio.to_thread(nats_server.restart)
+    await until_done(meter, 35)
+    assert [x.request_id for x in await stored(bus)] == [s.request_id]
+
+
+async def test_a_settlement_past_its_deadline_is_counted_lost(bus: Bus) -> None:
+    meter = Meter(bus, 1.0, settle_deadline=1.0)
+    before = lost()
+    meter.settle(settlement("req-lost-by-deadline"))
+    await until_done(meter, 15)  # no stream at all: every try fails until the deadline
+    assert lost() == before + 1
+    assert not meter.tasks
+
+
+async def test_drain_is_bounded_and_counts_what_it_gives_up(bus: Bus) -> None:
+    meter = Meter(bus, 1.0, settle_deadline=60)
+    before = lost()
+    for _ in range(3):
+        meter.settle(settlement())
+    await asyncio.wait_for(meter.drain(within=0.5), 10)
+    await asyncio.sleep(0)  # done callbacks
+    assert not meter.tasks
+    assert lost() == before + 3
+
+
+async def test_drain_waits_for_settlements_that_get_through(bus: Bus) -> None:
+    await ensure_settlement_stream(bus)
+    meter = Meter(bus, 1.0)
+    sent = [settlement() for _ in range(5)]
+    for s in sent:
+        meter.settle(s)
+    await meter.drain(within=20)
+    assert sorted(x.request_id for x in await stored(bus)) == sorted(s.request_id for s in sent)
+
+
+def reserve_request() -> ReserveRequest:
+    return ReserveRequest(f"req-{uuid.uuid4().hex}", "meter-user", "free", "gpt-5-nano", 10, 100)
+
+
+async def released(bus: Bus, meter: Meter, req: ReserveRequest) -> list[Settlement]:
+    await until_done(meter, 20)
+    return [s for s in await stored(bus) if s.request_id == req.request_id]
+
+
+async def test_reserve_without_metering_releases_what_it_may_have_held(bus: Bus) -> None:
+    await ensure_settlement_stream(bus)
+    meter = Meter(bus, 0.5)
+    req = reserve_request()
+    with pytest.raises(ServiceUnavailable):
+        await meter.reserve(req, {})
+    [rel] = await released(bus, meter, req)
+    assert not rel.ok and rel.usage == Usage() and rel.user == req.user
+
+
+async def test_reserve_answered_with_a_retryable_error_releases(bus: Bus) -> None:
+    """Metering answered, but with an error whose outcome is unknown (its store timed out)."""
+    await ensure_settlement_stream(bus)
+
+    async def metering(msg: Msg) -> None:
+        err = ServiceUnavailable("budget store unavailable", code="store_timeout")
+        await msg.respond(contract.encode(contract.error_reply(err)))
+
+    await bus.serve(subjects.METER_RESERVE, metering)
+    await bus.flush()
+    meter = Meter(bus, 2.0)
+    req = reserve_request()
+    with pytest.raises(ServiceUnavailable):
+        await meter.reserve(req, {})
+    assert len(await released(bus, meter, req)) == 1
+
+
+async def test_reserve_refused_for_budget_releases_nothing(bus: Bus) -> None:
+    await ensure_settlement_stream(bus)
+
+    async def metering(msg: Msg) -> None:
+        reply = contract.ReserveReply(False, [], message="no credits left", denied_pool="session")
+        await msg.respond(contract.encode(reply))
+
+    await bus.serve(subjects.METER_RESERVE, metering)
+    await bus.flush()
+    meter = Meter(bus, 2.0)
+    req = reserve_request()
+    with pytest.raises(BudgetExceeded):
+        await meter.reserve(req, {})
+    assert not meter.tasks
+    assert await released(bus, meter, req) == []
