@@ -46,6 +46,7 @@ from shared.errors import (
     PayloadTooLarge,
     PermissionDenied,
     ServiceUnavailable,
+    UpstreamClientError,
     UpstreamError,
     UpstreamTimeout,
 )
@@ -239,6 +240,12 @@ class WorkerService(Service):
                 err = InvalidRequest("the request was cancelled", code="cancelled", status=CANCELLED_STATUS)
                 terminal = failed_frame(call, err)
             except JanusError as exc:
+                if req.byok and exc.code == "upstream_auth":
+                    # the caller's own key was refused: theirs to fix, and no sign of our deployment's health
+                    exc = UpstreamClientError(
+                        f"provider {req.provider!r} refused the API key you registered for it "
+                        f"(PUT /v1/byok/{req.provider} replaces it): {exc.message}",
+                        status=401, code="byok_key_rejected")
                 terminal = failed_frame(call, exc)
             except Exception:
                 log.exception("call_crashed", provider=req.provider, deployment=req.deployment)

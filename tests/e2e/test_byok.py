@@ -153,6 +153,20 @@ async def test_own_key_over_http_is_sealed_listed_masked_used_and_deleted(tmp_pa
                 assert r.status_code == 200, r.text
                 assert upstream.requests[-1].headers.get("Authorization") == f"Bearer {USER_KEY}"
 
+                # the provider refusing her key is hers to fix: a 401 that says so, no fallback to
+                # our key, nothing charged
+                upstream.faults.fail_times, upstream.faults.status = 1, 401
+                upstream.faults.message = "Incorrect API key provided"
+                upstream.faults.error_type = "invalid_request_error"
+                calls = len(upstream.requests)
+                refused = await c.post(f"{base}/chat/completions", json=chat, headers=alice)
+                assert refused.status_code == 401, refused.text
+                assert refused.json()["error"]["code"] == "byok_key_rejected"
+                assert "/v1/byok/openai" in refused.json()["error"]["message"]
+                assert USER_KEY not in refused.text
+                assert len(upstream.requests) == calls + 1
+                upstream.faults.status = 500
+
                 # another user sees none of it and cannot delete it
                 assert (await c.get(f"{base}/byok", headers=bob)).json() == {"object": "list", "data": []}
                 gone = await c.delete(f"{base}/byok/openai", headers=bob)
@@ -190,10 +204,10 @@ async def test_own_key_over_http_is_sealed_listed_masked_used_and_deleted(tmp_pa
                 assert r.status_code == 200, r.text
                 assert upstream.requests[-1].headers.get("Authorization") == f"Bearer {OUR_KEY}"
 
-                # the request on her own key charged nothing; the one on ours did, as much as bob's
-                u = await _settled(c, base, alice, 2)
+                # the requests on her own key charged nothing; the one on ours did, as much as bob's
+                u = await _settled(c, base, alice, 3)
                 bob_u = await _settled(c, base, bob, 1)
-                assert u["week"]["by_model"]["gpt-5-mini"]["requests"] == 2
+                assert u["week"]["by_model"]["gpt-5-mini"]["requests"] == 3
                 assert 0 < u["weekly"]["used"] == bob_u["weekly"]["used"]
 
             logs = "".join(svc.log_tail(10**7) for svc in stack.services.values())
