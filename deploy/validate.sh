@@ -168,6 +168,7 @@ compose_config() {
 }
 
 promtool_rules() {
+  promtool check config --syntax-only deploy/prometheus/prometheus.yml || return 1
   promtool check rules deploy/prometheus/rules/*.yml || return 1
   promtool test rules deploy/prometheus/tests/*.yml || return 1
   # the PrometheusRule carries the same groups: check its copy as promtool sees it
