@@ -34,17 +34,23 @@ class Replier:
     """Frames to one inbox, numbered from 0 with no gaps.
 
     ``next()`` and the publish that follows run without a suspension point in between (nats-py
-    queues the bytes synchronously), so frames leave in ``seq`` order even with the heartbeat task
-    sending alongside the call.
+    queues the bytes synchronously), so frames leave in ``seq`` order even with a heartbeat sent
+    alongside the call.
+
+    Heartbeats are a loop timer, not a task per call: the timer only checks the time of the last
+    frame, and a task is started just for a heartbeat that is actually due (a silent upstream).
     """
 
-    __slots__ = ("_bus", "_subject", "last_sent", "seq")
+    __slots__ = ("_beat", "_bus", "_interval", "_subject", "_timer", "last_sent", "seq")
 
     def __init__(self, bus: Bus, subject: str) -> None:
         self._bus = bus
         self._subject = subject
         self.seq = 0
         self.last_sent = time.monotonic()
+        self._interval = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._beat: asyncio.Task[None] | None = None
 
     def next(self) -> int:
         s = self.seq
@@ -62,14 +68,34 @@ class Replier:
                 self.seq = frame.seq
             raise
 
-    async def heartbeats(self, interval: float) -> None:
-        """Runs beside a call: a Heartbeat whenever nothing was sent for ``interval``."""
-        while True:
-            wait = self.last_sent + interval - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-                continue
+    def start_heartbeats(self, interval: float) -> None:
+        """A Heartbeat whenever nothing was sent for ``interval``, until ``stop_heartbeats``."""
+        self._interval = interval
+        self._timer = asyncio.get_running_loop().call_later(interval, self._tick)
+
+    def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        wait = self.last_sent + self._interval - time.monotonic()
+        if wait <= 0 and (self._beat is None or self._beat.done()):
+            self._beat = loop.create_task(self._heartbeat())
+            wait = self._interval
+        self._timer = loop.call_later(max(wait, 0.001), self._tick)
+
+    async def _heartbeat(self) -> None:
+        # a bus that cannot take a heartbeat fails the terminal frame too, and that one is reported
+        with contextlib.suppress(Exception):
             await self.send(Heartbeat(seq=self.next()))
+
+    async def stop_heartbeats(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        beat, self._beat = self._beat, None
+        if beat is not None and not beat.done():
+            beat.cancel()
+        if beat is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await beat
 
 
 def _inputs(body: dict[str, Any]) -> list[str]:

@@ -58,6 +58,11 @@ log = get_logger("worker")
 # a cancelled call ends with this error (the client is gone; nobody retries it)
 CANCELLED_STATUS = 499
 
+# label children resolved once per provider (and model, kind) instead of on every call
+_IN_FLIGHT = metrics.children(metrics.WORKER_IN_FLIGHT)
+_UPSTREAM_SECONDS = metrics.children(metrics.UPSTREAM_DURATION)
+_TOKENS = metrics.children(metrics.TOKENS)
+
 
 class WorkerService(Service):
     name: ClassVar[str] = "worker"
@@ -176,7 +181,7 @@ class WorkerService(Service):
         self.in_flight += 1
         # a label only ever names a provider this worker serves (bounded cardinality)
         label = req.provider if req.provider in self.providers else "unknown"
-        metrics.WORKER_IN_FLIGHT.labels(label).inc()
+        _IN_FLIGHT(label).inc()
         bind_request(request_id=req.request_id)
         try:
             await self._run(req, r, msg.headers or {})
@@ -186,7 +191,7 @@ class WorkerService(Service):
             if not tasks:
                 self.calls.pop(req.request_id, None)
             self.in_flight -= 1
-            metrics.WORKER_IN_FLIGHT.labels(label).dec()
+            _IN_FLIGHT(label).dec()
             if not self.in_flight:
                 self._idle.set()
 
@@ -222,7 +227,7 @@ class WorkerService(Service):
     async def _run(self, req: WorkRequest, r: Replier, headers: dict[str, str]) -> None:
         call: Call | None = None
         terminal: Done | Failed
-        hb = asyncio.get_running_loop().create_task(r.heartbeats(self.settings.heartbeat_seconds))
+        r.start_heartbeats(self.settings.heartbeat_seconds)
         try:
             try:
                 async with asyncio.timeout(_remaining(headers)):
@@ -251,9 +256,7 @@ class WorkerService(Service):
                 log.exception("call_crashed", provider=req.provider, deployment=req.deployment)
                 terminal = failed_frame(call, JanusError("internal error in the provider worker"))
         finally:
-            hb.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await hb
+            await r.stop_heartbeats()
         terminal.seq = r.next()
         try:
             await r.send(terminal)
@@ -276,11 +279,11 @@ class WorkerService(Service):
             for kind, n in (("input", usage.prompt_tokens), ("output", usage.completion_tokens),
                             ("cached", usage.cached_tokens), ("reasoning", usage.reasoning_tokens)):
                 if n:
-                    metrics.TOKENS.labels(provider, model, kind).inc(n)
+                    _TOKENS(provider, model, kind).inc(n)
         if call is None:
             return
         seconds = terminal.upstream_seconds
-        metrics.UPSTREAM_DURATION.labels(provider).observe(seconds)
+        _UPSTREAM_SECONDS(provider).observe(seconds)
         health = self.health
         if isinstance(terminal, Done):
             if health is not None:
