@@ -363,6 +363,10 @@ class Bus:
             return await kv.update(key, value, last=revision)
         except nats.js.errors.KeyWrongLastSequenceError:
             raise CasConflict(key) from None
+        except nats.js.errors.KeyNotFoundError:
+            # create() lost to another writer and then could not read that write back (a follower
+            # of a clustered stream lagging behind): a conflict like any other, re-read and retry
+            raise CasConflict(key) from None
         except nats.js.errors.APIError as exc:
             # create() on an existing key reports "wrong last sequence" as a plain API error (10071)
             if getattr(exc, "err_code", None) == 10071:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 
+import nats.js.errors
 import pytest
 
 from shared import contract
@@ -65,3 +66,18 @@ async def test_stream_publish_deduplicates_by_message_id(bus: Bus) -> None:
     msgs = await Bus.fetch(sub, 10, 1)
     assert [m.data for m in msgs] == [b"a"]
     await asyncio.gather(*(m.ack() for m in msgs))
+
+
+class _RacingKV:
+    """A clustered bucket's view right after another replica created the key: the create is refused
+    (wrong last sequence), and the read-back that nats-py then makes lands on a follower that has not
+    seen the write yet, so create() raises KeyNotFoundError."""
+
+    async def create(self, key: str, value: bytes) -> int:
+        raise nats.js.errors.KeyNotFoundError()
+
+
+async def test_a_create_lost_to_an_unseen_write_is_a_conflict_not_an_outage() -> None:
+    # the caller re-reads and retries on CasConflict; ServiceUnavailable would fail the request
+    with pytest.raises(CasConflict):
+        await Bus.kv_cas(_RacingKV(), "b.new-user", b"record", 0)  # type: ignore[arg-type]
