@@ -78,9 +78,18 @@ class Inbox:
         self.subject = f"{bus._inbox_prefix}.{token}"
         self.queue: asyncio.Queue[Msg] = asyncio.Queue()
 
+    def ready(self) -> bool:
+        """A message has arrived and ``next`` would not wait."""
+        return not self.queue.empty()
+
     async def next(self, timeout: float) -> Msg:
+        queue = self.queue
+        if not queue.empty():
+            return queue.get_nowait()  # messages that arrived together are read without waiting
         try:
-            return await asyncio.wait_for(self.queue.get(), timeout)
+            # the timeout wraps the get in this task (asyncio.wait_for would start a task per message)
+            async with asyncio.timeout(timeout):
+                return await queue.get()
         except TimeoutError:
             raise UpstreamTimeout("no frame from the worker in time", code="stall_timeout") from None
 

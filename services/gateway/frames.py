@@ -7,8 +7,6 @@ decides what to do with it (fall back, end the stream, answer the client).
 
 from __future__ import annotations
 
-import asyncio
-
 import msgspec
 
 from shared import contract
@@ -31,21 +29,15 @@ class FrameReader:
 
     def ready(self) -> bool:
         """A frame (or the gateway's stop signal) has arrived and ``next`` would not wait."""
-        return not self.box.queue.empty()
+        return self.box.ready()
 
     async def next(self, within: float | None = None) -> contract.Frame:
         first = self.expect == 0
-        queue = self.box.queue
-        if queue.empty():
-            wait = within if within is not None else self.first_timeout if first else self.stall_timeout
-            try:
-                # the timeout wraps the get in this task (asyncio.wait_for would start a task per frame)
-                async with asyncio.timeout(wait):
-                    msg = await queue.get()
-            except TimeoutError:
-                raise self._timed_out(first) from None
-        else:
-            msg = queue.get_nowait()  # frames that arrived together are read without waiting
+        wait = within if within is not None else self.first_timeout if first else self.stall_timeout
+        try:
+            msg = await self.box.next(wait)
+        except UpstreamTimeout:
+            raise self._timed_out(first) from None
         if msg is SHUTDOWN:
             raise ServiceUnavailable("the gateway is shutting down", code="shutting_down")
         if Bus.is_no_responders(msg):
