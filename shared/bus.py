@@ -349,8 +349,12 @@ class Bus:
     async def fetch(sub: Any, batch: int, timeout: float) -> list[Msg]:
         try:
             return list(await sub.fetch(batch, timeout=timeout))
-        except TimeoutError:  # nats.errors.TimeoutError included
+        except TimeoutError:  # nats.errors.TimeoutError included: nothing to fetch
             return []
+        except (*_UNAVAILABLE, nats.js.errors.ServiceUnavailableError) as exc:
+            # JetStream answering 503 (a clustered stream without a leader for a moment) or the
+            # connection being down: the caller waits and fetches again
+            raise ServiceUnavailable(f"JetStream cannot deliver right now: {type(exc).__name__}") from None
 
     @staticmethod
     async def kv_get(kv: KeyValue, key: str) -> tuple[bytes, int]:

@@ -151,8 +151,9 @@ async def ledger(nats_url: str, timeout: float = 30) -> list[LedgerEntry]:
         while len(out) < want:
             try:
                 msgs = await Bus.fetch(sub, 512, 1.0)
-            except TimeoutError:
-                # nats-py raises the plain asyncio timeout past its deadline, which Bus.fetch lets out
+            except JanusError:
+                # JetStream busy or electing a leader: Bus.fetch says ServiceUnavailable; fetch again
+                await asyncio.sleep(0.2)
                 msgs = []
             if not msgs and time.monotonic() > deadline:
                 raise AssertionError(f"read {len(out)} of the ledger's {want} entries in {timeout}s")

@@ -81,3 +81,16 @@ async def test_a_create_lost_to_an_unseen_write_is_a_conflict_not_an_outage() ->
     # the caller re-reads and retries on CasConflict; ServiceUnavailable would fail the request
     with pytest.raises(CasConflict):
         await Bus.kv_cas(_RacingKV(), "b.new-user", b"record", 0)  # type: ignore[arg-type]
+
+
+class _LeaderlessPull:
+    """A pull subscription on a clustered stream while it has no leader: JetStream answers 503."""
+
+    async def fetch(self, batch: int, timeout: float) -> list[object]:
+        raise nats.js.errors.ServiceUnavailableError()
+
+
+async def test_a_fetch_refused_by_jetstream_is_service_unavailable() -> None:
+    # consumers catch it, wait and fetch again; a foreign nats error would escape the error tree
+    with pytest.raises(ServiceUnavailable):
+        await Bus.fetch(_LeaderlessPull(), 10, 1.0)
