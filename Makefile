@@ -21,18 +21,20 @@ run: install
 	$(BIN)/python -m tools.stack
 
 ## make test: install and run the whole suite (unit, contract, integration, end to end, faults and
-## scale-out, deploy checks)
+## scale-out, deploy checks, lint and types)
 test: install
 	$(BIN)/python -m pytest
 	$(MAKE) validate-deploy
+	$(MAKE) lint
 
 ## make faults: only the fault and scale-out tests (worker/metering/NATS kills, a JetStream leader
 ## loss, two replicas of everything, 64 streams for a minute); `make test` runs them too
 faults: install
 	$(BIN)/python -m pytest tests/faults tests/scale
 
+## make unit: the suite without the fault and scale-out tests (a quicker loop while working)
 unit: install
-	$(BIN)/python -m pytest tests -m "not slow"
+	$(BIN)/python -m pytest --ignore=tests/faults --ignore=tests/scale
 
 validate-deploy: install
 	bash deploy/validate.sh

@@ -255,8 +255,9 @@ class Bus:
         nats-py writes the flush PING straight to the socket, ahead of commands still queued for
         its flusher task; the second round trip leaves after that queue has drained.
         """
-        await self.nc.flush(timeout=timeout)
-        await self.nc.flush(timeout=timeout)
+        # nats-py annotates the timeout as int but waits with asyncio.wait_for: seconds, any float
+        await self.nc.flush(timeout=timeout)  # type: ignore[arg-type]
+        await self.nc.flush(timeout=timeout)  # type: ignore[arg-type]
 
     # --------------------------------------------------------------------------------- JetStream
     @property
