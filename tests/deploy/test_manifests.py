@@ -205,6 +205,27 @@ def test_nats_cluster_of_three_with_persistent_jetstream() -> None:
     assert configmap_literals("janus-env")["JANUS_NATS_REPLICAS"] == "3"
 
 
+def test_nats_metrics_reach_prometheus_through_the_exporter_sidecar() -> None:
+    pod = find("StatefulSet", "nats")["spec"]["template"]["spec"]
+    nats, exporter = (next(c for c in pod["containers"] if c["name"] == n) for n in ("nats", "exporter"))
+    monitor = next(p["containerPort"] for p in nats["ports"] if p["name"] == "monitor")
+    assert exporter["args"][-1] == f"http://localhost:{monitor}"
+    metrics = next(p["containerPort"] for p in exporter["ports"] if p["name"] == "metrics")
+    assert exporter["args"][exporter["args"].index("-port") + 1] == str(metrics)
+    # the same exporter as the compose stack's
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert compose["services"]["nats-exporter"]["image"] == exporter["image"]
+    # scraped once per pod: only the client Service carries the port the ServiceMonitor names
+    sm = find("ServiceMonitor", "nats")
+    port = sm["spec"]["endpoints"][0]["port"]
+    selected = [o for o in OBJECTS if o["kind"] == "Service"
+                and sm["spec"]["selector"]["matchLabels"].items() <= o["metadata"]["labels"].items()]
+    with_port = [s["metadata"]["name"] for s in selected if port in {p["name"] for p in s["spec"]["ports"]}]
+    assert len(selected) == 2 and with_port == ["nats"]
+    scrape = find("NetworkPolicy", "prometheus-scrape")
+    assert {"protocol": "TCP", "port": metrics} in scrape["spec"]["ingress"][0]["ports"]
+
+
 def test_only_the_gateway_is_open_to_everyone() -> None:
     policies = [o for o in OBJECTS if o["kind"] == "NetworkPolicy"]
     deny = next(p for p in policies if p["metadata"]["name"] == "default-deny")
