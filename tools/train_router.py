@@ -69,7 +69,7 @@ TREE_LEAF = 100  # fewest training prompts in a leaf: a tree rule must hold for 
 # questions in plain short words are often the harder ones, and trees (which, unlike the linear
 # part, are not clipped into the training range) carried that to chat: "Hi!" and "Tell me a joke."
 # scored like arena-hard prompts (mean percentile 0.55 against 0.55). Without them everyday chat
-# scores well below arena-hard again; cross-validated APGR drops by 0.01.
+# scores well below arena-hard again, at a cost of 0.01 in subject-held-out cross-validation.
 TREE_SIGNALS = tuple(n for n in F.DENSE_NAMES if n not in ("bias", "avg_word_len", "long_word_frac"))
 CLIP = 0.01  # serving clips dense signals to their CLIP..1-CLIP quantiles over the training prompts
 LENGTH = F.DENSE_NAMES.index("log_chars")
