@@ -365,6 +365,13 @@ def main(argv: list[str] | None = None) -> int:
         easy = [scorer.score(p) for p in load_everyday()]
         print(f"mean score: arena-hard {sum(hard) / len(hard):.3f} (n={len(hard)}), "
               f"everyday chat {sum(easy) / len(easy):.3f} (n={len(easy)})")
+    m = scorer.meta.metrics
+    if "cv_apgr_subjects" in m:
+        # the gap between these and the evaluation groups' figures is how far training's estimate
+        # carries to prompts of other kinds
+        print(f"for comparison, training cross-validation (make train-router): APGR "
+              f"{m['cv_apgr_subjects']:.3f} with subjects held out, {m['cv_apgr_categories']:.3f} with "
+              f"MMLU categories held out")
     return 0
 
 
