@@ -211,6 +211,11 @@ class Bus:
         except _UNAVAILABLE as exc:
             raise ServiceUnavailable(f"message bus unavailable: {type(exc).__name__}") from None
 
+    @property
+    def max_payload(self) -> int:
+        """The largest message the server takes (its ``max_payload``, 1 MiB unless configured)."""
+        return int(self.nc.max_payload)
+
     def open_inbox(self, token: str) -> Inbox:
         box = Inbox(self, token)
         self._inboxes[token] = box

@@ -70,22 +70,30 @@ class Sink(Protocol):
 
     # more: another frame has already arrived, so the write may wait for it (one write, not many)
     async def chunk(self, data: bytes, more: bool = False) -> None: ...
+    # a new attempt begins: what a failed one left is dropped (a started stream never retries)
+    def reset(self) -> None: ...
     async def flush(self) -> None: ...
     async def done(self, frame: Done) -> web.StreamResponse: ...
     async def fail(self, err: JanusError) -> web.StreamResponse: ...
 
 
 class BufferedSink:
+    """A whole JSON body. It comes in the Done frame, or, when larger than one bus message (a big
+    embeddings batch), as Chunk frames carrying consecutive slices of it, the last in Done."""
+
     started: bool = False
     chunks: int = 0
     resp: web.StreamResponse | None = None
 
     def __init__(self, call: Call) -> None:
         self.call = call
+        self.parts: list[bytes] = []
 
     async def chunk(self, data: bytes, more: bool = False) -> None:
-        # a buffered reply carries its whole body in Done; stray chunks are not the client's
-        return
+        self.parts.append(data)
+
+    def reset(self) -> None:
+        self.parts.clear()
 
     async def flush(self) -> None:
         return
@@ -93,7 +101,8 @@ class BufferedSink:
     async def done(self, frame: Done) -> web.StreamResponse:
         headers = self.call.headers
         headers["Content-Type"] = _JSON
-        return web.Response(body=frame.body, headers=headers)
+        body = b"".join((*self.parts, frame.body)) if self.parts else frame.body
+        return web.Response(body=body, headers=headers)
 
     async def fail(self, err: JanusError) -> web.StreamResponse:
         raise err
@@ -120,6 +129,9 @@ class StreamSink:
         self.started = True
         await resp.prepare(self.request)
         return resp
+
+    def reset(self) -> None:
+        return  # nothing is kept before the first chunk, and after it there is no other attempt
 
     async def chunk(self, data: bytes, more: bool = False) -> None:
         self.chunks += 1
@@ -249,6 +261,7 @@ class Dispatcher:
             work.deployment = target.deployment
             work.provider = target.provider
             work.upstream_model = target.upstream_model
+            sink.reset()
             box = self.bus.open_inbox(call.request_id if i == 0 else f"{call.request_id}_{i}")
             self.active.add(box)
             try:

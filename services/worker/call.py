@@ -28,6 +28,8 @@ from shared.errors import InvalidRequest, JanusError, PayloadTooLarge
 
 _json_decoder = msgspec.json.Decoder()
 EMBED_CONCURRENCY = 8  # upstream calls in flight for one embeddings request split into batches
+# room left in a bus message around a slice of a body: the frame's other fields and the headers
+FRAME_MARGIN = 8192
 
 
 class Replier:
@@ -67,6 +69,20 @@ class Replier:
             if frame.seq == self.seq - 1:
                 self.seq = frame.seq
             raise
+
+    async def finish(self, terminal: Done | Failed) -> None:
+        """Number and send the terminal frame. A buffered body larger than one bus message (a big
+        embeddings batch) goes ahead of it in Chunk frames, consecutive slices the gateway joins in
+        order; the Done carries the last slice."""
+        step = max(self._bus.max_payload - FRAME_MARGIN, self._bus.max_payload // 2)
+        if isinstance(terminal, Done) and len(terminal.body) > step:
+            body = terminal.body
+            last = (len(body) - 1) // step * step
+            for at in range(0, last, step):
+                await self.send(Chunk(seq=self.next(), data=body[at : at + step]))
+            terminal.body = body[last:]
+        terminal.seq = self.next()
+        await self.send(terminal)
 
     def start_heartbeats(self, interval: float) -> None:
         """A Heartbeat whenever nothing was sent for ``interval``, until ``stop_heartbeats``."""

@@ -257,12 +257,12 @@ class WorkerService(Service):
                 terminal = failed_frame(call, JanusError("internal error in the provider worker"))
         finally:
             await r.stop_heartbeats()
-        terminal.seq = r.next()
         try:
-            await r.send(terminal)
+            await r.finish(terminal)
         except PayloadTooLarge as exc:
-            # an answer bigger than the bus allows (a large embeddings batch): the client gets a
-            # clear error instead, and the usage the provider reported is still settled
+            # a frame the bus still refuses (a large body goes in slices, so this takes a server
+            # configured with a tiny max_payload): the client gets a clear error instead, and the
+            # usage the provider reported is still settled
             usage = terminal.usage
             terminal = failed_frame(call, PayloadTooLarge(
                 f"the response is too large to deliver: {exc.message}",

@@ -5,6 +5,7 @@ with it."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -104,6 +105,26 @@ async def answer(f: Fakes, work: WorkRequest, send: Send) -> None:
         seq += 1
     await send(Chunk(seq, chunk_data(work, {}, "stop")))
     await send(Done(seq + 1, usage, finish_reason="stop", upstream_seconds=0.001))
+
+
+async def answer_in_slices(f: Fakes, work: WorkRequest, send: Send) -> None:
+    """A buffered body too large for one bus message, as a worker sends it: Chunk frames carrying
+    consecutive slices, the last slice in the Done."""
+    await send(Accepted(0))
+    body = embedding_body(work)
+    cuts = (0, 10, 25, 40)
+    for seq, (a, b) in enumerate(itertools.pairwise(cuts), start=1):
+        await send(Chunk(seq, body[a:b]))
+    await send(Done(len(cuts), Usage(4), body=body[cuts[-1] :], upstream_seconds=0.001))
+
+
+async def slices_then_fail(f: Fakes, work: WorkRequest, send: Send) -> None:
+    """Two slices of a body that never completes, then a retryable failure."""
+    await send(Accepted(0))
+    await send(Chunk(1, b'{"object": "list", "broken'))
+    await send(Chunk(2, b'": true, '))
+    err = contract.ErrorInfo("UpstreamError", "provider returned 503", status=503, code="upstream_error")
+    await send(Failed(3, err, usage=Usage(5, 0)))
 
 
 async def fail_retryable(f: Fakes, work: WorkRequest, send: Send) -> None:

@@ -178,6 +178,27 @@ async def test_failure_after_first_chunk_ends_in_band(gateway: Gateway, fakes: F
     assert settled[0].usage == Usage(12, 1) and not settled[0].ok
 
 
+async def test_a_body_in_slices_is_joined(gateway: Gateway, fakes: F.Fakes,
+                                           http: aiohttp.ClientSession) -> None:
+    await fakes.start({"pa": F.answer_in_slices})
+    r, body = await post(http, gateway, {"model": "text-embedding-3-small", "input": "a"}, "/v1/embeddings")
+    assert r.status == 200, body
+    assert body == F.embedding_body(fakes.works[0][0])
+    validate("CreateEmbeddingResponse", json.loads(body))
+
+
+async def test_a_failed_attempts_slices_are_dropped_before_the_fallback(gateway: Gateway, fakes: F.Fakes,
+                                                                         http: aiohttp.ClientSession) -> None:
+    fakes.providers = ("pa", "pb")
+    await fakes.start({"pa": F.slices_then_fail, "pb": F.answer_in_slices})
+    r, body = await post(http, gateway, {"model": "text-embedding-3-small", "input": "a"}, "/v1/embeddings")
+    assert r.status == 200, body
+    assert [w.provider for w, _ in fakes.works] == ["pa", "pb"]
+    assert body == F.embedding_body(fakes.works[1][0])
+    settled = await fakes.settlement_for(r.headers["X-Request-Id"])
+    assert len(settled) == 1 and settled[0].ok and settled[0].usage == Usage(9)
+
+
 async def test_fallback_before_first_token(gateway: Gateway, fakes: F.Fakes,
                                            http: aiohttp.ClientSession) -> None:
     fakes.providers = ("pa", "pb")

@@ -134,19 +134,19 @@ async def test_embeddings_ask_floats_and_encode_base64(bus: Bus, worker: WorkerS
         assert vec.tolist() == vector_for(text, 8)
 
 
-async def test_an_answer_larger_than_the_bus_allows_fails_cleanly(bus: Bus, worker: WorkerService,
-                                                                 upstream: OpenAIUpstream) -> None:
-    """40 vectors of 3072 floats are ~2.5 MB of JSON, over nats-server's 1 MiB default: the worker
-    sends a small, numbered Failed frame instead (not retryable, charged for what the provider
-    reported), and keeps serving."""
+async def test_an_answer_larger_than_one_bus_message_arrives_in_slices(bus: Bus, worker: WorkerService,
+                                                                      upstream: OpenAIUpstream) -> None:
+    """40 vectors of 3072 floats are ~2.5 MB of JSON, over nats-server's 1 MiB default: the body
+    goes out as Chunk slices, each within the server's limit, and the Done carries the last one."""
     body = {"input": [f"passage {i}" for i in range(40)], "dimensions": 3072}
     frames = await run_work(bus, oai_work(body, kind="embeddings"))
-    failed = check_sequence(frames)
-    assert isinstance(failed, contract.Failed)
-    assert failed.error.kind == "PayloadTooLarge" and failed.error.code == "message_too_large"
-    assert failed.error.status == 413 and not JanusError.from_wire(failed.error).retryable
-    assert "too large" in failed.error.message
-    assert failed.usage.prompt_tokens == 80, "the provider's reported usage is still settled"
+    done = check_sequence(frames)
+    assert isinstance(done, contract.Done) and done.usage.prompt_tokens == 80
+    slices = [f for f in frames if isinstance(f, contract.Chunk)]
+    assert len(slices) >= 2 and all(len(f.data) <= bus.max_payload for f in slices)
+    out = json.loads(b"".join(f.data for f in slices) + done.body)
+    assert [d["index"] for d in out["data"]] == list(range(40))
+    assert out["data"][7]["embedding"] == vector_for("passage 7", 3072)
     small = check_sequence(await run_work(bus, oai_work({"input": "still here"}, kind="embeddings")))
     assert isinstance(small, contract.Done)
 
