@@ -95,6 +95,8 @@ class EmbeddingsRequest(msgspec.Struct):
     user: str | None = None
 
 
+MAX_EMBEDDING_INPUTS = 2048
+
 _chat_decoder = msgspec.json.Decoder(ChatRequest)
 _embeddings_decoder = msgspec.json.Decoder(EmbeddingsRequest)
 
@@ -217,6 +219,12 @@ def parse_embeddings(body: bytes) -> tuple[EmbeddingsRequest, int]:
         return req, tokens.estimate_text(inp)
     if not inp:
         raise InvalidRequest("'input' cannot be an empty array.", param="input", code="invalid_value")
+    if len(inp) > MAX_EMBEDDING_INPUTS:
+        # OpenAI's own limit; it also bounds the upstream calls and the answer one request makes
+        raise InvalidRequest(
+            f"'input' can hold at most {MAX_EMBEDDING_INPUTS} items; this one has {len(inp)}. "
+            "Split it across requests.", param="input", code="invalid_value",
+        )
     first = inp[0]
     kind = str if isinstance(first, str) else int if isinstance(first, int) else list
     total = 0

@@ -80,12 +80,26 @@ def test_bad_chat_bodies(stack: Stack, headers: dict[str, str], name: str, body:
         b'{"model": "neboloop/nebo-embed-small", "input": "x", "encoding_format": "hex"}',
         b'{"model": "gpt-5-mini", "input": "x"}',
         b"{",
+        # one item over OpenAI's limit of 2048 inputs
+        b'{"model": "neboloop/nebo-embed-small", "input": [' + b",".join([b'"x"'] * 2049) + b"]}",
     ],
+    ids=["no-input", "number", "format", "chat-model", "truncated", "2049-inputs"],
 )
 def test_bad_embeddings_bodies(stack: Stack, headers: dict[str, str], body: bytes) -> None:
     r = httpx.post(f"{stack.base_url}/embeddings", content=body, headers=headers, timeout=10)
     assert 400 <= r.status_code < 500, r.text
     validate("ErrorResponse", r.json())
+
+
+def test_embeddings_take_at_most_2048_inputs(stack: Stack, headers: dict[str, str]) -> None:
+    url = f"{stack.base_url}/embeddings"
+    ok = httpx.post(url, json={"model": "neboloop/nebo-embed-small", "input": ["x"] * 2048},
+                    headers=headers, timeout=30)
+    assert ok.status_code == 200 and len(ok.json()["data"]) == 2048
+    over = httpx.post(url, json={"model": "neboloop/nebo-embed-small", "input": ["x"] * 2049},
+                      headers=headers, timeout=30)
+    assert over.status_code == 400 and over.json()["error"]["param"] == "input", over.text
+    validate("ErrorResponse", over.json())
 
 
 def test_huge_body_is_413(stack: Stack, headers: dict[str, str]) -> None:
