@@ -19,9 +19,8 @@ from typing import Any
 import msgspec
 
 from services.worker import openai
-from services.worker.adapters.base import ChatContext, Event, batch_limit
+from services.worker.adapters.base import ChatContext, EmbedInput, Event, batch_limit, input_tokens
 from services.worker.transport import Transport
-from shared import tokens
 from shared.bus import Bus
 from shared.contract import Chunk, Done, Failed, Frame, Heartbeat, Usage, WorkRequest, encode
 from shared.errors import InvalidRequest, JanusError, PayloadTooLarge
@@ -114,13 +113,23 @@ class Replier:
                 await beat
 
 
-def _inputs(body: dict[str, Any]) -> list[str]:
+def _inputs(body: dict[str, Any], provider: str, token_input: bool) -> list[EmbedInput]:
+    """The embeddings inputs: texts, or lists of token ids where the provider takes them."""
     raw = body.get("input")
     if isinstance(raw, str):
         return [raw]
-    if isinstance(raw, list) and raw and all(isinstance(x, str) for x in raw):
-        return raw
-    raise InvalidRequest("'input' must be a string or a non-empty array of strings", param="input")
+    if isinstance(raw, list) and raw:
+        if all(isinstance(x, str) for x in raw):
+            return raw
+        ids = [raw] if all(isinstance(x, int) for x in raw) else raw
+        if all(isinstance(x, list) and x and all(isinstance(t, int) for t in x) for x in ids):
+            if not token_input:
+                raise InvalidRequest(
+                    f"provider {provider!r} embeds text only; send 'input' as strings (token ids "
+                    "are for OpenAI-compatible deployments)", param="input", code="invalid_value")
+            return ids
+    raise InvalidRequest("'input' must be a string, an array of strings, an array of token ids or an "
+                         "array of token-id arrays", param="input")
 
 
 class Call:
@@ -262,7 +271,7 @@ class Call:
 
     async def _embeddings(self) -> Done:
         req, body = self.req, self.ctx.body
-        inputs = _inputs(body)
+        inputs = _inputs(body, self.ctx.provider.id, self.adapter.capabilities.token_input)
         if self.local:
             result = await self.adapter.embed(self.ctx, inputs)
             vectors, prompt_tokens = result.vectors, result.usage.prompt_tokens
@@ -272,7 +281,7 @@ class Call:
             # a provider that takes one text a call (Titan) must not get hundreds of calls at once
             gate = asyncio.Semaphore(EMBED_CONCURRENCY)
 
-            async def one(batch: list[str]) -> Any:
+            async def one(batch: list[EmbedInput]) -> Any:
                 async with gate:
                     up = self.adapter.embeddings_request(self.ctx, batch)
                     return self.adapter.parse_embeddings(await self.transport.fetch(up, self.adapter))
@@ -284,7 +293,7 @@ class Call:
         if len(vectors) != len(inputs):
             raise JanusError(f"the provider returned {len(vectors)} embeddings for {len(inputs)} inputs")
         if not prompt_tokens:
-            prompt_tokens = sum(tokens.estimate_text(t) for t in inputs)
+            prompt_tokens = sum(input_tokens(t) for t in inputs)
         usage = Usage(prompt_tokens=prompt_tokens)
         fmt = body.get("encoding_format") or "float"
         out = openai.embeddings_body(vectors, req.response_model, prompt_tokens, fmt)

@@ -203,6 +203,16 @@ def test_embeddings_float_and_base64(client: openai.OpenAI, model: str, dims: in
     assert len(client.embeddings.create(model=model, input="x").data[0].embedding) == dims
 
 
+def test_embeddings_of_token_ids(client: openai.OpenAI) -> None:
+    """Token-id inputs, as LangChain's OpenAIEmbeddings sends them by default."""
+    ids = [[9906, 1917], [15339, 11, 1917, 0]]
+    res = client.embeddings.create(model="neboloop/nebo-embed-small", input=ids)
+    assert [d.index for d in res.data] == [0, 1] and all(len(d.embedding) == 1536 for d in res.data)
+    assert res.usage.prompt_tokens == 6  # token ids count exactly
+    one = client.embeddings.create(model="neboloop/nebo-embed-small", input=[9906, 1917])
+    assert one.data[0].embedding == pytest.approx(res.data[0].embedding)
+
+
 def test_models_list_and_retrieve(client: openai.OpenAI, stack: Stack) -> None:
     listed = client.models.with_raw_response.list()
     validate("ListModelsResponse", json.loads(listed.http_response.content))

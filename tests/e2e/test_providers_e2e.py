@@ -425,6 +425,20 @@ def test_embeddings(world: World, model: str, provider: str, upstream: str, repo
     assert_charged(world, client, Usage(prompt_tokens=prompt + one), EMBED_PRICE)
 
 
+def test_token_ids_for_a_text_only_provider_are_a_clear_400(world: World) -> None:
+    """Gemini embeds text only: token-id inputs are refused with a message that says so, no
+    fallback, nothing charged, no hold left."""
+    client = world.client("embed-token-ids")
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.embeddings.create(model="gemini-embed-large", input=[[1, 2, 3]])
+    err = bad.value
+    assert err.code == "invalid_value" and "text only" in err.message
+    assert err.body is not None and err.body["param"] == "input"  # type: ignore[index]
+    validate("ErrorResponse", err.response.json())
+    weekly = world.usage(client, 0)["weekly"]
+    assert weekly["reserved"] == 0 and weekly["used"] == 0
+
+
 def test_an_answer_over_one_bus_message_arrives_whole(world: World) -> None:
     """40 vectors of 3072 floats are ~2.5 MB, over nats-server's 1 MiB default message size: the
     worker sends the body in slices and the gateway answers with all of it, charged once."""

@@ -5,7 +5,8 @@ It stands in for a paid provider in tests and benchmarks:
 - ``POST /v1/chat/completions``: buffered ``chat.completion``, or SSE ``chat.completion.chunk``s
   (role chunk, content or tool-call fragments, finish chunk, the ``choices: []`` usage chunk when
   ``stream_options.include_usage`` is set, then ``data: [DONE]``);
-- ``POST /v1/embeddings``: float vectors (or base64 when asked);
+- ``POST /v1/embeddings``: float vectors (or base64 when asked), of texts or of token-id arrays
+  (a token-id input counts its ids as its tokens, as OpenAI does);
 - errors as OpenAI sends them: ``{"error": {"message", "type", "param", "code"}}`` with a chosen
   status and ``Retry-After``;
 - scripted faults: fail the next N requests, cut a stream short without ``[DONE]`` (cleanly or by
@@ -179,14 +180,21 @@ class OpenAIUpstream:
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
         dims = int(body.get("dimensions") or 8)
         data = []
-        for i, text in enumerate(inputs):
-            vec = vector_for(text, dims)
+        if inputs and all(isinstance(t, int) for t in inputs):
+            inputs = [inputs]  # one token-id array
+        for i, item in enumerate(inputs):
+            vec = vector_for(token_text(item), dims)
             emb: Any = (base64.b64encode(np.asarray(vec, "<f4").tobytes()).decode()
                         if body.get("encoding_format") == "base64" else vec)
             data.append({"object": "embedding", "index": i, "embedding": emb})
-        n = sum(len(str(t).split()) for t in inputs)
+        n = sum(len(t) if isinstance(t, list) else len(t.split()) for t in inputs)
         return web.json_response({"object": "list", "data": data, "model": body.get("model"),
                                   "usage": {"prompt_tokens": n, "total_tokens": n}})
+
+
+def token_text(item: str | list[int]) -> str:
+    """The text the fake embeds for one input: itself, or its token ids spelt out."""
+    return item if isinstance(item, str) else " ".join(map(str, item))
 
 
 def vector_for(text: str, dims: int) -> list[float]:

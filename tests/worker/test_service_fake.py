@@ -159,7 +159,7 @@ async def test_embeddings_base64_round_trips(bus: Bus, worker: WorkerService) ->
 
 
 async def test_bad_requests_fail_cleanly(bus: Bus, worker: WorkerService) -> None:
-    done = (await run_work(bus, work("emb-small", {"input": [1, 2]}, kind="embeddings")))[-1]
+    done = (await run_work(bus, work("emb-small", {"input": [[1], "x"]}, kind="embeddings")))[-1]
     assert isinstance(done, contract.Failed) and done.error.kind == "InvalidRequest"
     req = work("fake-chat", {"messages": MESSAGES}, deployment="no-such-deployment")
     failed = check_sequence(await run_work(bus, req))

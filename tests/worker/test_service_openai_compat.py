@@ -11,7 +11,7 @@ from services.worker.service import WorkerService
 from shared import contract
 from shared.bus import Bus
 from shared.errors import JanusError
-from tests.fakes.openai_upstream import OpenAIUpstream, vector_for
+from tests.fakes.openai_upstream import OpenAIUpstream, token_text, vector_for
 from tests.openai_schema import validate
 from tests.worker.conftest import KEY, check_sequence, oai_work, run_work
 
@@ -132,6 +132,17 @@ async def test_embeddings_ask_floats_and_encode_base64(bus: Bus, worker: WorkerS
     for item, text in zip(out["data"], body["input"], strict=True):
         vec = np.frombuffer(base64.b64decode(item["embedding"]), dtype="<f4")
         assert vec.tolist() == vector_for(text, 8)
+
+
+async def test_token_id_inputs_pass_through_to_an_openai_compatible_upstream(
+        bus: Bus, worker: WorkerService, upstream: OpenAIUpstream) -> None:
+    for given, sent in (([[1, 2, 3], [40, 5]], [[1, 2, 3], [40, 5]]), ([7, 8, 9, 10], [[7, 8, 9, 10]])):
+        done = check_sequence(await run_work(bus, oai_work({"input": given}, kind="embeddings")))
+        assert isinstance(done, contract.Done), done
+        assert upstream.requests[-1].body["input"] == sent
+        out = json.loads(done.body)
+        assert [d["embedding"] for d in out["data"]] == [vector_for(token_text(t), 8) for t in sent]
+        assert done.usage.prompt_tokens == sum(len(t) for t in sent)
 
 
 async def test_an_answer_larger_than_one_bus_message_arrives_in_slices(bus: Bus, worker: WorkerService,

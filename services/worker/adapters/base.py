@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Literal, Protocol
 
 import msgspec
 
+from shared import tokens
 from shared.catalog import Deployment, Provider
 from shared.contract import Usage
 from shared.errors import InvalidRequest, UpstreamError
@@ -32,6 +33,17 @@ class Capabilities(msgspec.Struct, frozen=True):
     json_mode: bool = False
     vision: bool = False
     embeddings: bool = False
+    # embeddings of token ids (OpenAI's array-of-integers inputs, which LangChain sends by default)
+    token_input: bool = False
+
+
+# one embeddings input: a text, or (where ``token_input``) a list of token ids
+EmbedInput = str | list[int]
+
+
+def input_tokens(item: EmbedInput) -> int:
+    """The tokens of one embeddings input: estimated for a text, exact for token ids."""
+    return tokens.estimate_text(item) if isinstance(item, str) else len(item)
 
 
 class UpstreamRequest(msgspec.Struct):
@@ -153,7 +165,7 @@ class EmbeddingsAdapter(Adapter, Protocol):
 
     max_batch: ClassVar[int]
 
-    def embeddings_request(self, ctx: ChatContext, inputs: list[str]) -> UpstreamRequest: ...
+    def embeddings_request(self, ctx: ChatContext, inputs: list[EmbedInput]) -> UpstreamRequest: ...
 
     def parse_embeddings(self, body: bytes) -> Embeddings: ...
 
@@ -294,7 +306,7 @@ class LocalAdapter(Protocol):
         """The answer as canonical events, ending with ``Finish`` and a ``UsageEvent``."""
         ...
 
-    async def embed(self, ctx: ChatContext, inputs: list[str]) -> Embeddings: ...
+    async def embed(self, ctx: ChatContext, inputs: list[EmbedInput]) -> Embeddings: ...
 
 
 def append_turn(turns: list[dict[str, Any]], role: str, blocks: list[Any], key: str = "content") -> None:

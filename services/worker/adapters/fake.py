@@ -29,11 +29,13 @@ from services.worker.adapters.base import (
     Capabilities,
     ChatContext,
     Embeddings,
+    EmbedInput,
     Event,
     Finish,
     TextDelta,
     ToolCallDelta,
     UsageEvent,
+    input_tokens,
     json_text,
     max_tokens_of,
     option,
@@ -128,7 +130,7 @@ class FakeAdapter:
     kind: ClassVar[str] = "fake"
     local: ClassVar[bool] = True
     capabilities: ClassVar[Capabilities] = Capabilities(streaming=True, tools=True, json_mode=True,
-                                                        vision=True, embeddings=True)
+                                                        vision=True, embeddings=True, token_input=True)
     max_batch: ClassVar[int] = 2048
 
     def __init__(self) -> None:
@@ -194,15 +196,16 @@ class FakeAdapter:
         yield Finish(reason)  # type: ignore[arg-type]
         yield UsageEvent(Usage(prompt_tokens=prompt_tokens, completion_tokens=generated))
 
-    async def embed(self, ctx: ChatContext, inputs: list[str]) -> Embeddings:
+    async def embed(self, ctx: ChatContext, inputs: list[EmbedInput]) -> Embeddings:
         dims = int(ctx.body.get("dimensions") or ctx.dimensions or DEFAULT_DIMENSIONS)
         latency, _ = self._pace(ctx)
         if latency:
             await asyncio.sleep(latency)
         vectors = []
-        for text in inputs:
+        for item in inputs:
+            text = item if isinstance(item, str) else " ".join(map(str, item))
             seed = int.from_bytes(_digest(ctx.upstream_model, text)[:8], "little")
             v = np.random.default_rng(seed).standard_normal(dims)
             v /= np.linalg.norm(v)
             vectors.append(v.tolist())
-        return Embeddings(vectors, Usage(prompt_tokens=sum(tokens.estimate_text(t) for t in inputs)))
+        return Embeddings(vectors, Usage(prompt_tokens=sum(input_tokens(t) for t in inputs)))

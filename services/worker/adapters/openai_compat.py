@@ -21,6 +21,7 @@ from services.worker.adapters.base import (
     ChatContext,
     Completion,
     Embeddings,
+    EmbedInput,
     Event,
     Finish,
     ReasoningDelta,
@@ -157,7 +158,7 @@ class OpenAIStream:
 class OpenAICompatAdapter:
     kind: ClassVar[str] = "openai_compat"
     capabilities: ClassVar[Capabilities] = Capabilities(streaming=True, tools=True, json_mode=True,
-                                                        vision=True, embeddings=True)
+                                                        vision=True, embeddings=True, token_input=True)
     max_batch: ClassVar[int] = 2048
 
     @staticmethod
@@ -209,7 +210,7 @@ class OpenAICompatAdapter:
     def stream_parser(self, ctx: ChatContext) -> OpenAIStream:
         return OpenAIStream()
 
-    def embeddings_request(self, ctx: ChatContext, inputs: list[str]) -> UpstreamRequest:
+    def embeddings_request(self, ctx: ChatContext, inputs: list[EmbedInput]) -> UpstreamRequest:
         body: dict[str, Any] = {"model": ctx.upstream_model, "input": inputs, "encoding_format": "float"}
         for key in ("dimensions", "user"):
             if ctx.body.get(key) is not None:
