@@ -235,6 +235,8 @@ class WorkerService(Service):
                     _, _, adapter, ctx = self._context(req, user_key)
                     call = Call(req, ctx, adapter, self.transport, r)
                     terminal = await call.execute()
+                    if len(terminal.body) > self.settings.max_response_bytes:
+                        terminal = _too_large(call, terminal, self.settings.max_response_bytes)
             except TimeoutError:
                 err: JanusError = UpstreamTimeout("the request's deadline passed", code="deadline_exceeded")
                 terminal = failed_frame(call, err)
@@ -317,3 +319,15 @@ def _remaining(headers: dict[str, str]) -> float | None:
         return max(0.0, float(raw) - time.time())
     except ValueError:
         return None
+
+
+def _too_large(call: Call, done: Done, limit: int) -> Failed:
+    """A Failed frame in place of an answer over ``limit`` bytes, still carrying its usage (the
+    provider did the work)."""
+    mib = 1024 * 1024
+    failed = failed_frame(call, PayloadTooLarge(
+        f"the answer is {len(done.body) / mib:.1f} MiB, over this service's limit of {limit / mib:.1f} "
+        "MiB; send less per request (for embeddings: fewer inputs, or encoding_format=base64, about "
+        "a quarter the size of floats)", code="response_too_large"))
+    failed.usage = done.usage
+    return failed

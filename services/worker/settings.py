@@ -16,6 +16,8 @@ class WorkerSettings(CommonSettings, kw_only=True):
     read_timeout_seconds: float = 300.0  # silence allowed between two reads from the provider
     pool_size: int = 1024  # open upstream connections, all providers together
     health_interval_seconds: float = 1.0
+    # largest buffered answer (an embeddings batch) sent to a gateway; larger is a 413, charged
+    max_response_bytes: int = 64 * 1024 * 1024
     # JANUS_BYOK_KEY: seals users' own provider keys (``janus byok genkey``); empty: bring-your-own-key off
     byok_key: str = ""
 

@@ -162,6 +162,21 @@ async def test_an_answer_larger_than_one_bus_message_arrives_in_slices(bus: Bus,
     assert isinstance(small, contract.Done)
 
 
+async def test_an_answer_over_the_response_limit_is_a_413_still_charged(
+        bus: Bus, worker: WorkerService, upstream: OpenAIUpstream) -> None:
+    worker.settings.max_response_bytes = 1024 * 1024
+    body = {"input": [f"passage {i}" for i in range(40)], "dimensions": 3072}  # ~2.5 MB as floats
+    failed = check_sequence(await run_work(bus, oai_work(body, kind="embeddings")))
+    assert isinstance(failed, contract.Failed)
+    assert failed.error.code == "response_too_large" and failed.error.status == 413
+    assert "base64" in failed.error.message and not JanusError.from_wire(failed.error).retryable
+    assert failed.usage.prompt_tokens == 80, "the provider's reported usage is still settled"
+    # as base64 the same answer fits
+    done = check_sequence(await run_work(bus, oai_work({**body, "encoding_format": "base64"},
+                                                       kind="embeddings")))
+    assert isinstance(done, contract.Done)
+
+
 async def test_unreachable_upstream_is_retryable(bus: Bus, worker: WorkerService,
                                                     upstream: OpenAIUpstream) -> None:
     await upstream.close()  # nothing listens there any more: a connect error
