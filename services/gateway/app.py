@@ -143,7 +143,7 @@ class Gateway:
         if model is not None:
             room = max(1, model.context_window - facts.prompt_tokens)
             max_output = min(max_output, model.max_output_tokens, room)
-        sink: Sink = StreamSink(request, call) if req.stream else BufferedSink(call)
+        sink: Sink = StreamSink(request, call) if req.stream else BufferedSink(request, call)
         return await self._serve(call, "chat", plan, body, req.stream, max_output, sink)
 
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
@@ -160,7 +160,7 @@ class Gateway:
                 and req.dimensions > model.dimensions:
             raise InvalidRequest(f"'dimensions' can be at most {model.dimensions} for {plan.response_model}.",
                                  param="dimensions", code="invalid_value")
-        return await self._serve(call, "embeddings", plan, body, False, 0, BufferedSink(call))
+        return await self._serve(call, "embeddings", plan, body, False, 0, BufferedSink(request, call))
 
     async def list_models(self, request: web.Request) -> web.StreamResponse:
         call: Call = request[CALL]

@@ -85,7 +85,8 @@ class BufferedSink:
     chunks: int = 0
     resp: web.StreamResponse | None = None
 
-    def __init__(self, call: Call) -> None:
+    def __init__(self, request: web.Request, call: Call) -> None:
+        self.request = request
         self.call = call
         self.parts: list[bytes] = []
 
@@ -101,8 +102,18 @@ class BufferedSink:
     async def done(self, frame: Done) -> web.StreamResponse:
         headers = self.call.headers
         headers["Content-Type"] = _JSON
-        body = b"".join((*self.parts, frame.body)) if self.parts else frame.body
-        return web.Response(body=body, headers=headers)
+        if not self.parts:
+            return web.Response(body=frame.body, headers=headers)
+        # written slice by slice: joining them first would hold the answer twice
+        parts, self.parts = [*self.parts, frame.body], []
+        resp = web.StreamResponse(headers=headers)
+        resp.content_length = sum(map(len, parts))
+        self.resp = resp
+        await resp.prepare(self.request)
+        for part in parts:
+            await resp.write(part)
+        await resp.write_eof()
+        return resp
 
     async def fail(self, err: JanusError) -> web.StreamResponse:
         raise err

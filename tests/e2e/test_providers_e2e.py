@@ -448,6 +448,7 @@ def test_an_answer_over_one_bus_message_arrives_whole(world: World) -> None:
         model="gemini-embed-large", input=texts, dimensions=3072, encoding_format="float"
     )
     assert len(raw.http_response.content) > 1 << 21
+    assert raw.http_response.headers["content-length"] == str(len(raw.http_response.content))
     body = json.loads(raw.http_response.content)
     validate("CreateEmbeddingResponse", body)
     assert [d["index"] for d in body["data"]] == list(range(40))
