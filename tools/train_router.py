@@ -44,6 +44,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
@@ -290,43 +291,12 @@ def cross_validate(
     return {k: float(np.mean(v)) for k, v in scores.items()}
 
 
-def _floats(text: str) -> list[float]:
-    return [float(v) for v in text.split(",")]
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=str(DEFAULT_WEIGHTS))
-    ap.add_argument("--lambdas", default=LAMBDAS, help="L2 strengths of the hashed block to try")
-    ap.add_argument("--alphas", default=ALPHAS, help="weights of the added length term to try")
-    ap.add_argument("--gammas", default=GAMMAS, help="weights of the trees to try (0: linear only)")
-    args = ap.parse_args(argv)
-    rows = load_train()
-    if not rows:
-        print(f"no training data under {data_dir()}", file=sys.stderr)
-        return 1
-    print(f"training rows: {len(rows)} from {len({r.subject for r in rows})} MMLU subjects")
-    x = design([r.prompt for r in rows])
-    grid = (_floats(args.lambdas), _floats(args.alphas), _floats(args.gammas))
-    by_scheme = {name: cross_validate(rows, x, *grid, plans)
-                 for name, plans in fold_plans(rows).items()}
-    length = {name: cv.pop(LENGTH_ONLY) for name, cv in by_scheme.items()}
-    cv = {key: float(np.mean([c[key] for c in by_scheme.values()])) for key in by_scheme["subjects"]}
-    ranked = sorted(cv.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)
-    print("cv APGR, subjects held out / categories held out / mean:")
-    print(f"  prompt length alone: {length['subjects']:.3f} / {length['categories']:.3f}")
-
-    def line(key: Key) -> str:
-        lam, alpha, gamma = key
-        return (f"  lambda_hashed={lam:g} alpha={alpha:g} gamma={gamma:g}: {by_scheme['subjects'][key]:.3f}"
-                f" / {by_scheme['categories'][key]:.3f} / {cv[key]:.3f}")
-
-    for key, _ in ranked[:10]:
-        print(line(key))
-    linear = [kv for kv in ranked if kv[0][2] == 0]
-    if linear and linear[0] is not ranked[0]:
-        print("best without trees:\n" + line(linear[0][0]))
-    (lam, alpha, gamma), cv_apgr = ranked[0]
+def build(
+    rows: Sequence[Row], x: np.ndarray, lam: float, alpha: float, gamma: float,
+    metrics: dict[str, float | int],
+) -> dict[str, object]:
+    """The weights file's content for a model fitted to ``rows`` (their feature matrix ``x``) with
+    the given hyperparameters."""
     y, subjects = demeaned_gain(rows), subjects_of(rows)
     beta = fit(x, y, subjects, lam, alpha)
     trees: list[list[list[float]]] = []
@@ -351,23 +321,108 @@ def main(argv: list[str] | None = None) -> int:
         "trained_on": "RouteLLM MMLU responses, 45 training subjects (evaluation groups excluded); "
         "target: quality gain minus its subject mean; fixed-effects ridge plus depth-2 boosted "
         "trees on the dense signals, plus a length term",
-        "metrics": {
-            "cv_apgr": round(cv_apgr, 4),
-            "cv_apgr_subjects": round(by_scheme["subjects"][(lam, alpha, gamma)], 4),
-            "cv_apgr_categories": round(by_scheme["categories"][(lam, alpha, gamma)], 4),
-            "cv_apgr_length_subjects": round(length["subjects"], 4),
-            "cv_apgr_length_categories": round(length["categories"], 4),
-            "lambda_hashed": lam,
-            "alpha_length": alpha,
-            "gamma_trees": gamma,
-            "rows": len(rows),
-        },
+        "metrics": metrics,
     }
     # the percentile scale, taken on the training prompts' logits as the router computes them (its
     # own scorer: clipped dense signals, the exported trees walked), so what was trained is what runs
     scorer = Scorer(msgspec.convert({**out, "quantiles": [q / 100 for q in range(101)]}, WeightsFile))
     z = np.asarray([scorer.logit(r.prompt) for r in rows])
     out["quantiles"] = [round(float(np.quantile(z, q / 100)), 6) for q in range(101)]
+    return out
+
+
+Grid = tuple[Sequence[float], Sequence[float], Sequence[float]]
+
+
+@dataclass
+class Selection:
+    """Model selection's outcome: mean APGR per hyperparameter key, per held-out scheme and averaged
+    over the schemes, prompt length alone per scheme, and the winning key."""
+
+    by_scheme: dict[str, dict[Key, float]]
+    length: dict[str, float]
+    cv: dict[Key, float]
+    best: Key
+
+
+def select(rows: Sequence[Row], x: np.ndarray, grid: Grid) -> Selection:
+    """Cross-validate every key of ``grid`` under both held-out schemes; the best mean wins (ties to
+    the larger key, so the choice is deterministic)."""
+    by_scheme = {name: cross_validate(rows, x, *grid, plans) for name, plans in fold_plans(rows).items()}
+    length = {name: cv.pop(LENGTH_ONLY) for name, cv in by_scheme.items()}
+    cv = {key: float(np.mean([c[key] for c in by_scheme.values()])) for key in by_scheme["subjects"]}
+    best = max(cv.items(), key=lambda kv: (kv[1], kv[0]))[0]
+    return Selection(by_scheme, length, cv, best)
+
+
+def out_of_fold(rows: Sequence[Row], x: np.ndarray, grid: Grid, seed: int = SEEDS[0]) -> np.ndarray:
+    """A score for every training prompt from a model that never saw the prompt's subject: per
+    subject fold, the hyperparameters are selected again on the other subjects alone (nested
+    cross-validation), the model is built as ``main`` builds the shipped one, and the prompt gets
+    that model's percentile score. Scores of different fold models are comparable because each is
+    a percentile of its own training prompts, as the shipped model's are."""
+    folds = subject_folds(rows, seed)
+    out = np.zeros(len(rows))
+    for k in range(FOLDS):
+        held = folds == k
+        train = [r for r, h in zip(rows, held, strict=True) if not h]
+        lam, alpha, gamma = select(train, x[~held], grid).best
+        scorer = Scorer(msgspec.convert(build(train, x[~held], lam, alpha, gamma, {}), WeightsFile))
+        for i in np.flatnonzero(held):
+            out[i] = scorer.score(rows[int(i)].prompt)
+    return out
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",")]
+
+
+def default_grid() -> Grid:
+    return _floats(LAMBDAS), _floats(ALPHAS), _floats(GAMMAS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=str(DEFAULT_WEIGHTS))
+    ap.add_argument("--lambdas", default=LAMBDAS, help="L2 strengths of the hashed block to try")
+    ap.add_argument("--alphas", default=ALPHAS, help="weights of the added length term to try")
+    ap.add_argument("--gammas", default=GAMMAS, help="weights of the trees to try (0: linear only)")
+    args = ap.parse_args(argv)
+    rows = load_train()
+    if not rows:
+        print(f"no training data under {data_dir()}", file=sys.stderr)
+        return 1
+    print(f"training rows: {len(rows)} from {len({r.subject for r in rows})} MMLU subjects")
+    x = design([r.prompt for r in rows])
+    grid = (_floats(args.lambdas), _floats(args.alphas), _floats(args.gammas))
+    sel = select(rows, x, grid)
+    by_scheme, length, cv = sel.by_scheme, sel.length, sel.cv
+    ranked = sorted(cv.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)
+    print("cv APGR, subjects held out / categories held out / mean:")
+    print(f"  prompt length alone: {length['subjects']:.3f} / {length['categories']:.3f}")
+
+    def line(key: Key) -> str:
+        lam, alpha, gamma = key
+        return (f"  lambda_hashed={lam:g} alpha={alpha:g} gamma={gamma:g}: {by_scheme['subjects'][key]:.3f}"
+                f" / {by_scheme['categories'][key]:.3f} / {cv[key]:.3f}")
+
+    for key, _ in ranked[:10]:
+        print(line(key))
+    linear = [kv for kv in ranked if kv[0][2] == 0]
+    if linear and linear[0] is not ranked[0]:
+        print("best without trees:\n" + line(linear[0][0]))
+    (lam, alpha, gamma), cv_apgr = sel.best, cv[sel.best]
+    out = build(rows, x, lam, alpha, gamma, metrics={
+        "cv_apgr": round(cv_apgr, 4),
+        "cv_apgr_subjects": round(by_scheme["subjects"][(lam, alpha, gamma)], 4),
+        "cv_apgr_categories": round(by_scheme["categories"][(lam, alpha, gamma)], 4),
+        "cv_apgr_length_subjects": round(length["subjects"], 4),
+        "cv_apgr_length_categories": round(length["categories"], 4),
+        "lambda_hashed": lam,
+        "alpha_length": alpha,
+        "gamma_trees": gamma,
+        "rows": len(rows),
+    })
     Path(args.out).write_text(json.dumps(out, separators=(",", ":")) + "\n")
     print(f"chose lambda_hashed={lam:g} alpha={alpha:g} gamma={gamma:g} (cv APGR {cv_apgr:.3f}); "
           f"wrote {args.out}")

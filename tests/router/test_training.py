@@ -213,3 +213,35 @@ def test_scorer_clips_dense_signals_into_the_training_range() -> None:
         Scorer(_weights(dense_lo=[0.0] * 3, dense_hi=[1.0] * 3))
     with pytest.raises(ValueError, match="feature layout"):
         Scorer(_weights(word_bits=F.WORD_BITS + 1))
+
+
+def test_out_of_fold_scores_every_prompt_by_a_model_blind_to_its_subject(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The whole-data-set figures of ``make eval-routing`` score each training prompt with a model
+    selected and fitted without the prompt's subject; the scores are percentiles of that model."""
+    rows = _synthetic(range(10), 5)
+    x = T.design([r.prompt for r in rows])
+    seen: list[set[str]] = []
+    select, build = T.select, T.build
+
+    def spy_select(train: list[Row], xt: np.ndarray, grid: T.Grid) -> T.Selection:
+        seen.append({r.subject for r in train})
+        return select(train, xt, grid)
+
+    def spy_build(train: list[Row], *a: object) -> dict[str, object]:
+        assert {r.subject for r in train} == seen[-1]  # the model is fitted on what selection saw
+        return build(train, *a)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(T, "select", spy_select)
+    monkeypatch.setattr(T, "build", spy_build)
+    scores = T.out_of_fold(rows, x, ([1.0], [0.0, 0.1], [0.0]), seed=7)
+    folds = T.subject_folds(rows, 7)
+    assert len(seen) == T.FOLDS
+    for k, subjects in enumerate(seen):
+        held = {r.subject for r, f in zip(rows, folds, strict=True) if f == k}
+        assert held and not held & subjects and held | subjects == {r.subject for r in rows}
+    assert np.all((scores >= 0) & (scores <= 1))
+    hard = np.asarray(["derive" in r.prompt for r in rows])
+    assert scores[hard].mean() > scores[~hard].mean() + 0.3  # the cue carries to unseen subjects
+    assert evaluate(list(scores), rows).apgr > 0.6
