@@ -12,10 +12,8 @@ The stack starts once for the module.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -34,6 +32,7 @@ from tests.fakes.anthropic_upstream import AnthropicUpstream
 from tests.fakes.bedrock_upstream import BedrockUpstream
 from tests.fakes.cohere_upstream import CohereUpstream
 from tests.fakes.gemini_upstream import GeminiUpstream
+from tests.fakes.host import FakeHost
 from tests.fakes.ollama_upstream import OllamaUpstream
 from tests.fakes.openai_compat_upstream import OpenAICompatUpstream
 from tests.fakes.openai_upstream import vector_for
@@ -92,31 +91,6 @@ HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hello"}]
 
 
 # ------------------------------------------------------------------------------- the fake upstreams
-class FakeHost:
-    """The provider fakes on an event loop of their own, in a thread, so one set serves the whole
-    module while each test runs synchronously with the SDK."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="fake-upstreams", daemon=True)
-        self.thread.start()
-        self.fakes: dict[str, ReplayUpstream] = {}
-
-    def run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
-
-    def start(self) -> None:
-        for name, cls in FAKES.items():
-            self.fakes[name] = self.run(cls().start())
-
-    def stop(self) -> None:
-        for fake in self.fakes.values():
-            self.run(fake.stop())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
 def base_url(provider: str, fake: ReplayUpstream) -> str:
     return fake.base_url + "/v1" if provider == "openai_compat" else fake.base_url
 
@@ -197,7 +171,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     host = FakeHost()
     stack = None
     try:
-        host.start()
+        host.start({name: cls() for name, cls in FAKES.items()})
         work = tmp_path_factory.mktemp("providers")
         (work / "catalog.yaml").write_text(catalog_yaml(host.fakes))
         (work / "plans.yaml").write_text(PLANS)
