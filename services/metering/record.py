@@ -11,9 +11,17 @@ import hashlib
 
 import msgspec
 
+from shared.errors import ServiceUnavailable
 from shared.subjects import kv_key
 
 DIGEST = 8  # bytes of a settled request id's digest
+# The record layout's version, stored in every record written. A replica never overwrites a record
+# of a newer layout than its own: decoding drops the fields it does not know, so during a rolling
+# upgrade an older replica's write would silently lose what a newer one added (holds, settled ids:
+# money). It answers 503 instead, and the retry or the redelivered settlement reaches an upgraded
+# replica. Reading such a record is harmless and stays allowed. Raise this with every change of
+# the layout that an older replica would get wrong.
+SCHEMA = 1
 
 
 def user_key(user: str) -> str:
@@ -77,6 +85,7 @@ class Record(msgspec.Struct, omit_defaults=True, dict=True):
     # 11 bytes an id instead of 35, and one memcpy to decode instead of 256 strings.
     settled_ids: bytes = b""
     settled_costs: list[int] = []
+    schema: int = 0  # the SCHEMA of the replica that last wrote it (0: written before it existed)
 
     def settled_cost(self, request_id: str) -> int | None:
         if self.settled_ids:
@@ -130,6 +139,11 @@ _decoder = msgspec.msgpack.Decoder(Record)
 
 
 def encode_record(rec: Record) -> bytes:
+    if rec.schema > SCHEMA:
+        raise ServiceUnavailable(
+            f"this budget record was written by a newer metering (layout {rec.schema}, this replica "
+            f"knows {SCHEMA}); try again", code="metering_version")
+    rec.schema = SCHEMA
     return _encoder.encode(rec)
 
 

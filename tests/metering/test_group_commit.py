@@ -11,10 +11,11 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from services.metering import budget
-from services.metering.record import Record, user_key
+from services.metering.record import SCHEMA, Record, user_key
 from services.metering.service import MeteringService
 from services.metering.store import BudgetStore
 from services.metering.streams import SETTLE_DURABLE, ensure_settlement_stream
@@ -22,6 +23,7 @@ from shared import metrics, subjects
 from shared.bus import Bus
 from shared.catalog import load_catalog, load_plans
 from shared.contract import ReserveReply, ReserveRequest
+from shared.errors import ServiceUnavailable
 from shared.money import PriceUnits
 from tests.metering.conftest import HOLD, MODEL, TINY_SESSION, ledger, settle, wait_for
 
@@ -159,3 +161,32 @@ async def test_settlements_fetched_together_are_one_write_per_user(
         assert rec.session_used == sum(50 + 40 * i for i in range(8))  # 1000 in, 100*i out
     entries = await ledger(bus)
     assert sorted(e.request_id for e in entries) == sorted(f"{u}-{i}" for u in users for i in range(8))
+
+
+async def test_a_record_of_a_newer_layout_is_read_but_never_overwritten(
+    bus: Bus, tiny: tuple[budget.PlanRules, PriceUnits]
+) -> None:
+    """A rolling upgrade: a newer replica wrote the record with a field this one does not know.
+    Writing it back would drop that field, so the change fails with a retryable 503 instead and the
+    stored bytes stay as they were; reading it still works."""
+    rules, price = tiny
+    kv = await bus.kv(BUCKET)
+    store = BudgetStore(kv)
+    now = int(time.time())
+    assert (await store.update("u", reserving("a", rules, price, now))).admitted
+    stored = msgspec.msgpack.decode((await kv.get(user_key("u"))).value)
+    assert stored["schema"] == SCHEMA  # every write says which layout wrote it
+    newer = msgspec.msgpack.encode({**stored, "schema": SCHEMA + 1, "holds_by_region": {"eu": 1}})
+    rev = await kv.put(user_key("u"), newer)
+    with pytest.raises(ServiceUnavailable) as ei:
+        await store.update("u", reserving("b", rules, price, now))
+    assert ei.value.code == "metering_version" and ei.value.retryable
+    entry = await kv.get(user_key("u"))
+    assert (entry.value, entry.revision) == (newer, rev)
+    rec, _ = await store.read(user_key("u"))
+    assert rec is not None and sorted(rec.holds) == ["a"]
+    # an older layout (no field: written before it existed) is simply brought up to this one
+    older = {k: v for k, v in stored.items() if k != "schema"}
+    await kv.put(user_key("u"), msgspec.msgpack.encode(older))
+    assert (await BudgetStore(kv).update("u", reserving("b", rules, price, now))).admitted
+    assert msgspec.msgpack.decode((await kv.get(user_key("u"))).value)["schema"] == SCHEMA
