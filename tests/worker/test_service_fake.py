@@ -161,6 +161,10 @@ async def test_embeddings_base64_round_trips(bus: Bus, worker: WorkerService) ->
 async def test_bad_requests_fail_cleanly(bus: Bus, worker: WorkerService) -> None:
     done = (await run_work(bus, work("emb-small", {"input": [[1], "x"]}, kind="embeddings")))[-1]
     assert isinstance(done, contract.Failed) and done.error.kind == "InvalidRequest"
+    # one answer per request: two asked for is refused, not silently answered once
+    refused = check_sequence(await run_work(bus, work("fake-chat", {"messages": MESSAGES, "n": 2})))
+    assert isinstance(refused, contract.Failed) and refused.error.kind == "InvalidRequest"
+    assert JanusError.from_wire(refused.error).param == "n"
     req = work("fake-chat", {"messages": MESSAGES}, deployment="no-such-deployment")
     failed = check_sequence(await run_work(bus, req))
     assert isinstance(failed, contract.Failed) and JanusError.from_wire(failed.error).retryable

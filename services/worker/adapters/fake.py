@@ -7,7 +7,8 @@ It lets ``make run``, the tests and the benchmark exercise every path of Janus w
   (``latency_ms``, ``tokens_per_second``; 0 = as fast as possible), overridden by the environment
   variables ``JANUS_FAKE_LATENCY_MS`` / ``JANUS_FAKE_TOKENS_PER_SECOND``;
 - real usage: prompt tokens counted from the messages, completion tokens = tokens generated;
-- ``max_tokens`` / ``max_completion_tokens`` (finish ``length``) and ``stop`` sequences;
+- ``max_tokens`` / ``max_completion_tokens`` (finish ``length``) and ``stop`` sequences; one answer
+  per request (``n`` > 1 is refused, as providers without ``n`` do, not silently answered once);
 - tools: unless ``tool_choice`` is "none", a call to the named (or first) tool with arguments that
   satisfy the schema's required properties; several tools at once when parallel calls are allowed,
   several tools are given and the prompt asks for more than one thing ("both", "each", "all", ...);
@@ -39,6 +40,7 @@ from services.worker.adapters.base import (
     json_text,
     max_tokens_of,
     option,
+    single_choice,
     stop_list,
     text_of,
 )
@@ -144,6 +146,7 @@ class FakeAdapter:
 
     async def stream_events(self, ctx: ChatContext) -> AsyncIterator[Event]:
         body = ctx.body
+        single_choice(body)
         prompt = _last_user_text(body)
         prompt_tokens = estimate_prompt_tokens(body)
         latency, per_token = self._pace(ctx)
