@@ -21,9 +21,14 @@ PositiveInt = Annotated[int, Meta(ge=1)]
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
 
+class ImageURL(msgspec.Struct):
+    url: str
+
+
 class ContentPart(msgspec.Struct):
     type: str
     text: str | None = None
+    image_url: ImageURL | None = None
 
 
 class FunctionCall(msgspec.Struct):
@@ -40,6 +45,7 @@ class Message(msgspec.Struct):
     content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
 
 
 class FunctionDef(msgspec.Struct):
@@ -58,8 +64,22 @@ class StreamOptions(msgspec.Struct):
     include_usage: bool | None = None
 
 
+class JSONSchemaFormat(msgspec.Struct):
+    schema: msgspec.Raw = msgspec.Raw(b"")
+
+
 class ResponseFormat(msgspec.Struct):
     type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+
+class FunctionName(msgspec.Struct):
+    name: str
+
+
+class NamedToolChoice(msgspec.Struct):
+    type: str = "function"
+    function: FunctionName | None = None
 
 
 class ChatRequest(msgspec.Struct):
@@ -80,7 +100,7 @@ class ChatRequest(msgspec.Struct):
     stop: str | list[str] | None = None
     user: str | None = None
     tools: list[Tool] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
 
@@ -111,9 +131,8 @@ def _invalid(exc: msgspec.ValidationError) -> InvalidRequest:
     message = text[: m.start()] if m else text
     missing = _MISSING.match(message)
     if missing:
-        path = f"{path}.{missing.group('field')}" if path else missing.group("field")
-        message = f"Missing required parameter: '{path}'."
-    elif path:
+        return _missing(f"{path}.{missing.group('field')}" if path else missing.group("field"))
+    if path:
         message = f"Invalid value for '{path}': {message}."
     return InvalidRequest(message, param=path or None, code="invalid_value")
 
@@ -131,6 +150,18 @@ def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
             "We could not parse the JSON body of your request. The body must be a JSON object.",
             code="invalid_json",
         ) from None
+
+
+def _missing(param: str) -> InvalidRequest:
+    return InvalidRequest(f"Missing required parameter: '{param}'.", param=param,
+                          code="missing_required_parameter")
+
+
+def _json_object(raw: msgspec.Raw, param: str) -> None:
+    """A JSON Schema kept raw (its size is all the gateway reads) must still be an object."""
+    if raw and not bytes(raw).lstrip().startswith(b"{"):
+        raise InvalidRequest(f"Invalid value for '{param}': expected a JSON Schema object.",
+                             param=param, code="invalid_value")
 
 
 def _size(text: str) -> int:
@@ -184,6 +215,12 @@ def parse_chat(body: bytes) -> ChatFacts:
                     n += _size(part.text)
                 elif part.type == "image_url" or part.type == "input_image":
                     vision = True
+                    if part.type == "image_url" and part.image_url is None:
+                        raise InvalidRequest(
+                            "An 'image_url' content part needs an 'image_url' object with a 'url'.",
+                            param=f"messages[{i}].content[{j}].image_url", code="invalid_value")
+        if m.role == "tool" and m.tool_call_id is None:
+            raise _missing(f"messages[{i}].tool_call_id")
         if m.name:
             n += _size(m.name)
         if m.tool_calls:
@@ -193,13 +230,23 @@ def parse_chat(body: bytes) -> ChatFacts:
         sizes.append(n)
     if req.tools:
         n = 0
-        for tool in req.tools:
+        for i, tool in enumerate(req.tools):
             f = tool.function
             if f is not None:
                 n += _size(f.name) + (_size(f.description) if f.description else 0)
                 n += len(f.parameters)
+                _json_object(f.parameters, f"tools[{i}].function.parameters")
+            elif tool.type == "function":
+                raise _missing(f"tools[{i}].function")
         sizes.append(n)
+    choice = req.tool_choice
+    if isinstance(choice, NamedToolChoice) and choice.type == "function" and choice.function is None:
+        raise _missing("tool_choice.function")
     fmt = req.response_format
+    if fmt is not None and fmt.type == "json_schema":
+        if fmt.json_schema is None:
+            raise _missing("response_format.json_schema")
+        _json_object(fmt.json_schema.schema, "response_format.json_schema.schema")
     return ChatFacts(
         request=req,
         prompt_tokens=tokens.estimate_messages(sizes),

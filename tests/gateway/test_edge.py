@@ -73,6 +73,26 @@ BAD_BODIES: dict[str, tuple[Any, str | None]] = {
     "temperature_string": ({**CHAT, "temperature": "hot"}, "temperature"),
     "content_number": ({"model": "m", "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
     "tools_not_list": ({**CHAT, "tools": {"x": 1}}, "tools"),
+    # shapes OpenAI refuses and provider adapters would otherwise have to guess at
+    "image_url_a_string": ({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": "https://example.com/a.png"}]}]},
+        "messages[0].content[0].image_url"),
+    "image_url_missing": ({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+                          "messages[0].content[0].image_url"),
+    "tool_message_without_id": ({"model": "m", "messages": [{"role": "user", "content": "hi"},
+                                                           {"role": "tool", "content": "18C"}]},
+                                "messages[1].tool_call_id"),
+    "function_tool_without_function": ({**CHAT, "tools": [{"type": "function"}]}, "tools[0].function"),
+    "tool_parameters_not_an_object": ({**CHAT, "tools": [{"type": "function", "function": {
+        "name": "f", "parameters": "city"}}]}, "tools[0].function.parameters"),
+    "tool_choice_unknown_word": ({**CHAT, "tool_choice": "sometimes"}, "tool_choice"),
+    "tool_choice_function_unnamed": ({**CHAT, "tool_choice": {"type": "function"}}, "tool_choice.function"),
+    "json_schema_missing": ({**CHAT, "response_format": {"type": "json_schema"}},
+                            "response_format.json_schema"),
+    "json_schema_a_string": ({**CHAT, "response_format": {"type": "json_schema", "json_schema": "x"}},
+                             "response_format.json_schema"),
+    "json_schema_schema_not_an_object": ({**CHAT, "response_format": {"type": "json_schema", "json_schema": {
+        "name": "x", "schema": [1]}}}, "response_format.json_schema.schema"),
 }
 
 
