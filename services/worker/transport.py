@@ -8,6 +8,7 @@ aiohttp's exceptions are mapped to the Janus error tree here, once:
     connect / connection reset      -> UpstreamError (retryable)
     connect or read timeout         -> UpstreamTimeout (retryable)
     body cut short while streaming  -> StreamInterrupted
+    a stream with not one event     -> UpstreamError (retryable: nothing was generated)
 
 Cancelling the calling task closes the upstream response, so the provider stops generating.
 """
@@ -142,11 +143,19 @@ class Transport:
             async with self._open(req) as resp:
                 await self._raise_for_status(resp, adapter)
                 started = True
+                events = 0
                 async for chunk in resp.content.iter_any():
                     for msg in decoder.feed(chunk):
+                        events += 1
                         yield msg
                 for msg in decoder.end():
+                    events += 1
                     yield msg
+                if not events:
+                    # not one event in the whole body (a proxy's error page, an empty 200): the
+                    # deployment did not stream, nothing was generated, and another may answer
+                    raise UpstreamError(f"the provider answered a streaming request with no events "
+                                        f"(content type {resp.content_type!r})", code="upstream_unreadable")
         except (asyncio.CancelledError, GeneratorExit):
             raise
         except Exception as exc:

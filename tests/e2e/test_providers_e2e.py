@@ -37,7 +37,7 @@ from tests.fakes.ollama_upstream import OllamaUpstream
 from tests.fakes.openai_compat_upstream import OpenAICompatUpstream
 from tests.fakes.openai_upstream import vector_for
 from tests.fixtures import wire
-from tests.fixtures.replay import Drop, Fail, ReplayUpstream
+from tests.fixtures.replay import Drop, Fail, Garbage, ReplayUpstream
 from tests.openai_schema import validate
 from tools.stack import Stack, start_stack
 from tools.token import make_token
@@ -355,6 +355,26 @@ def test_overloaded_deployment_falls_back(world: World, provider: str) -> None:
     tried = upstream_names(fake, before)
     assert len(tried) == 2 and set(tried) == {"up-a", "up-b"}, "the second deployment answered"
     assert_charged(world, client, reported(provider, "chat_text"), CHAT_PRICE)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_unreadable_answer_falls_back(world: World, provider: str) -> None:
+    """A 200 whose body is not the provider's JSON (a proxy's error page) is the deployment's fault,
+    not Janus's: a retryable upstream error inside Janus, so the second deployment answers."""
+    fake = world.fakes[provider]
+    client = world.client(f"garbage-{provider}")
+    before = len(fake.requests)
+    fake.script(Garbage())
+    raw = client.chat.completions.with_raw_response.create(model=f"{provider}-chat", messages=HELLO)
+    assert raw.parse().choices[0].message.content == wire.expected(provider)["chat_text"]["content"]
+    assert upstream_names(fake, before) == ["up-a", "up-b"]
+    assert_charged(world, client, reported(provider, "chat_text"), CHAT_PRICE)
+    # the same page where a stream was expected: nothing was sent yet, so it falls back too
+    before = len(fake.requests)
+    fake.script(Garbage())
+    status, events = stream_chat(world.client(f"garbage-stream-{provider}"), f"{provider}-chat")
+    assert status == 200 and events[-1] == "[DONE]"
+    assert upstream_names(fake, before) == ["up-a", "up-b"]
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
