@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator
-from typing import Any
+from collections.abc import AsyncGenerator, Callable
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -27,6 +27,7 @@ from shared.errors import InvalidRequest, JanusError, PayloadTooLarge, UpstreamE
 from shared.logging import get_logger
 
 log = get_logger("worker")
+R = TypeVar("R")
 
 _json_decoder = msgspec.json.Decoder()
 EMBED_CONCURRENCY = 8  # upstream calls in flight for one embeddings request split into batches
@@ -217,20 +218,9 @@ class Call:
         parser = self.adapter.stream_parser(self.ctx)
         async with contextlib.aclosing(self.transport.stream(up, self.adapter)) as msgs:
             async for m in msgs:
-                try:
-                    events = parser.feed(m)
-                except JanusError:
-                    raise
-                except Exception as exc:
-                    raise self._unreadable(exc) from exc
-                for ev in events:
+                for ev in self._read(parser.feed, m):
                     yield ev
-        try:
-            parser.finish()
-        except JanusError:
-            raise
-        except Exception as exc:
-            raise self._unreadable(exc) from exc
+        self._read(parser.finish)
 
     async def _chat_stream(self) -> Done:
         req, r = self.req, self.r
@@ -259,28 +249,29 @@ class Call:
         else:
             raw = await self.transport.fetch(self.adapter.chat_request(self.ctx), self.adapter)
             seconds = self.upstream_seconds()
-            try:
-                if hasattr(self.adapter, "parse_chat_openai"):
-                    return self._passthrough(self.adapter.parse_chat_openai(raw), seconds)
-                c = self.adapter.parse_chat(raw)
-            except JanusError:
-                raise
-            except Exception as exc:
-                raise self._unreadable(exc) from exc
+            if hasattr(self.adapter, "parse_chat_openai"):
+                return self._passthrough(self._read(self.adapter.parse_chat_openai, raw), seconds)
+            c = self._read(self.adapter.parse_chat, raw)
         seconds = self.upstream_seconds()
         usage = openai.with_fallback(c.usage, self._prompt_estimate, openai.completion_size(c))
         body = openai.completion_body(c, req.request_id, req.created, req.response_model, usage)
         return Done(seq=0, usage=usage, body=body, finish_reason=c.finish_reason, upstream_seconds=seconds,
                     deployment=req.deployment)
 
-    def _unreadable(self, exc: Exception) -> UpstreamError:
-        """An answer the adapter cannot read (HTML from a proxy, a field of the wrong type) is the
-        deployment's fault, not Janus's: a retryable 502, so the gateway falls back and the
-        deployment's health suffers, instead of a 500. The cause is logged for the adapter's sake."""
-        log.warning("upstream_unreadable", provider=self.ctx.provider.id, deployment=self.req.deployment,
-                    error=f"{type(exc).__name__}: {exc}"[:300])
-        return UpstreamError(f"provider {self.ctx.provider.id!r} sent a response that could not be read",
-                             code="upstream_unreadable")
+    def _read(self, parse: Callable[..., R], *data: Any) -> R:
+        """``parse(*data)`` on what the provider sent. An answer the adapter cannot read (HTML from a
+        proxy, a field of the wrong type) is the deployment's fault, not Janus's: a retryable 502,
+        so the gateway falls back and the deployment's health suffers, instead of a 500. The cause
+        is logged for the adapter's sake."""
+        try:
+            return parse(*data)
+        except JanusError:
+            raise
+        except Exception as exc:
+            log.warning("upstream_unreadable", provider=self.ctx.provider.id, deployment=self.req.deployment,
+                        error=f"{type(exc).__name__}: {exc}"[:300])
+            raise UpstreamError(f"provider {self.ctx.provider.id!r} sent a response that could not be read",
+                                code="upstream_unreadable") from exc
 
     def _passthrough(self, obj: openai.ChatCompletion, seconds: float) -> Done:
         req = self.req
@@ -313,12 +304,7 @@ class Call:
                 async with gate:
                     up = self.adapter.embeddings_request(self.ctx, batch)
                     raw = await self.transport.fetch(up, self.adapter)
-                try:
-                    return self.adapter.parse_embeddings(raw)
-                except JanusError:
-                    raise
-                except Exception as exc:
-                    raise self._unreadable(exc) from exc
+                return self._read(self.adapter.parse_embeddings, raw)
 
             # gather keeps the batches' order, so the vectors line up with the inputs
             results = await asyncio.gather(*(one(b) for b in batches))
