@@ -17,11 +17,11 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from tests.fakes.host import FakeHost
+from tests.fakes.host import stack_on_fakes
 from tests.fakes.openai_compat_upstream import OpenAICompatUpstream
 from tests.fixtures import wire
 from tests.fixtures.replay import Fail, ReplayUpstream
-from tools.stack import Stack, parse_metric, start_stack
+from tools.stack import Stack, parse_metric
 from tools.token import make_token
 
 HI: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hi"}]
@@ -93,26 +93,14 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    host = FakeHost()
-    stack = None
-    try:
-        host.start({"primary": OpenAICompatUpstream(), "backup": OpenAICompatUpstream()})
-        work = tmp_path_factory.mktemp("breaker")
-        urls = {name: fake.base_url for name, fake in host.fakes.items()}
-        (work / "catalog.yaml").write_text(CATALOG.format(**urls))
-        (work / "plans.yaml").write_text(PLANS)
-        (work / "routing.yaml").write_text(ROUTING)
-        stack = start_stack(work, env={
-            "JANUS_CATALOG": str(work / "catalog.yaml"),
-            "JANUS_PLANS": str(work / "plans.yaml"),
-            "JANUS_ROUTING": str(work / "routing.yaml"),
-            "JANUS_E2E_KEY": "sk-breaker",
-        })
+    def config(fakes: dict[str, ReplayUpstream]) -> dict[str, str]:
+        urls = {name: fake.base_url for name, fake in fakes.items()}
+        return {"catalog.yaml": CATALOG.format(**urls), "plans.yaml": PLANS, "routing.yaml": ROUTING}
+
+    fakes: dict[str, ReplayUpstream] = {"primary": OpenAICompatUpstream(), "backup": OpenAICompatUpstream()}
+    with stack_on_fakes(tmp_path_factory.mktemp("breaker"), fakes, config,
+                        {"JANUS_E2E_KEY": "sk-breaker"}) as (stack, host):
         yield World(stack, host.fakes)
-    finally:
-        if stack is not None:
-            stack.stop()
-        host.stop()
 
 
 def test_upstream_fails_recovers_and_fails_again(world: World) -> None:

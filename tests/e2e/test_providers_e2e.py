@@ -32,14 +32,14 @@ from tests.fakes.anthropic_upstream import AnthropicUpstream
 from tests.fakes.bedrock_upstream import BedrockUpstream
 from tests.fakes.cohere_upstream import CohereUpstream
 from tests.fakes.gemini_upstream import GeminiUpstream
-from tests.fakes.host import FakeHost
+from tests.fakes.host import FakeHost, stack_on_fakes
 from tests.fakes.ollama_upstream import OllamaUpstream
 from tests.fakes.openai_compat_upstream import OpenAICompatUpstream
 from tests.fakes.openai_upstream import vector_for
 from tests.fixtures import wire
 from tests.fixtures.replay import Drop, Fail, Garbage, ReplayUpstream
 from tests.openai_schema import validate
-from tools.stack import Stack, start_stack
+from tools.stack import Stack
 from tools.token import make_token
 
 FAKES: dict[str, Callable[[], ReplayUpstream]] = {
@@ -168,30 +168,18 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    host = FakeHost()
-    stack = None
-    try:
-        host.start({name: cls() for name, cls in FAKES.items()})
-        work = tmp_path_factory.mktemp("providers")
-        (work / "catalog.yaml").write_text(catalog_yaml(host.fakes))
-        (work / "plans.yaml").write_text(PLANS)
-        (work / "routing.yaml").write_text("routing: {rules: []}\n")
-        stack = start_stack(
-            work,
-            env={
-                "JANUS_CATALOG": str(work / "catalog.yaml"),
-                "JANUS_PLANS": str(work / "plans.yaml"),
-                "JANUS_ROUTING": str(work / "routing.yaml"),
-                KEY_ENV: "sk-e2e-provider-key",
-                "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
-                "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
-            },
-        )
+    def config(fakes: dict[str, ReplayUpstream]) -> dict[str, str]:
+        return {"catalog.yaml": catalog_yaml(fakes), "plans.yaml": PLANS,
+                "routing.yaml": "routing: {rules: []}\n"}
+
+    env = {
+        KEY_ENV: "sk-e2e-provider-key",
+        "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
+        "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+    }
+    fakes = {name: cls() for name, cls in FAKES.items()}
+    with stack_on_fakes(tmp_path_factory.mktemp("providers"), fakes, config, env) as (stack, host):
         yield World(stack, host)
-    finally:
-        if stack is not None:
-            stack.stop()
-        host.stop()
 
 
 # --------------------------------------------------------------------------------------- helpers

@@ -1,13 +1,17 @@
 """Fake upstreams on an event loop of their own, in a thread, so one set serves a whole test module
-while each test drives the stack synchronously with the openai SDK."""
+while each test drives the stack synchronously with the openai SDK; and the stack started on them."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from tests.fixtures.replay import ReplayUpstream
+from tools.stack import Stack, start_stack
 
 
 class FakeHost:
@@ -30,3 +34,32 @@ class FakeHost:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
+
+
+Config = Callable[[dict[str, ReplayUpstream]], dict[str, str]]
+
+
+@contextlib.contextmanager
+def stack_on_fakes(work: Path, fakes: dict[str, ReplayUpstream], config: Config,
+                   env: dict[str, str] | None = None) -> Iterator[tuple[Stack, FakeHost]]:
+    """The fakes started, then the whole stack with the catalog, plans and routing files that
+    ``config`` writes for them (it gets the started fakes, so the catalog can name their URLs);
+    everything stopped on the way out."""
+    host = FakeHost()
+    stack = None
+    try:
+        host.start(fakes)
+        files = config(host.fakes)
+        for name, text in files.items():
+            (work / name).write_text(text)
+        stack = start_stack(work, env={
+            "JANUS_CATALOG": str(work / "catalog.yaml"),
+            "JANUS_PLANS": str(work / "plans.yaml"),
+            "JANUS_ROUTING": str(work / "routing.yaml"),
+            **(env or {}),
+        })
+        yield stack, host
+    finally:
+        if stack is not None:
+            stack.stop()
+        host.stop()
