@@ -110,7 +110,8 @@ def start_nats(
 ) -> NatsServer:
     """A real nats-server bound to 127.0.0.1; ``port=-1`` lets the server choose.
 
-    ``monitor_port`` opens the HTTP monitoring endpoints (``/jsz`` names the JetStream leaders)."""
+    ``monitor_port`` opens the HTTP monitoring endpoints (``/jsz`` names the JetStream leaders,
+    ``/varz`` counts messages); ``-1`` lets the server choose that port too."""
     store = workdir / f"jetstream-{name}"
     store.mkdir(parents=True, exist_ok=True)
     ports_dir = workdir / f"ports-{name}"
@@ -146,7 +147,11 @@ def start_nats(
                 chosen = int(url.rsplit(":", 1)[1])
                 # pin the chosen port so a restart comes back where clients reconnect
                 args[args.index("-p") + 1] = str(chosen)
-                return NatsServer(proc, url, store, chosen, args, name, monitor_port)
+                monitor = monitor_port
+                if monitor == -1:
+                    monitor = int(info["monitoring"][0].rsplit(":", 1)[1])
+                    args[args.index("-m") + 1] = str(monitor)
+                return NatsServer(proc, url, store, chosen, args, name, monitor)
             except (ValueError, KeyError, IndexError):
                 pass
         if proc.poll() is not None:
@@ -477,11 +482,14 @@ def start_stack(
     services: tuple[str, ...] = SERVICES,
     console: bool = False,
     cluster: list[NatsServer] | None = None,
+    nats_monitor: bool = False,
 ) -> Stack:
     """``cluster``: run the services on these already running nodes (see ``start_cluster``) instead
-    of starting one nats-server; the stack then owns and stops them."""
+    of starting one nats-server; the stack then owns and stops them. ``nats_monitor`` opens the
+    server's monitoring port on a port it chooses (``stack.nats.monitor("varz")``)."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="janus-"))
-    nats = cluster[0] if cluster else start_nats(workdir, nats_port)
+    monitor = -1 if nats_monitor else None
+    nats = cluster[0] if cluster else start_nats(workdir, nats_port, monitor_port=monitor)
     full = base_env(cluster_url(cluster) if cluster else nats.url, **(env or {}))
     if cluster:
         full.setdefault("JANUS_NATS_REPLICAS", str(min(3, len(cluster))))

@@ -128,8 +128,10 @@ def _bench(tmp_path: Path, *args: str, timeout: float) -> dict[str, object]:
     assert "p50 ms" in proc.stdout  # the table was printed
     doc = json.loads((out / "latest.json").read_text())
     assert set(doc) >= {"rows", "targets", "settings", "machine", "notes", "extras"}
-    assert set(doc["targets"]) == {"added_p50_ms_at_c1", "janus_cpu_ms_per_buffered_request", "janus_rps",
-                                   "incomplete_streams_at_c64"}
+    assert set(doc["targets"]) == {
+        "added_p50_ms_at_c1", "janus_cpu_ms_per_buffered_request_at_c1",
+        "janus_cpu_ms_per_buffered_request_at_c16", "janus_cpu_ms_per_streamed_chunk_at_c16", "janus_rps",
+        "incomplete_streams_at_c64"}
     return doc
 
 
@@ -137,6 +139,7 @@ def _bench(tmp_path: Path, *args: str, timeout: float) -> dict[str, object]:
 def test_bench_direct_path_end_to_end(tmp_path: Path) -> None:
     doc = _bench(tmp_path, "--targets", "direct", "--concurrency", "1,4", "--modes", "buffered,stream",
                  "--requests", "40", timeout=80)
+    assert doc["chunk_slope"] is None  # no Janus, no slope phases
     rows = doc["rows"]
     assert isinstance(rows, list)
     assert [(r["target"], r["mode"], r["concurrency"]) for r in rows] == [
@@ -153,7 +156,7 @@ def test_bench_direct_path_end_to_end(tmp_path: Path) -> None:
 @pytest.mark.timeout(150)
 def test_bench_through_janus_end_to_end(tmp_path: Path) -> None:
     doc = _bench(tmp_path, "--concurrency", "2", "--modes", "buffered,stream", "--requests", "30",
-                 timeout=140)
+                 "--chunks", "4", "--long-chunks", "12", timeout=140)
     assert doc["notes"] == [], doc["notes"]
     janus = [r for r in doc["rows"] if r["target"] == "janus"]  # type: ignore[attr-defined,index]
     assert [(r["mode"], r["concurrency"]) for r in janus] == [("buffered", 2), ("stream", 2)]
@@ -163,3 +166,17 @@ def test_bench_through_janus_end_to_end(tmp_path: Path) -> None:
         assert r["janus_cpu_ms_per_request"] is not None
         assert set(r["janus_cpu_ms_by_process"]) == {"nats-server", "metering", "router", "worker", "gateway"}
         assert r["stages"], "no stage histograms were scraped from the services"
+        # nats-server's own counters: a request crosses the bus several times, each way
+        assert r["bus_in_per_request"] >= 3 and r["bus_out_per_request"] >= 3, r
+
+    slope = [r for r in doc["rows"] if r["target"] == "slope"]  # type: ignore[attr-defined,index]
+    shapes = [(r["mode"], r["concurrency"], r["chunks"]) for r in slope]
+    assert shapes == [("stream", 16, 4), ("stream", 16, 12)]
+    for r in slope:
+        assert r["requests"] == 30 and r["errors"] == 0 and r["incomplete_streams"] == 0, r["first_error"]
+    # every chunk is one more message each way, so the longer streams cross the bus more often
+    assert slope[1]["bus_in_per_request"] - slope[0]["bus_in_per_request"] >= 8 * 0.9
+    fit = doc["chunk_slope"]
+    assert isinstance(fit, dict) and fit["chunks"] == [4, 12]
+    measured = doc["targets"]["janus_cpu_ms_per_streamed_chunk_at_c16"]["measured"]  # type: ignore[index]
+    assert fit["cpu_ms_per_chunk"] == measured

@@ -7,7 +7,11 @@
 2. direct: for each mode and concurrency, closed-loop load straight at the upstream;
 3. janus: start nats-server and the four services with a generated catalog whose one provider is
    the upstream (``openai_compat``), issue a JWT for a plan too large to run out, and send the
-   same load through the gateway, reading the CPU time of every Janus process around each window;
+   same load through the gateway, reading the CPU time of every Janus process and nats-server's
+   message counters (``/varz``) around each window;
+   then the two ``slope`` phases: streams at concurrency 16 of ``--chunks`` and of
+   ``--long-chunks`` chunks (a second upstream), whose CPU difference per chunk is what one
+   streamed chunk costs Janus;
 4. run the extra sections other benchmarks plug in (``tools.bench.extras``);
 5. print one table and write it as JSON to ``bench-results/latest.json``.
 
@@ -58,6 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each phase")
     ap.add_argument("--timeout", type=float, default=30.0, help="bound on one request, seconds")
     ap.add_argument("--chunks", type=int, default=8, help="content deltas per upstream stream")
+    ap.add_argument("--long-chunks", type=int, default=64,
+                    help="content deltas per stream of the second slope phase; 0 skips both slope phases")
     ap.add_argument("--chunk-delay-ms", type=float, default=0.0, help="upstream pause between events")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-results", help="report directory")
     ap.add_argument("--workdir", type=Path, default=None, help="keep the stack's files and logs here")
@@ -102,15 +108,21 @@ def main(argv: list[str] | None = None) -> int:
     upstream = Upstream(chunks=args.chunks, chunk_delay_ms=args.chunk_delay_ms,
                         api_key_env=janus_mod.KEY_ENV, env={janus_mod.KEY_ENV: key})
     print(f"fake upstream on {upstream.base_url} (pid {upstream.proc.pid})", flush=True)
+    long_upstream = None
     try:
+        if "janus" in args.targets and args.long_chunks > args.chunks:
+            long_upstream = Upstream(chunks=args.long_chunks, chunk_delay_ms=args.chunk_delay_ms,
+                                     api_key_env=janus_mod.KEY_ENV, env={janus_mod.KEY_ENV: key})
         if "direct" in args.targets:
             meter = CpuMeter({"upstream": upstream.proc.pid})
             for phase in _phases("direct", upstream.base_url, args, model_for, key):
                 rows.append(report.make_row("direct", _run(phase, meter, args), []))
         if "janus" in args.targets:
-            rows += _janus_phases(args, workdir, upstream, key, model_for, notes, profiles)
+            rows += _janus_phases(args, workdir, upstream, long_upstream, key, model_for, notes, profiles)
     finally:
         upstream.stop()
+        if long_upstream:
+            long_upstream.stop()
 
     extras: dict[str, Any] = {}
     if not args.no_extras:
@@ -146,11 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _janus_phases(args: argparse.Namespace, workdir: Path, upstream: Upstream, key: str,
-                  model_for: dict[str, str], notes: list[str], profiles: dict[str, Any]) -> list[report.Row]:
+def _janus_phases(args: argparse.Namespace, workdir: Path, upstream: Upstream, long_upstream: Upstream | None,
+                  key: str, model_for: dict[str, str], notes: list[str],
+                  profiles: dict[str, Any]) -> list[report.Row]:
     print("starting nats-server and the four services ...", flush=True)
     try:
-        janus = janus_mod.start(workdir / "janus", upstream.base_url, key, dimensions=16)
+        janus = janus_mod.start(workdir / "janus", upstream.base_url, key, dimensions=16,
+                                long_upstream_url=long_upstream.base_url if long_upstream else "")
     except Exception as exc:  # the services may not exist yet or may fail to start: report, go on
         notes.append(f"janus stack did not start: {str(exc)[-1500:]}")
         print(f"janus stack did not start:\n{str(exc)[-1500:]}", flush=True)
@@ -164,8 +178,15 @@ def _janus_phases(args: argparse.Namespace, workdir: Path, upstream: Upstream, k
         pids = janus.pids()
         names = list(pids)
         ports = {name: svc.ops_port for name, svc in janus.stack.services.items()}
-        meter = CpuMeter({**pids, "upstream": upstream.proc.pid})
-        for phase in _phases("janus", janus.base_url, args, model_for, janus.token):
+        upstreams = {"upstream": upstream.proc.pid}
+        if long_upstream:
+            upstreams["upstream-long"] = long_upstream.proc.pid
+        meter = CpuMeter({**pids, **upstreams})
+        phases = _phases("janus", janus.base_url, args, model_for, janus.token)
+        if long_upstream:
+            phases += [Phase("slope", janus.base_url, "stream", report.SLOPE_CONCURRENCY, model, janus.token)
+                       for model in (janus_mod.CHAT_MODEL, janus_mod.LONG_MODEL)]
+        for phase in phases:
             profiler = None
             if args.profile and phase.mode == "buffered" and phase.concurrency == args.profile_at:
                 if profiler_available():
@@ -178,14 +199,19 @@ def _janus_phases(args: argparse.Namespace, workdir: Path, upstream: Upstream, k
                              "its figures are slightly pessimistic")
                 profiler.start()
             scrapes: list[stages.Sample] = []
+            bus: list[tuple[int, int]] = []
 
-            def take(into: list[stages.Sample] = scrapes) -> None:
+            def take(into: list[stages.Sample] = scrapes, msgs: list[tuple[int, int]] = bus) -> None:
+                msgs.append(janus.bus_messages())
                 into.append(stages.scrape(ports))
 
             run = _run(phase, meter, args, before=take, after=take)
             if profiler:
                 profiles.update(profiler.finish())
-            row = report.make_row("janus", run, names)
+            long = phase.model == janus_mod.LONG_MODEL
+            row = report.make_row(phase.target, run, names,
+                                  chunks=args.long_chunks if long else args.chunks,
+                                  bus=(bus[1][0] - bus[0][0], bus[1][1] - bus[0][1]))
             row.stages = stages.stage_means(*scrapes)
             rows.append(row)
             dead = set(names) - set(janus.alive())

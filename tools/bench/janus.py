@@ -23,6 +23,10 @@ from tools.token import make_token
 PROVIDER = "bench"
 DEPLOYMENT = "bench-upstream"
 CHAT_MODEL = "bench-model"
+# a second chat model on its own upstream whose streams carry many more chunks: the CPU per stream
+# of the two, at the same concurrency, gives the cost of one streamed chunk (the slope)
+LONG_MODEL = "bench-model-long"
+LONG_DEPLOYMENT = "bench-upstream-long"
 EMBED_MODEL = "bench-embed"
 PLAN = "bench"
 KEY_ENV = "JANUS_BENCH_UPSTREAM_KEY"
@@ -30,14 +34,18 @@ KEY_ENV = "JANUS_BENCH_UPSTREAM_KEY"
 HUGE_CREDITS = 10**12
 
 
-def catalog(upstream_base_url: str, dimensions: int) -> dict[str, object]:
+def catalog(upstream_base_url: str, dimensions: int, long_upstream_url: str = "") -> dict[str, object]:
+    deployments = [{"id": DEPLOYMENT, "base_url": upstream_base_url, "api_key_env": KEY_ENV}]
+    models: list[dict[str, object]] = []
+    if long_upstream_url:
+        deployments.append({"id": LONG_DEPLOYMENT, "base_url": long_upstream_url, "api_key_env": KEY_ENV})
+        models.append({"id": LONG_MODEL, "owned_by": "bench", "capabilities": ["streaming"],
+                       "price": {"input": 0.10, "output": 0.40}, "quality": 1,
+                       "serve": [{"deployment": LONG_DEPLOYMENT, "model": "bench-upstream-chat"}]})
     return {
-        "providers": [{
-            "id": PROVIDER,
-            "kind": "openai_compat",
-            "deployments": [{"id": DEPLOYMENT, "base_url": upstream_base_url, "api_key_env": KEY_ENV}],
-        }],
+        "providers": [{"id": PROVIDER, "kind": "openai_compat", "deployments": deployments}],
         "models": [
+            *models,
             {"id": CHAT_MODEL, "owned_by": "bench", "capabilities": ["streaming"],
              "price": {"input": 0.10, "output": 0.40}, "quality": 1,
              # a provider-side name unlike the catalog id, so the translation is exercised
@@ -83,6 +91,12 @@ class Janus:
         out.update({name: svc.proc.pid for name, svc in self.stack.services.items()})
         return out
 
+    def bus_messages(self) -> tuple[int, int]:
+        """Messages into and out of nats-server so far (``/varz``): one publish delivered to one
+        subscriber counts once in each."""
+        varz = self.stack.nats.monitor("varz")
+        return int(varz["in_msgs"]), int(varz["out_msgs"])
+
     def alive(self) -> list[str]:
         return [n for n, p in self.pids().items() if cpu_seconds(p) is not None]
 
@@ -90,9 +104,10 @@ class Janus:
         self.stack.stop()
 
 
-def start(workdir: Path, upstream_base_url: str, upstream_key: str, *, dimensions: int) -> Janus:
+def start(workdir: Path, upstream_base_url: str, upstream_key: str, *, dimensions: int,
+          long_upstream_url: str = "") -> Janus:
     workdir.mkdir(parents=True, exist_ok=True)
-    files = {"catalog.yaml": catalog(upstream_base_url, dimensions), "plans.yaml": plans(),
+    files = {"catalog.yaml": catalog(upstream_base_url, dimensions, long_upstream_url), "plans.yaml": plans(),
              "routing.yaml": routing()}
     for name, doc in files.items():
         (workdir / name).write_bytes(msgspec.yaml.encode(doc))
@@ -103,7 +118,7 @@ def start(workdir: Path, upstream_base_url: str, upstream_key: str, *, dimension
         "JANUS_LOG_LEVEL": "WARNING",
         KEY_ENV: upstream_key,
     }
-    stack = start_stack(workdir / "stack", env=env)
+    stack = start_stack(workdir / "stack", env=env, nats_monitor=True)
     token = make_token("bench-user", PLAN, "bench@example.com", secret=stack.env["JANUS_JWT_SECRET"])
     return Janus(stack, token)
 
