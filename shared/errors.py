@@ -10,16 +10,16 @@
      │    └── ModelNotFound         404 invalid_request_error  code=model_not_found
      ├── BudgetExceeded             429 insufficient_quota     (x-should-retry: false)
      ├── RateLimited                429 rate_limit_exceeded    (Retry-After, x-should-retry: true)
-     ├── UpstreamError              502 upstream_error         retryable
+     ├── UpstreamError              502 upstream_error         retryable (503 overloaded, 504, 429)
      │    └── UpstreamClientError   4xx from a provider, passed back, not retryable
      ├── UpstreamTimeout            504 timeout                retryable
      ├── ServiceUnavailable         503 service_unavailable    retryable
      └── StreamInterrupted          502 stream_interrupted     (only ever sent in-band)
 
-Each class knows its HTTP status, OpenAI ``type``/``code``, whether a fallback may retry it and the
-level to log it at. It converts itself to an HTTP body (``to_body``) and to the bus form
-(``to_wire``); ``from_wire`` rebuilds the right class on the other side of NATS, so an error raised in
-a worker surfaces in the gateway as the same class.
+Each class knows its HTTP status, OpenAI ``type``/``code``, whether a fallback may retry it (and so
+what ``x-should-retry`` tells the client's SDK) and the level to log it at. It converts itself to an
+HTTP body (``to_body``) and to the bus form (``to_wire``); ``from_wire`` rebuilds the right class on
+the other side of NATS, so an error raised in a worker surfaces in the gateway as the same class.
 """
 
 from __future__ import annotations
@@ -105,8 +105,12 @@ class JanusError(Exception):
         )
 
     def headers(self) -> dict[str, str]:
-        """HTTP headers this error adds to a response."""
-        out: dict[str, str] = {}
+        """HTTP headers this error adds to a response.
+
+        ``x-should-retry`` always: the OpenAI SDKs otherwise retry every 408/409/429/5xx on their own
+        judgement, twice by default, so a refusal that cannot change (our provider key rejected)
+        would be sent three times and a retryable one might not be retried at all."""
+        out: dict[str, str] = {"x-should-retry": "true" if self.retryable else "false"}
         if self.retry_after is not None:
             # whole seconds, rounded up: a client that waits exactly this long is not early
             out["Retry-After"] = str(max(1, math.ceil(self.retry_after)))
@@ -162,10 +166,8 @@ class BudgetExceeded(JanusError):
     default_code = "budget_exceeded"
     log_level = "info"
 
-    def headers(self) -> dict[str, str]:
-        # The OpenAI SDKs retry every 429 unless told otherwise; a spent budget will not come back
-        # within a retry's wait, so say so.
-        return {"x-should-retry": "false"}
+    # The OpenAI SDKs retry every 429 unless told otherwise; a spent budget will not come back
+    # within a retry's wait, so the inherited ``x-should-retry: false`` says so.
 
 
 class RateLimited(JanusError):
@@ -174,9 +176,8 @@ class RateLimited(JanusError):
     default_code = "rate_limit_exceeded"
     log_level = "info"
 
-    def headers(self) -> dict[str, str]:
-        # unlike a spent budget, a request-rate window reopens within Retry-After: worth the retry
-        return {**super().headers(), "x-should-retry": "true"}
+    # unlike a spent budget, a request-rate window reopens within Retry-After: worth the retry
+    retryable = True
 
 
 class UpstreamError(JanusError):
@@ -246,9 +247,13 @@ def upstream_error_for_status(status: int, message: str, retry_after: float | No
         return UpstreamTimeout(message, retry_after=retry_after)
     if status == 429:
         return UpstreamError(message, status=429, code="upstream_rate_limited", retry_after=retry_after)
-    return UpstreamError(
-        message, status=502 if status < 500 or status > 599 else status, retry_after=retry_after
-    )
+    if status in (503, 529):
+        # 529 is Anthropic's "overloaded"; OpenAI clients know only 500/502/503/504, and an overloaded
+        # provider is what 503 means: try again later (after every fallback was tried)
+        return UpstreamError(message, status=503, code="upstream_overloaded", retry_after=retry_after)
+    # the other statuses OpenAI clients know pass through; any other (a CDN's 520, a 501) is a 502
+    passed = status if status in (500, 502, 504) else 502
+    return UpstreamError(message, status=passed, retry_after=retry_after)
 
 
 def as_janus_error(exc: BaseException) -> JanusError:

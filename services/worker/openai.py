@@ -243,6 +243,9 @@ class Message(msgspec.Struct):
     refusal: str | None = None
     tool_calls: list[ToolCall] | UnsetType | None = UNSET
     reasoning_content: str | UnsetType | None = UNSET
+    # read from vLLM, Groq, OpenRouter and Ollama's /v1, never written: answers carry
+    # ``reasoning_content`` in buffered and streamed form alike
+    reasoning: str | UnsetType | None = UNSET
     annotations: list[Any] | UnsetType | None = UNSET
     audio: Any | UnsetType = UNSET
 
@@ -290,6 +293,9 @@ def rewrite_completion(obj: ChatCompletion, request_id: str, created: int, model
         # some compatible servers send nulls where OpenAI omits the field; clients validate both
         if m.tool_calls is None or m.tool_calls == []:
             m.tool_calls = UNSET
+        if not isinstance(m.reasoning_content, str) and isinstance(m.reasoning, str) and m.reasoning:
+            m.reasoning_content = m.reasoning
+        m.reasoning = UNSET
         if m.reasoning_content is None:
             m.reasoning_content = UNSET
         if m.annotations is None:

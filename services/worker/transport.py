@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 import yarl
 
-from services.worker.adapters.base import StreamMessage, UpstreamRequest
+from services.worker.adapters.base import ReadsErrorCause, StreamMessage, UpstreamRequest
 from services.worker.framing import decoder_for
 from shared.errors import (
     JanusError,
@@ -120,7 +120,10 @@ class Transport:
         if resp.status < 400:
             return
         body = await resp.content.read(ERROR_BODY_LIMIT)
-        raise upstream_error_for_status(resp.status, adapter.error_message(resp.status, body),
+        status = resp.status
+        if isinstance(adapter, ReadsErrorCause):
+            status = adapter.error_status(status, body)
+        raise upstream_error_for_status(status, adapter.error_message(resp.status, body),
                                         retry_after=retry_after_of(resp.headers))
 
     async def fetch(self, req: UpstreamRequest, adapter: Any) -> bytes:

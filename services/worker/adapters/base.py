@@ -15,7 +15,7 @@ adapter cannot do it does not declare, and the worker refuses it before calling 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import msgspec
 
@@ -155,6 +155,15 @@ class Adapter(Protocol):
     def error_message(self, status: int, body: bytes) -> str:
         """The human part of a provider's error body, for the classified error."""
         ...
+
+
+@runtime_checkable
+class ReadsErrorCause(Protocol):
+    """An adapter whose provider answers some failures with a status that blames the wrong party
+    (Gemini: 400 for a key it does not accept): it names the status the failure really means, so
+    the error is classified once, by that status."""
+
+    def error_status(self, status: int, body: bytes) -> int: ...
 
 
 class EmbeddingsAdapter(Adapter, Protocol):

@@ -52,12 +52,19 @@ FINISH = {"COMPLETE": "stop", "STOP_SEQUENCE": "stop", "MAX_TOKENS": "length", "
 
 
 def usage_from(u: dict[str, Any]) -> Usage:
-    counts = u.get("billed_units") or u.get("tokens") or {}
-    return Usage(
-        prompt_tokens=int(counts.get("input_tokens") or 0),
-        completion_tokens=int(counts.get("output_tokens") or 0),
-        cached_tokens=int(u.get("cached_tokens") or 0),
-    )
+    """Counts of one family only. ``billed_units`` is what Cohere charges for, so it is what we
+    charge for, at the input price: Cohere's ``cached_tokens`` counts the other family (``tokens``,
+    which includes its prompt template), and a cached count taken beside billed input would price
+    billed tokens at the cached rate. Only without ``billed_units`` is ``tokens`` read, and then
+    ``cached_tokens`` with it."""
+    billed = u.get("billed_units")
+    if billed:
+        return Usage(prompt_tokens=int(billed.get("input_tokens") or 0),
+                     completion_tokens=int(billed.get("output_tokens") or 0))
+    counts = u.get("tokens") or {}
+    prompt = int(counts.get("input_tokens") or 0)
+    return Usage(prompt_tokens=prompt, completion_tokens=int(counts.get("output_tokens") or 0),
+                 cached_tokens=min(prompt, int(u.get("cached_tokens") or 0)))
 
 
 def _finish(reason: str | None) -> str:

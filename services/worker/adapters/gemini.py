@@ -86,9 +86,23 @@ def usage_from(u: dict[str, Any]) -> Usage:
     )
 
 
+# Google answers a key it does not accept with 400 INVALID_ARGUMENT; the reason in the error's
+# details is what says the key (ours, or the caller's own) is at fault, not the request
+_KEY_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_EXPIRED"})
+
+
+def _status_of(status: int, err: dict[str, Any]) -> int:
+    details = err.get("details")
+    if status == 400 and isinstance(details, list):
+        reasons = {d.get("reason") for d in details if isinstance(d, dict)}
+        if reasons & _KEY_REASONS:
+            return 401
+    return status
+
+
 def error_from(err: dict[str, Any]) -> JanusError:
     code = err.get("code")
-    status = code if isinstance(code, int) and code >= 400 else 500
+    status = _status_of(code if isinstance(code, int) and code >= 400 else 500, err)
     return upstream_error_for_status(status, err.get("message") or str(err.get("status") or "error"))
 
 
@@ -334,3 +348,10 @@ class GeminiAdapter:
 
     def error_message(self, status: int, body: bytes) -> str:
         return error_text(body, "error", "message")
+
+    def error_status(self, status: int, body: bytes) -> int:
+        try:
+            err = json_decode(body).get("error")
+        except (msgspec.DecodeError, AttributeError):
+            return status
+        return _status_of(status, err) if isinstance(err, dict) else status

@@ -204,7 +204,7 @@ class OpenAICompatAdapter:
         m = ch.message
         calls = [ToolCallDelta(i, t.id, t.function.name, t.function.arguments)
                  for i, t in enumerate(m.tool_calls or [])] if isinstance(m.tool_calls, list) else []
-        reasoning = m.reasoning_content if isinstance(m.reasoning_content, str) else None
+        reasoning = next((r for r in (m.reasoning_content, m.reasoning) if isinstance(r, str) and r), None)
         return Completion(m.content, calls, ch.finish_reason or "stop", usage_of(obj.usage), reasoning)
 
     def stream_parser(self, ctx: ChatContext) -> OpenAIStream:
