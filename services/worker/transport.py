@@ -60,6 +60,18 @@ def retry_after_of(headers: Any) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+async def _read_error_body(resp: aiohttp.ClientResponse) -> bytes:
+    """The error body to its end, at most ERROR_BODY_LIMIT bytes: one ``read(n)`` returns only what
+    has arrived, the first piece of a body the provider sends in several."""
+    body = bytearray()
+    while len(body) < ERROR_BODY_LIMIT:
+        piece = await resp.content.read(ERROR_BODY_LIMIT - len(body))
+        if not piece:
+            break
+        body += piece
+    return bytes(body)
+
+
 def map_exception(exc: BaseException, *, streaming: bool = False) -> JanusError:
     if isinstance(exc, JanusError):
         return exc
@@ -119,7 +131,7 @@ class Transport:
     async def _raise_for_status(resp: aiohttp.ClientResponse, adapter: Any) -> None:
         if resp.status < 400:
             return
-        body = await resp.content.read(ERROR_BODY_LIMIT)
+        body = await _read_error_body(resp)
         status = resp.status
         if isinstance(adapter, ReadsErrorCause):
             status = adapter.error_status(status, body)
