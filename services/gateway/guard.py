@@ -90,7 +90,8 @@ class GuardedHandler(RequestHandler):
             raise ConnectionError("response already started")
         err = parser_error(exc) if status == 400 else JanusError("internal error")
         log.info("bad_http_request", status=err.http_status, reason=type(exc).__name__ if exc else None)
-        resp = web.Response(status=err.http_status, body=err.to_body(), content_type="application/json")
+        resp = web.Response(status=err.http_status, body=err.to_body(), content_type="application/json",
+                            headers=err.headers())
         resp.force_close()
         return resp
 
