@@ -23,7 +23,14 @@ from openai.types.chat import ChatCompletionToolParam
 
 from shared import tokens
 from shared.contract import Usage
-from tests.e2e.test_providers_e2e import KEY_ENV, World, assert_openai_usage, chunks_of, sse_events
+from tests.e2e.test_providers_e2e import (
+    KEY_ENV,
+    PLANS,
+    World,
+    assert_openai_usage,
+    chunks_of,
+    sse_events,
+)
 from tests.fakes.host import stack_on_fakes
 from tests.fakes.recorded_upstream import Mode, RecordedUpstream
 from tests.fixtures import recordings
@@ -85,17 +92,6 @@ def catalog_yaml(upstream: ReplayUpstream) -> str:
             f'    serve: [{{deployment: {kind}-rec, model: "{upstream_model}"}}]\n'
         )
     return "providers:\n" + "".join(providers) + "models:\n" + "".join(models)
-
-
-PLANS = """
-default_plan: pro
-plans:
-  pro:
-    session: {credits: 1000000000, hours: 5}
-    weekly: {credits: 5000000000}
-    default_model: openai_compat-chat
-    auto_models: [openai_compat-chat]
-"""
 
 
 class Replay(World):
