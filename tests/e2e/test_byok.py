@@ -14,6 +14,8 @@ import httpx
 from shared.bus import Bus
 from shared.byok import ByokStore, Sealer, entry_key, generate_key
 from tests.fakes.openai_upstream import OpenAIUpstream
+from tests.fakes.recorded_upstream import RecordedUpstream
+from tests.fixtures import recordings
 from tools.stack import Stack, start_stack
 from tools.token import make_token
 
@@ -26,12 +28,20 @@ providers:
     kind: openai_compat
     deployments:
       - {{id: openai-main, base_url: "{base_url}", api_key_env: JANUS_TEST_OPENAI_KEY}}
+  - id: gemini
+    kind: gemini
+    deployments:
+      - {{id: gemini-main, base_url: "{gemini_url}", api_key_env: JANUS_TEST_OPENAI_KEY}}
 models:
   - id: gpt-5-mini
     owned_by: openai
     capabilities: [streaming, tools, json]
     price: {{input: 0.25, output: 2.00}}
     serve: [{{deployment: openai-main, model: gpt-5-mini}}]
+  - id: gemini-flash
+    owned_by: google
+    price: {{input: 0.30, output: 2.50}}
+    serve: [{{deployment: gemini-main, model: gemini-2.5-flash}}]
 """
 
 
@@ -50,9 +60,11 @@ def _usage(base: str, tok: str) -> dict:  # type: ignore[type-arg]
     return httpx.get(f"{base}/usage", headers={"Authorization": f"Bearer {tok}"}, timeout=10).json()
 
 
-async def _start(tmp_path: Path, upstream: OpenAIUpstream, byok_key: str) -> Stack:
-    """The stack on a catalog whose one provider is the fake OpenAI upstream, on our key OUR_KEY."""
-    (tmp_path / "catalog.yaml").write_text(CATALOG.format(base_url=upstream.base_url))
+async def _start(tmp_path: Path, upstream: OpenAIUpstream, byok_key: str,
+                 gemini_url: str = "http://127.0.0.1:9") -> Stack:
+    """The stack on a catalog whose providers are the fake OpenAI upstream and (when given) a
+    Gemini upstream, both on our key OUR_KEY."""
+    (tmp_path / "catalog.yaml").write_text(CATALOG.format(base_url=upstream.base_url, gemini_url=gemini_url))
     (tmp_path / "plans.yaml").write_text(PLANS)
     # the default routing rules name models this catalog does not have
     (tmp_path / "routing.yaml").write_text("routing: {rules: []}\n")
@@ -63,13 +75,14 @@ async def _start(tmp_path: Path, upstream: OpenAIUpstream, byok_key: str) -> Sta
 
 
 async def test_own_key_is_used_and_charges_nothing(tmp_path: Path) -> None:
-    async with OpenAIUpstream() as upstream:
+    async with OpenAIUpstream() as upstream, RecordedUpstream() as google:
         byok_key = generate_key()
-        stack = await _start(tmp_path, upstream, byok_key)
+        stack = await _start(tmp_path, upstream, byok_key, google.base_url)
         try:
             bus = await Bus.connect(stack.nats.url, "test")
             store = await ByokStore.open(bus, Sealer.from_env({"JANUS_BYOK_KEY": byok_key}))
             await store.set("own-key-user", "openai", USER_KEY)
+            await store.set("own-key-user", "gemini", USER_KEY)
             await bus.close()
 
             secret = stack.env["JANUS_JWT_SECRET"]
@@ -83,6 +96,19 @@ async def test_own_key_is_used_and_charges_nothing(tmp_path: Path) -> None:
                     assert r.status_code == 200, r.text
             keys = [rec.headers.get("Authorization") for rec in upstream.requests]
             assert keys == [f"Bearer {USER_KEY}", f"Bearer {OUR_KEY}"]
+
+            # Google refuses a key it does not accept with 400 API_KEY_INVALID (as recorded from
+            # the real API): the caller's own key is theirs to fix (401), ours is not their fault (502)
+            google.serve(recordings.load("gem_err_400"), "whole")
+            gemini = {**body, "model": "gemini-flash"}
+            async with httpx.AsyncClient(timeout=30) as c:
+                refused = [await c.post(f"{stack.base_url}/chat/completions", json=gemini,
+                                        headers={"Authorization": f"Bearer {tok}"}) for tok in (own, ours)]
+            assert [(r.status_code, r.json()["error"]["code"]) for r in refused] == [
+                (401, "byok_key_rejected"), (502, "upstream_auth")]
+            assert all(r.headers["x-should-retry"] == "false" for r in refused)
+            assert [rec.headers.get("x-goog-api-key") for rec in google.requests] == [USER_KEY, OUR_KEY]
+            assert USER_KEY not in refused[0].text
 
             deadline = time.monotonic() + 10
             while True:
