@@ -33,10 +33,12 @@ log = get_logger("gateway.guard")
 
 def _timeout_response() -> bytes:
     # written straight to the socket: no request object exists yet to answer through aiohttp
-    body = InvalidRequest("The client took too long to send the request headers.", status=408,
-                          code="request_timeout").to_body()
+    err = InvalidRequest("The client took too long to send the request headers.", status=408,
+                         code="request_timeout")
+    body = err.to_body()
+    extra = "".join(f"{k}: {v}\r\n" for k, v in err.headers().items())
     head = ("HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+            f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n")
     return head.encode() + body
 
 

@@ -59,12 +59,23 @@ def test_oversized_headers_are_431(hostile: Hostile, case: str) -> None:
     status, doc = _status_and_body(raw)
     assert status == 431, raw[:300]
     assert doc["error"]["code"] == "request_header_fields_too_large"
+    assert _should_retry(raw) == b"false"
+
+
+def _should_retry(raw: bytes) -> bytes | None:
+    for line in raw.partition(b"\r\n\r\n")[0].split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"x-should-retry":
+            return value.strip()
+    return None
 
 
 def test_garbage_request_is_400_in_openai_shape(hostile: Hostile) -> None:
-    status, doc = _status_and_body(_request(hostile, b"NOT HTTP AT ALL\r\n\r\n"))
+    raw = _request(hostile, b"NOT HTTP AT ALL\r\n\r\n")
+    status, doc = _status_and_body(raw)
     assert status == 400
     assert doc["error"]["type"] == "invalid_request_error"
+    assert _should_retry(raw) == b"false", "the same bytes will be refused again: SDKs must not retry"
 
 
 def test_slow_headers_are_cut_off(hostile: Hostile) -> None:
@@ -87,6 +98,7 @@ def test_slow_headers_are_cut_off(hostile: Hostile) -> None:
     if raw:
         status, doc = _status_and_body(raw)
         assert status == 408 and doc["error"]["code"] == "request_timeout"
+        assert _should_retry(raw) == b"false"
 
 
 def test_slow_body_is_cut_off(hostile: Hostile) -> None:
