@@ -34,7 +34,8 @@ from tests.e2e.test_providers_e2e import (
 from tests.fakes.host import stack_on_fakes
 from tests.fakes.recorded_upstream import Mode, RecordedUpstream
 from tests.fixtures import recordings
-from tests.fixtures.recordings import KINDS, Counts, Expected
+from tests.fixtures.recorded_answers import Counts
+from tests.fixtures.recordings import KINDS, Expected
 from tests.fixtures.replay import ReplayUpstream
 from tests.openai_schema import validate
 
