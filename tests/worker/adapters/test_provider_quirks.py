@@ -1,6 +1,6 @@
 """Places where a provider's real answers differ from its documented shape, each read the way the
 provider means it (the replay battery in tests/e2e/test_replay_recordings.py shows the same on the
-recorded answers, end to end)."""
+recorded answers, end to end), and answers no public recording shows."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from services.worker.openai import chat_completion_decoder, rewrite_completion
 from services.worker.transport import Transport
 from shared.catalog import Deployment, Price, Provider
 from shared.contract import Usage
-from shared.errors import UpstreamClientError
+from shared.errors import UpstreamClientError, UpstreamError, UpstreamTimeout
 from shared.money import PriceUnits, cost_credits
 
 
@@ -168,3 +168,25 @@ def test_openai_compat_reasoning_content_wins_when_both_are_sent() -> None:
     assert OpenAICompatAdapter().parse_chat(body).reasoning == "from deepseek"
     out = json.loads(rewrite_completion(chat_completion_decoder.decode(body), "r", 1, "m", Usage(5, 7)))
     assert out["choices"][0]["message"]["reasoning_content"] == "from deepseek"
+
+
+# ------------------------------------------------------------------ answers no recording shows
+def test_gemini_prompt_blocked_before_any_candidate_is_content_filter() -> None:
+    body = {
+        "promptFeedback": {"blockReason": "SAFETY"},
+        "usageMetadata": {"promptTokenCount": 9, "totalTokenCount": 9},
+    }
+    answer = GeminiAdapter().parse_chat(json.dumps(body).encode())
+    assert (answer.content, answer.finish_reason, answer.usage) == ("", "content_filter", Usage(9, 0))
+
+
+@pytest.mark.parametrize(("reason", "error"), [("ERROR", UpstreamError), ("TIMEOUT", UpstreamTimeout)])
+def test_cohere_failure_told_through_finish_reason_is_an_error(reason: str, error: type[Exception]) -> None:
+    body = {
+        "id": "x",
+        "finish_reason": reason,
+        "message": {"role": "assistant", "content": []},
+        "usage": {"billed_units": {"input_tokens": 3, "output_tokens": 0}},
+    }
+    with pytest.raises(error):
+        CohereAdapter().parse_chat(json.dumps(body).encode())
