@@ -70,7 +70,13 @@ def _parser() -> argparse.ArgumentParser:
 async def _run(args: argparse.Namespace) -> int:
     url = os.environ.get("JANUS_NATS_URL", "nats://127.0.0.1:4222")
     replicas = int(os.environ.get("JANUS_NATS_REPLICAS", "1") or 1)
-    bus = await Bus.connect(url, "cli")
+    bus = await Bus.connect(
+        url,
+        "cli",
+        identity="operator",
+        nkey_file=os.environ.get("JANUS_NATS_NKEY_FILE", ""),
+        ca_file=os.environ.get("JANUS_NATS_CA_FILE", ""),
+    )
     try:
         if args.group == "keys":
             store = await KeyStore.open(bus, replicas)

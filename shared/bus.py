@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
+import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -29,7 +32,7 @@ from nats.js.api import (
 )
 from nats.js.kv import KeyValue
 
-from shared import metrics
+from shared import metrics, subjects
 from shared.errors import JanusError, PayloadTooLarge, ServiceUnavailable, UpstreamTimeout
 from shared.logging import get_logger
 
@@ -41,6 +44,7 @@ __all__ = [
     "KeyNotFound",
     "KeyValue",
     "Msg",
+    "redact_url",
 ]
 
 NO_RESPONDERS = "503"
@@ -116,7 +120,20 @@ class Bus:
 
     # ------------------------------------------------------------------------------ connection
     @classmethod
-    async def connect(cls, url: str, service: str, *, connect_timeout: float = 5.0) -> Bus:
+    async def connect(
+        cls,
+        url: str,
+        service: str,
+        *,
+        connect_timeout: float = 5.0,
+        identity: str = "",
+        nkey_file: str = "",
+        ca_file: str = "",
+    ) -> Bus:
+        """Connect as ``identity`` (default: ``service``), signing the server's nonce with the NKey
+        seed in ``nkey_file`` when given; ``ca_file`` (or a ``tls://`` URL) makes the connection
+        TLS, verifying the server against that CA (else the system's). Replies arrive under the
+        identity's own inbox prefix, the only one the server lets it read."""
         bus_ref: list[Bus] = []
 
         async def disconnected() -> None:
@@ -127,16 +144,35 @@ class Bus:
             metrics.NATS_CONNECTED.set(1)
             log.info("nats_reconnected")
 
+        refused: list[str] = []
+        connecting: list[asyncio.Task[Client]] = []
+
         async def error_cb(exc: Exception) -> None:
-            log.warning("nats_error", error=str(exc) or type(exc).__name__)
+            text = str(exc) or type(exc).__name__
+            if not bus_ref and _is_auth_error(exc, text):
+                # the server will never take these credentials: fail now instead of retrying forever
+                refused.append(text)
+                for task in connecting:
+                    task.cancel()
+                return
+            log.warning("nats_error", error=text)
 
         async def closed() -> None:
             metrics.NATS_CONNECTED.set(0)
 
         servers = [s.strip() for s in url.split(",") if s.strip()]
-        try:
-            nc = await nats.connect(
+        options: dict[str, Any] = {}
+        if nkey_file:
+            options["nkeys_seed"] = nkey_file
+        if ca_file or any(s.startswith("tls://") for s in servers):
+            options["tls"] = ssl.create_default_context(cafile=ca_file or None)
+        nc = Client()
+
+        async def connect() -> Client:
+            await nc.connect(
                 servers=servers,
+                inbox_prefix=subjects.inbox_prefix(identity or service),
+                **options,
                 name=f"janus-{service}",
                 connect_timeout=connect_timeout,
                 reconnect_time_wait=0.25,
@@ -148,8 +184,28 @@ class Bus:
                 closed_cb=closed,
                 pending_size=64 * 1024 * 1024,
             )
-        except (nats.errors.NoServersError, OSError, TimeoutError) as exc:
-            raise ServiceUnavailable(f"cannot connect to NATS at {url}: {exc}") from None
+            return nc
+
+        connecting.append(asyncio.get_running_loop().create_task(connect()))
+        try:
+            await connecting[0]
+        except asyncio.CancelledError:
+            if not refused:
+                connecting[0].cancel()
+                raise
+            with contextlib.suppress(Exception):
+                await nc.close()
+            raise ServiceUnavailable(
+                f"NATS at {redact_url(url)} refused the identity {identity or service!r}: {refused[0]}",
+                code="nats_unauthorized",
+            ) from None
+        except (nats.errors.NoServersError, OSError, TimeoutError, ssl.SSLError) as exc:
+            raise ServiceUnavailable(f"cannot connect to NATS at {redact_url(url)}: {exc}") from None
+        except nats.errors.Error as exc:
+            # an authorization violation: the identity is unknown to the server or the seed is wrong
+            raise ServiceUnavailable(
+                f"NATS at {redact_url(url)} refused the connection: {type(exc).__name__}"
+            ) from None
         metrics.NATS_CONNECTED.set(1)
         bus = cls(nc, service)
         bus_ref.append(bus)
@@ -272,12 +328,30 @@ class Bus:
         return self._js
 
     async def kv(
-        self, bucket: str, *, history: int = 1, replicas: int = 1, ttl: float | None = None
+        self,
+        bucket: str,
+        *,
+        history: int = 1,
+        replicas: int = 1,
+        ttl: float | None = None,
+        create: bool = True,
+        wait: float = 30.0,
     ) -> KeyValue:
-        try:
-            return await self.js.key_value(bucket)
-        except nats.js.errors.BucketNotFoundError:
-            pass
+        """The bucket, created when absent. ``create=False`` is for identities the bus does not
+        let create it: they wait up to ``wait`` seconds for its owner (metering) to have made it."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                return await self.js.key_value(bucket)
+            except nats.js.errors.BucketNotFoundError:
+                if create:
+                    break
+            except _UNAVAILABLE as exc:
+                if create or time.monotonic() > deadline:
+                    raise ServiceUnavailable(f"key-value store unavailable: {type(exc).__name__}") from None
+            if time.monotonic() > deadline:
+                raise ServiceUnavailable(f"the key-value bucket {bucket} does not exist (metering makes it)")
+            await asyncio.sleep(0.2)
         try:
             return await self.js.create_key_value(
                 KeyValueConfig(
@@ -409,6 +483,20 @@ class Bus:
             return list(await kv.keys())
         except nats.js.errors.NoKeysError:
             return []
+
+
+def _is_auth_error(exc: Exception, text: str) -> bool:
+    return isinstance(exc, nats.errors.AuthorizationError) or "authorization violation" in text.lower()
+
+
+def redact_url(url: str) -> str:
+    """``url`` (comma-separated servers) without user names, passwords or tokens."""
+    out = []
+    for server in url.split(","):
+        parts = urllib.parse.urlsplit(server.strip())
+        host = parts.netloc.rpartition("@")[2]
+        out.append(urllib.parse.urlunsplit(parts._replace(netloc=host)))
+    return ",".join(out)
 
 
 def _too_large(subject: str, data: bytes) -> PayloadTooLarge:

@@ -130,8 +130,11 @@ class ByokStore:
         return self._sealer is not None
 
     @classmethod
-    async def open(cls, bus: Bus, sealer: Sealer | None, replicas: int = 1) -> ByokStore:
-        return cls(await bus.kv(subjects.BYOK_BUCKET, replicas=replicas), sealer)
+    async def open(
+        cls, bus: Bus, sealer: Sealer | None, replicas: int = 1, *, create: bool = True
+    ) -> ByokStore:
+        """``create=False``: wait for metering to have made the bucket (a worker may not make it)."""
+        return cls(await bus.kv(subjects.BYOK_BUCKET, replicas=replicas, create=create), sealer)
 
     async def set(self, user: str, provider: str, secret: str) -> SealedKey:
         sealed = self.sealer.seal(user, provider, clean_secret(secret))

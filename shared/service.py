@@ -23,7 +23,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shared import metrics
-from shared.bus import Bus
+from shared.bus import Bus, redact_url
 from shared.catalog import ConfigError
 from shared.errors import JanusError
 from shared.logging import configure, get_logger
@@ -97,7 +97,9 @@ def _settle_heap() -> None:
 
 async def serve(svc: Service) -> None:
     common = svc.common
-    bus = await Bus.connect(common.nats_url, svc.name)
+    bus = await Bus.connect(
+        common.nats_url, svc.name, nkey_file=common.nats_nkey_file, ca_file=common.nats_ca_file
+    )
     metrics.UP_INFO.labels(svc.name).set(1)
     ops = web.AppRunner(await _ops_app(svc), access_log=None)
     await ops.setup()
@@ -109,7 +111,7 @@ async def serve(svc: Service) -> None:
     await svc.start(bus)
     _settle_heap()
     svc.started = True
-    log.info("started", ops_port=bound, nats=common.nats_url.split("@")[-1])
+    log.info("started", ops_port=bound, nats=redact_url(common.nats_url))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

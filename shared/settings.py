@@ -26,6 +26,10 @@ class CommonSettings(msgspec.Struct, kw_only=True):
     ops_port: int = 0  # each service has its own default; 0 picks a free port
     shutdown_grace_seconds: float = 30.0
     nats_replicas: int = 1  # JetStream replicas for streams and buckets (3 on a cluster)
+    # the service's NATS identity: a file holding its NKey seed (a mounted Secret), never the seed
+    nats_nkey_file: str = ""
+    # CA bundle the NATS server's certificate is verified against (TLS); empty: the system's
+    nats_ca_file: str = ""
 
 
 def load_settings(cls: type[T], env: dict[str, str] | None = None) -> T:

@@ -61,6 +61,15 @@ BUDGET_BUCKET = "janus_budget"
 KEYS_BUCKET = "janus_keys"
 BYOK_BUCKET = "janus_byok"
 
+# Replies (request/reply, streamed frames, JetStream acknowledgements) arrive under the identity's own
+# inbox prefix; the server lets only that identity subscribe there (config/nats-permissions.yaml)
+INBOX_ROOT = "_INBOX"
+
+
+def inbox_prefix(identity: str) -> str:
+    return f"{INBOX_ROOT}.{token(identity)}"
+
+
 # NATS headers
 H_REQUEST_ID = "Janus-Request-Id"
 H_DEADLINE = "Janus-Deadline"

@@ -11,6 +11,7 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -55,6 +56,11 @@ class NatsServer:
     name: str = "nats"
     monitor_port: int | None = None  # HTTP monitoring (/jsz, /varz) when started with one
 
+    @property
+    def client_url(self) -> str:
+        """The URL without the harness's credentials: what services connect to (with their NKeys)."""
+        return _without_credentials(self.url)
+
     def monitor(self, path: str, timeout: float = 2.0) -> dict[str, Any]:
         """One JSON document from the monitoring port, e.g. ``monitor("jsz?streams=true")``."""
         if self.monitor_port is None:
@@ -98,6 +104,47 @@ def nats_env() -> dict[str, str]:
     return env
 
 
+# ------------------------------------------------------------------------------ identities
+# Every local server (make run, each test) takes the services' NKey identities and permissions from
+# config/nats-permissions.yaml, as production does. The seeds are made once per process. Tests also
+# get a "harness" user (a password in the server's URL, all permissions) to read and plant state
+# the way no service may; `make run` has no such user.
+_keys: dict[str, tuple[Path, str]] = {}
+_HARNESS = ("harness", secrets.token_urlsafe(18))
+
+
+def local_keys(directory: Path | None = None) -> dict[str, tuple[Path, str]]:
+    """identity -> (seed file, public key), generated on first use (in ``directory`` if given)."""
+    from tools.natsauth import generate_keys
+
+    if not _keys:
+        _keys.update(generate_keys(directory or Path(tempfile.mkdtemp(prefix="janus-nkeys-"))))
+    return _keys
+
+
+def seed_file(identity: str) -> str:
+    return str(local_keys()[identity][0])
+
+
+def _auth_conf(path: Path, harness: bool) -> None:
+    from tools.natsauth import authorization
+
+    extra: list[dict[str, object]] = [{"user": _HARNESS[0], "password": _HARNESS[1]}] if harness else []
+    keys = {name: public for name, (_, public) in local_keys().items()}
+    path.write_text(authorization(keys, extra_users=extra))
+
+
+def _with_credentials(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{_HARNESS[0]}:{_HARNESS[1]}@{rest}"
+
+
+def _without_credentials(url: str) -> str:
+    return ",".join(
+        f"{u.partition('://')[0]}://{u.partition('://')[2].rpartition('@')[2]}" for u in url.split(",")
+    )
+
+
 def start_nats(
     workdir: Path,
     port: int = -1,
@@ -107,17 +154,24 @@ def start_nats(
     routes: list[int] | None = None,
     cluster_name: str = "janus",
     monitor_port: int | None = None,
+    harness: bool = True,
 ) -> NatsServer:
     """A real nats-server bound to 127.0.0.1; ``port=-1`` lets the server choose.
 
+    It admits the services' identities (``local_keys``) and, with ``harness``, the tests' all-powerful
+    user, whose credentials ``url`` carries (``client_url`` has none).
     ``monitor_port`` opens the HTTP monitoring endpoints (``/jsz`` names the JetStream leaders,
     ``/varz`` counts messages); ``-1`` lets the server choose that port too."""
     store = workdir / f"jetstream-{name}"
     store.mkdir(parents=True, exist_ok=True)
     ports_dir = workdir / f"ports-{name}"
     ports_dir.mkdir(parents=True, exist_ok=True)
+    conf = workdir / f"nats-{name}.conf"
+    _auth_conf(conf, harness)
     args = [
         nats_server_binary(),
+        "-c",
+        str(conf),
         "-a",
         "127.0.0.1",
         "-p",
@@ -151,6 +205,8 @@ def start_nats(
                 if monitor == -1:
                     monitor = int(info["monitoring"][0].rsplit(":", 1)[1])
                     args[args.index("-m") + 1] = str(monitor)
+                if harness:
+                    url = _with_credentials(url)
                 return NatsServer(proc, url, store, chosen, args, name, monitor)
             except (ValueError, KeyError, IndexError):
                 pass
@@ -409,7 +465,14 @@ def start_service(
     process binds it first (see ``ServiceProc.wait_ready``)."""
     movable = tuple(move_ports) + (() if env.get("JANUS_OPS_PORT") else ("JANUS_OPS_PORT",))
     ops_port = int(env.get("JANUS_OPS_PORT") or free_port())
-    full_env = {**os.environ, **env, "JANUS_OPS_PORT": str(ops_port), "PYTHONUNBUFFERED": "1"}
+    full_env = {
+        **os.environ,
+        # the local servers know only this process's seeds; a caller may still pass another file
+        "JANUS_NATS_NKEY_FILE": seed_file(name),
+        **env,
+        "JANUS_OPS_PORT": str(ops_port),
+        "PYTHONUNBUFFERED": "1",
+    }
     svc = _spawn(
         name + tag, full_env, workdir / f"{name}{tag}.log", movable, console=stdout_to_console, module=name
     )
@@ -455,6 +518,11 @@ class Stack:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.gateway_port}/v1"
 
+    @property
+    def harness_url(self) -> str:
+        """NATS with the tests' all-powerful user (``JANUS_NATS_URL`` is what the services use)."""
+        return cluster_url(self.cluster or [self.nats])
+
     def stop(self) -> None:
         for name in reversed(list(self.services)):
             self.services[name].stop()
@@ -464,7 +532,7 @@ class Stack:
 
 def base_env(nats_url: str, **extra: str) -> dict[str, str]:
     env = {
-        "JANUS_NATS_URL": nats_url,
+        "JANUS_NATS_URL": _without_credentials(nats_url),
         "JANUS_JWT_SECRET": DEV_SECRET,
         "JANUS_CATALOG": str(ROOT / "config" / "catalog.yaml"),
         "JANUS_PLANS": str(ROOT / "config" / "plans.yaml"),
@@ -483,13 +551,15 @@ def start_stack(
     console: bool = False,
     cluster: list[NatsServer] | None = None,
     nats_monitor: bool = False,
+    harness: bool = True,
 ) -> Stack:
     """``cluster``: run the services on these already running nodes (see ``start_cluster``) instead
     of starting one nats-server; the stack then owns and stops them. ``nats_monitor`` opens the
-    server's monitoring port on a port it chooses (``stack.nats.monitor("varz")``)."""
+    server's monitoring port on a port it chooses (``stack.nats.monitor("varz")``). ``harness=False``:
+    no NATS user but the services' identities (``make run``)."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="janus-"))
     monitor = -1 if nats_monitor else None
-    nats = cluster[0] if cluster else start_nats(workdir, nats_port, monitor_port=monitor)
+    nats = cluster[0] if cluster else start_nats(workdir, nats_port, monitor_port=monitor, harness=harness)
     full = base_env(cluster_url(cluster) if cluster else nats.url, **(env or {}))
     if cluster:
         full.setdefault("JANUS_NATS_REPLICAS", str(min(3, len(cluster))))
@@ -541,7 +611,8 @@ def main() -> None:
     data.mkdir(exist_ok=True)
     nats_port = int(os.environ.get("JANUS_NATS_PORT", "4222"))
     print("starting nats-server and the four services ...", flush=True)
-    stack = start_stack(data, gateway_port=port, nats_port=nats_port)
+    keys = local_keys(data / "nkeys")
+    stack = start_stack(data, gateway_port=port, nats_port=nats_port, harness=False)
     token = make_token("dev-user", "pro", "dev@example.com", secret=stack.env["JANUS_JWT_SECRET"])
     print(
         f"""
@@ -558,6 +629,7 @@ Janus is running.
     -d '{{"model": "auto", "messages": [{{"role": "user", "content": "Hello, what can you do?"}}]}}'
 
   make token USER=alice PLAN=developer   prints a token for another user and plan.
+  JANUS_NATS_NKEY_FILE={keys["operator"][0]} janus keys create ...   the operator's identity.
 Ctrl-C stops everything.
 """,
         flush=True,

@@ -136,7 +136,7 @@ class ApiKeys:
                 if self._kv is None:
                     if self._bus is None:
                         raise ServiceUnavailable("The API key store is not connected.")
-                    self._kv = await self._bus.kv(subjects.KEYS_BUCKET, replicas=self.replicas)
+                    self._kv = await self._bus.kv(subjects.KEYS_BUCKET, create=False, wait=0)
         return self._kv
 
     def _remember(self, digest: str, record: ApiKeyRecord | None) -> None:

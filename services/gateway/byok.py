@@ -47,7 +47,8 @@ class ByokProbe:
         self._cache: dict[tuple[str, str], tuple[bool, float]] = {}
 
     async def start(self, bus: Bus, replicas: int = 1) -> None:
-        self._kv = await bus.kv(subjects.BYOK_BUCKET, replicas=replicas)
+        # metering makes the bucket; the gateway may only use it
+        self._kv = await bus.kv(subjects.BYOK_BUCKET, create=False)
 
     @property
     def kv(self) -> KeyValue | None:

@@ -103,6 +103,10 @@ class MeteringService(Service):
         await super().start(bus)
         replicas = self.settings.nats_replicas
         kv = await bus.kv(subjects.BUDGET_BUCKET, replicas=replicas)
+        # the buckets the gateways and workers read are made here: the bus lets them use, not make,
+        # them (config/nats-permissions.yaml)
+        for bucket in (subjects.KEYS_BUCKET, subjects.BYOK_BUCKET):
+            await bus.kv(bucket, replicas=replicas)
         self.store = BudgetStore(kv)
         await ensure_settlement_stream(bus, replicas)
         await ensure_ledger_stream(bus, replicas)

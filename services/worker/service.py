@@ -109,7 +109,7 @@ class WorkerService(Service):
         await self.transport.start()
         if self.settings.byok_key:
             sealer = Sealer.from_env({BYOK_ENV: self.settings.byok_key})
-            self.byok = await ByokStore.open(bus, sealer, replicas=self.common.nats_replicas)
+            self.byok = await ByokStore.open(bus, sealer, create=False)
 
         async def publish_health(report: HealthReport) -> None:
             await bus.publish(subjects.HEALTH, encode(report))

@@ -67,6 +67,6 @@ async def test_metering_killed_under_load_loses_and_doubles_nothing(tmp_path: Pa
                 assert usage["session"]["used"] == charged[user], user
         lost = parse_metric(stack.services["gateway"].metrics(), "janus_settlements_total", result="lost")
         assert lost == 0, f"the gateway gave up {lost:g} settlements"
-        await ledger_matches(stack.env["JANUS_NATS_URL"], {u: charged[u] for u in users})
+        await ledger_matches(stack.harness_url, {u: charged[u] for u in users})
     finally:
         stack.stop()

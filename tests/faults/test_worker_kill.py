@@ -83,7 +83,7 @@ async def test_worker_killed_mid_stream_ends_in_band_and_settles_what_was_produc
 
         async def entries_for_user() -> list[LedgerEntry]:
             # the ledger entry is published just after the budget record is written
-            return [e for e in await ledger(stack.env["JANUS_NATS_URL"]) if e.user == "kill-mid"]
+            return [e for e in await ledger(stack.harness_url) if e.user == "kill-mid"]
 
         entries = await wait_until(entries_for_user, 20, "the ledger entry", every=0.5)
         assert len(entries) == 1 and not entries[0].ok

@@ -14,7 +14,7 @@ from shared import subjects
 from shared.bus import Bus
 from shared.byok import ByokStore, Sealer, generate_key
 from shared.errors import JanusError, NotFound
-from tools.stack import ROOT, NatsServer
+from tools.stack import ROOT, NatsServer, seed_file
 
 
 async def test_key_lifecycle_and_revocation_broadcast(bus: Bus) -> None:
@@ -71,7 +71,8 @@ async def test_byok_is_encrypted_and_bound_to_user_and_provider(bus: Bus) -> Non
 
 
 def cli(nats: NatsServer, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    full = {**os.environ, "JANUS_NATS_URL": nats.url, **env}
+    # the CLI as operators run it: its own identity, no more
+    full = {**os.environ, "JANUS_NATS_URL": nats.client_url, "JANUS_NATS_NKEY_FILE": seed_file("operator"), **env}
     return subprocess.run([sys.executable, "-m", "services.cli", *args], cwd=ROOT, env=full,
                           capture_output=True, text=True, timeout=30)
 

@@ -56,9 +56,9 @@ async def test_every_replica_serves_a_share_and_budgets_stay_exact(tmp_path: Pat
         async with aiohttp.ClientSession() as session:
             for user, token in users.items():
                 doc = await settled_usage(
-                    session, urls[0], token, nats_url=stack.env["JANUS_NATS_URL"], user=user
+                    session, urls[0], token, nats_url=stack.harness_url, user=user
                 )
                 assert doc["session"]["used"] == charged[user], user
-        await ledger_matches(stack.env["JANUS_NATS_URL"], {u: charged[u] for u in users})
+        await ledger_matches(stack.harness_url, {u: charged[u] for u in users})
     finally:
         stack.stop()
