@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ROUTING_DATA ?= ../shared/data/routing
 
-.PHONY: install run test unit validate-deploy gen-deploy bench bench-metering bench-router token faults \
+.PHONY: install run test unit validate-deploy gen-deploy bench bench-metering bench-router token faults compose-keys \
         train-router eval-routing lint soak clean
 
 $(STAMP): pyproject.toml
@@ -56,6 +56,10 @@ soak: install
 ## regenerate deploy/ files derived from config/ and shared/metrics.py
 gen-deploy: install
 	$(BIN)/python deploy/gen.py
+
+## make compose-keys: NATS identities (NKey seeds) and TLS files for docker compose, in .janus/compose/
+compose-keys: install
+	$(BIN)/python -m tools.natsauth compose .janus/compose
 
 ## make token USER=<id> PLAN=<tier> [EMAIL=<e>]
 token: install

@@ -181,8 +181,16 @@ yaml.safe_dump({"groups": docs[0]["spec"]["groups"]}, open(sys.argv[2], "w"))' \
 nats_configs() {
   local server="$VENV/bin/nats-server" rc=0
   command -v "$server" >/dev/null || server="$(command -v nats-server)" || { echo "no nats-server" >&2; return 1; }
-  for conf in deploy/k8s/base/nats/nats.conf deploy/k8s/overlays/dev/nats.conf; do
-    POD_NAME=nats-0 "$server" -t -c "$conf" || rc=1
+  # what the servers read at run time: identities' public keys in the environment, the TLS files of
+  # the Secret (here a throw-away CA and certificate at the same path, under $WORK)
+  local keys="$WORK/nats-keys"
+  "$PY" -m tools.natsauth compose "$keys" >/dev/null || return 1
+  set -a; . "$keys/nkeys.env"; set +a
+  for conf in deploy/k8s/base/nats/nats.conf deploy/k8s/overlays/dev/nats.conf deploy/compose/nats.conf; do
+    local dir="$WORK/nats-conf-$(echo "$conf" | tr / -)"
+    mkdir -p "$dir" && cp "$(dirname "$conf")"/*.conf "$dir/" || return 1
+    sed -i "s#/etc/nats-tls/#$keys/tls/#g" "$dir"/*.conf
+    POD_NAME=nats-0 "$server" -t -c "$dir/$(basename "$conf")" || rc=1
   done
   return $rc
 }

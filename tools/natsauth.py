@@ -10,6 +10,9 @@ server reads from its environment, filled from a Secret). Clients set their inbo
 ``shared.subjects.inbox_prefix(identity)``; the block grants each identity only its own.
 
     python -m tools.natsauth keys DIR       write a seed per identity into DIR, print the public keys
+    python -m tools.natsauth compose DIR    the same, plus the servers' variables (DIR/nkeys.env)
+                                            and a CA and server certificate for `nats` (DIR/tls/):
+                                            what docker-compose.yml mounts (`make compose-keys`)
 """
 
 from __future__ import annotations
@@ -128,14 +131,66 @@ def generate_keys(directory: Path) -> dict[str, tuple[Path, str]]:
     return out
 
 
+def write_tls(directory: Path, host: str, days: int = 825) -> None:
+    """A private CA and a server certificate for ``host`` signed by it (``ca.crt``, ``tls.crt``,
+    ``tls.key``), for a single-machine stack; Kubernetes takes them from cert-manager instead."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "janus-nats-ca")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now).not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now).not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host), x509.DNSName("localhost")]),
+                       critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    pem = serialization.Encoding.PEM
+    (directory / "ca.crt").write_bytes(ca.public_bytes(pem))
+    (directory / "tls.crt").write_bytes(cert.public_bytes(pem))
+    (directory / "tls.key").write_bytes(key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tools.natsauth", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     k = sub.add_parser("keys", help="a new seed per identity in DIR; prints the servers' variables")
     k.add_argument("dir", type=Path)
+    c = sub.add_parser("compose", help="seeds, the servers' variables and TLS files for docker compose")
+    c.add_argument("dir", type=Path)
     args = ap.parse_args(argv)
-    for name, (path, public) in generate_keys(args.dir).items():
-        print(f"{env_name(name)}={public}    # seed: {path}")
+    keys = generate_keys(args.dir)
+    if args.cmd == "keys":
+        for name, (path, public) in keys.items():
+            print(f"{env_name(name)}={public}    # seed: {path}")
+        return 0
+    # the containers run as another uid than the file's owner: the directory, not the files, is private
+    args.dir.chmod(0o700)
+    for path, _ in keys.values():
+        path.chmod(0o644)
+    (args.dir / "nkeys.env").write_text("".join(f"{env_name(n)}={pub}\n" for n, (_, pub) in keys.items()))
+    write_tls(args.dir / "tls", "nats")
+    (args.dir / "tls" / "tls.key").chmod(0o644)
+    print(f"wrote {args.dir}: a seed per identity, nkeys.env and tls/ for docker compose")
     return 0
 
 

@@ -27,7 +27,7 @@ def test_every_service_runs_with_its_ops_port() -> None:
     assert {s["command"][0] for s in services.values()} == set(OPS_PORTS)
     for name, svc in services.items():
         assert svc["environment"]["JANUS_OPS_PORT"] == str(OPS_PORTS[svc["command"][0]]), name
-        assert svc["environment"]["JANUS_NATS_URL"] == "nats://nats:4222", name
+        assert svc["environment"]["JANUS_NATS_URL"] == "tls://nats:4222", name
         assert svc["depends_on"]["nats"]["condition"] == "service_healthy"
     workers = [s for s in services.values() if s["command"] == ["services.worker"]]
     assert all(w["environment"].get("JANUS_WORKER_PROVIDERS") for w in workers)
@@ -47,11 +47,13 @@ def test_bind_mounts_exist_and_volumes_are_declared() -> None:
     for name, svc in COMPOSE["services"].items():
         for vol in svc.get("volumes", []):
             source = vol.split(":", 1)[0]
+            if source.startswith("./.janus/"):
+                continue  # made on the host by `make compose-keys`, never committed
             if source.startswith("."):
                 assert (ROOT / source).exists(), f"{name}: {source} does not exist"
             else:
                 assert source in declared, f"{name}: volume {source} is not declared"
-    assert "/data" in " ".join(COMPOSE["services"]["nats"]["command"])
+    assert "store_dir: /data" in (ROOT / "deploy" / "compose" / "nats.conf").read_text()
 
 
 def _drop_nulls(v: Any) -> Any:

@@ -3,6 +3,7 @@ shared machine); each test brings its own Bus with the fake router, metering and
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from shared import subjects
 from shared.bus import Bus
 from tests.gateway.fakes import Fakes
 from tools.stack import DEV_SECRET, NatsServer, ServiceProc, base_env, free_port, start_nats, start_service
@@ -40,10 +42,21 @@ def start_gateway(nats: NatsServer, workdir: Path, tag: str = "", **extra: str) 
     return Gateway(proc, port, nats, workdir)
 
 
+async def make_buckets(srv: NatsServer) -> None:
+    """What metering does at start: the gateway may use the key buckets, not make them."""
+    b = await Bus.connect(srv.url, "test-buckets")
+    try:
+        for bucket in (subjects.KEYS_BUCKET, subjects.BYOK_BUCKET):
+            await b.kv(bucket)
+    finally:
+        await b.close()
+
+
 @pytest.fixture(scope="module")
 def gw_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
     srv = start_nats(tmp_path_factory.mktemp("gw-nats"))
     try:
+        asyncio.run(make_buckets(srv))
         yield srv
     finally:
         srv.stop()
