@@ -113,6 +113,8 @@ METERING: list[Panel] = [
     P("Compare-and-set retries", "short", ("retries", _rate("janus_metering_cas_retries_total"))),
     P("Changes per KV write (group commit), p50", "short",
       ("p50", _p(0.5, "janus_metering_commit_operations"))),
+    P("Usage reported above its hold (charged the hold)", "short",
+      ("{{gen_ai_request_model}}", _rate("janus_usage_over_hold_total", _MODEL, fn="increase"))),
 ]
 
 ROUTING: list[Panel] = [

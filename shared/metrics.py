@@ -107,6 +107,11 @@ SETTLEMENTS = Counter(
     "janus_settlements_total", "Settlements by outcome (metering's results; 'lost' counted by the gateway)",
     ["result"],
 )
+USAGE_OVER_HOLD = Counter(
+    "janus_usage_over_hold_total",
+    "Settlements whose reported usage cost more than their hold (charged the hold only)",
+    ["gen_ai_request_model"],
+)
 HOLDS_OPEN = Gauge("janus_holds_open", "Reservations not yet settled, as seen by this replica")
 HOLDS_REAPED = Counter("janus_holds_reaped_total", "Reservations released by the reaper")
 METER_OP_SECONDS = Histogram(

@@ -285,6 +285,10 @@ def reserve(rec: Record, req: ReserveRequest, rules: PlanRules, price: PriceUnit
 class Outcome:
     result: str  # "charged" | "released" | "late" | "byok" | "duplicate"
     entry: LedgerEntry
+    # credits the reported usage came to above the hold, not charged: the hold is what the request
+    # could cost, so more is an estimate far off or a worker reporting false usage
+    over_hold: int = 0
+    reported: int = 0  # what the usage came to before the cap
 
 
 def settle(rec: Record, s: Settlement, rules: PlanRules, price: PriceUnits | None, now: int,
@@ -305,6 +309,10 @@ def settle(rec: Record, s: Settlement, rules: PlanRules, price: PriceUnits | Non
     else:
         # the model left the catalog between admission and settlement: charge what was held
         cost = hold.credits if hold is not None and s.ok else 0
+    reported = cost
+    if hold is not None and cost > hold.credits:
+        # the hold is a ceiling: a worker (the only source of usage) cannot charge a user past it
+        cost = hold.credits
     at = hold.at if hold is not None else w.now_s(s.at or now)
     if rec.session_start and at >= rec.session_start:
         rec.session_used += cost
@@ -326,7 +334,8 @@ def settle(rec: Record, s: Settlement, rules: PlanRules, price: PriceUnits | Non
         result = "released"
     else:
         result = "charged"
-    return Outcome(result, _entry(s, cost, hold.credits if hold else 0, now)), True
+    out = Outcome(result, _entry(s, cost, hold.credits if hold else 0, now), reported - cost, reported)
+    return out, True
 
 
 def _entry(s: Settlement, cost: int, reserved: int, now: int) -> LedgerEntry:

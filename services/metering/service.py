@@ -55,6 +55,11 @@ def _count_settlement(s: contract.Settlement, outcome: budget.Outcome) -> None:
     metrics.SETTLEMENTS.labels(outcome.result).inc()
     if outcome.result != "duplicate" and outcome.entry.credits:
         metrics.CREDITS_CHARGED.labels(s.model).inc(outcome.entry.credits)
+    if outcome.over_hold:
+        metrics.USAGE_OVER_HOLD.labels(s.model).inc()
+        log.warning("usage_over_hold", request_id=s.request_id, model=s.model, held=outcome.entry.credits,
+                    reported=outcome.reported, prompt_tokens=s.usage.prompt_tokens,
+                    completion_tokens=s.usage.completion_tokens)
 
 
 def _settle_failed(s: contract.Settlement, exc: BaseException) -> None:

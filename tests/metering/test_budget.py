@@ -21,17 +21,21 @@ def req(rid: str, inp: int, out: int) -> ReserveRequest:
     return ReserveRequest(rid, "u", "p", "m", input_tokens=inp, max_output_tokens=out)
 
 
-def test_overshoot_is_bounded_by_one_requests_actual_minus_reserved() -> None:
+def test_usage_above_the_hold_is_charged_the_hold() -> None:
+    """The hold is a ceiling: usage reported above it (an estimate far off, or a worker lying) is
+    capped, and the excess is reported for the anomaly metric."""
     rec = Record(user="u")
     reply, _ = budget.reserve(rec, req("a", 100, 800), RULES, PRICE, NOW)
     assert reply.admitted and reply.hold == 900
-    # the prompt estimate was low: the provider reports 400 prompt tokens, not 100
-    out, _ = budget.settle(rec, Settlement("a", "u", "p", "m", Usage(400, 800)), RULES, PRICE, NOW, 10)
-    assert out.entry.credits == 1200 and out.entry.reserved == 900
-    assert rec.session_used - 1000 <= out.entry.credits - out.entry.reserved
-    refused, changed = budget.reserve(rec, req("b", 1, 0), RULES, PRICE, NOW)
-    assert not refused.admitted and not changed and refused.denied_pool == "session"
-    assert refused.pools[0].remaining == 0
+    # the worker reports 400 prompt tokens, not 100, and a million completion tokens
+    usage = Usage(400, 1_000_000)
+    out, _ = budget.settle(rec, Settlement("a", "u", "p", "m", usage), RULES, PRICE, NOW, 10)
+    assert out.entry.credits == out.entry.reserved == 900 and rec.session_used == 900
+    assert out.over_hold == 1_000_400 - 900 and out.reported == 1_000_400
+    within, _ = budget.reserve(rec, req("b", 50, 50), RULES, PRICE, NOW)
+    assert within.admitted and within.hold == 100
+    exact, _ = budget.settle(rec, Settlement("b", "u", "p", "m", Usage(50, 50)), RULES, PRICE, NOW, 10)
+    assert exact.over_hold == 0 and exact.entry.credits == 100 and rec.session_used == 1000
 
 
 def test_settlement_is_idempotent_and_remembers_its_cost() -> None:
