@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services.gateway.jwt_verify import DEV_JWT_SECRET
+
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("metering", "router", "worker", "gateway")
-DEV_SECRET = "janus-dev-secret-not-for-production"
+DEV_SECRET = DEV_JWT_SECRET  # the gateway accepts it only with JANUS_DEV_STACK=true
 
 
 def nats_server_binary() -> str:
@@ -534,6 +536,7 @@ def base_env(nats_url: str, **extra: str) -> dict[str, str]:
     env = {
         "JANUS_NATS_URL": _without_credentials(nats_url),
         "JANUS_JWT_SECRET": DEV_SECRET,
+        "JANUS_DEV_STACK": "true",
         "JANUS_CATALOG": str(ROOT / "config" / "catalog.yaml"),
         "JANUS_PLANS": str(ROOT / "config" / "plans.yaml"),
     }

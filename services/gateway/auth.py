@@ -6,7 +6,9 @@
                             -> JwtVerifier (HS256 secret | PEM public keys | JWKS) -> cache
 
 Verified JWTs are cached (bounded, evicted once expired) so the hot path does not re-run signature
-checks and JSON decoding for every request of a client that reuses its token. Nothing here logs a
+checks and JSON decoding for every request of a client that reuses its token. An entry is trusted
+for at most ``JANUS_AUTH_CACHE_SECONDS`` and only while no key has left the JWKS since it was
+verified; then the token is verified again against the keys of the moment. Nothing here logs a
 token; failure messages never echo one.
 """
 
@@ -40,23 +42,30 @@ class Authenticator:
         self._max_token = settings.max_token_bytes
         self._leeway = settings.jwt_leeway_seconds
         self._cache_size = max(1, settings.auth_cache_size)
-        # token -> (principal, usable until); insertion order doubles as age order for eviction
-        self._cache: dict[str, tuple[Principal, float]] = {}
+        self._cache_seconds = settings.auth_cache_seconds
+        # token -> (principal, token usable until, cached until, key revision); insertion order doubles
+        # as age order for eviction
+        self._cache: dict[str, tuple[Principal, float, float, int]] = {}
 
     async def authenticate(self, header: str | None) -> Principal:
         """The caller, or ``AuthenticationFailed`` (401) / ``PermissionDenied`` (403)."""
         token = self._bearer(header)
         hit = self._cache.get(token)
         if hit is not None:
-            if hit[1] > time.time():
-                return hit[0]
-            del self._cache[token]
-            raise fail("expired", "The access token has expired.")
+            principal, usable, fresh, revision = hit
+            now = time.time()
+            if usable <= now:
+                del self._cache[token]
+                raise fail("expired", "The access token has expired.")
+            if fresh > now and revision == self.jwt.key_revision:
+                return principal
+            del self._cache[token]  # held too long, or its key may have been withdrawn: verify again
         if token.startswith("sk-"):
             return await self._api_key(token)
+        revision = self.jwt.key_revision  # before verifying: a withdrawal meanwhile drops the entry
         claims = await self.jwt.verify(token)
         principal, exp = self._principal(claims)
-        self._remember(token, principal, exp + self._leeway)
+        self._remember(token, principal, exp + self._leeway, revision)
         return principal
 
     async def _api_key(self, token: str) -> Principal:
@@ -98,14 +107,14 @@ class Authenticator:
             raise fail("oversized", f"The bearer token is longer than {self._max_token} bytes.")
         return token
 
-    def _remember(self, token: str, principal: Principal, until: float) -> None:
+    def _remember(self, token: str, principal: Principal, until: float, revision: int) -> None:
         cache = self._cache
+        now = time.time()
         if len(cache) >= self._cache_size:
-            now = time.time()
-            for key in [k for k, (_, e) in cache.items() if e <= now]:
+            for key in [k for k, (_, e, f, _r) in cache.items() if min(e, f) <= now]:
                 del cache[key]
             # still full: drop the oldest quarter rather than one entry per insert
             if len(cache) >= self._cache_size:
                 for key in list(cache)[: max(1, self._cache_size // 4)]:
                     del cache[key]
-        cache[token] = (principal, until)
+        cache[token] = (principal, until, now + self._cache_seconds, revision)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,8 @@ class JwksKeys:
         self.keys: dict[str, jwt.PyJWK] = {}
         self.unnamed: list[jwt.PyJWK] = []  # keys published without a kid
         self.loaded = False
+        self.revision = 0  # bumped when a fetch drops a key the previous set had
+        self._seen: frozenset[str] = frozenset()
         self._last_fetch = float("-inf")
         self._inflight: asyncio.Future[None] | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -149,6 +152,7 @@ class JwksKeys:
             return
         keys: dict[str, jwt.PyJWK] = {}
         unnamed: list[jwt.PyJWK] = []
+        seen: set[str] = set()
         raw = doc.get("keys") if isinstance(doc, dict) else None
         for item in raw if isinstance(raw, list) else []:
             if not isinstance(item, dict) or item.get("kty") == "oct" or item.get("use") == "enc":
@@ -161,6 +165,10 @@ class JwksKeys:
                 keys[jwk.key_id] = jwk
             else:
                 unnamed.append(jwk)
+            seen.add(json.dumps(item, sort_keys=True))
+        if not self._seen <= seen:
+            self.revision += 1  # a withdrawn key: tokens it signed must not live on in caches
+        self._seen = frozenset(seen)
         self.keys, self.unnamed, self.loaded = keys, unnamed, True
         log.info("jwks_loaded", keys=len(keys) + len(unnamed))
 

@@ -13,6 +13,7 @@ service is not taken here by accident).
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import Any
 
 import jwt
@@ -26,6 +27,9 @@ from shared.errors import AuthenticationFailed, ServiceUnavailable
 ASYMMETRIC = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
                         "EdDSA"})
 _MIN_SECRET_BYTES = 32  # below this HS256 is guessable offline
+# the secret of the local stack, compose and the dev overlay: published, so anyone can sign with it
+DEV_JWT_SECRET = "janus-dev-secret-not-for-production"
+_LOOPBACK = ("localhost", "127.0.0.1", "::1")
 
 
 def fail(reason: str, message: str) -> AuthenticationFailed:
@@ -40,12 +44,17 @@ class JwtVerifier:
                               "gateway cannot verify tokens without one of them")
         if s.jwt_secret and len(s.jwt_secret.encode()) < _MIN_SECRET_BYTES:
             raise ConfigError(f"JANUS_JWT_SECRET must be at least {_MIN_SECRET_BYTES} bytes")
+        if s.jwt_secret == DEV_JWT_SECRET and not s.dev_stack:
+            raise ConfigError("JANUS_JWT_SECRET is the published development secret: anyone can sign tokens "
+                              "with it. Set a secret of your own, or JANUS_DEV_STACK=true on a development stack")
         self._secret = s.jwt_secret
         self._pem: list[PublicKey] = load_pem_keys(s.jwt_public_keys)
         self.jwks: JwksKeys | None = None
         if s.jwt_jwks_url:
-            if not s.jwt_jwks_url.startswith(("https://", "http://")):
-                raise ConfigError("JANUS_JWT_JWKS_URL must be an http(s) URL")
+            url = urllib.parse.urlsplit(s.jwt_jwks_url)
+            if not (url.scheme == "https" or (url.scheme == "http" and url.hostname in _LOOPBACK)):
+                # keys fetched in clear text could be swapped on the way for an attacker's
+                raise ConfigError("JANUS_JWT_JWKS_URL must be an https:// URL (http:// only on loopback)")
             self.jwks = JwksKeys(s.jwt_jwks_url, refresh_interval=s.jwks_refresh_seconds,
                                  min_interval=s.jwks_min_refresh_seconds, timeout=s.jwks_timeout_seconds)
         algs: set[str] = set()
@@ -68,6 +77,11 @@ class JwtVerifier:
     async def start(self) -> None:
         if self.jwks is not None:
             await self.jwks.start()
+
+    @property
+    def key_revision(self) -> int:
+        """Changes whenever a key that verified tokens leaves the key set (cached tokens go stale)."""
+        return self.jwks.revision if self.jwks is not None else 0
 
     async def close(self) -> None:
         if self.jwks is not None:

@@ -37,6 +37,12 @@ class GatewaySettings(CommonSettings, kw_only=True):
     jwks_timeout_seconds: float = 5.0
     max_token_bytes: int = 8192  # a longer bearer token is refused before any parsing
     auth_cache_size: int = 10_000
+    # a verified JWT is trusted from the cache at most this long, then its signature is checked again
+    # (against the key set of that moment: a key the identity provider withdrew stops working)
+    auth_cache_seconds: float = 300.0
+    # a development stack (make run, compose, the dev overlay): the published development JWT secret
+    # is accepted only then
+    dev_stack: bool = False
     api_key_cache_seconds: float = 30.0  # a found key; revocations evict it at once
     api_key_negative_cache_seconds: float = 2.0  # an unknown key
 

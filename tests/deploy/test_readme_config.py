@@ -75,6 +75,8 @@ def fields(cls: type[msgspec.Struct]) -> dict[str, object]:
 
 
 def shown(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()  # as written in the environment
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
