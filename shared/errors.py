@@ -25,6 +25,7 @@ the other side of NATS, so an error raised in a worker surfaces in the gateway a
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, ClassVar
 
 import msgspec
@@ -234,15 +235,37 @@ def _register(cls: type[JanusError]) -> None:
 _register(JanusError)
 
 
+# What a provider's message may carry that a caller must never see: key fragments (OpenAI echoes
+# "sk-...abcd", Google "AIza..."), bearer tokens, URLs (internal base URLs, keys in query strings), IPs.
+_SECRETS = re.compile(
+    r"(?i)\b(?:sk|pk|rk|gsk|xai|key)[-_][\w\-.*]{4,}"
+    r"|\bAIza[\w\-]{8,}"
+    r"|\bbearer\s+\S+"
+    r"|\b[a-z][a-z0-9+.\-]*://\S+"
+    r"|\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b"
+    r"|(?<![\w:])[0-9a-f]{0,4}(?::[0-9a-f]{0,4}){2,7}(?![\w:])"
+)
+
+
+def redact(message: str) -> str:
+    """``message`` without key fragments, tokens, URLs or IP addresses (each becomes ``[redacted]``)."""
+    return _SECRETS.sub("[redacted]", message)
+
+
 def upstream_error_for_status(status: int, message: str, retry_after: float | None = None) -> JanusError:
-    """Classify a provider's HTTP status once, for every adapter."""
+    """Classify a provider's HTTP status once, for every adapter. ``message`` (the provider's) reaches
+    the caller redacted; a refusal of the deployment's credentials does not reach it at all."""
     if status in (400, 401, 403, 404, 422):
-        # The provider's own credentials failing is our configuration problem, not the caller's.
+        # The provider's own credentials failing is our configuration problem, not the caller's, and
+        # the provider's words about them may quote the key: the worker logs them, the caller gets this
         if status in (401, 403):
             return UpstreamClientError(
-                f"upstream refused the credentials ({status}): {message}", status=502, code="upstream_auth"
+                f"the provider refused this deployment's credentials ({status}); the operator can "
+                "find the details in the worker's log by the request id",
+                status=502, code="upstream_auth",
             )
-        return UpstreamClientError(message, status=400 if status == 422 else status)
+        return UpstreamClientError(redact(message), status=400 if status == 422 else status)
+    message = redact(message)
     if status == 408:
         return UpstreamTimeout(message, retry_after=retry_after)
     if status == 429:

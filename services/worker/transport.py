@@ -8,9 +8,11 @@ aiohttp's exceptions are mapped to the Janus error tree here, once:
     connect / connection reset      -> UpstreamError (retryable)
     connect or read timeout         -> UpstreamTimeout (retryable)
     body cut short while streaming  -> StreamInterrupted
+    a redirect (3xx)                -> UpstreamError (never followed: it would carry the key elsewhere)
     a stream with not one event     -> UpstreamError (retryable: nothing was generated)
 
-Cancelling the calling task closes the upstream response, so the provider stops generating.
+Cancelling the calling task closes the upstream response, so the provider stops generating. What a
+caller sees names no host, address or URL (those are logged here); provider messages are redacted.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ from shared.errors import (
     UpstreamTimeout,
     upstream_error_for_status,
 )
+from shared.logging import get_logger
+
+log = get_logger("transport")
 
 ERROR_BODY_LIMIT = 64 * 1024
 
@@ -79,10 +84,12 @@ def map_exception(exc: BaseException, *, streaming: bool = False) -> JanusError:
         return UpstreamTimeout(f"the provider did not answer in time ({type(exc).__name__})")
     if streaming and isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError)):
         return StreamInterrupted("the provider's stream was cut off before it finished")
+    # aiohttp's own words name the host, address and port: for the log, not for the caller
+    log.warning("upstream_transport_error", error_type=type(exc).__name__, error=str(exc))
     if isinstance(exc, aiohttp.InvalidURL):
-        return JanusError(f"the deployment's URL is not valid: {exc}")
+        return JanusError("the deployment's URL is not valid")
     if isinstance(exc, aiohttp.ClientError):
-        return UpstreamError(f"cannot reach the provider: {type(exc).__name__}: {exc}")
+        return UpstreamError(f"cannot reach the provider ({type(exc).__name__})")
     return JanusError(f"unexpected transport error: {type(exc).__name__}")
 
 
@@ -125,18 +132,27 @@ class Transport:
         bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
         if self._proxies and not bypass(url.host or ""):
             proxy = self._proxies.get(url.scheme)
-        return self._session.request(req.method, url, data=req.body, headers=req.headers, proxy=proxy)
+        # a redirect is never followed: the request's key would go to wherever it points
+        return self._session.request(req.method, url, data=req.body, headers=req.headers, proxy=proxy,
+                                     allow_redirects=False)
 
     @staticmethod
     async def _raise_for_status(resp: aiohttp.ClientResponse, adapter: Any) -> None:
-        if resp.status < 400:
+        if resp.status < 300:
             return
+        if resp.status < 400:
+            log.warning("upstream_redirect_refused", status=resp.status,
+                        location=resp.headers.get("Location"))
+            raise UpstreamError(f"the provider answered with a redirect ({resp.status}), which is not "
+                                "followed", code="upstream_redirect")
         body = await _read_error_body(resp)
         status = resp.status
         if isinstance(adapter, ReadsErrorCause):
             status = adapter.error_status(status, body)
-        raise upstream_error_for_status(status, adapter.error_message(resp.status, body),
-                                        retry_after=retry_after_of(resp.headers))
+        message = adapter.error_message(resp.status, body)
+        if status in (401, 403):
+            log.warning("upstream_refused_credentials", status=status, message=message)
+        raise upstream_error_for_status(status, message, retry_after=retry_after_of(resp.headers))
 
     async def fetch(self, req: UpstreamRequest, adapter: Any) -> bytes:
         """A buffered call: the whole response body (framing "json")."""
