@@ -9,7 +9,8 @@ freshly generated seeds), docker compose and Kubernetes (``$JANUS_NKEY_<IDENTITY
 server reads from its environment, filled from a Secret). Clients set their inbox prefix to
 ``shared.subjects.inbox_prefix(identity)``; the block grants each identity only its own.
 
-    python -m tools.natsauth keys DIR       write a seed per identity into DIR, print the public keys
+    python -m tools.natsauth keys DIR       write a seed per identity into DIR (<identity>.nk) and the
+                                            public keys (DIR/public.env, <identity>=<key>)
     python -m tools.natsauth compose DIR    the same, plus the servers' variables (DIR/nkeys.env)
                                             and a CA and server certificate for `nats` (DIR/tls/):
                                             what docker-compose.yml mounts (`make compose-keys`)
@@ -179,9 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("dir", type=Path)
     args = ap.parse_args(argv)
     keys = generate_keys(args.dir)
+    (args.dir / "public.env").write_text("".join(f"{n}={pub}\n" for n, (_, pub) in keys.items()))
     if args.cmd == "keys":
-        for name, (path, public) in keys.items():
-            print(f"{env_name(name)}={public}    # seed: {path}")
+        print(f"wrote {args.dir}: a seed per identity (<identity>.nk) and the public keys (public.env)")
         return 0
     # the containers run as another uid than the file's owner: the directory, not the files, is private
     args.dir.chmod(0o700)

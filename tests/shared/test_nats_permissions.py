@@ -229,3 +229,10 @@ async def test_no_credentials_and_unknown_keys_are_refused(server: NatsServer, t
     stranger.write_bytes(new_seed())
     with pytest.raises(ServiceUnavailable, match="refused"):
         await connect(server, "gateway", str(stranger))
+
+
+async def test_credentials_in_a_url_never_reach_an_error(server: NatsServer) -> None:
+    host = server.client_url.partition("://")[2]
+    with pytest.raises(ServiceUnavailable) as refused:
+        await Bus.connect(f"nats://harness:not-the-password@{host}", "anonymous", connect_timeout=2)
+    assert "not-the-password" not in refused.value.message and host in refused.value.message
