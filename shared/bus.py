@@ -174,8 +174,9 @@ class Bus:
                 inbox_prefix=subjects.inbox_prefix(identity or service),
                 **options,
                 name=f"janus-{service}",
-                connect_timeout=connect_timeout,
-                reconnect_time_wait=0.25,
+                # nats-py annotates these as int but waits with them as seconds: any float works
+                connect_timeout=connect_timeout,  # type: ignore[arg-type]
+                reconnect_time_wait=0.25,  # type: ignore[arg-type]
                 max_reconnect_attempts=-1,
                 allow_reconnect=True,
                 disconnected_cb=disconnected,

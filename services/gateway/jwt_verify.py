@@ -45,8 +45,9 @@ class JwtVerifier:
         if s.jwt_secret and len(s.jwt_secret.encode()) < _MIN_SECRET_BYTES:
             raise ConfigError(f"JANUS_JWT_SECRET must be at least {_MIN_SECRET_BYTES} bytes")
         if s.jwt_secret == DEV_JWT_SECRET and not s.dev_stack:
-            raise ConfigError("JANUS_JWT_SECRET is the published development secret: anyone can sign tokens "
-                              "with it. Set a secret of your own, or JANUS_DEV_STACK=true on a development stack")
+            raise ConfigError("JANUS_JWT_SECRET is the published development secret: anyone can sign "
+                              "tokens with it. Set a secret of your own, or JANUS_DEV_STACK=true on a "
+                              "development stack")
         self._secret = s.jwt_secret
         self._pem: list[PublicKey] = load_pem_keys(s.jwt_public_keys)
         self.jwks: JwksKeys | None = None

@@ -31,8 +31,15 @@ def test_a_jwks_in_clear_text_from_another_host_is_refused(url: str) -> None:
         JwtVerifier(GatewaySettings(jwt_jwks_url=url))
 
 
-@pytest.mark.parametrize("url", ["https://idp.example.com/jwks.json", "http://127.0.0.1:9/jwks",
-                                 "http://localhost/jwks", "http://[::1]:8/jwks"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://idp.example.com/jwks.json",
+        "http://127.0.0.1:9/jwks",
+        "http://localhost/jwks",
+        "http://[::1]:8/jwks",
+    ],
+)
 def test_https_and_loopback_jwks_urls_are_taken(url: str) -> None:
     assert JwtVerifier(GatewaySettings(jwt_jwks_url=url)).jwks is not None
 

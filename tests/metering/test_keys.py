@@ -72,7 +72,8 @@ async def test_byok_is_encrypted_and_bound_to_user_and_provider(bus: Bus) -> Non
 
 def cli(nats: NatsServer, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     # the CLI as operators run it: its own identity, no more
-    full = {**os.environ, "JANUS_NATS_URL": nats.client_url, "JANUS_NATS_NKEY_FILE": seed_file("operator"), **env}
+    identity = {"JANUS_NATS_URL": nats.client_url, "JANUS_NATS_NKEY_FILE": seed_file("operator")}
+    full = {**os.environ, **identity, **env}
     return subprocess.run([sys.executable, "-m", "services.cli", *args], cwd=ROOT, env=full,
                           capture_output=True, text=True, timeout=30)
 

@@ -31,41 +31,57 @@ KEYS_GET = "$JS.API.DIRECT.GET.KV_janus_keys.$KV.janus_keys.k.0123"
 # identity -> what its role needs (each must be accepted)
 ALLOWED: dict[str, list[tuple[str, str]]] = {
     "gateway": [
-        (PUB, subjects.ROUTE), (PUB, subjects.METER_RESERVE), (PUB, subjects.METER_USAGE),
-        (PUB, subjects.SETTLE), (PUB, subjects.work("fake")), (PUB, subjects.WORK_CANCEL),
-        (PUB, KEYS_GET), (PUB, BYOK_GET), (PUB, "$KV.janus_byok.y.u.alice.openai"),
-        (SUB, subjects.KEYS_REVOKED), (SUB, "_INBOX.gateway.abc.*"),
+        (PUB, subjects.ROUTE),
+        (PUB, subjects.METER_RESERVE),
+        (PUB, subjects.METER_USAGE),
+        (PUB, subjects.SETTLE),
+        (PUB, subjects.work("fake")),
+        (PUB, subjects.WORK_CANCEL),
+        (PUB, KEYS_GET),
+        (PUB, BYOK_GET),
+        (PUB, "$KV.janus_byok.y.u.alice.openai"),
+        (SUB, subjects.KEYS_REVOKED),
+        (SUB, "_INBOX.gateway.abc.*"),
     ],
     "router": [(SUB, subjects.ROUTE), (SUB, subjects.HEALTH), (SUB, "_INBOX.router.>")],
     "worker": [
-        (SUB, subjects.work("fake")), (SUB, subjects.WORK_CANCEL), (PUB, subjects.HEALTH), (PUB, BYOK_GET),
+        (SUB, subjects.work("fake")),
+        (SUB, subjects.WORK_CANCEL),
+        (PUB, subjects.HEALTH),
+        (PUB, BYOK_GET),
         (SUB, "_INBOX.worker.>"),
     ],
     "metering": [
-        (SUB, subjects.METER_RESERVE), (SUB, subjects.METER_USAGE), (PUB, subjects.LEDGER),
-        (PUB, "$KV.janus_budget.b.u.alice"), (PUB, "$JS.ACK.JANUS_SETTLE.metering.1.1.1.1.1"),
+        (SUB, subjects.METER_RESERVE),
+        (SUB, subjects.METER_USAGE),
+        (PUB, subjects.LEDGER),
+        (PUB, "$KV.janus_budget.b.u.alice"),
+        (PUB, "$JS.ACK.JANUS_SETTLE.metering.1.1.1.1.1"),
         (PUB, "$JS.API.CONSUMER.MSG.NEXT.JANUS_SETTLE.metering"),
     ],
     "operator": [
-        (PUB, "$KV.janus_keys.k.0123"), (PUB, subjects.KEYS_REVOKED), (PUB, KEYS_GET),
-        (PUB, "$KV.janus_byok.y.u.alice.openai"), (PUB, subjects.METER_USAGE),
+        (PUB, "$KV.janus_keys.k.0123"),
+        (PUB, subjects.KEYS_REVOKED),
+        (PUB, KEYS_GET),
+        (PUB, "$KV.janus_byok.y.u.alice.openai"),
+        (PUB, subjects.METER_USAGE),
     ],
 }
 
 # one forbidden action for each other role's business, per identity
 FORBIDDEN: dict[str, list[tuple[str, str]]] = {
     "gateway": [
-        (PUB, "$KV.janus_keys.k.0123"),              # mint an API key
-        (PUB, "$KV.janus_budget.b.u.alice"),         # rewrite a budget
-        (PUB, subjects.HEALTH),                      # report false health
-        (PUB, subjects.LEDGER),                      # forge the ledger
-        (SUB, subjects.work("fake")),                # take a worker's work
-        (SUB, subjects.METER_RESERVE),               # answer reserves
-        (SUB, "_INBOX.router.>"),                    # another identity's replies
+        (PUB, "$KV.janus_keys.k.0123"),  # mint an API key
+        (PUB, "$KV.janus_budget.b.u.alice"),  # rewrite a budget
+        (PUB, subjects.HEALTH),  # report false health
+        (PUB, subjects.LEDGER),  # forge the ledger
+        (SUB, subjects.work("fake")),  # take a worker's work
+        (SUB, subjects.METER_RESERVE),  # answer reserves
+        (SUB, "_INBOX.router.>"),  # another identity's replies
         (PUB, "$JS.API.CONSUMER.MSG.NEXT.JANUS_SETTLE.metering"),  # consume settlements
     ],
     "router": [
-        (PUB, BYOK_GET),                             # read users' provider keys
+        (PUB, BYOK_GET),  # read users' provider keys
         (PUB, subjects.work("fake")),
         (PUB, subjects.HEALTH),
         (PUB, subjects.SETTLE),
@@ -73,12 +89,12 @@ FORBIDDEN: dict[str, list[tuple[str, str]]] = {
         (SUB, subjects.work("fake")),
     ],
     "worker": [
-        (PUB, subjects.SETTLE),                      # publish a settlement
-        (PUB, "_INBOX.gateway.abc.def"),             # frames into an inbox it was not given
-        (SUB, "_INBOX.gateway.>"),                   # read gateways' replies
-        (PUB, subjects.work("fake")),                # forge work
+        (PUB, subjects.SETTLE),  # publish a settlement
+        (PUB, "_INBOX.gateway.abc.def"),  # frames into an inbox it was not given
+        (SUB, "_INBOX.gateway.>"),  # read gateways' replies
+        (PUB, subjects.work("fake")),  # forge work
         (PUB, "$KV.janus_budget.b.u.alice"),
-        (PUB, "$KV.janus_byok.y.u.alice.openai"),    # overwrite a user's provider key
+        (PUB, "$KV.janus_byok.y.u.alice.openai"),  # overwrite a user's provider key
         (PUB, "$KV.janus_keys.k.0123"),
         (PUB, subjects.KEYS_REVOKED),
         (PUB, subjects.ROUTE),
@@ -124,8 +140,11 @@ class Probe:
             self.errors.append(str(exc).lower())
 
         await self.nc.connect(
-            srv.client_url, nkeys_seed=seed_file(identity), inbox_prefix=subjects.inbox_prefix(identity),
-            error_cb=on_error, allow_reconnect=False,
+            srv.client_url,
+            nkeys_seed=seed_file(identity),
+            inbox_prefix=subjects.inbox_prefix(identity),
+            error_cb=on_error,
+            allow_reconnect=False,
         )
         return self
 
@@ -173,7 +192,9 @@ async def test_forbidden_actions_fail(server: NatsServer, identity: str) -> None
 
 
 async def connect(srv: NatsServer, identity: str, seed: str = "") -> Bus:
-    return await Bus.connect(srv.client_url, identity, nkey_file=seed or seed_file(identity), connect_timeout=2)
+    return await Bus.connect(
+        srv.client_url, identity, nkey_file=seed or seed_file(identity), connect_timeout=2
+    )
 
 
 async def test_a_worker_answers_only_the_requests_it_received(server: NatsServer) -> None:

@@ -15,8 +15,10 @@ from tests.fakes.openai_compat_upstream import Fail, OpenAICompatUpstream
 from tests.worker.adapters.test_adapter_http import context
 from tools.stack import free_port
 
-KEY_ECHO = (b'{"error": {"message": "Incorrect API key provided: sk-proj-abcd************wxyz. You can '
-            b'find your API key at https://platform.openai.com/account/api-keys.", "type": "invalid_request_error"}}')
+KEY_ECHO = (
+    b'{"error": {"message": "Incorrect API key provided: sk-proj-abcd************wxyz. You can '
+    b'find your API key at https://platform.openai.com/account/api-keys.", "type": "invalid_request_error"}}'
+)
 INTERNAL = b'{"error": {"message": "backend 10.2.3.4:8000 (http://vllm-7.internal:8000/v1) is overloaded"}}'
 
 
