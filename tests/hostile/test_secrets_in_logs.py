@@ -1,4 +1,5 @@
-"""Provider keys, JWTs and API keys never appear in any service's log or in an error body."""
+"""Provider keys, JWTs, API keys and NATS credentials never appear in any service's log or in an error
+body."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import urllib.request
 import jwt
 
 from tests.hostile.conftest import UPSTREAM_MODEL, Hostile
+from tools.stack import local_keys
 
 
 def _post(url: str, auth: str | None, body: dict[str, object]) -> tuple[int, bytes]:
@@ -55,6 +57,9 @@ def test_no_secret_reaches_a_log_or_an_error(hostile: Hostile) -> None:
     secrets = {"provider key": hostile.provider_key, "api key": hostile.api_key, "bad api key": bad_key,
                "jwt secret": hostile.secret, "jwt": good_jwt}
     secrets.update({f"bad jwt {i}": t for i, t in enumerate(bad_jwts)})
+    # each service's NATS identity, and the harness's password inside the server URL
+    secrets.update({f"{name} nkey seed": path.read_text().strip() for name, (path, _) in local_keys().items()})
+    secrets["nats password"] = hostile.stack.nats.url.partition("://")[2].rpartition("@")[0].partition(":")[2]
     # a token's signature part alone is enough to replay it: look for that too
     secrets.update({f"{k} signature": v.rsplit(".", 1)[-1] for k, v in list(secrets.items())
                     if v.count(".") == 2 and len(v.rsplit(".", 1)[-1]) > 20})
