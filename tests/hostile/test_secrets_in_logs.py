@@ -58,7 +58,8 @@ def test_no_secret_reaches_a_log_or_an_error(hostile: Hostile) -> None:
                "jwt secret": hostile.secret, "jwt": good_jwt}
     secrets.update({f"bad jwt {i}": t for i, t in enumerate(bad_jwts)})
     # each service's NATS identity, and the harness's password inside the server URL
-    secrets.update({f"{name} nkey seed": path.read_text().strip() for name, (path, _) in local_keys().items()})
+    seeds = local_keys()
+    secrets.update({f"{name} nkey seed": path.read_text().strip() for name, (path, _) in seeds.items()})
     secrets["nats password"] = hostile.stack.nats.url.partition("://")[2].rpartition("@")[0].partition(":")[2]
     # a token's signature part alone is enough to replay it: look for that too
     secrets.update({f"{k} signature": v.rsplit(".", 1)[-1] for k, v in list(secrets.items())
