@@ -9,9 +9,10 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from services.metering.service import MeteringService
+from shared import metrics
 from shared.bus import Bus
 from shared.errors import ModelNotFound, PermissionDenied
-from tests.metering.conftest import HOLD, TINY_SESSION, record, reserve, settle, usage, wait_for
+from tests.metering.conftest import HOLD, MODEL, TINY_SESSION, record, reserve, settle, usage, wait_for
 
 Start = Callable[..., Awaitable[MeteringService]]
 
@@ -138,3 +139,20 @@ async def test_bad_requests_are_error_replies(bus: Bus, start_metering: Start) -
         await reserve(bus, "u6", "x", model="no-such-model")
     with pytest.raises(PermissionDenied):
         await reserve(bus, "u6", "x", plan="no-such-plan")
+
+
+async def test_usage_above_the_hold_is_charged_the_hold_and_counted(bus: Bus, start_metering: Start) -> None:
+    """A worker reporting a million completion tokens for a request held at 1000 + 1000 tokens."""
+    await start_metering()
+    counter = metrics.USAGE_OVER_HOLD.labels(MODEL)
+    before = counter._value.get()
+    assert (await reserve(bus, "liar", "r1")).hold == HOLD
+    await settle(bus, "liar", "r1", completion=1_000_000)
+
+    async def settled() -> bool:
+        return not (await record(bus, "liar")).holds
+
+    await wait_for(settled, what="the hold settled")
+    rec = await record(bus, "liar")
+    assert rec.session_used == rec.week_used == HOLD
+    assert counter._value.get() == before + 1
