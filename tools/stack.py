@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from services.gateway.jwt_verify import DEV_JWT_SECRET
+from shared.bus import redact_url
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("metering", "router", "worker", "gateway")
@@ -61,7 +62,7 @@ class NatsServer:
     @property
     def client_url(self) -> str:
         """The URL without the harness's credentials: what services connect to (with their NKeys)."""
-        return _without_credentials(self.url)
+        return redact_url(self.url)
 
     def monitor(self, path: str, timeout: float = 2.0) -> dict[str, Any]:
         """One JSON document from the monitoring port, e.g. ``monitor("jsz?streams=true")``."""
@@ -139,12 +140,6 @@ def _auth_conf(path: Path, harness: bool) -> None:
 def _with_credentials(url: str) -> str:
     scheme, _, rest = url.partition("://")
     return f"{scheme}://{_HARNESS[0]}:{_HARNESS[1]}@{rest}"
-
-
-def _without_credentials(url: str) -> str:
-    return ",".join(
-        f"{u.partition('://')[0]}://{u.partition('://')[2].rpartition('@')[2]}" for u in url.split(",")
-    )
 
 
 def start_nats(
@@ -534,7 +529,7 @@ class Stack:
 
 def base_env(nats_url: str, **extra: str) -> dict[str, str]:
     env = {
-        "JANUS_NATS_URL": _without_credentials(nats_url),
+        "JANUS_NATS_URL": redact_url(nats_url),
         "JANUS_JWT_SECRET": DEV_SECRET,
         "JANUS_DEV_STACK": "true",
         "JANUS_CATALOG": str(ROOT / "config" / "catalog.yaml"),
