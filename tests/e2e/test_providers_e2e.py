@@ -12,6 +12,7 @@ The stack starts once for the module.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -36,6 +37,7 @@ from tests.fakes.host import FakeHost, stack_on_fakes
 from tests.fakes.ollama_upstream import OllamaUpstream
 from tests.fakes.openai_compat_upstream import OpenAICompatUpstream
 from tests.fakes.openai_upstream import vector_for
+from tests.faults.kit import ledger
 from tests.fixtures import wire
 from tests.fixtures.replay import Drop, Fail, Garbage, ReplayUpstream
 from tests.openai_schema import validate
@@ -144,9 +146,11 @@ class World:
     def __init__(self, stack: Stack, host: FakeHost) -> None:
         self.stack = stack
         self.fakes = host.fakes
+        self.users: dict[str, str] = {}  # token -> user
 
     def client(self, user: str) -> openai.OpenAI:
         tok = make_token(user, "pro", f"{user}@example.com", secret=self.stack.env["JANUS_JWT_SECRET"])
+        self.users[tok] = user
         return openai.OpenAI(base_url=self.stack.base_url, api_key=tok, max_retries=0, timeout=30)
 
     def usage(self, client: openai.OpenAI, want_used: int) -> dict[str, Any]:
@@ -202,11 +206,25 @@ def assert_openai_usage(got: dict[str, Any], want: Usage) -> None:
 
 
 def assert_charged(world: World, client: openai.OpenAI, usage: Usage, price: Price) -> None:
-    want = cost_credits(usage, PriceUnits.of(price))
-    assert want > 0
-    weekly = world.usage(client, want)["weekly"]
+    """Charged from the provider-reported usage, but never above the request's hold: the recorded
+    transcripts report more tokens than a request for "Hello" with a small max_tokens can hold, as a
+    worker reporting false usage would."""
+    units = PriceUnits.of(price)
+    assert cost_credits(usage, units) > 0
+    weekly = world.usage(client, 1)["weekly"]
     assert weekly["reserved"] == 0, "the hold was released"
-    assert weekly["used"] == want, "charged from the provider-reported usage"
+    user = world.users[client.api_key]
+    deadline = time.monotonic() + 15
+    while True:  # metering writes the budget first and the ledger entry right after
+        entries = [e for e in asyncio.run(ledger(world.stack.harness_url)) if e.user == user]
+        if sum(e.credits for e in entries) == weekly["used"] or time.monotonic() > deadline:
+            break
+    # the provider-reported usage reached metering (over one or several requests of this caller)
+    assert sum(e.usage.prompt_tokens for e in entries) == usage.prompt_tokens
+    assert sum(e.usage.completion_tokens for e in entries) == usage.completion_tokens
+    for e in entries:
+        assert e.credits == min(cost_credits(e.usage, units), e.reserved), "charged, capped at the hold"
+    assert weekly["used"] == sum(e.credits for e in entries)
 
 
 def sse_events(response: Any) -> list[str]:
