@@ -150,7 +150,18 @@ class UsageQuery(msgspec.Struct, tag="meter.usage_query.v1", **_tagged):
 
 
 class UsageReply(msgspec.Struct, tag="meter.usage_reply.v1", **_tagged):
-    body: bytes  # the /v1/usage JSON document, built by metering
+    # a JSON document built by the service that owns the data: /v1/usage, /v1/usage/daily, and the
+    # operator view's parts (metering's top spenders, a router's deployment health)
+    body: bytes
+
+
+class DailyQuery(msgspec.Struct, tag="meter.daily_query.v1", **_tagged):
+    user: str
+    days: int = 30
+
+
+class AdminQuery(msgspec.Struct, tag="meter.admin_query.v1", **_tagged):
+    top: int = 10  # how many users, by credits spent this week
 
 
 # -------------------------------------------------------------------------------------------- worker
@@ -251,6 +262,8 @@ settlement_decoder = msgspec.msgpack.Decoder(Settlement)
 ledger_entry_decoder = msgspec.msgpack.Decoder(LedgerEntry)
 usage_query_decoder = msgspec.msgpack.Decoder(UsageQuery)
 usage_reply_decoder = msgspec.msgpack.Decoder(UsageReply | ErrorReply)
+daily_query_decoder = msgspec.msgpack.Decoder(DailyQuery)
+admin_query_decoder = msgspec.msgpack.Decoder(AdminQuery)
 work_decoder = msgspec.msgpack.Decoder(WorkRequest)
 cancel_decoder = msgspec.msgpack.Decoder(Cancel)
 frame_decoder = msgspec.msgpack.Decoder(Frame)

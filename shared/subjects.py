@@ -23,8 +23,10 @@ def token(value: str) -> str:
 
 # request/reply, served by queue groups
 ROUTE = f"{PREFIX}.route.plan"
+ROUTE_HEALTH = f"{PREFIX}.route.health"  # one router's view of every deployment (operator view)
 METER_RESERVE = f"{PREFIX}.meter.reserve"
 METER_USAGE = f"{PREFIX}.meter.usage"
+METER_DAILY = f"{PREFIX}.meter.daily"
 METER_ADMIN = f"{PREFIX}.meter.admin"
 
 # JetStream: settlements (de-duplicated by request id) and the usage ledger

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from services.gateway import console, keys_api, views
 from services.gateway.auth import Authenticator, Principal
 from services.gateway.body import parse_chat, parse_embeddings
 from services.gateway.byok import ByokApi, ByokProbe
@@ -204,4 +205,7 @@ def build_app(gw: Gateway, edge: Edge) -> web.Application:
     r.add_put("/v1/byok/{provider}", byok.put)
     r.add_get("/v1/byok", byok.list_keys)
     r.add_delete("/v1/byok/{provider}", byok.delete)
+    keys_api.add_routes(r, keys_api.KeysApi(gw.auth, gw.bus, gw.s.nats_replicas, gw._body))
+    views.add_routes(r, views.Views(gw.auth, gw.bus, gw.s.usage_timeout_seconds))
+    console.add_routes(r, console.Console())
     return app

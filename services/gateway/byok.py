@@ -8,7 +8,8 @@ with ``byok=True``: recorded as usage, charged no credits, and kept on deploymen
 The API (authenticated like every endpoint; a caller only ever sees or changes their own keys):
 
     PUT    /v1/byok/{provider}   {"api_key": "..."}  -> the entry, with a masked hint (sk-...abcd)
-    GET    /v1/byok                                  -> every provider the caller has a key for
+    GET    /v1/byok                                  -> every provider the caller has a key for, and
+                                                        the providers that take one
     DELETE /v1/byok/{provider}                       -> {"deleted": true}
 
 Keys are sealed with the store the CLI uses (AES-256-GCM under ``JANUS_BYOK_KEY``, bound to the user
@@ -92,6 +93,7 @@ class _Entry(msgspec.Struct):
 
 class _EntryList(msgspec.Struct):
     data: list[_Entry]
+    providers: list[str]  # every provider that takes the caller's own key here
     object: str = "list"
 
 
@@ -199,7 +201,7 @@ class ByokApi:
             sealed = await store.info(user, provider)
             if sealed is not None:
                 out.append(_entry(sealed, provider))
-        return self._json(call, _encode(_EntryList(out)))
+        return self._json(call, _encode(_EntryList(out, self.providers)))
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
         call, user = await self._caller(request)

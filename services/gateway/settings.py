@@ -37,6 +37,9 @@ class GatewaySettings(CommonSettings, kw_only=True):
     jwks_timeout_seconds: float = 5.0
     max_token_bytes: int = 8192  # a longer bearer token is refused before any parsing
     auth_cache_size: int = 10_000
+    # a JWT whose "roles" list (or "role" string) names this may read the operator view
+    # (GET /v1/admin/overview); empty: nobody may
+    admin_role: str = "janus-admin"
     api_key_cache_seconds: float = 30.0  # a found key; revocations evict it at once
     api_key_negative_cache_seconds: float = 2.0  # an unknown key
 

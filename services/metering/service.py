@@ -22,6 +22,7 @@ import msgspec
 
 from services.metering import budget
 from services.metering import windows as w
+from services.metering.daily import DailyHistory
 from services.metering.store import BudgetStore
 from services.metering.streams import (
     SETTLE_DURABLE,
@@ -93,6 +94,7 @@ class MeteringService(Service):
             name: PriceUnits.of(m.price) for name, m in catalog.model_by_name.items()
         }
         self.store: BudgetStore | None = None
+        self.daily = DailyHistory()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = asyncio.Event()
         self._consuming = False
@@ -112,6 +114,8 @@ class MeteringService(Service):
         q = subjects.METERING_QUEUE
         await bus.serve(subjects.METER_RESERVE, self._on_reserve, queue=q, concurrency=n)
         await bus.serve(subjects.METER_USAGE, self._on_usage, queue=q, concurrency=n)
+        await bus.serve(subjects.METER_ADMIN, self._on_admin, queue=q, concurrency=4)
+        await self.daily.start(bus, replicas)
         await bus.flush()  # subscriptions are registered at the server before we report ready
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._settle_loop(sub)), loop.create_task(self._reap_loop())]
@@ -121,6 +125,7 @@ class MeteringService(Service):
         settle, reaper = self._tasks or (None, None)
         if reaper is not None:
             reaper.cancel()
+        await self.daily.stop(self.settings.shutdown_grace_seconds)
         if settle is not None:
             # the settle loop finishes the batch in hand; what it has not acked is redelivered
             with contextlib.suppress(Exception):
@@ -210,6 +215,35 @@ class MeteringService(Service):
             out = self._error(exc, "usage")
         await self._respond(msg, out)
         metrics.METER_OP_SECONDS.labels("usage").observe(time.perf_counter() - t0)
+
+    # ----------------------------------------------------------------------------------- admin
+    async def top_spenders(self, q: contract.AdminQuery) -> bytes:
+        """This week's biggest spenders, for the operator view: a scan of the budget records,
+        which is why only operators may ask and at most 100 are answered."""
+        assert self.store is not None
+        now = w.now_s(time.time())
+        rows: list[tuple[int, str, str, int]] = []
+        for key in await self.store.keys():
+            rec, _ = await self.store.read(key)
+            if rec is None:
+                continue
+            rules = self._plan(rec.plan, strict=False)
+            if rec.week_start < rules.week_start(now):
+                continue  # last week's spend: nothing this week yet
+            requests = sum(t.requests for t in rec.week_by_model.values())
+            rows.append((rec.week_used, rec.user, rules.name, requests))
+        rows.sort(reverse=True)
+        top = [{"user": u, "plan": p, "credits": c, "requests": r}
+               for c, u, p, r in rows[: max(1, min(q.top, 100))]]
+        return _json.encode({"object": "usage.top_users", "week_users": len(rows), "data": top})
+
+    async def _on_admin(self, msg: Msg) -> None:
+        try:
+            q = contract.admin_query_decoder.decode(msg.data)
+            out = contract.encode(contract.UsageReply(await self.top_spenders(q)))
+        except Exception as exc:
+            out = self._error(exc, "admin")
+        await self._respond(msg, out)
 
     # ------------------------------------------------------------------------------ settlement
     def _submit_settlement(self, s: contract.Settlement) -> asyncio.Future[budget.Outcome]:
