@@ -40,8 +40,11 @@ async def test_keys_are_self_service_and_scoped_to_their_owner(stack: Stack) -> 
     mallory = _token(stack, "console-mallory", "pro")
     async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as c:
         # the body cannot choose the plan or the user: both are the caller's
-        r = await c.post("/keys", json={"name": "laptop", "plan": "enterprise", "user": "someone-else"},
-                         headers=_auth(alice))
+        r = await c.post(
+            "/keys",
+            json={"name": "laptop", "plan": "enterprise", "user": "someone-else"},
+            headers=_auth(alice),
+        )
         assert r.status_code == 201, r.text
         made = r.json()
         assert made["plan"] == "developer" and made["name"] == "laptop"
@@ -56,8 +59,9 @@ async def test_keys_are_self_service_and_scoped_to_their_owner(stack: Stack) -> 
 
         # the key is accepted by the SDK and spends its owner's budget
         sdk = openai.AsyncOpenAI(base_url=stack.base_url, api_key=key, max_retries=0)
-        done = await sdk.chat.completions.create(model="gpt-5-nano",
-                                                 messages=[{"role": "user", "content": "hi"}])
+        done = await sdk.chat.completions.create(
+            model="gpt-5-nano", messages=[{"role": "user", "content": "hi"}]
+        )
         assert done.choices[0].message.content
 
         # a key cannot manage keys: a leaked one must not mint keys that outlive it
@@ -71,9 +75,15 @@ async def test_keys_are_self_service_and_scoped_to_their_owner(stack: Stack) -> 
         assert (await sdk.models.list()).data  # still usable after mallory's attempt
 
         r = await c.delete(f"/keys/{key_id}", headers=_auth(alice))
-        assert r.status_code == 200 and r.json() == {"id": key_id, "deleted": True, "object": "api_key.deleted"}
+        assert r.status_code == 200 and r.json() == {
+            "id": key_id,
+            "deleted": True,
+            "object": "api_key.deleted",
+        }
         with pytest.raises(openai.AuthenticationError):
-            await sdk.chat.completions.create(model="gpt-5-nano", messages=[{"role": "user", "content": "hi"}])
+            await sdk.chat.completions.create(
+                model="gpt-5-nano", messages=[{"role": "user", "content": "hi"}]
+            )
         listed = (await c.get("/keys", headers=_auth(alice))).json()["data"]
         assert listed[0]["revoked"] is not None
 
@@ -92,8 +102,11 @@ async def test_daily_usage_follows_settlements_by_model_and_bot(stack: Stack) ->
     tok = _token(stack, "console-daily")
     async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as c:
         for bot in ("app-a", "app-b"):
-            r = await c.post("/chat/completions", headers={**_auth(tok), "X-Bot-ID": bot},
-                             json={"model": "gpt-5-mini", "messages": [{"role": "user", "content": "hello"}]})
+            r = await c.post(
+                "/chat/completions",
+                headers={**_auth(tok), "X-Bot-ID": bot},
+                json={"model": "gpt-5-mini", "messages": [{"role": "user", "content": "hello"}]},
+            )
             assert r.status_code == 200, r.text
 
         async def settled() -> dict[str, Any] | None:
@@ -121,12 +134,18 @@ async def test_operator_view_needs_the_role_and_names_no_one_to_others(stack: St
     user = _token(stack, "console-spender")
     admin = _token(stack, "console-operator", roles=["janus-admin"])
     async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as c:
-        r = await c.post("/chat/completions", headers=_auth(user),
-                         json={"model": "gpt-5-nano", "messages": [{"role": "user", "content": "spend"}]})
+        r = await c.post(
+            "/chat/completions",
+            headers=_auth(user),
+            json={"model": "gpt-5-nano", "messages": [{"role": "user", "content": "spend"}]},
+        )
         assert r.status_code == 200
         _error(await c.get("/admin/overview", headers=_auth(user)), 403, "admin_required")
-        _error(await c.get("/admin/overview", headers=_auth(_token(stack, "x", role="admin"))), 403,
-               "admin_required")
+        _error(
+            await c.get("/admin/overview", headers=_auth(_token(stack, "x", role="admin"))),
+            403,
+            "admin_required",
+        )
 
         async def overview() -> dict[str, Any] | None:
             body: dict[str, Any] = (await c.get("/admin/overview", headers=_auth(admin))).json()
@@ -135,7 +154,9 @@ async def test_operator_view_needs_the_role_and_names_no_one_to_others(stack: St
 
         body = await wait_until(overview, 20, "the spender in the operator view")
         deployments = {d["deployment"]: d for d in body["deployments"]}
-        assert deployments and all(d["state"] in ("closed", "half_open", "open") for d in deployments.values())
+        assert deployments and all(
+            d["state"] in ("closed", "half_open", "open") for d in deployments.values()
+        )
         assert body["this_replica"]["chat_requests"] >= 1
     metrics = await asyncio.to_thread(stack.services["gateway"].metrics)
     assert "console-spender" not in metrics
@@ -150,7 +171,9 @@ async def test_console_is_static_with_a_strict_policy(stack: Stack) -> None:
         assert "<script>" not in r.text and "<style" not in r.text and " style=" not in r.text
         js = await c.get("/console/console.js")
         assert js.headers["content-type"].startswith("text/javascript")
-        assert (await c.get("/console/console.js", headers={"If-None-Match": js.headers["etag"]})).status_code == 304
+        assert (
+            await c.get("/console/console.js", headers={"If-None-Match": js.headers["etag"]})
+        ).status_code == 304
         for path in ("/console/../pyproject.toml", "/console/%2e%2e/app.py", "/console/nope.js"):
             r = await c.get(path)
             assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_url", path
