@@ -1,5 +1,7 @@
 """Read-only views beyond ``/v1/usage``: the caller's daily history and the operator overview.
 
+    GET /v1/me                    who the token says the caller is: user, email, plan, whether it is
+                                  an API key, whether it carries the operator role
     GET /v1/usage/daily?days=30   the caller's spend per UTC day (1-90 days, default 30), by model
                                   and by X-Bot-ID; answered by metering from its daily aggregates
     GET /v1/admin/overview        operators only (a JWT whose roles name ``admin_role``):
@@ -77,6 +79,24 @@ class Views:
             raise reply.exception()
         return reply.body
 
+    async def me(self, request: web.Request) -> web.StreamResponse:
+        call: Call = request[CALL]
+        p = await self.auth.authenticate(request.headers.get("Authorization"))
+        call.user, call.plan_name = p.user, p.plan
+        body = _json.encode(
+            {
+                "object": "caller",
+                "user": p.user,
+                "email": p.email,
+                "plan": p.plan,
+                "api_key_id": p.key_id or None,
+                "admin": p.admin,
+            }
+        )
+        return web.Response(
+            body=body, headers={**call.headers, "Content-Type": _JSON, "Cache-Control": "no-store"}
+        )
+
     async def daily(self, request: web.Request) -> web.StreamResponse:
         call: Call = request[CALL]
         principal = await self.auth.authenticate(request.headers.get("Authorization"))
@@ -109,5 +129,6 @@ class Views:
 
 
 def add_routes(router: web.UrlDispatcher, views: Views) -> None:
+    router.add_get("/v1/me", views.me)
     router.add_get("/v1/usage/daily", views.daily)
     router.add_get("/v1/admin/overview", views.overview)

@@ -161,6 +161,12 @@
   // ------------------------------------------------------------------------------------ keys
   async function loadKeys() {
     const tbody = $("#keys-table tbody");
+    if (state.token.startsWith("sk-")) {
+      // the API refuses key management to a key (a leaked key must not mint more); say so up front
+      $("#key-form").hidden = true;
+      tbody.replaceChildren(row([el("td", "Sign in with your account's token to manage API keys.")]));
+      return;
+    }
     let keys;
     try {
       keys = (await api("/keys")).data;
@@ -372,7 +378,9 @@
 
   async function signIn(token) {
     state.token = token;
+    let me;
     try {
+      me = await api("/me");
       await loadUsage();
     } catch (e) {
       state.token = null;
@@ -385,8 +393,8 @@
     $("#nav").hidden = false;
     $("#signout").hidden = false;
     $("#who").hidden = false;
-    $("#who").textContent = token.startsWith("sk-") ? "Signed in with an API key" : "Signed in";
-    try { await api("/admin/overview"); $("#nav-admin").hidden = false; } catch (_) { $("#nav-admin").hidden = true; }
+    $("#who").textContent = (me.email || me.user) + " · " + me.plan + (me.api_key_id ? " · API key " + me.api_key_id : "");
+    $("#nav-admin").hidden = !me.admin;
     state.timers.push(setInterval(tick, 1000));
     state.timers.push(setInterval(() => { if (!$("#page-budget").hidden) loadUsage().catch((e) => say(e.message)); }, 10000));
     await show("budget");
