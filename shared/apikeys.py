@@ -21,9 +21,11 @@ read during a rolling upgrade.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -80,6 +82,9 @@ class KeyStore:
     def __init__(self, bus: Bus, kv: KeyValue) -> None:
         self.bus = bus
         self.kv = kv
+        # one index update per user at a time in this process, so a burst of creates by one caller
+        # queues here instead of losing compare-and-set races (other replicas still race, and retry)
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     @classmethod
     async def open(cls, bus: Bus, replicas: int = 1) -> KeyStore:
@@ -131,6 +136,13 @@ class KeyStore:
             return [], rev
 
     async def _index_add(self, user: str, digest: str) -> None:
+        lock = self._locks.get(user)
+        if lock is None:
+            lock = self._locks[user] = asyncio.Lock()
+        async with lock:
+            await self._index_add_locked(user, digest)
+
+    async def _index_add_locked(self, user: str, digest: str) -> None:
         for _ in range(_CAS_TRIES):
             digests, rev = await self._index(user)
             records = [(d, await self.lookup(d)) for d in digests]
@@ -152,7 +164,7 @@ class KeyStore:
                 return
             except CasConflict:
                 continue
-        raise InvalidRequest("your keys are changing too often; try again", code="conflict")
+        raise InvalidRequest("Your keys are changing too often; try again.", status=409, code="conflict")
 
     async def list(self, user: str | None = None) -> list[KeyRecord]:
         if user is not None:

@@ -18,6 +18,7 @@ Who may do what, and why:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -41,6 +42,7 @@ class _CreateBody(msgspec.Struct):
 
 
 class _Key(msgspec.Struct, omit_defaults=True):
+    object: str  # "api_key"; no default, so omit_defaults never drops it
     id: str
     name: str
     plan: str
@@ -48,7 +50,6 @@ class _Key(msgspec.Struct, omit_defaults=True):
     created: int
     revoked: int | None = None
     key: str | None = None  # only in the creation response
-    object: str = "api_key"
 
 
 class _KeyList(msgspec.Struct):
@@ -68,6 +69,7 @@ _encode = msgspec.json.Encoder().encode
 
 def _view(rec: KeyRecord, key: str | None = None) -> _Key:
     return _Key(
+        object="api_key",
         id=rec.id,
         name=rec.name,
         plan=rec.plan,
@@ -93,15 +95,19 @@ class KeysApi:
         self.replicas = replicas
         self.read_body = read_body
         self._store: KeyStore | None = None
+        self._opening = asyncio.Lock()  # one store per gateway: it serialises each user's index writes
 
     async def store(self) -> KeyStore:
         if self._store is None:
-            try:
-                self._store = await KeyStore.open(self.bus, self.replicas)
-            except Exception as exc:
-                raise ServiceUnavailable(
-                    "The API key store is unavailable; try again shortly.", code="key_store_unavailable"
-                ) from exc
+            async with self._opening:
+                if self._store is None:
+                    try:
+                        self._store = await KeyStore.open(self.bus, self.replicas)
+                    except Exception as exc:
+                        raise ServiceUnavailable(
+                            "The API key store is unavailable; try again shortly.",
+                            code="key_store_unavailable",
+                        ) from exc
         return self._store
 
     async def _owner(self, request: web.Request) -> tuple[Call, Principal]:

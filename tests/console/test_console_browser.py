@@ -29,7 +29,16 @@ PHONE = {"width": 390, "height": 844}
 # every securitypolicyviolation event, recorded before any page script runs
 _WATCH_CSP = """
 window.__csp = [];
-document.addEventListener('securitypolicyviolation', e => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));
+document.addEventListener('securitypolicyviolation',
+                          e => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));
+"""
+
+_UNNAMED_CONTROLS = """
+[...document.querySelectorAll('input, select, textarea, button')]
+  .filter(e => e.offsetParent !== null)
+  .filter(e => !((e.labels && e.labels.length) || e.getAttribute('aria-label')
+                 || e.getAttribute('aria-labelledby') || e.textContent.trim()))
+  .map(e => e.outerHTML.slice(0, 80))
 """
 
 
@@ -38,7 +47,10 @@ def _chromium() -> str:
     if found:
         return found
     done = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "ensure-chromium.sh")], capture_output=True, text=True, timeout=900
+        ["bash", str(ROOT / "scripts" / "ensure-tool.sh"), "chromium", "chromium"],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout.strip().splitlines()[-1]
@@ -196,6 +208,9 @@ def test_console_at_phone_width_without_the_operator_role(stack: Stack, browser:
     assert w.page.locator("#nav-admin").is_hidden()
     for name in PAGES[:-1]:
         w.open(name)
+        # every visible control has an accessible name (a label, aria-label or its own text)
+        unnamed = w.page.evaluate(_UNNAMED_CONTROLS)
+        assert unnamed == [], (name, unnamed)
         if name == "spend":
             w.page.wait_for_selector("#chart canvas")
         # nothing wider than the phone: no sideways scrolling of the page itself

@@ -47,7 +47,7 @@ async def test_keys_are_self_service_and_scoped_to_their_owner(stack: Stack) -> 
         )
         assert r.status_code == 201, r.text
         made = r.json()
-        assert made["plan"] == "developer" and made["name"] == "laptop"
+        assert (made["object"], made["plan"], made["name"]) == ("api_key", "developer", "laptop")
         assert r.headers["cache-control"] == "no-store"
         key, key_id = made["key"], made["id"]
         assert key.startswith("sk-janus-") and made["hint"].endswith(key[-4:])
