@@ -30,7 +30,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from tests.fakes.host import stack_on_fakes
 from tests.fakes.openai_compat_upstream import OpenAICompatUpstream
 from tests.fixtures.replay import Drop, Fail, ReplayUpstream
-from tools.stack import ROOT, Stack, free_port
+from tools.stack import ROOT, Stack, free_port, parse_metric
 from tools.token import make_token
 
 DASHBOARDS = sorted((ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"))
@@ -198,9 +198,18 @@ class World:
         assert self.client.chat.completions.create(model="chat", messages=HI).choices
         # the primary down until its circuit opens
         self.primary.outage = Fail(503)
-        for _ in range(THRESHOLD + 1):
+        deadline = time.monotonic() + 30
+        while (
+            parse_metric(self.stack.services["router"].metrics(), "janus_circuit_state", deployment="primary")
+            != 2
+        ):
+            assert time.monotonic() < deadline, "the primary's circuit did not open"
             assert self.client.chat.completions.create(model="chat", messages=HI).choices
-        self.primary.outage = None
+        # both deployments down: the caller gets a 5xx
+        self.backup.outage = Fail(503)
+        with pytest.raises(openai.InternalServerError):
+            self.client.chat.completions.create(model="chat", messages=HI)
+        self.primary.outage = self.backup.outage = None
         # budget refusals: the tiny plan cannot hold one request's worst case
         for _ in range(2):
             with pytest.raises(openai.RateLimitError):
@@ -226,15 +235,16 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             prom.wait(f"count(up == 1) == {len(stack.services)}")
             w = World(stack, host.fakes, prom)
             w.drive()
-            # everything the traffic produced has been scraped, and two samples of it for rate()
+            # everything the traffic produced has been scraped at least twice (what rate() needs)
             for marker in (
                 "janus_fallbacks_total",
                 "janus_stream_errors_total",
                 'janus_budget_decisions_total{decision="denied"}',
-                "janus_circuit_state == 2",
+                'janus_http_requests_total{status=~"5.."}',
+                "janus_auth_failures_total",
             ):
-                prom.wait(marker)
-            prom.wait("count_over_time(janus_fallbacks_total[1m]) >= 2")
+                prom.wait(f"count_over_time({marker}[1m]) >= 2")
+            prom.wait("janus_circuit_state == 2")
             yield w
         finally:
             prom.stop()
