@@ -52,6 +52,9 @@ _BYOK = metrics.BUDGET_DECISIONS.labels("byok", "none")
 _RATE_LIMITED = metrics.BUDGET_DECISIONS.labels("rate_limited", "requests")
 
 
+_TOP_CACHE_SECONDS = 5.0
+
+
 def _count_settlement(s: contract.Settlement, outcome: budget.Outcome) -> None:
     metrics.SETTLEMENTS.labels(outcome.result).inc()
     if outcome.result != "duplicate" and outcome.entry.credits:
@@ -95,6 +98,7 @@ class MeteringService(Service):
         }
         self.store: BudgetStore | None = None
         self.daily = DailyHistory()
+        self._top_cache: tuple[int, float, bytes] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = asyncio.Event()
         self._consuming = False
@@ -219,8 +223,12 @@ class MeteringService(Service):
     # ----------------------------------------------------------------------------------- admin
     async def top_spenders(self, q: contract.AdminQuery) -> bytes:
         """This week's biggest spenders, for the operator view: a scan of the budget records,
-        which is why only operators may ask and at most 100 are answered."""
+        which is why only operators may ask, at most 100 are answered, and an answer is reused for
+        a few seconds (a dashboard left open must not turn into a scan a second)."""
         assert self.store is not None
+        cached = self._top_cache
+        if cached is not None and cached[0] == q.top and time.monotonic() - cached[1] < _TOP_CACHE_SECONDS:
+            return cached[2]
         now = w.now_s(time.time())
         rows: list[tuple[int, str, str, int]] = []
         for key in await self.store.keys():
@@ -235,7 +243,9 @@ class MeteringService(Service):
         rows.sort(reverse=True)
         top = [{"user": u, "plan": p, "credits": c, "requests": r}
                for c, u, p, r in rows[: max(1, min(q.top, 100))]]
-        return _json.encode({"object": "usage.top_users", "week_users": len(rows), "data": top})
+        body = _json.encode({"object": "usage.top_users", "week_users": len(rows), "data": top})
+        self._top_cache = (q.top, time.monotonic(), body)
+        return body
 
     async def _on_admin(self, msg: Msg) -> None:
         try:

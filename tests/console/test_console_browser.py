@@ -7,8 +7,6 @@ desktop and phone width into ``screenshots/console/`` (gitignored)."""
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +17,7 @@ import openai
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from tools.stack import ROOT, Stack
+from tools.stack import ROOT, Stack, debian_tool
 from tools.token import make_token
 
 SHOTS = ROOT / "screenshots" / "console"
@@ -42,24 +40,10 @@ _UNNAMED_CONTROLS = """
 """
 
 
-def _chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found:
-        return found
-    done = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "ensure-tool.sh"), "chromium", "chromium"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout.strip().splitlines()[-1]
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=_chromium(), headless=True)
+        b = p.chromium.launch(executable_path=debian_tool("chromium"), headless=True)
         try:
             yield b
         finally:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import time
 import urllib.parse
@@ -27,10 +26,10 @@ import pytest
 import yaml
 from openai.types.chat import ChatCompletionMessageParam
 
-from tests.fakes.host import stack_on_fakes
+from tests.fakes.host import FALLBACK_CATALOG, stack_on_fakes
 from tests.fakes.openai_compat_upstream import OpenAICompatUpstream
 from tests.fixtures.replay import Drop, Fail, ReplayUpstream
-from tools.stack import ROOT, Stack, free_port, parse_metric
+from tools.stack import ROOT, Stack, debian_tool, free_port, parse_metric
 from tools.token import make_token
 
 DASHBOARDS = sorted((ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"))
@@ -49,20 +48,6 @@ NEEDS_A_FAULT = {
     "JanusNatsDisconnected": "a service losing its NATS connection",
 }
 
-CATALOG = """
-providers:
-  - id: compat
-    kind: openai_compat
-    deployments:
-      - {{id: primary, base_url: "{primary}/v1", api_key_env: JANUS_E2E_KEY}}
-      - {{id: backup, base_url: "{backup}/v1", api_key_env: JANUS_E2E_KEY}}
-models:
-  - id: chat
-    owned_by: compat
-    capabilities: [streaming]
-    price: {{input: 1.0, output: 2.0}}
-    serve: [{{deployment: primary, model: up}}, {{deployment: backup, model: up, weight: 0}}]
-"""
 PLANS = """
 default_plan: pro
 plans:
@@ -149,20 +134,6 @@ class Prometheus:
         self.log.close()
 
 
-def _prometheus_binary() -> str:
-    found = shutil.which("prometheus")
-    if found:
-        return found
-    done = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "ensure-tool.sh"), "prometheus", "prometheus"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout.strip().splitlines()[-1]
-
-
 class World:
     def __init__(self, stack: Stack, fakes: dict[str, ReplayUpstream], prom: Prometheus) -> None:
         self.stack, self.prom = stack, prom
@@ -221,12 +192,12 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    binary = _prometheus_binary()
+    binary = debian_tool("prometheus")
     work = tmp_path_factory.mktemp("live")
 
     def config(fakes: dict[str, ReplayUpstream]) -> dict[str, str]:
         urls = {name: fake.base_url for name, fake in fakes.items()}
-        return {"catalog.yaml": CATALOG.format(**urls), "plans.yaml": PLANS, "routing.yaml": ROUTING}
+        return {"catalog.yaml": FALLBACK_CATALOG.format(**urls), "plans.yaml": PLANS, "routing.yaml": ROUTING}
 
     fakes: dict[str, ReplayUpstream] = {"primary": OpenAICompatUpstream(), "backup": OpenAICompatUpstream()}
     with stack_on_fakes(work, fakes, config, {"JANUS_E2E_KEY": "sk-live"}) as (stack, host):
