@@ -12,7 +12,12 @@
   const state = { token: null, usage: null, models: [], daily: null, chart: null, timers: [] };
   const $ = (sel) => document.querySelector(sel);
   const fmtInt = new Intl.NumberFormat("en-US");
-  const usd = (credits) => "$" + (credits / 1e6).toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 4 });
+  // whole cents for amounts people budget with, more digits for what single requests cost
+  // whole cents (rounded down: never show more left than there is) for amounts people budget
+  // with, more digits for what single requests cost
+  const usd = (credits) => Math.abs(credits) >= 1e6
+    ? "$" + (Math.floor(credits / 1e4) / 100).toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 })
+    : "$" + (credits / 1e6).toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 6 });
 
   class ApiError extends Error {
     constructor(status, body) {
@@ -151,7 +156,7 @@
       height: 300,
       series: [{}].concat(names.map((n, i) => ({ label: n, stroke: PALETTE[i % PALETTE.length], width: 2,
         points: { show: true, size: 5 }, value: (u, v) => (v === null ? "–" : "$" + v.toFixed(4)) }))),
-      axes: [{}, { values: (u, vals) => vals.map((v) => "$" + v) , size: 70 }],
+      axes: [{}, { values: (u, vals) => vals.map((v) => "$" + v), size: 80 }],
       scales: { x: { time: true } },
       legend: { live: false },
     };
@@ -333,7 +338,8 @@
         const p = priceOf(model);
         if (p) {
           const credits = Math.ceil(usage.prompt_tokens * p.input + usage.completion_tokens * p.output);
-          $("#pg-cost").textContent = fmtInt.format(credits) + " credits (" + usd(credits) + ")";
+          // from the catalog's prices and the reported usage; metering's figure is in the pools
+          $("#pg-cost").textContent = "≈ " + fmtInt.format(credits) + " credits (" + usd(credits) + ")";
         }
       }
       await loadUsage();
