@@ -563,6 +563,7 @@ def main() -> None:
 Janus is running.
 
   base URL   {stack.base_url}
+  console    {stack.base_url.removesuffix("/v1")}/console   (sign in with the dev token)
   NATS       {stack.nats.url}   (JetStream data in .janus/)
   logs       .janus/<service>.log
   dev token  {token}
