@@ -179,18 +179,27 @@ class KeyStore:
         return sorted(out, key=lambda r: r.created, reverse=True)
 
     async def _resolve(self, ref: str, owner: str | None) -> str:
-        """A key's hash from its id, an id prefix, or the plaintext key itself. With ``owner``,
-        only that user's keys are candidates, and only by full id: another user's key is as
-        absent as one that never existed."""
-        ref = ref.strip().lower() if not looks_like_key(ref.strip()) else ref.strip()
-        if looks_like_key(ref):
-            return hash_key(ref)
+        """A key's hash from its id, an id prefix, or the plaintext key itself (the operator's
+        CLI). With ``owner`` (the HTTP API, where ``ref`` is in a URL), only a full id of that
+        user's own keys: a key itself is refused unread, so no secret ends up in access logs, and
+        another user's key is as absent as one that never existed."""
+        ref = ref.strip()
         if owner is not None:
+            if ref.startswith("sk-"):
+                raise InvalidRequest(
+                    "Name a key by its id, never by the key itself: URLs end up in logs.",
+                    param="id",
+                    code="invalid_value",
+                )
+            ref = ref.lower()
             if len(ref) == ID_LEN:
                 for d in (await self._index(owner))[0]:
                     if d[:ID_LEN] == ref:
                         return d
-            raise NotFound(f"You have no API key with id {ref[:ID_LEN]!r}.", param="id", code="key_not_found")
+            raise NotFound("You have no API key with this id.", param="id", code="key_not_found")
+        if looks_like_key(ref):
+            return hash_key(ref)
+        ref = ref.lower()
         if len(ref) < 4:
             raise InvalidRequest("give at least 4 characters of the key id")
         hits = [k[2:] for k in await Bus.kv_keys(self.kv) if k.startswith("k." + ref)]
@@ -210,9 +219,7 @@ class KeyStore:
                 raise NotFound(f"no key with id {ref[:ID_LEN]!r}", code="key_not_found") from None
             rec = decode_record(data)
             if owner is not None and rec.user != owner:
-                raise NotFound(
-                    f"You have no API key with id {ref[:ID_LEN]!r}.", param="id", code="key_not_found"
-                )
+                raise NotFound("You have no API key with this id.", param="id", code="key_not_found")
             if rec.revoked is None:
                 rec.revoked = time.time()
                 try:

@@ -11,6 +11,8 @@ Who may do what, and why:
   more than its owner does, and it spends its owner's budget.
 - Listing and revoking read only the caller's index; another user's key id answers exactly as an
   unknown id does (404 ``key_not_found``), so ids cannot be probed.
+- A key is named in a URL by its id only; the key itself there is a 400, unread, since URLs end up
+  in access logs.
 - The plaintext key is in the creation response only (``Cache-Control: no-store``) and never
   logged; listings carry its last four characters.
 - At most ``shared.apikeys.MAX_ACTIVE`` active keys per user (403 ``too_many_keys`` past that).

@@ -70,6 +70,9 @@ async def test_keys_are_self_service_and_scoped_to_their_owner(stack: Stack) -> 
         # another user's key id answers as an unknown one
         _error(await c.delete(f"/keys/{key_id}", headers=_auth(mallory)), 404, "key_not_found")
         _error(await c.delete("/keys/0000000000000000", headers=_auth(alice)), 404, "key_not_found")
+        # the key itself never goes in a URL, not even its owner's
+        err = _error(await c.delete(f"/keys/{key}", headers=_auth(alice)), 400, "invalid_value")
+        assert key[9:] not in err["message"]
         _error(await c.post("/keys", content=b"[1,2", headers=_auth(alice)), 400, "invalid_value")
         _error(await c.post("/keys", json={"name": "x" * 65}, headers=_auth(alice)), 400, "invalid_value")
         assert (await sdk.models.list()).data  # still usable after mallory's attempt
