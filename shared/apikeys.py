@@ -209,7 +209,12 @@ class KeyStore:
             raise InvalidRequest(f"{ref!r} matches {len(hits)} keys; give more of the id")
         return hits[0]
 
-    async def revoke(self, ref: str, owner: str | None = None) -> KeyRecord:
+    async def revoke(
+        self, ref: str, owner: str | None = None, *, evict: Callable[[str], object] | None = None
+    ) -> KeyRecord:
+        """``evict(key_hash)`` runs once the record says revoked, before the broadcast goes out: the
+        revoking gateway drops its own cached copy at once, so the caller's next request is refused
+        even if it beats the broadcast back to this replica."""
         digest = await self._resolve(ref, owner)
         key = record_key(digest)
         for _ in range(_CAS_TRIES):
@@ -226,6 +231,8 @@ class KeyStore:
                     await Bus.kv_cas(self.kv, key, _enc.encode(rec), rev)
                 except CasConflict:
                     continue
+            if evict is not None:
+                evict(digest)
             # broadcast even when it was already revoked: a gateway that missed it hears it now
             await self.bus.publish(subjects.KEYS_REVOKED, contract.encode(contract.KeyRevoked(digest)))
             await self.bus.flush()

@@ -154,7 +154,10 @@ class KeysApi:
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
         call, principal = await self._owner(request)
-        rec = await (await self.store()).revoke(request.match_info["key_id"], owner=principal.user)
+        cache = self.auth.api_keys
+        rec = await (await self.store()).revoke(
+            request.match_info["key_id"], owner=principal.user, evict=cache.revoke if cache else None
+        )
         log.info("api_key_revoked", key_id=rec.id)
         return self._json(call, _encode(_Deleted(rec.id)))
 
