@@ -179,8 +179,14 @@ def test_console_end_to_end_at_desktop_width(stack: Stack, browser: Browser) -> 
     assert "browser-user" in page.locator("#top-table").inner_text()
     w.shoot("admin-desktop")
     w.check_clean()
-    # the token never reached a URL
+    # the token never reached a URL or persistent storage, and signing out forgets it
     assert token not in page.url
+    assert page.evaluate("localStorage.length") == 0
+    assert page.evaluate("sessionStorage.getItem('janus.token')") == token
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_selector("#signin-form")
+    assert page.evaluate("sessionStorage.getItem('janus.token')") is None
+    assert page.locator("#nav").is_hidden()
     w.context.close()
 
 
