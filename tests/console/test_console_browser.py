@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tools.stack import ROOT, Stack, debian_tool
 from tools.token import make_token
@@ -151,8 +151,15 @@ def test_console_end_to_end_at_desktop_width(stack: Stack, browser: Browser) -> 
     with pytest.raises(openai.AuthenticationError):
         sdk.chat.completions.create(model="gpt-5-nano", messages=[{"role": "user", "content": "hi"}])
 
+    # an own provider key set in the page shows only as a masked hint, and can be deleted
     w.open("byok")
+    page.get_by_label("New key for upstream", exact=True).fill("sk-own-provider-key-0000wxyz")
+    page.locator("#byok-table button[type=submit]").click()
+    page.wait_for_selector("#byok-table td:text-is('sk-...wxyz')")
+    assert "sk-own-provider-key" not in page.content()
     w.shoot("byok-desktop")
+    page.get_by_role("button", name="Delete your upstream key").click()
+    page.wait_for_selector("#byok-table td:text-is('not set')")
     w.open("models")
     assert page.locator("#models-table tbody tr").count() >= 3
     w.shoot("models-desktop")
@@ -162,16 +169,16 @@ def test_console_end_to_end_at_desktop_width(stack: Stack, browser: Browser) -> 
     page.get_by_label("Model", exact=True).select_option("gpt-5-mini")
     page.get_by_label("Message", exact=True).fill("Write two sentences about gateways.")
     page.get_by_role("button", name="Send").click()
-    page.wait_for_function("document.querySelector('#pg-cost').textContent.includes('credits')")
+    # locators, not wait_for_function: a string predicate is an eval, which the page's CSP refuses
+    expect(page.locator("#pg-cost")).to_contain_text("credits")
     assert page.locator("#pg-output").inner_text().strip()
     assert page.locator("#pg-route").inner_text().startswith("model=gpt-5-mini; reason=direct")
     w.shoot("playground-desktop")
     after = _settled(stack, token)
     assert after["weekly"]["remaining"] < before["weekly"]["remaining"]
     w.open("budget")
-    page.wait_for_function(
-        f"document.querySelector('#pool-weekly [data-field=remaining]').textContent.replace(/,/g, '') == "
-        f"'{after['weekly']['remaining']}'"
+    expect(page.locator('#pool-weekly [data-field="remaining"]')).to_have_text(
+        f"{after['weekly']['remaining']:,}"
     )
 
     w.open("admin")
@@ -215,7 +222,7 @@ def test_a_bad_token_is_refused_in_the_page(stack: Stack, browser: Browser) -> N
     w.page.goto(w.base + "/console")
     w.page.get_by_label("Token", exact=True).fill("not-a-token")
     w.page.get_by_role("button", name="Sign in").click()
-    w.page.wait_for_function("document.querySelector('#status').textContent.includes('not accepted')")
+    expect(w.page.locator("#status")).to_contain_text("not accepted")
     assert w.page.locator("#nav").is_hidden()
     assert w.page.evaluate("sessionStorage.getItem('janus.token')") is None
     assert w.page.evaluate("window.__csp") == []

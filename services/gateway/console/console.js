@@ -65,6 +65,13 @@
     return tr;
   }
 
+  // a one-cell row that spans the table: an empty list or an error in place of the rows
+  function note(text) {
+    const td = el("td", text);
+    td.colSpan = 99;
+    return row([td]);
+  }
+
   function numCell(v) { return el("td", v, "num"); }
 
   function untilText(iso) {
@@ -145,7 +152,7 @@
       tbody.appendChild(row([el("th", d.date), ...names.map((n) => numCell(fmtInt.format(d[split][n] ? d[split][n].credits : 0))),
         numCell(fmtInt.format(d.credits))]));
     }
-    if (!tbody.children.length) tbody.appendChild(row([el("td", "No spend in the last 30 days.")]));
+    if (!tbody.children.length) tbody.appendChild(note("No spend in the last 30 days."));
 
     const box = $("#chart");
     if (state.chart) { state.chart.destroy(); state.chart = null; }
@@ -169,14 +176,14 @@
     if (state.token.startsWith("sk-")) {
       // the API refuses key management to a key (a leaked key must not mint more); say so up front
       $("#key-form").hidden = true;
-      tbody.replaceChildren(row([el("td", "Sign in with your account's token to manage API keys.")]));
+      tbody.replaceChildren(note("Sign in with your account's token to manage API keys."));
       return;
     }
     let keys;
     try {
       keys = (await api("/keys")).data;
     } catch (e) {
-      tbody.replaceChildren(row([el("td", e.message)]));
+      tbody.replaceChildren(note(e.message));
       $("#key-form").hidden = e.code === "sign_in_required";
       return;
     }
@@ -194,7 +201,7 @@
       tbody.appendChild(row([el("td", k.name || "(unnamed)"), el("td", k.hint), el("td", new Date(k.created * 1000).toISOString().slice(0, 16).replace("T", " ")),
         el("td", k.revoked ? "revoked" : "active"), action]));
     }
-    if (!keys.length) tbody.appendChild(row([el("td", "No keys yet.")]));
+    if (!keys.length) tbody.appendChild(note("No keys yet."));
   }
 
   async function createKey(ev) {
@@ -235,7 +242,7 @@
   async function loadByok() {
     const tbody = $("#byok-table tbody");
     let listing;
-    try { listing = await api("/byok"); } catch (e) { tbody.replaceChildren(row([el("td", e.message)])); return; }
+    try { listing = await api("/byok"); } catch (e) { tbody.replaceChildren(note(e.message)); return; }
     const stored = {};
     for (const k of listing.data) stored[k.provider] = k;
     tbody.replaceChildren();
@@ -269,7 +276,7 @@
       const cell = el("td"); cell.appendChild(form);
       tbody.appendChild(row([el("th", p), el("td", stored[p] ? stored[p].hint : "not set"), cell, action]));
     }
-    if (!listing.providers.length) tbody.appendChild(row([el("td", "No provider here takes your own key.")]));
+    if (!listing.providers.length) tbody.appendChild(note("No provider here takes your own key."));
   }
 
   // ---------------------------------------------------------------------------------- models
