@@ -162,7 +162,7 @@ async def test_own_key_over_http_is_sealed_listed_masked_used_and_deleted(tmp_pa
                 assert abs(entry["created"] - time.time()) < 120
 
                 listed = (await c.get(f"{base}/byok", headers=alice)).json()
-                assert listed == {"object": "list", "data": [entry], "providers": ["openai"]}
+                assert listed == {"object": "list", "data": [entry], "providers": ["gemini", "openai"]}
 
                 # sealed at rest with the deployment's key, bound to the user: the worker opens it
                 bus = await Bus.connect(stack.nats.url, "test")
@@ -195,7 +195,7 @@ async def test_own_key_over_http_is_sealed_listed_masked_used_and_deleted(tmp_pa
 
                 # another user sees none of it and cannot delete it
                 bobs = (await c.get(f"{base}/byok", headers=bob)).json()
-                assert bobs == {"object": "list", "data": [], "providers": ["openai"]}
+                assert bobs == {"object": "list", "data": [], "providers": ["gemini", "openai"]}
                 gone = await c.delete(f"{base}/byok/openai", headers=bob)
                 assert gone.status_code == 404 and gone.json()["error"]["code"] == "not_found"
                 r = await c.post(f"{base}/chat/completions", json=chat, headers=bob)
