@@ -333,23 +333,37 @@ class Bus:
         *,
         ack_wait: float = 30.0,
         max_ack_pending: int = 10_000,
+        max_deliver: int = -1,
     ) -> Any:
-        sub = await self.js.pull_subscribe(
-            subject,
-            durable=durable,
-            stream=stream,
-            config=ConsumerConfig(
-                durable_name=durable,
-                ack_policy=AckPolicy.EXPLICIT,
-                deliver_policy=DeliverPolicy.ALL,
-                ack_wait=ack_wait,
-                max_ack_pending=max_ack_pending,
-            ),
+        config = ConsumerConfig(
+            durable_name=durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=ack_wait,
+            max_ack_pending=max_ack_pending,
+            max_deliver=max_deliver,
+            filter_subject=subject,
         )
+        # created or updated first: pull_subscribe keeps an existing durable's configuration as it
+        # is, so an upgrade would never get a changed ack_wait or max_deliver
+        with contextlib.suppress(nats.js.errors.BadRequestError):
+            await self.js.add_consumer(stream, config=config)
+        sub = await self.js.pull_subscribe(subject, durable=durable, stream=stream, config=config)
         # drain() unsubscribes it first: a pull subscription whose fetch timed out otherwise holds
         # the connection's drain open for its whole timeout
         self._subs.append(sub._sub)
         return sub
+
+    @staticmethod
+    def delivery(msg: Msg) -> tuple[int, float]:
+        """(how many times JetStream has delivered ``msg``, unix seconds when its stream stored it)."""
+        md = msg.metadata
+        return md.num_delivered, md.timestamp.timestamp()
+
+    @staticmethod
+    def sequence(msg: Msg) -> int:
+        """``msg``'s sequence number in its stream: unique and stable across redeliveries."""
+        return msg.metadata.sequence.stream
 
     @staticmethod
     async def fetch(sub: Any, batch: int, timeout: float) -> list[Msg]:

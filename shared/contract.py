@@ -127,6 +127,28 @@ class Settlement(msgspec.Struct, tag="meter.settle.v1", **_tagged):
     ok: bool = True  # False: the call failed; charge only what ``usage`` says was produced
     byok: bool = False
     at: float = 0.0
+    # what earlier attempts on other models produced (a fallback to another model): each is priced
+    # at its own model's price; ``model``/``usage`` are the model that served the answer
+    other: list[ModelUsage] = []
+
+
+class ModelUsage(msgspec.Struct, array_like=True):
+    model: str
+    usage: Usage
+
+
+class DeadLetter(msgspec.Struct, tag="meter.dead_letter.v1", **_tagged):
+    """A settlement metering gave up on, kept in its own stream for an operator to look at and, once
+    understood, apply by hand. ``data`` is the settlement message exactly as it was published."""
+
+    reason: str  # "undecodable" | "unprovable" | "max_deliveries"
+    data: bytes
+    deliveries: int
+    published: float  # when the settlement entered its stream
+    at: float  # when metering gave up
+    request_id: str = ""
+    user: str = ""
+    error: str = ""
 
 
 class LedgerEntry(msgspec.Struct, tag="meter.ledger.v1", **_tagged):

@@ -30,6 +30,9 @@ METER_ADMIN = f"{PREFIX}.meter.admin"
 # JetStream: settlements (de-duplicated by request id) and the usage ledger
 SETTLE_STREAM = "JANUS_SETTLE"
 SETTLE = f"{PREFIX}.meter.settle"
+# settlements metering gave up on (kept for an operator, never applied automatically)
+SETTLE_DEAD_STREAM = "JANUS_SETTLE_DEAD"
+SETTLE_DEAD = f"{PREFIX}.meter.dead"
 LEDGER_STREAM = "JANUS_LEDGER"
 LEDGER = f"{PREFIX}.ledger.entry"
 
