@@ -11,7 +11,6 @@ instead of asking again, which takes the router's round trip off most requests.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from pathlib import Path
 
@@ -34,8 +33,23 @@ from shared.errors import InvalidRequest, PayloadTooLarge
 
 _JSON = "application/json"
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
-_BOT = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+BOT_ID_MAX_BYTES = 128
 _AUTO = ("", "auto")
+
+
+def bot_id(value: str) -> str:
+    """An ``X-Bot-ID`` as the product documents it: a free-form application name, any printable
+    text up to 128 bytes. Control characters (a log line or a CSV export broken in two) and bytes
+    that are not UTF-8 (aiohttp hands them over as surrogates) are refused, not cleaned up, so
+    /v1/usage shows exactly what the caller sent; metering keeps it under a safe key."""
+    try:
+        size = len(value.encode())
+    except UnicodeEncodeError:
+        size = -1
+    if not 0 < size <= BOT_ID_MAX_BYTES or not value.isprintable():
+        raise InvalidRequest(f"X-Bot-ID must be printable UTF-8 text of 1 to {BOT_ID_MAX_BYTES} bytes.",
+                             param="X-Bot-ID", code="invalid_bot_id")
+    return value
 
 
 class Gateway:
@@ -60,10 +74,7 @@ class Gateway:
         call.plan_name = principal.plan
         bot = request.headers.get("X-Bot-ID")
         if bot:
-            if not _BOT.match(bot):
-                raise InvalidRequest("X-Bot-ID must be 1-64 letters, digits or '_.:-'.", param="X-Bot-ID",
-                                     code="invalid_bot_id")
-            call.bot = bot
+            call.bot = bot_id(bot)
         return principal
 
     async def _body(self, request: web.Request) -> bytes:
