@@ -28,8 +28,9 @@ from services.gateway.settings import GatewaySettings
 from shared import contract, subjects
 from shared.bus import Bus
 from shared.catalog import Catalog
-from shared.contract import ReserveRequest, RouteRequest, UsageQuery, WorkRequest
+from shared.contract import ReserveRequest, RouteRequest, Usage, UsageQuery, WorkRequest
 from shared.errors import InvalidRequest, PayloadTooLarge
+from shared.money import PriceUnits, cost_credits
 
 _JSON = "application/json"
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
@@ -112,6 +113,20 @@ class Gateway:
             self.plans.put(key, plan, header)
         return plan
 
+    def _hold_model(self, plan: contract.RoutePlan, prompt_tokens: int, max_output: int) -> str:
+        """The model the hold is priced on: the costliest one the plan may fall back to, so a
+        fallback to a dearer model (charged at its own price) still fits in what was held."""
+        models = {t.model for t in plan.targets if t.model and t.model != plan.model}
+        if not models:
+            return plan.model
+        worst = Usage(prompt_tokens=prompt_tokens, completion_tokens=max_output)
+
+        def cost(name: str) -> int:
+            m = self.catalog.model(name)
+            return -1 if m is None else cost_credits(worst, PriceUnits.of(m.price))
+
+        return max([plan.model, *sorted(models)], key=cost)
+
     async def _serve(self, call: Call, kind: str, plan: contract.RoutePlan, body: bytes, stream: bool,
                      max_output: int, sink: Sink) -> web.StreamResponse:
         if self.byok is not None and plan.targets:
@@ -122,7 +137,8 @@ class Gateway:
                 call.byok = True
                 plan.targets = [t for t in plan.targets if t.provider == provider]
         await self.meter.reserve(
-            ReserveRequest(call.request_id, call.user, call.plan_name, plan.model, call.prompt_tokens,
+            ReserveRequest(call.request_id, call.user, call.plan_name,
+                           self._hold_model(plan, call.prompt_tokens, max_output), call.prompt_tokens,
                            max_output, bot=call.bot, byok=call.byok),
             call.headers,
         )

@@ -14,6 +14,7 @@ A sink hides the difference between a buffered and a streamed response; the atte
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Protocol
 
 from aiohttp import web
@@ -23,7 +24,17 @@ from services.gateway.meter import Meter
 from services.gateway.settings import GatewaySettings
 from shared import contract, metrics, subjects
 from shared.bus import Bus, Inbox
-from shared.contract import Cancel, Chunk, Done, Failed, RoutePlan, Settlement, Usage, WorkRequest
+from shared.contract import (
+    Cancel,
+    Chunk,
+    Done,
+    Failed,
+    ModelUsage,
+    RoutePlan,
+    Settlement,
+    Usage,
+    WorkRequest,
+)
 from shared.errors import JanusError, ServiceUnavailable
 from shared.logging import get_logger
 
@@ -43,8 +54,8 @@ _JSON = "application/json"
 class Call:
     """One HTTP request's state, shared by the handler, the dispatcher and the edge middleware."""
 
-    __slots__ = ("bot", "byok", "error_code", "headers", "model", "ok", "plan_name", "prompt_tokens",
-                 "request_id", "start", "status", "upstream_seconds", "usage", "user")
+    __slots__ = ("bot", "by_model", "byok", "error_code", "headers", "model", "ok", "plan_name",
+                 "prompt_tokens", "request_id", "start", "status", "upstream_seconds", "usage", "user")
 
     def __init__(self, request_id: str, start: float) -> None:
         self.request_id = request_id
@@ -59,6 +70,8 @@ class Call:
         self.upstream_seconds = 0.0
         self.status = 0  # set when the handler knows better than the response (499: client left)
         self.usage = Usage()  # produced by every attempt so far: what the settlement charges
+        # the same by catalog model: a fallback to another model is charged at that model's price
+        self.by_model: dict[str, Usage] = {}
         self.ok = False
         self.error_code: str | None = None  # an in-band error's code, for the request's log line
 
@@ -199,11 +212,23 @@ def _add(total: Usage, more: Usage) -> Usage:
     )
 
 
+def settlement(call: Call) -> Settlement:
+    """The request's one settlement: the model that served it (the last one tried) with its usage,
+    and what attempts on other models produced, each to be priced at its own model's price."""
+    other = [ModelUsage(m, u) for m, u in call.by_model.items() if m != call.model and u != Usage()]
+    return Settlement(call.request_id, call.user, call.plan_name, call.model,
+                      call.by_model.get(call.model, Usage()), bot=call.bot, ok=call.ok, byok=call.byok,
+                      at=time.time(), other=other)
+
+
 class Dispatcher:
-    def __init__(self, bus: Bus, settings: GatewaySettings, meter: Meter) -> None:
+    def __init__(self, bus: Bus, settings: GatewaySettings, meter: Meter,
+                 response_names: Mapping[str, str] | None = None) -> None:
         self.bus = bus
         self.s = settings
         self.meter = meter
+        # a fallback model's answer names that model, as a catalog id maps to it in responses
+        self.response_names = response_names or {}
         self.active: set[Inbox] = set()
         self.draining = False
 
@@ -253,9 +278,7 @@ class Dispatcher:
             return await sink.fail(JanusError("internal error"))
         finally:
             # exactly one settlement per request, whatever happened: it also releases the hold
-            self.meter.settle(Settlement(call.request_id, call.user, call.plan_name, call.model,
-                                         call.usage, bot=call.bot, ok=call.ok, byok=call.byok,
-                                         at=time.time()))
+            self.meter.settle(settlement(call))
 
     async def _attempts(self, call: Call, plan: RoutePlan, work: WorkRequest,
                         sink: Sink) -> web.StreamResponse:
@@ -272,6 +295,9 @@ class Dispatcher:
             work.deployment = target.deployment
             work.provider = target.provider
             work.upstream_model = target.upstream_model
+            call.model = target.model or plan.model
+            work.response_model = self.response_names.get(call.model, plan.response_model) \
+                if target.model else plan.response_model
             sink.reset()
             box = self.bus.open_inbox(call.request_id if i == 0 else f"{call.request_id}_{i}")
             self.active.add(box)
@@ -288,6 +314,7 @@ class Dispatcher:
                 box.close()
             resp, err, got = outcome
             call.usage = _add(call.usage, got)
+            call.by_model[call.model] = _add(call.by_model.get(call.model, Usage()), got)
             if resp is not None:
                 call.ok = err is None
                 return resp

@@ -45,7 +45,10 @@ def pools(session_left: int = 400_000, weekly_left: int = 1_900_000) -> list[Poo
     ]
 
 
-def plan_for(req: RouteRequest, providers: tuple[str, ...] = ("pa",)) -> RoutePlan | ErrorReply:
+def plan_for(req: RouteRequest, providers: tuple[str, ...] = ("pa",),
+             fallback_model: str = "") -> RoutePlan | ErrorReply:
+    """The plan a router answers; with ``fallback_model``, every provider after the first serves
+    that model instead (the router's fallback to another model of the same quality)."""
     if req.model == "nope":
         return contract.error_reply(ModelNotFound(f"The model '{req.model}' does not exist.", param="model"))
     model = req.model if req.model not in ("", "auto") else "gpt-5-nano"
@@ -53,7 +56,9 @@ def plan_for(req: RouteRequest, providers: tuple[str, ...] = ("pa",)) -> RoutePl
     return RoutePlan(
         model=model if req.kind == "chat" else "neboloop/nebo-embed-small",
         response_model=response_model,
-        targets=[Target(f"dep-{p}", p, response_model) for p in providers],
+        targets=[Target(f"dep-{p}", p, fallback_model or response_model, model=fallback_model)
+                 if i and fallback_model else Target(f"dep-{p}", p, response_model)
+                 for i, p in enumerate(providers)],
         reason="direct" if req.model not in ("", "auto") else "tier_default",
         auto=req.model in ("", "auto"),
         score=0.25 if req.model in ("", "auto") else None,
@@ -179,6 +184,7 @@ class Fakes:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
         self.providers: tuple[str, ...] = ("pa",)
+        self.fallback_model = ""
         self.admit = True
         self.behaviours: dict[str, Behaviour] = {}
         self.route_requests: list[RouteRequest] = []
@@ -211,7 +217,7 @@ class Fakes:
     async def _route(self, msg: Msg) -> None:
         req = contract.route_request_decoder.decode(msg.data)
         self.route_requests.append(req)
-        plan = plan_for(req, self.providers)
+        plan = plan_for(req, self.providers, self.fallback_model)
         if isinstance(plan, RoutePlan):
             plan.cache_seconds = self.plan_cache_seconds
         await msg.respond(contract.encode(plan))

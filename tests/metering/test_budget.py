@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from services.metering import budget
 from services.metering.record import Bounds, Record, decode_record, encode_record, kv_key, user_key
 from shared.catalog import Plan, SessionPool, WeeklyPool
-from shared.contract import ReserveRequest, Settlement, Usage
+from shared.contract import ModelUsage, ReserveRequest, Settlement, Usage
 from shared.money import PriceUnits
 
 RULES = budget.PlanRules.of(
@@ -113,3 +113,14 @@ def test_an_admission_answers_the_pools_a_fresh_count_gives(ops: list[tuple[str,
             budget.reap(rec, now, ttl=3600)
         fresh = budget.figures(decode_record(encode_record(rec)), RULES, now)
         assert budget.figures(rec, RULES, now) == fresh
+
+
+def test_each_model_of_a_fallback_is_charged_at_its_own_price() -> None:
+    rec = Record(user="u")
+    dear = PriceUnits(input=5_000_000, cached_input=5_000_000, output=5_000_000)  # 5 credits a token
+    assert budget.reserve(rec, req("a", 10, 20), RULES, dear, NOW)[0].admitted
+    s = Settlement("a", "u", "p", "dear", Usage(10, 20), other=[ModelUsage("m", Usage(7, 0))])
+    out, _ = budget.settle(rec, s, RULES, dear, NOW, Bounds(), prices={"m": PRICE, "dear": dear})
+    assert out.entry.credits == 30 * 5 + 7 == rec.session_used
+    assert (rec.week_by_model["dear"].credits, rec.week_by_model["m"].credits) == (150, 7)
+    assert rec.month_input_tokens == 17 and rec.week_by_bot["default"].credits == 157
