@@ -151,6 +151,14 @@ class DeadLetter(msgspec.Struct, tag="meter.dead_letter.v1", **_tagged):
     error: str = ""
 
 
+class HoldRenewal(msgspec.Struct, tag="meter.renew.v1", **_tagged):
+    """Sent by the gateway while a request runs longer than the renewal interval: its hold is still
+    in use, so the reaper (which frees the holds of gateways that died) must leave it alone."""
+
+    user: str
+    request_id: str
+
+
 class LedgerEntry(msgspec.Struct, tag="meter.ledger.v1", **_tagged):
     """One applied settlement, appended to the ledger stream with ``Nats-Msg-Id`` = request id."""
 
@@ -272,6 +280,7 @@ reserve_reply_decoder = msgspec.msgpack.Decoder(ReserveReply | ErrorReply)
 settlement_decoder = msgspec.msgpack.Decoder(Settlement)
 ledger_entry_decoder = msgspec.msgpack.Decoder(LedgerEntry)
 usage_query_decoder = msgspec.msgpack.Decoder(UsageQuery)
+hold_renewal_decoder = msgspec.msgpack.Decoder(HoldRenewal)
 usage_reply_decoder = msgspec.msgpack.Decoder(UsageReply | ErrorReply)
 work_decoder = msgspec.msgpack.Decoder(WorkRequest)
 cancel_decoder = msgspec.msgpack.Decoder(Cancel)

@@ -25,6 +25,7 @@ def token(value: str) -> str:
 ROUTE = f"{PREFIX}.route.plan"
 METER_RESERVE = f"{PREFIX}.meter.reserve"
 METER_USAGE = f"{PREFIX}.meter.usage"
+METER_RENEW = f"{PREFIX}.meter.renew"  # fire and forget: a lost renewal is followed by the next
 METER_ADMIN = f"{PREFIX}.meter.admin"
 
 # JetStream: settlements (de-duplicated by request id) and the usage ledger

@@ -170,7 +170,8 @@ class Gateway:
         if model is not None:
             room = max(1, model.context_window - facts.prompt_tokens)
             max_output = min(max_output, model.max_output_tokens, room)
-        sink: Sink = StreamSink(request, call) if req.stream else BufferedSink(request, call)
+        wt = self.s.stream_write_timeout_seconds
+        sink: Sink = StreamSink(request, call, wt) if req.stream else BufferedSink(request, call, wt)
         return await self._serve(call, "chat", plan, body, req.stream, max_output, sink)
 
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
@@ -187,7 +188,8 @@ class Gateway:
                 and req.dimensions > model.dimensions:
             raise InvalidRequest(f"'dimensions' can be at most {model.dimensions} for {plan.response_model}.",
                                  param="dimensions", code="invalid_value")
-        return await self._serve(call, "embeddings", plan, body, False, 0, BufferedSink(request, call))
+        return await self._serve(call, "embeddings", plan, body, False, 0,
+                                 BufferedSink(request, call, self.s.stream_write_timeout_seconds))
 
     async def list_models(self, request: web.Request) -> web.StreamResponse:
         call: Call = request[CALL]

@@ -13,6 +13,7 @@ A sink hides the difference between a buffered and a streamed response; the atte
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from typing import Protocol
@@ -90,6 +91,26 @@ class Sink(Protocol):
     async def fail(self, err: JanusError) -> web.StreamResponse: ...
 
 
+class ClientTooSlow(ConnectionError):
+    """The client did not take a write within the stream write timeout: it is treated as gone."""
+
+
+async def _write(request: web.Request, resp: web.StreamResponse, data: bytes, timeout: float, *,
+                 eof: bool = False) -> None:
+    """One write to the client, bounded: a client that stops reading (its socket buffers full)
+    would otherwise hold the request, its worker and its hold for as long as it likes."""
+    try:
+        async with asyncio.timeout(timeout):
+            if eof:
+                await resp.write_eof(data)
+            else:
+                await resp.write(data)
+    except TimeoutError:
+        if request.transport is not None:
+            request.transport.abort()  # the half-written response cannot be finished
+        raise ClientTooSlow("the client stopped reading") from None
+
+
 class BufferedSink:
     """A whole JSON body. It comes in the Done frame, or, when larger than one bus message (a big
     embeddings batch), as Chunk frames carrying consecutive slices of it, the last in Done."""
@@ -98,9 +119,10 @@ class BufferedSink:
     chunks: int = 0
     resp: web.StreamResponse | None = None
 
-    def __init__(self, request: web.Request, call: Call) -> None:
+    def __init__(self, request: web.Request, call: Call, write_timeout: float = 30.0) -> None:
         self.request = request
         self.call = call
+        self.write_timeout = write_timeout
         self.parts: list[bytes] = []
 
     async def chunk(self, data: bytes, more: bool = False) -> None:
@@ -124,8 +146,8 @@ class BufferedSink:
         self.resp = resp
         await resp.prepare(self.request)
         for part in parts:
-            await resp.write(part)
-        await resp.write_eof()
+            await _write(self.request, resp, part, self.write_timeout)
+        await _write(self.request, resp, b"", self.write_timeout, eof=True)
         return resp
 
     async def fail(self, err: JanusError) -> web.StreamResponse:
@@ -139,9 +161,10 @@ class StreamSink:
     Chunks that arrived together leave in one write (a write per event costs a syscall each); a
     chunk is held only while another frame is already waiting, so nothing is ever delayed."""
 
-    def __init__(self, request: web.Request, call: Call) -> None:
+    def __init__(self, request: web.Request, call: Call, write_timeout: float = 30.0) -> None:
         self.request = request
         self.call = call
+        self.write_timeout = write_timeout
         self.resp: web.StreamResponse | None = None
         self.started = False
         self.chunks = 0
@@ -180,12 +203,13 @@ class StreamSink:
         if self._held:
             data = await self._take()
             assert self.resp is not None
-            await self.resp.write(data)
+            await _write(self.request, self.resp, data, self.write_timeout)
 
     async def done(self, frame: Done) -> web.StreamResponse:
         data = await self._take()
         assert self.resp is not None
-        await self.resp.write_eof(data + _DONE_EVENT)  # the last events and the terminator together
+        # the last events and the terminator together
+        await _write(self.request, self.resp, data + _DONE_EVENT, self.write_timeout, eof=True)
         return self.resp
 
     async def fail(self, err: JanusError) -> web.StreamResponse:
@@ -196,7 +220,8 @@ class StreamSink:
         try:
             data = await self._take()
             assert self.resp is not None
-            await self.resp.write_eof(data + b"data: " + err.to_body() + b"\n\n")
+            await _write(self.request, self.resp, data + b"data: " + err.to_body() + b"\n\n",
+                         self.write_timeout, eof=True)
         except ConnectionError:
             self.call.status = 499
         assert self.resp is not None
@@ -267,7 +292,15 @@ class Dispatcher:
             usage = Usage(prompt_tokens=call.prompt_tokens, completion_tokens=sink.chunks)
         return usage
 
+    async def _keep_hold(self, call: Call) -> None:
+        """Renew the request's hold every interval while it runs (cancelled when it ends)."""
+        while True:
+            await asyncio.sleep(self.s.hold_renew_seconds)
+            await self.meter.renew(call.user, call.request_id)
+
     async def run(self, call: Call, plan: RoutePlan, work: WorkRequest, sink: Sink) -> web.StreamResponse:
+        # a BYOK request holds nothing; any other keeps its hold alive while it runs
+        keeper = None if call.byok else asyncio.get_running_loop().create_task(self._keep_hold(call))
         try:
             return await self._attempts(call, plan, work, sink)
         except Exception as exc:
@@ -277,6 +310,8 @@ class Dispatcher:
             log.exception("stream_failed")
             return await sink.fail(JanusError("internal error"))
         finally:
+            if keeper is not None:
+                keeper.cancel()
             # exactly one settlement per request, whatever happened: it also releases the hold
             self.meter.settle(settlement(call))
 

@@ -377,9 +377,25 @@ def _entry(s: Settlement, cost: int, reserved: int, now: int) -> LedgerEntry:
                        bot=s.bot or "default", reserved=reserved, ok=s.ok, byok=s.byok, at=float(now))
 
 
+def renew(rec: Record, request_id: str, now: int) -> tuple[bool, bool]:
+    """Mark a hold as still in use at ``now``: (whether it was found, whether the record changed)."""
+    h = rec.holds.get(request_id)
+    if h is None:
+        return False, False  # settled (or reaped) already: nothing to keep
+    if h.seen >= now:
+        return True, False
+    h.seen = now
+    return True, True
+
+
+def stale(rec: Record, now: int, ttl: float) -> bool:
+    return any(now - h.last_sign_of_life() >= ttl for h in rec.holds.values())
+
+
 def reap(rec: Record, now: int, ttl: float) -> list[str]:
-    """Release holds older than ``ttl`` seconds (their gateway died before settling)."""
-    stale = [rid for rid, h in rec.holds.items() if now - h.at >= ttl]
+    """Release holds with no sign of life for ``ttl`` seconds (their gateway died before settling);
+    a long request's gateway renews its hold, so a hold in use is never taken from it."""
+    stale = [rid for rid, h in rec.holds.items() if now - h.last_sign_of_life() >= ttl]
     for rid in stale:
         _held(rec, rec.holds.pop(rid), -1)
     return stale

@@ -56,7 +56,7 @@ def user_key(user: str) -> str:
     return kv_key("b", user)
 
 
-class Hold(msgspec.Struct, array_like=True):
+class Hold(msgspec.Struct, array_like=True, omit_defaults=True):
     """An open reservation: the worst-case cost held until its settlement (or the reaper)."""
 
     credits: int
@@ -65,6 +65,10 @@ class Hold(msgspec.Struct, array_like=True):
     model: str
     bot: str
     at: int  # unix seconds when it was made: decides which windows its settlement lands in
+    seen: int = 0  # unix seconds of its gateway's last renewal: a hold in use is never reaped
+
+    def last_sign_of_life(self) -> int:
+        return max(self.at, self.seen)
 
 
 class Tally(msgspec.Struct, array_like=True, omit_defaults=True):

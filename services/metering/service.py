@@ -69,7 +69,9 @@ def _settle_failed(s: contract.Settlement, exc: BaseException) -> None:
 class MeteringSettings(CommonSettings, kw_only=True):
     catalog: str = ""  # path; empty: JANUS_CATALOG or config/catalog.yaml
     plans: str = ""  # path; empty: JANUS_PLANS or config/plans.yaml
-    hold_ttl_seconds: float = 900.0  # longer than any stream may last
+    # a hold with no sign of life (its admission, or its gateway's last renewal) for this long is
+    # released: its gateway died. Gateways renew every JANUS_HOLD_RENEW_SECONDS (120), far inside it
+    hold_ttl_seconds: float = 900.0
     reap_interval_seconds: float = 60.0
     settle_ack_wait_seconds: float = 30.0
     # deliveries of one settlement before it is dead-lettered: a settlement that fails this often
@@ -129,6 +131,7 @@ class MeteringService(Service):
         q = subjects.METERING_QUEUE
         await bus.serve(subjects.METER_RESERVE, self._on_reserve, queue=q, concurrency=n)
         await bus.serve(subjects.METER_USAGE, self._on_usage, queue=q, concurrency=n)
+        await bus.serve(subjects.METER_RENEW, self._on_renew, queue=q, concurrency=n)
         await bus.flush()  # subscriptions are registered at the server before we report ready
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._settle_loop(sub)), loop.create_task(self._reap_loop())]
@@ -227,6 +230,22 @@ class MeteringService(Service):
             out = self._error(exc, "usage")
         await self._respond(msg, out)
         metrics.METER_OP_SECONDS.labels("usage").observe(time.perf_counter() - t0)
+
+    # ---------------------------------------------------------------------------------- renewal
+    async def renew(self, r: contract.HoldRenewal) -> bool:
+        assert self.store is not None
+        now = w.now_s(time.time())
+        found: bool = await self.store.update(r.user, lambda rec: budget.renew(rec, r.request_id, now))
+        return found
+
+    async def _on_renew(self, msg: Msg) -> None:
+        try:
+            await self.renew(contract.hold_renewal_decoder.decode(msg.data))
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("renew_undecodable", error=str(exc))
+        except Exception as exc:
+            # the next renewal comes well before the hold could be reaped
+            log.warning("renew_failed", error=map_exception(exc).message)
 
     # ------------------------------------------------------------------------------ settlement
     def _submit_settlement(self, s: contract.Settlement,
@@ -354,7 +373,7 @@ class MeteringService(Service):
             if rec is None or not rec.holds:
                 continue
             now = w.now_s(time.time())
-            if any(now - h.at >= ttl for h in rec.holds.values()):
+            if budget.stale(rec, now, ttl):
                 def drop(r: Any, now: int = now) -> tuple[list[str], bool]:
                     ids = budget.reap(r, now, ttl)
                     return ids, bool(ids)

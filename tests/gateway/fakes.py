@@ -158,6 +158,21 @@ async def chunk_then_fail(f: Fakes, work: WorkRequest, send: Send) -> None:
     await send(Failed(2, err, usage=Usage(12, 1), produced=True))
 
 
+async def flood(f: Fakes, work: WorkRequest, send: Send) -> None:
+    """Streams large chunks as fast as it can until cancelled, then reports what it produced."""
+    await send(Accepted(0))
+    seq, produced = 1, 0
+    ev = f.cancelled(work.request_id)
+    text = "y" * 16_000
+    while not ev.is_set():
+        await send(Chunk(seq, chunk_data(work, {"content": text})))
+        seq += 1
+        produced += 1
+        await asyncio.sleep(0.002)
+    err = contract.ErrorInfo("StreamInterrupted", "cancelled", code="cancelled")
+    await send(Failed(seq, err, usage=Usage(12, produced), produced=True))
+
+
 async def gap(f: Fakes, work: WorkRequest, send: Send) -> None:
     await send(Accepted(0))
     await send(Done(2, Usage(12, 3), body=chat_body(work)))
@@ -193,6 +208,7 @@ class Fakes:
         self.works: list[tuple[WorkRequest, dict[str, str]]] = []
         self.settlements: list[Settlement] = []
         self.cancels: list[str] = []
+        self.renewals: list[contract.HoldRenewal] = []
         self._cancel_events: dict[str, asyncio.Event] = {}
         self.settled = asyncio.Event()
 
@@ -208,6 +224,7 @@ class Fakes:
         # a plain subscriber sees every publish, so a duplicate the stream would hide is still counted
         await self.bus.serve(subjects.SETTLE, self._settle)
         await self.bus.serve(subjects.WORK_CANCEL, self._cancel)
+        await self.bus.serve(subjects.METER_RENEW, self._renew, queue=subjects.METERING_QUEUE)
         for provider, behaviour in workers.items():
             await self.bus.serve(subjects.work(provider), self._worker(behaviour),
                                  queue=subjects.work_queue(provider))
@@ -240,6 +257,9 @@ class Fakes:
     async def _settle(self, msg: Msg) -> None:
         self.settlements.append(contract.settlement_decoder.decode(msg.data))
         self.settled.set()
+
+    async def _renew(self, msg: Msg) -> None:
+        self.renewals.append(contract.hold_renewal_decoder.decode(msg.data))
 
     async def _cancel(self, msg: Msg) -> None:
         rid = contract.cancel_decoder.decode(msg.data).request_id

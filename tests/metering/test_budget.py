@@ -124,3 +124,15 @@ def test_each_model_of_a_fallback_is_charged_at_its_own_price() -> None:
     assert out.entry.credits == 30 * 5 + 7 == rec.session_used
     assert (rec.week_by_model["dear"].credits, rec.week_by_model["m"].credits) == (150, 7)
     assert rec.month_input_tokens == 17 and rec.week_by_bot["default"].credits == 157
+
+
+def test_a_renewed_hold_is_never_reaped_and_an_abandoned_one_is() -> None:
+    rec = Record(user="u")
+    for rid in ("live", "dead"):
+        assert budget.reserve(rec, req(rid, 1, 1), RULES, PRICE, NOW)[0].admitted
+    for t in range(NOW + 100, NOW + 1000, 100):  # a long, healthy stream renews every 100 s
+        assert budget.renew(rec, "live", t) == (True, True)
+        assert budget.reap(rec, t, ttl=300) == ([] if t < NOW + 300 else ["dead"] if t == NOW + 300 else [])
+    assert set(rec.holds) == {"live"}
+    assert budget.renew(rec, "gone", NOW + 1000) == (False, False)
+    assert budget.reap(rec, NOW + 900 + 300, ttl=300) == ["live"]  # renewals stopped: its gateway died
