@@ -53,6 +53,28 @@ def bot_id(value: str) -> str:
     return value
 
 
+# a model whose catalog entry does not say: as wide as the widest common embeddings model
+_UNKNOWN_DIMENSIONS = 3072
+
+
+def _vectors(inp: object) -> int:
+    """How many vectors an embeddings ``input`` asks for (one token-id array is one text)."""
+    if isinstance(inp, list) and inp and not isinstance(inp[0], int):
+        return len(inp)
+    return 1
+
+
+def _check_embedding_values(vectors: int, dims: int, budget: int) -> None:
+    """Refuse, before any upstream call, an embeddings request whose answer (vectors x dimensions
+    numbers, held by the worker as the provider's JSON, as floats and as the encoded answer, then
+    by the gateway) would take more memory than one request may."""
+    if vectors * dims > budget:
+        raise PayloadTooLarge(
+            f"This request asks for {vectors} embeddings of {dims} dimensions ({vectors * dims:,} numbers); "
+            f"one request may ask for at most {budget:,}. Send at most {max(1, budget // dims)} inputs per "
+            "request at this size, or fewer 'dimensions'.", param="input", code="embeddings_too_large")
+
+
 class Gateway:
     """Everything a request handler needs, built once at start."""
 
@@ -171,7 +193,8 @@ class Gateway:
             room = max(1, model.context_window - facts.prompt_tokens)
             max_output = min(max_output, model.max_output_tokens, room)
         wt = self.s.stream_write_timeout_seconds
-        sink: Sink = StreamSink(request, call, wt) if req.stream else BufferedSink(request, call, wt)
+        sink: Sink = StreamSink(request, call, wt) if req.stream else \
+            BufferedSink(request, call, wt, self.s.max_reply_bytes)
         return await self._serve(call, "chat", plan, body, req.stream, max_output, sink)
 
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
@@ -188,8 +211,11 @@ class Gateway:
                 and req.dimensions > model.dimensions:
             raise InvalidRequest(f"'dimensions' can be at most {model.dimensions} for {plan.response_model}.",
                                  param="dimensions", code="invalid_value")
+        dims = req.dimensions or (model.dimensions if model is not None else None) or _UNKNOWN_DIMENSIONS
+        _check_embedding_values(_vectors(req.input), dims, self.s.max_embedding_values)
         return await self._serve(call, "embeddings", plan, body, False, 0,
-                                 BufferedSink(request, call, self.s.stream_write_timeout_seconds))
+                                 BufferedSink(request, call, self.s.stream_write_timeout_seconds,
+                                              self.s.max_reply_bytes))
 
     async def list_models(self, request: web.Request) -> web.StreamResponse:
         call: Call = request[CALL]

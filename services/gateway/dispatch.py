@@ -20,7 +20,7 @@ from typing import Protocol
 
 from aiohttp import web
 
-from services.gateway.frames import SHUTDOWN, FrameReader
+from services.gateway.frames import REPLY_OVERFLOW, SHUTDOWN, FrameReader
 from services.gateway.meter import Meter
 from services.gateway.settings import GatewaySettings
 from shared import contract, metrics, subjects
@@ -119,17 +119,25 @@ class BufferedSink:
     chunks: int = 0
     resp: web.StreamResponse | None = None
 
-    def __init__(self, request: web.Request, call: Call, write_timeout: float = 30.0) -> None:
+    def __init__(self, request: web.Request, call: Call, write_timeout: float = 30.0,
+                 max_bytes: int = 64 * 1024 * 1024) -> None:
         self.request = request
         self.call = call
         self.write_timeout = write_timeout
+        self.max_bytes = max_bytes
+        self.size = 0
         self.parts: list[bytes] = []
 
     async def chunk(self, data: bytes, more: bool = False) -> None:
+        self.size += len(data)
+        if self.size > self.max_bytes:
+            raise JanusError("the worker's answer is larger than the gateway holds for one request",
+                             code=REPLY_OVERFLOW, status=502)
         self.parts.append(data)
 
     def reset(self) -> None:
         self.parts.clear()
+        self.size = 0
 
     async def flush(self) -> None:
         return
@@ -334,7 +342,8 @@ class Dispatcher:
             work.response_model = self.response_names.get(call.model, plan.response_model) \
                 if target.model else plan.response_model
             sink.reset()
-            box = self.bus.open_inbox(call.request_id if i == 0 else f"{call.request_id}_{i}")
+            box = self.bus.open_inbox(call.request_id if i == 0 else f"{call.request_id}_{i}",
+                                      self.s.max_reply_bytes)
             self.active.add(box)
             try:
                 reader = FrameReader(box, target.provider, self.s.first_frame_timeout_seconds,
@@ -371,13 +380,22 @@ class Dispatcher:
                     if reader.expect == 0:
                         return None, err, Usage()
                     # the worker took the work and went silent (or the gateway is stopping)
+                    if err.code == REPLY_OVERFLOW:
+                        # its frames, usage included, were dropped: the prompt was surely processed
+                        await self._cancel(call.request_id)
+                        return None, err, Usage(prompt_tokens=call.prompt_tokens,
+                                                completion_tokens=sink.chunks)
                     if not sink.started:
                         await self._cancel(call.request_id)
                         return None, err, Usage()
                     wait = 1.0 if self.draining else 0.0
                     return None, err, await self._after_loss(call, reader, sink, wait)
                 if isinstance(frame, Chunk):
-                    await sink.chunk(frame.data, reader.ready())
+                    try:
+                        await sink.chunk(frame.data, reader.ready())
+                    except JanusError as err:  # a buffered answer past what the gateway holds
+                        await self._cancel(call.request_id)
+                        return None, err, Usage(prompt_tokens=call.prompt_tokens)
                 elif isinstance(frame, Done):
                     call.upstream_seconds = frame.upstream_seconds
                     try:
