@@ -19,12 +19,13 @@ from aiohttp import web
 from services.gateway.auth import Authenticator, Principal
 from services.gateway.body import parse_chat, parse_embeddings
 from services.gateway.byok import ByokApi, ByokProbe
-from services.gateway.dispatch import BufferedSink, Call, Dispatcher, Sink, StreamSink
+from services.gateway.dispatch import Call, Dispatcher
 from services.gateway.edge import CALL, Edge
 from services.gateway.meter import Meter
 from services.gateway.models import ModelIndex
 from services.gateway.plans import PlanCache, key_of
 from services.gateway.settings import GatewaySettings
+from services.gateway.sinks import BufferedSink, Sink, StreamSink
 from shared import contract, subjects
 from shared.bus import Bus
 from shared.catalog import Catalog
