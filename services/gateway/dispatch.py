@@ -208,14 +208,15 @@ class Dispatcher:
                 try:
                     frame = await reader.next()
                 except JanusError as err:
-                    if reader.expect == 0:
-                        return None, err, Usage()
-                    # the worker took the work and went silent (or the gateway is stopping)
                     if err.code == REPLY_OVERFLOW:
-                        # its frames, usage included, were dropped: the prompt was surely processed
+                        # the worker answered more than the gateway holds; its frames, usage
+                        # included, were dropped, but the prompt was surely processed
                         await self._cancel(call.request_id)
                         return None, err, Usage(prompt_tokens=call.prompt_tokens,
                                                 completion_tokens=sink.chunks)
+                    if reader.expect == 0:
+                        return None, err, Usage()
+                    # the worker took the work and went silent (or the gateway is stopping)
                     if not sink.started:
                         await self._cancel(call.request_id)
                         return None, err, Usage()

@@ -173,6 +173,14 @@ async def flood(f: Fakes, work: WorkRequest, send: Send) -> None:
     await send(Failed(seq, err, usage=Usage(12, produced), produced=True))
 
 
+async def oversized(f: Fakes, work: WorkRequest, send: Send) -> None:
+    """A buffered answer of 400 KB in slices, as a worker that ignores every limit would send it."""
+    await send(Accepted(0))
+    for seq in range(1, 11):
+        await send(Chunk(seq, b"z" * 40_000))
+    await send(Done(11, Usage(4), body=b"}", upstream_seconds=0.001))
+
+
 async def gap(f: Fakes, work: WorkRequest, send: Send) -> None:
     await send(Accepted(0))
     await send(Done(2, Usage(12, 3), body=chat_body(work)))

@@ -1,6 +1,7 @@
 """A client that stops reading a stream: the gateway's writes time out, the request ends (499), the
 worker is told to stop and what it produced is charged, long before metering's reaper could free
-the hold; and while the request lives, its hold is renewed."""
+the hold; and while the request lives, its hold is renewed. A worker reply larger than the gateway
+holds for one request is cut off, not buffered."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import json
 import socket
 from collections.abc import Iterator
 
+import aiohttp
 import pytest
 
 from tests.gateway import fakes as F
 from tests.gateway.conftest import Gateway, auth, start_gateway
+from tests.gateway.test_flow import assert_error
 from tools.stack import NatsServer
 
 WRITE_TIMEOUT = 1.0
@@ -27,6 +30,7 @@ def slow_gateway(gw_nats: NatsServer, tmp_path_factory: pytest.TempPathFactory) 
         JANUS_STREAM_WRITE_TIMEOUT_SECONDS=str(WRITE_TIMEOUT),
         JANUS_HOLD_RENEW_SECONDS="0.2",
         JANUS_STALL_TIMEOUT_SECONDS="30",
+        JANUS_MAX_REPLY_BYTES="100000",
     )
     try:
         yield gw
@@ -81,3 +85,21 @@ async def test_a_client_that_stops_reading_is_ended_and_charged_for_what_was_pro
     [done] = [x for x in lines if x.get("event") == "request" and x.get("request_id") == rid]
     assert done["status"] == 499  # the client's side ended it, not an error of ours
     assert not any("Traceback" in str(x) for x in lines)
+
+
+async def test_a_reply_larger_than_the_gateway_holds_is_cut_off_and_the_prompt_charged(
+    slow_gateway: Gateway, fakes: F.Fakes
+) -> None:
+    await fakes.start({"pa": F.oversized})
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            slow_gateway.url + "/v1/embeddings",
+            headers=auth(),
+            json={"model": "text-embedding-3-small", "input": "four words of text"},
+        ) as r:
+            assert r.status == 502
+            assert_error(await r.read(), "reply_too_large")
+            rid = r.headers["X-Request-Id"]
+    [s] = await fakes.settlement_for(rid)
+    assert not s.ok and s.usage.prompt_tokens > 0  # the worker's own usage was in what was dropped
+    assert rid in fakes.cancels
