@@ -5,7 +5,9 @@
         retryable failure before the first chunk went out -> next target
     Done      -> buffered: Done.body as is | stream: data: [DONE]
     Failed    -> HTTP error before the first chunk | in-band error event after it
-    disconnect-> Cancel, wait briefly for the worker's usage, settle with it
+    disconnect-> Cancel, wait briefly for the worker's usage, settle with it (a client that stops
+                 reading counts as gone once a write waits JANUS_STREAM_WRITE_TIMEOUT_SECONDS)
+    meanwhile -> every JANUS_HOLD_RENEW_SECONDS, tell metering the hold is still in use
     finally   -> exactly one settlement per request (ok, usage actually produced)
 
 A sink (``sinks.py``) hides the difference between a buffered and a streamed response; the attempt

@@ -2,12 +2,15 @@
 
     janus.meter.reserve  (queue "metering")  ReserveRequest  -> ReserveReply | ErrorReply
     janus.meter.usage    (queue "metering")  UsageQuery      -> UsageReply   | ErrorReply
+    janus.meter.renew    (queue "metering")  HoldRenewal     -> (no reply: the hold is marked in use)
     JANUS_SETTLE stream, durable pull consumer "metering" shared by every replica:
         a fetched batch -> one CAS write per user (group commit) -> ledger entries -> acks
+        last delivery still failing, unreadable, or too old to prove new -> JANUS_SETTLE_DEAD, term
 
-All state is in JetStream (the ``janus_budget`` KV bucket and the two streams), so any number of
+All state is in JetStream (the ``janus_budget`` KV bucket and the streams), so any number of
 replicas serve the same users and a SIGKILL loses nothing: a settlement is acknowledged only after
-its KV write, and applying it again is a no-op (the record remembers recent request ids).
+its KV write, and applying it again is a no-op (the record remembers the request ids settled within
+the idempotency horizon).
 """
 
 from __future__ import annotations
