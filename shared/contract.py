@@ -127,6 +127,36 @@ class Settlement(msgspec.Struct, tag="meter.settle.v1", **_tagged):
     ok: bool = True  # False: the call failed; charge only what ``usage`` says was produced
     byok: bool = False
     at: float = 0.0
+    # what earlier attempts on other models produced (a fallback to another model): each is priced
+    # at its own model's price; ``model``/``usage`` are the model that served the answer
+    other: list[ModelUsage] = []
+
+
+class ModelUsage(msgspec.Struct, array_like=True):
+    model: str
+    usage: Usage
+
+
+class DeadLetter(msgspec.Struct, tag="meter.dead_letter.v1", **_tagged):
+    """A settlement metering gave up on, kept in its own stream for an operator to look at and, once
+    understood, apply by hand. ``data`` is the settlement message exactly as it was published."""
+
+    reason: str  # "undecodable" | "unprovable" | "max_deliveries"
+    data: bytes
+    deliveries: int
+    published: float  # when the settlement entered its stream
+    at: float  # when metering gave up
+    request_id: str = ""
+    user: str = ""
+    error: str = ""
+
+
+class HoldRenewal(msgspec.Struct, tag="meter.renew.v1", **_tagged):
+    """Sent by the gateway while a request runs longer than the renewal interval: its hold is still
+    in use, so the reaper (which frees the holds of gateways that died) must leave it alone."""
+
+    user: str
+    request_id: str
 
 
 class LedgerEntry(msgspec.Struct, tag="meter.ledger.v1", **_tagged):
@@ -261,6 +291,7 @@ reserve_reply_decoder = msgspec.msgpack.Decoder(ReserveReply | ErrorReply)
 settlement_decoder = msgspec.msgpack.Decoder(Settlement)
 ledger_entry_decoder = msgspec.msgpack.Decoder(LedgerEntry)
 usage_query_decoder = msgspec.msgpack.Decoder(UsageQuery)
+hold_renewal_decoder = msgspec.msgpack.Decoder(HoldRenewal)
 usage_reply_decoder = msgspec.msgpack.Decoder(UsageReply | ErrorReply)
 daily_query_decoder = msgspec.msgpack.Decoder(DailyQuery)
 admin_query_decoder = msgspec.msgpack.Decoder(AdminQuery)

@@ -18,7 +18,7 @@ import time
 
 from shared import contract, metrics, subjects
 from shared.bus import Bus, map_exception
-from shared.contract import PoolState, ReserveReply, ReserveRequest, Settlement, Usage
+from shared.contract import HoldRenewal, PoolState, ReserveReply, ReserveRequest, Settlement, Usage
 from shared.errors import BudgetExceeded, JanusError, RateLimited
 from shared.logging import get_logger
 
@@ -94,6 +94,13 @@ class Meter:
                 reply.message or f"Your {pool} credit pool cannot cover this request.", param=None
             )
         return reply
+
+    async def renew(self, user: str, request_id: str) -> None:
+        """Tell metering the hold of ``request_id`` is still in use (lost: the next one follows)."""
+        try:
+            await self.bus.publish(subjects.METER_RENEW, contract.encode(HoldRenewal(user, request_id)))
+        except JanusError as exc:
+            log.warning("renew_failed", request_id=request_id, error=exc.message)
 
     def release(self, req: ReserveRequest) -> None:
         """Settle ``req`` as failed with nothing produced: its hold (if any) goes, nothing is charged."""

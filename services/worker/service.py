@@ -93,8 +93,10 @@ class WorkerService(Service):
                 if d.api_key_env and not key:
                     log.warning("api_key_missing", deployment=d.id, variable=d.api_key_env)
                 self.keys[d.id] = key
+        # an upstream answer larger than the worker may send on is refused as it arrives
         self.transport = Transport(connect_timeout=common.connect_timeout_seconds,
-                                   read_timeout=common.read_timeout_seconds, pool_size=common.pool_size)
+                                   read_timeout=common.read_timeout_seconds, pool_size=common.pool_size,
+                                   max_body_bytes=common.max_response_bytes)
         self.health: HealthTracker | None = None
         self.calls: dict[str, set[asyncio.Task[Any]]] = {}
         self.in_flight = 0

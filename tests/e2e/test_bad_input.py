@@ -93,13 +93,18 @@ def test_bad_embeddings_bodies(stack: Stack, headers: dict[str, str], body: byte
 
 def test_embeddings_take_at_most_2048_inputs(stack: Stack, headers: dict[str, str]) -> None:
     url = f"{stack.base_url}/embeddings"
-    ok = httpx.post(url, json={"model": "neboloop/nebo-embed-small", "input": ["x"] * 2048},
-                    headers=headers, timeout=30)
+    # 2,048 vectors fit the memory budget (JANUS_MAX_EMBEDDING_VALUES) at up to 768 dimensions
+    body = {"model": "neboloop/nebo-embed-small", "input": ["x"] * 2048, "dimensions": 512}
+    ok = httpx.post(url, json=body, headers=headers, timeout=30)
     assert ok.status_code == 200 and len(ok.json()["data"]) == 2048
     over = httpx.post(url, json={"model": "neboloop/nebo-embed-small", "input": ["x"] * 2049},
                       headers=headers, timeout=30)
     assert over.status_code == 400 and over.json()["error"]["param"] == "input", over.text
     validate("ErrorResponse", over.json())
+    wide = httpx.post(url, json={"model": "neboloop/nebo-embed-small", "input": ["x"] * 2048},
+                      headers=headers, timeout=30)  # 2,048 x 1,536 numbers: more than one request holds
+    assert wide.status_code == 413 and wide.json()["error"]["code"] == "embeddings_too_large", wide.text
+    assert "at most 1024 inputs" in wide.json()["error"]["message"]
 
 
 def test_huge_body_is_413(stack: Stack, headers: dict[str, str]) -> None:
