@@ -81,9 +81,12 @@ class ReserveRequest(msgspec.Struct, tag="meter.reserve.v1", **_tagged):
     plan: str
     model: str  # catalog id (prices are looked up by metering)
     input_tokens: int
-    max_output_tokens: int
+    max_output_tokens: int  # every choice's output together (per-choice cap x ``n``)
     bot: str = "default"
     byok: bool = False
+    # > 0: when the pools cannot hold ``max_output_tokens``, grant the largest output that they can
+    # hold, down to this floor, instead of refusing (answered in ``ReserveReply.max_output_tokens``)
+    min_output_tokens: int = 0
 
 
 class RequestRate(msgspec.Struct, omit_defaults=True):
@@ -113,6 +116,9 @@ class ReserveReply(msgspec.Struct, tag="meter.reserve_reply.v1", **_tagged):
     message: str = ""
     requests: RequestRate | None = None  # None: the plan sets no request rate
     retry_after: int | None = None  # whole seconds, on a rate-limit refusal
+    # the output held, all choices together: ``max_output_tokens`` asked for, or less when the pools
+    # could only hold less (0 from a metering replica that predates the field: the amount asked)
+    max_output_tokens: int = 0
 
 
 class Settlement(msgspec.Struct, tag="meter.settle.v1", **_tagged):
@@ -207,6 +213,10 @@ class WorkRequest(msgspec.Struct, tag="work.request.v1", **_tagged):
     created: int = 0  # unix seconds for "created" in chunks and responses
     user: str = ""  # for bring-your-own-key lookups; never logged
     byok: bool = False
+    # the output cap per choice the gateway held for; every adapter writes it as the provider's own
+    # cap (0: embeddings, or a gateway that predates the field: the body's cap stands)
+    max_output_tokens: int = 0
+    prompt_tokens: int = 0  # the gateway's estimate (``shared.prompt``), the fallback charge
 
 
 class Cancel(msgspec.Struct, tag="work.cancel.v1", **_tagged):

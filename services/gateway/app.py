@@ -14,6 +14,7 @@ import asyncio
 import time
 from pathlib import Path
 
+import msgspec
 from aiohttp import web
 
 from services.gateway import console, keys_api, views
@@ -22,7 +23,7 @@ from services.gateway.body import parse_chat, parse_embeddings
 from services.gateway.byok import ByokApi, ByokProbe
 from services.gateway.dispatch import Call, Dispatcher
 from services.gateway.edge import CALL, Edge
-from services.gateway.meter import Meter
+from services.gateway.meter import Meter, granted_cap, output_hold
 from services.gateway.models import ModelIndex
 from services.gateway.plans import PlanCache, key_of
 from services.gateway.settings import GatewaySettings
@@ -151,25 +152,41 @@ class Gateway:
 
         return max([plan.model, *sorted(models)], key=cost)
 
+    def _many_choices(self, plan: contract.RoutePlan) -> contract.RoutePlan:
+        """The plan's deployments that can answer ``n`` choices in one call (OpenAI-compatible
+        ones; the other kinds answer once), refused before anything is held when there is none."""
+        kinds = self.catalog.provider_by_id
+        able = [t for t in plan.targets if t.provider in kinds and kinds[t.provider].kind == "openai_compat"]
+        if not able:
+            raise InvalidRequest(f"'n' above 1 is not available for {plan.response_model}: its provider "
+                                 "answers one choice per request.", param="n", code="invalid_value")
+        # a copy: the plan may be the cached one other requests share
+        return msgspec.structs.replace(plan, targets=able)
+
     async def _serve(self, call: Call, kind: str, plan: contract.RoutePlan, body: bytes, stream: bool,
-                     max_output: int, sink: Sink) -> web.StreamResponse:
+                     sink: Sink, cap: int = 0, n: int = 1) -> web.StreamResponse:
+        """Reserve and dispatch. ``cap`` is the output cap per choice (0 for embeddings), ``n`` the
+        number of choices: the hold covers ``cap * n`` and the worker is told the cap it may send."""
         if self.byok is not None and plan.targets:
             provider = plan.targets[0].provider
-            if await self.byok.has(call.user, provider):
+            if self.catalog.takes_user_keys(provider) and await self.byok.has(call.user, provider):
                 # served on the user's own key: charged nothing, so never moved to a provider that
                 # would be served on ours
                 call.byok = True
                 plan.targets = [t for t in plan.targets if t.provider == provider]
-        await self.meter.reserve(
+        most, least = output_hold(cap, n, self.s.min_output_tokens)
+        reply = await self.meter.reserve(
             ReserveRequest(call.request_id, call.user, call.plan_name,
-                           self._hold_model(plan, call.prompt_tokens, max_output), call.prompt_tokens,
-                           max_output, bot=call.bot, byok=call.byok),
+                           self._hold_model(plan, call.prompt_tokens, most), call.prompt_tokens,
+                           most, bot=call.bot, byok=call.byok, min_output_tokens=least),
             call.headers,
         )
+        cap = granted_cap(reply, cap, n)  # less than asked when the budget held less: a shorter answer
         work = WorkRequest(
             request_id=call.request_id, kind=kind,  # type: ignore[arg-type]
             deployment="", provider="", upstream_model="", response_model=plan.response_model,
             body=body, stream=stream, created=int(time.time()), user=call.user, byok=call.byok,
+            max_output_tokens=cap, prompt_tokens=call.prompt_tokens,
         )
         return await self.dispatcher.run(call, plan, work, sink)
 
@@ -189,15 +206,14 @@ class Gateway:
             ),
             call,
         )
-        max_output = facts.max_output_tokens(self.s.default_max_tokens)
-        model = self.catalog.model(plan.model)
-        if model is not None:
-            room = max(1, model.context_window - facts.prompt_tokens)
-            max_output = min(max_output, model.max_output_tokens, room)
+        cap = facts.output_cap(self.catalog.model(plan.model), plan.response_model,
+                               self.s.default_max_tokens)
+        if req.n is not None and req.n > 1:
+            plan = self._many_choices(plan)
         wt = self.s.stream_write_timeout_seconds
         sink: Sink = StreamSink(request, call, wt) if req.stream else \
             BufferedSink(request, call, wt, self.s.max_reply_bytes)
-        return await self._serve(call, "chat", plan, body, req.stream, max_output, sink)
+        return await self._serve(call, "chat", plan, body, req.stream, sink, cap, req.n or 1)
 
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
         call: Call = request[CALL]
@@ -215,7 +231,7 @@ class Gateway:
                                  param="dimensions", code="invalid_value")
         dims = req.dimensions or (model.dimensions if model is not None else None) or _UNKNOWN_DIMENSIONS
         _check_embedding_values(_vectors(req.input), dims, self.s.max_embedding_values)
-        return await self._serve(call, "embeddings", plan, body, False, 0,
+        return await self._serve(call, "embeddings", plan, body, False,
                                  BufferedSink(request, call, self.s.stream_write_timeout_seconds,
                                               self.s.max_reply_bytes))
 

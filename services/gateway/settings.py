@@ -9,7 +9,10 @@ class GatewaySettings(CommonSettings, kw_only=True):
     host: str = "127.0.0.1"  # containers set 0.0.0.0
     port: int = 8080
     max_body_bytes: int = 4 * 1024 * 1024
-    default_max_tokens: int = 4096
+    default_max_tokens: int = 4096  # the output cap per choice held and sent when a client sets none
+    # a caller whose budget cannot hold the full cap gets a shorter one, down to this many tokens
+    # per choice (finish_reason "length" tells them); below it the request is refused with 429
+    min_output_tokens: int = 256
     first_frame_timeout_seconds: float = 5.0  # the worker's Accepted must arrive within this
     stall_timeout_seconds: float = 30.0  # between frames; workers heartbeat well inside it
     max_attempts: int = 3

@@ -30,6 +30,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import msgspec
+
 from services.metering import windows as w
 from services.metering.record import OTHER_BOT, Bounds, Hold, Record, Tally, bot_key
 from shared.catalog import Plan
@@ -42,7 +44,7 @@ from shared.contract import (
     Settlement,
     Usage,
 )
-from shared.money import PriceUnits, cost_credits
+from shared.money import PriceUnits, cost_credits, output_within
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +217,19 @@ def _denial(f: Figures, plan: Plan, hold: int, req: ReserveRequest) -> tuple[str
     return pool, message
 
 
+def _largest_output(f: Figures, plan: Plan, req: ReserveRequest, price: PriceUnits) -> int:
+    """The most output tokens (up to the request's own cap) every pool and quota can still hold
+    beside the request's prompt; below 0 when not even the prompt fits."""
+    best = max(req.max_output_tokens, 0)
+    for limit, used in ((plan.session.credits, f.session_used + f.session_reserved),
+                        (plan.weekly.credits, f.week_used + f.week_reserved)):
+        best = min(best, output_within(limit - used, req.input_tokens, price))
+    quota = plan.monthly_tokens.output
+    if quota is not None:
+        best = min(best, quota - f.month_out - f.month_out_reserved)
+    return best
+
+
 def request_rate(rec: Record, rules: PlanRules, now: int) -> RequestRate | None:
     """The rate window as it stands at ``now`` (nothing counted); None when the plan sets no rate."""
     if rules.rate_limit is None:
@@ -253,13 +268,22 @@ def reserve(rec: Record, req: ReserveRequest, rules: PlanRules, price: PriceUnit
         roll(rec, rules, now)
         pools = pool_states(figures(rec, rules, now), rules.plan)
         return ReserveReply(True, pools, hold=existing.credits if existing else 0,
-                            requests=request_rate(rec, rules, now)), False
+                            requests=request_rate(rec, rules, now),
+                            max_output_tokens=existing.output_tokens if existing else 0), False
     roll(rec, rules, now)
     f = figures(rec, rules, now)
     hold = 0
     if not req.byok:
         hold = hold_cost(req, price)
         denied = _denial(f, rules.plan, hold, req)
+        if denied is not None and 0 < req.min_output_tokens < req.max_output_tokens:
+            # the request fits with a shorter answer: hold (and let it generate) what the pools cover,
+            # decided here, inside the compare-and-set, so no concurrent request can take it meanwhile
+            grant = _largest_output(f, rules.plan, req, price)
+            if grant >= req.min_output_tokens:
+                req = msgspec.structs.replace(req, max_output_tokens=grant)
+                hold = hold_cost(req, price)
+                denied = _denial(f, rules.plan, hold, req)
         if denied is not None:
             pool, message = denied
             return ReserveReply(False, pool_states(f, rules.plan), denied_pool=pool, message=message,
@@ -279,7 +303,7 @@ def reserve(rec: Record, req: ReserveRequest, rules: PlanRules, price: PriceUnit
                                          req.model, req.bot, now)
     _held(rec, h, 1)
     pools = pool_states(figures(rec, rules, now), rules.plan)
-    return ReserveReply(True, pools, hold=hold, requests=rate), True
+    return ReserveReply(True, pools, hold=hold, requests=rate, max_output_tokens=h.output_tokens), True
 
 
 @dataclass(slots=True)

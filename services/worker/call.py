@@ -207,7 +207,7 @@ class Call:
         self._check_capabilities()
         if self.req.kind == "embeddings":
             return await self._embeddings()
-        self._prompt_estimate = openai.estimate_prompt_tokens(self.ctx.body)
+        self._prompt_estimate = self.ctx.prompt_tokens
         if self.req.stream:
             return await self._chat_stream()
         return await self._chat_buffered()
