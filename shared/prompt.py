@@ -116,7 +116,8 @@ def _part(p: Part) -> tuple[int, int]:
         return 0, IMAGE_TOKENS.get(detail, IMAGE_DEFAULT) if detail else IMAGE_DEFAULT
     if p.input_audio is not None:
         audio = p.input_audio
-        raw = len(audio.data) * 3 // 4
+        data = audio.data
+        raw = len(data) * 3 // 4 - (len(data) - len(data.rstrip("=")))  # base64 padding
         per = AUDIO_BYTES_PER_TOKEN.get(audio.format, AUDIO_DEFAULT_BYTES_PER_TOKEN)
         return 0, -(-raw // per)
     if p.file is not None and p.file.file_data:

@@ -136,3 +136,42 @@ def test_a_renewed_hold_is_never_reaped_and_an_abandoned_one_is() -> None:
     assert set(rec.holds) == {"live"}
     assert budget.renew(rec, "gone", NOW + 1000) == (False, False)
     assert budget.reap(rec, NOW + 900 + 300, ttl=300) == ["live"]  # renewals stopped: its gateway died
+
+
+def test_a_request_that_fits_with_a_shorter_answer_is_granted_what_the_pools_hold() -> None:
+    rec = Record(user="u")
+    budget.reserve(rec, req("a", 100, 500), RULES, PRICE, NOW)  # 400 credits of the session left
+    asked = ReserveRequest("b", "u", "p", "m", input_tokens=100, max_output_tokens=4096,
+                           min_output_tokens=256)
+    reply, changed = budget.reserve(rec, asked, RULES, PRICE, NOW)
+    assert reply.admitted and changed
+    assert reply.max_output_tokens == 300 and reply.hold == 400 and rec.holds["b"].output_tokens == 300
+    assert reply.pools[0].remaining == 0
+    # below the floor: refused as before, nothing held
+    third = ReserveRequest("c", "u", "p", "m", input_tokens=1, max_output_tokens=4096, min_output_tokens=1)
+    refused, changed = budget.reserve(rec, third, RULES, PRICE, NOW)
+    assert not refused.admitted and not changed and "c" not in rec.holds
+
+
+def test_without_a_floor_a_request_the_pools_cannot_hold_whole_is_refused() -> None:
+    rec = Record(user="u")
+    reply, _ = budget.reserve(rec, req("a", 100, 4096), RULES, PRICE, NOW)
+    assert not reply.admitted and not rec.holds
+
+
+@settings(max_examples=300, deadline=None)
+@given(used=st.integers(0, 1200), inp=st.integers(0, 2000), out=st.integers(1, 50_000),
+       floor=st.integers(1, 50_000), pin=st.integers(0, 3_000_000), pout=st.integers(0, 20_000_000))
+def test_a_granted_output_always_fits_every_pool(used: int, inp: int, out: int, floor: int, pin: int,
+                                                 pout: int) -> None:
+    price = PriceUnits(input=pin, cached_input=pin, output=pout)
+    rec = Record(user="u", session_start=NOW, session_used=used, week_start=RULES.week_start(NOW),
+                 week_used=used)
+    asked = ReserveRequest("x", "u", "p", "m", input_tokens=inp, max_output_tokens=out,
+                           min_output_tokens=min(floor, out))
+    reply, _ = budget.reserve(rec, asked, RULES, price, NOW)
+    if reply.admitted:
+        granted = reply.max_output_tokens
+        assert min(floor, out) <= granted <= out
+        assert used + reply.hold <= 1000
+        assert budget.hold_cost(ReserveRequest("x", "u", "p", "m", inp, granted), price) == reply.hold
