@@ -53,6 +53,20 @@ def credit_headers(pools: list[PoolState]) -> dict[str, str]:
     return out
 
 
+def output_hold(cap: int, n: int, floor: int) -> tuple[int, int]:
+    """(max, min) output tokens to reserve for ``n`` choices of at most ``cap`` tokens each: every
+    choice is held, and a budget that cannot hold ``cap`` may grant down to ``floor`` a choice."""
+    floor = min(floor, cap)
+    return cap * n, (floor * n if 0 < floor < cap else 0)
+
+
+def granted_cap(reply: ReserveReply, cap: int, n: int) -> int:
+    """The cap per choice the hold pays for: ``cap``, or less when metering granted less."""
+    if cap and 0 < reply.max_output_tokens < cap * n:
+        return reply.max_output_tokens // n
+    return cap
+
+
 def backoff(attempt: int, first: float = _BACKOFF_FIRST, cap: float = _BACKOFF_CAP) -> float:
     """The pause before retry number ``attempt`` (0-based): "full jitter", uniform below an
     exponentially growing ceiling, so gateways that failed together do not retry together."""
