@@ -257,9 +257,14 @@ def test_usage_reports_pools_and_spend(stack: Stack) -> None:
 
 def test_budget_refusal_is_429_with_headers_and_no_retry(stack: Stack) -> None:
     c = openai.OpenAI(base_url=stack.base_url, api_key=token(stack, "poor-user", plan="free"), max_retries=2)
+    # gpt-5.2 output is $14/1M: 100k output tokens need 1.4M credits, more than a free session holds,
+    # so the request is served with the cap lowered to what the budget covers
+    served = c.chat.completions.create(model="gpt-5.2", max_tokens=100_000,
+                                       messages=[{"role": "user", "content": "write a novel"}])
+    assert served.choices[0].message.content
     with pytest.raises(openai.RateLimitError) as ei:
-        # gpt-5.2 output is $14/1M: 100k output tokens need 1.4M credits, more than a free session holds
-        c.chat.completions.create(model="gpt-5.2", max_tokens=100_000,
+        # 128 choices of at least the shortest granted cap each: more than the plan can hold at all
+        c.chat.completions.create(model="gpt-5.2", max_tokens=100_000, n=128,
                                   messages=[{"role": "user", "content": "write a novel"}])
     r = ei.value.response
     assert r.headers["x-should-retry"] == "false"
