@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
@@ -151,8 +151,16 @@ class Attacker:
         for e in entries:
             # the hold was a ceiling: nothing was generated past it
             assert e.byok or e.credits <= e.reserved, e
-        await self.client.close()
         return usage
+
+
+@pytest.fixture
+async def me(attack: tuple[Stack, GreedyUpstream]) -> AsyncIterator[Attacker]:
+    attacker = Attacker(attack[0])
+    try:
+        yield attacker
+    finally:
+        await attacker.client.close()
 
 
 def _sent_caps(greedy: GreedyUpstream, since: int) -> list[tuple[int, int]]:
@@ -164,9 +172,11 @@ def _sent_caps(greedy: GreedyUpstream, since: int) -> list[tuple[int, int]]:
     return out
 
 
-async def test_no_max_tokens_until_the_budget_is_gone(attack: tuple[Stack, GreedyUpstream]) -> None:
-    stack, greedy = attack
-    me, since = Attacker(stack), len(greedy.requests)
+async def test_no_max_tokens_until_the_budget_is_gone(
+    attack: tuple[Stack, GreedyUpstream], me: Attacker
+) -> None:
+    greedy = attack[1]
+    since = len(greedy.requests)
     lengths = []
     for _ in range(40):
         answer = await me.chat()
@@ -184,9 +194,7 @@ async def test_no_max_tokens_until_the_budget_is_gone(attack: tuple[Stack, Greed
     assert usage["session"]["used"] > SESSION - 4096 * 14  # the budget was used, not refused early
 
 
-async def test_streamed_answers_without_a_cap(attack: tuple[Stack, GreedyUpstream]) -> None:
-    stack, _ = attack
-    me = Attacker(stack)
+async def test_streamed_answers_without_a_cap(me: Attacker) -> None:
     for _ in range(40):
         finish, tokens = await me.stream()
         if finish is None:
@@ -198,9 +206,9 @@ async def test_streamed_answers_without_a_cap(attack: tuple[Stack, GreedyUpstrea
     await me.held_within_limits()
 
 
-async def test_n_128_is_held_for_every_choice(attack: tuple[Stack, GreedyUpstream]) -> None:
-    stack, greedy = attack
-    me, since = Attacker(stack), len(greedy.requests)
+async def test_n_128_is_held_for_every_choice(attack: tuple[Stack, GreedyUpstream], me: Attacker) -> None:
+    greedy = attack[1]
+    since = len(greedy.requests)
     answer = await me.chat(n=128)
     assert not isinstance(answer, openai.APIStatusError), answer
     assert len(answer.choices) == 128
@@ -211,10 +219,8 @@ async def test_n_128_is_held_for_every_choice(attack: tuple[Stack, GreedyUpstrea
     await me.held_within_limits()
 
 
-async def test_huge_images(attack: tuple[Stack, GreedyUpstream]) -> None:
+async def test_huge_images(me: Attacker) -> None:
     """Each image is held at its allowance whatever its bytes (the body stays under one bus message)."""
-    stack, _ = attack
-    me = Attacker(stack)
     image = {
         "type": "image_url",
         "image_url": {"url": "data:image/png;base64," + "iVBORw0KGgo" * 20_000, "detail": "high"},
@@ -232,11 +238,7 @@ async def test_huge_images(attack: tuple[Stack, GreedyUpstream]) -> None:
     await me.held_within_limits()
 
 
-async def test_byok_on_a_keyless_provider_is_refused_and_its_models_are_charged(
-    attack: tuple[Stack, GreedyUpstream],
-) -> None:
-    stack, _ = attack
-    me = Attacker(stack)
+async def test_byok_on_a_keyless_provider_is_refused_and_its_models_are_charged(me: Attacker) -> None:
     async with httpx.AsyncClient(timeout=10) as c:
         put = await c.put(
             f"{me.base}/byok/selfhosted",
@@ -263,9 +265,7 @@ async def test_byok_on_a_keyless_provider_is_refused_and_its_models_are_charged(
     ],
     ids=lambda o: next(iter(o)),
 )
-async def test_cost_options_are_refused(attack: tuple[Stack, GreedyUpstream], option: dict[str, Any]) -> None:
-    stack, _ = attack
-    me = Attacker(stack)
+async def test_cost_options_are_refused(me: Attacker, option: dict[str, Any]) -> None:
     answer = await me.chat(max_tokens=10, extra_body=option)
     assert isinstance(answer, openai.BadRequestError), answer
     assert answer.body["param"] == next(iter(option))  # type: ignore[index]
@@ -273,10 +273,10 @@ async def test_cost_options_are_refused(attack: tuple[Stack, GreedyUpstream], op
 
 
 async def test_account_options_are_stripped_and_the_user_is_ours(
-    attack: tuple[Stack, GreedyUpstream],
+    attack: tuple[Stack, GreedyUpstream], me: Attacker
 ) -> None:
-    stack, greedy = attack
-    me, since = Attacker(stack), len(greedy.requests)
+    greedy = attack[1]
+    since = len(greedy.requests)
     answer = await me.chat(
         max_tokens=10,
         user="ceo@victim.example",
@@ -291,9 +291,7 @@ async def test_account_options_are_stripped_and_the_user_is_ours(
     await me.held_within_limits()
 
 
-async def test_200_concurrent_requests(attack: tuple[Stack, GreedyUpstream]) -> None:
-    stack, _ = attack
-    me = Attacker(stack)
+async def test_200_concurrent_requests(me: Attacker) -> None:
     answers = await asyncio.gather(*(me.chat() for _ in range(200)))
     served = [a for a in answers if not isinstance(a, openai.APIStatusError)]
     assert served and len(served) < 200
