@@ -9,16 +9,18 @@ Usage is reported as OpenAI counts it: completion tokens are what was generated;
 the text at four characters a token, plus each image at the largest count OpenAI's tiling gives
 (1,445 tokens at ``high``/``auto``, 85 at ``low``), so a test sees what a real provider would bill.
 
-Every request body is recorded (``requests``) so a test can check the cap the worker sent.
+Every request is recorded (``requests``) so a test can check the cap the worker sent.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+
+from tests.fakes.openai_upstream import OpenAIUpstream
 
 TOKEN = "go "  # one token of output
 PER_CHUNK = 512  # tokens in one SSE chunk: the count matters here, not the chunking
@@ -42,33 +44,16 @@ def prompt_tokens(body: dict[str, Any]) -> int:
 
 
 @dataclass
-class GreedyUpstream:
+class GreedyUpstream(OpenAIUpstream):
+    """``OpenAIUpstream`` (its server, its ``requests`` record) with a greedy chat handler."""
+
     maximum: int = 100_000  # what it generates for a request that sets no cap (OpenAI's is larger)
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    base_url: str = ""
-    _runner: web.AppRunner | None = None
-
-    async def start(self) -> GreedyUpstream:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_post("/v1/chat/completions", self._chat)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.base_url = f"http://127.0.0.1:{port}/v1"
-        return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     def cap(self, body: dict[str, Any]) -> int:
         return int(body.get("max_completion_tokens") or body.get("max_tokens") or self.maximum)
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        self.requests.append(body)
+        body = await self._record(request)
         cap, n = self.cap(body), int(body.get("n") or 1)
         usage = {"prompt_tokens": prompt_tokens(body), "completion_tokens": cap * n}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]

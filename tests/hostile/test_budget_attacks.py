@@ -20,9 +20,9 @@ import pytest
 
 from shared.byok import generate_key
 from tests.fakes.greedy_upstream import GreedyUpstream
-from tests.fakes.host import stack_on_fakes
 from tests.faults.kit import ledger, ledger_by_user, settled_usage
-from tools.stack import Stack
+from tests.hostile.conftest import LoopThread
+from tools.stack import Stack, start_stack
 from tools.token import make_token
 
 pytestmark = pytest.mark.timeout(600)
@@ -75,18 +75,29 @@ plans:
 
 @pytest.fixture(scope="module")
 def attack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, GreedyUpstream]]:
+    work = tmp_path_factory.mktemp("budget")
+    loop = LoopThread()
     greedy = GreedyUpstream()
-
-    def config(urls: dict[str, Any]) -> dict[str, str]:
-        return {
-            "catalog.yaml": _catalog(urls["greedy"].base_url),
-            "plans.yaml": PLANS,
-            "routing.yaml": "routing: {rules: []}\n",
-        }
-
-    env = {KEY_ENV: "sk-operator-greedy-key", "JANUS_BYOK_KEY": generate_key()}
-    with stack_on_fakes(tmp_path_factory.mktemp("budget"), {"greedy": greedy}, config, env) as (stack, _):  # type: ignore[dict-item]
+    url = loop.run(greedy.start())
+    for name, text in {
+        "catalog.yaml": _catalog(url),
+        "plans.yaml": PLANS,
+        "routing.yaml": "routing: {rules: []}\n",
+    }.items():
+        (work / name).write_text(text)
+    env = {
+        f"JANUS_{name.split('.')[0].upper()}": str(work / name)
+        for name in ("catalog.yaml", "plans.yaml", "routing.yaml")
+    }
+    stack = start_stack(
+        work, env={**env, KEY_ENV: "sk-operator-greedy-key", "JANUS_BYOK_KEY": generate_key()}
+    )
+    try:
         yield stack, greedy
+    finally:
+        stack.stop()
+        loop.run(greedy.close())
+        loop.stop()
 
 
 class Attacker:
@@ -166,7 +177,7 @@ async def me(attack: tuple[Stack, GreedyUpstream]) -> AsyncIterator[Attacker]:
 def _sent_caps(greedy: GreedyUpstream, since: int) -> list[tuple[int, int]]:
     """(cap, n) of every request the upstream got since ``since``; every one carried a cap."""
     out = []
-    for body in greedy.requests[since:]:
+    for body in (r.body for r in greedy.requests[since:]):
         assert "max_tokens" not in body, body.keys()  # only the one cap the adapter writes
         out.append((body["max_completion_tokens"], int(body.get("n") or 1)))
     return out
@@ -285,7 +296,7 @@ async def test_account_options_are_stripped_and_the_user_is_ours(
         extra_body={"safety_identifier": "someone-else", "metadata": {"k": "v"}},
     )
     assert not isinstance(answer, openai.APIStatusError), answer
-    (sent,) = greedy.requests[since:]
+    (sent,) = [r.body for r in greedy.requests[since:]]
     assert not {"service_tier", "store", "metadata"} & set(sent)
     assert sent["user"] == sent["safety_identifier"] and "victim" not in sent["user"]
     await me.held_within_limits()
