@@ -49,6 +49,28 @@ BAD_BODIES: list[tuple[str, bytes, int]] = [
         b'{"model": "neboloop/nebo-embed-small", "messages": [{"role": "user", "content": "x"}]}',
         400,
     ),
+    (
+        "nested past the depth limit",
+        b'{"model": "auto", "messages": [{"role": "user", "content": "x"}], "x": '
+        + b"[" * 5000 + b"]" * 5000 + b"}",
+        400,
+    ),
+    (
+        "n on a single-answer provider",
+        b'{"model": "gpt-5-nano", "n": 2, "messages": [{"role": "user", "content": "x"}]}',
+        400,
+    ),
+    (
+        "max_tokens above the model's limit",
+        b'{"model": "gpt-5-nano", "max_tokens": 200000, "messages": [{"role": "user", "content": "x"}]}',
+        400,
+    ),
+    (
+        "a cost option",
+        b'{"model": "gpt-5-nano", "service_tier": "priority", '
+        b'"messages": [{"role": "user", "content": "x"}]}',
+        400,
+    ),
 ]
 
 
@@ -82,8 +104,9 @@ def test_bad_chat_bodies(stack: Stack, headers: dict[str, str], name: str, body:
         b"{",
         # one item over OpenAI's limit of 2048 inputs
         b'{"model": "neboloop/nebo-embed-small", "input": [' + b",".join([b'"x"'] * 2049) + b"]}",
+        b'{"model": "neboloop/nebo-embed-small", "input": "x", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}",
     ],
-    ids=["no-input", "number", "format", "chat-model", "truncated", "2049-inputs"],
+    ids=["no-input", "number", "format", "chat-model", "truncated", "2049-inputs", "nested"],
 )
 def test_bad_embeddings_bodies(stack: Stack, headers: dict[str, str], body: bytes) -> None:
     r = httpx.post(f"{stack.base_url}/embeddings", content=body, headers=headers, timeout=10)
