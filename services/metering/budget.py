@@ -6,7 +6,9 @@ mutated record back with one compare-and-set, so the rules below hold across poo
 Admission: a request is admitted only if every pool can hold its worst-case cost (the prompt
 estimate plus ``max_output_tokens`` at the model's price, with ``shared.money.cost_credits``):
 ``used + open holds + this hold <= limit`` for the session, the week and, when the plan sets them,
-the monthly input/output token quotas.
+the monthly input/output token quotas. A request that names a floor (``min_output_tokens``) and does
+not fit whole is granted the largest output every pool can hold, down to that floor, in the same
+write; the reply says how much (``max_output_tokens``) and the gateway sends the provider that cap.
 
 Overshoot bound: a pool's spend can pass its limit by at most one request's ``actual - reserved``
 cost. Every admitted hold fits under the limit together with all the others, and a settlement
