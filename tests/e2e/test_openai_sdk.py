@@ -263,9 +263,9 @@ def test_budget_refusal_is_429_with_headers_and_no_retry(stack: Stack) -> None:
                                        messages=[{"role": "user", "content": "write a novel"}])
     assert served.choices[0].message.content
     with pytest.raises(openai.RateLimitError) as ei:
-        # 128 choices of at least the shortest granted cap each: more than the plan can hold at all
-        c.chat.completions.create(model="gpt-5.2", max_tokens=100_000, n=128,
-                                  messages=[{"role": "user", "content": "write a novel"}])
+        # a prompt of about 107k tokens: more than the free plan's monthly input quota (100k) holds
+        c.chat.completions.create(model="gpt-5.2", max_tokens=100_000,
+                                  messages=[{"role": "user", "content": "write a novel " * 23_000}])
     r = ei.value.response
     assert r.headers["x-should-retry"] == "false"
     for h in RATE_HEADERS:
