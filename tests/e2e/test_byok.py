@@ -31,6 +31,7 @@ providers:
       - {{id: openai-main, base_url: "{base_url}", api_key_env: JANUS_TEST_OPENAI_KEY}}
   - id: gemini
     kind: gemini
+    byok: true
     deployments:
       - {{id: gemini-main, base_url: "{gemini_url}", api_key_env: JANUS_TEST_OPENAI_KEY}}
 models:
