@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ROUTING_DATA ?= ../shared/data/routing
 
-.PHONY: install run test unit validate-deploy gen-deploy bench bench-metering bench-router token faults compose-keys \
+.PHONY: install test-tools run test unit validate-deploy gen-deploy bench bench-metering bench-router token faults compose-keys \
         train-router eval-routing lint soak clean
 
 $(STAMP): pyproject.toml
@@ -22,7 +22,7 @@ run: install
 
 ## make test: install and run the whole suite (unit, contract, integration, end to end, faults and
 ## scale-out, deploy checks, lint and types)
-test: install
+test: install test-tools
 	$(BIN)/python -m pytest
 	$(MAKE) validate-deploy
 	$(MAKE) lint
@@ -33,8 +33,14 @@ faults: install
 	$(BIN)/python -m pytest tests/faults tests/scale
 
 ## make unit: the suite without the fault and scale-out tests (a quicker loop while working)
-unit: install
+unit: install test-tools
 	$(BIN)/python -m pytest --ignore=tests/faults --ignore=tests/scale
+
+## programs the tests drive, from Debian's packages, installed with apt-get when missing: headless
+## chromium (the console's browser tests) and prometheus (the live dashboard test)
+test-tools:
+	@bash scripts/ensure-tool.sh chromium chromium fonts-dejavu-core >/dev/null
+	@bash scripts/ensure-tool.sh prometheus prometheus >/dev/null
 
 validate-deploy: install
 	bash deploy/validate.sh

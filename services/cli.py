@@ -25,8 +25,8 @@ from collections.abc import Sequence
 
 import structlog
 
-from services.metering.keys import KeyStore
 from shared import contract, subjects
+from shared.apikeys import KeyStore
 from shared.bus import Bus
 from shared.byok import ByokStore, Sealer, generate_key
 from shared.catalog import ConfigError, load_plans

@@ -112,6 +112,11 @@ USAGE_OVER_HOLD = Counter(
     "Settlements whose reported usage cost more than their hold (charged the hold only)",
     ["gen_ai_request_model"],
 )
+SETTLEMENTS_DEAD = Counter(
+    "janus_settlements_dead_lettered_total",
+    "Settlements metering could not apply and moved to the dead-letter stream, by reason",
+    ["reason"],
+)
 HOLDS_OPEN = Gauge("janus_holds_open", "Reservations not yet settled, as seen by this replica")
 HOLDS_REAPED = Counter("janus_holds_reaped_total", "Reservations released by the reaper")
 METER_OP_SECONDS = Histogram(

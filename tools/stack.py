@@ -43,6 +43,21 @@ def nats_server_binary() -> str:
     return found
 
 
+def debian_tool(command: str, *packages: str) -> str:
+    """The path of ``command``, installed from Debian's ``packages`` (default: a package of the
+    same name) by ``scripts/ensure-tool.sh`` when it is missing (the tests drive chromium and
+    prometheus; ``make test`` installs them first)."""
+    found = shutil.which(command)
+    if found:
+        return found
+    script = str(ROOT / "scripts" / "ensure-tool.sh")
+    done = subprocess.run(["bash", script, command, *(packages or (command,))],
+                          capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise RuntimeError(f"{command} is missing and could not be installed: {done.stderr[-2000:]}")
+    return done.stdout.strip().splitlines()[-1]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -617,6 +632,7 @@ def main() -> None:
 Janus is running.
 
   base URL   {stack.base_url}
+  console    {stack.base_url.removesuffix("/v1")}/console   (sign in with the dev token)
   NATS       {stack.nats.url}   (JetStream data in .janus/)
   logs       .janus/<service>.log
   dev token  {token}

@@ -1,7 +1,7 @@
 """Issued API keys (``sk-janus-...``): looked up by SHA-256 digest in JetStream KV, cached briefly.
 
     key -> sha256 hex -> cache hit?  -> Principal
-                       -> KV bucket subjects.KEYS_BUCKET -> ApiKeyRecord -> cache (positive, short)
+                       -> KV bucket subjects.KEYS_BUCKET -> KeyRecord -> cache (positive, short)
                        -> absent / revoked / expired      -> cache (negative, briefer) -> 401
 
 Every gateway replica subscribes to ``subjects.KEYS_REVOKED`` (a broadcast, no queue group) and
@@ -12,48 +12,26 @@ revocation is missed while NATS is down, the positive TTL bounds how long the ke
 
 Concurrent requests with the same uncached key share one KV read.
 
-The stored format is the key store's (``services/metering/keys.py``): KV key ``k.<sha256 hex>``, a
-msgpack map with at least ``user``, ``plan`` and ``revoked`` (unix seconds, absent while valid).
-Only those fields are read here; the rest (id, name, hint, created) is the store's business.
+The record, its format and the revocation broadcast live in ``shared.apikeys``; this module is the
+gateway's cache in front of them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 
 import msgspec
 
-from shared import contract, subjects
-from shared.bus import Bus, KeyNotFound, KeyValue, Msg, map_exception
+from shared import subjects
+from shared.apikeys import KeyRecord, decode_record, hash_key, record_key, watch_revocations
+from shared.bus import Bus, KeyNotFound, KeyValue, map_exception
 from shared.errors import JanusError, ServiceUnavailable
 from shared.logging import get_logger
 
 log = get_logger("gateway.apikeys")
 
-PREFIX = "sk-janus-"
 _MAX_CACHE = 50_000
-
-
-class ApiKeyRecord(msgspec.Struct):
-    """What the gateway reads of a key store record (unknown fields are ignored)."""
-
-    user: str
-    plan: str
-    revoked: float | None = None  # unix seconds; None while the key is valid
-    expires: float | None = None  # unix seconds; None: never
-
-
-_decode_record = msgspec.msgpack.Decoder(ApiKeyRecord).decode
-
-
-def key_hash(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
-
-
-def _kv_key(digest: str) -> str:
-    return f"k.{digest}"
 
 
 class ApiKeys:
@@ -62,8 +40,8 @@ class ApiKeys:
         self.negative_ttl = negative_ttl
         self.replicas = replicas
         # digest -> (record or None for "no such usable key", valid until)
-        self._cache: dict[str, tuple[ApiKeyRecord | None, float]] = {}
-        self._inflight: dict[str, asyncio.Future[ApiKeyRecord | None]] = {}
+        self._cache: dict[str, tuple[KeyRecord | None, float]] = {}
+        self._inflight: dict[str, asyncio.Future[KeyRecord | None]] = {}
         self._epoch = 0  # bumped by every revocation
         self._bus: Bus | None = None
         self._kv: KeyValue | None = None
@@ -71,23 +49,15 @@ class ApiKeys:
 
     async def start(self, bus: Bus) -> None:
         self._bus = bus
-        await bus.serve(subjects.KEYS_REVOKED, self._on_revoked, concurrency=16)
-
-    async def _on_revoked(self, msg: Msg) -> None:
-        try:
-            digest = contract.key_revoked_decoder.decode(msg.data).key_hash
-        except msgspec.DecodeError:
-            log.warning("bad_revocation_message")
-            return
-        self.revoke(digest)
+        await watch_revocations(bus, self.revoke)
 
     def revoke(self, digest: str) -> None:
         self._epoch += 1
         self._cache[digest] = (None, time.monotonic() + max(self.ttl, self.negative_ttl))
 
-    async def lookup(self, key: str) -> ApiKeyRecord | None:
+    async def lookup(self, key: str) -> KeyRecord | None:
         """The key's record when it is usable (exists, not revoked, not expired), else None."""
-        digest = key_hash(key)
+        digest = hash_key(key)
         now = time.monotonic()
         hit = self._cache.get(digest)
         if hit is not None and hit[1] > now:
@@ -95,7 +65,7 @@ class ApiKeys:
         pending = self._inflight.get(digest)
         if pending is not None:
             return _usable(await asyncio.shield(pending))
-        fut: asyncio.Future[ApiKeyRecord | None] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[KeyRecord | None] = asyncio.get_running_loop().create_future()
         self._inflight[digest] = fut
         epoch = self._epoch
         try:
@@ -111,10 +81,10 @@ class ApiKeys:
             self._remember(digest, record)
         return _usable(record)
 
-    async def _read(self, digest: str) -> ApiKeyRecord | None:
+    async def _read(self, digest: str) -> KeyRecord | None:
         try:
             kv = await self._bucket()
-            value, _ = await Bus.kv_get(kv, _kv_key(digest))
+            value, _ = await Bus.kv_get(kv, record_key(digest))
         except KeyNotFound:
             return None
         except JanusError:
@@ -125,7 +95,7 @@ class ApiKeys:
             raise ServiceUnavailable("The API key store is unavailable; try again shortly.",
                                      code="key_store_unavailable") from err
         try:
-            return _decode_record(value)
+            return decode_record(value)
         except (msgspec.DecodeError, msgspec.ValidationError):
             log.warning("bad_key_record")
             return None
@@ -139,7 +109,7 @@ class ApiKeys:
                     self._kv = await self._bus.kv(subjects.KEYS_BUCKET, create=False, wait=0)
         return self._kv
 
-    def _remember(self, digest: str, record: ApiKeyRecord | None) -> None:
+    def _remember(self, digest: str, record: KeyRecord | None) -> None:
         cache = self._cache
         if len(cache) >= _MAX_CACHE:
             now = time.monotonic()
@@ -156,7 +126,7 @@ class ApiKeys:
         cache[digest] = (record, time.monotonic() + ttl)
 
 
-def _usable(record: ApiKeyRecord | None) -> ApiKeyRecord | None:
+def _usable(record: KeyRecord | None) -> KeyRecord | None:
     if record is None or record.revoked is not None:
         return None
     if record.expires is not None and record.expires <= time.time():

@@ -19,11 +19,11 @@ from typing import Any
 
 import msgspec
 
-from services.gateway.apikeys import PREFIX as API_KEY_PREFIX
 from services.gateway.apikeys import ApiKeys
 from services.gateway.jwt_verify import JwtVerifier, fail
 from services.gateway.settings import GatewaySettings
 from shared import metrics
+from shared.apikeys import PREFIX as API_KEY_PREFIX
 from shared.catalog import Plans
 from shared.errors import PermissionDenied
 
@@ -32,6 +32,8 @@ class Principal(msgspec.Struct, frozen=True):
     user: str
     email: str
     plan: str
+    key_id: str = ""  # set when the caller signed in with an issued API key rather than a JWT
+    admin: bool = False  # the JWT carries the operator role (see ``admin_claim``)
 
 
 class Authenticator:
@@ -41,6 +43,7 @@ class Authenticator:
         self._plans = plans
         self._max_token = settings.max_token_bytes
         self._leeway = settings.jwt_leeway_seconds
+        self._admin_role = settings.admin_role
         self._cache_size = max(1, settings.auth_cache_size)
         self._cache_seconds = settings.auth_cache_seconds
         # token -> (principal, token usable until, cached until, key revision); insertion order doubles
@@ -74,7 +77,7 @@ class Authenticator:
         record = await self.api_keys.lookup(token)
         if record is None:
             raise fail("api_key", "Incorrect API key provided.")
-        return Principal(record.user, "", self._plan(record.plan))
+        return Principal(record.user, "", self._plan(record.plan), key_id=record.id)
 
     def _principal(self, claims: dict[str, Any]) -> tuple[Principal, float]:
         user, exp = claims.get("sub"), claims.get("exp")
@@ -84,7 +87,18 @@ class Authenticator:
             raise fail("claims", "The access token's 'exp' claim must be a number.")
         plan = claims.get("plan") or claims.get("tier") or self._plans.default_plan
         email = claims.get("email")
-        return Principal(user, email if isinstance(email, str) else "", self._plan(plan)), float(exp)
+        return Principal(user, email if isinstance(email, str) else "", self._plan(plan),
+                         admin=self._is_admin(claims)), float(exp)
+
+    def _is_admin(self, claims: dict[str, Any]) -> bool:
+        """The operator role: ``roles`` (a list, as Keycloak and most IdPs issue it) or ``role``
+        (a string) names ``admin_role``. Only a signed JWT can carry it; an API key never does."""
+        if not self._admin_role:
+            return False
+        roles = claims.get("roles")
+        if isinstance(roles, list) and self._admin_role in roles:
+            return True
+        return claims.get("role") == self._admin_role
 
     def _plan(self, plan: object) -> str:
         if not isinstance(plan, str) or self._plans.get(plan) is None:

@@ -1,11 +1,31 @@
-"""``/v1/models`` served from the gateway's own catalog load: every body is encoded once, at start."""
+"""``/v1/models`` served from the gateway's own catalog load: every body is encoded once, at start.
+
+Each model object is OpenAI's (``id``, ``object``, ``created``, ``owned_by``) plus a ``janus`` object
+with what a client choosing a model needs: kind, context window, output cap, capabilities and the
+price in USD per 1M tokens (which is also credits per token). It sits under its own name so it can
+never collide with a field OpenAI adds.
+"""
 
 from __future__ import annotations
 
 import msgspec
 
-from shared.catalog import Catalog
+from shared.catalog import Catalog, Model
 from shared.errors import ModelNotFound
+
+
+class Pricing(msgspec.Struct):
+    input: float
+    output: float
+    cached_input: float
+
+
+class Details(msgspec.Struct):
+    kind: str
+    context_window: int
+    max_output_tokens: int
+    capabilities: list[str]
+    price: Pricing  # USD per 1M tokens
 
 
 class ModelObject(msgspec.Struct):
@@ -13,6 +33,15 @@ class ModelObject(msgspec.Struct):
     created: int
     owned_by: str
     object: str = "model"
+    janus: Details | None = None
+
+
+def _object(name: str, m: Model) -> ModelObject:
+    p = m.price
+    cached = p.input if p.cached_input is None else p.cached_input
+    details = Details(m.kind, m.context_window, m.max_output_tokens, list(m.capabilities),
+                      Pricing(p.input, p.output, cached))
+    return ModelObject(name, m.created, m.owned_by, janus=details)
 
 
 class ModelList(msgspec.Struct):
@@ -25,11 +54,11 @@ _encode = msgspec.json.Encoder().encode
 
 class ModelIndex:
     def __init__(self, catalog: Catalog) -> None:
-        objects = [ModelObject(m.id, m.created, m.owned_by) for m in catalog.models]
+        objects = [_object(m.id, m) for m in catalog.models]
         self.list_body = _encode(ModelList(objects))
         # an alias answers under the name it was asked by, as OpenAI answers for its own aliases
         self._bodies = {
-            name: _encode(ModelObject(name, m.created, m.owned_by))
+            name: _encode(_object(name, m))
             for name, m in catalog.model_by_name.items()
         }
 

@@ -19,7 +19,7 @@ from services.router.health import STATE_NAMES
 from services.router.policy import Policy
 from shared import metrics, subjects
 from shared.bus import Bus, Msg
-from shared.contract import encode, error_reply, health_decoder, route_request_decoder
+from shared.contract import UsageReply, encode, error_reply, health_decoder, route_request_decoder
 from shared.errors import InvalidRequest, JanusError
 from shared.logging import get_logger
 from shared.service import Service
@@ -61,6 +61,8 @@ class RouterService(Service):
         # (targets.order has nothing to draw or rank), so it is the same for every such request
         self._stable = frozenset(m.id for m in self.policy.catalog.models if len(m.serve) == 1)
         await bus.serve(subjects.HEALTH, self._on_health, concurrency=64)
+        await bus.serve(subjects.ROUTE_HEALTH, self._on_health_view, queue=subjects.ROUTER_QUEUE,
+                        concurrency=4)
         await bus.serve(subjects.ROUTE, self._on_route, queue=subjects.ROUTER_QUEUE,
                         concurrency=self.settings.concurrency)
         await bus.flush()
@@ -114,6 +116,11 @@ class RouterService(Service):
                      decision_ms=round(elapsed * 1000, 3))
         await msg.respond(encode(plan))
 
+    async def _on_health_view(self, msg: Msg) -> None:
+        assert self.policy is not None
+        if msg.reply:
+            await msg.respond(encode(UsageReply(health_document(self.policy, self.clock()))))
+
     async def _on_health(self, msg: Msg) -> None:
         assert self.policy is not None
         try:
@@ -124,6 +131,26 @@ class RouterService(Service):
         if report.deployment not in self.policy.catalog.deployment_by_id:
             return
         self.policy.health.report(report, self.clock())
+
+
+_json = msgspec.json.Encoder()
+
+
+def health_document(policy: Policy, now: float) -> bytes:
+    """Every deployment of the catalog with this router's view of its health."""
+    snap = policy.health.snapshot()
+    rows = []
+    for dep_id, (provider, _) in sorted(policy.catalog.deployment_by_id.items()):
+        h = snap.get(dep_id)
+        state = policy.health.refresh(dep_id, now) if h is not None else 0
+        rows.append({
+            "deployment": dep_id, "provider": provider.id,
+            "state": STATE_NAMES[state],
+            "error_rate": round(h.error_rate, 4) if h else 0.0,
+            "latency_seconds": None if h is None or h.latency is None else round(h.latency, 4),
+            "consecutive_failures": h.failures if h else 0,
+        })
+    return _json.encode({"object": "deployments", "data": rows})
 
 
 def _publish_state(deployment: str, state: int) -> None:

@@ -26,10 +26,12 @@ CATALOG = """
 providers:
   - id: openai
     kind: openai_compat
+    byok: true
     deployments:
       - {{id: openai-main, base_url: "{base_url}", api_key_env: JANUS_TEST_OPENAI_KEY}}
   - id: gemini
     kind: gemini
+    byok: true
     deployments:
       - {{id: gemini-main, base_url: "{gemini_url}", api_key_env: JANUS_TEST_OPENAI_KEY}}
 models:
@@ -162,7 +164,7 @@ async def test_own_key_over_http_is_sealed_listed_masked_used_and_deleted(tmp_pa
                 assert abs(entry["created"] - time.time()) < 120
 
                 listed = (await c.get(f"{base}/byok", headers=alice)).json()
-                assert listed == {"object": "list", "data": [entry]}
+                assert listed == {"object": "list", "data": [entry], "providers": ["gemini", "openai"]}
 
                 # sealed at rest with the deployment's key, bound to the user: the worker opens it
                 bus = await Bus.connect(stack.nats.url, "test")
@@ -194,7 +196,8 @@ async def test_own_key_over_http_is_sealed_listed_masked_used_and_deleted(tmp_pa
                 upstream.faults.status = 500
 
                 # another user sees none of it and cannot delete it
-                assert (await c.get(f"{base}/byok", headers=bob)).json() == {"object": "list", "data": []}
+                bobs = (await c.get(f"{base}/byok", headers=bob)).json()
+                assert bobs == {"object": "list", "data": [], "providers": ["gemini", "openai"]}
                 gone = await c.delete(f"{base}/byok/openai", headers=bob)
                 assert gone.status_code == 404 and gone.json()["error"]["code"] == "not_found"
                 r = await c.post(f"{base}/chat/completions", json=chat, headers=bob)
@@ -205,8 +208,9 @@ async def test_own_key_over_http_is_sealed_listed_masked_used_and_deleted(tmp_pa
                 # unknown providers and bad bodies: OpenAI-shaped errors that never repeat the key
                 unknown = await c.put(f"{base}/byok/no-such-provider", json={"api_key": USER_KEY},
                                       headers=alice)
-                assert unknown.status_code == 404
-                assert unknown.json()["error"]["code"] == "provider_not_found"
+                assert unknown.status_code == 400
+                assert unknown.json()["error"]["code"] == "byok_not_supported"
+                assert "openai" in unknown.json()["error"]["message"]
                 assert (await c.delete(f"{base}/byok/no-such-provider", headers=alice)).status_code == 404
                 bad_bodies: list[bytes] = [b"not json", b"[]", b"{}", b'{"api_key": 12345678}',
                                            b'{"api_key": "short"}', b'{"api_key": "sk-has a space-123456"}',

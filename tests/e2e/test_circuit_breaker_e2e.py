@@ -17,7 +17,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from tests.fakes.host import stack_on_fakes
+from tests.fakes.host import FALLBACK_CATALOG, stack_on_fakes
 from tests.fakes.openai_compat_upstream import OpenAICompatUpstream
 from tests.fixtures import wire
 from tests.fixtures.replay import Fail, ReplayUpstream
@@ -29,20 +29,6 @@ THRESHOLD = 3  # consecutive retryable failures that open the circuit
 COOLDOWN = 4.0  # seconds open before a trial call is allowed
 CLOSED, OPEN = 0, 2  # janus_circuit_state values
 
-CATALOG = """
-providers:
-  - id: compat
-    kind: openai_compat
-    deployments:
-      - {{id: primary, base_url: "{primary}/v1", api_key_env: JANUS_E2E_KEY}}
-      - {{id: backup, base_url: "{backup}/v1", api_key_env: JANUS_E2E_KEY}}
-models:
-  - id: chat
-    owned_by: compat
-    capabilities: [streaming]
-    price: {{input: 1.0, output: 2.0}}
-    serve: [{{deployment: primary, model: up}}, {{deployment: backup, model: up, weight: 0}}]
-"""
 PLANS = """
 default_plan: pro
 plans:
@@ -95,7 +81,7 @@ class World:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     def config(fakes: dict[str, ReplayUpstream]) -> dict[str, str]:
         urls = {name: fake.base_url for name, fake in fakes.items()}
-        return {"catalog.yaml": CATALOG.format(**urls), "plans.yaml": PLANS, "routing.yaml": ROUTING}
+        return {"catalog.yaml": FALLBACK_CATALOG.format(**urls), "plans.yaml": PLANS, "routing.yaml": ROUTING}
 
     fakes: dict[str, ReplayUpstream] = {"primary": OpenAICompatUpstream(), "backup": OpenAICompatUpstream()}
     with stack_on_fakes(tmp_path_factory.mktemp("breaker"), fakes, config,

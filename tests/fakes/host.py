@@ -36,6 +36,24 @@ class FakeHost:
         self.loop.close()
 
 
+# One model served by two deployments of an OpenAI-compatible provider, each on its own fake
+# upstream: ``primary`` takes all traffic, ``backup`` (weight 0) is only the fallback. Format it with
+# the fakes' base URLs (``primary=..., backup=...``); the key is read from ``JANUS_E2E_KEY``.
+FALLBACK_CATALOG = """
+providers:
+  - id: compat
+    kind: openai_compat
+    deployments:
+      - {{id: primary, base_url: "{primary}/v1", api_key_env: JANUS_E2E_KEY}}
+      - {{id: backup, base_url: "{backup}/v1", api_key_env: JANUS_E2E_KEY}}
+models:
+  - id: chat
+    owned_by: compat
+    capabilities: [streaming]
+    price: {{input: 1.0, output: 2.0}}
+    serve: [{{deployment: primary, model: up}}, {{deployment: backup, model: up, weight: 0}}]
+"""
+
 Config = Callable[[dict[str, ReplayUpstream]], dict[str, str]]
 
 

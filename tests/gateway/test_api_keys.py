@@ -1,4 +1,4 @@
-"""Issued API keys, created and revoked with the metering key store itself (``services.metering.keys``),
+"""Issued API keys, created and revoked with the metering key store itself (``shared.apikeys``),
 are accepted wherever a JWT is and refused on every gateway within a second of the revocation."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import aiohttp
 import msgspec
 import pytest
 
-from services.metering.keys import KeyRecord, KeyStore, hash_key
+from shared.apikeys import KeyRecord, KeyStore, hash_key
 from shared.bus import Bus
 from tests.gateway import fakes as F
 from tests.gateway.conftest import Gateway, start_gateway

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
-from services.metering.keys import KeyStore
+from shared.apikeys import KeyStore
 from shared.bus import Bus
 from tests.fakes.openai_upstream import OpenAIUpstream
 from tools.stack import ROOT, Stack, start_stack

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from services.metering.keys import KeyStore, hash_key, watch_revocations
 from shared import subjects
+from shared.apikeys import KeyStore, hash_key, watch_revocations
 from shared.bus import Bus
 from shared.byok import ByokStore, Sealer, generate_key
 from shared.errors import JanusError, NotFound

@@ -37,13 +37,24 @@ ALLOWED: dict[str, list[tuple[str, str]]] = {
         (PUB, subjects.SETTLE),
         (PUB, subjects.work("fake")),
         (PUB, subjects.WORK_CANCEL),
+        (PUB, subjects.ROUTE_HEALTH),
+        (PUB, subjects.METER_RENEW),
+        (PUB, subjects.METER_DAILY),
+        (PUB, subjects.METER_ADMIN),
         (PUB, KEYS_GET),
+        (PUB, "$KV.janus_keys.k.0123"),  # a signed-in caller's own key (POST/DELETE /v1/keys)
+        (PUB, subjects.KEYS_REVOKED),
         (PUB, BYOK_GET),
         (PUB, "$KV.janus_byok.y.u.alice.openai"),
         (SUB, subjects.KEYS_REVOKED),
         (SUB, "_INBOX.gateway.abc.*"),
     ],
-    "router": [(SUB, subjects.ROUTE), (SUB, subjects.HEALTH), (SUB, "_INBOX.router.>")],
+    "router": [
+        (SUB, subjects.ROUTE),
+        (SUB, subjects.ROUTE_HEALTH),
+        (SUB, subjects.HEALTH),
+        (SUB, "_INBOX.router.>"),
+    ],
     "worker": [
         (SUB, subjects.work("fake")),
         (SUB, subjects.WORK_CANCEL),
@@ -54,7 +65,15 @@ ALLOWED: dict[str, list[tuple[str, str]]] = {
     "metering": [
         (SUB, subjects.METER_RESERVE),
         (SUB, subjects.METER_USAGE),
+        (SUB, subjects.METER_RENEW),
+        (SUB, subjects.METER_DAILY),
+        (SUB, subjects.METER_ADMIN),
         (PUB, subjects.LEDGER),
+        (PUB, subjects.SETTLE_DEAD),
+        (PUB, "$JS.API.STREAM.CREATE.JANUS_SETTLE_DEAD"),
+        (PUB, "$KV.janus_daily.d.u.alice"),
+        (PUB, "$JS.API.CONSUMER.MSG.NEXT.JANUS_LEDGER.daily"),
+        (PUB, "$JS.ACK.JANUS_LEDGER.daily.1.1.1.1.1"),
         (PUB, "$KV.janus_budget.b.u.alice"),
         (PUB, "$JS.ACK.JANUS_SETTLE.metering.1.1.1.1.1"),
         (PUB, "$JS.API.CONSUMER.MSG.NEXT.JANUS_SETTLE.metering"),
@@ -71,8 +90,12 @@ ALLOWED: dict[str, list[tuple[str, str]]] = {
 # one forbidden action for each other role's business, per identity
 FORBIDDEN: dict[str, list[tuple[str, str]]] = {
     "gateway": [
-        (PUB, "$KV.janus_keys.k.0123"),  # mint an API key
+        (PUB, "$JS.API.STREAM.CREATE.KV_janus_keys"),  # make or reshape the key bucket
+        (PUB, "$JS.API.STREAM.DELETE.KV_janus_keys"),  # drop every key
+        (PUB, "$JS.API.CONSUMER.CREATE.KV_janus_keys"),  # list every user's keys
         (PUB, "$KV.janus_budget.b.u.alice"),  # rewrite a budget
+        (PUB, "$KV.janus_daily.d.u.alice"),  # rewrite usage history
+        (PUB, subjects.SETTLE_DEAD),  # forge a dead letter
         (PUB, subjects.HEALTH),  # report false health
         (PUB, subjects.LEDGER),  # forge the ledger
         (SUB, subjects.work("fake")),  # take a worker's work
@@ -85,6 +108,9 @@ FORBIDDEN: dict[str, list[tuple[str, str]]] = {
         (PUB, subjects.work("fake")),
         (PUB, subjects.HEALTH),
         (PUB, subjects.SETTLE),
+        (PUB, "$KV.janus_keys.k.0123"),  # mint an API key
+        (PUB, subjects.KEYS_REVOKED),
+        (PUB, subjects.METER_RENEW),
         (SUB, "_INBOX.gateway.>"),
         (SUB, subjects.work("fake")),
     ],
@@ -95,14 +121,17 @@ FORBIDDEN: dict[str, list[tuple[str, str]]] = {
         (PUB, subjects.work("fake")),  # forge work
         (PUB, "$KV.janus_budget.b.u.alice"),
         (PUB, "$KV.janus_byok.y.u.alice.openai"),  # overwrite a user's provider key
-        (PUB, "$KV.janus_keys.k.0123"),
+        (PUB, "$KV.janus_keys.k.0123"),  # mint an API key
         (PUB, subjects.KEYS_REVOKED),
+        (PUB, subjects.METER_RENEW),  # keep holds from the reaper
+        (PUB, "$KV.janus_daily.d.u.alice"),
         (PUB, subjects.ROUTE),
         (SUB, subjects.SETTLE),
         (SUB, subjects.ROUTE),
     ],
     "metering": [
-        (PUB, "$KV.janus_keys.k.0123"),
+        (PUB, "$KV.janus_keys.k.0123"),  # mint an API key
+        (PUB, subjects.KEYS_REVOKED),
         (PUB, BYOK_GET),
         (PUB, subjects.work("fake")),
         (SUB, subjects.work("fake")),
@@ -219,7 +248,9 @@ async def test_a_worker_answers_only_the_requests_it_received(server: NatsServer
         await worker.close()
 
 
-async def test_key_records_read_by_gateways_written_by_the_operator(server: NatsServer) -> None:
+async def test_key_records_written_by_the_operator_and_by_gateways(server: NatsServer) -> None:
+    """The operator makes the bucket and a key; a gateway reads it and writes a caller's own key
+    (self-service keys), which the operator then reads: records only, the bucket is not its to make."""
     operator, gateway = await connect(server, "operator"), await connect(server, "gateway")
     try:
         keys = await operator.kv(subjects.KEYS_BUCKET)
@@ -228,6 +259,8 @@ async def test_key_records_read_by_gateways_written_by_the_operator(server: Nats
         assert (await Bus.kv_get(seen, "k.0123"))[0] == b"record"
         with pytest.raises(KeyNotFound):
             await Bus.kv_get(seen, "k.absent")
+        await Bus.kv_put(seen, "k.4567", b"own key")
+        assert (await Bus.kv_get(keys, "k.4567"))[0] == b"own key"
     finally:
         await operator.close()
         await gateway.close()

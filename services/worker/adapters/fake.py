@@ -37,15 +37,15 @@ from services.worker.adapters.base import (
     ToolCallDelta,
     UsageEvent,
     input_tokens,
+    json_encode,
     json_text,
-    max_tokens_of,
     option,
+    output_cap,
     single_choice,
     stop_list,
     text_of,
 )
-from services.worker.openai import estimate_prompt_tokens
-from shared import tokens
+from shared import prompt, tokens
 from shared.contract import Usage
 
 WORDS = (
@@ -63,6 +63,11 @@ def _digest(*parts: str) -> bytes:
         h.update(p.encode("utf-8", "replace"))
         h.update(b"\x00")
     return h.digest()
+
+
+def prompt_estimate(ctx: ChatContext) -> int:
+    """The shared estimate, for a context built without one (adapter tests)."""
+    return prompt.estimate_body(json_encode(ctx.body))
 
 
 def _last_user_text(body: dict[str, Any]) -> str:
@@ -148,7 +153,7 @@ class FakeAdapter:
         body = ctx.body
         single_choice(body)
         prompt = _last_user_text(body)
-        prompt_tokens = estimate_prompt_tokens(body)
+        prompt_tokens = ctx.prompt_tokens or prompt_estimate(ctx)
         latency, per_token = self._pace(ctx)
         if latency:
             await asyncio.sleep(latency)
@@ -172,7 +177,7 @@ class FakeAdapter:
             yield UsageEvent(Usage(prompt_tokens=prompt_tokens, completion_tokens=completion))
             return
         words = answer_words(prompt, ctx.upstream_model)
-        limit = max_tokens_of(body)
+        limit = output_cap(ctx)
         stops = stop_list(body)
         reason = "stop"
         if limit is not None and limit < len(words):
