@@ -122,12 +122,23 @@ def test_an_admission_answers_the_pools_a_fresh_count_gives(ops: list[tuple[str,
 def test_each_model_of_a_fallback_is_charged_at_its_own_price() -> None:
     rec = Record(user="u")
     dear = PriceUnits(input=5_000_000, cached_input=5_000_000, output=5_000_000)  # 5 credits a token
-    assert budget.reserve(rec, req("a", 10, 20), RULES, dear, NOW)[0].admitted
+    # held for 40 tokens at the dearer price: room for the answer and the failed attempt's tokens
+    assert budget.reserve(rec, req("a", 20, 20), RULES, dear, NOW)[0].admitted
     s = Settlement("a", "u", "p", "dear", Usage(10, 20), other=[ModelUsage("m", Usage(7, 0))])
     out, _ = budget.settle(rec, s, RULES, dear, NOW, Bounds(), prices={"m": PRICE, "dear": dear})
-    assert out.entry.credits == 30 * 5 + 7 == rec.session_used
+    assert out.entry.credits == 30 * 5 + 7 == rec.session_used and out.over_hold == 0
     assert (rec.week_by_model["dear"].credits, rec.week_by_model["m"].credits) == (150, 7)
     assert rec.month_input_tokens == 17 and rec.week_by_bot["default"].credits == 157
+
+
+def test_a_fallback_reporting_more_than_its_hold_is_charged_the_hold_split_over_its_models() -> None:
+    rec = Record(user="u")
+    assert budget.reserve(rec, req("a", 10, 20), RULES, PRICE, NOW)[0].admitted  # 30 credits
+    s = Settlement("a", "u", "p", "m", Usage(10, 20), other=[ModelUsage("n", Usage(50, 0))])
+    out, _ = budget.settle(rec, s, RULES, PRICE, NOW, Bounds(), prices={"n": PRICE})
+    assert out.entry.credits == 30 == rec.session_used and out.over_hold == 50
+    # the answer's model keeps its cost; the attempt before it gets what is left of the hold
+    assert (rec.week_by_model["m"].credits, rec.week_by_model["n"].credits) == (30, 0)
 
 
 def test_a_renewed_hold_is_never_reaped_and_an_abandoned_one_is() -> None:
