@@ -27,7 +27,7 @@ from shared.bus import Bus
 from shared.catalog import ConfigError
 from shared.errors import JanusError
 from shared.logging import configure, get_logger
-from shared.settings import CommonSettings, load_settings
+from shared.settings import NATS_DRAIN_SECONDS, CommonSettings, load_settings
 
 log = get_logger("service")
 
@@ -117,14 +117,15 @@ async def serve(svc: Service) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
 
-    log.info("stopping", grace_seconds=common.shutdown_grace_seconds)
+    grace = common.drain_grace()
+    log.info("stopping", grace_seconds=grace)
     svc.stopping = True  # /readyz flips first, so load balancers stop sending work
     try:
-        await asyncio.wait_for(svc.stop(), common.shutdown_grace_seconds)
+        await asyncio.wait_for(svc.stop(), grace)
     except TimeoutError:
         log.warning("stop_grace_exceeded")
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(bus.drain(), 10)
+        await asyncio.wait_for(bus.drain(), NATS_DRAIN_SECONDS)
     await ops.cleanup()
     log.info("stopped")
 

@@ -23,7 +23,6 @@ class GatewaySettings(CommonSettings, kw_only=True):
     # de-duplication window (20 min), which is what makes the retries safe
     settle_deadline_seconds: float = 60.0
     cancel_wait_seconds: float = 5.0  # after a cancel, how long to wait for the worker's usage
-    request_deadline_seconds: float = 600.0  # sent to workers as Janus-Deadline
     # a write to a client that does not read for this long ends the request (499), charged for
     # what was produced: a stalled reader must not keep a request, its worker and its hold alive
     stream_write_timeout_seconds: float = 30.0

@@ -156,7 +156,7 @@ class MeteringService(Service):
         if settle is not None:
             # the settle loop finishes the batch in hand; what it has not acked is redelivered
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(settle, self.settings.shutdown_grace_seconds)
+                await asyncio.wait_for(settle, self.settings.drain_grace())
         if self._sub is not None:
             # a pull subscription left behind after a timed-out fetch stalls the connection's
             # drain for its whole timeout
