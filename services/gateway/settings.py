@@ -15,6 +15,9 @@ class GatewaySettings(CommonSettings, kw_only=True):
     min_output_tokens: int = 256
     first_frame_timeout_seconds: float = 5.0  # the worker's Accepted must arrive within this
     stall_timeout_seconds: float = 30.0  # between frames; workers heartbeat well inside it
+    # a stream waiting this long for its first token (or silent this long) gets an SSE comment;
+    # below the 30-60 s idle timeout of common cloud load balancers
+    sse_keepalive_seconds: float = 15.0
     max_attempts: int = 3
     route_timeout_seconds: float = 2.0
     reserve_timeout_seconds: float = 2.0
