@@ -107,6 +107,8 @@ METERING: list[Panel] = [
     P("Compare-and-set retries", "short", ("retries", _rate("janus_metering_cas_retries_total"))),
     P("Changes per KV write (group commit), p50", "short",
       ("p50", _p(0.5, "janus_metering_commit_operations"))),
+    P("JetStream writes refused (full: the store or a stream limit is reached)", "ops",
+      ("{{store}} {{reason}}", _rate("janus_jetstream_write_errors_total", "store, reason"))),
 ]
 
 ROUTING: list[Panel] = [

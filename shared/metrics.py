@@ -32,6 +32,12 @@ _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 _FAST = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
 
 # --- every service
+JETSTREAM_WRITE_ERRORS = Counter(
+    "janus_jetstream_write_errors_total",
+    "JetStream writes (KV updates, stream publishes) refused or not acknowledged; reason 'full': the "
+    "store or a stream's limit is reached",
+    ["store", "reason"],
+)
 NATS_CONNECTED = Gauge("janus_nats_connected", "1 while the service is connected to NATS")
 UP_INFO = Gauge("janus_service_info", "Constant 1, labelled with the service name", ["service"])
 

@@ -93,6 +93,11 @@ class MeteringSettings(CommonSettings, kw_only=True):
     bots_per_week: int = 100  # distinct X-Bot-ID tallies per user per week; the rest fold into "other"
     concurrency: int = 512
     rate_window_seconds: int = 60  # the window requests_per_minute counts in (shorter only in tests)
+    # the ledger stream's retention: entries older than this, or past this size, are dropped oldest
+    # first (0: no limit). max_bytes must fit in the JetStream store (max_file_store) with the
+    # budget buckets beside it: each overlay sets it for its volume
+    ledger_max_age_seconds: int = 90 * 86400
+    ledger_max_bytes: int = 256 * 1024 * 1024
 
 
 class MeteringService(Service):
@@ -131,7 +136,8 @@ class MeteringService(Service):
         kv = await bus.kv(subjects.BUDGET_BUCKET, replicas=replicas)
         self.store = BudgetStore(kv)
         await ensure_settlement_stream(bus, replicas)
-        await ensure_ledger_stream(bus, replicas)
+        await ensure_ledger_stream(bus, replicas, max_age=self.settings.ledger_max_age_seconds,
+                                   max_bytes=self.settings.ledger_max_bytes)
         await ensure_dead_letter_stream(bus, replicas)
         sub = self._sub = await bus.pull_consumer(subjects.SETTLE_STREAM, SETTLE_DURABLE, subjects.SETTLE,
                                                   ack_wait=self.settings.settle_ack_wait_seconds,

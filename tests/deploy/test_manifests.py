@@ -49,13 +49,14 @@ def container(name: str) -> dict[str, Any]:
 def settings_fields(service: str) -> set[str]:
     """JANUS_* names the service reads: its settings class when it exists, else the common ones."""
     fields = set(CommonSettings.__struct_fields__)
-    try:
-        mod = importlib.import_module(f"services.{service}.settings")
-    except ImportError:
-        mod = None
-    for obj in vars(mod).values() if mod else []:
-        if isinstance(obj, type) and issubclass(obj, CommonSettings):
-            fields |= set(obj.__struct_fields__)
+    for module in ("settings", "service"):  # metering keeps its settings beside its service
+        try:
+            mod = importlib.import_module(f"services.{service}.{module}")
+        except ImportError:
+            continue
+        for obj in vars(mod).values():
+            if isinstance(obj, type) and issubclass(obj, CommonSettings):
+                fields |= set(obj.__struct_fields__)
     return {"JANUS_" + f.upper() for f in fields}
 
 
