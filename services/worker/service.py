@@ -101,6 +101,13 @@ class WorkerService(Service):
         self.health: HealthTracker | None = None
         self.calls: dict[str, set[asyncio.Task[Any]]] = {}
         self.in_flight = 0
+        # per provider and per deployment: a slow upstream fills its own share, never another's
+        self.caps = {pid: common.provider_cap(p.max_concurrency, len(self.providers))
+                     for pid, p in self.providers.items()}
+        self.deployment_caps = {d.id: d.max_concurrency for p in self.providers.values()
+                                for d in p.deployments if d.max_concurrency}
+        self.provider_busy: dict[str, int] = dict.fromkeys(self.caps, 0)
+        self.deployment_busy: dict[str, int] = dict.fromkeys(self.deployment_caps, 0)
         self._idle = asyncio.Event()  # set whenever no call is in flight (for a graceful stop)
         self._work_subs: list[Any] = []
         self._started = False
@@ -123,16 +130,17 @@ class WorkerService(Service):
         await bus.serve(subjects.WORK_CANCEL, self._on_cancel, concurrency=64)
         cap = self.settings.max_concurrency
         for pid in self.providers:
-            metrics.WORKER_CAPACITY.labels(pid).set(cap)
+            metrics.WORKER_CAPACITY.labels(pid).set(self.caps[pid])
             metrics.WORKER_IN_FLIGHT.labels(pid).set(0)
             # the subscription admits a little more than the capacity, so that excess work is
             # refused at once (and the gateway falls back) rather than left waiting unanswered
             sub = await bus.serve(subjects.work(pid), self._on_work, queue=subjects.work_queue(pid),
-                                  concurrency=cap + 64)
+                                  concurrency=self.caps[pid] + 64)
             self._work_subs.append(sub)
         await bus.flush()
         self._started = True
-        log.info("worker_serving", providers=list(self.providers), capacity=cap, worker=self.worker_id)
+        log.info("worker_serving", providers=self.caps, deployments=self.deployment_caps, capacity=cap,
+                 worker=self.worker_id)
 
     async def stop(self) -> None:
         # stop taking work first; in-flight calls finish (the lifecycle bounds the wait)
@@ -173,8 +181,11 @@ class WorkerService(Service):
             await r.send(Failed(seq=r.next(), error=InvalidRequest("malformed work request").to_wire()))
             return
         await r.send(Accepted(seq=r.next(), worker=self.worker_id))
-        if self.in_flight >= self.settings.max_concurrency or self.stopping:
-            err = ServiceUnavailable("the provider worker is at capacity", code="worker_busy")
+        full = self._full(req)
+        if full or self.stopping:
+            # retryable: the gateway moves on to another replica or the plan's next deployment
+            err = ServiceUnavailable(f"the provider worker is at capacity for {full or 'new work'}",
+                                     code="worker_busy")
             await r.send(Failed(seq=r.next(), error=err.to_wire()))
             return
         task = asyncio.current_task()
@@ -182,6 +193,10 @@ class WorkerService(Service):
         tasks = self.calls.setdefault(req.request_id, set())
         tasks.add(task)
         self.in_flight += 1
+        held = [(busy, k) for busy, k in ((self.provider_busy, req.provider),
+                                           (self.deployment_busy, req.deployment)) if k in busy]
+        for busy, k in held:
+            busy[k] += 1
         # a label only ever names a provider this worker serves (bounded cardinality)
         label = req.provider if req.provider in self.providers else "unknown"
         _IN_FLIGHT(label).inc()
@@ -194,9 +209,21 @@ class WorkerService(Service):
             if not tasks:
                 self.calls.pop(req.request_id, None)
             self.in_flight -= 1
+            for busy, k in held:
+                busy[k] -= 1
             _IN_FLIGHT(label).dec()
             if not self.in_flight:
                 self._idle.set()
+
+    def _full(self, req: WorkRequest) -> str:
+        """What is at its cap for this work ('' when there is room): the pod, provider or deployment."""
+        if self.in_flight >= self.settings.max_concurrency:
+            return "this worker"
+        if self.provider_busy.get(req.provider, 0) >= self.caps.get(req.provider, 1 << 30):
+            return f"provider {req.provider!r}"
+        if self.deployment_busy.get(req.deployment, 0) >= self.deployment_caps.get(req.deployment, 1 << 30):
+            return f"deployment {req.deployment!r}"
+        return ""
 
     async def _user_key(self, req: WorkRequest) -> str:
         """The caller's own key for this provider (bring your own key); never logged."""
