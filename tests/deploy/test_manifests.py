@@ -7,6 +7,7 @@ deploy/validate.sh), so these checks need nothing but the repository.
 from __future__ import annotations
 
 import importlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -288,3 +289,17 @@ def test_every_alert_has_a_promtool_test_that_fires_it() -> None:
             fired |= {t["alertname"] for t in case.get("alert_rule_test", []) if t.get("exp_alerts")}
     assert alerts, "no alert rules found"
     assert alerts <= fired, f"alerts no promtool test sees firing: {sorted(alerts - fired)}"
+
+
+def test_every_alert_links_a_runbook_section_that_exists() -> None:
+    runbook = ROOT / "docs" / "runbook.md"
+    anchors = {
+        re.sub(r"[^a-z0-9 -]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+        for line in runbook.read_text().splitlines()
+        if line.startswith("#")
+    }
+    rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "rules" / "janus.rules.yml").read_text())
+    for rule in (r for g in rules["groups"] for r in g["rules"] if "alert" in r):
+        url = rule["annotations"].get("runbook_url", "")
+        path, _, anchor = url.partition("#")
+        assert path == "docs/runbook.md" and anchor in anchors, f"{rule['alert']}: runbook_url {url!r}"
