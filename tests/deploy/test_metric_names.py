@@ -39,6 +39,7 @@ EXTERNAL = {
     "jetstream_server_max_storage": "prometheus-nats-exporter -jsz",
     "jetstream_server_total_streams": "prometheus-nats-exporter -jsz",
     "jetstream_consumer_num_pending": "prometheus-nats-exporter -jsz=all",
+    "jetstream_stream_total_bytes": "prometheus-nats-exporter -jsz=all",
     # kube-state-metrics
     "kube_horizontalpodautoscaler_status_current_replicas": "kube-state-metrics",
     "kube_horizontalpodautoscaler_spec_max_replicas": "kube-state-metrics",
