@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import nats
@@ -379,6 +379,20 @@ class Bus:
                             setting=getattr(cfg, limit))
         if want != have:
             await self.js.update_stream(want)
+
+    async def stream_messages(self, stream: str) -> AsyncIterator[tuple[str, bytes, dict[str, str]]]:
+        """(subject, data, headers) of every message still in ``stream``, by sequence: read without
+        a consumer, since a work-queue stream admits no second one. A missing stream has none."""
+        try:
+            state = (await self.js.stream_info(stream)).state
+        except nats.js.errors.NotFoundError:
+            return
+        for seq in range(state.first_seq, state.last_seq + 1):
+            try:
+                m = await self.js.get_msg(stream, seq)
+            except nats.js.errors.NotFoundError:
+                continue  # deleted (acknowledged from a work queue) or aged out since
+            yield m.subject or "", m.data or b"", dict(m.headers or {})
 
     async def js_publish(self, subject: str, data: bytes, *, msg_id: str, timeout: float = 5.0) -> bool:
         """Publish to a stream, de-duplicated by ``msg_id``. Returns False for a duplicate."""
