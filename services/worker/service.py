@@ -23,6 +23,7 @@ from services.worker.adapters import ADAPTERS
 from services.worker.adapters.base import ChatContext
 from services.worker.call import Call, Replier, failed_frame
 from services.worker.health import HealthTracker
+from services.worker.keys import ProviderKeys
 from services.worker.settings import WorkerSettings
 from services.worker.transport import Transport
 from shared import metrics, prompt, subjects
@@ -86,14 +87,8 @@ class WorkerService(Service):
                 raise ConfigError(f"provider {pid!r}: no adapter for kind {provider.kind!r}")
             self.providers[pid] = provider
             self.adapters[pid] = cls()
-        # keys are resolved once, by variable name; the values are never logged
-        self.keys: dict[str, str | None] = {}
-        for provider in self.providers.values():
-            for d in provider.deployments:
-                key = os.environ.get(d.api_key_env) if d.api_key_env else None
-                if d.api_key_env and not key:
-                    log.warning("api_key_missing", deployment=d.id, variable=d.api_key_env)
-                self.keys[d.id] = key
+        # by variable name, from the environment or a mounted Secret re-read on rotation
+        self.keys = ProviderKeys(list(self.providers.values()), common.provider_keys_dir)
         # an upstream answer larger than the worker may send on is refused as it arrives
         self.transport = Transport(connect_timeout=common.connect_timeout_seconds,
                                    read_timeout=common.read_timeout_seconds, pool_size=common.pool_size,
@@ -117,6 +112,7 @@ class WorkerService(Service):
     async def start(self, bus: Bus) -> None:
         await super().start(bus)
         await self.transport.start()
+        self.keys.start(self.settings.provider_keys_refresh_seconds)
         if self.settings.byok_key:
             sealer = Sealer.from_env({BYOK_ENV: self.settings.byok_key})
             self.byok = await ByokStore.open(bus, sealer, replicas=self.common.nats_replicas)
@@ -152,6 +148,7 @@ class WorkerService(Service):
             await self._idle.wait()
         if self.health is not None:
             await self.health.stop()
+        await self.keys.stop()
         await self.transport.close()
 
     def ready(self) -> bool:

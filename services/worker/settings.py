@@ -22,6 +22,9 @@ class WorkerSettings(CommonSettings, kw_only=True):
     health_interval_seconds: float = 1.0
     # largest buffered answer (an embeddings batch) sent to a gateway; larger is a 413, charged
     max_response_bytes: int = 64 * 1024 * 1024
+    # a directory with one file per provider key variable (a mounted Secret); empty: the environment
+    provider_keys_dir: str = ""
+    provider_keys_refresh_seconds: float = 10.0  # how often the directory is checked for rotated keys
     # JANUS_BYOK_KEY: seals users' own provider keys (``janus byok genkey``); empty: bring-your-own-key off
     byok_key: str = ""
 
