@@ -86,6 +86,8 @@ OVERVIEW: list[Panel] = [
       ("{{namespace}} 5m", "janus:request_error_ratio:rate5m"),
       ("{{namespace}} 1h", "janus:request_error_ratio:rate1h")),
     P("Services connected to NATS", "short", ("{{job}} {{instance}}", "janus_nats_connected")),
+    P("Event-loop lag p99 per service (CPU starvation, blocking calls)", "s",
+      ("{{job}}", _p(0.99, "janus_event_loop_lag_seconds", "job"))),
     P("Autoscalers: current, desired and maximum replicas", "short",
       ("{{horizontalpodautoscaler}} current", "max by (horizontalpodautoscaler) "
                                               "(kube_horizontalpodautoscaler_status_current_replicas)"),
@@ -124,6 +126,8 @@ METERING: list[Panel] = [
       ("{{decision}} {{pool}}", _rate("janus_budget_decisions_total", "decision, pool"))),
     P("Credits charged per second by model", "short",
       ("{{gen_ai_request_model}}", _rate("janus_credits_charged_total", _MODEL))),
+    P("Credits charged per second by plan", "short",
+      ("{{plan}}", _rate("janus_credits_charged_total", "plan"))),
     P("Settlements by result", "reqps", ("{{result}}", _rate("janus_settlements_total", "result"))),
     P("Settlements dead-lettered", "short",
       ("{{reason}}", _rate("janus_settlements_dead_lettered_total", "reason", fn="increase"))),

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import random
 import time
+from collections.abc import Container
 from typing import Any, ClassVar
 
 import msgspec
@@ -61,10 +62,12 @@ _RATE_LIMITED = metrics.BUDGET_DECISIONS.labels("rate_limited", "requests")
 _TOP_CACHE_SECONDS = 5.0
 
 
-def _count_settlement(s: contract.Settlement, outcome: budget.Outcome) -> None:
+def _count_settlement(s: contract.Settlement, outcome: budget.Outcome, plans: Container[str]) -> None:
     metrics.SETTLEMENTS.labels(outcome.result).inc()
     if outcome.result != "duplicate" and outcome.entry.credits:
-        metrics.CREDITS_CHARGED.labels(s.model).inc(outcome.entry.credits)
+        # a plan label only ever names a configured plan (bounded, and never a user)
+        plan = s.plan_name if s.plan_name in plans else "other"
+        metrics.CREDITS_CHARGED.labels(s.model, plan).inc(outcome.entry.credits)
 
 
 def _settle_failed(s: contract.Settlement, exc: BaseException) -> None:
@@ -388,7 +391,7 @@ class MeteringService(Service):
                 else:
                     _settle_failed(s, err)
                 continue
-            _count_settlement(s, out)
+            _count_settlement(s, out, self.rules)
             try:
                 await m.ack()
             except Exception as exc:
