@@ -66,7 +66,7 @@ def _count_settlement(s: contract.Settlement, outcome: budget.Outcome, plans: Co
     metrics.SETTLEMENTS.labels(outcome.result).inc()
     if outcome.result != "duplicate" and outcome.entry.credits:
         # a plan label only ever names a configured plan (bounded, and never a user)
-        plan = s.plan_name if s.plan_name in plans else "other"
+        plan = s.plan if s.plan in plans else "other"
         metrics.CREDITS_CHARGED.labels(s.model, plan).inc(outcome.entry.credits)
 
 
