@@ -138,6 +138,10 @@ class MeteringService(Service):
         replicas = self.settings.nats_replicas
         kv = await bus.kv(subjects.BUDGET_BUCKET, replicas=replicas)
         self.store = BudgetStore(kv)
+        # the write-failure series exist at 0 from the start, so rate() and the alert see the first one
+        for store in (subjects.BUDGET_BUCKET, subjects.LEDGER_STREAM):
+            for reason in ("full", "unavailable"):
+                metrics.JETSTREAM_WRITE_ERRORS.labels(store, reason)
         await ensure_settlement_stream(bus, replicas)
         await ensure_ledger_stream(bus, replicas, max_age=self.settings.ledger_max_age_seconds,
                                    max_bytes=self.settings.ledger_max_bytes)
