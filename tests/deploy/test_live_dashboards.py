@@ -46,6 +46,7 @@ NEEDS_A_FAULT = {
     "JanusTimeToFirstTokenHigh": "p95 time to first token above 10 s (60 s reasoning): a stalled upstream",
     "JanusBudgetDenialSpike": "over one budget refusal a second, three times the hour before",
     "JanusSettlementLost": "a settlement JetStream never acknowledged (JetStream down for 60 s)",
+    "JanusSettlementDeadLettered": "a settlement metering cannot apply after its last delivery",
     "JanusSettlementLag": "the NATS exporter, and a thousand settlements metering has not taken",
     "JanusHoldsReaped": "a hold whose settlement never came (a gateway killed mid-request)",
     "JanusHoldsPiling": "settlements not applied while holds pile up",
