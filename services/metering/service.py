@@ -142,6 +142,8 @@ class MeteringService(Service):
         for store in (subjects.BUDGET_BUCKET, subjects.LEDGER_STREAM):
             for reason in ("full", "unavailable"):
                 metrics.JETSTREAM_WRITE_ERRORS.labels(store, reason)
+        for reason in ("undecodable", "max_deliveries", "unprovable"):
+            metrics.SETTLEMENTS_DEAD.labels(reason)
         await ensure_settlement_stream(bus, replicas)
         await ensure_ledger_stream(bus, replicas, max_age=self.settings.ledger_max_age_seconds,
                                    max_bytes=self.settings.ledger_max_bytes)
