@@ -144,12 +144,12 @@ def seed_file(identity: str) -> str:
     return str(local_keys()[identity][0])
 
 
-def _auth_conf(path: Path, harness: bool) -> None:
+def _auth_conf(path: Path, harness: bool, config: str = "") -> None:
     from tools.natsauth import authorization
 
     extra: list[dict[str, object]] = [{"user": _HARNESS[0], "password": _HARNESS[1]}] if harness else []
     keys = {name: public for name, (_, public) in local_keys().items()}
-    path.write_text(authorization(keys, extra_users=extra))
+    path.write_text(config + "\n" + authorization(keys, extra_users=extra))
 
 
 def _with_credentials(url: str) -> str:
@@ -167,19 +167,21 @@ def start_nats(
     cluster_name: str = "janus",
     monitor_port: int | None = None,
     harness: bool = True,
+    config: str = "",
 ) -> NatsServer:
     """A real nats-server bound to 127.0.0.1; ``port=-1`` lets the server choose.
 
     It admits the services' identities (``local_keys``) and, with ``harness``, the tests' all-powerful
     user, whose credentials ``url`` carries (``client_url`` has none).
     ``monitor_port`` opens the HTTP monitoring endpoints (``/jsz`` names the JetStream leaders,
-    ``/varz`` counts messages); ``-1`` lets the server choose that port too."""
+    ``/varz`` counts messages); ``-1`` lets the server choose that port too. ``config`` is a
+    configuration file's text (e.g. JetStream limits); the flags override it."""
     store = workdir / f"jetstream-{name}"
     store.mkdir(parents=True, exist_ok=True)
     ports_dir = workdir / f"ports-{name}"
     ports_dir.mkdir(parents=True, exist_ok=True)
     conf = workdir / f"nats-{name}.conf"
-    _auth_conf(conf, harness)
+    _auth_conf(conf, harness, config)
     args = [
         nats_server_binary(),
         "-c",

@@ -93,7 +93,7 @@ class GatewayService(Service):
         if runner is None:
             return
         start = time.monotonic()
-        grace = self.s.shutdown_grace_seconds
+        grace = self.s.drain_grace()
         for site in list(runner.sites):
             await site.stop()
         if runner.server is not None:

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import random
 import time
+from collections.abc import Container
 from typing import Any, ClassVar
 
 import msgspec
@@ -61,10 +62,12 @@ _RATE_LIMITED = metrics.BUDGET_DECISIONS.labels("rate_limited", "requests")
 _TOP_CACHE_SECONDS = 5.0
 
 
-def _count_settlement(s: contract.Settlement, outcome: budget.Outcome) -> None:
+def _count_settlement(s: contract.Settlement, outcome: budget.Outcome, plans: Container[str]) -> None:
     metrics.SETTLEMENTS.labels(outcome.result).inc()
     if outcome.result != "duplicate" and outcome.entry.credits:
-        metrics.CREDITS_CHARGED.labels(s.model).inc(outcome.entry.credits)
+        # a plan label only ever names a configured plan (bounded, and never a user)
+        plan = s.plan if s.plan in plans else "other"
+        metrics.CREDITS_CHARGED.labels(s.model, plan).inc(outcome.entry.credits)
     if outcome.over_hold:
         metrics.USAGE_OVER_HOLD.labels(s.model).inc()
         log.warning("usage_over_hold", request_id=s.request_id, model=s.model, held=outcome.entry.credits,
@@ -98,6 +101,11 @@ class MeteringSettings(CommonSettings, kw_only=True):
     bots_per_week: int = 100  # distinct X-Bot-ID tallies per user per week; the rest fold into "other"
     concurrency: int = 512
     rate_window_seconds: int = 60  # the window requests_per_minute counts in (shorter only in tests)
+    # the ledger stream's retention: entries older than this, or past this size, are dropped oldest
+    # first (0: no limit). max_bytes must fit in the JetStream store (max_file_store) with the
+    # budget buckets beside it: each overlay sets it for its volume
+    ledger_max_age_seconds: int = 90 * 86400
+    ledger_max_bytes: int = 256 * 1024 * 1024
 
 
 class MeteringService(Service):
@@ -139,8 +147,17 @@ class MeteringService(Service):
         for bucket in (subjects.KEYS_BUCKET, subjects.BYOK_BUCKET):
             await bus.kv(bucket, replicas=replicas)
         self.store = BudgetStore(kv)
+        # the write-failure series exist at 0 from the start, so rate() and the alert see the first one
+        for store in (subjects.BUDGET_BUCKET, subjects.LEDGER_STREAM):
+            for reason in ("full", "unavailable"):
+                metrics.JETSTREAM_WRITE_ERRORS.labels(store, reason)
+        for reason in ("undecodable", "max_deliveries", "unprovable"):
+            metrics.SETTLEMENTS_DEAD.labels(reason)
+        for model in self.prices:  # the catalog's models: a bounded label set
+            metrics.USAGE_OVER_HOLD.labels(model)
         await ensure_settlement_stream(bus, replicas)
-        await ensure_ledger_stream(bus, replicas)
+        await ensure_ledger_stream(bus, replicas, max_age=self.settings.ledger_max_age_seconds,
+                                   max_bytes=self.settings.ledger_max_bytes)
         await ensure_dead_letter_stream(bus, replicas)
         sub = self._sub = await bus.pull_consumer(subjects.SETTLE_STREAM, SETTLE_DURABLE, subjects.SETTLE,
                                                   ack_wait=self.settings.settle_ack_wait_seconds,
@@ -165,7 +182,7 @@ class MeteringService(Service):
         if settle is not None:
             # the settle loop finishes the batch in hand; what it has not acked is redelivered
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(settle, self.settings.shutdown_grace_seconds)
+                await asyncio.wait_for(settle, self.settings.drain_grace())
         if self._sub is not None:
             # a pull subscription left behind after a timed-out fetch stalls the connection's
             # drain for its whole timeout
@@ -391,7 +408,7 @@ class MeteringService(Service):
                 else:
                     _settle_failed(s, err)
                 continue
-            _count_settlement(s, out)
+            _count_settlement(s, out, self.rules)
             try:
                 await m.ack()
             except Exception as exc:
