@@ -47,6 +47,7 @@ NEEDS_A_FAULT = {
     "JanusBudgetDenialSpike": "over one budget refusal a second, three times the hour before",
     "JanusSettlementLost": "a settlement JetStream never acknowledged (JetStream down for 60 s)",
     "JanusSettlementDeadLettered": "a settlement metering cannot apply after its last delivery",
+    "JanusUsageOverHold": "workers reporting more usage than their holds, over and over (a lying worker)",
     "JanusSettlementLag": "the NATS exporter, and a thousand settlements metering has not taken",
     "JanusHoldsReaped": "a hold whose settlement never came (a gateway killed mid-request)",
     "JanusHoldsPiling": "settlements not applied while holds pile up",
