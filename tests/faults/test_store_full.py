@@ -46,7 +46,7 @@ async def test_a_full_store_is_a_clean_503_and_loses_nothing_acknowledged(tmp_pa
         token = token_for(stack, "store-full")
         price = price_of(stack.env, MODEL)
         client = openai.AsyncOpenAI(base_url=stack.base_url, api_key=token, max_retries=0)
-        nats_url = stack.env["JANUS_NATS_URL"]
+        nats_url = stack.harness_url
         charged = 0
         async with client, aiohttp.ClientSession() as session:
             for i in range(3):
