@@ -149,8 +149,6 @@ class Bus:
     # ------------------------------------------------------------------------------ connection
     @classmethod
     async def connect(cls, url: str, service: str, *, connect_timeout: float = 5.0) -> Bus:
-        bus_ref: list[Bus] = []
-
         async def disconnected() -> None:
             metrics.NATS_CONNECTED.set(0)
             log.warning("nats_disconnected")
@@ -184,7 +182,6 @@ class Bus:
             raise ServiceUnavailable(f"cannot connect to NATS at {url}: {exc}") from None
         metrics.NATS_CONNECTED.set(1)
         bus = cls(nc, service)
-        bus_ref.append(bus)
         await bus._start_inbox()
         return bus
 

@@ -99,9 +99,6 @@ class Catalog(msgspec.Struct, forbid_unknown_fields=True, dict=True):
     def model(self, name: str) -> Model | None:
         return self.model_by_name.get(name)
 
-    def chat_models(self) -> list[Model]:
-        return [m for m in self.models if m.kind == "chat"]
-
 
 class SessionPool(msgspec.Struct, forbid_unknown_fields=True):
     credits: int
