@@ -3,9 +3,9 @@
     Accepted(0)  [Heartbeat | Chunk]*  Done | Failed
 
 The service sends ``Accepted`` and the terminal frame; this module produces what lies between and
-the terminal frame's content. In-process adapters (``local = True``) yield canonical events directly;
-HTTP adapters go through the transport and their parser. Everything after the events (encoding,
-usage accounting, frames) is the same code for both.
+the terminal frame's content. In-process adapters (``Capabilities(local=True)``) yield canonical
+events directly; HTTP adapters go through the transport and their parser. Everything after the
+events (encoding, usage accounting, frames) is the same code for both.
 """
 
 from __future__ import annotations
@@ -19,7 +19,14 @@ from typing import Any, TypeVar
 import msgspec
 
 from services.worker import openai
-from services.worker.adapters.base import ChatContext, EmbedInput, Event, batch_limit, input_tokens
+from services.worker.adapters.base import (
+    ChatContext,
+    EmbedInput,
+    Event,
+    PassesOpenAIThrough,
+    batch_limit,
+    input_tokens,
+)
 from services.worker.transport import Transport
 from shared.bus import Bus
 from shared.contract import Chunk, Done, Failed, Frame, Heartbeat, Usage, WorkRequest, encode
@@ -147,7 +154,7 @@ class Call:
         self.adapter = adapter
         self.transport = transport
         self.r = replier
-        self.local = bool(getattr(adapter, "local", False))
+        self.local = adapter.capabilities.local
         self._enc: openai.StreamEncoder | None = None
         self._asm: openai.CompletionAssembler | None = None  # in-process buffered answers
         self._prompt_estimate = 0
@@ -253,7 +260,7 @@ class Call:
         else:
             raw = await self.transport.fetch(self.adapter.chat_request(self.ctx), self.adapter)
             seconds = self.upstream_seconds()
-            if hasattr(self.adapter, "parse_chat_openai"):
+            if isinstance(self.adapter, PassesOpenAIThrough):
                 return self._passthrough(self._read(self.adapter.parse_chat_openai, raw), seconds)
             c = self._read(self.adapter.parse_chat, raw)
         seconds = self.upstream_seconds()

@@ -21,6 +21,7 @@ from services.worker.adapters.base import (
     Completion,
     Event,
     Finish,
+    FinishReason,
     ReasoningDelta,
     StreamMessage,
     TextDelta,
@@ -50,7 +51,7 @@ DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_MAX_TOKENS = 4096
 
 
-FINISH = {
+FINISH: dict[str, FinishReason] = {
     "end_turn": "stop",
     "stop_sequence": "stop",
     "pause_turn": "stop",
@@ -263,7 +264,7 @@ class AnthropicStream:
             out: list[Event] = []
             reason = (ev.get("delta") or {}).get("stop_reason")
             if reason:
-                out.append(Finish(FINISH.get(reason, "stop")))  # type: ignore[arg-type]
+                out.append(Finish(FINISH.get(reason, "stop")))
             out.extend(self._usage_event(ev.get("usage")))
             return out
         if kind == "message_stop":

@@ -34,6 +34,7 @@ from services.worker.adapters.base import (
     Embeddings,
     Event,
     Finish,
+    FinishReason,
     ReasoningDelta,
     StreamMessage,
     TextDelta,
@@ -65,7 +66,7 @@ SERVICE = "bedrock"
 DEFAULT_REGION = "us-east-1"
 
 
-FINISH = {
+FINISH: dict[str, FinishReason] = {
     "end_turn": "stop",
     "stop_sequence": "stop",
     "max_tokens": "length",
@@ -258,7 +259,7 @@ class BedrockStream:
         if kind == "messageStop":
             self._stopped = True
             reason = ev.get("stopReason") or "end_turn"
-            return [Finish(FINISH.get(reason, "stop"))]  # type: ignore[arg-type]
+            return [Finish(FINISH.get(reason, "stop"))]
         if kind == "metadata":
             self._done = True
             return [UsageEvent(usage_from(ev.get("usage") or {}))]

@@ -25,6 +25,7 @@ from services.worker.adapters.base import (
     Embeddings,
     Event,
     Finish,
+    FinishReason,
     ReasoningDelta,
     StreamMessage,
     TextDelta,
@@ -48,7 +49,12 @@ from shared.errors import InvalidRequest, StreamInterrupted, UpstreamError, Upst
 DEFAULT_BASE_URL = "https://api.cohere.com"
 
 
-FINISH = {"COMPLETE": "stop", "STOP_SEQUENCE": "stop", "MAX_TOKENS": "length", "TOOL_CALL": "tool_calls"}
+FINISH: dict[str, FinishReason] = {
+    "COMPLETE": "stop",
+    "STOP_SEQUENCE": "stop",
+    "MAX_TOKENS": "length",
+    "TOOL_CALL": "tool_calls",
+}
 
 
 def usage_from(u: dict[str, Any]) -> Usage:
@@ -67,7 +73,7 @@ def usage_from(u: dict[str, Any]) -> Usage:
                  cached_tokens=min(prompt, int(u.get("cached_tokens") or 0)))
 
 
-def _finish(reason: str | None) -> str:
+def _finish(reason: str | None) -> FinishReason:
     """A finish reason, or the error Cohere reports through one (``ERROR``, ``TIMEOUT``)."""
     if reason == "ERROR":
         raise UpstreamError("cohere: the generation failed (finish_reason ERROR)")
@@ -172,7 +178,7 @@ class CohereStream:
         if kind == "message-end":
             self._done = True
             delta = ev.get("delta") or {}
-            out: list[Event] = [Finish(_finish(delta.get("finish_reason")))]  # type: ignore[arg-type]
+            out: list[Event] = [Finish(_finish(delta.get("finish_reason")))]
             if delta.get("usage"):
                 out.append(UsageEvent(usage_from(delta["usage"])))
             return out

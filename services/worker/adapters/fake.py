@@ -33,6 +33,7 @@ from services.worker.adapters.base import (
     EmbedInput,
     Event,
     Finish,
+    FinishReason,
     TextDelta,
     ToolCallDelta,
     UsageEvent,
@@ -130,9 +131,9 @@ def _chosen_tools(body: dict[str, Any], prompt: str) -> list[dict[str, Any]]:
 
 class FakeAdapter:
     kind: ClassVar[str] = "fake"
-    local: ClassVar[bool] = True
     capabilities: ClassVar[Capabilities] = Capabilities(streaming=True, tools=True, json_mode=True,
-                                                        vision=True, embeddings=True, token_input=True)
+                                                        vision=True, embeddings=True, token_input=True,
+                                                        local=True)
     max_batch: ClassVar[int] = 2048
 
     def __init__(self) -> None:
@@ -174,7 +175,7 @@ class FakeAdapter:
         words = answer_words(prompt, ctx.upstream_model)
         limit = max_tokens_of(body)
         stops = stop_list(body)
-        reason = "stop"
+        reason: FinishReason = "stop"
         if limit is not None and limit < len(words):
             words, reason = words[:limit], "length"
         generated = 0
@@ -196,7 +197,7 @@ class FakeAdapter:
             if per_token and i:
                 await asyncio.sleep(per_token)
             yield TextDelta(piece)
-        yield Finish(reason)  # type: ignore[arg-type]
+        yield Finish(reason)
         yield UsageEvent(Usage(prompt_tokens=prompt_tokens, completion_tokens=generated))
 
     async def embed(self, ctx: ChatContext, inputs: list[EmbedInput]) -> Embeddings:

@@ -31,6 +31,7 @@ from services.worker.adapters.base import (
     Embeddings,
     Event,
     Finish,
+    FinishReason,
     ReasoningDelta,
     StreamMessage,
     TextDelta,
@@ -63,7 +64,7 @@ DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 SKIP_SIGNATURE = "skip_thought_signature_validator"
 
 
-FINISH = {
+FINISH: dict[str, FinishReason] = {
     "STOP": "stop",
     "MAX_TOKENS": "length",
     "SAFETY": "content_filter",
@@ -106,7 +107,7 @@ def error_from(err: dict[str, Any]) -> JanusError:
     return upstream_error_for_status(status, err.get("message") or str(err.get("status") or "error"))
 
 
-def _finish(reason: str | None, saw_tool_call: bool) -> str:
+def _finish(reason: str | None, saw_tool_call: bool) -> FinishReason:
     if saw_tool_call and reason in (None, "STOP"):
         return "tool_calls"  # Gemini says STOP after a functionCall; OpenAI clients look for tool_calls
     return FINISH.get(reason or "STOP", "stop")
@@ -275,7 +276,7 @@ class GeminiStream:
         if doc.get("usageMetadata"):
             out.append(UsageEvent(usage_from(doc["usageMetadata"])))
         if reason or blocked:
-            out.append(Finish(_finish(reason, self._calls > 0) if reason else "content_filter"))  # type: ignore[arg-type]
+            out.append(Finish(_finish(reason, self._calls > 0) if reason else "content_filter"))
             self._done = True
         return out
 

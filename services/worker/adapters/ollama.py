@@ -23,6 +23,7 @@ from services.worker.adapters.base import (
     Embeddings,
     Event,
     Finish,
+    FinishReason,
     ReasoningDelta,
     StreamMessage,
     TextDelta,
@@ -47,7 +48,7 @@ from shared.errors import InvalidRequest, StreamInterrupted, UpstreamError
 DEFAULT_BASE_URL = "http://127.0.0.1:11434"
 
 
-FINISH = {"stop": "stop", "length": "length"}
+FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length"}
 
 
 def usage_from(doc: dict[str, Any]) -> Usage:
@@ -55,7 +56,7 @@ def usage_from(doc: dict[str, Any]) -> Usage:
                  completion_tokens=doc.get("eval_count") or 0)
 
 
-def _finish(doc: dict[str, Any], saw_tool_call: bool) -> str:
+def _finish(doc: dict[str, Any], saw_tool_call: bool) -> FinishReason:
     if saw_tool_call:
         return "tool_calls"  # Ollama reports "stop" after a tool call
     return FINISH.get(doc.get("done_reason") or "stop", "stop")
@@ -181,7 +182,7 @@ class OllamaStream:
             self._calls += 1
         if doc.get("done"):
             self._done = True
-            out.append(Finish(_finish(doc, self._calls > 0)))  # type: ignore[arg-type]
+            out.append(Finish(_finish(doc, self._calls > 0)))
             out.append(UsageEvent(usage_from(doc)))
         return out
 

@@ -12,7 +12,7 @@ vLLM, Ollama's ``/v1``. A new such provider is a catalog entry with a ``base_url
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, get_args
 
 import msgspec
 
@@ -24,6 +24,7 @@ from services.worker.adapters.base import (
     EmbedInput,
     Event,
     Finish,
+    FinishReason,
     ReasoningDelta,
     StreamMessage,
     TextDelta,
@@ -98,7 +99,7 @@ class _EmbeddingList(msgspec.Struct):
 
 _embeddings_decoder = msgspec.json.Decoder(_EmbeddingList)
 
-_FINISH = {"stop", "length", "tool_calls", "content_filter", "function_call"}
+_FINISH: dict[str, FinishReason] = {r: r for r in get_args(FinishReason)}
 
 
 def in_band_error(err: _ErrorObj | str) -> JanusError:
@@ -144,8 +145,7 @@ class OpenAIStream:
                     out.append(ToolCallDelta(tc.index, tc.id, fn.name if fn else None,
                                              (fn.arguments or "") if fn else ""))
             if ch.finish_reason:
-                reason = ch.finish_reason if ch.finish_reason in _FINISH else "stop"
-                out.append(Finish(reason))  # type: ignore[arg-type]
+                out.append(Finish(_FINISH.get(ch.finish_reason, "stop")))
         if chunk.usage is not None:
             out.append(UsageEvent(usage_of(chunk.usage)))
         return out
