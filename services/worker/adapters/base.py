@@ -230,12 +230,18 @@ def json_text(value: Any) -> str:
     return _json_encoder.encode(value if value is not None else {}).decode()
 
 
-def buffered_answer(texts: list[str], calls: list[ToolCallDelta], finish_reason: str, usage: Usage,
-                    thoughts: list[str]) -> Completion:
+def buffered_answer(
+    texts: list[str], calls: list[ToolCallDelta], finish_reason: str, usage: Usage, thoughts: list[str]
+) -> Completion:
     """A buffered answer from its collected parts; ``content`` is null only for an answer made of
     tool calls alone, as OpenAI sends it."""
-    return Completion(content="".join(texts) if texts or not calls else None, tool_calls=calls,
-                      finish_reason=finish_reason, usage=usage, reasoning="".join(thoughts) or None)
+    return Completion(
+        content="".join(texts) if texts or not calls else None,
+        tool_calls=calls,
+        finish_reason=finish_reason,
+        usage=usage,
+        reasoning="".join(thoughts) or None,
+    )
 
 
 def upstream_json(body: bytes) -> Any:

@@ -175,8 +175,9 @@ def convert_messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any
             for i, call in enumerate(msg.get("tool_calls") or []):
                 fn = call.get("function") or {}
                 names[call.get("id") or ""] = fn.get("name") or ""
-                part: dict[str, Any] = {"functionCall": {"name": fn.get("name"),
-                                                         "args": json_arguments(fn.get("arguments"))}}
+                part: dict[str, Any] = {
+                    "functionCall": {"name": fn.get("name"), "args": json_arguments(fn.get("arguments"))}
+                }
                 if i == 0:  # only the first of parallel calls carries a signature
                     part["thoughtSignature"] = SKIP_SIGNATURE
                 parts.append(part)
@@ -215,8 +216,13 @@ def build_body(ctx: ChatContext) -> dict[str, Any]:
     limit = max_tokens_of(body)
     if limit:
         config["maxOutputTokens"] = limit
-    for ours, theirs in (("temperature", "temperature"), ("top_p", "topP"), ("seed", "seed"),
-                         ("presence_penalty", "presencePenalty"), ("frequency_penalty", "frequencyPenalty")):
+    for ours, theirs in (
+        ("temperature", "temperature"),
+        ("top_p", "topP"),
+        ("seed", "seed"),
+        ("presence_penalty", "presencePenalty"),
+        ("frequency_penalty", "frequencyPenalty"),
+    ):
         if body.get(ours) is not None:
             config[theirs] = body[ours]
     stops = stop_list(body)
@@ -232,13 +238,20 @@ def build_body(ctx: ChatContext) -> dict[str, Any]:
         out["generationConfig"] = config
     tools = [t["function"] for t in body.get("tools") or [] if t.get("type") == "function"]
     if tools:
-        out["tools"] = [{"functionDeclarations": [
-            {"name": f["name"], "description": f.get("description") or "",
-             # the JSON Schema field, so OpenAI schemas pass as written (``parameters`` takes only
-             # an OpenAPI subset and rejects e.g. ``additionalProperties``)
-             **({"parametersJsonSchema": f["parameters"]} if f.get("parameters") else {})}
-            for f in tools
-        ]}]
+        out["tools"] = [
+            {
+                "functionDeclarations": [
+                    {
+                        "name": f["name"],
+                        "description": f.get("description") or "",
+                        # the JSON Schema field, so OpenAI schemas pass as written (``parameters`` takes only
+                        # an OpenAPI subset and rejects e.g. ``additionalProperties``)
+                        **({"parametersJsonSchema": f["parameters"]} if f.get("parameters") else {}),
+                    }
+                    for f in tools
+                ]
+            }
+        ]
         cfg = _tool_config(body.get("tool_choice"))
         if cfg:
             out["toolConfig"] = cfg
@@ -265,8 +278,14 @@ class GeminiStream:
             for part in (cand.get("content") or {}).get("parts") or []:
                 if "functionCall" in part:
                     call = part["functionCall"]
-                    out.append(ToolCallDelta(self._calls, id=_call_id(call), name=call.get("name"),
-                                             arguments=json_text(call.get("args"))))
+                    out.append(
+                        ToolCallDelta(
+                            self._calls,
+                            id=_call_id(call),
+                            name=call.get("name"),
+                            arguments=json_text(call.get("args")),
+                        )
+                    )
                     self._calls += 1
                 elif part.get("text"):
                     text = part["text"]
@@ -298,9 +317,13 @@ class GeminiAdapter:
         headers = {"content-type": "application/json"}
         if ctx.api_key:
             headers["x-goog-api-key"] = ctx.api_key
-        return UpstreamRequest(method="POST", url=f"{base}/v1beta/models/{ctx.upstream_model}:{action}",
-                               headers=headers, body=json_encode(payload),
-                               framing="sse" if stream else "json")
+        return UpstreamRequest(
+            method="POST",
+            url=f"{base}/v1beta/models/{ctx.upstream_model}:{action}",
+            headers=headers,
+            body=json_encode(payload),
+            framing="sse" if stream else "json",
+        )
 
     def chat_request(self, ctx: ChatContext) -> UpstreamRequest:
         action = "streamGenerateContent?alt=sse" if ctx.stream else "generateContent"
@@ -335,8 +358,14 @@ class GeminiAdapter:
             for part in (candidates[0].get("content") or {}).get("parts") or []:
                 if "functionCall" in part:
                     call = part["functionCall"]
-                    calls.append(ToolCallDelta(len(calls), id=_call_id(call), name=call.get("name"),
-                                               arguments=json_text(call.get("args"))))
+                    calls.append(
+                        ToolCallDelta(
+                            len(calls),
+                            id=_call_id(call),
+                            name=call.get("name"),
+                            arguments=json_text(call.get("args")),
+                        )
+                    )
                 elif part.get("text"):
                     (thoughts if part.get("thought") else texts).append(part["text"])
             reason = candidates[0].get("finishReason")

@@ -142,8 +142,11 @@ class OpenAIStream:
                     out.append(TextDelta(d.content))
                 for tc in d.tool_calls or ():
                     fn = tc.function
-                    out.append(ToolCallDelta(tc.index, tc.id, fn.name if fn else None,
-                                             (fn.arguments or "") if fn else ""))
+                    out.append(
+                        ToolCallDelta(
+                            tc.index, tc.id, fn.name if fn else None, (fn.arguments or "") if fn else ""
+                        )
+                    )
             if ch.finish_reason:
                 out.append(Finish(_FINISH.get(ch.finish_reason, "stop")))
         if chunk.usage is not None:
@@ -157,8 +160,9 @@ class OpenAIStream:
 
 class OpenAICompatAdapter:
     kind: ClassVar[str] = "openai_compat"
-    capabilities: ClassVar[Capabilities] = Capabilities(streaming=True, tools=True, json_mode=True,
-                                                        vision=True, embeddings=True, token_input=True)
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        streaming=True, tools=True, json_mode=True, vision=True, embeddings=True, token_input=True
+    )
     max_batch: ClassVar[int] = 2048
 
     @staticmethod
@@ -168,8 +172,10 @@ class OpenAICompatAdapter:
 
     @staticmethod
     def _headers(ctx: ChatContext, stream: bool) -> dict[str, str]:
-        h = {"Content-Type": "application/json",
-             "Accept": "text/event-stream" if stream else "application/json"}
+        h = {
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream" if stream else "application/json",
+        }
         if ctx.api_key:
             h["Authorization"] = f"Bearer {ctx.api_key}"
         return h
@@ -185,8 +191,13 @@ class OpenAICompatAdapter:
         else:
             body.pop("stream", None)
             body.pop("stream_options", None)
-        return UpstreamRequest("POST", self._url(ctx, "/chat/completions"), self._headers(ctx, ctx.stream),
-                               json_encode(body), "sse" if ctx.stream else "json")
+        return UpstreamRequest(
+            "POST",
+            self._url(ctx, "/chat/completions"),
+            self._headers(ctx, ctx.stream),
+            json_encode(body),
+            "sse" if ctx.stream else "json",
+        )
 
     def parse_chat_openai(self, body: bytes) -> Any:
         """The upstream's own ``chat.completion``, for a pass-through that keeps every field a client
@@ -202,8 +213,14 @@ class OpenAICompatAdapter:
             raise UpstreamError("the provider's response has no choices")
         ch = obj.choices[0]
         m = ch.message
-        calls = [ToolCallDelta(i, t.id, t.function.name, t.function.arguments)
-                 for i, t in enumerate(m.tool_calls or [])] if isinstance(m.tool_calls, list) else []
+        calls = (
+            [
+                ToolCallDelta(i, t.id, t.function.name, t.function.arguments)
+                for i, t in enumerate(m.tool_calls or [])
+            ]
+            if isinstance(m.tool_calls, list)
+            else []
+        )
         reasoning = next((r for r in (m.reasoning_content, m.reasoning) if isinstance(r, str) and r), None)
         return Completion(m.content, calls, ch.finish_reason or "stop", usage_of(obj.usage), reasoning)
 
@@ -215,8 +232,9 @@ class OpenAICompatAdapter:
         for key in ("dimensions", "user"):
             if ctx.body.get(key) is not None:
                 body[key] = ctx.body[key]
-        return UpstreamRequest("POST", self._url(ctx, "/embeddings"), self._headers(ctx, False),
-                               json_encode(body), "json")
+        return UpstreamRequest(
+            "POST", self._url(ctx, "/embeddings"), self._headers(ctx, False), json_encode(body), "json"
+        )
 
     def parse_embeddings(self, body: bytes) -> Embeddings:
         try:
@@ -224,8 +242,9 @@ class OpenAICompatAdapter:
         except msgspec.DecodeError as exc:
             raise UpstreamError(f"the provider sent a malformed embeddings response: {exc}") from None
         items = sorted(doc.data, key=lambda e: e.index)
-        return Embeddings([e.embedding for e in items],
-                          Usage(prompt_tokens=doc.usage.prompt_tokens if doc.usage else 0))
+        return Embeddings(
+            [e.embedding for e in items], Usage(prompt_tokens=doc.usage.prompt_tokens if doc.usage else 0)
+        )
 
     def error_message(self, status: int, body: bytes) -> str:
         return error_text(body, "error", "message")
