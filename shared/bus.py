@@ -1,7 +1,9 @@
 """The only module that imports ``nats``: connection, request/reply, queue-group services,
 streamed replies into a multiplexed inbox, and the JetStream handles the services use.
 
-Foreign exceptions are mapped to the Janus error tree here, once.
+Foreign exceptions are mapped to the Janus error tree in this module, method by method (each
+catches the NATS errors its call can raise), and by ``map_exception`` for a caller holding a raw one.
+``kv``, ``kv_put``, ``kv_delete``, ``kv_keys`` and ``ensure_stream`` let NATS errors through unmapped.
 """
 
 from __future__ import annotations
@@ -256,7 +258,7 @@ class Bus:
             ) from None
         metrics.NATS_CONNECTED.set(1)
         bus = cls(nc, service)
-        bus_ref.append(bus)
+        bus_ref.append(bus)  # connected: an auth error from now on is a reconnect's, not a refusal
         await bus._start_inbox()
         return bus
 

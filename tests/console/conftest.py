@@ -21,7 +21,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     doc = yaml.safe_load(catalog.read_text())
     for provider in doc["providers"]:
         if provider["id"] == "upstream":
-            provider["byok"] = True  # only a provider the catalog marks byok takes a user's key
+            provider["byok"] = True  # only a provider the catalog marks takes a user's own key
     catalog.write_text(yaml.safe_dump(doc))
     s = start_stack(work, env={"JANUS_CATALOG": str(catalog), "JANUS_BYOK_KEY": generate_key()})
     try:
