@@ -19,7 +19,7 @@ from aiohttp import web
 
 from services.gateway import console, keys_api, views
 from services.gateway.auth import Authenticator, Principal
-from services.gateway.body import parse_chat, parse_embeddings
+from services.gateway.body import parse_chat, parse_embeddings, with_defaults
 from services.gateway.byok import ByokApi, ByokProbe
 from services.gateway.dispatch import BufferedSink, Call, Dispatcher, Sink, StreamSink
 from services.gateway.edge import CALL, Edge
@@ -144,6 +144,8 @@ class Gateway:
         if model is not None:
             room = max(1, model.context_window - facts.prompt_tokens)
             max_output = min(max_output, model.max_output_tokens, room)
+            if model.defaults is not None:
+                body = with_defaults(body, req, model.defaults)
         sink: Sink = StreamSink(request, call) if req.stream else BufferedSink(request, call)
         return await self._serve(call, "chat", plan, body, req.stream, max_output, sink)
 
