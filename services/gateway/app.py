@@ -127,15 +127,21 @@ class Gateway:
     async def chat(self, request: web.Request) -> web.StreamResponse:
         call: Call = request[CALL]
         principal = await self._principal(request, call)
+        # before anything can refuse the request, so that a 400 or 404 carries the headers too
+        credits = await self.meter.credits.view(call.user, call.plan_name)
+        if credits is not None:
+            call.headers.update(credits.headers)
         body = await self._body(request)
         facts = parse_chat(body)
         req = facts.request
         call.prompt_tokens = facts.prompt_tokens
+        auto = req.model in _AUTO
         plan = await self._route(
             RouteRequest(
                 call.request_id, req.model, principal.plan, "chat", facts.prompt_tokens,
                 needs_tools=facts.needs_tools, needs_vision=facts.needs_vision, needs_json=facts.needs_json,
-                text=facts.prompt_text() if req.model in _AUTO else "",
+                text=facts.prompt_text() if auto else "",
+                budget_fraction=credits.fraction if auto and credits is not None else None,
             ),
             call,
         )
@@ -185,6 +191,7 @@ class Gateway:
         reply = contract.usage_reply_decoder.decode(data)
         if isinstance(reply, contract.ErrorReply):
             raise reply.exception()
+        self.meter.credits.remember(principal.user, principal.plan, reply.pools)
         return web.Response(body=reply.body, headers={**call.headers, "Content-Type": _JSON})
 
 
