@@ -21,6 +21,7 @@ from services.gateway import console, keys_api, views
 from services.gateway.auth import Authenticator, Principal
 from services.gateway.body import parse_chat, parse_embeddings, with_defaults
 from services.gateway.byok import ByokApi, ByokProbe
+from services.gateway.cors import Cors
 from services.gateway.dispatch import BufferedSink, Call, Dispatcher, Sink, StreamSink
 from services.gateway.edge import CALL, Edge
 from services.gateway.meter import Meter
@@ -197,6 +198,9 @@ class Gateway:
 
 def build_app(gw: Gateway, edge: Edge) -> web.Application:
     app = web.Application(middlewares=[edge.middleware], client_max_size=gw.s.max_body_bytes)
+    cors = Cors(gw.s.cors_origins)
+    if cors.enabled:
+        cors.install(app)
     openapi = OPENAPI_PATH.read_bytes()
 
     async def openapi_json(request: web.Request) -> web.StreamResponse:
