@@ -86,7 +86,7 @@ def answer_words(prompt: str, model: str) -> list[str]:
     n = 16 + d[0] % 48
     filler = [WORDS[(d[i % 32] + i) % len(WORDS)] for i in range(1, n)]
     lead = 1 + d[1] % 4
-    echoed = prompt.split()[: n - 1 - lead]
+    echoed = prompt.split(None, 64)[: n - 1 - lead]  # n - 1 - lead < 64: the unsplit rest is never used
     return ["Janus", *filler[:lead], *echoed, *filler[lead:]][:n]
 
 
