@@ -12,17 +12,10 @@ import httpx
 import openai
 import pytest
 
+from tests.e2e.test_openai_sdk import RATE_HEADERS as HEADERS
 from tools.stack import ROOT, Stack, start_stack
 from tools.token import make_token
 
-HEADERS = (
-    "x-ratelimit-session-limit-credits",
-    "x-ratelimit-session-remaining-credits",
-    "x-ratelimit-session-reset",
-    "x-ratelimit-weekly-limit-credits",
-    "x-ratelimit-weekly-remaining-credits",
-    "x-ratelimit-weekly-reset",
-)
 SESSION = 40_000
 WEEKLY = 1_000_000
 MAX_BODY = 256 * 1024
@@ -40,18 +33,20 @@ plans:
 ANALYSIS = "Explain step by step the trade-offs of a cache in front of a database."
 
 
+def _start(work: Path) -> Stack:
+    """The offline catalog on plans with a small session pool."""
+    (work / "plans.yaml").write_text(PLANS)
+    env = {
+        "JANUS_PLANS": str(work / "plans.yaml"),
+        "JANUS_CATALOG": str(ROOT / "config" / "catalog.yaml"),
+        "JANUS_MAX_BODY_BYTES": str(MAX_BODY),
+    }
+    return start_stack(work, env=env)
+
+
 @pytest.fixture(scope="module")
 def small_budget(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    work = tmp_path_factory.mktemp("credits")
-    (work / "plans.yaml").write_text(PLANS)
-    s = start_stack(
-        work,
-        env={
-            "JANUS_PLANS": str(work / "plans.yaml"),
-            "JANUS_CATALOG": str(ROOT / "config" / "catalog.yaml"),
-            "JANUS_MAX_BODY_BYTES": str(MAX_BODY),
-        },
-    )
+    s = _start(tmp_path_factory.mktemp("credits"))
     try:
         yield s
     finally:
@@ -107,14 +102,7 @@ def test_refusals_carry_the_credit_headers_metering_last_reported(small_budget: 
 
 
 def test_auto_steers_a_caller_low_on_credits_to_a_cheaper_class(tmp_path: Path) -> None:
-    (tmp_path / "plans.yaml").write_text(PLANS)
-    stack = start_stack(
-        tmp_path,
-        env={
-            "JANUS_PLANS": str(tmp_path / "plans.yaml"),
-            "JANUS_CATALOG": str(ROOT / "config" / "catalog.yaml"),
-        },
-    )
+    stack = _start(tmp_path)  # of its own: the other test stops its stack's worker
     try:
         tok = make_token("budget-user", "pro", secret=stack.env["JANUS_JWT_SECRET"])
         client = openai.OpenAI(base_url=stack.base_url, api_key=tok, max_retries=0)
