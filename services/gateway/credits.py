@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 import msgspec
 
@@ -25,6 +26,7 @@ from shared.logging import get_logger
 log = get_logger("gateway.credits")
 
 MAX_USERS = 100_000
+QUIET_SECONDS = 1.0
 
 
 def _iso(ts: float) -> str:
@@ -60,11 +62,21 @@ class CreditView:
 
 
 class Credits:
-    def __init__(self, bus: Bus, timeout: float, max_users: int = MAX_USERS) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        timeout: float,
+        max_users: int = MAX_USERS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.bus = bus
         self.timeout = timeout
         self.max_users = max_users
+        self._clock = clock
         self._views: OrderedDict[tuple[str, str], CreditView] = OrderedDict()
+        # after metering failed to answer, unseen callers go without headers for a moment instead
+        # of each waiting out a timeout before a reservation that would wait out another
+        self._quiet_until = 0.0
 
     def remember(self, user: str, plan: str, pools: list[PoolState]) -> CreditView | None:
         if not pools:
@@ -83,6 +95,8 @@ class Credits:
         if found is not None:
             self._views.move_to_end(key)
             return found
+        if self._clock() < self._quiet_until:
+            return None
         try:
             data = await self.bus.request(
                 subjects.METER_USAGE, contract.encode(UsageQuery(user, plan)), self.timeout
@@ -90,6 +104,7 @@ class Credits:
             reply = contract.usage_reply_decoder.decode(data)
         except (JanusError, msgspec.DecodeError) as exc:
             # the request goes on: its reservation will fail or report the pools itself
+            self._quiet_until = self._clock() + QUIET_SECONDS
             log.info("credits_unknown", error=str(exc))
             return None
         if isinstance(reply, contract.ErrorReply):

@@ -3,8 +3,9 @@ headers, and a bound on how many callers it remembers."""
 
 from __future__ import annotations
 
-from services.gateway.credits import Credits, CreditView
+from services.gateway.credits import QUIET_SECONDS, Credits, CreditView
 from shared.contract import PoolState
+from shared.errors import ServiceUnavailable
 
 
 def pools(session_left: int, weekly_left: int) -> list[PoolState]:
@@ -36,3 +37,24 @@ def test_the_table_forgets_the_least_recently_used_caller_first() -> None:
     assert len(credits._views) == 2
     assert ("b", "pro") not in credits._views and ("a", "pro") in credits._views
     assert credits.remember("d", "pro", []) is None  # an answer without pools changes nothing
+
+
+class SilentMetering:
+    """A bus on which metering never answers."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    async def request(self, subject: str, data: bytes, timeout: float) -> bytes:
+        self.asked += 1
+        raise ServiceUnavailable("janus.meter.usage did not answer", code="bus_timeout")
+
+
+async def test_unseen_callers_do_not_each_wait_for_a_silent_metering() -> None:
+    now = [100.0]
+    bus = SilentMetering()
+    credits = Credits(bus, timeout=2.0, clock=lambda: now[0])  # type: ignore[arg-type]
+    assert await credits.view("a", "pro") is None and bus.asked == 1
+    assert await credits.view("b", "pro") is None and bus.asked == 1  # within the quiet moment
+    now[0] += QUIET_SECONDS
+    assert await credits.view("c", "pro") is None and bus.asked == 2  # asked again after it
