@@ -468,7 +468,8 @@ class Stack:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.gateway_port}/v1"
+        scheme = "https" if self.env.get("JANUS_TLS_CERT") else "http"  # the gateway serving TLS itself
+        return f"{scheme}://127.0.0.1:{self.gateway_port}/v1"
 
     def stop(self) -> None:
         for name in reversed(list(self.services)):

@@ -74,9 +74,11 @@ class Cors:
         )
 
     async def on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
-        origin = request.headers.get("Origin")
-        if not self.allows(origin) or "Access-Control-Allow-Origin" in response.headers:
-            return  # not ours to answer, or a preflight answered above
-        response.headers["Access-Control-Allow-Origin"] = "*" if self.any else str(origin)
-        response.headers["Access-Control-Expose-Headers"] = _EXPOSE
+        if "Access-Control-Allow-Origin" in response.headers:
+            return  # a preflight, answered above
+        # on every answer, allowed origin or not: a cache must not hand one origin's answer to another
         response.headers.add("Vary", "Origin")
+        origin = request.headers.get("Origin")
+        if self.allows(origin):
+            response.headers["Access-Control-Allow-Origin"] = "*" if self.any else str(origin)
+            response.headers["Access-Control-Expose-Headers"] = _EXPOSE

@@ -72,7 +72,8 @@ def tls_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack,
 
 
 def _https(stack: Stack) -> str:
-    return f"https://127.0.0.1:{stack.gateway_port}/v1"
+    assert stack.base_url.startswith("https://")  # what `make run` prints with TLS on
+    return stack.base_url
 
 
 def test_the_sdk_talks_to_the_gateway_over_tls(tls_stack: tuple[Stack, Path, int]) -> None:
@@ -139,6 +140,7 @@ def test_answers_and_errors_name_an_allowed_origin_only(tls_stack: tuple[Stack, 
         assert (ok.status_code, streamed.status_code, refused.status_code) == (200, 200, 400)
         stranger = c.post("/chat/completions", json=body, headers={"Origin": "https://evil.example.com"})
         assert stranger.status_code == 200 and "Access-Control-Allow-Origin" not in stranger.headers
+        assert "Origin" in stranger.headers.get("Vary", "")  # a cache keeps origins apart
         denied = c.options(
             "/chat/completions",
             headers={"Origin": "https://evil.example.com", "Access-Control-Request-Method": "POST"},
