@@ -55,9 +55,9 @@ def _read_until(proc: subprocess.Popen[str], marker: str, deadline: float) -> st
         if not line:
             break
         out += line
-        if marker in line:
+        if line.strip().startswith(marker):
             return out
-    raise AssertionError(f"no {marker!r} in the launcher's output:\n{out}")
+    raise AssertionError(f"no line starting {marker!r} in the launcher's output:\n{out}")
 
 
 def test_make_run_serves_the_shells_catalog_plans_and_secret(tmp_path: Path) -> None:
@@ -87,7 +87,7 @@ def test_make_run_serves_the_shells_catalog_plans_and_secret(tmp_path: Path) -> 
     )
     try:
         out = _read_until(proc, "dev token", time.monotonic() + 90)
-        match = re.search(r"dev token\s+(\S+)", out)
+        match = re.search(r"^\s*dev token\s+(\S+)", out, re.M)
         assert match, out
         token = match.group(1)
         claims = jwt.decode(token, secret, algorithms=["HS256"])  # signed with the shell's secret
