@@ -98,6 +98,8 @@ METERING: list[Panel] = [
     P("Credits charged per second by model", "short",
       ("{{gen_ai_request_model}}", _rate("janus_credits_charged_total", _MODEL))),
     P("Settlements by result", "reqps", ("{{result}}", _rate("janus_settlements_total", "result"))),
+    P("Settlements dead-lettered", "short",
+      ("{{reason}}", _rate("janus_settlements_dead_lettered_total", "reason", fn="increase"))),
     P("Open holds", "short", ("{{instance}}", "sum by (instance) (janus_holds_open)")),
     P("Holds released by the reaper", "short", ("reaped", _rate("janus_holds_reaped_total", fn="increase"))),
     P("Reserve / settle latency p99", "s",

@@ -36,6 +36,7 @@ from shared.logging import get_logger
 log = get_logger("bus")
 
 __all__ = [
+    "OVERFLOW",
     "Bus",
     "CasConflict",
     "KeyNotFound",
@@ -59,6 +60,10 @@ _UNAVAILABLE = (
 Handler = Callable[[Msg], Awaitable[None]]
 
 
+# queued in an Inbox in place of the frames it dropped when its reader fell too far behind
+OVERFLOW = object()
+
+
 class KeyNotFound(Exception):
     pass
 
@@ -68,15 +73,42 @@ class CasConflict(Exception):
 
 
 class Inbox:
-    """Frames for one streamed reply. Created before the request is published."""
+    """Frames for one streamed reply. Created before the request is published.
 
-    __slots__ = ("_bus", "queue", "subject", "token")
+    Bounded: at most ``max_bytes`` of frames wait unread. A sender that outruns its reader (a worker
+    streaming to a client that stopped reading, or one that misbehaves) overflows it: the frames
+    queued are dropped, ``OVERFLOW`` is queued in their place and nothing more is taken, so one
+    reply can never take more of the gateway's memory than that."""
 
-    def __init__(self, bus: Bus, token: str) -> None:
+    __slots__ = ("_bus", "max_bytes", "overflowed", "pending", "queue", "subject", "token")
+
+    def __init__(self, bus: Bus, token: str, max_bytes: int = 0) -> None:
         self._bus = bus
         self.token = token
         self.subject = f"{bus._inbox_prefix}.{token}"
         self.queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self.max_bytes = max_bytes  # 0: unbounded
+        self.pending = 0  # bytes queued and not yet read
+        self.overflowed = False
+
+    def put(self, msg: Msg) -> None:
+        if self.overflowed:
+            return
+        size = len(msg.data)
+        if self.max_bytes and self.pending + size > self.max_bytes:
+            self.overflowed = True
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            self.pending = 0
+            self.queue.put_nowait(OVERFLOW)  # type: ignore[arg-type]
+            return
+        self.pending += size
+        self.queue.put_nowait(msg)
+
+    def _taken(self, msg: Msg) -> Msg:
+        if msg is not OVERFLOW and isinstance(msg, Msg):
+            self.pending -= len(msg.data)
+        return msg
 
     def ready(self) -> bool:
         """A message has arrived and ``next`` would not wait."""
@@ -85,11 +117,11 @@ class Inbox:
     async def next(self, timeout: float) -> Msg:
         queue = self.queue
         if not queue.empty():
-            return queue.get_nowait()  # messages that arrived together are read without waiting
+            return self._taken(queue.get_nowait())  # messages that arrived together: no wait
         try:
             # the timeout wraps the get in this task (asyncio.wait_for would start a task per message)
             async with asyncio.timeout(timeout):
-                return await queue.get()
+                return self._taken(await queue.get())
         except TimeoutError:
             raise UpstreamTimeout("no frame from the worker in time", code="stall_timeout") from None
 
@@ -163,7 +195,7 @@ class Bus:
     async def _on_frame(self, msg: Msg) -> None:
         box = self._inboxes.get(msg.subject[len(self._inbox_prefix) + 1 :])
         if box is not None:
-            box.queue.put_nowait(msg)
+            box.put(msg)
 
     @property
     def connected(self) -> bool:
@@ -216,8 +248,8 @@ class Bus:
         """The largest message the server takes (its ``max_payload``, 1 MiB unless configured)."""
         return int(self.nc.max_payload)
 
-    def open_inbox(self, token: str) -> Inbox:
-        box = Inbox(self, token)
+    def open_inbox(self, token: str, max_bytes: int = 0) -> Inbox:
+        box = Inbox(self, token, max_bytes)
         self._inboxes[token] = box
         return box
 
@@ -333,23 +365,37 @@ class Bus:
         *,
         ack_wait: float = 30.0,
         max_ack_pending: int = 10_000,
+        max_deliver: int = -1,
     ) -> Any:
-        sub = await self.js.pull_subscribe(
-            subject,
-            durable=durable,
-            stream=stream,
-            config=ConsumerConfig(
-                durable_name=durable,
-                ack_policy=AckPolicy.EXPLICIT,
-                deliver_policy=DeliverPolicy.ALL,
-                ack_wait=ack_wait,
-                max_ack_pending=max_ack_pending,
-            ),
+        config = ConsumerConfig(
+            durable_name=durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=ack_wait,
+            max_ack_pending=max_ack_pending,
+            max_deliver=max_deliver,
+            filter_subject=subject,
         )
+        # created or updated first: pull_subscribe keeps an existing durable's configuration as it
+        # is, so an upgrade would never get a changed ack_wait or max_deliver
+        with contextlib.suppress(nats.js.errors.BadRequestError):
+            await self.js.add_consumer(stream, config=config)
+        sub = await self.js.pull_subscribe(subject, durable=durable, stream=stream, config=config)
         # drain() unsubscribes it first: a pull subscription whose fetch timed out otherwise holds
         # the connection's drain open for its whole timeout
         self._subs.append(sub._sub)
         return sub
+
+    @staticmethod
+    def delivery(msg: Msg) -> tuple[int, float]:
+        """(how many times JetStream has delivered ``msg``, unix seconds when its stream stored it)."""
+        md = msg.metadata
+        return md.num_delivered, md.timestamp.timestamp()
+
+    @staticmethod
+    def sequence(msg: Msg) -> int:
+        """``msg``'s sequence number in its stream: unique and stable across redeliveries."""
+        return msg.metadata.sequence.stream
 
     @staticmethod
     async def fetch(sub: Any, batch: int, timeout: float) -> list[Msg]:

@@ -33,6 +33,9 @@ class Provider(msgspec.Struct, forbid_unknown_fields=True):
     kind: Literal["fake", "openai_compat", "anthropic", "gemini", "bedrock", "ollama", "cohere"]
     deployments: list[Deployment]
     options: dict[str, str] = {}
+    # users may register their own key for it (PUT /v1/byok/{id}): only a provider that takes a key
+    # at all, on every deployment; a keyless one (a self-hosted Ollama) would serve for free
+    byok: bool = False
 
 
 class Price(msgspec.Struct, forbid_unknown_fields=True):
@@ -85,9 +88,13 @@ class Catalog(msgspec.Struct, forbid_unknown_fields=True, dict=True):
         self.provider_by_id: dict[str, Provider] = {}
         self.deployment_by_id: dict[str, tuple[Provider, Deployment]] = {}
         self.model_by_name: dict[str, Model] = {}
-        for p in self.providers:
+        for i, p in enumerate(self.providers):
             if p.id in self.provider_by_id:
                 raise msgspec.ValidationError(f"duplicate provider id {p.id!r} - at `$.providers`")
+            if p.byok and (p.kind == "fake" or not all(d.api_key_env for d in p.deployments)):
+                raise msgspec.ValidationError(
+                    f"provider {p.id!r} takes no API key on every deployment, so it cannot take users' "
+                    f"keys - at `$.providers[{i}].byok`")
             self.provider_by_id[p.id] = p
             for d in p.deployments:
                 if d.id in self.deployment_by_id:
@@ -106,6 +113,13 @@ class Catalog(msgspec.Struct, forbid_unknown_fields=True, dict=True):
 
     def model(self, name: str) -> Model | None:
         return self.model_by_name.get(name)
+
+    def takes_user_keys(self, provider: str) -> bool:
+        p = self.provider_by_id.get(provider)
+        return p is not None and p.byok
+
+    def byok_providers(self) -> list[str]:
+        return [p.id for p in self.providers if p.byok]
 
     def chat_models(self) -> list[Model]:
         return [m for m in self.models if m.kind == "chat"]

@@ -81,9 +81,12 @@ class ReserveRequest(msgspec.Struct, tag="meter.reserve.v1", **_tagged):
     plan: str
     model: str  # catalog id (prices are looked up by metering)
     input_tokens: int
-    max_output_tokens: int
+    max_output_tokens: int  # every choice's output together (per-choice cap x ``n``)
     bot: str = "default"
     byok: bool = False
+    # > 0: when the pools cannot hold ``max_output_tokens``, grant the largest output that they can
+    # hold, down to this floor, instead of refusing (answered in ``ReserveReply.max_output_tokens``)
+    min_output_tokens: int = 0
 
 
 class RequestRate(msgspec.Struct, omit_defaults=True):
@@ -113,6 +116,9 @@ class ReserveReply(msgspec.Struct, tag="meter.reserve_reply.v1", **_tagged):
     message: str = ""
     requests: RequestRate | None = None  # None: the plan sets no request rate
     retry_after: int | None = None  # whole seconds, on a rate-limit refusal
+    # the output held, all choices together: ``max_output_tokens`` asked for, or less when the pools
+    # could only hold less (0 from a metering replica that predates the field: the amount asked)
+    max_output_tokens: int = 0
 
 
 class Settlement(msgspec.Struct, tag="meter.settle.v1", **_tagged):
@@ -127,6 +133,36 @@ class Settlement(msgspec.Struct, tag="meter.settle.v1", **_tagged):
     ok: bool = True  # False: the call failed; charge only what ``usage`` says was produced
     byok: bool = False
     at: float = 0.0
+    # what earlier attempts on other models produced (a fallback to another model): each is priced
+    # at its own model's price; ``model``/``usage`` are the model that served the answer
+    other: list[ModelUsage] = []
+
+
+class ModelUsage(msgspec.Struct, array_like=True):
+    model: str
+    usage: Usage
+
+
+class DeadLetter(msgspec.Struct, tag="meter.dead_letter.v1", **_tagged):
+    """A settlement metering gave up on, kept in its own stream for an operator to look at and, once
+    understood, apply by hand. ``data`` is the settlement message exactly as it was published."""
+
+    reason: str  # "undecodable" | "unprovable" | "max_deliveries"
+    data: bytes
+    deliveries: int
+    published: float  # when the settlement entered its stream
+    at: float  # when metering gave up
+    request_id: str = ""
+    user: str = ""
+    error: str = ""
+
+
+class HoldRenewal(msgspec.Struct, tag="meter.renew.v1", **_tagged):
+    """Sent by the gateway while a request runs longer than the renewal interval: its hold is still
+    in use, so the reaper (which frees the holds of gateways that died) must leave it alone."""
+
+    user: str
+    request_id: str
 
 
 class LedgerEntry(msgspec.Struct, tag="meter.ledger.v1", **_tagged):
@@ -178,6 +214,10 @@ class WorkRequest(msgspec.Struct, tag="work.request.v1", **_tagged):
     created: int = 0  # unix seconds for "created" in chunks and responses
     user: str = ""  # for bring-your-own-key lookups; never logged
     byok: bool = False
+    # the output cap per choice the gateway held for; every adapter writes it as the provider's own
+    # cap (0: embeddings, or a gateway that predates the field: the body's cap stands)
+    max_output_tokens: int = 0
+    prompt_tokens: int = 0  # the gateway's estimate (``shared.prompt``), the fallback charge
 
 
 class Cancel(msgspec.Struct, tag="work.cancel.v1", **_tagged):
@@ -262,6 +302,7 @@ reserve_reply_decoder = msgspec.msgpack.Decoder(ReserveReply | ErrorReply)
 settlement_decoder = msgspec.msgpack.Decoder(Settlement)
 ledger_entry_decoder = msgspec.msgpack.Decoder(LedgerEntry)
 usage_query_decoder = msgspec.msgpack.Decoder(UsageQuery)
+hold_renewal_decoder = msgspec.msgpack.Decoder(HoldRenewal)
 usage_reply_decoder = msgspec.msgpack.Decoder(UsageReply | ErrorReply)
 daily_query_decoder = msgspec.msgpack.Decoder(DailyQuery)
 admin_query_decoder = msgspec.msgpack.Decoder(AdminQuery)

@@ -107,6 +107,11 @@ SETTLEMENTS = Counter(
     "janus_settlements_total", "Settlements by outcome (metering's results; 'lost' counted by the gateway)",
     ["result"],
 )
+SETTLEMENTS_DEAD = Counter(
+    "janus_settlements_dead_lettered_total",
+    "Settlements metering could not apply and moved to the dead-letter stream, by reason",
+    ["reason"],
+)
 HOLDS_OPEN = Gauge("janus_holds_open", "Reservations not yet settled, as seen by this replica")
 HOLDS_REAPED = Counter("janus_holds_reaped_total", "Reservations released by the reaper")
 METER_OP_SECONDS = Histogram(

@@ -37,3 +37,15 @@ def cost_credits(usage: Usage, price: PriceUnits) -> int:
         + max(usage.completion_tokens, 0) * price.output
     )
     return -(-units // _SCALE)
+
+
+def output_within(credits: int, input_tokens: int, price: PriceUnits) -> int:
+    """The most output tokens that ``credits`` can pay for beside ``input_tokens`` of prompt, with
+    the rounding ``cost_credits`` applies; -1 when the prompt alone costs more. The inverse of
+    ``cost_credits`` for a hold (no cached tokens), so ``cost_credits(input, result) <= credits``."""
+    units = credits * _SCALE - max(input_tokens, 0) * price.input
+    if units < 0:
+        return -1
+    if price.output <= 0:
+        return 2**62  # free output: only the other bounds (the request's own cap) apply
+    return units // price.output

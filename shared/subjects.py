@@ -27,11 +27,15 @@ ROUTE_HEALTH = f"{PREFIX}.route.health"  # one router's view of every deployment
 METER_RESERVE = f"{PREFIX}.meter.reserve"
 METER_USAGE = f"{PREFIX}.meter.usage"
 METER_DAILY = f"{PREFIX}.meter.daily"
+METER_RENEW = f"{PREFIX}.meter.renew"  # fire and forget: a lost renewal is followed by the next
 METER_ADMIN = f"{PREFIX}.meter.admin"
 
 # JetStream: settlements (de-duplicated by request id) and the usage ledger
 SETTLE_STREAM = "JANUS_SETTLE"
 SETTLE = f"{PREFIX}.meter.settle"
+# settlements metering gave up on (kept for an operator, never applied automatically)
+SETTLE_DEAD_STREAM = "JANUS_SETTLE_DEAD"
+SETTLE_DEAD = f"{PREFIX}.meter.dead"
 LEDGER_STREAM = "JANUS_LEDGER"
 LEDGER = f"{PREFIX}.ledger.entry"
 

@@ -11,10 +11,10 @@ instead of asking again, which takes the router's round trip off most requests.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from pathlib import Path
 
+import msgspec
 from aiohttp import web
 
 from services.gateway import console, keys_api, views
@@ -22,22 +22,61 @@ from services.gateway.auth import Authenticator, Principal
 from services.gateway.body import parse_chat, parse_embeddings, with_defaults
 from services.gateway.byok import ByokApi, ByokProbe
 from services.gateway.cors import Cors
-from services.gateway.dispatch import BufferedSink, Call, Dispatcher, Sink, StreamSink
+from services.gateway.dispatch import Call, Dispatcher
 from services.gateway.edge import CALL, Edge
-from services.gateway.meter import Meter
+from services.gateway.meter import Meter, granted_cap, output_hold
 from services.gateway.models import ModelIndex
 from services.gateway.plans import PlanCache, key_of
 from services.gateway.settings import GatewaySettings
+from services.gateway.sinks import BufferedSink, Sink, StreamSink
 from shared import contract, subjects
 from shared.bus import Bus
 from shared.catalog import Catalog
-from shared.contract import ReserveRequest, RouteRequest, UsageQuery, WorkRequest
+from shared.contract import ReserveRequest, RouteRequest, Usage, UsageQuery, WorkRequest
 from shared.errors import InvalidRequest, PayloadTooLarge
+from shared.money import PriceUnits, cost_credits
 
 _JSON = "application/json"
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
-_BOT = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+BOT_ID_MAX_BYTES = 128
 _AUTO = ("", "auto")
+
+
+def bot_id(value: str) -> str:
+    """An ``X-Bot-ID`` as the product documents it: a free-form application name, any printable
+    text up to 128 bytes. Control characters (a log line or a CSV export broken in two) and bytes
+    that are not UTF-8 (aiohttp hands them over as surrogates) are refused, not cleaned up, so
+    /v1/usage shows exactly what the caller sent; metering keeps it under a safe key."""
+    try:
+        size = len(value.encode())
+    except UnicodeEncodeError:
+        size = -1
+    if not 0 < size <= BOT_ID_MAX_BYTES or not value.isprintable():
+        raise InvalidRequest(f"X-Bot-ID must be printable UTF-8 text of 1 to {BOT_ID_MAX_BYTES} bytes.",
+                             param="X-Bot-ID", code="invalid_bot_id")
+    return value
+
+
+# a model whose catalog entry does not say: as wide as the widest common embeddings model
+_UNKNOWN_DIMENSIONS = 3072
+
+
+def _vectors(inp: object) -> int:
+    """How many vectors an embeddings ``input`` asks for (one token-id array is one text)."""
+    if isinstance(inp, list) and inp and not isinstance(inp[0], int):
+        return len(inp)
+    return 1
+
+
+def _check_embedding_values(vectors: int, dims: int, budget: int) -> None:
+    """Refuse, before any upstream call, an embeddings request whose answer (vectors x dimensions
+    numbers, held by the worker as the provider's JSON, as floats and as the encoded answer, then
+    by the gateway) would take more memory than one request may."""
+    if vectors * dims > budget:
+        raise PayloadTooLarge(
+            f"This request asks for {vectors} embeddings of {dims} dimensions ({vectors * dims:,} numbers); "
+            f"one request may ask for at most {budget:,}. Send at most {max(1, budget // dims)} inputs per "
+            "request at this size, or fewer 'dimensions'.", param="input", code="embeddings_too_large")
 
 
 class Gateway:
@@ -62,10 +101,7 @@ class Gateway:
         call.plan_name = principal.plan
         bot = request.headers.get("X-Bot-ID")
         if bot:
-            if not _BOT.match(bot):
-                raise InvalidRequest("X-Bot-ID must be 1-64 letters, digits or '_.:-'.", param="X-Bot-ID",
-                                     code="invalid_bot_id")
-            call.bot = bot
+            call.bot = bot_id(bot)
         return principal
 
     async def _body(self, request: web.Request) -> bytes:
@@ -103,24 +139,55 @@ class Gateway:
             self.plans.put(key, plan, header)
         return plan
 
+    def _hold_model(self, plan: contract.RoutePlan, prompt_tokens: int, max_output: int) -> str:
+        """The model the hold is priced on: the costliest one the plan may fall back to, so a
+        fallback to a dearer model (charged at its own price) still fits in what was held."""
+        models = {t.model for t in plan.targets if t.model and t.model != plan.model}
+        if not models:
+            return plan.model
+        worst = Usage(prompt_tokens=prompt_tokens, completion_tokens=max_output)
+
+        def cost(name: str) -> int:
+            m = self.catalog.model(name)
+            return -1 if m is None else cost_credits(worst, PriceUnits.of(m.price))
+
+        return max([plan.model, *sorted(models)], key=cost)
+
+    def _many_choices(self, plan: contract.RoutePlan) -> contract.RoutePlan:
+        """The plan's deployments that can answer ``n`` choices in one call (OpenAI-compatible
+        ones; the other kinds answer once), refused before anything is held when there is none."""
+        kinds = self.catalog.provider_by_id
+        able = [t for t in plan.targets if t.provider in kinds and kinds[t.provider].kind == "openai_compat"]
+        if not able:
+            raise InvalidRequest(f"'n' above 1 is not available for {plan.response_model}: its provider "
+                                 "answers one choice per request.", param="n", code="invalid_value")
+        # a copy: the plan may be the cached one other requests share
+        return msgspec.structs.replace(plan, targets=able)
+
     async def _serve(self, call: Call, kind: str, plan: contract.RoutePlan, body: bytes, stream: bool,
-                     max_output: int, sink: Sink) -> web.StreamResponse:
+                     sink: Sink, cap: int = 0, n: int = 1) -> web.StreamResponse:
+        """Reserve and dispatch. ``cap`` is the output cap per choice (0 for embeddings), ``n`` the
+        number of choices: the hold covers ``cap * n`` and the worker is told the cap it may send."""
         if self.byok is not None and plan.targets:
             provider = plan.targets[0].provider
-            if await self.byok.has(call.user, provider):
+            if self.catalog.takes_user_keys(provider) and await self.byok.has(call.user, provider):
                 # served on the user's own key: charged nothing, so never moved to a provider that
                 # would be served on ours
                 call.byok = True
                 plan.targets = [t for t in plan.targets if t.provider == provider]
-        await self.meter.reserve(
-            ReserveRequest(call.request_id, call.user, call.plan_name, plan.model, call.prompt_tokens,
-                           max_output, bot=call.bot, byok=call.byok),
+        most, least = output_hold(cap, n, self.s.min_output_tokens)
+        reply = await self.meter.reserve(
+            ReserveRequest(call.request_id, call.user, call.plan_name,
+                           self._hold_model(plan, call.prompt_tokens, most), call.prompt_tokens,
+                           most, bot=call.bot, byok=call.byok, min_output_tokens=least),
             call.headers,
         )
+        cap = granted_cap(reply, cap, n)  # less than asked when the budget held less: a shorter answer
         work = WorkRequest(
             request_id=call.request_id, kind=kind,  # type: ignore[arg-type]
             deployment="", provider="", upstream_model="", response_model=plan.response_model,
             body=body, stream=stream, created=int(time.time()), user=call.user, byok=call.byok,
+            max_output_tokens=cap, prompt_tokens=call.prompt_tokens,
         )
         return await self.dispatcher.run(call, plan, work, sink)
 
@@ -146,15 +213,16 @@ class Gateway:
             ),
             call,
         )
-        max_output = facts.max_output_tokens(self.s.default_max_tokens)
         model = self.catalog.model(plan.model)
-        if model is not None:
-            room = max(1, model.context_window - facts.prompt_tokens)
-            max_output = min(max_output, model.max_output_tokens, room)
-            if model.defaults is not None:
-                body = with_defaults(body, req, model.defaults)
-        sink: Sink = StreamSink(request, call) if req.stream else BufferedSink(request, call)
-        return await self._serve(call, "chat", plan, body, req.stream, max_output, sink)
+        cap = facts.output_cap(model, plan.response_model, self.s.default_max_tokens)
+        if model is not None and model.defaults is not None:
+            body = with_defaults(body, req, model.defaults)
+        if req.n is not None and req.n > 1:
+            plan = self._many_choices(plan)
+        wt = self.s.stream_write_timeout_seconds
+        sink: Sink = StreamSink(request, call, wt) if req.stream else \
+            BufferedSink(request, call, wt, self.s.max_reply_bytes)
+        return await self._serve(call, "chat", plan, body, req.stream, sink, cap, req.n or 1)
 
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
         call: Call = request[CALL]
@@ -170,7 +238,11 @@ class Gateway:
                 and req.dimensions > model.dimensions:
             raise InvalidRequest(f"'dimensions' can be at most {model.dimensions} for {plan.response_model}.",
                                  param="dimensions", code="invalid_value")
-        return await self._serve(call, "embeddings", plan, body, False, 0, BufferedSink(request, call))
+        dims = req.dimensions or (model.dimensions if model is not None else None) or _UNKNOWN_DIMENSIONS
+        _check_embedding_values(_vectors(req.input), dims, self.s.max_embedding_values)
+        return await self._serve(call, "embeddings", plan, body, False,
+                                 BufferedSink(request, call, self.s.stream_write_timeout_seconds,
+                                              self.s.max_reply_bytes))
 
     async def list_models(self, request: web.Request) -> web.StreamResponse:
         call: Call = request[CALL]

@@ -14,51 +14,17 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from shared import tokens
-from shared.catalog import Defaults
+from shared import prompt, tokens
+from shared.catalog import Defaults, Model
 from shared.errors import InvalidRequest
 
 PositiveInt = Annotated[int, Meta(ge=1)]
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
 
-class ImageURL(msgspec.Struct):
-    url: str
-
-
-class ContentPart(msgspec.Struct):
-    type: str
-    text: str | None = None
-    image_url: ImageURL | None = None
-
-
-class FunctionCall(msgspec.Struct):
-    name: str = ""
-    arguments: str = ""
-
-
-class ToolCall(msgspec.Struct):
-    function: FunctionCall | None = None
-
-
-class Message(msgspec.Struct):
+class Message(prompt.Message):
     role: Role
-    content: str | list[ContentPart] | None = None
-    name: str | None = None
-    tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
-
-
-class FunctionDef(msgspec.Struct):
-    name: str
-    description: str | None = None
-    # kept raw: only its size matters here, and decoding a large JSON schema would be wasted work
-    parameters: msgspec.Raw = msgspec.Raw(b"")
-
-
-class Tool(msgspec.Struct):
-    type: str = "function"
-    function: FunctionDef | None = None
 
 
 class StreamOptions(msgspec.Struct):
@@ -100,10 +66,18 @@ class ChatRequest(msgspec.Struct):
     seed: int | None = None
     stop: str | list[str] | None = None
     user: str | None = None
-    tools: list[Tool] | None = None
+    tools: list[prompt.Tool] | None = None
+    functions: list[prompt.FunctionDef] | None = None  # the legacy form of ``tools``
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
+    # cost options a client must not choose on the operator's account (see ``_policy``)
+    service_tier: str | None = None
+    store: bool | None = None
+    modalities: list[str] | None = None
+    audio: msgspec.Raw = msgspec.Raw(b"")  # raw: only whether it is given matters
+    web_search_options: msgspec.Raw = msgspec.Raw(b"")  # raw: only whether it is given matters
+    prediction: msgspec.Raw = msgspec.Raw(b"")  # raw: only whether it is given matters
 
 
 class EmbeddingsRequest(msgspec.Struct):
@@ -145,6 +119,10 @@ def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise _invalid(exc) from None
+    except RecursionError:
+        # msgspec's depth limit is the interpreter's recursion limit (about 1,000 levels)
+        raise InvalidRequest(
+            "The JSON body is nested too deeply.", code="invalid_json") from None
     except (msgspec.DecodeError, UnicodeDecodeError):
         # msgspec raises UnicodeDecodeError (not DecodeError) for bytes that are not UTF-8
         raise InvalidRequest(
@@ -163,11 +141,6 @@ def _json_object(raw: msgspec.Raw, param: str) -> None:
     if raw and not bytes(raw).lstrip().startswith(b"{"):
         raise InvalidRequest(f"Invalid value for '{param}': expected a JSON Schema object.",
                              param=param, code="invalid_value")
-
-
-def _size(text: str) -> int:
-    # tokens.py counts UTF-8 bytes for non-ASCII text, characters otherwise
-    return len(text) if text.isascii() else len(text.encode("utf-8"))
 
 
 class ChatFacts(msgspec.Struct):
@@ -192,29 +165,69 @@ class ChatFacts(msgspec.Struct):
         text = "\n".join(parts)
         return text[-limit:]
 
-    def max_output_tokens(self, default: int) -> int:
+    def output_cap(self, model: Model | None, name: str, default: int) -> int:
+        """The output cap per choice, held and sent upstream: the client's, or ``default``, never
+        above the model's limit nor the room its context leaves beside the prompt. A client cap above
+        the model's limit is refused, as OpenAI refuses it; the context room is clamped, not refused,
+        because the prompt's size is only an estimate."""
         r = self.request
-        return r.max_completion_tokens or r.max_tokens or default
+        asked = r.max_completion_tokens or r.max_tokens
+        if model is None:
+            return asked or default
+        if asked is not None and asked > model.max_output_tokens:
+            param = "max_completion_tokens" if r.max_completion_tokens else "max_tokens"
+            raise InvalidRequest(
+                f"'{param}' is too large: {asked}. {name} supports at most {model.max_output_tokens} "
+                "completion tokens.", param=param, code="invalid_value")
+        room = max(1, model.context_window - self.prompt_tokens)
+        return min(asked or default, model.max_output_tokens, room)
+
+
+# service tiers that cost no more than the price the catalog holds: the operator's own default
+_TIERS = (None, "auto", "default")
+
+
+def _given(raw: msgspec.Raw) -> bool:
+    return bool(raw) and bytes(raw) != b"null"
+
+
+def _policy(req: ChatRequest) -> None:
+    """Refuse the options that would make the provider charge more than the hold covers (audio
+    output, web search, a priority tier, rejected predictions billed as output) or keep the
+    conversation on the operator's account. The worker strips the rest (``services.worker.policy``)."""
+    refused: tuple[str, str] | None = None
+    if req.service_tier not in _TIERS:
+        refused = "service_tier", "Only the default service tier is available ('auto' or 'default')."
+    elif req.store:
+        refused = "store", "Completions cannot be stored with the provider through this API."
+    elif _given(req.audio) or (req.modalities and any(m != "text" for m in req.modalities)):
+        refused = ("audio" if _given(req.audio) else "modalities"), "Only text output is available."
+    elif _given(req.web_search_options):
+        refused = "web_search_options", "Web search is not available through this API."
+    elif _given(req.prediction):
+        refused = "prediction", "Predicted outputs are not available through this API."
+    if refused is not None:
+        param, why = refused
+        raise InvalidRequest(f"Unsupported parameter: '{param}'. {why}", param=param,
+                             code="unsupported_parameter")
 
 
 def parse_chat(body: bytes) -> ChatFacts:
     req: ChatRequest = _decode(_chat_decoder, body)
-    sizes: list[int] = []
+    _policy(req)
+    if req.stream and req.n is not None and req.n > 1:
+        raise InvalidRequest("'n' above 1 cannot be streamed; ask for one choice or turn streaming off.",
+                             param="n", code="invalid_value")
     vision = False
     for i, m in enumerate(req.messages):
-        n = 0
         content = m.content
-        if isinstance(content, str):
-            n = _size(content)
-        elif content is not None:
+        if isinstance(content, list):
             for j, part in enumerate(content):
                 if part.type == "text" and part.text is None:
                     # OpenAI requires the text of a text part; providers choke on a null
                     raise InvalidRequest("A 'text' content part needs a 'text' string.",
                                          param=f"messages[{i}].content[{j}].text", code="invalid_value")
-                if part.text:
-                    n += _size(part.text)
-                elif part.type == "image_url" or part.type == "input_image":
+                if not part.text and part.type in ("image_url", "input_image"):
                     vision = True
                     if part.type == "image_url" and part.image_url is None:
                         raise InvalidRequest(
@@ -222,24 +235,14 @@ def parse_chat(body: bytes) -> ChatFacts:
                             param=f"messages[{i}].content[{j}].image_url", code="invalid_value")
         if m.role == "tool" and m.tool_call_id is None:
             raise _missing(f"messages[{i}].tool_call_id")
-        if m.name:
-            n += _size(m.name)
-        if m.tool_calls:
-            for call in m.tool_calls:
-                if call.function is not None:
-                    n += _size(call.function.name) + _size(call.function.arguments)
-        sizes.append(n)
-    if req.tools:
-        n = 0
-        for i, tool in enumerate(req.tools):
-            f = tool.function
-            if f is not None:
-                n += _size(f.name) + (_size(f.description) if f.description else 0)
-                n += len(f.parameters)
-                _json_object(f.parameters, f"tools[{i}].function.parameters")
-            elif tool.type == "function":
-                raise _missing(f"tools[{i}].function")
-        sizes.append(n)
+    for i, tool in enumerate(req.tools or ()):
+        f = tool.function
+        if f is not None:
+            _json_object(f.parameters, f"tools[{i}].function.parameters")
+        elif tool.type == "function":
+            raise _missing(f"tools[{i}].function")
+    for i, f in enumerate(req.functions or ()):
+        _json_object(f.parameters, f"functions[{i}].parameters")
     choice = req.tool_choice
     if isinstance(choice, NamedToolChoice) and choice.type == "function" and choice.function is None:
         raise _missing("tool_choice.function")
@@ -250,8 +253,8 @@ def parse_chat(body: bytes) -> ChatFacts:
         _json_object(fmt.json_schema.schema, "response_format.json_schema.schema")
     return ChatFacts(
         request=req,
-        prompt_tokens=tokens.estimate_messages(sizes),
-        needs_tools=bool(req.tools),
+        prompt_tokens=prompt.estimate(req.messages, req.tools, req.functions),
+        needs_tools=bool(req.tools or req.functions),
         needs_vision=vision,
         needs_json=fmt is not None and fmt.type != "text",
     )

@@ -125,7 +125,9 @@ class ByokApi:
         self.auth = auth
         self.probe = probe
         self.read_body = read_body
-        # the fake provider takes no key; every other provider of the catalog can take the user's own
+        # keys are stored only for providers the catalog marks ``byok``; any other provider's keys
+        # (stored before it lost the mark) can still be listed and deleted, but are never used
+        self.byok_providers = sorted(catalog.byok_providers())
         self.providers = sorted(p.id for p in catalog.providers if p.kind != "fake")
         # a bad key stops the gateway at startup, like every other bad setting
         self.sealer = Sealer.from_env({ENV: byok_key}) if byok_key else None
@@ -164,7 +166,13 @@ class ByokApi:
 
     async def put(self, request: web.Request) -> web.StreamResponse:
         call, user = await self._caller(request)
-        provider = self._provider(request)
+        provider = request.match_info["provider"]
+        if provider not in self.byok_providers:
+            known = ", ".join(self.byok_providers) or "none on this gateway"
+            raise InvalidRequest(
+                f"Provider {provider!r} does not take your own key; these do: {known}.",
+                param="provider", code="byok_not_supported",
+            )
         store = self.store()
         if not store.can_seal:
             raise PermissionDenied(
@@ -173,7 +181,7 @@ class ByokApi:
         body = await self.read_body(request)
         try:
             secret = clean_secret(_put_decoder.decode(body).api_key)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
             # msgspec's message could quote the body, and the body holds the key
             raise InvalidRequest(
                 "The body must be a JSON object with a string field 'api_key'.",

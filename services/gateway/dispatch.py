@@ -5,46 +5,50 @@
         retryable failure before the first chunk went out -> next target
     Done      -> buffered: Done.body as is | stream: data: [DONE]
     Failed    -> HTTP error before the first chunk | in-band error event after it
-    disconnect-> Cancel, wait briefly for the worker's usage, settle with it
+    disconnect-> Cancel, wait briefly for the worker's usage, settle with it (a client that stops
+                 reading counts as gone once a write waits JANUS_STREAM_WRITE_TIMEOUT_SECONDS)
+    meanwhile -> every JANUS_HOLD_RENEW_SECONDS, tell metering the hold is still in use
     finally   -> exactly one settlement per request (ok, usage actually produced)
 
-A sink hides the difference between a buffered and a streamed response; the attempt loop is one.
+A sink (``sinks.py``) hides the difference between a buffered and a streamed response; the attempt
+loop is one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import Protocol
+from collections.abc import Mapping
 
 from aiohttp import web
 
-from services.gateway.frames import SHUTDOWN, FrameReader
+from services.gateway.frames import REPLY_OVERFLOW, SHUTDOWN, FrameReader
 from services.gateway.meter import Meter
 from services.gateway.settings import GatewaySettings
+from services.gateway.sinks import Sink
 from shared import contract, metrics, subjects
 from shared.bus import Bus, Inbox
-from shared.contract import Cancel, Chunk, Done, Failed, RoutePlan, Settlement, Usage, WorkRequest
+from shared.contract import (
+    Cancel,
+    Chunk,
+    Done,
+    Failed,
+    ModelUsage,
+    RoutePlan,
+    Settlement,
+    Usage,
+    WorkRequest,
+)
 from shared.errors import JanusError, ServiceUnavailable
 from shared.logging import get_logger
 
 log = get_logger("gateway.dispatch")
 
-_ttft = metrics.children(metrics.TTFT)
-
-_SSE_HEADERS = {
-    "Content-Type": "text/event-stream",
-    "Cache-Control": "no-cache",
-    "X-Accel-Buffering": "no",  # reverse proxies must not hold back events
-}
-_DONE_EVENT = b"data: [DONE]\n\n"
-_JSON = "application/json"
-
-
 class Call:
     """One HTTP request's state, shared by the handler, the dispatcher and the edge middleware."""
 
-    __slots__ = ("bot", "byok", "error_code", "headers", "model", "ok", "plan_name", "prompt_tokens",
-                 "request_id", "start", "status", "upstream_seconds", "usage", "user")
+    __slots__ = ("bot", "by_model", "byok", "error_code", "headers", "model", "ok", "plan_name",
+                 "prompt_tokens", "request_id", "start", "status", "upstream_seconds", "usage", "user")
 
     def __init__(self, request_id: str, start: float) -> None:
         self.request_id = request_id
@@ -59,135 +63,10 @@ class Call:
         self.upstream_seconds = 0.0
         self.status = 0  # set when the handler knows better than the response (499: client left)
         self.usage = Usage()  # produced by every attempt so far: what the settlement charges
+        # the same by catalog model: a fallback to another model is charged at that model's price
+        self.by_model: dict[str, Usage] = {}
         self.ok = False
         self.error_code: str | None = None  # an in-band error's code, for the request's log line
-
-
-class Sink(Protocol):
-    started: bool
-    chunks: int
-    resp: web.StreamResponse | None
-
-    # more: another frame has already arrived, so the write may wait for it (one write, not many)
-    async def chunk(self, data: bytes, more: bool = False) -> None: ...
-    # a new attempt begins: what a failed one left is dropped (a started stream never retries)
-    def reset(self) -> None: ...
-    async def flush(self) -> None: ...
-    async def done(self, frame: Done) -> web.StreamResponse: ...
-    async def fail(self, err: JanusError) -> web.StreamResponse: ...
-
-
-class BufferedSink:
-    """A whole JSON body. It comes in the Done frame, or, when larger than one bus message (a big
-    embeddings batch), as Chunk frames carrying consecutive slices of it, the last in Done."""
-
-    started: bool = False
-    chunks: int = 0
-    resp: web.StreamResponse | None = None
-
-    def __init__(self, request: web.Request, call: Call) -> None:
-        self.request = request
-        self.call = call
-        self.parts: list[bytes] = []
-
-    async def chunk(self, data: bytes, more: bool = False) -> None:
-        self.parts.append(data)
-
-    def reset(self) -> None:
-        self.parts.clear()
-
-    async def flush(self) -> None:
-        return
-
-    async def done(self, frame: Done) -> web.StreamResponse:
-        headers = self.call.headers
-        headers["Content-Type"] = _JSON
-        if not self.parts:
-            return web.Response(body=frame.body, headers=headers)
-        # written slice by slice: joining them first would hold the answer twice
-        parts, self.parts = [*self.parts, frame.body], []
-        resp = web.StreamResponse(headers=headers)
-        resp.content_length = sum(map(len, parts))
-        self.resp = resp
-        await resp.prepare(self.request)
-        for part in parts:
-            await resp.write(part)
-        await resp.write_eof()
-        return resp
-
-    async def fail(self, err: JanusError) -> web.StreamResponse:
-        raise err
-
-
-class StreamSink:
-    """SSE. Headers go out only with the first chunk, so that everything before it can still fall
-    back to another deployment or end as an ordinary HTTP error.
-
-    Chunks that arrived together leave in one write (a write per event costs a syscall each); a
-    chunk is held only while another frame is already waiting, so nothing is ever delayed."""
-
-    def __init__(self, request: web.Request, call: Call) -> None:
-        self.request = request
-        self.call = call
-        self.resp: web.StreamResponse | None = None
-        self.started = False
-        self.chunks = 0
-        self._held: list[bytes] = []
-
-    async def _open(self) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={**self.call.headers, **_SSE_HEADERS})
-        self.resp = resp
-        self.started = True
-        await resp.prepare(self.request)
-        return resp
-
-    def reset(self) -> None:
-        return  # nothing is kept before the first chunk, and after it there is no other attempt
-
-    async def chunk(self, data: bytes, more: bool = False) -> None:
-        self.chunks += 1
-        self.started = True  # from here on the stream is the client's: no fallback
-        self._held.append(b"data: " + data + b"\n\n")
-        if not more:
-            await self.flush()
-
-    async def _take(self) -> bytes:
-        """The held events as one payload, the response opened first if this is the first."""
-        if self.resp is None:
-            await self._open()
-            if self._held:
-                _ttft(self.call.model).observe(time.perf_counter() - self.call.start)
-        held = self._held
-        if not held:
-            return b""
-        self._held = []
-        return held[0] if len(held) == 1 else b"".join(held)
-
-    async def flush(self) -> None:
-        if self._held:
-            data = await self._take()
-            assert self.resp is not None
-            await self.resp.write(data)
-
-    async def done(self, frame: Done) -> web.StreamResponse:
-        data = await self._take()
-        assert self.resp is not None
-        await self.resp.write_eof(data + _DONE_EVENT)  # the last events and the terminator together
-        return self.resp
-
-    async def fail(self, err: JanusError) -> web.StreamResponse:
-        if self.resp is None and not self._held:
-            raise err
-        metrics.STREAM_ERRORS.labels(err.code or "error").inc()
-        self.call.error_code = err.code or "error"
-        try:
-            data = await self._take()
-            assert self.resp is not None
-            await self.resp.write_eof(data + b"data: " + err.to_body() + b"\n\n")
-        except ConnectionError:
-            self.call.status = 499
-        assert self.resp is not None
-        return self.resp
 
 
 def _add(total: Usage, more: Usage) -> Usage:
@@ -199,11 +78,23 @@ def _add(total: Usage, more: Usage) -> Usage:
     )
 
 
+def settlement(call: Call) -> Settlement:
+    """The request's one settlement: the model that served it (the last one tried) with its usage,
+    and what attempts on other models produced, each to be priced at its own model's price."""
+    other = [ModelUsage(m, u) for m, u in call.by_model.items() if m != call.model and u != Usage()]
+    return Settlement(call.request_id, call.user, call.plan_name, call.model,
+                      call.by_model.get(call.model, Usage()), bot=call.bot, ok=call.ok, byok=call.byok,
+                      at=time.time(), other=other)
+
+
 class Dispatcher:
-    def __init__(self, bus: Bus, settings: GatewaySettings, meter: Meter) -> None:
+    def __init__(self, bus: Bus, settings: GatewaySettings, meter: Meter,
+                 response_names: Mapping[str, str] | None = None) -> None:
         self.bus = bus
         self.s = settings
         self.meter = meter
+        # a fallback model's answer names that model, as a catalog id maps to it in responses
+        self.response_names = response_names or {}
         self.active: set[Inbox] = set()
         self.draining = False
 
@@ -242,7 +133,15 @@ class Dispatcher:
             usage = Usage(prompt_tokens=call.prompt_tokens, completion_tokens=sink.chunks)
         return usage
 
+    async def _keep_hold(self, call: Call) -> None:
+        """Renew the request's hold every interval while it runs (cancelled when it ends)."""
+        while True:
+            await asyncio.sleep(self.s.hold_renew_seconds)
+            await self.meter.renew(call.user, call.request_id)
+
     async def run(self, call: Call, plan: RoutePlan, work: WorkRequest, sink: Sink) -> web.StreamResponse:
+        # a BYOK request holds nothing; any other keeps its hold alive while it runs
+        keeper = None if call.byok else asyncio.get_running_loop().create_task(self._keep_hold(call))
         try:
             return await self._attempts(call, plan, work, sink)
         except Exception as exc:
@@ -252,10 +151,10 @@ class Dispatcher:
             log.exception("stream_failed")
             return await sink.fail(JanusError("internal error"))
         finally:
+            if keeper is not None:
+                keeper.cancel()
             # exactly one settlement per request, whatever happened: it also releases the hold
-            self.meter.settle(Settlement(call.request_id, call.user, call.plan_name, call.model,
-                                         call.usage, bot=call.bot, ok=call.ok, byok=call.byok,
-                                         at=time.time()))
+            self.meter.settle(settlement(call))
 
     async def _attempts(self, call: Call, plan: RoutePlan, work: WorkRequest,
                         sink: Sink) -> web.StreamResponse:
@@ -272,8 +171,12 @@ class Dispatcher:
             work.deployment = target.deployment
             work.provider = target.provider
             work.upstream_model = target.upstream_model
+            call.model = target.model or plan.model
+            work.response_model = self.response_names.get(call.model, plan.response_model) \
+                if target.model else plan.response_model
             sink.reset()
-            box = self.bus.open_inbox(call.request_id if i == 0 else f"{call.request_id}_{i}")
+            box = self.bus.open_inbox(call.request_id if i == 0 else f"{call.request_id}_{i}",
+                                      self.s.max_reply_bytes)
             self.active.add(box)
             try:
                 reader = FrameReader(box, target.provider, self.s.first_frame_timeout_seconds,
@@ -288,6 +191,7 @@ class Dispatcher:
                 box.close()
             resp, err, got = outcome
             call.usage = _add(call.usage, got)
+            call.by_model[call.model] = _add(call.by_model.get(call.model, Usage()), got)
             if resp is not None:
                 call.ok = err is None
                 return resp
@@ -306,6 +210,12 @@ class Dispatcher:
                 try:
                     frame = await reader.next()
                 except JanusError as err:
+                    if err.code == REPLY_OVERFLOW:
+                        # the worker answered more than the gateway holds; its frames, usage
+                        # included, were dropped, but the prompt was surely processed
+                        await self._cancel(call.request_id)
+                        return None, err, Usage(prompt_tokens=call.prompt_tokens,
+                                                completion_tokens=sink.chunks)
                     if reader.expect == 0:
                         return None, err, Usage()
                     # the worker took the work and went silent (or the gateway is stopping)
@@ -315,7 +225,11 @@ class Dispatcher:
                     wait = 1.0 if self.draining else 0.0
                     return None, err, await self._after_loss(call, reader, sink, wait)
                 if isinstance(frame, Chunk):
-                    await sink.chunk(frame.data, reader.ready())
+                    try:
+                        await sink.chunk(frame.data, reader.ready())
+                    except JanusError as err:  # a buffered answer past what the gateway holds
+                        await self._cancel(call.request_id)
+                        return None, err, Usage(prompt_tokens=call.prompt_tokens)
                 elif isinstance(frame, Done):
                     call.upstream_seconds = frame.upstream_seconds
                     try:

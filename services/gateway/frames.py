@@ -10,11 +10,12 @@ from __future__ import annotations
 import msgspec
 
 from shared import contract
-from shared.bus import Bus, Inbox
-from shared.errors import ServiceUnavailable, UpstreamError, UpstreamTimeout
+from shared.bus import OVERFLOW, Bus, Inbox
+from shared.errors import JanusError, ServiceUnavailable, UpstreamError, UpstreamTimeout
 
 # put into an inbox's queue to wake its reader when the gateway must end the request now
 SHUTDOWN = object()
+REPLY_OVERFLOW = "reply_too_large"
 
 
 class FrameReader:
@@ -40,6 +41,11 @@ class FrameReader:
             raise self._timed_out(first) from None
         if msg is SHUTDOWN:
             raise ServiceUnavailable("the gateway is shutting down", code="shutting_down")
+        if msg is OVERFLOW:
+            # not retryable: another deployment would send the same answer
+            raise JanusError(
+                f"the reply from the worker for {self.provider!r} outran what the gateway holds for one "
+                "request", code=REPLY_OVERFLOW, status=502)
         if Bus.is_no_responders(msg):
             raise ServiceUnavailable(f"no worker is serving provider {self.provider!r}", code="no_worker")
         try:

@@ -18,7 +18,7 @@ import time
 from services.gateway.credits import Credits
 from shared import contract, metrics, subjects
 from shared.bus import Bus, map_exception
-from shared.contract import ReserveReply, ReserveRequest, Settlement, Usage
+from shared.contract import HoldRenewal, ReserveReply, ReserveRequest, Settlement, Usage
 from shared.errors import BudgetExceeded, JanusError, RateLimited
 from shared.logging import get_logger
 
@@ -31,6 +31,20 @@ _ACK_TIMEOUT = 5.0  # one publish's wait for the stream's acknowledgement
 
 # metering's dashboard shows janus_settlements_total by result; the gateway adds the ones it gave up
 _LOST = metrics.SETTLEMENTS.labels("lost")
+
+
+def output_hold(cap: int, n: int, floor: int) -> tuple[int, int]:
+    """(max, min) output tokens to reserve for ``n`` choices of at most ``cap`` tokens each: every
+    choice is held, and a budget that cannot hold ``cap`` may grant down to ``floor`` a choice."""
+    floor = min(floor, cap)
+    return cap * n, (floor * n if 0 < floor < cap else 0)
+
+
+def granted_cap(reply: ReserveReply, cap: int, n: int) -> int:
+    """The cap per choice the hold pays for: ``cap``, or less when metering granted less."""
+    if cap and 0 < reply.max_output_tokens < cap * n:
+        return reply.max_output_tokens // n
+    return cap
 
 
 def backoff(attempt: int, first: float = _BACKOFF_FIRST, cap: float = _BACKOFF_CAP) -> float:
@@ -77,6 +91,13 @@ class Meter:
                 reply.message or f"Your {pool} credit pool cannot cover this request.", param=None
             )
         return reply
+
+    async def renew(self, user: str, request_id: str) -> None:
+        """Tell metering the hold of ``request_id`` is still in use (lost: the next one follows)."""
+        try:
+            await self.bus.publish(subjects.METER_RENEW, contract.encode(HoldRenewal(user, request_id)))
+        except JanusError as exc:
+            log.warning("renew_failed", request_id=request_id, error=exc.message)
 
     def release(self, req: ReserveRequest) -> None:
         """Settle ``req`` as failed with nothing produced: its hold (if any) goes, nothing is charged."""

@@ -65,7 +65,8 @@ class GatewayService(Service):
         self.meter = Meter(
             bus, self.s.reserve_timeout_seconds, settle_deadline=self.s.settle_deadline_seconds
         )
-        self.dispatcher = Dispatcher(bus, self.s, self.meter)
+        names = {m.id: m.name_in_responses for m in self.catalog.models}
+        self.dispatcher = Dispatcher(bus, self.s, self.meter, names)
         byok = ByokProbe()
         await byok.start(bus, self.common.nats_replicas)
         gw = Gateway(self.s, bus, self.catalog, self.auth, self.meter, self.dispatcher, byok)

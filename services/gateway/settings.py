@@ -9,7 +9,10 @@ class GatewaySettings(CommonSettings, kw_only=True):
     host: str = "127.0.0.1"  # containers set 0.0.0.0
     port: int = 8080
     max_body_bytes: int = 4 * 1024 * 1024
-    default_max_tokens: int = 4096
+    default_max_tokens: int = 4096  # the output cap per choice held and sent when a client sets none
+    # a caller whose budget cannot hold the full cap gets a shorter one, down to this many tokens
+    # per choice (finish_reason "length" tells them); below it the request is refused with 429
+    min_output_tokens: int = 256
     first_frame_timeout_seconds: float = 5.0  # the worker's Accepted must arrive within this
     stall_timeout_seconds: float = 30.0  # between frames; workers heartbeat well inside it
     max_attempts: int = 3
@@ -21,6 +24,18 @@ class GatewaySettings(CommonSettings, kw_only=True):
     settle_deadline_seconds: float = 60.0
     cancel_wait_seconds: float = 5.0  # after a cancel, how long to wait for the worker's usage
     request_deadline_seconds: float = 600.0  # sent to workers as Janus-Deadline
+    # a write to a client that does not read for this long ends the request (499), charged for
+    # what was produced: a stalled reader must not keep a request, its worker and its hold alive
+    stream_write_timeout_seconds: float = 30.0
+    # embeddings: vectors x dimensions one request may ask for (a 413 beyond, before any upstream
+    # call): what keeps four concurrent requests inside a worker's and a gateway's memory limit
+    max_embedding_values: int = 1_572_864  # 1,024 x 1,536 (512 x 3,072)
+    # bytes of one worker reply the gateway holds (queued frames and a buffered answer's slices); a
+    # worker sending more is cut off with a 502, however it misbehaves
+    max_reply_bytes: int = 48 * 1024 * 1024
+    # a request running longer than this tells metering its hold is still in use, again every
+    # interval, so the reaper (JANUS_HOLD_TTL_SECONDS, 900 s) never frees a live request's hold
+    hold_renew_seconds: float = 120.0
     # JANUS_BYOK_KEY, the worker's key for users' own provider keys: lets PUT /v1/byok seal them.
     # Never logged; empty: keys can be listed and deleted over HTTP but not stored.
     byok_key: str = ""

@@ -6,7 +6,9 @@ mutated record back with one compare-and-set, so the rules below hold across poo
 Admission: a request is admitted only if every pool can hold its worst-case cost (the prompt
 estimate plus ``max_output_tokens`` at the model's price, with ``shared.money.cost_credits``):
 ``used + open holds + this hold <= limit`` for the session, the week and, when the plan sets them,
-the monthly input/output token quotas.
+the monthly input/output token quotas. A request that names a floor (``min_output_tokens``) and does
+not fit whole is granted the largest output every pool can hold, down to that floor, in the same
+write; the reply says how much (``max_output_tokens``) and the gateway sends the provider that cap.
 
 Overshoot bound: a pool's spend can pass its limit by at most one request's ``actual - reserved``
 cost. Every admitted hold fits under the limit together with all the others, and a settlement
@@ -27,10 +29,13 @@ request made on Sunday night and settled on Monday is charged to last week, not 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+import msgspec
+
 from services.metering import windows as w
-from services.metering.record import Hold, Record, Tally
+from services.metering.record import OTHER_BOT, Bounds, Hold, Record, Tally, bot_key
 from shared.catalog import Plan
 from shared.contract import (
     LedgerEntry,
@@ -41,7 +46,7 @@ from shared.contract import (
     Settlement,
     Usage,
 )
-from shared.money import PriceUnits, cost_credits
+from shared.money import PriceUnits, cost_credits, output_within
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +219,19 @@ def _denial(f: Figures, plan: Plan, hold: int, req: ReserveRequest) -> tuple[str
     return pool, message
 
 
+def _largest_output(f: Figures, plan: Plan, req: ReserveRequest, price: PriceUnits) -> int:
+    """The most output tokens (up to the request's own cap) every pool and quota can still hold
+    beside the request's prompt; below 0 when not even the prompt fits."""
+    best = max(req.max_output_tokens, 0)
+    for limit, used in ((plan.session.credits, f.session_used + f.session_reserved),
+                        (plan.weekly.credits, f.week_used + f.week_reserved)):
+        best = min(best, output_within(limit - used, req.input_tokens, price))
+    quota = plan.monthly_tokens.output
+    if quota is not None:
+        best = min(best, quota - f.month_out - f.month_out_reserved)
+    return best
+
+
 def request_rate(rec: Record, rules: PlanRules, now: int) -> RequestRate | None:
     """The rate window as it stands at ``now`` (nothing counted); None when the plan sets no rate."""
     if rules.rate_limit is None:
@@ -252,13 +270,22 @@ def reserve(rec: Record, req: ReserveRequest, rules: PlanRules, price: PriceUnit
         roll(rec, rules, now)
         pools = pool_states(figures(rec, rules, now), rules.plan)
         return ReserveReply(True, pools, hold=existing.credits if existing else 0,
-                            requests=request_rate(rec, rules, now)), False
+                            requests=request_rate(rec, rules, now),
+                            max_output_tokens=existing.output_tokens if existing else 0), False
     roll(rec, rules, now)
     f = figures(rec, rules, now)
     hold = 0
     if not req.byok:
         hold = hold_cost(req, price)
         denied = _denial(f, rules.plan, hold, req)
+        if denied is not None and 0 < req.min_output_tokens < req.max_output_tokens:
+            # the request fits with a shorter answer: hold (and let it generate) what the pools cover,
+            # decided here, inside the compare-and-set, so no concurrent request can take it meanwhile
+            grant = _largest_output(f, rules.plan, req, price)
+            if grant >= req.min_output_tokens:
+                req = msgspec.structs.replace(req, max_output_tokens=grant)
+                hold = hold_cost(req, price)
+                denied = _denial(f, rules.plan, hold, req)
         if denied is not None:
             pool, message = denied
             return ReserveReply(False, pool_states(f, rules.plan), denied_pool=pool, message=message,
@@ -278,46 +305,74 @@ def reserve(rec: Record, req: ReserveRequest, rules: PlanRules, price: PriceUnit
                                          req.model, req.bot, now)
     _held(rec, h, 1)
     pools = pool_states(figures(rec, rules, now), rules.plan)
-    return ReserveReply(True, pools, hold=hold, requests=rate), True
+    return ReserveReply(True, pools, hold=hold, requests=rate, max_output_tokens=h.output_tokens), True
 
 
 @dataclass(slots=True)
 class Outcome:
-    result: str  # "charged" | "released" | "late" | "byok" | "duplicate"
+    result: str  # "charged" | "released" | "late" | "byok" | "duplicate" | UNPROVABLE
     entry: LedgerEntry
 
 
+# a redelivery published before the record's floor: it may have been applied, nothing can tell
+UNPROVABLE = "unprovable"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What JetStream says about the message a settlement came in."""
+
+    published: int  # unix seconds when the stream stored it
+    redelivered: bool  # delivered before: it may have been applied already
+
+
 def settle(rec: Record, s: Settlement, rules: PlanRules, price: PriceUnits | None, now: int,
-           keep: int) -> tuple[Outcome, bool]:
+           bounds: Bounds, delivery: Delivery | None = None,
+           prices: Mapping[str, PriceUnits] | None = None) -> tuple[Outcome, bool]:
     """Replace the hold by the actual cost. Idempotent by request id: a settled id is a no-op that
-    still returns its ledger entry, so a redelivery after a crash re-publishes the same entry."""
+    still returns its ledger entry, so a redelivery after a crash re-publishes the same entry. A
+    redelivery older than what the record remembers is refused as ``UNPROVABLE``, unchanged.
+
+    ``price`` prices ``s.model`` (the model that served the answer); ``prices`` the models of
+    earlier attempts in ``s.other``, each charged at its own price."""
+    delivery = delivery or Delivery(now, False)
     known = rec.settled_cost(s.request_id)
     if known is not None:
         return Outcome("duplicate", _entry(s, known, 0, now)), False
+    if delivery.redelivered and delivery.published <= rec.settled_floor:
+        return Outcome(UNPROVABLE, _entry(s, 0, 0, now)), False
     roll(rec, rules, now)
     hold = rec.holds.pop(s.request_id, None)
     if hold is not None:
         _held(rec, hold, -1)
-    if s.byok:
-        cost = 0
-    elif price is not None:
-        cost = cost_credits(s.usage, price)
-    else:
-        # the model left the catalog between admission and settlement: charge what was held
-        cost = hold.credits if hold is not None and s.ok else 0
+    parts = [(s.model, s.usage, price), *((o.model, o.usage, (prices or {}).get(o.model, price))
+                                          for o in s.other)]
+    costs: list[int] = []
+    for _, usage, p in parts:
+        if s.byok:
+            costs.append(0)
+        elif p is not None:
+            costs.append(cost_credits(usage, p))
+        else:
+            # the model left the catalog between admission and settlement: charge what was held
+            costs.append(hold.credits if hold is not None and s.ok and not costs else 0)
+    cost = sum(costs)
     at = hold.at if hold is not None else w.now_s(s.at or now)
     if rec.session_start and at >= rec.session_start:
         rec.session_used += cost
+    prompt = sum(max(u.prompt_tokens, 0) for _, u, _ in parts)
+    completion = sum(max(u.completion_tokens, 0) for _, u, _ in parts)
     if at >= rec.week_start:
         rec.week_used += cost
-        prompt, completion = max(s.usage.prompt_tokens, 0), max(s.usage.completion_tokens, 0)
-        rec.week_by_model.setdefault(s.model, Tally()).add(cost, prompt, completion)
-        rec.week_by_bot.setdefault(s.bot or "default", Tally()).add(cost, prompt, completion)
+        for (model, usage, _), c in zip(parts, costs, strict=True):
+            rec.week_by_model.setdefault(model, Tally()).add(
+                c, max(usage.prompt_tokens, 0), max(usage.completion_tokens, 0))
+        _bot_tally(rec, s.bot or "default", bounds.bots).add(cost, prompt, completion)
     if at >= rec.month_start and not s.byok:
         # quotas bound what the platform pays for; a user's own key spends nothing of it
-        rec.month_input_tokens += max(s.usage.prompt_tokens, 0)
-        rec.month_output_tokens += max(s.usage.completion_tokens, 0)
-    rec.remember_settled(s.request_id, cost, keep)
+        rec.month_input_tokens += prompt
+        rec.month_output_tokens += completion
+    rec.remember_settled(s.request_id, cost, delivery.published, now, bounds)
     if s.byok:
         result = "byok"
     elif hold is None:
@@ -329,14 +384,44 @@ def settle(rec: Record, s: Settlement, rules: PlanRules, price: PriceUnits | Non
     return Outcome(result, _entry(s, cost, hold.credits if hold else 0, now)), True
 
 
+def _bot_tally(rec: Record, bot: str, most: int) -> Tally:
+    """The week's tally for ``bot``; past ``most`` distinct bots, the shared "other" one, so a
+    caller sending a new X-Bot-ID with every request cannot grow the record."""
+    key = bot_key(bot)
+    tally = rec.week_by_bot.get(key)
+    if tally is None:
+        if sum(k != OTHER_BOT for k in rec.week_by_bot) >= most:
+            key, bot = OTHER_BOT, OTHER_BOT
+            tally = rec.week_by_bot.get(key)
+        if tally is None:
+            tally = rec.week_by_bot[key] = Tally(name=bot if key != bot else "")
+    return tally
+
+
 def _entry(s: Settlement, cost: int, reserved: int, now: int) -> LedgerEntry:
     return LedgerEntry(request_id=s.request_id, user=s.user, model=s.model, credits=cost, usage=s.usage,
                        bot=s.bot or "default", reserved=reserved, ok=s.ok, byok=s.byok, at=float(now))
 
 
+def renew(rec: Record, request_id: str, now: int) -> tuple[bool, bool]:
+    """Mark a hold as still in use at ``now``: (whether it was found, whether the record changed)."""
+    h = rec.holds.get(request_id)
+    if h is None:
+        return False, False  # settled (or reaped) already: nothing to keep
+    if h.seen >= now:
+        return True, False
+    h.seen = now
+    return True, True
+
+
+def stale(rec: Record, now: int, ttl: float) -> bool:
+    return any(now - h.last_sign_of_life() >= ttl for h in rec.holds.values())
+
+
 def reap(rec: Record, now: int, ttl: float) -> list[str]:
-    """Release holds older than ``ttl`` seconds (their gateway died before settling)."""
-    stale = [rid for rid, h in rec.holds.items() if now - h.at >= ttl]
+    """Release holds with no sign of life for ``ttl`` seconds (their gateway died before settling);
+    a long request's gateway renews its hold, so a hold in use is never taken from it."""
+    stale = [rid for rid, h in rec.holds.items() if now - h.last_sign_of_life() >= ttl]
     for rid in stale:
         _held(rec, rec.holds.pop(rid), -1)
     return stale
@@ -356,7 +441,7 @@ def usage_document(rec: Record, rules: PlanRules, now: int) -> dict[str, object]
                 "remaining": None if limit is None else max(0, limit - used - reserved)}
 
     def tallies(d: dict[str, Tally]) -> dict[str, object]:
-        return {k: {"credits": t.credits, "requests": t.requests, "input_tokens": t.input_tokens,
+        return {t.name or k: {"credits": t.credits, "requests": t.requests, "input_tokens": t.input_tokens,
                     "output_tokens": t.output_tokens} for k, t in sorted(d.items())}
 
     return {

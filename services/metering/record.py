@@ -8,6 +8,7 @@ compare-and-set write: atomic across pools and safe with any number of metering 
 from __future__ import annotations
 
 import hashlib
+import re
 
 import msgspec
 
@@ -21,14 +22,41 @@ DIGEST = 8  # bytes of a settled request id's digest
 # money). It answers 503 instead, and the retry or the redelivered settlement reaches an upgraded
 # replica. Reading such a record is harmless and stays allowed. Raise this with every change of
 # the layout that an older replica would get wrong.
-SCHEMA = 1
+SCHEMA = 2  # 2: settled ids carry their publish time and the record a floor (idempotency by time)
+
+
+class Bounds(msgspec.Struct, frozen=True):
+    """What keeps one user's record small whatever the user sends.
+
+    Settled request ids are remembered ``horizon`` seconds after their publication, which must
+    outlast every redelivery JetStream makes while metering runs (``max_deliver`` times
+    ``ack_wait``, with room). ``ceiling`` only guards the size against a user settling faster than
+    any plan allows; ids it pushes out early raise the floor as the horizon does. ``bots`` distinct
+    bot ids are tallied per week; the rest are added up under ``OTHER_BOT``."""
+
+    horizon: int = 600
+    ceiling: int = 40_000
+    bots: int = 100
+
+
+OTHER_BOT = "other"
+_PLAIN_BOT = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+def bot_key(bot: str) -> str:
+    """Where a bot's tally is kept: its name when made of plain characters, else a short digest
+    (``#`` never appears in a plain name, so the two forms cannot collide). The tally keeps the
+    name a digest stands for, so /v1/usage shows what the caller sent."""
+    if _PLAIN_BOT.match(bot):
+        return bot
+    return "#" + hashlib.blake2b(bot.encode(), digest_size=12).hexdigest()
 
 
 def user_key(user: str) -> str:
     return kv_key("b", user)
 
 
-class Hold(msgspec.Struct, array_like=True):
+class Hold(msgspec.Struct, array_like=True, omit_defaults=True):
     """An open reservation: the worst-case cost held until its settlement (or the reaper)."""
 
     credits: int
@@ -37,13 +65,18 @@ class Hold(msgspec.Struct, array_like=True):
     model: str
     bot: str
     at: int  # unix seconds when it was made: decides which windows its settlement lands in
+    seen: int = 0  # unix seconds of its gateway's last renewal: a hold in use is never reaped
+
+    def last_sign_of_life(self) -> int:
+        return max(self.at, self.seen)
 
 
-class Tally(msgspec.Struct, array_like=True):
+class Tally(msgspec.Struct, array_like=True, omit_defaults=True):
     credits: int = 0
     requests: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    name: str = ""  # the bot's own name when it is kept under a digest (``bot_key``)
 
     def add(self, credits: int, input_tokens: int, output_tokens: int) -> None:
         self.credits += credits
@@ -77,14 +110,20 @@ class Record(msgspec.Struct, omit_defaults=True, dict=True):
     rate_start: int = 0  # the open request-rate window's start (0: none open)
     rate_count: int = 0  # requests admitted in it
     settled: list[Settled] = []  # the former form, only in records not settled since the change
-    # The recently settled request ids, oldest first, bounded: what makes a settlement idempotent
+    # The recently settled request ids, oldest first, bounded by time: what makes a settlement idempotent
     # once JetStream has stopped de-duplicating it (a redelivery after a crash between the KV write
     # and the ack is the same stored message, which Nats-Msg-Id does not filter), and what answers a
     # retried reserve of a request already settled. Each id is an 8-byte digest in one bytes field,
     # with its cost at the same index (a redelivery re-publishes the same ledger entry): about
-    # 11 bytes an id instead of 35, and one memcpy to decode instead of 256 strings.
+    # 11 bytes an id instead of 35, and one memcpy to decode instead of a string each.
     settled_ids: bytes = b""
     settled_costs: list[int] = []
+    # Idempotency by time: the publish second of each settled id (same index), and the floor at or
+    # below which an id may have been forgotten. A redelivered settlement published after the floor
+    # is decided by the set; one published at or before it cannot be, and is dead-lettered instead
+    # of risking a second charge (a first delivery was never applied, so it is always safe).
+    settled_at: list[int] = []
+    settled_floor: int = 0
     schema: int = 0  # the SCHEMA of the replica that last wrote it (0: written before it existed)
 
     def settled_cost(self, request_id: str) -> int | None:
@@ -97,18 +136,33 @@ class Record(msgspec.Struct, omit_defaults=True, dict=True):
                 return s.credits
         return None
 
-    def remember_settled(self, request_id: str, credits: int, keep: int) -> None:
-        """Add a settled id (and forget the oldest beyond ``keep``)."""
+    def remember_settled(self, request_id: str, credits: int, published: int, now: int,
+                         memory: Bounds) -> None:
+        """Add a settled id; forget the ones published more than ``memory.horizon`` seconds ago."""
         if self.settled:
             # the former list moves over once; its order (oldest first) is kept
             self.settled_ids += b"".join(digest(s.request_id) for s in self.settled)
             self.settled_costs = [*self.settled_costs, *(s.credits for s in self.settled)]
             self.settled = []
-        ids = self.settled_ids + digest(request_id)
-        costs = [*self.settled_costs, credits]
-        if len(costs) > keep:
-            ids, costs = ids[(len(costs) - keep) * DIGEST :], costs[len(costs) - keep :]
-        self.settled_ids, self.settled_costs = ids, costs
+        ids, costs, times = self.settled_ids + digest(request_id), [*self.settled_costs, credits], \
+            list(self.settled_at)
+        if len(times) < len(costs) - 1:
+            # ids from a record of layout 1 have no time: they count as published now
+            times += [now] * (len(costs) - 1 - len(times))
+        times.append(published)
+        floor = max(self.settled_floor, now - memory.horizon)
+        # ids are settled in about the order they were published: dropping the expired prefix is
+        # O(expired); a straggler left behind is harmless and goes when it reaches the front
+        drop = 0
+        while drop < len(times) and times[drop] <= floor:
+            drop += 1
+        if len(times) - drop > memory.ceiling:
+            over = len(times) - drop - memory.ceiling
+            floor = max(floor, *times[drop : drop + over])
+            drop += over
+        if drop:
+            ids, costs, times = ids[drop * DIGEST :], costs[drop:], times[drop:]
+        self.settled_ids, self.settled_costs, self.settled_at, self.settled_floor = ids, costs, times, floor
 
     @property
     def settled_count(self) -> int:
@@ -116,8 +170,9 @@ class Record(msgspec.Struct, omit_defaults=True, dict=True):
 
 
 def digest(request_id: str) -> bytes:
-    """A request id as 8 bytes. A different id matches only by a 64-bit collision: with 256 ids kept
-    per user, about one chance in 7e16 per settlement of treating a new one as a duplicate."""
+    """A request id as 8 bytes. A different id matches only by a 64-bit collision: with 10,000 ids
+    remembered for a user, about one chance in 2e15 per settlement of treating a new one as a
+    duplicate."""
     return hashlib.blake2b(request_id.encode(), digest_size=DIGEST).digest()
 
 

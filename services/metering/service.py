@@ -2,12 +2,15 @@
 
     janus.meter.reserve  (queue "metering")  ReserveRequest  -> ReserveReply | ErrorReply
     janus.meter.usage    (queue "metering")  UsageQuery      -> UsageReply   | ErrorReply
+    janus.meter.renew    (queue "metering")  HoldRenewal     -> (no reply: the hold is marked in use)
     JANUS_SETTLE stream, durable pull consumer "metering" shared by every replica:
         a fetched batch -> one CAS write per user (group commit) -> ledger entries -> acks
+        last delivery still failing, unreadable, or too old to prove new -> JANUS_SETTLE_DEAD, term
 
-All state is in JetStream (the ``janus_budget`` KV bucket and the two streams), so any number of
+All state is in JetStream (the ``janus_budget`` KV bucket and the streams), so any number of
 replicas serve the same users and a SIGKILL loses nothing: a settlement is acknowledged only after
-its KV write, and applying it again is a no-op (the record remembers recent request ids).
+its KV write, and applying it again is a no-op (the record remembers the request ids settled within
+the idempotency horizon).
 """
 
 from __future__ import annotations
@@ -23,9 +26,12 @@ import msgspec
 from services.metering import budget
 from services.metering import windows as w
 from services.metering.daily import DailyHistory
+from services.metering.record import Bounds
 from services.metering.store import BudgetStore
 from services.metering.streams import (
     SETTLE_DURABLE,
+    dead_letter,
+    ensure_dead_letter_stream,
     ensure_ledger_stream,
     ensure_settlement_stream,
     publish_ledger,
@@ -70,11 +76,21 @@ def _settle_failed(s: contract.Settlement, exc: BaseException) -> None:
 class MeteringSettings(CommonSettings, kw_only=True):
     catalog: str = ""  # path; empty: JANUS_CATALOG or config/catalog.yaml
     plans: str = ""  # path; empty: JANUS_PLANS or config/plans.yaml
-    hold_ttl_seconds: float = 900.0  # longer than any stream may last
+    # a hold with no sign of life (its admission, or its gateway's last renewal) for this long is
+    # released: its gateway died. Gateways renew every JANUS_HOLD_RENEW_SECONDS (120), far inside it
+    hold_ttl_seconds: float = 900.0
     reap_interval_seconds: float = 60.0
     settle_ack_wait_seconds: float = 30.0
+    # deliveries of one settlement before it is dead-lettered: a settlement that fails this often
+    # (a record that cannot be written, a bug) must not loop for ever, and the bound is what makes
+    # the idempotency horizon below finite while metering runs
+    settle_max_deliver: int = 10
     settle_batch: int = 128
-    settled_keep: int = 256  # request ids remembered per user for idempotency
+    # settled request ids are remembered this long after publication: longer than max_deliver x
+    # ack_wait, so every redelivery while metering runs is recognised (by time, not by a count)
+    settled_horizon_seconds: int = 900
+    settled_ceiling: int = 40_000  # ids per user at most, a guard on the record's size only
+    bots_per_week: int = 100  # distinct X-Bot-ID tallies per user per week; the rest fold into "other"
     concurrency: int = 512
     rate_window_seconds: int = 60  # the window requests_per_minute counts in (shorter only in tests)
 
@@ -96,6 +112,10 @@ class MeteringService(Service):
         self.prices: dict[str, PriceUnits] = {
             name: PriceUnits.of(m.price) for name, m in catalog.model_by_name.items()
         }
+        self.bounds = Bounds(common.settled_horizon_seconds, common.settled_ceiling, common.bots_per_week)
+        if common.settled_horizon_seconds <= common.settle_max_deliver * common.settle_ack_wait_seconds:
+            raise ValueError("settled_horizon_seconds must be longer than settle_max_deliver x "
+                             "settle_ack_wait_seconds, or a redelivery could outlive its settled id")
         self.store: BudgetStore | None = None
         self.daily = DailyHistory()
         self._top_cache: tuple[int, float, bytes] | None = None
@@ -112,14 +132,17 @@ class MeteringService(Service):
         self.store = BudgetStore(kv)
         await ensure_settlement_stream(bus, replicas)
         await ensure_ledger_stream(bus, replicas)
+        await ensure_dead_letter_stream(bus, replicas)
         sub = self._sub = await bus.pull_consumer(subjects.SETTLE_STREAM, SETTLE_DURABLE, subjects.SETTLE,
-                                      ack_wait=self.settings.settle_ack_wait_seconds)
+                                                  ack_wait=self.settings.settle_ack_wait_seconds,
+                                                  max_deliver=self.settings.settle_max_deliver)
         n = self.settings.concurrency
         q = subjects.METERING_QUEUE
         await bus.serve(subjects.METER_RESERVE, self._on_reserve, queue=q, concurrency=n)
         await bus.serve(subjects.METER_USAGE, self._on_usage, queue=q, concurrency=n)
         await bus.serve(subjects.METER_ADMIN, self._on_admin, queue=q, concurrency=4)
         await self.daily.start(bus, replicas)
+        await bus.serve(subjects.METER_RENEW, self._on_renew, queue=q, concurrency=n)
         await bus.flush()  # subscriptions are registered at the server before we report ready
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._settle_loop(sub)), loop.create_task(self._reap_loop())]
@@ -256,8 +279,25 @@ class MeteringService(Service):
             out = self._error(exc, "admin")
         await self._respond(msg, out)
 
+    # ---------------------------------------------------------------------------------- renewal
+    async def renew(self, r: contract.HoldRenewal) -> bool:
+        assert self.store is not None
+        now = w.now_s(time.time())
+        found: bool = await self.store.update(r.user, lambda rec: budget.renew(rec, r.request_id, now))
+        return found
+
+    async def _on_renew(self, msg: Msg) -> None:
+        try:
+            await self.renew(contract.hold_renewal_decoder.decode(msg.data))
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("renew_undecodable", error=str(exc))
+        except Exception as exc:
+            # the next renewal comes well before the hold could be reaped
+            log.warning("renew_failed", error=map_exception(exc).message)
+
     # ------------------------------------------------------------------------------ settlement
-    def _submit_settlement(self, s: contract.Settlement) -> asyncio.Future[budget.Outcome]:
+    def _submit_settlement(self, s: contract.Settlement,
+                           delivery: budget.Delivery) -> asyncio.Future[budget.Outcome]:
         """Queue one settlement's KV change; the store commits it with the user's other changes."""
         assert self.store is not None
         rules = self._plan(s.plan, strict=False)
@@ -265,48 +305,83 @@ class MeteringService(Service):
         if price is None:
             log.warning("settle_unknown_model", model=s.model)
         now = w.now_s(time.time())
-        keep = self.settings.settled_keep
-        return self.store.submit(s.user, lambda rec: budget.settle(rec, s, rules, price, now, keep))
+        bounds, prices = self.bounds, self.prices
+        return self.store.submit(
+            s.user, lambda rec: budget.settle(rec, s, rules, price, now, bounds, delivery, prices))
+
+    async def _dead_letter(self, m: Msg, reason: str, s: contract.Settlement | None, error: str) -> None:
+        """Give up on a settlement: keep it in the dead-letter stream, count it, and remove it from
+        the work queue (term), so it is neither lost without trace nor applied twice."""
+        assert self.bus is not None
+        deliveries, published = Bus.delivery(m)
+        letter = contract.DeadLetter(reason, m.data, deliveries, published, time.time(),
+                                     request_id=s.request_id if s else "", user=s.user if s else "",
+                                     error=error)
+        try:
+            await dead_letter(self.bus, letter, Bus.sequence(m))
+        except Exception as exc:
+            # not stored: leave it unacked, so JetStream's own bound (max_deliver) still keeps it
+            log.error("dead_letter_failed", request_id=letter.request_id, error=map_exception(exc).message)
+            return
+        log.error("settlement_dead_lettered", reason=reason, request_id=letter.request_id,
+                  deliveries=deliveries, error=error)
+        metrics.SETTLEMENTS.labels("dead_lettered").inc()
+        metrics.SETTLEMENTS_DEAD.labels(reason).inc()
+        with contextlib.suppress(Exception):
+            await m.term()
 
     async def settle_batch(self, msgs: list[Msg]) -> None:
         """Apply a fetched batch: KV changes grouped per user (one write each), then every ledger
         entry published at once, then the acks. A message is acknowledged only after both its KV
         write and its ledger entry are stored; anything short of that is redelivered after
-        ``ack_wait``, and applying it again is a no-op."""
+        ``ack_wait``, and applying it again is a no-op. Its last delivery (``settle_max_deliver``)
+        failing, or a redelivery too old for the record to vouch for, goes to the dead letters."""
         assert self.bus is not None
         t0 = time.perf_counter()
-        batch: list[tuple[Msg, contract.Settlement]] = []
+        last = self.settings.settle_max_deliver
+        batch: list[tuple[Msg, contract.Settlement, budget.Delivery, bool]] = []
         for m in msgs:
             try:
-                batch.append((m, contract.settlement_decoder.decode(m.data)))
+                s = contract.settlement_decoder.decode(m.data)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 # redelivering a message nobody can read would loop for ever
-                log.error("settlement_undecodable", error=str(exc))
                 metrics.SETTLEMENTS.labels("invalid").inc()
-                with contextlib.suppress(Exception):
-                    await m.term()
+                await self._dead_letter(m, "undecodable", None, str(exc))
+                continue
+            deliveries, stored = Bus.delivery(m)
+            batch.append((m, s, budget.Delivery(int(stored), deliveries > 1), deliveries >= last))
         if not batch:
             return
         futures: list[asyncio.Future[budget.Outcome]] = []
-        for _, s in batch:
+        for _, s, delivery, _ in batch:
             try:
-                futures.append(self._submit_settlement(s))
+                futures.append(self._submit_settlement(s, delivery))
             except Exception as exc:
                 failed: asyncio.Future[budget.Outcome] = asyncio.get_running_loop().create_future()
                 failed.set_exception(exc)
                 futures.append(failed)
         applied = await asyncio.gather(*futures, return_exceptions=True)
-        done: list[tuple[Msg, contract.Settlement, budget.Outcome]] = []
-        for (m, s), out in zip(batch, applied, strict=True):
+        done: list[tuple[Msg, contract.Settlement, budget.Outcome, bool]] = []
+        for (m, s, _, final), out in zip(batch, applied, strict=True):
             if isinstance(out, BaseException):
-                _settle_failed(s, out)
+                if final:
+                    await self._dead_letter(m, "max_deliveries", s, map_exception(out).message)
+                else:
+                    _settle_failed(s, out)
+            elif out.result == budget.UNPROVABLE:
+                await self._dead_letter(m, "unprovable", s,
+                                        "redelivered after the record stopped remembering its time")
             else:
-                done.append((m, s, out))
+                done.append((m, s, out, final))
         # after the KV writes: a crash here redelivers the settlements, which re-publish these entries
-        published = await publish_ledger(self.bus, [out.entry for _, _, out in done])
-        for (m, s, out), err in zip(done, published, strict=True):
+        published = await publish_ledger(self.bus, [out.entry for _, _, out, _ in done])
+        for (m, s, out, final), err in zip(done, published, strict=True):
             if err is not None:
-                _settle_failed(s, err)
+                if final:
+                    # charged, but its ledger entry is missing: the dead letter says which
+                    await self._dead_letter(m, "max_deliveries", s, f"ledger: {err}")
+                else:
+                    _settle_failed(s, err)
                 continue
             _count_settlement(s, out)
             try:
@@ -346,7 +421,7 @@ class MeteringService(Service):
             if rec is None or not rec.holds:
                 continue
             now = w.now_s(time.time())
-            if any(now - h.at >= ttl for h in rec.holds.values()):
+            if budget.stale(rec, now, ttl):
                 def drop(r: Any, now: int = now) -> tuple[list[str], bool]:
                     ids = budget.reap(r, now, ttl)
                     return ids, bool(ids)

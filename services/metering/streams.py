@@ -11,7 +11,7 @@ from typing import Any
 
 from shared import subjects
 from shared.bus import Bus, map_exception
-from shared.contract import LedgerEntry, encode
+from shared.contract import DeadLetter, LedgerEntry, encode
 from shared.errors import ServiceUnavailable
 
 # Settlements are de-duplicated by request id for this long: far longer than any gateway retry.
@@ -19,6 +19,8 @@ SETTLE_DUPLICATE_WINDOW = 20 * 60.0
 # A ledger entry is re-published when a settlement is redelivered after a crash between the
 # ledger write and the ack; the window must outlast any plausible metering outage.
 LEDGER_DUPLICATE_WINDOW = 2 * 3600.0
+# Dead letters wait for an operator this long: the alert fires at once, a month is for holidays.
+DEAD_LETTER_MAX_AGE = 30 * 86400.0
 SETTLE_DURABLE = "metering"
 _TIMED_OUT = ServiceUnavailable("JetStream did not acknowledge the ledger entry in time")
 
@@ -32,6 +34,18 @@ async def ensure_settlement_stream(bus: Bus, replicas: int = 1) -> None:
 async def ensure_ledger_stream(bus: Bus, replicas: int = 1) -> None:
     await bus.ensure_stream(subjects.LEDGER_STREAM, [subjects.LEDGER],
                             duplicate_window=LEDGER_DUPLICATE_WINDOW, replicas=replicas)
+
+
+async def ensure_dead_letter_stream(bus: Bus, replicas: int = 1) -> None:
+    await bus.ensure_stream(subjects.SETTLE_DEAD_STREAM, [subjects.SETTLE_DEAD],
+                            duplicate_window=LEDGER_DUPLICATE_WINDOW, replicas=replicas,
+                            max_age=DEAD_LETTER_MAX_AGE)
+
+
+async def dead_letter(bus: Bus, letter: DeadLetter, sequence: int) -> None:
+    """Store ``letter``, de-duplicated by the settlement's stream sequence (a replica that crashed
+    after storing it but before removing the settlement stores it once)."""
+    await bus.js_publish(subjects.SETTLE_DEAD, encode(letter), msg_id=f"settle-{sequence}")
 
 
 async def publish_ledger(bus: Bus, entries: list[LedgerEntry],

@@ -8,19 +8,28 @@ the router with the path of the bad field.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import msgspec
+import re2
 
 from shared.catalog import Catalog, ConfigError
 
 DEFAULT_ROUTING = Path(__file__).with_name("routing.yaml")
 
 
+# anything but a letter, digit or underscore (in any script): what a keyword may touch on a side
+_NOT_WORD = r"[^\pL\pN_]"
+
+
 class Rule(msgspec.Struct, forbid_unknown_fields=True, dict=True):
     """A keyword or pattern rule. It matches when any keyword (whole word, case-insensitive) or
-    any regular expression is found in the prompt. It names a model, or a minimum quality class."""
+    any regular expression is found in the prompt. It names a model, or a minimum quality class.
+
+    Rules run on users' text, so they are compiled with RE2, whose matching time is linear in the
+    text whatever the pattern: a pattern like ``SELECT .* FROM`` cannot be made to backtrack by a
+    prompt full of ``SELECT``. RE2 has no lookarounds and no backreferences (a pattern that needs
+    them is refused at load), and its ``\\b`` and ``\\w`` are ASCII."""
 
     name: str
     keywords: list[str] = []
@@ -35,12 +44,15 @@ class Rule(msgspec.Struct, forbid_unknown_fields=True, dict=True):
             raise msgspec.ValidationError("a rule needs `keywords` or `patterns`")
         parts = list(self.patterns)
         if self.keywords:
-            # lookarounds rather than \b so keywords ending in a symbol ("c++") still match
-            parts.append(r"(?<!\w)(?:" + "|".join(re.escape(k) for k in self.keywords) + r")(?!\w)")
+            # bounded by a non-word character or an end rather than \b, so keywords ending in a
+            # symbol ("c++") still match; RE2 has no lookarounds, and only a match is asked for
+            words = "|".join(re2.escape(k) for k in self.keywords)
+            parts.append(f"(?:^|{_NOT_WORD})(?:{words})(?:{_NOT_WORD}|$)")
         try:
-            self.regex = re.compile("|".join(f"(?:{p})" for p in parts), re.IGNORECASE | re.MULTILINE)
-        except re.error as exc:
-            raise msgspec.ValidationError(f"bad pattern: {exc}") from None
+            self.regex = re2.compile("(?im)" + "|".join(f"(?:{p})" for p in parts))
+        except re2.error as exc:
+            raise msgspec.ValidationError(
+                f"bad pattern (RE2 syntax: no lookarounds or backreferences): {exc}") from None
 
 
 class Threshold(msgspec.Struct, forbid_unknown_fields=True):

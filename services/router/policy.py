@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import msgspec
+
 from services.router.config import Routing, Rule, load_routing
 from services.router.health import HealthView
 from services.router.scorer import Scorer
@@ -27,6 +29,7 @@ from shared.contract import RoutePlan, RouteRequest, Target
 from shared.errors import InvalidRequest, ModelNotFound
 
 AUTO = ("auto", "")
+MAX_TEXT = 16_384  # characters of prompt text one decision reads (the gateway's own limit)
 
 
 class ComplexityScorer(Protocol):
@@ -101,6 +104,9 @@ class Policy:
     def choose_auto(self, req: RouteRequest) -> Choice:
         if req.kind != "chat":
             raise InvalidRequest("`auto` routing is for chat; name an embeddings model", param="model")
+        if len(req.text) > MAX_TEXT:
+            # the gateway sends at most this much; a decision's work is bounded whoever asks
+            req = msgspec.structs.replace(req, text=req.text[-MAX_TEXT:])
         plan = self.plan_for(req.plan)
         candidates = self.capable(req, self.tier(plan))
         if len(candidates) == 1:

@@ -151,6 +151,7 @@ class Call:
         self._enc: openai.StreamEncoder | None = None
         self._asm: openai.CompletionAssembler | None = None  # in-process buffered answers
         self._prompt_estimate = 0
+        self._embedded = 0  # prompt tokens of the embeddings batches the provider has answered
         self.started = time.perf_counter()
 
     @staticmethod
@@ -172,6 +173,9 @@ class Call:
         """What a failed or cancelled call produced: the provider's report, counted where missing
         but only once output exists (a call that never reached the provider costs nothing)."""
         enc = self._enc
+        if self.req.kind == "embeddings":
+            # batches served before another failed were paid for upstream
+            return Usage(prompt_tokens=self._embedded)
         if enc is None:
             if self._asm is not None:
                 c = self._asm.completion()
@@ -203,7 +207,7 @@ class Call:
         self._check_capabilities()
         if self.req.kind == "embeddings":
             return await self._embeddings()
-        self._prompt_estimate = openai.estimate_prompt_tokens(self.ctx.body)
+        self._prompt_estimate = self.ctx.prompt_tokens
         if self.req.stream:
             return await self._chat_stream()
         return await self._chat_buffered()
@@ -300,14 +304,29 @@ class Call:
             # a provider that takes one text a call (Titan) must not get hundreds of calls at once
             gate = asyncio.Semaphore(EMBED_CONCURRENCY)
 
+            failed: list[BaseException] = []
+
             async def one(batch: list[EmbedInput]) -> Any:
                 async with gate:
-                    up = self.adapter.embeddings_request(self.ctx, batch)
-                    raw = await self.transport.fetch(up, self.adapter)
-                return self._read(self.adapter.parse_embeddings, raw)
+                    if failed:
+                        return None  # another batch failed: this one is not asked for
+                    try:
+                        up = self.adapter.embeddings_request(self.ctx, batch)
+                        raw = await self.transport.fetch(up, self.adapter)
+                        res = self._read(self.adapter.parse_embeddings, raw)
+                    except Exception as exc:
+                        failed.append(exc)
+                        raise
+                self._embedded += res.usage.prompt_tokens or sum(input_tokens(t) for t in batch)
+                return res
 
-            # gather keeps the batches' order, so the vectors line up with the inputs
-            results = await asyncio.gather(*(one(b) for b in batches))
+            # gather keeps the batches' order, so the vectors line up with the inputs; a failure
+            # lets the calls in flight finish (the provider bills them, usage_so_far charges them)
+            # and starts no more
+            outcomes = await asyncio.gather(*(one(b) for b in batches), return_exceptions=True)
+            if failed:
+                raise failed[0]
+            results: list[Any] = list(outcomes)
             vectors = [v for res in results for v in res.vectors]
             prompt_tokens = sum(res.usage.prompt_tokens for res in results)
         if len(vectors) != len(inputs):

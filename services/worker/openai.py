@@ -27,7 +27,6 @@ from services.worker.adapters.base import (
     TextDelta,
     ToolCallDelta,
     UsageEvent,
-    text_of,
 )
 from shared import tokens
 from shared.contract import Usage
@@ -88,20 +87,6 @@ def merge_usage(acc: Usage, new: Usage) -> None:
 def text_size(text: str) -> int:
     """The size ``shared.tokens`` counts: characters of ASCII, else UTF-8 bytes."""
     return len(text) if text.isascii() else len(text.encode("utf-8"))
-
-
-def estimate_prompt_tokens(body: dict[str, Any]) -> int:
-    """Counted prompt tokens, for providers that report no usage (and the built-in fake)."""
-    sizes = []
-    for m in body.get("messages") or ():
-        if not isinstance(m, dict):
-            continue
-        n = text_size(text_of(m.get("content")))
-        for call in m.get("tool_calls") or ():
-            fn = (call.get("function") or {}) if isinstance(call, dict) else {}
-            n += text_size(str(fn.get("name", ""))) + text_size(str(fn.get("arguments", "")))
-        sizes.append(n)
-    return tokens.estimate_messages(sizes)
 
 
 def with_fallback(usage: Usage, prompt_tokens: int, output_size: int) -> Usage:

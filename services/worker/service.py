@@ -18,13 +18,14 @@ from typing import Any, ClassVar
 
 import msgspec
 
+from services.worker import policy
 from services.worker.adapters import ADAPTERS
 from services.worker.adapters.base import ChatContext
 from services.worker.call import Call, Replier, failed_frame
 from services.worker.health import HealthTracker
 from services.worker.settings import WorkerSettings
 from services.worker.transport import Transport
-from shared import metrics, subjects
+from shared import metrics, prompt, subjects
 from shared.bus import Bus, Msg
 from shared.byok import ENV as BYOK_ENV
 from shared.byok import ByokStore, Sealer
@@ -93,8 +94,10 @@ class WorkerService(Service):
                 if d.api_key_env and not key:
                     log.warning("api_key_missing", deployment=d.id, variable=d.api_key_env)
                 self.keys[d.id] = key
+        # an upstream answer larger than the worker may send on is refused as it arrives
         self.transport = Transport(connect_timeout=common.connect_timeout_seconds,
-                                   read_timeout=common.read_timeout_seconds, pool_size=common.pool_size)
+                                   read_timeout=common.read_timeout_seconds, pool_size=common.pool_size,
+                                   max_body_bytes=common.max_response_bytes)
         self.health: HealthTracker | None = None
         self.calls: dict[str, set[asyncio.Task[Any]]] = {}
         self.in_flight = 0
@@ -197,6 +200,10 @@ class WorkerService(Service):
 
     async def _user_key(self, req: WorkRequest) -> str:
         """The caller's own key for this provider (bring your own key); never logged."""
+        if not self.catalog.takes_user_keys(req.provider):
+            # only a gateway that ignores the catalog asks this: a keyless provider would serve free
+            raise PermissionDenied(f"provider {req.provider!r} does not take users' own keys",
+                                   code="byok_not_supported")
         key = await self.byok.get(req.user, req.provider) if self.byok is not None else None
         if not key:
             # the gateway saw a key moments ago; without it the call must not run on ours
@@ -218,10 +225,15 @@ class WorkerService(Service):
             raise UpstreamError(f"deployment {deployment.id!r} has no API key configured",
                                 code="upstream_auth")
         model = self.catalog.model(req.response_model)
+        body = Call.decode_body(req)
+        policy.apply(body, req.user)
+        chat = req.kind == "chat"
         ctx = ChatContext(provider=provider, deployment=deployment, upstream_model=req.upstream_model,
-                          body=Call.decode_body(req), stream=req.stream and req.kind == "chat",
-                          api_key=key, request_id=req.request_id,
-                          dimensions=model.dimensions if model is not None else None)
+                          body=body, stream=req.stream and chat, api_key=key, request_id=req.request_id,
+                          dimensions=model.dimensions if model is not None else None,
+                          max_output_tokens=req.max_output_tokens or None,
+                          # a gateway that sent no estimate: the same one, made here
+                          prompt_tokens=(req.prompt_tokens or prompt.estimate_body(req.body)) if chat else 0)
         return provider, deployment, self.adapters[provider.id], ctx
 
     async def _run(self, req: WorkRequest, r: Replier, headers: dict[str, str]) -> None:

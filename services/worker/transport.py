@@ -29,6 +29,7 @@ from services.worker.adapters.base import ReadsErrorCause, StreamMessage, Upstre
 from services.worker.framing import decoder_for
 from shared.errors import (
     JanusError,
+    PayloadTooLarge,
     StreamInterrupted,
     UpstreamError,
     UpstreamTimeout,
@@ -86,9 +87,16 @@ def map_exception(exc: BaseException, *, streaming: bool = False) -> JanusError:
     return JanusError(f"unexpected transport error: {type(exc).__name__}")
 
 
+def _too_large(limit: int) -> PayloadTooLarge:
+    mib = limit // (1024 * 1024)
+    return PayloadTooLarge(f"the provider's answer is larger than this service takes ({mib} MiB); send less "
+                           "per request", code="response_too_large")
+
+
 class Transport:
     def __init__(self, *, connect_timeout: float = 10.0, read_timeout: float = 300.0,
-                 pool_size: int = 1024, dns_ttl: int = 300) -> None:
+                 pool_size: int = 1024, dns_ttl: int = 300, max_body_bytes: int = 0) -> None:
+        self.max_body_bytes = max_body_bytes  # a buffered answer larger than this is refused; 0: any
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout,
                                               sock_read=read_timeout)
         self._pool_size = pool_size
@@ -139,11 +147,25 @@ class Transport:
                                         retry_after=retry_after_of(resp.headers))
 
     async def fetch(self, req: UpstreamRequest, adapter: Any) -> bytes:
-        """A buffered call: the whole response body (framing "json")."""
+        """A buffered call: the whole response body (framing "json"), refused as soon as it is
+        larger than ``max_body_bytes`` (by its Content-Length, or while it arrives), never after
+        holding it whole."""
         try:
             async with self._open(req) as resp:
                 await self._raise_for_status(resp, adapter)
-                return await resp.read()
+                limit = self.max_body_bytes
+                if not limit:
+                    return await resp.read()
+                if resp.content_length is not None and resp.content_length > limit:
+                    raise _too_large(limit)
+                parts: list[bytes] = []
+                size = 0
+                async for chunk in resp.content.iter_any():
+                    size += len(chunk)
+                    if size > limit:
+                        raise _too_large(limit)
+                    parts.append(chunk)
+                return b"".join(parts)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -49,6 +49,28 @@ BAD_BODIES: list[tuple[str, bytes, int]] = [
         b'{"model": "neboloop/nebo-embed-small", "messages": [{"role": "user", "content": "x"}]}',
         400,
     ),
+    (
+        "nested past the depth limit",
+        b'{"model": "auto", "messages": [{"role": "user", "content": "x"}], "x": '
+        + b"[" * 5000 + b"]" * 5000 + b"}",
+        400,
+    ),
+    (
+        "n on a single-answer provider",
+        b'{"model": "gpt-5-nano", "n": 2, "messages": [{"role": "user", "content": "x"}]}',
+        400,
+    ),
+    (
+        "max_tokens above the model's limit",
+        b'{"model": "gpt-5-nano", "max_tokens": 200000, "messages": [{"role": "user", "content": "x"}]}',
+        400,
+    ),
+    (
+        "a cost option",
+        b'{"model": "gpt-5-nano", "service_tier": "priority", '
+        b'"messages": [{"role": "user", "content": "x"}]}',
+        400,
+    ),
 ]
 
 
@@ -82,8 +104,9 @@ def test_bad_chat_bodies(stack: Stack, headers: dict[str, str], name: str, body:
         b"{",
         # one item over OpenAI's limit of 2048 inputs
         b'{"model": "neboloop/nebo-embed-small", "input": [' + b",".join([b'"x"'] * 2049) + b"]}",
+        b'{"model": "neboloop/nebo-embed-small", "input": "x", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}",
     ],
-    ids=["no-input", "number", "format", "chat-model", "truncated", "2049-inputs"],
+    ids=["no-input", "number", "format", "chat-model", "truncated", "2049-inputs", "nested"],
 )
 def test_bad_embeddings_bodies(stack: Stack, headers: dict[str, str], body: bytes) -> None:
     r = httpx.post(f"{stack.base_url}/embeddings", content=body, headers=headers, timeout=10)
@@ -93,13 +116,18 @@ def test_bad_embeddings_bodies(stack: Stack, headers: dict[str, str], body: byte
 
 def test_embeddings_take_at_most_2048_inputs(stack: Stack, headers: dict[str, str]) -> None:
     url = f"{stack.base_url}/embeddings"
-    ok = httpx.post(url, json={"model": "neboloop/nebo-embed-small", "input": ["x"] * 2048},
-                    headers=headers, timeout=30)
+    # 2,048 vectors fit the memory budget (JANUS_MAX_EMBEDDING_VALUES) at up to 768 dimensions
+    body = {"model": "neboloop/nebo-embed-small", "input": ["x"] * 2048, "dimensions": 512}
+    ok = httpx.post(url, json=body, headers=headers, timeout=30)
     assert ok.status_code == 200 and len(ok.json()["data"]) == 2048
     over = httpx.post(url, json={"model": "neboloop/nebo-embed-small", "input": ["x"] * 2049},
                       headers=headers, timeout=30)
     assert over.status_code == 400 and over.json()["error"]["param"] == "input", over.text
     validate("ErrorResponse", over.json())
+    wide = httpx.post(url, json={"model": "neboloop/nebo-embed-small", "input": ["x"] * 2048},
+                      headers=headers, timeout=30)  # 2,048 x 1,536 numbers: more than one request holds
+    assert wide.status_code == 413 and wide.json()["error"]["code"] == "embeddings_too_large", wide.text
+    assert "at most 1024 inputs" in wide.json()["error"]["message"]
 
 
 def test_huge_body_is_413(stack: Stack, headers: dict[str, str]) -> None:

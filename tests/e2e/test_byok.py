@@ -26,10 +26,12 @@ CATALOG = """
 providers:
   - id: openai
     kind: openai_compat
+    byok: true
     deployments:
       - {{id: openai-main, base_url: "{base_url}", api_key_env: JANUS_TEST_OPENAI_KEY}}
   - id: gemini
     kind: gemini
+    byok: true
     deployments:
       - {{id: gemini-main, base_url: "{gemini_url}", api_key_env: JANUS_TEST_OPENAI_KEY}}
 models:
@@ -206,8 +208,9 @@ async def test_own_key_over_http_is_sealed_listed_masked_used_and_deleted(tmp_pa
                 # unknown providers and bad bodies: OpenAI-shaped errors that never repeat the key
                 unknown = await c.put(f"{base}/byok/no-such-provider", json={"api_key": USER_KEY},
                                       headers=alice)
-                assert unknown.status_code == 404
-                assert unknown.json()["error"]["code"] == "provider_not_found"
+                assert unknown.status_code == 400
+                assert unknown.json()["error"]["code"] == "byok_not_supported"
+                assert "openai" in unknown.json()["error"]["message"]
                 assert (await c.delete(f"{base}/byok/no-such-provider", headers=alice)).status_code == 404
                 bad_bodies: list[bytes] = [b"not json", b"[]", b"{}", b'{"api_key": 12345678}',
                                            b'{"api_key": "short"}', b'{"api_key": "sk-has a space-123456"}',

@@ -257,10 +257,15 @@ def test_usage_reports_pools_and_spend(stack: Stack) -> None:
 
 def test_budget_refusal_is_429_with_headers_and_no_retry(stack: Stack) -> None:
     c = openai.OpenAI(base_url=stack.base_url, api_key=token(stack, "poor-user", plan="free"), max_retries=2)
+    # gpt-5.2 output is $14/1M: 100k output tokens need 1.4M credits, more than a free session holds,
+    # so the request is served with the cap lowered to what the budget covers
+    served = c.chat.completions.create(model="gpt-5.2", max_tokens=100_000,
+                                       messages=[{"role": "user", "content": "write a novel"}])
+    assert served.choices[0].message.content
     with pytest.raises(openai.RateLimitError) as ei:
-        # gpt-5.2 output is $14/1M: 100k output tokens need 1.4M credits, more than a free session holds
+        # a prompt of about 107k tokens: more than the free plan's monthly input quota (100k) holds
         c.chat.completions.create(model="gpt-5.2", max_tokens=100_000,
-                                  messages=[{"role": "user", "content": "write a novel"}])
+                                  messages=[{"role": "user", "content": "write a novel " * 23_000}])
     r = ei.value.response
     assert r.headers["x-should-retry"] == "false"
     for h in RATE_HEADERS:

@@ -44,6 +44,7 @@ class Recorded:
 @dataclass
 class Faults:
     fail_times: int = 0  # the next N requests get the error below
+    pass_first: int = 0  # requests answered normally before those failures begin
     status: int = 500
     message: str = "the server had an error"
     error_type: str = "server_error"
@@ -96,6 +97,9 @@ class OpenAIUpstream:
         if f.stall_seconds:
             await asyncio.sleep(f.stall_seconds)
         if f.fail_times <= 0:
+            return None
+        if f.pass_first > 0:
+            f.pass_first -= 1
             return None
         f.fail_times -= 1
         headers = {"Retry-After": f.retry_after} if f.retry_after is not None else {}

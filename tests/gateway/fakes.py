@@ -45,7 +45,10 @@ def pools(session_left: int = 400_000, weekly_left: int = 1_900_000) -> list[Poo
     ]
 
 
-def plan_for(req: RouteRequest, providers: tuple[str, ...] = ("pa",)) -> RoutePlan | ErrorReply:
+def plan_for(req: RouteRequest, providers: tuple[str, ...] = ("pa",),
+             fallback_model: str = "") -> RoutePlan | ErrorReply:
+    """The plan a router answers; with ``fallback_model``, every provider after the first serves
+    that model instead (the router's fallback to another model of the same quality)."""
     if req.model == "nope":
         return contract.error_reply(ModelNotFound(f"The model '{req.model}' does not exist.", param="model"))
     model = req.model if req.model not in ("", "auto") else "gpt-5-nano"
@@ -53,7 +56,9 @@ def plan_for(req: RouteRequest, providers: tuple[str, ...] = ("pa",)) -> RoutePl
     return RoutePlan(
         model=model if req.kind == "chat" else "neboloop/nebo-embed-small",
         response_model=response_model,
-        targets=[Target(f"dep-{p}", p, response_model) for p in providers],
+        targets=[Target(f"dep-{p}", p, fallback_model or response_model, model=fallback_model)
+                 if i and fallback_model else Target(f"dep-{p}", p, response_model)
+                 for i, p in enumerate(providers)],
         reason="direct" if req.model not in ("", "auto") else "tier_default",
         auto=req.model in ("", "auto"),
         score=0.25 if req.model in ("", "auto") else None,
@@ -153,6 +158,29 @@ async def chunk_then_fail(f: Fakes, work: WorkRequest, send: Send) -> None:
     await send(Failed(2, err, usage=Usage(12, 1), produced=True))
 
 
+async def flood(f: Fakes, work: WorkRequest, send: Send) -> None:
+    """Streams large chunks as fast as it can until cancelled, then reports what it produced."""
+    await send(Accepted(0))
+    seq, produced = 1, 0
+    ev = f.cancelled(work.request_id)
+    text = "y" * 16_000
+    while not ev.is_set():
+        await send(Chunk(seq, chunk_data(work, {"content": text})))
+        seq += 1
+        produced += 1
+        await asyncio.sleep(0.002)
+    err = contract.ErrorInfo("StreamInterrupted", "cancelled", code="cancelled")
+    await send(Failed(seq, err, usage=Usage(12, produced), produced=True))
+
+
+async def oversized(f: Fakes, work: WorkRequest, send: Send) -> None:
+    """A buffered answer of 400 KB in slices, as a worker that ignores every limit would send it."""
+    await send(Accepted(0))
+    for seq in range(1, 11):
+        await send(Chunk(seq, b"z" * 40_000))
+    await send(Done(11, Usage(4), body=b"}", upstream_seconds=0.001))
+
+
 async def gap(f: Fakes, work: WorkRequest, send: Send) -> None:
     await send(Accepted(0))
     await send(Done(2, Usage(12, 3), body=chat_body(work)))
@@ -179,6 +207,7 @@ class Fakes:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
         self.providers: tuple[str, ...] = ("pa",)
+        self.fallback_model = ""
         self.admit = True
         self.behaviours: dict[str, Behaviour] = {}
         self.route_requests: list[RouteRequest] = []
@@ -187,6 +216,7 @@ class Fakes:
         self.works: list[tuple[WorkRequest, dict[str, str]]] = []
         self.settlements: list[Settlement] = []
         self.cancels: list[str] = []
+        self.renewals: list[contract.HoldRenewal] = []
         self._cancel_events: dict[str, asyncio.Event] = {}
         self.settled = asyncio.Event()
 
@@ -202,6 +232,7 @@ class Fakes:
         # a plain subscriber sees every publish, so a duplicate the stream would hide is still counted
         await self.bus.serve(subjects.SETTLE, self._settle)
         await self.bus.serve(subjects.WORK_CANCEL, self._cancel)
+        await self.bus.serve(subjects.METER_RENEW, self._renew, queue=subjects.METERING_QUEUE)
         for provider, behaviour in workers.items():
             await self.bus.serve(subjects.work(provider), self._worker(behaviour),
                                  queue=subjects.work_queue(provider))
@@ -211,7 +242,7 @@ class Fakes:
     async def _route(self, msg: Msg) -> None:
         req = contract.route_request_decoder.decode(msg.data)
         self.route_requests.append(req)
-        plan = plan_for(req, self.providers)
+        plan = plan_for(req, self.providers, self.fallback_model)
         if isinstance(plan, RoutePlan):
             plan.cache_seconds = self.plan_cache_seconds
         await msg.respond(contract.encode(plan))
@@ -234,6 +265,9 @@ class Fakes:
     async def _settle(self, msg: Msg) -> None:
         self.settlements.append(contract.settlement_decoder.decode(msg.data))
         self.settled.set()
+
+    async def _renew(self, msg: Msg) -> None:
+        self.renewals.append(contract.hold_renewal_decoder.decode(msg.data))
 
     async def _cancel(self, msg: Msg) -> None:
         rid = contract.cancel_decoder.decode(msg.data).request_id

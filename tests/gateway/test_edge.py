@@ -146,7 +146,7 @@ async def test_edge_errors_then_a_good_request(gateway: Gateway, fakes: F.Fakes,
         assert r.status == 405
         assert_error(await r.read(), "method_not_allowed")
     async with http.post(gateway.url + "/v1/chat/completions", json=CHAT,
-                         headers={**auth(), "X-Bot-ID": "bad bot id!"}) as r:
+                         headers={**auth(), "X-Bot-ID": "bad\tbot"}) as r:
         assert r.status == 400
     async with http.post(gateway.url + "/v1/chat/completions", json=CHAT,
                          headers={**auth(), "X-Bot-ID": "my-bot"}) as r:

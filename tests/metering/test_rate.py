@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from services.metering import budget
 from services.metering import windows as w
-from services.metering.record import Record, decode_record, encode_record
+from services.metering.record import Bounds, Record, decode_record, encode_record
 from shared.catalog import Plan, SessionPool, WeeklyPool
 from shared.contract import RequestRate, ReserveRequest, Settlement, Usage
 from shared.errors import JanusError, RateLimited
@@ -169,7 +169,7 @@ def test_a_retried_reserve_is_not_counted_twice() -> None:
     again, changed = budget.reserve(rec, req("a"), r, PRICE, T0 + 1)
     assert again.admitted and not changed and rec.rate_count == 1
     assert again.requests == RequestRate(2, 1, 59)
-    budget.settle(rec, Settlement("a", "u", "p", "m", Usage(10, 0)), r, PRICE, T0 + 2, keep=10)
+    budget.settle(rec, Settlement("a", "u", "p", "m", Usage(10, 0)), r, PRICE, T0 + 2, Bounds())
     assert budget.reserve(rec, req("a"), r, PRICE, T0 + 3)[0].admitted and rec.rate_count == 1
 
 

@@ -1,5 +1,5 @@
-"""The budget record's compact set of settled request ids: exact idempotency by request id, bounded,
-and readable from records written in the former form."""
+"""The budget record's compact set of settled request ids: exact idempotency by request id, bounded
+by time (how long JetStream can redeliver), and readable from records written in the former form."""
 
 from __future__ import annotations
 
@@ -9,12 +9,22 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.metering import budget
-from services.metering.record import DIGEST, Record, Settled, _find, decode_record, digest, encode_record
+from services.metering.record import (
+    DIGEST,
+    Bounds,
+    Record,
+    Settled,
+    _find,
+    decode_record,
+    digest,
+    encode_record,
+)
 from shared.catalog import Plan, SessionPool, WeeklyPool
 from shared.contract import Settlement, Usage
 from shared.money import PriceUnits
 
 ids = st.text(min_size=1, max_size=40)
+T0 = 1_800_000_000
 
 
 def _gateway_id() -> str:
@@ -22,22 +32,40 @@ def _gateway_id() -> str:
 
 
 @given(
-    st.lists(st.tuples(ids, st.integers(0, 10**12)), min_size=1, max_size=60, unique_by=lambda t: t[0]),
-    st.integers(1, 50),
+    st.lists(
+        st.tuples(ids, st.integers(0, 10**12), st.integers(0, 30)),
+        min_size=1,
+        max_size=60,
+        unique_by=lambda t: t[0],
+    ),
+    st.integers(1, 200),
 )
-def test_the_last_keep_ids_are_remembered_with_their_cost_and_older_ones_forgotten(
-    settled: list[tuple[str, int]], keep: int
+def test_ids_are_remembered_for_the_horizon_after_publication_and_the_floor_covers_the_rest(
+    settled: list[tuple[str, int, int]], horizon: int
 ) -> None:
     rec = Record(user="u")
-    for rid, cost in settled:
-        rec.remember_settled(rid, cost, keep)
+    now = T0
+    for rid, cost, step in settled:
+        now += step
+        rec.remember_settled(rid, cost, now, now, Bounds(horizon=horizon))
     rec = decode_record(encode_record(rec))  # and it survives the KV round trip
-    kept, gone = settled[-keep:], settled[:-keep]
-    assert rec.settled_count == len(kept) and len(rec.settled_ids) == DIGEST * len(kept)
-    for rid, cost in kept:
-        assert rec.settled_cost(rid) == cost
-    for rid, _ in gone:
-        assert rec.settled_cost(rid) is None
+    assert rec.settled_floor == now - horizon
+    assert len(rec.settled_ids) == DIGEST * rec.settled_count == DIGEST * len(rec.settled_at)
+    at = T0
+    for rid, cost, step in settled:
+        at += step
+        if at > rec.settled_floor:  # published after the floor: the record vouches for it
+            assert rec.settled_cost(rid) == cost
+        else:
+            assert rec.settled_cost(rid) is None
+
+
+def test_the_ceiling_forgets_early_and_raises_the_floor_past_what_it_forgot() -> None:
+    rec = Record(user="u")
+    for i in range(10):
+        rec.remember_settled(f"r{i}", i, T0 + i, T0 + i, Bounds(horizon=3600, ceiling=4))
+    assert rec.settled_count == 4 and rec.settled_floor == T0 + 5
+    assert rec.settled_cost("r5") is None and rec.settled_cost("r6") == 6
 
 
 def test_a_digest_straddling_two_others_is_not_a_match() -> None:
@@ -53,25 +81,24 @@ def test_former_records_are_read_and_moved_over_in_order() -> None:
     data = encode_record(old)
     rec = decode_record(data)
     assert rec.settled_cost("old3") == 30  # readable before any change
-    rec.remember_settled("new", 99, keep=4)
-    assert rec.settled == [] and rec.settled_count == 4
-    assert [rec.settled_cost(f"old{i}") for i in range(5)] == [None, None, 20, 30, 40]
+    rec.remember_settled("new", 99, T0, T0, Bounds())
+    assert rec.settled == [] and rec.settled_count == 6 and rec.settled_at == [T0] * 6
+    assert [rec.settled_cost(f"old{i}") for i in range(5)] == [0, 10, 20, 30, 40]
     assert rec.settled_cost("new") == 99
 
 
-def test_a_full_record_is_about_a_third_of_its_former_size() -> None:
-    keep = 256
-    rids = [_gateway_id() for _ in range(keep)]
+def test_a_full_record_is_under_half_its_former_size() -> None:
+    rids = [_gateway_id() for _ in range(256)]
     former = Record(user="u", settled=[Settled(r, 12_345) for r in rids])
     compact = Record(user="u")
     for r in rids:
-        compact.remember_settled(r, 12_345, keep)
+        compact.remember_settled(r, 12_345, T0, T0, Bounds())
     before, after = len(encode_record(former)), len(encode_record(compact))
-    assert after < 0.35 * before, (before, after)  # 8469 -> 2858 bytes
+    assert after < 0.5 * before, (before, after)  # 8469 -> 4140 bytes
     assert digest(rids[0]) != digest(rids[1])
 
 
-def test_a_redelivered_settlement_is_a_duplicate_until_it_leaves_the_set() -> None:
+def test_a_redelivery_is_a_duplicate_within_the_horizon_and_unprovable_after_it() -> None:
     rules = budget.PlanRules.of(
         "p",
         Plan(
@@ -79,16 +106,24 @@ def test_a_redelivered_settlement_is_a_duplicate_until_it_leaves_the_set() -> No
         ),
     )
     price = PriceUnits(input=1_000_000, cached_input=1_000_000, output=1_000_000)
+    bounds = Bounds(horizon=600)
     rec = Record(user="u")
     first = Settlement(_gateway_id(), "u", "p", "m", Usage(10, 5))
-    out, changed = budget.settle(rec, first, rules, price, 1_800_000_000, keep=3)
+    out, changed = budget.settle(rec, first, rules, price, T0, bounds)
     assert changed and out.entry.credits == 15
-    again, changed = budget.settle(rec, first, rules, price, 1_800_000_001, keep=3)
-    assert not changed and again.result == "duplicate" and again.entry.credits == 15
-    for _ in range(3):
+    again = budget.Delivery(T0, redelivered=True)
+    for i in range(300):  # a busy user: far more than the 256 ids the record used to keep
         budget.settle(
-            rec, Settlement(_gateway_id(), "u", "p", "m", Usage(1, 1)), rules, price, 1_800_000_002, keep=3
+            rec, Settlement(_gateway_id(), "u", "p", "m", Usage(1, 1)), rules, price, T0 + i, bounds
         )
-    # pushed out of the bounded set (JetStream's de-duplication window covers re-publishes by then)
-    late, changed = budget.settle(rec, first, rules, price, 1_800_000_003, keep=3)
-    assert changed and late.result == "late"
+    dup, changed = budget.settle(rec, first, rules, price, T0 + 599, bounds, again)
+    assert not changed and dup.result == "duplicate" and dup.entry.credits == 15
+    # past the horizon (the next settlement forgets it) the record cannot vouch for it: refused
+    # unchanged, never charged again
+    budget.settle(rec, Settlement(_gateway_id(), "u", "p", "m", Usage(1, 1)), rules, price, T0 + 900, bounds)
+    late, changed = budget.settle(rec, first, rules, price, T0 + 900, bounds, again)
+    assert not changed and late.result == budget.UNPROVABLE
+    # a first delivery was never applied, however old: charged
+    fresh = Settlement(_gateway_id(), "u", "p", "m", Usage(1, 1))
+    out, changed = budget.settle(rec, fresh, rules, price, T0 + 900, bounds, budget.Delivery(T0, False))
+    assert changed and out.result == "late"

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from services.metering.service import MeteringService
+from shared import contract, subjects
 from shared.bus import Bus
 from shared.errors import ModelNotFound, PermissionDenied
 from tests.metering.conftest import HOLD, TINY_SESSION, record, reserve, settle, usage, wait_for
@@ -138,3 +139,19 @@ async def test_bad_requests_are_error_replies(bus: Bus, start_metering: Start) -
         await reserve(bus, "u6", "x", model="no-such-model")
     with pytest.raises(PermissionDenied):
         await reserve(bus, "u6", "x", plan="no-such-plan")
+
+
+async def test_a_renewal_over_the_bus_keeps_a_hold_from_the_reaper(bus: Bus, start_metering: Start) -> None:
+    await start_metering(hold_ttl_seconds=2.0, reap_interval_seconds=0.3)
+    assert (await reserve(bus, "u7", "long")).admitted
+    assert (await reserve(bus, "u7", "abandoned")).admitted
+    renewal = contract.encode(contract.HoldRenewal("u7", "long"))
+
+    async def abandoned_reaped() -> bool:
+        await bus.publish(subjects.METER_RENEW, renewal)  # the long request's gateway, meanwhile
+        return "abandoned" not in (await record(bus, "u7")).holds
+
+    # the reaper has run past the TTL of both holds: only the renewed one is still there
+    await wait_for(abandoned_reaped, what="the abandoned hold reaped")
+    rec = await record(bus, "u7")
+    assert "long" in rec.holds and rec.holds["long"].seen > rec.holds["long"].at

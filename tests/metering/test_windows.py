@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from services.metering import budget
 from services.metering import windows as w
-from services.metering.record import Record
+from services.metering.record import Bounds, Record
 from shared.catalog import Plan, SessionPool, TokenQuota, WeeklyPool
 from shared.contract import ReserveRequest, Settlement, Usage
 from shared.money import PriceUnits
@@ -113,7 +113,7 @@ def test_pools_reset_at_the_reset_they_announce(t0: int, steps: list[tuple[int, 
         if changed:
             assert reply.admitted
             settlement_usage = Settlement(f"r{i}", "u", "p", "m", Usage(cost, 0))
-            budget.settle(rec, settlement_usage, RULES, PRICE, now, keep=10)
+            budget.settle(rec, settlement_usage, RULES, PRICE, now, Bounds())
 
 
 def _rolled(rec: Record, now: int) -> Record:

@@ -6,7 +6,7 @@ import nats.js.errors
 import pytest
 
 from shared import contract
-from shared.bus import Bus, CasConflict, KeyNotFound
+from shared.bus import OVERFLOW, Bus, CasConflict, KeyNotFound
 from shared.errors import ServiceUnavailable
 
 
@@ -94,3 +94,17 @@ async def test_a_fetch_refused_by_jetstream_is_service_unavailable() -> None:
     # consumers catch it, wait and fetch again; a foreign nats error would escape the error tree
     with pytest.raises(ServiceUnavailable):
         await Bus.fetch(_LeaderlessPull(), 10, 1.0)
+
+
+async def test_an_inbox_whose_reader_falls_behind_overflows_instead_of_growing(bus: Bus) -> None:
+    with bus.open_inbox("slow", max_bytes=10_000) as box, bus.open_inbox("other") as other:
+        for _ in range(5):  # read as they come: never more than 4 KB waiting
+            await bus.publish(box.subject, b"x" * 4_000)
+            assert (await box.next(2)).data == b"x" * 4_000
+        for _ in range(30):  # 120 KB while nobody reads
+            await bus.publish(box.subject, b"y" * 4_000)
+        await bus.publish(other.subject, b"marker")  # sent after them on the same connection
+        assert (await other.next(2)).data == b"marker"
+        assert box.overflowed and box.pending == 0
+        assert await box.next(2) is OVERFLOW
+        assert not box.ready()  # what came before and after the overflow was dropped

@@ -34,8 +34,8 @@ from services.worker.adapters.base import (
     json_decode,
     json_encode,
     json_text,
-    max_tokens_of,
     option,
+    output_cap,
     parse_data_url,
     single_choice,
     stop_list,
@@ -181,7 +181,7 @@ def build_body(ctx: ChatContext) -> dict[str, Any]:
     out: dict[str, Any] = {
         "model": ctx.upstream_model,
         "messages": turns,
-        "max_tokens": max_tokens_of(body) or int(option(ctx, "default_max_tokens", str(DEFAULT_MAX_TOKENS))),
+        "max_tokens": output_cap(ctx) or int(option(ctx, "default_max_tokens", str(DEFAULT_MAX_TOKENS))),
     }
     if system:
         out["system"] = system

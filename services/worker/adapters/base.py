@@ -129,6 +129,9 @@ class ChatContext(msgspec.Struct):
     api_key: str | None  # resolved by the worker (env var or the user's own key); never logged
     request_id: str = ""
     dimensions: int | None = None  # embeddings: the catalog model's vector size
+    # the output cap per choice the gateway held for (None: the body's own cap stands)
+    max_output_tokens: int | None = None
+    prompt_tokens: int = 0  # the prompt estimate (``shared.prompt``), for usage nobody reported
 
 
 class StreamParser(Protocol):
@@ -229,6 +232,12 @@ def max_tokens_of(body: dict[str, Any]) -> int | None:
     """``max_completion_tokens`` wins over the deprecated ``max_tokens`` (OpenAI's own rule)."""
     value = body.get("max_completion_tokens") or body.get("max_tokens")
     return int(value) if value else None
+
+
+def output_cap(ctx: ChatContext) -> int | None:
+    """The output cap to send: the one the gateway held for, which bounds what the call can cost.
+    Every adapter writes it as its provider's own cap parameter."""
+    return ctx.max_output_tokens or max_tokens_of(ctx.body)
 
 
 def stop_list(body: dict[str, Any]) -> list[str]:

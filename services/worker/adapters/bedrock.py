@@ -48,8 +48,8 @@ from services.worker.adapters.base import (
     json_decode,
     json_encode,
     json_text,
-    max_tokens_of,
     option,
+    output_cap,
     parse_data_url,
     single_choice,
     stop_list,
@@ -178,7 +178,7 @@ def build_body(ctx: ChatContext) -> dict[str, Any]:
     if system:
         out["system"] = system
     config: dict[str, Any] = {}
-    limit = max_tokens_of(body)
+    limit = output_cap(ctx)
     if limit:
         config["maxTokens"] = limit
     if body.get("temperature") is not None:

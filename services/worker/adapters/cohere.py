@@ -35,7 +35,7 @@ from services.worker.adapters.base import (
     error_text,
     json_decode,
     json_encode,
-    max_tokens_of,
+    output_cap,
     single_choice,
     stop_list,
     text_of,
@@ -109,7 +109,7 @@ def build_body(ctx: ChatContext) -> dict[str, Any]:
         "messages": [_convert_message(m) for m in body.get("messages") or []],
         "stream": ctx.stream,
     }
-    limit = max_tokens_of(body)
+    limit = output_cap(ctx)
     if limit:
         out["max_tokens"] = limit
     for ours, theirs in (("temperature", "temperature"), ("top_p", "p"), ("seed", "seed"),

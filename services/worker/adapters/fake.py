@@ -8,8 +8,9 @@ It lets ``make run``, the tests and the benchmark exercise every path of Janus w
   (``latency_ms``, ``tokens_per_second``; 0 = as fast as possible), overridden by the environment
   variables ``JANUS_FAKE_LATENCY_MS`` / ``JANUS_FAKE_TOKENS_PER_SECOND``;
 - real usage: prompt tokens counted from the messages, completion tokens = tokens generated;
-- ``max_tokens`` / ``max_completion_tokens`` (finish ``length``) and ``stop`` sequences; one answer
-  per request (``n`` > 1 is refused, as providers without ``n`` do, not silently answered once);
+- the output cap the gateway held (else ``max_tokens`` / ``max_completion_tokens``; finish
+  ``length``) and ``stop`` sequences; one answer per request (``n`` > 1 is refused, as providers
+  without ``n`` do, not silently answered once);
 - tools: unless ``tool_choice`` is "none", a call to the named (or first) tool with arguments that
   satisfy the schema's required properties; several tools at once when parallel calls are allowed,
   several tools are given and the prompt asks for more than one thing ("both", "each", "all", ...);
@@ -41,16 +42,16 @@ from services.worker.adapters.base import (
     ToolCallDelta,
     UsageEvent,
     input_tokens,
+    json_encode,
     json_text,
-    max_tokens_of,
     option,
+    output_cap,
     single_choice,
     stop_list,
     text_of,
 )
 from services.worker.adapters.fake_schema import example_value
-from services.worker.openai import estimate_prompt_tokens
-from shared import tokens
+from shared import prompt, tokens
 from shared.contract import Usage
 
 WORDS = (
@@ -69,6 +70,11 @@ def _digest(*parts: str) -> bytes:
         h.update(p.encode("utf-8", "replace"))
         h.update(b"\x00")
     return h.digest()
+
+
+def prompt_estimate(ctx: ChatContext) -> int:
+    """The shared estimate, for a context built without one (adapter tests)."""
+    return prompt.estimate_body(json_encode(ctx.body))
 
 
 def _last_user_text(body: dict[str, Any]) -> str:
@@ -147,7 +153,7 @@ class FakeAdapter:
         body = ctx.body
         single_choice(body)
         prompt = _last_user_text(body)
-        prompt_tokens = estimate_prompt_tokens(body)
+        prompt_tokens = ctx.prompt_tokens or prompt_estimate(ctx)
         latency, per_token = self._pace(ctx)
         if latency:
             await asyncio.sleep(latency)
@@ -175,7 +181,7 @@ class FakeAdapter:
         # one piece per token: words for text, four characters of JSON
         pieces = (_PIECE.findall(structured)
                   if structured is not None else [w if i == 0 else " " + w for i, w in enumerate(words)])
-        limit = max_tokens_of(body)
+        limit = output_cap(ctx)
         stops = stop_list(body)
         reason = "stop"
         if limit is not None and limit < len(pieces):

@@ -45,7 +45,7 @@ from services.worker.adapters.base import (
     json_decode,
     json_encode,
     json_text,
-    max_tokens_of,
+    output_cap,
     parse_data_url,
     single_choice,
     stop_list,
@@ -211,7 +211,7 @@ def build_body(ctx: ChatContext) -> dict[str, Any]:
     if system:
         out["systemInstruction"] = {"parts": system}
     config: dict[str, Any] = {}
-    limit = max_tokens_of(body)
+    limit = output_cap(ctx)
     if limit:
         config["maxOutputTokens"] = limit
     for ours, theirs in (("temperature", "temperature"), ("top_p", "topP"), ("seed", "seed"),

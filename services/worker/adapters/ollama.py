@@ -34,7 +34,7 @@ from services.worker.adapters.base import (
     json_decode,
     json_encode,
     json_text,
-    max_tokens_of,
+    output_cap,
     parse_data_url,
     single_choice,
     stop_list,
@@ -135,7 +135,7 @@ def build_body(ctx: ChatContext) -> dict[str, Any]:
         "stream": ctx.stream,
     }
     options: dict[str, Any] = {}
-    limit = max_tokens_of(body)
+    limit = output_cap(ctx)
     if limit:
         options["num_predict"] = limit
     for key in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty"):

@@ -2,8 +2,11 @@
 vLLM, Ollama's ``/v1``. A new such provider is a catalog entry with a ``base_url``, not a module.
 
 - chat: ``POST {base_url}/chat/completions`` with ``Authorization: Bearer``; the client's body with
-  ``model`` replaced by the provider's name; streams add ``stream_options.include_usage`` so the
-  provider sends the usage chunk (``choices: []``) before ``data: [DONE]``;
+  ``model`` replaced by the provider's name and the held output cap as the one cap parameter (the
+  provider option ``max_tokens_param``: ``max_completion_tokens``, OpenAI's, by default;
+  ``max_tokens`` for providers that know only the older name); streams add
+  ``stream_options.include_usage`` so the provider sends the usage chunk (``choices: []``) before
+  ``data: [DONE]``;
 - embeddings: ``POST {base_url}/embeddings``, always asking for floats (base64 is encoded by us when
   the client asks), at most ``max_batch`` inputs per call;
 - errors: ``{"error": {"message", "type", "param", "code"}}``; a stream may carry the same object
@@ -32,6 +35,8 @@ from services.worker.adapters.base import (
     UsageEvent,
     error_text,
     json_encode,
+    option,
+    output_cap,
     single_choice,
 )
 from services.worker.openai import OAUsage, chat_completion_decoder, usage_of
@@ -177,6 +182,12 @@ class OpenAICompatAdapter:
     def chat_request(self, ctx: ChatContext) -> UpstreamRequest:
         body = dict(ctx.body)
         body["model"] = ctx.upstream_model
+        cap = output_cap(ctx)
+        if cap is not None:
+            # one cap, under the name this provider reads: a second, larger one must not survive
+            body.pop("max_tokens", None)
+            body.pop("max_completion_tokens", None)
+            body[option(ctx, "max_tokens_param", "max_completion_tokens")] = cap
         if ctx.stream:
             single_choice(body)  # buffered calls pass every choice through; streams carry one
             body["stream"] = True

@@ -1,0 +1,199 @@
+"""Where an answer goes: a buffered JSON body or an SSE stream, behind one ``Sink`` interface so the
+dispatcher's attempt loop is the same for both. Every write to the client is bounded in time
+(``JANUS_STREAM_WRITE_TIMEOUT_SECONDS``): a client that stops reading is treated as gone, and a
+buffered answer is bounded in size (``JANUS_MAX_REPLY_BYTES``)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Protocol
+
+from aiohttp import web
+
+from services.gateway.frames import REPLY_OVERFLOW
+from shared import metrics
+from shared.contract import Done
+from shared.errors import JanusError
+
+if TYPE_CHECKING:
+    from services.gateway.dispatch import Call
+
+_ttft = metrics.children(metrics.TTFT)
+
+_SSE_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",  # reverse proxies must not hold back events
+}
+_DONE_EVENT = b"data: [DONE]\n\n"
+_JSON = "application/json"
+
+
+class Sink(Protocol):
+    started: bool
+    chunks: int
+    resp: web.StreamResponse | None
+
+    # more: another frame has already arrived, so the write may wait for it (one write, not many)
+    async def chunk(self, data: bytes, more: bool = False) -> None: ...
+    # a new attempt begins: what a failed one left is dropped (a started stream never retries)
+    def reset(self) -> None: ...
+    async def flush(self) -> None: ...
+    async def done(self, frame: Done) -> web.StreamResponse: ...
+    async def fail(self, err: JanusError) -> web.StreamResponse: ...
+
+
+class ClientTooSlow(ConnectionError):
+    """The client did not take a write within the stream write timeout: it is treated as gone."""
+
+
+async def _write(
+    request: web.Request, resp: web.StreamResponse, data: bytes, timeout: float, *, eof: bool = False
+) -> None:
+    """One write to the client, bounded: a client that stops reading (its socket buffers full)
+    would otherwise hold the request, its worker and its hold for as long as it likes."""
+    try:
+        async with asyncio.timeout(timeout):
+            if eof:
+                await resp.write_eof(data)
+            else:
+                await resp.write(data)
+    except TimeoutError:
+        if request.transport is not None:
+            request.transport.abort()  # the half-written response cannot be finished
+        raise ClientTooSlow("the client stopped reading") from None
+
+
+class BufferedSink:
+    """A whole JSON body. It comes in the Done frame, or, when larger than one bus message (a big
+    embeddings batch), as Chunk frames carrying consecutive slices of it, the last in Done."""
+
+    started: bool = False
+    chunks: int = 0
+    resp: web.StreamResponse | None = None
+
+    def __init__(
+        self, request: web.Request, call: Call, write_timeout: float = 30.0, max_bytes: int = 64 * 1024 * 1024
+    ) -> None:
+        self.request = request
+        self.call = call
+        self.write_timeout = write_timeout
+        self.max_bytes = max_bytes
+        self.size = 0
+        self.parts: list[bytes] = []
+
+    async def chunk(self, data: bytes, more: bool = False) -> None:
+        self.size += len(data)
+        if self.size > self.max_bytes:
+            raise JanusError(
+                "the worker's answer is larger than the gateway holds for one request",
+                code=REPLY_OVERFLOW,
+                status=502,
+            )
+        self.parts.append(data)
+
+    def reset(self) -> None:
+        self.parts.clear()
+        self.size = 0
+
+    async def flush(self) -> None:
+        return
+
+    async def done(self, frame: Done) -> web.StreamResponse:
+        headers = self.call.headers
+        headers["Content-Type"] = _JSON
+        if not self.parts:
+            return web.Response(body=frame.body, headers=headers)
+        # written slice by slice: joining them first would hold the answer twice
+        parts, self.parts = [*self.parts, frame.body], []
+        resp = web.StreamResponse(headers=headers)
+        resp.content_length = sum(map(len, parts))
+        self.resp = resp
+        await resp.prepare(self.request)
+        for part in parts:
+            await _write(self.request, resp, part, self.write_timeout)
+        await _write(self.request, resp, b"", self.write_timeout, eof=True)
+        return resp
+
+    async def fail(self, err: JanusError) -> web.StreamResponse:
+        raise err
+
+
+class StreamSink:
+    """SSE. Headers go out only with the first chunk, so that everything before it can still fall
+    back to another deployment or end as an ordinary HTTP error.
+
+    Chunks that arrived together leave in one write (a write per event costs a syscall each); a
+    chunk is held only while another frame is already waiting, so nothing is ever delayed."""
+
+    def __init__(self, request: web.Request, call: Call, write_timeout: float = 30.0) -> None:
+        self.request = request
+        self.call = call
+        self.write_timeout = write_timeout
+        self.resp: web.StreamResponse | None = None
+        self.started = False
+        self.chunks = 0
+        self._held: list[bytes] = []
+
+    async def _open(self) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={**self.call.headers, **_SSE_HEADERS})
+        self.resp = resp
+        self.started = True
+        await resp.prepare(self.request)
+        return resp
+
+    def reset(self) -> None:
+        return  # nothing is kept before the first chunk, and after it there is no other attempt
+
+    async def chunk(self, data: bytes, more: bool = False) -> None:
+        self.chunks += 1
+        self.started = True  # from here on the stream is the client's: no fallback
+        self._held.append(b"data: " + data + b"\n\n")
+        if not more:
+            await self.flush()
+
+    async def _take(self) -> bytes:
+        """The held events as one payload, the response opened first if this is the first."""
+        if self.resp is None:
+            await self._open()
+            if self._held:
+                _ttft(self.call.model).observe(time.perf_counter() - self.call.start)
+        held = self._held
+        if not held:
+            return b""
+        self._held = []
+        return held[0] if len(held) == 1 else b"".join(held)
+
+    async def flush(self) -> None:
+        if self._held:
+            data = await self._take()
+            assert self.resp is not None
+            await _write(self.request, self.resp, data, self.write_timeout)
+
+    async def done(self, frame: Done) -> web.StreamResponse:
+        data = await self._take()
+        assert self.resp is not None
+        # the last events and the terminator together
+        await _write(self.request, self.resp, data + _DONE_EVENT, self.write_timeout, eof=True)
+        return self.resp
+
+    async def fail(self, err: JanusError) -> web.StreamResponse:
+        if self.resp is None and not self._held:
+            raise err
+        metrics.STREAM_ERRORS.labels(err.code or "error").inc()
+        self.call.error_code = err.code or "error"
+        try:
+            data = await self._take()
+            assert self.resp is not None
+            await _write(
+                self.request,
+                self.resp,
+                data + b"data: " + err.to_body() + b"\n\n",
+                self.write_timeout,
+                eof=True,
+            )
+        except ConnectionError:
+            self.call.status = 499
+        assert self.resp is not None
+        return self.resp
