@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,18 @@ PROMETHEUS_RULE = DEPLOY / "k8s" / "base" / "monitoring" / "prometheusrule.yaml"
 DASHBOARDS = DEPLOY / "grafana" / "dashboards"
 K8S_CONFIG = DEPLOY / "k8s" / "base" / "config"
 PROD_CATALOG = DEPLOY / "k8s" / "overlays" / "prod" / "catalog.production.yaml"
-DATASOURCE = {"type": "prometheus", "uid": "prometheus"}  # provisioned with this uid
+# every panel reads the data source the $datasource variable names (provisioned: uid "prometheus")
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+# every selector is narrowed to the $namespace variable; "All" (.*) also matches series without
+# the label (the compose stack's Prometheus adds none)
+_SERIES = re.compile(r"\b((?:janus|jetstream|gnatsd|kube|container)_[a-z0-9_]+|janus:[a-z0-9_:]+)(\{)?")
+
+
+def _ns(expr: str) -> str:
+    def add(m: re.Match[str]) -> str:
+        return f'{m.group(1)}{{namespace=~"$namespace"' + ("," if m.group(2) else "}")
+
+    return _SERIES.sub(add, expr)
 
 # ----------------------------------------------------------------------------- dashboards
 # (title, [(legend, PromQL)], unit, panel type)
@@ -70,7 +82,22 @@ OVERVIEW: list[Panel] = [
     P("Streams ended with an error", "short",
       ("{{code}}", _rate("janus_stream_errors_total", "code", fn="increase"))),
     P("Authentication failures", "reqps", ("{{reason}}", _rate("janus_auth_failures_total", "reason"))),
+    P("Error ratio (5xx and streams cut in-band; the objective allows 0.5 %)", "percentunit",
+      ("{{namespace}} 5m", "janus:request_error_ratio:rate5m"),
+      ("{{namespace}} 1h", "janus:request_error_ratio:rate1h")),
     P("Services connected to NATS", "short", ("{{job}} {{instance}}", "janus_nats_connected")),
+    P("Event-loop lag p99 per service (CPU starvation, blocking calls)", "s",
+      ("{{job}}", _p(0.99, "janus_event_loop_lag_seconds", "job"))),
+    P("Autoscalers: current, desired and maximum replicas", "short",
+      ("{{horizontalpodautoscaler}} current", "max by (horizontalpodautoscaler) "
+                                              "(kube_horizontalpodautoscaler_status_current_replicas)"),
+      ("{{horizontalpodautoscaler}} desired", "max by (horizontalpodautoscaler) "
+                                              "(kube_horizontalpodautoscaler_status_desired_replicas)"),
+      ("{{horizontalpodautoscaler}} max", "max by (horizontalpodautoscaler) "
+                                          "(kube_horizontalpodautoscaler_spec_max_replicas)")),
+    P("CPU throttling by pod (share of CFS periods throttled)", "percentunit",
+      ("{{pod}}", _rate("container_cpu_cfs_throttled_periods_total", "pod")
+       + " / " + _rate("container_cpu_cfs_periods_total", "pod"))),
     P("Service replicas", "short", ("{{service}}", "sum by (service) (janus_service_info)"), kind="stat"),
 ]
 
@@ -85,9 +112,11 @@ PROVIDERS: list[Panel] = [
     P("Tokens per second", "short",
       ("{{gen_ai_provider_name}} {{gen_ai_token_type}}",
        _rate("janus_tokens_total", f"{_PROVIDER}, gen_ai_token_type"))),
-    P("Worker saturation (in flight / capacity)", "percentunit",
-      ("{{gen_ai_provider_name}}", f"sum by ({_PROVIDER}) (janus_worker_in_flight)"
-                                   f" / sum by ({_PROVIDER}) (janus_worker_capacity)")),
+    P("Worker saturation, fullest pod per provider (in flight / the pod's cap)", "percentunit",
+      ("{{gen_ai_provider_name}}", f"max by ({_PROVIDER}) (janus_worker_in_flight / janus_worker_capacity)")),
+    P("Upstream error ratio by provider", "percentunit",
+      ("{{gen_ai_provider_name}}", _rate("janus_upstream_errors_total", _PROVIDER)
+       + " / " + _rate("janus_upstream_request_duration_seconds_count", _PROVIDER))),
     P("Fallbacks by provider and reason", "reqps",
       ("{{gen_ai_provider_name}} {{reason}}", _rate("janus_fallbacks_total", f"{_PROVIDER}, reason"))),
 ]
@@ -97,6 +126,8 @@ METERING: list[Panel] = [
       ("{{decision}} {{pool}}", _rate("janus_budget_decisions_total", "decision, pool"))),
     P("Credits charged per second by model", "short",
       ("{{gen_ai_request_model}}", _rate("janus_credits_charged_total", _MODEL))),
+    P("Credits charged per second by plan", "short",
+      ("{{plan}}", _rate("janus_credits_charged_total", "plan"))),
     P("Settlements by result", "reqps", ("{{result}}", _rate("janus_settlements_total", "result"))),
     P("Settlements dead-lettered", "short",
       ("{{reason}}", _rate("janus_settlements_dead_lettered_total", "reason", fn="increase"))),
@@ -107,6 +138,8 @@ METERING: list[Panel] = [
     P("Compare-and-set retries", "short", ("retries", _rate("janus_metering_cas_retries_total"))),
     P("Changes per KV write (group commit), p50", "short",
       ("p50", _p(0.5, "janus_metering_commit_operations"))),
+    P("JetStream writes refused (full: the store or a stream limit is reached)", "ops",
+      ("{{store}} {{reason}}", _rate("janus_jetstream_write_errors_total", "store, reason"))),
 ]
 
 ROUTING: list[Panel] = [
@@ -120,12 +153,37 @@ ROUTING: list[Panel] = [
     P("Fallbacks by reason", "reqps", ("{{reason}}", _rate("janus_fallbacks_total", "reason"))),
 ]
 
+NATS: list[Panel] = [
+    P("JetStream store used per server", "percentunit",
+      ("{{server_name}}", "max by (server_name) (jetstream_server_total_message_bytes"
+                          " / jetstream_server_max_storage)")),
+    P("Settlements waiting for metering", "short",
+      ("pending", 'max(jetstream_consumer_num_pending{stream_name="JANUS_SETTLE"})')),
+    P("Servers that are the JetStream meta leader (0: no quorum)", "short",
+      ("leaders", 'count(jetstream_server_total_streams{is_meta_leader="true"}) or vector(0)')),
+    P("Server health (0 ok)", "short", ("{{instance}}", "max by (instance) (gnatsd_healthz_status)")),
+    P("Bytes per stream", "bytes",
+      ("{{stream_name}}", 'max by (stream_name) (jetstream_stream_total_bytes{is_stream_leader="true"})')),
+    P("JetStream writes refused by Janus", "ops",
+      ("{{store}} {{reason}}", _rate("janus_jetstream_write_errors_total", "store, reason"))),
+]
+
 DASHBOARD_SPECS: dict[str, tuple[str, str, list[Panel]]] = {
     "overview": ("Janus / Overview", "Traffic, errors and latency at the gateway", OVERVIEW),
     "providers": ("Janus / Providers", "Upstream calls, tokens and worker pools", PROVIDERS),
     "metering": ("Janus / Metering", "Budget admission, settlement and credits", METERING),
     "routing": ("Janus / Routing", "Routing decisions, model choice and circuit breakers", ROUTING),
+    "nats": ("Janus / NATS", "JetStream store, quorum and the settlement backlog", NATS),
 }
+
+_VARIABLES = [
+    {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
+     "hide": 0, "refresh": 1, "current": {"text": "Prometheus", "value": "prometheus"}, "options": []},
+    {"name": "namespace", "label": "Namespace", "type": "query", "datasource": DATASOURCE,
+     "query": "label_values(janus_service_info, namespace)", "refresh": 2, "includeAll": True,
+     "allValue": ".*", "multi": False, "hide": 0, "sort": 1,
+     "current": {"text": "All", "value": "$__all"}, "options": []},
+]
 
 
 _LEGEND = {"legend": {"displayMode": "list", "placement": "bottom"}}
@@ -143,7 +201,8 @@ def dashboard(slug: str) -> dict[str, Any]:
             "datasource": DATASOURCE,
             "gridPos": {"h": 8, "w": w, "x": (i % 2) * w, "y": (i // 2) * 8},
             "targets": [
-                {"refId": chr(ord("A") + j), "datasource": DATASOURCE, "expr": expr, "legendFormat": legend}
+                {"refId": chr(ord("A") + j), "datasource": DATASOURCE, "expr": _ns(expr),
+                 "legendFormat": legend}
                 for j, (legend, expr) in enumerate(queries)
             ],
             "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
@@ -162,7 +221,7 @@ def dashboard(slug: str) -> dict[str, Any]:
         "schemaVersion": 39,
         "version": 1,
         "panels": out,
-        "templating": {"list": []},
+        "templating": {"list": _VARIABLES},
         "annotations": {"list": []},
         "links": [],
     }

@@ -182,7 +182,7 @@ nats_configs() {
   local server="$VENV/bin/nats-server" rc=0
   command -v "$server" >/dev/null || server="$(command -v nats-server)" || { echo "no nats-server" >&2; return 1; }
   for conf in deploy/k8s/base/nats/nats.conf deploy/k8s/overlays/dev/nats.conf; do
-    POD_NAME=nats-0 "$server" -t -c "$conf" || rc=1
+    POD_NAME=nats-0 JS_MAX_FILE_STORE=9663676416 "$server" -t -c "$conf" || rc=1
   done
   return $rc
 }

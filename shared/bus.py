@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import nats
@@ -57,11 +58,25 @@ _UNAVAILABLE = (
     TimeoutError,  # nats.errors.TimeoutError is a subclass
 )
 
+# JetStream's "insufficient resources" (10023) and "insufficient storage" (10047): the server's
+# store cap, or a stream's, is reached; nothing written until an operator frees or grows it
+_STORE_FULL = frozenset({10023, 10047})
+
 Handler = Callable[[Msg], Awaitable[None]]
 
 
 # queued in an Inbox in place of the frames it dropped when its reader fell too far behind
 OVERFLOW = object()
+
+
+def write_refused(store: str, exc: BaseException) -> ServiceUnavailable:
+    """A JetStream write that failed, counted by store and reason, as the 503 a caller sees."""
+    if isinstance(exc, nats.js.errors.APIError) and getattr(exc, "err_code", None) in _STORE_FULL:
+        metrics.JETSTREAM_WRITE_ERRORS.labels(store, "full").inc()
+        return ServiceUnavailable("Janus cannot record usage right now: its storage is full. Retry later.",
+                                  code="storage_full")
+    metrics.JETSTREAM_WRITE_ERRORS.labels(store, "unavailable").inc()
+    return ServiceUnavailable(f"JetStream did not acknowledge a write to {store}: {type(exc).__name__}")
 
 
 class KeyNotFound(Exception):
@@ -329,7 +344,11 @@ class Bus:
         replicas: int = 1,
         work_queue: bool = False,
         max_age: float | None = None,
+        max_bytes: int | None = None,
     ) -> None:
+        """Create the stream, or bring an existing one to what Janus needs (subjects, de-duplication,
+        replicas) without widening or resetting the limits an operator set on it: of the stream's
+        limit and the one asked for here, the tighter wins."""
         cfg = StreamConfig(
             name=name,
             subjects=subjects,
@@ -338,11 +357,42 @@ class Bus:
             duplicate_window=duplicate_window,
             num_replicas=replicas,
             max_age=max_age,
+            max_bytes=max_bytes,
         )
         try:
             await self.js.add_stream(cfg)
+            return
         except nats.js.errors.BadRequestError:
-            await self.js.update_stream(cfg)
+            pass
+        have = (await self.js.stream_info(name)).config
+        want = dataclasses.replace(
+            have,
+            subjects=subjects,
+            duplicate_window=duplicate_window,
+            num_replicas=replicas,
+            max_age=_tighter(have.max_age, max_age),
+            max_bytes=_tighter(have.max_bytes, max_bytes),
+        )
+        for limit in ("max_age", "max_bytes"):
+            if getattr(want, limit) != getattr(cfg, limit) and getattr(cfg, limit):
+                log.warning("stream_limit_kept", stream=name, limit=limit, stream_value=getattr(want, limit),
+                            setting=getattr(cfg, limit))
+        if want != have:
+            await self.js.update_stream(want)
+
+    async def stream_messages(self, stream: str) -> AsyncIterator[tuple[str, bytes, dict[str, str]]]:
+        """(subject, data, headers) of every message still in ``stream``, by sequence: read without
+        a consumer, since a work-queue stream admits no second one. A missing stream has none."""
+        try:
+            state = (await self.js.stream_info(stream)).state
+        except nats.js.errors.NotFoundError:
+            return
+        for seq in range(state.first_seq, state.last_seq + 1):
+            try:
+                m = await self.js.get_msg(stream, seq)
+            except nats.js.errors.NotFoundError:
+                continue  # deleted (acknowledged from a work queue) or aged out since
+            yield m.subject or "", m.data or b"", dict(m.headers or {})
 
     async def js_publish(self, subject: str, data: bytes, *, msg_id: str, timeout: float = 5.0) -> bool:
         """Publish to a stream, de-duplicated by ``msg_id``. Returns False for a duplicate."""
@@ -352,9 +402,8 @@ class Bus:
             raise _too_large(subject, data) from None
         except (*_UNAVAILABLE, nats.js.errors.APIError) as exc:
             # an APIError here is JetStream refusing for now (no leader during an election, 503)
-            raise ServiceUnavailable(
-                f"JetStream did not acknowledge {subject}: {type(exc).__name__}"
-            ) from None
+            # or a full store
+            raise write_refused(subject, exc) from None
         return not ack.duplicate
 
     async def pull_consumer(
@@ -436,13 +485,16 @@ class Bus:
             # create() on an existing key reports "wrong last sequence" as a plain API error (10071)
             if getattr(exc, "err_code", None) == 10071:
                 raise CasConflict(key) from None
-            raise ServiceUnavailable(f"key-value store refused the write: {exc}") from None
+            raise write_refused(_bucket(kv), exc) from None
         except _UNAVAILABLE as exc:
-            raise ServiceUnavailable(f"key-value store unavailable: {type(exc).__name__}") from None
+            raise write_refused(_bucket(kv), exc) from None
 
     @staticmethod
     async def kv_put(kv: KeyValue, key: str, value: bytes) -> int:
-        return await kv.put(key, value)
+        try:
+            return await kv.put(key, value)
+        except (*_UNAVAILABLE, nats.js.errors.APIError) as exc:
+            raise write_refused(_bucket(kv), exc) from None
 
     @staticmethod
     async def kv_delete(kv: KeyValue, key: str) -> None:
@@ -455,6 +507,16 @@ class Bus:
             return list(await kv.keys())
         except nats.js.errors.NoKeysError:
             return []
+
+
+def _tighter(have: float | int | None, want: float | int | None) -> Any:
+    """The tighter of two JetStream limits, where None, 0 and -1 mean none."""
+    limits = [v for v in (have, want) if v is not None and v > 0]
+    return min(limits) if limits else have
+
+
+def _bucket(kv: KeyValue) -> str:
+    return str(getattr(kv, "_name", "") or "kv")
 
 
 def _too_large(subject: str, data: bytes) -> PayloadTooLarge:

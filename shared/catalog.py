@@ -26,6 +26,10 @@ class Deployment(msgspec.Struct, forbid_unknown_fields=True):
     weight: float = 1.0
     region: str = ""  # for providers that sign per region (Bedrock)
     options: dict[str, str] = {}
+    # upstream calls one worker pod makes to this deployment at once (0: only the provider's cap);
+    # for an upstream with a concurrency quota of its own, or one whose slowness should not take
+    # the provider's whole share
+    max_concurrency: int = 0
 
 
 class Provider(msgspec.Struct, forbid_unknown_fields=True):
@@ -36,6 +40,9 @@ class Provider(msgspec.Struct, forbid_unknown_fields=True):
     # users may register their own key for it (PUT /v1/byok/{id}): only a provider that takes a key
     # at all, on every deployment; a keyless one (a self-hosted Ollama) would serve for free
     byok: bool = False
+    # upstream calls one worker pod makes to this provider at once (0: JANUS_PROVIDER_MAX_CONCURRENCY),
+    # so a provider that hangs fills its own share, never the calls of the others
+    max_concurrency: int = 0
 
 
 class Price(msgspec.Struct, forbid_unknown_fields=True):

@@ -32,6 +32,17 @@ _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 _FAST = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
 
 # --- every service
+EVENT_LOOP_LAG = Histogram(
+    "janus_event_loop_lag_seconds",
+    "How late the event loop ran a timer: time every task on it waited for the CPU",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+JETSTREAM_WRITE_ERRORS = Counter(
+    "janus_jetstream_write_errors_total",
+    "JetStream writes (KV updates, stream publishes) refused or not acknowledged; reason 'full': the "
+    "store or a stream's limit is reached",
+    ["store", "reason"],
+)
 NATS_CONNECTED = Gauge("janus_nats_connected", "1 while the service is connected to NATS")
 UP_INFO = Gauge("janus_service_info", "Constant 1, labelled with the service name", ["service"])
 
@@ -101,7 +112,8 @@ BUDGET_DECISIONS = Counter(
     "janus_budget_decisions_total", "Admission decisions", ["decision", "pool"]
 )
 CREDITS_CHARGED = Counter(
-    "janus_credits_charged_total", "Credits (microdollars) charged", ["gen_ai_request_model"]
+    "janus_credits_charged_total", "Credits (microdollars) charged, by model and plan",
+    ["gen_ai_request_model", "plan"]
 )
 SETTLEMENTS = Counter(
     "janus_settlements_total", "Settlements by outcome (metering's results; 'lost' counted by the gateway)",

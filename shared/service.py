@@ -27,7 +27,7 @@ from shared.bus import Bus
 from shared.catalog import ConfigError
 from shared.errors import JanusError
 from shared.logging import configure, get_logger
-from shared.settings import CommonSettings, load_settings
+from shared.settings import NATS_DRAIN_SECONDS, CommonSettings, load_settings
 
 log = get_logger("service")
 
@@ -95,6 +95,16 @@ def _settle_heap() -> None:
     gc.set_threshold(*_GC_THRESHOLDS)
 
 
+async def _watch_loop_lag(interval: float = 0.5) -> None:
+    """How late a timer fires is how long every task on this loop waits for the CPU or behind a
+    blocking call: the latency a request cannot show on its own."""
+    loop = asyncio.get_running_loop()
+    while True:
+        start = loop.time()
+        await asyncio.sleep(interval)
+        metrics.EVENT_LOOP_LAG.observe(max(0.0, loop.time() - start - interval))
+
+
 async def serve(svc: Service) -> None:
     common = svc.common
     bus = await Bus.connect(common.nats_url, svc.name)
@@ -113,18 +123,21 @@ async def serve(svc: Service) -> None:
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    lag = loop.create_task(_watch_loop_lag())
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
 
-    log.info("stopping", grace_seconds=common.shutdown_grace_seconds)
+    grace = common.drain_grace()
+    log.info("stopping", grace_seconds=grace)
     svc.stopping = True  # /readyz flips first, so load balancers stop sending work
     try:
-        await asyncio.wait_for(svc.stop(), common.shutdown_grace_seconds)
+        await asyncio.wait_for(svc.stop(), grace)
     except TimeoutError:
         log.warning("stop_grace_exceeded")
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(bus.drain(), 10)
+        await asyncio.wait_for(bus.drain(), NATS_DRAIN_SECONDS)
+    lag.cancel()
     await ops.cleanup()
     log.info("stopped")
 

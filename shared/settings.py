@@ -18,14 +18,36 @@ T = TypeVar("T", bound=msgspec.Struct)
 
 PREFIX = "JANUS_"
 
+# past the request bound: a worker's deadline error, the gateway's last frames and its settlement
+SHUTDOWN_MARGIN_SECONDS = 10.0
+# after the grace, the NATS connection drains (shared.service): sent messages reach the server
+NATS_DRAIN_SECONDS = 10.0
+
+
+def termination_grace_seconds(common: CommonSettings, pre_stop_seconds: float = 0.0) -> float:
+    """The smallest pod ``terminationGracePeriodSeconds`` that lets a stopping service finish: the
+    preStop sleep, the drain grace and the NATS drain; SIGKILL must never cut a draining stream."""
+    return pre_stop_seconds + common.drain_grace() + NATS_DRAIN_SECONDS
+
 
 class CommonSettings(msgspec.Struct, kw_only=True):
     nats_url: str = "nats://127.0.0.1:4222"
     log_level: str = "INFO"
     ops_host: str = "127.0.0.1"
     ops_port: int = 0  # each service has its own default; 0 picks a free port
-    shutdown_grace_seconds: float = 30.0
+    # the longest one request may take, stream included: the gateway sends it to workers as the
+    # request's deadline, and a stopping service waits this long for what it has in flight
+    request_deadline_seconds: float = 600.0
+    # after SIGTERM, how long in-flight work may run; 0: derived from the request bound, so that a
+    # rollout or a scale-down never cuts a stream that is still within it
+    shutdown_grace_seconds: float = 0.0
     nats_replicas: int = 1  # JetStream replicas for streams and buckets (3 on a cluster)
+
+    def drain_grace(self) -> float:
+        """How long a stopping service lets its in-flight work run."""
+        if self.shutdown_grace_seconds > 0:
+            return self.shutdown_grace_seconds
+        return self.request_deadline_seconds + SHUTDOWN_MARGIN_SECONDS
 
 
 def load_settings(cls: type[T], env: dict[str, str] | None = None) -> T:

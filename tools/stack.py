@@ -122,11 +122,13 @@ def start_nats(
     routes: list[int] | None = None,
     cluster_name: str = "janus",
     monitor_port: int | None = None,
+    config: str = "",
 ) -> NatsServer:
     """A real nats-server bound to 127.0.0.1; ``port=-1`` lets the server choose.
 
     ``monitor_port`` opens the HTTP monitoring endpoints (``/jsz`` names the JetStream leaders,
-    ``/varz`` counts messages); ``-1`` lets the server choose that port too."""
+    ``/varz`` counts messages); ``-1`` lets the server choose that port too. ``config`` is a
+    configuration file's text (e.g. JetStream limits); the flags override it."""
     store = workdir / f"jetstream-{name}"
     store.mkdir(parents=True, exist_ok=True)
     ports_dir = workdir / f"ports-{name}"
@@ -151,6 +153,10 @@ def start_nats(
             args += ["--routes", ",".join(f"nats://127.0.0.1:{p}" for p in routes)]
     if monitor_port is not None:
         args += ["-m", str(monitor_port)]
+    if config:
+        conf = workdir / f"nats-{name}.conf"
+        conf.write_text(config)
+        args += ["-c", str(conf)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=nats_env())
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:

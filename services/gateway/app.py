@@ -220,7 +220,7 @@ class Gateway:
         if req.n is not None and req.n > 1:
             plan = self._many_choices(plan)
         wt = self.s.stream_write_timeout_seconds
-        sink: Sink = StreamSink(request, call, wt) if req.stream else \
+        sink: Sink = StreamSink(request, call, wt, self.s.sse_keepalive_seconds) if req.stream else \
             BufferedSink(request, call, wt, self.s.max_reply_bytes)
         return await self._serve(call, "chat", plan, body, req.stream, sink, cap, req.n or 1)
 

@@ -242,7 +242,7 @@ class Dispatcher:
                 elif isinstance(frame, Failed):
                     return None, JanusError.from_wire(frame.error), frame.usage
                 elif not reader.ready():
-                    await sink.flush()  # a heartbeat came after held chunks, and nothing more yet
+                    await sink.idle()  # a heartbeat (or Accepted), and nothing more waiting yet
         except ConnectionError:
             # the client went away mid-stream (aiohttp raises ClientConnectionResetError on write)
             call.status = 499

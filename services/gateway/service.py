@@ -103,7 +103,7 @@ class GatewayService(Service):
         if runner is None:
             return
         start = time.monotonic()
-        grace = self.s.shutdown_grace_seconds
+        grace = self.s.drain_grace()
         if self.redirect is not None:
             await self.redirect.cleanup()
         for site in list(runner.sites):

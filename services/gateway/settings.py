@@ -15,6 +15,9 @@ class GatewaySettings(CommonSettings, kw_only=True):
     min_output_tokens: int = 256
     first_frame_timeout_seconds: float = 5.0  # the worker's Accepted must arrive within this
     stall_timeout_seconds: float = 30.0  # between frames; workers heartbeat well inside it
+    # a stream waiting this long for its first token (or silent this long) gets an SSE comment;
+    # below the 30-60 s idle timeout of common cloud load balancers
+    sse_keepalive_seconds: float = 15.0
     max_attempts: int = 3
     route_timeout_seconds: float = 2.0
     reserve_timeout_seconds: float = 2.0
@@ -23,7 +26,6 @@ class GatewaySettings(CommonSettings, kw_only=True):
     # de-duplication window (20 min), which is what makes the retries safe
     settle_deadline_seconds: float = 60.0
     cancel_wait_seconds: float = 5.0  # after a cancel, how long to wait for the worker's usage
-    request_deadline_seconds: float = 600.0  # sent to workers as Janus-Deadline
     # a write to a client that does not read for this long ends the request (499), charged for
     # what was produced: a stalled reader must not keep a request, its worker and its hold alive
     stream_write_timeout_seconds: float = 30.0

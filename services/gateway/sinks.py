@@ -27,6 +27,8 @@ _SSE_HEADERS = {
     "X-Accel-Buffering": "no",  # reverse proxies must not hold back events
 }
 _DONE_EVENT = b"data: [DONE]\n\n"
+# an SSE comment: clients skip it, load balancers see bytes on a quiet connection
+_KEEPALIVE = b": keep-alive\n\n"
 _JSON = "application/json"
 
 
@@ -40,6 +42,8 @@ class Sink(Protocol):
     # a new attempt begins: what a failed one left is dropped (a started stream never retries)
     def reset(self) -> None: ...
     async def flush(self) -> None: ...
+    # the worker is alive but has nothing new (a heartbeat): held chunks go out, a quiet stream is kept alive
+    async def idle(self) -> None: ...
     async def done(self, frame: Done) -> web.StreamResponse: ...
     async def fail(self, err: JanusError) -> web.StreamResponse: ...
 
@@ -100,6 +104,9 @@ class BufferedSink:
     async def flush(self) -> None:
         return
 
+    async def idle(self) -> None:
+        return
+
     async def done(self, frame: Done) -> web.StreamResponse:
         headers = self.call.headers
         headers["Content-Type"] = _JSON
@@ -121,25 +128,30 @@ class BufferedSink:
 
 
 class StreamSink:
-    """SSE. Headers go out only with the first chunk, so that everything before it can still fall
-    back to another deployment or end as an ordinary HTTP error.
+    """SSE. Headers go out with the first chunk, so that everything before it can still fall back to
+    another deployment or end as an ordinary HTTP error; but a first token slower than
+    ``keepalive`` (a reasoning model, a queue upstream) opens the stream with a comment instead, and
+    a comment follows every ``keepalive`` of silence: load balancers cut idle connections at 30-60 s.
+    An opened stream with no chunk yet still falls back; its errors are in-band.
 
     Chunks that arrived together leave in one write (a write per event costs a syscall each); a
     chunk is held only while another frame is already waiting, so nothing is ever delayed."""
 
-    def __init__(self, request: web.Request, call: Call, write_timeout: float = 30.0) -> None:
+    def __init__(self, request: web.Request, call: Call, write_timeout: float = 30.0,
+                 keepalive: float = 15.0) -> None:
         self.request = request
         self.call = call
         self.write_timeout = write_timeout
+        self.keepalive = keepalive
         self.resp: web.StreamResponse | None = None
-        self.started = False
+        self.started = False  # a chunk went out: the stream is the client's, no fallback
         self.chunks = 0
         self._held: list[bytes] = []
+        self._wrote = call.start  # perf_counter of the last write (the request's arrival at first)
 
     async def _open(self) -> web.StreamResponse:
         resp = web.StreamResponse(headers={**self.call.headers, **_SSE_HEADERS})
         self.resp = resp
-        self.started = True
         await resp.prepare(self.request)
         return resp
 
@@ -157,11 +169,13 @@ class StreamSink:
         """The held events as one payload, the response opened first if this is the first."""
         if self.resp is None:
             await self._open()
-            if self._held:
-                _ttft(self.call.model).observe(time.perf_counter() - self.call.start)
         held = self._held
         if not held:
             return b""
+        now = time.perf_counter()
+        if self.chunks == len(held):  # the first chunks of the answer leave now
+            _ttft(self.call.model).observe(now - self.call.start)
+        self._wrote = now
         self._held = []
         return held[0] if len(held) == 1 else b"".join(held)
 
@@ -170,6 +184,16 @@ class StreamSink:
             data = await self._take()
             assert self.resp is not None
             await _write(self.request, self.resp, data, self.write_timeout)
+
+    async def idle(self) -> None:
+        if self._held:
+            await self.flush()
+        elif time.perf_counter() - self._wrote >= self.keepalive:
+            if self.resp is None:
+                await self._open()
+            assert self.resp is not None
+            await _write(self.request, self.resp, _KEEPALIVE, self.write_timeout)
+            self._wrote = time.perf_counter()
 
     async def done(self, frame: Done) -> web.StreamResponse:
         data = await self._take()

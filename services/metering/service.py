@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import random
 import time
+from collections.abc import Container
 from typing import Any, ClassVar
 
 import msgspec
@@ -61,10 +62,12 @@ _RATE_LIMITED = metrics.BUDGET_DECISIONS.labels("rate_limited", "requests")
 _TOP_CACHE_SECONDS = 5.0
 
 
-def _count_settlement(s: contract.Settlement, outcome: budget.Outcome) -> None:
+def _count_settlement(s: contract.Settlement, outcome: budget.Outcome, plans: Container[str]) -> None:
     metrics.SETTLEMENTS.labels(outcome.result).inc()
     if outcome.result != "duplicate" and outcome.entry.credits:
-        metrics.CREDITS_CHARGED.labels(s.model).inc(outcome.entry.credits)
+        # a plan label only ever names a configured plan (bounded, and never a user)
+        plan = s.plan if s.plan in plans else "other"
+        metrics.CREDITS_CHARGED.labels(s.model, plan).inc(outcome.entry.credits)
 
 
 def _settle_failed(s: contract.Settlement, exc: BaseException) -> None:
@@ -93,6 +96,11 @@ class MeteringSettings(CommonSettings, kw_only=True):
     bots_per_week: int = 100  # distinct X-Bot-ID tallies per user per week; the rest fold into "other"
     concurrency: int = 512
     rate_window_seconds: int = 60  # the window requests_per_minute counts in (shorter only in tests)
+    # the ledger stream's retention: entries older than this, or past this size, are dropped oldest
+    # first (0: no limit). max_bytes must fit in the JetStream store (max_file_store) with the
+    # budget buckets beside it: each overlay sets it for its volume
+    ledger_max_age_seconds: int = 90 * 86400
+    ledger_max_bytes: int = 256 * 1024 * 1024
 
 
 class MeteringService(Service):
@@ -130,8 +138,15 @@ class MeteringService(Service):
         replicas = self.settings.nats_replicas
         kv = await bus.kv(subjects.BUDGET_BUCKET, replicas=replicas)
         self.store = BudgetStore(kv)
+        # the write-failure series exist at 0 from the start, so rate() and the alert see the first one
+        for store in (subjects.BUDGET_BUCKET, subjects.LEDGER_STREAM):
+            for reason in ("full", "unavailable"):
+                metrics.JETSTREAM_WRITE_ERRORS.labels(store, reason)
+        for reason in ("undecodable", "max_deliveries", "unprovable"):
+            metrics.SETTLEMENTS_DEAD.labels(reason)
         await ensure_settlement_stream(bus, replicas)
-        await ensure_ledger_stream(bus, replicas)
+        await ensure_ledger_stream(bus, replicas, max_age=self.settings.ledger_max_age_seconds,
+                                   max_bytes=self.settings.ledger_max_bytes)
         await ensure_dead_letter_stream(bus, replicas)
         sub = self._sub = await bus.pull_consumer(subjects.SETTLE_STREAM, SETTLE_DURABLE, subjects.SETTLE,
                                                   ack_wait=self.settings.settle_ack_wait_seconds,
@@ -156,7 +171,7 @@ class MeteringService(Service):
         if settle is not None:
             # the settle loop finishes the batch in hand; what it has not acked is redelivered
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(settle, self.settings.shutdown_grace_seconds)
+                await asyncio.wait_for(settle, self.settings.drain_grace())
         if self._sub is not None:
             # a pull subscription left behind after a timed-out fetch stalls the connection's
             # drain for its whole timeout
@@ -383,7 +398,7 @@ class MeteringService(Service):
                 else:
                     _settle_failed(s, err)
                 continue
-            _count_settlement(s, out)
+            _count_settlement(s, out, self.rules)
             try:
                 await m.ack()
             except Exception as exc:

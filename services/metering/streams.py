@@ -10,9 +10,9 @@ import asyncio
 from typing import Any
 
 from shared import subjects
-from shared.bus import Bus, map_exception
+from shared.bus import Bus, map_exception, write_refused
 from shared.contract import DeadLetter, LedgerEntry, encode
-from shared.errors import ServiceUnavailable
+from shared.errors import JanusError, ServiceUnavailable
 
 # Settlements are de-duplicated by request id for this long: far longer than any gateway retry.
 SETTLE_DUPLICATE_WINDOW = 20 * 60.0
@@ -31,9 +31,14 @@ async def ensure_settlement_stream(bus: Bus, replicas: int = 1) -> None:
                             duplicate_window=SETTLE_DUPLICATE_WINDOW, replicas=replicas, work_queue=True)
 
 
-async def ensure_ledger_stream(bus: Bus, replicas: int = 1) -> None:
+async def ensure_ledger_stream(bus: Bus, replicas: int = 1, *, max_age: float = 0.0,
+                               max_bytes: int = 0) -> None:
+    """The ledger keeps entries for ``max_age`` seconds and at most ``max_bytes`` (0: no limit), the
+    oldest dropped first, so it can never fill JetStream's store; an operator who set tighter limits
+    on the stream keeps them (``Bus.ensure_stream``). Archive it before entries age out."""
     await bus.ensure_stream(subjects.LEDGER_STREAM, [subjects.LEDGER],
-                            duplicate_window=LEDGER_DUPLICATE_WINDOW, replicas=replicas)
+                            duplicate_window=LEDGER_DUPLICATE_WINDOW, replicas=replicas,
+                            max_age=max_age or None, max_bytes=max_bytes or None)
 
 
 async def ensure_dead_letter_stream(bus: Bus, replicas: int = 1) -> None:
@@ -76,5 +81,5 @@ async def publish_ledger(bus: Bus, entries: list[LedgerEntry],
         acks = [_TIMED_OUT if f.cancelled() else f.exception() for f in futures]
     for i, ack in zip(sent, acks, strict=True):
         if isinstance(ack, BaseException):
-            outcomes[i] = map_exception(ack)
+            outcomes[i] = ack if isinstance(ack, JanusError) else write_refused(subjects.LEDGER_STREAM, ack)
     return outcomes

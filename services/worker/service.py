@@ -23,6 +23,7 @@ from services.worker.adapters import ADAPTERS
 from services.worker.adapters.base import ChatContext
 from services.worker.call import Call, Replier, failed_frame
 from services.worker.health import HealthTracker
+from services.worker.keys import ProviderKeys
 from services.worker.settings import WorkerSettings
 from services.worker.transport import Transport
 from shared import metrics, prompt, subjects
@@ -86,14 +87,8 @@ class WorkerService(Service):
                 raise ConfigError(f"provider {pid!r}: no adapter for kind {provider.kind!r}")
             self.providers[pid] = provider
             self.adapters[pid] = cls()
-        # keys are resolved once, by variable name; the values are never logged
-        self.keys: dict[str, str | None] = {}
-        for provider in self.providers.values():
-            for d in provider.deployments:
-                key = os.environ.get(d.api_key_env) if d.api_key_env else None
-                if d.api_key_env and not key:
-                    log.warning("api_key_missing", deployment=d.id, variable=d.api_key_env)
-                self.keys[d.id] = key
+        # by variable name, from the environment or a mounted Secret re-read on rotation
+        self.keys = ProviderKeys(list(self.providers.values()), common.provider_keys_dir)
         # an upstream answer larger than the worker may send on is refused as it arrives
         self.transport = Transport(connect_timeout=common.connect_timeout_seconds,
                                    read_timeout=common.read_timeout_seconds, pool_size=common.pool_size,
@@ -101,6 +96,13 @@ class WorkerService(Service):
         self.health: HealthTracker | None = None
         self.calls: dict[str, set[asyncio.Task[Any]]] = {}
         self.in_flight = 0
+        # per provider and per deployment: a slow upstream fills its own share, never another's
+        self.caps = {pid: common.provider_cap(p.max_concurrency, len(self.providers))
+                     for pid, p in self.providers.items()}
+        self.deployment_caps = {d.id: d.max_concurrency for p in self.providers.values()
+                                for d in p.deployments if d.max_concurrency}
+        self.provider_busy: dict[str, int] = dict.fromkeys(self.caps, 0)
+        self.deployment_busy: dict[str, int] = dict.fromkeys(self.deployment_caps, 0)
         self._idle = asyncio.Event()  # set whenever no call is in flight (for a graceful stop)
         self._work_subs: list[Any] = []
         self._started = False
@@ -110,6 +112,7 @@ class WorkerService(Service):
     async def start(self, bus: Bus) -> None:
         await super().start(bus)
         await self.transport.start()
+        self.keys.start(self.settings.provider_keys_refresh_seconds)
         if self.settings.byok_key:
             sealer = Sealer.from_env({BYOK_ENV: self.settings.byok_key})
             self.byok = await ByokStore.open(bus, sealer, replicas=self.common.nats_replicas)
@@ -123,16 +126,17 @@ class WorkerService(Service):
         await bus.serve(subjects.WORK_CANCEL, self._on_cancel, concurrency=64)
         cap = self.settings.max_concurrency
         for pid in self.providers:
-            metrics.WORKER_CAPACITY.labels(pid).set(cap)
+            metrics.WORKER_CAPACITY.labels(pid).set(self.caps[pid])
             metrics.WORKER_IN_FLIGHT.labels(pid).set(0)
             # the subscription admits a little more than the capacity, so that excess work is
             # refused at once (and the gateway falls back) rather than left waiting unanswered
             sub = await bus.serve(subjects.work(pid), self._on_work, queue=subjects.work_queue(pid),
-                                  concurrency=cap + 64)
+                                  concurrency=self.caps[pid] + 64)
             self._work_subs.append(sub)
         await bus.flush()
         self._started = True
-        log.info("worker_serving", providers=list(self.providers), capacity=cap, worker=self.worker_id)
+        log.info("worker_serving", providers=self.caps, deployments=self.deployment_caps, capacity=cap,
+                 worker=self.worker_id)
 
     async def stop(self) -> None:
         # stop taking work first; in-flight calls finish (the lifecycle bounds the wait)
@@ -144,6 +148,7 @@ class WorkerService(Service):
             await self._idle.wait()
         if self.health is not None:
             await self.health.stop()
+        await self.keys.stop()
         await self.transport.close()
 
     def ready(self) -> bool:
@@ -173,8 +178,11 @@ class WorkerService(Service):
             await r.send(Failed(seq=r.next(), error=InvalidRequest("malformed work request").to_wire()))
             return
         await r.send(Accepted(seq=r.next(), worker=self.worker_id))
-        if self.in_flight >= self.settings.max_concurrency or self.stopping:
-            err = ServiceUnavailable("the provider worker is at capacity", code="worker_busy")
+        full = self._full(req)
+        if full or self.stopping:
+            # retryable: the gateway moves on to another replica or the plan's next deployment
+            err = ServiceUnavailable(f"the provider worker is at capacity for {full or 'new work'}",
+                                     code="worker_busy")
             await r.send(Failed(seq=r.next(), error=err.to_wire()))
             return
         task = asyncio.current_task()
@@ -182,6 +190,10 @@ class WorkerService(Service):
         tasks = self.calls.setdefault(req.request_id, set())
         tasks.add(task)
         self.in_flight += 1
+        held = [(busy, k) for busy, k in ((self.provider_busy, req.provider),
+                                           (self.deployment_busy, req.deployment)) if k in busy]
+        for busy, k in held:
+            busy[k] += 1
         # a label only ever names a provider this worker serves (bounded cardinality)
         label = req.provider if req.provider in self.providers else "unknown"
         _IN_FLIGHT(label).inc()
@@ -194,9 +206,21 @@ class WorkerService(Service):
             if not tasks:
                 self.calls.pop(req.request_id, None)
             self.in_flight -= 1
+            for busy, k in held:
+                busy[k] -= 1
             _IN_FLIGHT(label).dec()
             if not self.in_flight:
                 self._idle.set()
+
+    def _full(self, req: WorkRequest) -> str:
+        """What is at its cap for this work ('' when there is room): the pod, provider or deployment."""
+        if self.in_flight >= self.settings.max_concurrency:
+            return "this worker"
+        if self.provider_busy.get(req.provider, 0) >= self.caps.get(req.provider, 1 << 30):
+            return f"provider {req.provider!r}"
+        if self.deployment_busy.get(req.deployment, 0) >= self.deployment_caps.get(req.deployment, 1 << 30):
+            return f"deployment {req.deployment!r}"
+        return ""
 
     async def _user_key(self, req: WorkRequest) -> str:
         """The caller's own key for this provider (bring your own key); never logged."""

@@ -73,7 +73,15 @@ def test_dashboard_matches_grafana_schema(path: Path) -> None:
     datasource_uid = yaml.safe_load(
         (ROOT / "deploy" / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text()
     )["datasources"][0]["uid"]
-    assert all(p["datasource"]["uid"] == datasource_uid for p in board["panels"])
+    # panels read the $datasource variable, which starts on the provisioned data source, and every
+    # query is narrowed to the $namespace variable
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["datasource"]["current"]["value"] == datasource_uid
+    assert variables["namespace"]["query"].startswith("label_values(")
+    assert all(p["datasource"]["uid"] == "${datasource}" for p in board["panels"])
+    for panel in board["panels"]:
+        for target in panel["targets"]:
+            assert '$namespace"' in target["expr"], (panel["title"], target["expr"])
 
 
 def test_schema_check_can_fail() -> None:

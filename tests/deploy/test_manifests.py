@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from shared.settings import CommonSettings
+from shared.settings import CommonSettings, load_settings, termination_grace_seconds
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "deploy" / "k8s" / "base"
@@ -50,13 +50,14 @@ def container(name: str) -> dict[str, Any]:
 def settings_fields(service: str) -> set[str]:
     """JANUS_* names the service reads: its settings class when it exists, else the common ones."""
     fields = set(CommonSettings.__struct_fields__)
-    try:
-        mod = importlib.import_module(f"services.{service}.settings")
-    except ImportError:
-        mod = None
-    for obj in vars(mod).values() if mod else []:
-        if isinstance(obj, type) and issubclass(obj, CommonSettings):
-            fields |= set(obj.__struct_fields__)
+    for module in ("settings", "service"):  # metering keeps its settings beside its service
+        try:
+            mod = importlib.import_module(f"services.{service}.{module}")
+        except ImportError:
+            continue
+        for obj in vars(mod).values():
+            if isinstance(obj, type) and issubclass(obj, CommonSettings):
+                fields |= set(obj.__struct_fields__)
     return {"JANUS_" + f.upper() for f in fields}
 
 
@@ -96,21 +97,48 @@ def test_hardened(service: str) -> None:
     }
     for key in ("requests", "limits"):
         assert set(c["resources"][key]) == {"cpu", "memory"}
-    # the drain bound, plus the preStop sleep and the NATS drain, must fit before SIGKILL
-    grace = float(configmap_literals("janus-env")["JANUS_SHUTDOWN_GRACE_SECONDS"])
-    assert grace >= CommonSettings().shutdown_grace_seconds
-    pre_stop = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
-    sleep = int(pre_stop[1]) if pre_stop[:1] == ["sleep"] else 0
-    assert pod["terminationGracePeriodSeconds"] > grace + sleep + nats_drain_seconds()
-
-
-def nats_drain_seconds() -> float:
-    """The bound shared/service.py puts on draining the NATS connection after the grace period."""
-    found = re.search(
-        r"wait_for\(bus\.drain\(\), (\d+(?:\.\d+)?)\)", (ROOT / "shared" / "service.py").read_text()
+    assert pod["terminationGracePeriodSeconds"] >= termination_grace_seconds(
+        pod_settings(service), pre_stop_seconds(c)
     )
-    assert found, "shared/service.py no longer bounds bus.drain() with a literal: update this test"
-    return float(found.group(1))
+
+
+def pod_settings(service: str) -> CommonSettings:
+    """The settings the service's container starts with: the shared ConfigMap, then its own env."""
+    env = configmap_literals("janus-env")
+    env |= {e["name"]: e["value"] for e in container(service).get("env", []) if "value" in e}
+    return load_settings(CommonSettings, env)
+
+
+def pre_stop_seconds(c: dict[str, Any]) -> float:
+    pre_stop = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+    return float(pre_stop[1]) if pre_stop[:1] == ["sleep"] else 0.0
+
+
+@pytest.mark.parametrize("service", ["gateway", "worker"])
+def test_stream_holders_drain_for_the_whole_request_bound(service: str) -> None:
+    """A rollout or scale-down must let a stream run to the request bound: the drain grace the
+    code derives covers it, and nothing in the manifests shortens it."""
+    common = pod_settings(service)
+    assert common.request_deadline_seconds == CommonSettings().request_deadline_seconds
+    assert common.drain_grace() > common.request_deadline_seconds
+
+
+@pytest.mark.parametrize("service", ["gateway", "worker"])
+def test_scale_down_is_rate_limited(service: str) -> None:
+    down = find("HorizontalPodAutoscaler", service)["spec"]["behavior"]["scaleDown"]
+    assert down["stabilizationWindowSeconds"] >= 300
+    assert down["policies"] and down.get("selectPolicy", "Max") != "Disabled"
+    for policy in down["policies"]:
+        # a handful of pods per period, each draining for up to the request bound
+        assert policy["type"] in {"Pods", "Percent"} and policy["value"] <= 20
+        assert policy["periodSeconds"] >= 60
+
+
+def test_no_replicas_where_an_autoscaler_owns_them() -> None:
+    owned = {o["spec"]["scaleTargetRef"]["name"] for o in OBJECTS if o["kind"] == "HorizontalPodAutoscaler"}
+    assert owned
+    for name in owned:
+        assert "replicas" not in find("Deployment", name)["spec"], f"{name}: the HPA owns replicas"
 
 
 def test_gateway_drains_and_takes_http() -> None:
@@ -261,3 +289,17 @@ def test_every_alert_has_a_promtool_test_that_fires_it() -> None:
             fired |= {t["alertname"] for t in case.get("alert_rule_test", []) if t.get("exp_alerts")}
     assert alerts, "no alert rules found"
     assert alerts <= fired, f"alerts no promtool test sees firing: {sorted(alerts - fired)}"
+
+
+def test_every_alert_links_a_runbook_section_that_exists() -> None:
+    runbook = ROOT / "docs" / "runbook.md"
+    anchors = {
+        re.sub(r"[^a-z0-9 -]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+        for line in runbook.read_text().splitlines()
+        if line.startswith("#")
+    }
+    rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "rules" / "janus.rules.yml").read_text())
+    for rule in (r for g in rules["groups"] for r in g["rules"] if "alert" in r):
+        url = rule["annotations"].get("runbook_url", "")
+        path, _, anchor = url.partition("#")
+        assert path == "docs/runbook.md" and anchor in anchors, f"{rule['alert']}: runbook_url {url!r}"

@@ -31,6 +31,27 @@ _IDENT = re.compile(r"(?<![\w:.$])([A-Za-z_:][\w:]*)(?![\w:])(?!\s*\()")
 _DURATION_OR_NUMBER = re.compile(r"^\d")
 
 
+# series other exporters provide, which an alert or panel may query beside Janus's own
+EXTERNAL = {
+    # prometheus-nats-exporter (the NATS pods' sidecar: -healthz -jsz=all), collector/jsz.go, healthz.go
+    "gnatsd_healthz_status": "prometheus-nats-exporter -healthz",
+    "jetstream_server_total_message_bytes": "prometheus-nats-exporter -jsz",
+    "jetstream_server_max_storage": "prometheus-nats-exporter -jsz",
+    "jetstream_server_total_streams": "prometheus-nats-exporter -jsz",
+    "jetstream_consumer_num_pending": "prometheus-nats-exporter -jsz=all",
+    "jetstream_stream_total_bytes": "prometheus-nats-exporter -jsz=all",
+    # kube-state-metrics
+    "kube_horizontalpodautoscaler_status_current_replicas": "kube-state-metrics",
+    "kube_horizontalpodautoscaler_spec_max_replicas": "kube-state-metrics",
+    "kube_horizontalpodautoscaler_status_desired_replicas": "kube-state-metrics",
+    # cAdvisor (kubelet)
+    "container_cpu_cfs_throttled_periods_total": "cAdvisor",
+    "container_cpu_cfs_periods_total": "cAdvisor",
+    # Prometheus itself, one per scrape target
+    "up": "Prometheus",
+}
+
+
 def metric_names(expr: str) -> set[str]:
     """The series names a PromQL expression selects (functions, keywords and labels left out)."""
     s = _STRING.sub('""', expr)
@@ -73,6 +94,16 @@ def dashboard_queries() -> list[tuple[str, str]]:
     return out
 
 
+def recorded_names() -> set[str]:
+    return {
+        rule["record"]
+        for path in RULE_FILES
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+        if "record" in rule
+    }
+
+
 def rule_queries() -> list[tuple[str, str]]:
     out = []
     for path in RULE_FILES:
@@ -103,8 +134,10 @@ def test_there_is_something_to_check() -> None:
     assert {p.stem for p in DASHBOARDS} >= {"overview", "providers", "metering", "routing"}
     alerts = {name.split(": ")[1] for name, _ in rule_queries()}
     assert alerts >= {
-        "JanusHighErrorRatio", "JanusGatewayOverheadP99High", "JanusTimeToFirstTokenP99High",
-        "JanusBudgetDenialSpike", "JanusWorkerSaturated", "JanusCircuitOpen", "JanusNatsDisconnected",
+        "JanusErrorBudgetBurnFast", "JanusErrorBudgetBurnSlow", "JanusGatewayOverheadP99High",
+        "JanusTimeToFirstTokenHigh", "JanusBudgetDenialSpike", "JanusWorkerSaturated", "JanusCircuitOpen",
+        "JanusNatsDisconnected", "JanusJetStreamStoreFilling", "JanusJetStreamWriteFailures",
+        "JanusJetStreamNoMetaLeader", "JanusAutoscalerAtMax",
     }
 
 
@@ -112,7 +145,7 @@ def test_there_is_something_to_check() -> None:
 def test_every_queried_metric_is_exported(where: str, expr: str) -> None:
     names = metric_names(expr)
     assert names, f"{where}: no metric found in {expr!r}"
-    unknown = names - exported_names()
+    unknown = names - exported_names() - set(EXTERNAL) - recorded_names()
     assert not unknown, f"{where}: {sorted(unknown)} not exported by shared/metrics.py"
 
 
@@ -121,3 +154,16 @@ def test_every_exported_metric_is_on_a_dashboard() -> None:
     bases = {f.name for o in vars(metrics).values() if isinstance(o, MetricWrapperBase) for f in o.describe()}
     missing = {b for b in bases if not any(u == b or u.startswith(b + "_") for u in used)}
     assert not missing, f"metrics no dashboard shows: {sorted(missing)}"
+
+
+def test_the_slo_counts_in_band_stream_errors_per_namespace() -> None:
+    """A stream cut after its 200 is an error of the availability objective, and dev never mixes
+    with prod: every recording rule keeps the namespace."""
+    groups = yaml.safe_load(RULE_FILES[0].read_text())["groups"]
+    recorded = {r["record"]: r["expr"] for g in groups for r in g["rules"] if "record" in r}
+    for window in ("5m", "30m", "1h", "6h"):
+        assert "janus_stream_errors_total" in recorded[f"janus:request_errors:rate{window}"]
+    for rule in (r for g in groups for r in g["rules"]):
+        for grouping in re.findall(r"\bby \(([^)]*)\)", rule["expr"]):
+            name = rule.get("record") or rule["alert"]
+            assert "namespace" in grouping, f"{name} sums dev and prod together"

@@ -8,6 +8,7 @@ import json
 import time
 
 import numpy as np
+from prometheus_client import generate_latest
 
 from services.worker.service import WorkerService
 from shared import contract, subjects
@@ -15,6 +16,7 @@ from shared.bus import Bus
 from shared.errors import JanusError
 from tests.openai_schema import validate
 from tests.worker.conftest import check_sequence, run_work, work
+from tools.stack import parse_metric
 
 MESSAGES = [{"role": "user", "content": "Tell me something about gateways."}]
 
@@ -201,11 +203,33 @@ async def test_deadline_ends_the_call(bus: Bus, worker: WorkerService) -> None:
 
 
 async def test_work_beyond_capacity_is_refused_at_once(bus: Bus, worker: WorkerService) -> None:
-    capacity = worker.settings.max_concurrency
+    # a worker serving several providers gives each half of its capacity unless told otherwise
+    capacity = worker.caps["slowfake"]
+    assert capacity == worker.settings.max_concurrency // 2
     results = await asyncio.gather(*(run_work(bus, slow({"messages": MESSAGES, "max_tokens": 1}))
                                      for _ in range(capacity + 2)))
     terminals = [check_sequence(frames) for frames in results]
     refused = [t for t in terminals if isinstance(t, contract.Failed)]
     assert len(refused) == 2 and all(t.error.code == "worker_busy" for t in refused)
+    assert "slowfake" in refused[0].error.message
     assert JanusError.from_wire(refused[0].error).retryable
     assert sum(isinstance(t, contract.Done) for t in terminals) == capacity
+
+
+async def test_a_hanging_provider_fills_only_its_own_share(bus: Bus, worker: WorkerService) -> None:
+    """The slow provider's calls sit at its cap; the other provider's calls are still served."""
+    cap = worker.caps["slowfake"]
+    hanging = [asyncio.create_task(run_work(bus, slow({"messages": MESSAGES, "max_tokens": 1})))
+               for _ in range(cap + 1)]
+    deadline = time.monotonic() + 5
+    while worker.provider_busy["slowfake"] < cap:
+        assert time.monotonic() < deadline, "the slow provider never reached its cap"
+        await asyncio.sleep(0.02)
+    for _ in range(3):
+        served = check_sequence(await run_work(bus, work("fake-chat", {"messages": MESSAGES})))
+        assert isinstance(served, contract.Done), served
+    assert worker.provider_busy["slowfake"] == cap, "the slow calls must still be in flight meanwhile"
+    terminals = [check_sequence(frames) for frames in await asyncio.gather(*hanging)]
+    assert sum(isinstance(t, contract.Failed) and t.error.code == "worker_busy" for t in terminals) == 1
+    assert parse_metric(generate_latest().decode(), "janus_worker_capacity",
+                        gen_ai_provider_name="slowfake") == cap
