@@ -1,7 +1,9 @@
 """The only module that imports ``nats``: connection, request/reply, queue-group services,
 streamed replies into a multiplexed inbox, and the JetStream handles the services use.
 
-Foreign exceptions are mapped to the Janus error tree here, once.
+Foreign exceptions are mapped to the Janus error tree in this module, method by method (each
+catches the NATS errors its call can raise), and by ``map_exception`` for a caller holding a raw one.
+``kv``, ``kv_put``, ``kv_delete``, ``kv_keys`` and ``ensure_stream`` let NATS errors through unmapped.
 """
 
 from __future__ import annotations
@@ -164,8 +166,6 @@ class Bus:
     # ------------------------------------------------------------------------------ connection
     @classmethod
     async def connect(cls, url: str, service: str, *, connect_timeout: float = 5.0) -> Bus:
-        bus_ref: list[Bus] = []
-
         async def disconnected() -> None:
             metrics.NATS_CONNECTED.set(0)
             log.warning("nats_disconnected")
@@ -199,7 +199,6 @@ class Bus:
             raise ServiceUnavailable(f"cannot connect to NATS at {url}: {exc}") from None
         metrics.NATS_CONNECTED.set(1)
         bus = cls(nc, service)
-        bus_ref.append(bus)
         await bus._start_inbox()
         return bus
 

@@ -128,9 +128,6 @@ class Catalog(msgspec.Struct, forbid_unknown_fields=True, dict=True):
     def byok_providers(self) -> list[str]:
         return [p.id for p in self.providers if p.byok]
 
-    def chat_models(self) -> list[Model]:
-        return [m for m in self.models if m.kind == "chat"]
-
 
 class SessionPool(msgspec.Struct, forbid_unknown_fields=True):
     credits: int

@@ -25,7 +25,7 @@ the other side of NATS, so an error raised in a worker surfaces in the gateway a
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import msgspec
 
@@ -254,15 +254,3 @@ def upstream_error_for_status(status: int, message: str, retry_after: float | No
     # the other statuses OpenAI clients know pass through; any other (a CDN's 520, a 501) is a 502
     passed = status if status in (500, 502, 504) else 502
     return UpstreamError(message, status=passed, retry_after=retry_after)
-
-
-def as_janus_error(exc: BaseException) -> JanusError:
-    return exc if isinstance(exc, JanusError) else JanusError("internal error")
-
-
-def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> bytes:
-    return _body_encoder.encode(_OpenAIErrorBody(_OpenAIError(message, type_, param, code)))
-
-
-def jsonable(exc: JanusError) -> dict[str, Any]:
-    return msgspec.to_builtins(exc.openai())

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 
 from services.gateway.credits import Credits
 from shared import contract, metrics, subjects
@@ -55,9 +56,15 @@ def backoff(attempt: int, first: float = _BACKOFF_FIRST, cap: float = _BACKOFF_C
 
 class Meter:
     def __init__(
-        self, bus: Bus, reserve_timeout: float, *, settle_deadline: float = SETTLE_DEADLINE_SECONDS
+        self,
+        bus: Bus,
+        reserve_timeout: float,
+        *,
+        settle_deadline: float = SETTLE_DEADLINE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.bus = bus
+        self.clock = clock  # the settle deadline's clock; tests move it instead of waiting
         self.reserve_timeout = reserve_timeout
         self.credits = Credits(bus, reserve_timeout)
         self.settle_deadline = settle_deadline
@@ -114,12 +121,12 @@ class Meter:
 
     async def _publish(self, s: Settlement) -> None:
         data = contract.encode(s)
-        deadline = time.monotonic() + self.settle_deadline
+        deadline = self.clock() + self.settle_deadline
         attempt = 0
         error: JanusError | None = None
         try:
             while True:
-                left = deadline - time.monotonic()
+                left = deadline - self.clock()
                 try:
                     await self.bus.js_publish(
                         subjects.SETTLE, data, msg_id=s.request_id, timeout=max(0.1, min(_ACK_TIMEOUT, left))
@@ -127,7 +134,7 @@ class Meter:
                     return
                 except Exception as exc:  # a JetStream API error (503 during an election) included
                     error = map_exception(exc)
-                left = deadline - time.monotonic()
+                left = deadline - self.clock()
                 if not error.retryable or left <= 0:
                     _lost(s, error.message, attempt + 1)
                     return

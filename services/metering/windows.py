@@ -71,9 +71,13 @@ def month_end(now: int) -> int:
     return int(dt.datetime(year, month, 1, tzinfo=dt.UTC).timestamp())
 
 
-def iso(ts: float) -> str:
-    """``2026-04-03T10:00:00Z``: the form the rate-limit headers and /v1/usage carry."""
-    return dt.datetime.fromtimestamp(math.floor(ts), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def iso(ts: int) -> str:
+    """``2026-04-03T10:00:00Z``: the form the rate-limit headers and /v1/usage carry.
+
+    Window bounds are whole seconds, so nothing is rounded here. The gateway formats the headers
+    from a reset that may carry a fraction and rounds it up; a stated reset is never early.
+    """
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def rate_admit(start: int, count: int, limit: int, length: int, now: int) -> tuple[bool, int, int]:

@@ -100,9 +100,6 @@ class Scorer:
     def score(self, text: str) -> float:
         return self.percentile(self.logit(text))
 
-    def probability(self, text: str) -> float:
-        return 1.0 / (1.0 + math.exp(-self.logit(text)))
-
 
 _Tree = tuple[list[int], list[float], list[int], list[int], list[float]]
 
@@ -133,8 +130,6 @@ def _tree(nodes: list[list[float]]) -> _Tree:
     left = [int(node[2]) for node in nodes]
     right = [int(node[3]) for node in nodes]
     for k in range(n):
-        if feature[k] >= 0 and not (
-            feature[k] < F.DENSE and k < left[k] < n and k < right[k] < n
-        ):
+        if feature[k] >= 0 and not (feature[k] < F.DENSE and k < left[k] < n and k < right[k] < n):
             raise ValueError("weights file has a malformed tree")
     return feature, [node[1] for node in nodes], left, right, [node[4] for node in nodes]

@@ -3,9 +3,9 @@
     Accepted(0)  [Heartbeat | Chunk]*  Done | Failed
 
 The service sends ``Accepted`` and the terminal frame; this module produces what lies between and
-the terminal frame's content. In-process adapters (``local = True``) yield canonical events directly;
-HTTP adapters go through the transport and their parser. Everything after the events (encoding,
-usage accounting, frames) is the same code for both.
+the terminal frame's content. In-process adapters (``Capabilities(local=True)``) yield canonical
+events directly; HTTP adapters go through the transport and their parser. Everything after the
+events (encoding, usage accounting, frames) is the same code for both.
 """
 
 from __future__ import annotations
@@ -19,7 +19,14 @@ from typing import Any, TypeVar
 import msgspec
 
 from services.worker import openai
-from services.worker.adapters.base import ChatContext, EmbedInput, Event, batch_limit, input_tokens
+from services.worker.adapters.base import (
+    ChatContext,
+    EmbedInput,
+    Event,
+    PassesOpenAIThrough,
+    batch_limit,
+    input_tokens,
+)
 from services.worker.transport import Transport
 from shared.bus import Bus
 from shared.contract import Chunk, Done, Failed, Frame, Heartbeat, Usage, WorkRequest, encode
@@ -130,24 +137,30 @@ def _inputs(body: dict[str, Any], provider: str, token_input: bool) -> list[Embe
             if not token_input:
                 raise InvalidRequest(
                     f"provider {provider!r} embeds text only; send 'input' as strings (token ids "
-                    "are for OpenAI-compatible deployments)", param="input", code="invalid_value")
+                    "are for OpenAI-compatible deployments)",
+                    param="input",
+                    code="invalid_value",
+                )
             return ids
-    raise InvalidRequest("'input' must be a string, an array of strings, an array of token ids or an "
-                         "array of token-id arrays", param="input")
+    raise InvalidRequest(
+        "'input' must be a string, an array of strings, an array of token ids or an array of token-id arrays",
+        param="input",
+    )
 
 
 class Call:
     """Runs one WorkRequest; ``execute`` returns the terminal ``Done`` (raises on failure, after which
     ``produced`` and ``usage_so_far`` say what must still be charged)."""
 
-    def __init__(self, req: WorkRequest, ctx: ChatContext, adapter: Any, transport: Transport,
-                 replier: Replier) -> None:
+    def __init__(
+        self, req: WorkRequest, ctx: ChatContext, adapter: Any, transport: Transport, replier: Replier
+    ) -> None:
         self.req = req
         self.ctx = ctx
         self.adapter = adapter
         self.transport = transport
         self.r = replier
-        self.local = bool(getattr(adapter, "local", False))
+        self.local = adapter.capabilities.local
         self._enc: openai.StreamEncoder | None = None
         self._asm: openai.CompletionAssembler | None = None  # in-process buffered answers
         self._prompt_estimate = 0
@@ -194,8 +207,9 @@ class Call:
         body = self.ctx.body
         if self.req.kind == "embeddings":
             if not caps.embeddings:
-                raise InvalidRequest(f"provider {self.ctx.provider.id!r} does not serve embeddings",
-                                     param="model")
+                raise InvalidRequest(
+                    f"provider {self.ctx.provider.id!r} does not serve embeddings", param="model"
+                )
             return
         if self.req.stream and not caps.streaming:
             raise InvalidRequest("this model's provider cannot stream", param="stream")
@@ -228,8 +242,9 @@ class Call:
 
     async def _chat_stream(self) -> Done:
         req, r = self.req, self.r
-        enc = self._enc = openai.StreamEncoder(req.request_id, req.created, req.response_model,
-                                               openai.wants_usage(self.ctx.body))
+        enc = self._enc = openai.StreamEncoder(
+            req.request_id, req.created, req.response_model, openai.wants_usage(self.ctx.body)
+        )
         async with contextlib.aclosing(self._events()) as events:
             async for ev in events:
                 data = enc.encode(ev)
@@ -239,8 +254,13 @@ class Call:
         tail = enc.usage_chunk(usage)
         if tail is not None:
             await r.send(Chunk(seq=r.next(), data=tail))
-        return Done(seq=0, usage=usage, finish_reason=enc.finish_reason,
-                    upstream_seconds=self.upstream_seconds(), deployment=req.deployment)
+        return Done(
+            seq=0,
+            usage=usage,
+            finish_reason=enc.finish_reason,
+            upstream_seconds=self.upstream_seconds(),
+            deployment=req.deployment,
+        )
 
     async def _chat_buffered(self) -> Done:
         req = self.req
@@ -253,14 +273,20 @@ class Call:
         else:
             raw = await self.transport.fetch(self.adapter.chat_request(self.ctx), self.adapter)
             seconds = self.upstream_seconds()
-            if hasattr(self.adapter, "parse_chat_openai"):
+            if isinstance(self.adapter, PassesOpenAIThrough):
                 return self._passthrough(self._read(self.adapter.parse_chat_openai, raw), seconds)
             c = self._read(self.adapter.parse_chat, raw)
         seconds = self.upstream_seconds()
         usage = openai.with_fallback(c.usage, self._prompt_estimate, openai.completion_size(c))
         body = openai.completion_body(c, req.request_id, req.created, req.response_model, usage)
-        return Done(seq=0, usage=usage, body=body, finish_reason=c.finish_reason, upstream_seconds=seconds,
-                    deployment=req.deployment)
+        return Done(
+            seq=0,
+            usage=usage,
+            body=body,
+            finish_reason=c.finish_reason,
+            upstream_seconds=seconds,
+            deployment=req.deployment,
+        )
 
     def _read(self, parse: Callable[..., R], *data: Any) -> R:
         """``parse(*data)`` on what the provider sent. An answer the adapter cannot read (HTML from a
@@ -272,10 +298,16 @@ class Call:
         except JanusError:
             raise
         except Exception as exc:
-            log.warning("upstream_unreadable", provider=self.ctx.provider.id, deployment=self.req.deployment,
-                        error=f"{type(exc).__name__}: {exc}"[:300])
-            raise UpstreamError(f"provider {self.ctx.provider.id!r} sent a response that could not be read",
-                                code="upstream_unreadable") from exc
+            log.warning(
+                "upstream_unreadable",
+                provider=self.ctx.provider.id,
+                deployment=self.req.deployment,
+                error=f"{type(exc).__name__}: {exc}"[:300],
+            )
+            raise UpstreamError(
+                f"provider {self.ctx.provider.id!r} sent a response that could not be read",
+                code="upstream_unreadable",
+            ) from exc
 
     def _passthrough(self, obj: openai.ChatCompletion, seconds: float) -> Done:
         req = self.req
@@ -289,8 +321,14 @@ class Call:
             usage = openai.with_fallback(usage, self._prompt_estimate, size)
         finish = obj.choices[0].finish_reason if obj.choices else None
         body = openai.rewrite_completion(obj, req.request_id, req.created, req.response_model, usage)
-        return Done(seq=0, usage=usage, body=body, finish_reason=finish, upstream_seconds=seconds,
-                    deployment=req.deployment)
+        return Done(
+            seq=0,
+            usage=usage,
+            body=body,
+            finish_reason=finish,
+            upstream_seconds=seconds,
+            deployment=req.deployment,
+        )
 
     async def _embeddings(self) -> Done:
         req, body = self.req, self.ctx.body
@@ -336,12 +374,18 @@ class Call:
         usage = Usage(prompt_tokens=prompt_tokens)
         fmt = body.get("encoding_format") or "float"
         out = openai.embeddings_body(vectors, req.response_model, prompt_tokens, fmt)
-        return Done(seq=0, usage=usage, body=out, upstream_seconds=self.upstream_seconds(),
-                    deployment=req.deployment)
+        return Done(
+            seq=0, usage=usage, body=out, upstream_seconds=self.upstream_seconds(), deployment=req.deployment
+        )
 
 
 def failed_frame(call: Call | None, err: JanusError) -> Failed:
     if call is None:
         return Failed(seq=0, error=err.to_wire())
-    return Failed(seq=0, error=err.to_wire(), usage=call.usage_so_far(), produced=call.produced,
-                  upstream_seconds=call.upstream_seconds())
+    return Failed(
+        seq=0,
+        error=err.to_wire(),
+        usage=call.usage_so_far(),
+        produced=call.produced,
+        upstream_seconds=call.upstream_seconds(),
+    )

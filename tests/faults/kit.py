@@ -19,6 +19,7 @@ from shared.bus import Bus
 from shared.contract import LedgerEntry
 from shared.errors import JanusError
 from shared.money import PriceUnits, cost_credits
+from tests.eventually import eventually
 from tools.soak import ChatResult, get_usage, write_config
 from tools.stack import NatsServer, ServiceProc, Stack, free_port, start_service, start_stack
 
@@ -74,17 +75,28 @@ def gateway_url(svc: ServiceProc) -> str:
 
 async def wait_until(probe: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
     """Poll the coroutine function ``probe`` until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
+
+    async def tolerant() -> Any:
+        # a service still starting or restarting refuses connections: that is "not yet", not a failure
         try:
-            last = await probe()
+            return await probe()
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            last = exc
-        if last and not isinstance(last, BaseException):
-            return last
-        await asyncio.sleep(every)
-    raise AssertionError(f"{what} not within {timeout}s (last: {last!r})")
+            return _NotYet(exc)
+
+    return await eventually(tolerant, timeout, what, every)
+
+
+class _NotYet:
+    """A probe's error, falsy so that waiting goes on, and shown if the deadline passes."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return repr(self.exc)
 
 
 async def settled_usage(

@@ -17,6 +17,7 @@ from shared import contract, subjects
 from shared.bus import Bus, Msg
 from shared.contract import ReserveRequest, Settlement, Usage
 from shared.errors import BudgetExceeded, ServiceUnavailable
+from tests.eventually import eventually
 from tools.stack import NatsServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -54,6 +55,19 @@ async def until_done(meter: Meter, timeout: float) -> None:
         await asyncio.wait_for(asyncio.gather(*meter.tasks), timeout)
 
 
+def count_publishes(bus: Bus, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The message ids of every publish the meter tries, each still sent to the real server."""
+    tries: list[str] = []
+    real = bus.js_publish
+
+    async def counted(subject: str, data: bytes, *, msg_id: str, timeout: float = 5.0) -> bool:
+        tries.append(msg_id)
+        return await real(subject, data, msg_id=msg_id, timeout=timeout)
+
+    monkeypatch.setattr(bus, "js_publish", counted)
+    return tries
+
+
 def test_backoff_is_capped_and_jittered() -> None:
     samples = [backoff(a) for a in range(40) for _ in range(20)]
     assert all(0.0 <= d <= 2.0 for d in samples)
@@ -62,13 +76,16 @@ def test_backoff_is_capped_and_jittered() -> None:
     assert max(backoff(30) for _ in range(200)) > 1.0, "late retries back off up to the cap"
 
 
-async def test_a_settlement_outlives_a_missing_stream_and_is_stored_once(bus: Bus) -> None:
+async def test_a_settlement_outlives_a_missing_stream_and_is_stored_once(
+    bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tries = count_publishes(bus, monkeypatch)
     meter = Meter(bus, 1.0, settle_deadline=30)
     s = settlement()
     before = lost()
     meter.settle(s)
-    # longer than the old fixed schedule of five tries (about 1.5 s): still retrying, not given up
-    await asyncio.sleep(2.5)
+    # more than the old fixed schedule of five tries: still retrying, not given up
+    await eventually(lambda: len(tries) > 6, 20, "a seventh try")
     assert meter.tasks, "the settlement was given up before its deadline"
     await ensure_settlement_stream(bus)
     await until_done(meter, 20)
@@ -79,23 +96,34 @@ async def test_a_settlement_outlives_a_missing_stream_and_is_stored_once(bus: Bu
     assert lost() == before
 
 
-async def test_a_settlement_survives_a_nats_restart(nats_server: NatsServer, bus: Bus) -> None:
+async def test_a_settlement_survives_a_nats_restart(
+    nats_server: NatsServer, bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
     await ensure_settlement_stream(bus)
+    tries = count_publishes(bus, monkeypatch)
     meter = Meter(bus, 1.0, settle_deadline=40)
     await asyncio.to_thread(nats_server.stop)
     s = settlement()
     meter.settle(s)
-    await asyncio.sleep(1.0)
+    await eventually(lambda: len(tries) > 1, 20, "a retry while the server is down")
     await asyncio.to_thread(nats_server.restart)
     await until_done(meter, 35)
     assert [x.request_id for x in await stored(bus)] == [s.request_id]
 
 
-async def test_a_settlement_past_its_deadline_is_counted_lost(bus: Bus) -> None:
-    meter = Meter(bus, 1.0, settle_deadline=1.0)
+async def test_a_settlement_past_its_deadline_is_counted_lost(
+    bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tries = count_publishes(bus, monkeypatch)
+    now = [0.0]
+    meter = Meter(bus, 1.0, settle_deadline=30, clock=lambda: now[0])
     before = lost()
     meter.settle(settlement("req-lost-by-deadline"))
-    await until_done(meter, 15)  # no stream at all: every try fails until the deadline
+    # no stream at all: every try fails; the retries go on while the deadline is ahead
+    await eventually(lambda: len(tries) > 2, 20, "retries before the deadline")
+    assert meter.tasks and lost() == before
+    now[0] = 31.0
+    await until_done(meter, 15)
     assert lost() == before + 1
     assert not meter.tasks
 
@@ -106,8 +134,7 @@ async def test_drain_is_bounded_and_counts_what_it_gives_up(bus: Bus) -> None:
     for _ in range(3):
         meter.settle(settlement())
     await asyncio.wait_for(meter.drain(within=0.5), 10)
-    await asyncio.sleep(0)  # done callbacks
-    assert not meter.tasks
+    await eventually(lambda: not meter.tasks, 5, "the drained tasks forgotten")
     assert lost() == before + 3
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import urllib.error
@@ -9,6 +10,7 @@ import urllib.request
 
 import jwt
 
+from tests.eventually import eventually
 from tests.hostile.conftest import UPSTREAM_MODEL, Hostile
 
 
@@ -24,12 +26,24 @@ def _post(url: str, auth: str | None, body: dict[str, object]) -> tuple[int, byt
         return e.code, e.read()
 
 
+def _request_id(url: str, auth: str, body: dict[str, object]) -> str:
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "Authorization": auth},
+    )
+    with urllib.request.urlopen(req, timeout=20) as r:
+        r.read()
+        return str(r.headers["X-Request-Id"])
+
+
 def test_no_secret_reaches_a_log_or_an_error(hostile: Hostile) -> None:
     good_jwt = hostile.token("log-scan")
     now = int(time.time())
     bad_jwts = [
-        jwt.encode({"sub": "x", "exp": now + 60}, "a-different-secret-of-32-bytes-or-more!",
-                   algorithm="HS256"),
+        jwt.encode(
+            {"sub": "x", "exp": now + 60}, "a-different-secret-of-32-bytes-or-more!", algorithm="HS256"
+        ),
         hostile.token("log-scan", exp=now - 600),
         hostile.token("log-scan", plan="no-such-plan"),
         jwt.encode({"sub": "x", "exp": now + 60}, None, algorithm="none"),
@@ -49,17 +63,39 @@ def test_no_secret_reaches_a_log_or_an_error(hostile: Hostile) -> None:
             assert status in (401, 403), out
             bodies.append(out)
     # the upstream really was called with the provider key, so the key was in play
-    assert any(r.headers.get("Authorization") == f"Bearer {hostile.provider_key}"
-               for r in hostile.upstream.requests)
-    time.sleep(0.5)  # let the services flush their last lines
-    secrets = {"provider key": hostile.provider_key, "api key": hostile.api_key, "bad api key": bad_key,
-               "jwt secret": hostile.secret, "jwt": good_jwt}
+    assert any(
+        r.headers.get("Authorization") == f"Bearer {hostile.provider_key}" for r in hostile.upstream.requests
+    )
+    # Absence means something only in a log that has caught up. The gateway logs every request and
+    # the router every automatic choice, both with the request id: a last request routed that way,
+    # once seen in both logs, marks everything before it as written there. The worker and metering
+    # log nothing per request at info.
+    marker = _request_id(
+        hostile.url + "/v1/chat/completions", f"Bearer {good_jwt}", {**chat, "model": "auto"}
+    )
+    logs = {name: svc.log_path for name, svc in hostile.stack.services.items()}
+
+    def marked() -> bool:
+        return all(marker in logs[name].read_text(errors="replace") for name in ("gateway", "router"))
+
+    asyncio.run(eventually(marked, 20, f"request {marker} in the gateway's and the router's logs"))
+    secrets = {
+        "provider key": hostile.provider_key,
+        "api key": hostile.api_key,
+        "bad api key": bad_key,
+        "jwt secret": hostile.secret,
+        "jwt": good_jwt,
+    }
     secrets.update({f"bad jwt {i}": t for i, t in enumerate(bad_jwts)})
     # a token's signature part alone is enough to replay it: look for that too
-    secrets.update({f"{k} signature": v.rsplit(".", 1)[-1] for k, v in list(secrets.items())
-                    if v.count(".") == 2 and len(v.rsplit(".", 1)[-1]) > 20})
-    texts = {f"{name}.log": svc.log_path.read_text(errors="replace")
-             for name, svc in hostile.stack.services.items()}
+    secrets.update(
+        {
+            f"{k} signature": v.rsplit(".", 1)[-1]
+            for k, v in list(secrets.items())
+            if v.count(".") == 2 and len(v.rsplit(".", 1)[-1]) > 20
+        }
+    )
+    texts = {f"{name}.log": path.read_text(errors="replace") for name, path in logs.items()}
     texts["error bodies"] = b"\n".join(bodies).decode(errors="replace")
     assert all(texts.values())
     for where, text in texts.items():

@@ -18,6 +18,7 @@ from services.metering.store import BudgetStore
 from shared import contract, subjects
 from shared.bus import Bus
 from shared.contract import ReserveReply, Settlement, Usage
+from tests.eventually import eventually
 from tools.stack import NatsServer
 
 # gpt-5-nano: 0.05 credits per input token, 0.40 per output token.
@@ -79,24 +80,46 @@ async def start_metering(
             await b.drain()
 
 
-async def reserve(bus: Bus, user: str, rid: str, *, plan: str = "tiny", model: str = MODEL,
-                  input_tokens: int = 1000, max_output_tokens: int = 1000, bot: str = "default",
-                  byok: bool = False) -> ReserveReply:
+async def reserve(
+    bus: Bus,
+    user: str,
+    rid: str,
+    *,
+    plan: str = "tiny",
+    model: str = MODEL,
+    input_tokens: int = 1000,
+    max_output_tokens: int = 1000,
+    bot: str = "default",
+    byok: bool = False,
+) -> ReserveReply:
     req = contract.ReserveRequest(rid, user, plan, model, input_tokens, max_output_tokens, bot=bot, byok=byok)
     reply = contract.reserve_reply_decoder.decode(
-        await bus.request(subjects.METER_RESERVE, contract.encode(req), timeout=10))
+        await bus.request(subjects.METER_RESERVE, contract.encode(req), timeout=10)
+    )
     if isinstance(reply, contract.ErrorReply):
         raise reply.exception()
     return reply
 
 
-async def settle(bus: Bus, user: str, rid: str, *, prompt: int = 1000, completion: int = 1000,
-                 plan: str = "tiny", model: str = MODEL, ok: bool = True, bot: str = "default",
-                 byok: bool = False, msg_id: str = "") -> None:
+async def settle(
+    bus: Bus,
+    user: str,
+    rid: str,
+    *,
+    prompt: int = 1000,
+    completion: int = 1000,
+    plan: str = "tiny",
+    model: str = MODEL,
+    ok: bool = True,
+    bot: str = "default",
+    byok: bool = False,
+    msg_id: str = "",
+) -> None:
     """Publish a settlement as the gateway does (``msg_id`` other than the request id: as a
     re-publish after the stream's de-duplication window would arrive)."""
-    s = Settlement(rid, user, plan, model, Usage(prompt, completion), bot=bot, ok=ok, byok=byok,
-                   at=time.time())
+    s = Settlement(
+        rid, user, plan, model, Usage(prompt, completion), bot=bot, ok=ok, byok=byok, at=time.time()
+    )
     await bus.js_publish(subjects.SETTLE, contract.encode(s), msg_id=msg_id or rid)
 
 
@@ -104,7 +127,8 @@ async def usage(bus: Bus, user: str, plan: str = "tiny") -> dict[str, object]:
     import json
 
     reply = contract.usage_reply_decoder.decode(
-        await bus.request(subjects.METER_USAGE, contract.encode(contract.UsageQuery(user, plan)), timeout=10))
+        await bus.request(subjects.METER_USAGE, contract.encode(contract.UsageQuery(user, plan)), timeout=10)
+    )
     if isinstance(reply, contract.ErrorReply):
         raise reply.exception()
     doc: dict[str, object] = json.loads(reply.body)
@@ -116,12 +140,7 @@ async def record(bus: Bus, user: str) -> Record:
 
 
 async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float = 20.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what or check}")
+    await eventually(check, timeout, what, every=0.1)
 
 
 async def ledger(bus: Bus) -> list[contract.LedgerEntry]:

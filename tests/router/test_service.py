@@ -3,7 +3,6 @@ and the circuit breaker driven by HealthReports published on the health subject.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -13,6 +12,7 @@ from shared import contract, subjects
 from shared.bus import Bus
 from shared.contract import HealthReport, RoutePlan, RouteRequest
 from shared.errors import InvalidRequest, ModelNotFound
+from tests.eventually import eventually
 from tests.router.conftest import FIX
 
 
@@ -50,19 +50,19 @@ async def health(bus: Bus, report: HealthReport) -> None:
 
 async def until(cond: Callable[[], bool]) -> None:
     """Wait (bounded) until the router has applied the reports published so far."""
-    for _ in range(200):
-        if cond():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the router did not apply the health reports")
+    await eventually(cond, 2.0, "the router applying the health reports", every=0.01)
 
 
 async def test_direct_and_auto_over_the_bus(bus: Bus, router: tuple[RouterService, Clock]) -> None:
     plan = await ask(bus, RouteRequest(request_id="r1", model="small-latest", plan="basic"))
     assert (plan.model, plan.reason, plan.auto) == ("small", "direct", False)
     assert {t.deployment for t in plan.targets} == {"alpha-east", "alpha-west", "beta-1"}
-    auto = await ask(bus, RouteRequest(request_id="r2", model="auto", plan="plus",
-                                       text="Write a python script to rename files"))
+    auto = await ask(
+        bus,
+        RouteRequest(
+            request_id="r2", model="auto", plan="plus", text="Write a python script to rename files"
+        ),
+    )
     assert (auto.model, auto.reason, auto.auto) == ("coder", "rule:code", True)
     assert auto.score is not None
 

@@ -14,6 +14,7 @@ from services.worker.service import WorkerService
 from shared import contract, subjects
 from shared.bus import Bus
 from shared.errors import JanusError
+from tests.eventually import eventually
 from tests.openai_schema import validate
 from tests.worker.conftest import check_sequence, run_work, work
 from tools.stack import parse_metric
@@ -22,8 +23,15 @@ MESSAGES = [{"role": "user", "content": "Tell me something about gateways."}]
 
 
 async def test_stream_frames_in_order_with_usage_chunk(bus: Bus, worker: WorkerService) -> None:
-    req = work("fake-chat", {"model": "fake-chat", "messages": MESSAGES, "stream": True,
-                             "stream_options": {"include_usage": True}})
+    req = work(
+        "fake-chat",
+        {
+            "model": "fake-chat",
+            "messages": MESSAGES,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    )
     frames = await run_work(bus, req)
     done = check_sequence(frames)
     assert isinstance(done, contract.Done)
@@ -76,12 +84,32 @@ async def test_max_tokens_and_stop(bus: Bus, worker: WorkerService) -> None:
 
 
 TOOLS = [
-    {"type": "function", "function": {"name": "get_weather", "parameters": {
-        "type": "object", "required": ["city", "days"],
-        "properties": {"city": {"type": "string"}, "days": {"type": "integer", "minimum": 1},
-                       "unit": {"type": "string", "enum": ["c", "f"]}}}}},
-    {"type": "function", "function": {"name": "get_time", "parameters": {
-        "type": "object", "required": ["tz"], "properties": {"tz": {"enum": ["UTC", "CET"]}}}}},
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "required": ["city", "days"],
+                "properties": {
+                    "city": {"type": "string"},
+                    "days": {"type": "integer", "minimum": 1},
+                    "unit": {"type": "string", "enum": ["c", "f"]},
+                },
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "get_time",
+            "parameters": {
+                "type": "object",
+                "required": ["tz"],
+                "properties": {"tz": {"enum": ["UTC", "CET"]}},
+            },
+        },
+    },
 ]
 
 
@@ -96,8 +124,12 @@ async def test_tool_calls_parallel_and_named(bus: Bus, worker: WorkerService) ->
     assert json.loads(msg["tool_calls"][0]["function"]["arguments"]) == {"city": "example", "days": 1}
     assert json.loads(msg["tool_calls"][1]["function"]["arguments"]) == {"tz": "UTC"}
 
-    named = {"messages": ask, "tools": TOOLS, "stream": True,
-             "tool_choice": {"type": "function", "function": {"name": "get_time"}}}
+    named = {
+        "messages": ask,
+        "tools": TOOLS,
+        "stream": True,
+        "tool_choice": {"type": "function", "function": {"name": "get_time"}},
+    }
     frames = await run_work(bus, work("fake-chat", named))
     chunks = [json.loads(f.data) for f in frames if isinstance(f, contract.Chunk)]
     calls = [tc for c in chunks for tc in c["choices"][0]["delta"].get("tool_calls", [])]
@@ -107,7 +139,7 @@ async def test_tool_calls_parallel_and_named(bus: Bus, worker: WorkerService) ->
     assert json.loads("".join(tc["function"]["arguments"] for tc in calls)) == {"tz": "UTC"}
     assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
 
-    none = (await run_work(bus, work("fake-chat", {"messages": ask, "tools": TOOLS, "tool_choice": "none"})))
+    none = await run_work(bus, work("fake-chat", {"messages": ask, "tools": TOOLS, "tool_choice": "none"}))
     assert "tool_calls" not in json.loads(none[-1].body)["choices"][0]["message"]
 
 
@@ -140,16 +172,25 @@ async def test_cancel_ends_with_failed_and_the_usage_produced(bus: Bus, worker: 
     assert 3 <= failed.usage.completion_tokens < 16  # charged for what was made, no more
     assert failed.usage.completion_tokens >= chunks - 1
     assert failed.usage.prompt_tokens > 0
-    await asyncio.sleep(0.05)
-    assert worker.in_flight == 0 and not worker.calls
+    await eventually(lambda: worker.in_flight == 0 and not worker.calls, 5, "the cancelled call forgotten")
 
 
 async def test_embeddings_base64_round_trips(bus: Bus, worker: WorkerService) -> None:
     inputs = ["alpha", "beta"]
-    floats = (await run_work(bus, work("emb-small", {"input": inputs}, kind="embeddings",
-                                       upstream="emb-up")))[-1]
-    b64 = (await run_work(bus, work("emb-small", {"input": inputs, "encoding_format": "base64"},
-                                    kind="embeddings", upstream="emb-up")))[-1]
+    floats = (
+        await run_work(bus, work("emb-small", {"input": inputs}, kind="embeddings", upstream="emb-up"))
+    )[-1]
+    b64 = (
+        await run_work(
+            bus,
+            work(
+                "emb-small",
+                {"input": inputs, "encoding_format": "base64"},
+                kind="embeddings",
+                upstream="emb-up",
+            ),
+        )
+    )[-1]
     fbody, bbody = json.loads(floats.body), json.loads(b64.body)
     validate("CreateEmbeddingResponse", fbody)
     assert fbody["model"] == "emb-small" and floats.usage.prompt_tokens > 0
@@ -186,8 +227,12 @@ async def test_health_is_reported_per_deployment(bus: Bus, worker: WorkerService
     assert first.deployment == "fake-local" and first.provider == "fake" and first.ok
     second = await asyncio.wait_for(reports.get(), 5)  # the rest, folded into one periodic report
     assert second.deployment == "fake-local" and second.ok
-    await asyncio.sleep(0.5)
-    assert reports.empty()  # not one report per request
+    # not one report per request. A call to another deployment is reported at once, on the same
+    # connection, so it arrives after any report the first three calls caused: seen it, nothing else
+    # came before it
+    await run_work(bus, slow({"messages": MESSAGES, "max_tokens": 1}))
+    marker = await asyncio.wait_for(reports.get(), 5)
+    assert marker.deployment == "fake-slow"
 
 
 def slow(body: dict[str, object]) -> contract.WorkRequest:

@@ -1,36 +1,41 @@
 """The adapter registry: the catalog's provider ``kind`` -> the adapter class that speaks it.
 
-Each adapter lives in its own module and is registered with one ``_register`` line. A module that
-cannot be imported (absent, or broken) is logged and skipped, so one provider's problem never takes
-the others down; the worker refuses at startup to serve a provider whose kind has no adapter.
+Every adapter module is imported here, so a broken one fails the worker (and the conformance
+battery) at import, loudly, instead of quietly dropping its provider. The worker refuses at startup
+to serve a provider whose kind has no adapter.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from services.worker.adapters.anthropic import AnthropicAdapter
+from services.worker.adapters.base import Adapter, LocalAdapter
+from services.worker.adapters.bedrock import BedrockAdapter
+from services.worker.adapters.cohere import CohereAdapter
+from services.worker.adapters.fake import FakeAdapter
+from services.worker.adapters.gemini import GeminiAdapter
+from services.worker.adapters.ollama import OllamaAdapter
+from services.worker.adapters.openai_compat import OpenAICompatAdapter
 
-from shared.logging import get_logger
-
-log = get_logger("worker.adapters")
-
-ADAPTERS: dict[str, type[Any]] = {}
-
-
-def _register(module: str, cls_name: str) -> None:
-    try:
-        mod = importlib.import_module(f"{__name__}.{module}")
-        cls = getattr(mod, cls_name)
-    except Exception as exc:  # a broken provider module must not break the registry
-        log.error("adapter_unavailable", module=module, error=f"{type(exc).__name__}: {exc}")
-        return
-    ADAPTERS[cls.kind] = cls
+AdapterClass = type[Adapter] | type[LocalAdapter]
 
 
-_register("fake", "FakeAdapter")
-_register("openai_compat", "OpenAICompatAdapter")
-_register("anthropic", "AnthropicAdapter")
-_register("gemini", "GeminiAdapter")
-_register("bedrock", "BedrockAdapter")
-_register("ollama", "OllamaAdapter")
-_register("cohere", "CohereAdapter")
+def _registry(*classes: AdapterClass) -> dict[str, AdapterClass]:
+    out: dict[str, AdapterClass] = {}
+    for cls in classes:
+        if cls.kind in out:
+            raise TypeError(
+                f"two adapters claim provider kind {cls.kind!r}: {out[cls.kind].__name__}, {cls.__name__}"
+            )
+        out[cls.kind] = cls
+    return out
+
+
+ADAPTERS = _registry(
+    FakeAdapter,
+    OpenAICompatAdapter,
+    AnthropicAdapter,
+    GeminiAdapter,
+    BedrockAdapter,
+    OllamaAdapter,
+    CohereAdapter,
+)

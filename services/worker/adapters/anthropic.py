@@ -21,6 +21,7 @@ from services.worker.adapters.base import (
     Completion,
     Event,
     Finish,
+    FinishReason,
     ReasoningDelta,
     StreamMessage,
     TextDelta,
@@ -50,7 +51,7 @@ DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_MAX_TOKENS = 4096
 
 
-FINISH = {
+FINISH: dict[str, FinishReason] = {
     "end_turn": "stop",
     "stop_sequence": "stop",
     "pause_turn": "stop",
@@ -125,8 +126,12 @@ def _assistant_blocks(msg: dict[str, Any]) -> list[dict[str, Any]]:
     for call in msg.get("tool_calls") or []:
         fn = call.get("function") or {}
         blocks.append(
-            {"type": "tool_use", "id": call.get("id"), "name": fn.get("name"),
-             "input": json_arguments(fn.get("arguments"))}
+            {
+                "type": "tool_use",
+                "id": call.get("id"),
+                "name": fn.get("name"),
+                "input": json_arguments(fn.get("arguments")),
+            }
         )
     return blocks
 
@@ -146,8 +151,10 @@ def convert_messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any
             blocks, role_out = _assistant_blocks(msg), "assistant"
         elif role == "tool":
             result = text_of(msg.get("content"))
-            blocks, role_out = [{"type": "tool_result", "tool_use_id": msg.get("tool_call_id"),
-                                 "content": result}], "user"
+            blocks, role_out = (
+                [{"type": "tool_result", "tool_use_id": msg.get("tool_call_id"), "content": result}],
+                "user",
+            )
         elif role == "user":
             blocks, role_out = _user_blocks(msg.get("content")), "user"
         else:
@@ -263,7 +270,7 @@ class AnthropicStream:
             out: list[Event] = []
             reason = (ev.get("delta") or {}).get("stop_reason")
             if reason:
-                out.append(Finish(FINISH.get(reason, "stop")))  # type: ignore[arg-type]
+                out.append(Finish(FINISH.get(reason, "stop")))
             out.extend(self._usage_event(ev.get("usage")))
             return out
         if kind == "message_stop":
@@ -312,8 +319,14 @@ class AnthropicAdapter:
             elif kind == "thinking":
                 thinking.append(block.get("thinking") or "")
             elif kind == "tool_use":
-                calls.append(ToolCallDelta(len(calls), id=block.get("id"), name=block.get("name"),
-                                           arguments=json_text(block.get("input"))))
+                calls.append(
+                    ToolCallDelta(
+                        len(calls),
+                        id=block.get("id"),
+                        name=block.get("name"),
+                        arguments=json_text(block.get("input")),
+                    )
+                )
         reason = doc.get("stop_reason") or "end_turn"
         usage = usage_from(doc.get("usage") or {})
         return buffered_answer(texts, calls, FINISH.get(reason, "stop"), usage, thinking)

@@ -35,6 +35,8 @@ class Capabilities(msgspec.Struct, frozen=True):
     embeddings: bool = False
     # embeddings of token ids (OpenAI's array-of-integers inputs, which LangChain sends by default)
     token_input: bool = False
+    # answers in process with no upstream HTTP: a ``LocalAdapter``, which the transport never sees
+    local: bool = False
 
 
 # one embeddings input: a text, or (where ``token_input``) a list of token ids
@@ -88,8 +90,12 @@ class ToolCallDelta(msgspec.Struct):
     arguments: str = ""
 
 
+# OpenAI's finish reasons; every adapter maps its provider's onto these
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
+
+
 class Finish(msgspec.Struct):
-    reason: Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
+    reason: FinishReason
 
 
 class UsageEvent(msgspec.Struct):
@@ -182,10 +188,25 @@ class EmbeddingsAdapter(Adapter, Protocol):
     def parse_embeddings(self, body: bytes) -> Embeddings: ...
 
 
-def batch_limit(adapter: Any, ctx: ChatContext) -> int:
+@runtime_checkable
+class BatchesPerModel(Protocol):
+    """An embeddings adapter whose batch limit depends on the model (Bedrock: Titan takes one text)."""
+
+    def batch_size(self, ctx: ChatContext) -> int: ...
+
+
+@runtime_checkable
+class PassesOpenAIThrough(Protocol):
+    """An adapter whose provider answers in OpenAI's own format: the buffered answer is decoded as
+    OpenAI's and passed on with only the id, model and usage rewritten, so fields Janus does not
+    model (logprobs, annotations) survive."""
+
+    def parse_chat_openai(self, body: bytes) -> Any: ...
+
+
+def batch_limit(adapter: EmbeddingsAdapter, ctx: ChatContext) -> int:
     """How many inputs one upstream embeddings call may carry for this model."""
-    per_model = getattr(adapter, "batch_size", None)
-    limit = per_model(ctx) if per_model is not None else getattr(adapter, "max_batch", 2048)
+    limit = adapter.batch_size(ctx) if isinstance(adapter, BatchesPerModel) else adapter.max_batch
     return max(1, int(limit))
 
 
@@ -212,12 +233,18 @@ def json_text(value: Any) -> str:
     return _json_encoder.encode(value if value is not None else {}).decode()
 
 
-def buffered_answer(texts: list[str], calls: list[ToolCallDelta], finish_reason: str, usage: Usage,
-                    thoughts: list[str]) -> Completion:
+def buffered_answer(
+    texts: list[str], calls: list[ToolCallDelta], finish_reason: str, usage: Usage, thoughts: list[str]
+) -> Completion:
     """A buffered answer from its collected parts; ``content`` is null only for an answer made of
     tool calls alone, as OpenAI sends it."""
-    return Completion(content="".join(texts) if texts or not calls else None, tool_calls=calls,
-                      finish_reason=finish_reason, usage=usage, reasoning="".join(thoughts) or None)
+    return Completion(
+        content="".join(texts) if texts or not calls else None,
+        tool_calls=calls,
+        finish_reason=finish_reason,
+        usage=usage,
+        reasoning="".join(thoughts) or None,
+    )
 
 
 def upstream_json(body: bytes) -> Any:
@@ -312,13 +339,13 @@ def unsupported_part(kind: Any) -> InvalidRequest:
 class LocalAdapter(Protocol):
     """An adapter that answers in process, with no upstream HTTP (the built-in ``fake`` provider).
 
-    The worker recognises it by ``local = True`` and takes events straight from it instead of going
-    through the transport; everything after the events (encoding, usage, frames) is shared.
+    It declares ``Capabilities(local=True)``; the worker then takes events straight from it instead
+    of going through the transport; everything after the events (encoding, usage, frames) is shared.
     """
 
     kind: ClassVar[str]
     capabilities: ClassVar[Capabilities]
-    local: ClassVar[bool]
+    max_batch: ClassVar[int]
 
     def stream_events(self, ctx: ChatContext) -> AsyncIterator[Event]:
         """The answer as canonical events, ending with ``Finish`` and a ``UsageEvent``."""

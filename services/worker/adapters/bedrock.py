@@ -34,6 +34,7 @@ from services.worker.adapters.base import (
     Embeddings,
     Event,
     Finish,
+    FinishReason,
     ReasoningDelta,
     StreamMessage,
     TextDelta,
@@ -65,7 +66,7 @@ SERVICE = "bedrock"
 DEFAULT_REGION = "us-east-1"
 
 
-FINISH = {
+FINISH: dict[str, FinishReason] = {
     "end_turn": "stop",
     "stop_sequence": "stop",
     "max_tokens": "length",
@@ -87,8 +88,13 @@ EXCEPTION_STATUS = {
     "serviceUnavailableException": 503,
 }
 
-_IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg", "image/gif": "gif",
-                  "image/webp": "webp"}
+_IMAGE_FORMATS = {
+    "image/png": "png",
+    "image/jpeg": "jpeg",
+    "image/jpg": "jpeg",
+    "image/gif": "gif",
+    "image/webp": "webp",
+}
 
 
 def usage_from(u: dict[str, Any]) -> Usage:
@@ -120,8 +126,9 @@ def _user_blocks(content: Any) -> list[dict[str, Any]]:
             data = parse_data_url((part.get("image_url") or {}).get("url") or "")
             fmt = _IMAGE_FORMATS.get(data[0]) if data else None
             if data is None or fmt is None:
-                raise InvalidRequest("Bedrock models take images as base64 data URLs (png, jpeg, gif, webp)",
-                                     param="messages")
+                raise InvalidRequest(
+                    "Bedrock models take images as base64 data URLs (png, jpeg, gif, webp)", param="messages"
+                )
             blocks.append({"image": {"format": fmt, "source": {"bytes": data[1]}}})
         else:
             raise unsupported_part(kind)
@@ -145,12 +152,25 @@ def convert_messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any
                 blocks.append({"text": text})
             for call in msg.get("tool_calls") or []:
                 fn = call.get("function") or {}
-                blocks.append({"toolUse": {"toolUseId": call.get("id"), "name": fn.get("name"),
-                                           "input": json_arguments(fn.get("arguments"))}})
+                blocks.append(
+                    {
+                        "toolUse": {
+                            "toolUseId": call.get("id"),
+                            "name": fn.get("name"),
+                            "input": json_arguments(fn.get("arguments")),
+                        }
+                    }
+                )
             role_out = "assistant"
         elif role == "tool":
-            blocks = [{"toolResult": {"toolUseId": msg.get("tool_call_id"),
-                                      "content": [{"text": text_of(msg.get("content"))}]}}]
+            blocks = [
+                {
+                    "toolResult": {
+                        "toolUseId": msg.get("tool_call_id"),
+                        "content": [{"text": text_of(msg.get("content"))}],
+                    }
+                }
+            ]
             role_out = "user"
         elif role == "user":
             blocks, role_out = _user_blocks(msg.get("content")), "user"
@@ -194,10 +214,16 @@ def build_body(ctx: ChatContext) -> dict[str, Any]:
     # Converse has no "none" tool choice: leaving the tools out is the documented equivalent
     if tools and body.get("tool_choice") != "none":
         out["toolConfig"] = {
-            "tools": [{"toolSpec": {"name": f["name"], "description": f.get("description") or f["name"],
-                                    "inputSchema": {"json": f.get("parameters") or {"type": "object",
-                                                                                     "properties": {}}}}}
-                      for f in tools],
+            "tools": [
+                {
+                    "toolSpec": {
+                        "name": f["name"],
+                        "description": f.get("description") or f["name"],
+                        "inputSchema": {"json": f.get("parameters") or {"type": "object", "properties": {}}},
+                    }
+                }
+                for f in tools
+            ],
             "toolChoice": _tool_choice(body.get("tool_choice")),
         }
     return out
@@ -258,7 +284,7 @@ class BedrockStream:
         if kind == "messageStop":
             self._stopped = True
             reason = ev.get("stopReason") or "end_turn"
-            return [Finish(FINISH.get(reason, "stop"))]  # type: ignore[arg-type]
+            return [Finish(FINISH.get(reason, "stop"))]
         if kind == "metadata":
             self._done = True
             return [UsageEvent(usage_from(ev.get("usage") or {}))]
@@ -277,8 +303,9 @@ def _is_cohere(model: str) -> bool:
 
 class BedrockAdapter:
     kind: ClassVar[str] = "bedrock"
-    capabilities: ClassVar[Capabilities] = Capabilities(streaming=True, tools=True, vision=True,
-                                                        embeddings=True)
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        streaming=True, tools=True, vision=True, embeddings=True
+    )
     max_batch: ClassVar[int] = 96  # Cohere Embed on Bedrock; Titan takes one text a call
 
     def batch_size(self, ctx: ChatContext) -> int:
@@ -329,8 +356,9 @@ class BedrockAdapter:
     def parse_embeddings(self, body: bytes) -> Embeddings:
         doc = upstream_json(body)
         if "embedding" in doc:  # Titan
-            return Embeddings([doc["embedding"] or []],
-                              Usage(prompt_tokens=doc.get("inputTextTokenCount") or 0))
+            return Embeddings(
+                [doc["embedding"] or []], Usage(prompt_tokens=doc.get("inputTextTokenCount") or 0)
+            )
         return Embeddings(embed_vectors(doc), Usage())  # Cohere on Bedrock reports no token count
 
     def parse_chat(self, body: bytes) -> Completion:
@@ -343,8 +371,14 @@ class BedrockAdapter:
                 texts.append(block["text"] or "")
             elif "toolUse" in block:
                 tool = block["toolUse"]
-                calls.append(ToolCallDelta(len(calls), id=tool.get("toolUseId"), name=tool.get("name"),
-                                           arguments=json_text(tool.get("input"))))
+                calls.append(
+                    ToolCallDelta(
+                        len(calls),
+                        id=tool.get("toolUseId"),
+                        name=tool.get("name"),
+                        arguments=json_text(tool.get("input")),
+                    )
+                )
             elif "reasoningContent" in block:
                 reasoning = (block["reasoningContent"] or {}).get("reasoningText") or {}
                 thoughts.append(reasoning.get("text") or "")
@@ -358,4 +392,3 @@ class BedrockAdapter:
     def error_message(self, status: int, body: bytes) -> str:
         # AWS JSON errors say ``message`` or ``Message`` depending on the service front end
         return error_text(body, "Message" if b'"Message"' in body else "message")
-

@@ -25,6 +25,7 @@ from services.worker.adapters.base import (
     Embeddings,
     Event,
     Finish,
+    FinishReason,
     ReasoningDelta,
     StreamMessage,
     TextDelta,
@@ -48,7 +49,12 @@ from shared.errors import InvalidRequest, StreamInterrupted, UpstreamError, Upst
 DEFAULT_BASE_URL = "https://api.cohere.com"
 
 
-FINISH = {"COMPLETE": "stop", "STOP_SEQUENCE": "stop", "MAX_TOKENS": "length", "TOOL_CALL": "tool_calls"}
+FINISH: dict[str, FinishReason] = {
+    "COMPLETE": "stop",
+    "STOP_SEQUENCE": "stop",
+    "MAX_TOKENS": "length",
+    "TOOL_CALL": "tool_calls",
+}
 
 
 def usage_from(u: dict[str, Any]) -> Usage:
@@ -59,15 +65,20 @@ def usage_from(u: dict[str, Any]) -> Usage:
     ``cached_tokens`` with it."""
     billed = u.get("billed_units")
     if billed:
-        return Usage(prompt_tokens=int(billed.get("input_tokens") or 0),
-                     completion_tokens=int(billed.get("output_tokens") or 0))
+        return Usage(
+            prompt_tokens=int(billed.get("input_tokens") or 0),
+            completion_tokens=int(billed.get("output_tokens") or 0),
+        )
     counts = u.get("tokens") or {}
     prompt = int(counts.get("input_tokens") or 0)
-    return Usage(prompt_tokens=prompt, completion_tokens=int(counts.get("output_tokens") or 0),
-                 cached_tokens=min(prompt, int(u.get("cached_tokens") or 0)))
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=int(counts.get("output_tokens") or 0),
+        cached_tokens=min(prompt, int(u.get("cached_tokens") or 0)),
+    )
 
 
-def _finish(reason: str | None) -> str:
+def _finish(reason: str | None) -> FinishReason:
     """A finish reason, or the error Cohere reports through one (``ERROR``, ``TIMEOUT``)."""
     if reason == "ERROR":
         raise UpstreamError("cohere: the generation failed (finish_reason ERROR)")
@@ -92,12 +103,16 @@ def _convert_message(msg: dict[str, Any]) -> dict[str, Any]:
             turn["content"] = text
         calls = msg.get("tool_calls")
         if calls:
-            turn["tool_calls"] = [{"id": c.get("id"), "type": "function", "function": c.get("function")}
-                                  for c in calls]
+            turn["tool_calls"] = [
+                {"id": c.get("id"), "type": "function", "function": c.get("function")} for c in calls
+            ]
         return turn
     if role == "tool":
-        return {"role": "tool", "tool_call_id": msg.get("tool_call_id"),
-                "content": text_of(msg.get("content"))}
+        return {
+            "role": "tool",
+            "tool_call_id": msg.get("tool_call_id"),
+            "content": text_of(msg.get("content")),
+        }
     raise InvalidRequest(f"message role {role!r} is not supported", param="messages")
 
 
@@ -112,9 +127,13 @@ def build_body(ctx: ChatContext) -> dict[str, Any]:
     limit = output_cap(ctx)
     if limit:
         out["max_tokens"] = limit
-    for ours, theirs in (("temperature", "temperature"), ("top_p", "p"), ("seed", "seed"),
-                         ("presence_penalty", "presence_penalty"),
-                         ("frequency_penalty", "frequency_penalty")):
+    for ours, theirs in (
+        ("temperature", "temperature"),
+        ("top_p", "p"),
+        ("seed", "seed"),
+        ("presence_penalty", "presence_penalty"),
+        ("frequency_penalty", "frequency_penalty"),
+    ):
         if body.get(ours) is not None:
             out[theirs] = body[ours]
     stops = stop_list(body)
@@ -163,8 +182,11 @@ class CohereStream:
             fn = call.get("function") or {}
             ordinal = len(self._tools)
             self._tools[ev.get("index", ordinal)] = ordinal
-            return [ToolCallDelta(ordinal, id=call.get("id"), name=fn.get("name"),
-                                  arguments=fn.get("arguments") or "")]
+            return [
+                ToolCallDelta(
+                    ordinal, id=call.get("id"), name=fn.get("name"), arguments=fn.get("arguments") or ""
+                )
+            ]
         if kind == "tool-call-delta":
             frag = ((message.get("tool_calls") or {}).get("function") or {}).get("arguments") or ""
             known = self._tools.get(ev.get("index", -1))
@@ -172,7 +194,7 @@ class CohereStream:
         if kind == "message-end":
             self._done = True
             delta = ev.get("delta") or {}
-            out: list[Event] = [Finish(_finish(delta.get("finish_reason")))]  # type: ignore[arg-type]
+            out: list[Event] = [Finish(_finish(delta.get("finish_reason")))]
             if delta.get("usage"):
                 out.append(UsageEvent(usage_from(delta["usage"])))
             return out
@@ -185,8 +207,9 @@ class CohereStream:
 
 class CohereAdapter:
     kind: ClassVar[str] = "cohere"
-    capabilities: ClassVar[Capabilities] = Capabilities(streaming=True, tools=True, json_mode=True,
-                                                        embeddings=True)
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        streaming=True, tools=True, json_mode=True, embeddings=True
+    )
     max_batch: ClassVar[int] = 96  # texts per /v2/embed call
 
     @staticmethod
@@ -195,8 +218,13 @@ class CohereAdapter:
         headers = {"content-type": "application/json", "accept": "application/json"}
         if ctx.api_key:
             headers["authorization"] = f"Bearer {ctx.api_key}"
-        return UpstreamRequest(method="POST", url=f"{base}{path}", headers=headers, body=json_encode(payload),
-                               framing="sse" if stream else "json")
+        return UpstreamRequest(
+            method="POST",
+            url=f"{base}{path}",
+            headers=headers,
+            body=json_encode(payload),
+            framing="sse" if stream else "json",
+        )
 
     def chat_request(self, ctx: ChatContext) -> UpstreamRequest:
         return self._request(ctx, "/v2/chat", build_body(ctx), ctx.stream)
@@ -220,8 +248,12 @@ class CohereAdapter:
             elif block.get("type") == "thinking":
                 thoughts.append(block.get("thinking") or "")
         calls = [
-            ToolCallDelta(i, id=c.get("id"), name=(c.get("function") or {}).get("name"),
-                          arguments=(c.get("function") or {}).get("arguments") or "{}")
+            ToolCallDelta(
+                i,
+                id=c.get("id"),
+                name=(c.get("function") or {}).get("name"),
+                arguments=(c.get("function") or {}).get("arguments") or "{}",
+            )
             for i, c in enumerate(message.get("tool_calls") or [])
         ]
         usage = usage_from(doc.get("usage") or {})
@@ -232,4 +264,3 @@ class CohereAdapter:
 
     def error_message(self, status: int, body: bytes) -> str:
         return error_text(body, "message")
-

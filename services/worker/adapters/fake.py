@@ -38,6 +38,7 @@ from services.worker.adapters.base import (
     EmbedInput,
     Event,
     Finish,
+    FinishReason,
     TextDelta,
     ToolCallDelta,
     UsageEvent,
@@ -55,9 +56,39 @@ from shared import prompt, tokens
 from shared.contract import Usage
 
 WORDS = (
-    "the", "gateway", "answers", "with", "a", "steady", "voice", "and", "every", "request", "finds",
-    "its", "model", "while", "budgets", "hold", "tokens", "flow", "through", "queues", "of", "light",
-    "so", "that", "each", "reply", "arrives", "in", "order", "calm", "clear", "bright", "swift",
+    "the",
+    "gateway",
+    "answers",
+    "with",
+    "a",
+    "steady",
+    "voice",
+    "and",
+    "every",
+    "request",
+    "finds",
+    "its",
+    "model",
+    "while",
+    "budgets",
+    "hold",
+    "tokens",
+    "flow",
+    "through",
+    "queues",
+    "of",
+    "light",
+    "so",
+    "that",
+    "each",
+    "reply",
+    "arrives",
+    "in",
+    "order",
+    "calm",
+    "clear",
+    "bright",
+    "swift",
 )
 _PIECE = re.compile(r".{1,4}", re.DOTALL)  # about a token of JSON text
 _MANY = re.compile(r"\b(both|each|all|every|several|multiple|parallel)\b", re.IGNORECASE)
@@ -117,8 +148,9 @@ def _after_tool_result(body: dict[str, Any]) -> bool:
 
 
 def _chosen_tools(body: dict[str, Any], prompt: str) -> list[dict[str, Any]]:
-    tools = [t for t in body.get("tools") or []
-             if isinstance(t, dict) and isinstance(t.get("function"), dict)]
+    tools = [
+        t for t in body.get("tools") or [] if isinstance(t, dict) and isinstance(t.get("function"), dict)
+    ]
     choice = body.get("tool_choice")
     if not tools or choice == "none":
         return []
@@ -135,9 +167,9 @@ def _chosen_tools(body: dict[str, Any], prompt: str) -> list[dict[str, Any]]:
 
 class FakeAdapter:
     kind: ClassVar[str] = "fake"
-    local: ClassVar[bool] = True
-    capabilities: ClassVar[Capabilities] = Capabilities(streaming=True, tools=True, json_mode=True,
-                                                        vision=True, embeddings=True, token_input=True)
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        streaming=True, tools=True, json_mode=True, vision=True, embeddings=True, token_input=True, local=True
+    )
     max_batch: ClassVar[int] = 2048
 
     def __init__(self) -> None:
@@ -179,11 +211,14 @@ class FakeAdapter:
         words = answer_words(prompt, ctx.upstream_model)
         structured = json_answer(body, words)
         # one piece per token: words for text, four characters of JSON
-        pieces = (_PIECE.findall(structured)
-                  if structured is not None else [w if i == 0 else " " + w for i, w in enumerate(words)])
+        pieces = (
+            _PIECE.findall(structured)
+            if structured is not None
+            else [w if i == 0 else " " + w for i, w in enumerate(words)]
+        )
         limit = output_cap(ctx)
         stops = stop_list(body)
-        reason = "stop"
+        reason: FinishReason = "stop"
         if limit is not None and limit < len(pieces):
             pieces, reason = pieces[:limit], "length"
         generated = 0
@@ -195,7 +230,7 @@ class FakeAdapter:
                 if cut >= 0:
                     # the stop sequence itself is never part of the answer (OpenAI's behaviour)
                     if cut > len(text):
-                        yield TextDelta(candidate[len(text):cut])
+                        yield TextDelta(candidate[len(text) : cut])
                     generated += 1
                     reason = "stop"
                     break
@@ -204,7 +239,7 @@ class FakeAdapter:
             if per_token and i:
                 await asyncio.sleep(per_token)
             yield TextDelta(piece)
-        yield Finish(reason)  # type: ignore[arg-type]
+        yield Finish(reason)
         yield UsageEvent(Usage(prompt_tokens=prompt_tokens, completion_tokens=generated))
 
     async def embed(self, ctx: ChatContext, inputs: list[EmbedInput]) -> Embeddings:

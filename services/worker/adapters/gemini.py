@@ -31,6 +31,7 @@ from services.worker.adapters.base import (
     Embeddings,
     Event,
     Finish,
+    FinishReason,
     ReasoningDelta,
     StreamMessage,
     TextDelta,
@@ -63,7 +64,7 @@ DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 SKIP_SIGNATURE = "skip_thought_signature_validator"
 
 
-FINISH = {
+FINISH: dict[str, FinishReason] = {
     "STOP": "stop",
     "MAX_TOKENS": "length",
     "SAFETY": "content_filter",
@@ -106,7 +107,7 @@ def error_from(err: dict[str, Any]) -> JanusError:
     return upstream_error_for_status(status, err.get("message") or str(err.get("status") or "error"))
 
 
-def _finish(reason: str | None, saw_tool_call: bool) -> str:
+def _finish(reason: str | None, saw_tool_call: bool) -> FinishReason:
     if saw_tool_call and reason in (None, "STOP"):
         return "tool_calls"  # Gemini says STOP after a functionCall; OpenAI clients look for tool_calls
     return FINISH.get(reason or "STOP", "stop")
@@ -174,8 +175,9 @@ def convert_messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any
             for i, call in enumerate(msg.get("tool_calls") or []):
                 fn = call.get("function") or {}
                 names[call.get("id") or ""] = fn.get("name") or ""
-                part: dict[str, Any] = {"functionCall": {"name": fn.get("name"),
-                                                         "args": json_arguments(fn.get("arguments"))}}
+                part: dict[str, Any] = {
+                    "functionCall": {"name": fn.get("name"), "args": json_arguments(fn.get("arguments"))}
+                }
                 if i == 0:  # only the first of parallel calls carries a signature
                     part["thoughtSignature"] = SKIP_SIGNATURE
                 parts.append(part)
@@ -214,8 +216,13 @@ def build_body(ctx: ChatContext) -> dict[str, Any]:
     limit = output_cap(ctx)
     if limit:
         config["maxOutputTokens"] = limit
-    for ours, theirs in (("temperature", "temperature"), ("top_p", "topP"), ("seed", "seed"),
-                         ("presence_penalty", "presencePenalty"), ("frequency_penalty", "frequencyPenalty")):
+    for ours, theirs in (
+        ("temperature", "temperature"),
+        ("top_p", "topP"),
+        ("seed", "seed"),
+        ("presence_penalty", "presencePenalty"),
+        ("frequency_penalty", "frequencyPenalty"),
+    ):
         if body.get(ours) is not None:
             config[theirs] = body[ours]
     stops = stop_list(body)
@@ -231,13 +238,20 @@ def build_body(ctx: ChatContext) -> dict[str, Any]:
         out["generationConfig"] = config
     tools = [t["function"] for t in body.get("tools") or [] if t.get("type") == "function"]
     if tools:
-        out["tools"] = [{"functionDeclarations": [
-            {"name": f["name"], "description": f.get("description") or "",
-             # the JSON Schema field, so OpenAI schemas pass as written (``parameters`` takes only
-             # an OpenAPI subset and rejects e.g. ``additionalProperties``)
-             **({"parametersJsonSchema": f["parameters"]} if f.get("parameters") else {})}
-            for f in tools
-        ]}]
+        out["tools"] = [
+            {
+                "functionDeclarations": [
+                    {
+                        "name": f["name"],
+                        "description": f.get("description") or "",
+                        # the JSON Schema field, so OpenAI schemas pass as written (``parameters`` takes only
+                        # an OpenAPI subset and rejects e.g. ``additionalProperties``)
+                        **({"parametersJsonSchema": f["parameters"]} if f.get("parameters") else {}),
+                    }
+                    for f in tools
+                ]
+            }
+        ]
         cfg = _tool_config(body.get("tool_choice"))
         if cfg:
             out["toolConfig"] = cfg
@@ -264,8 +278,14 @@ class GeminiStream:
             for part in (cand.get("content") or {}).get("parts") or []:
                 if "functionCall" in part:
                     call = part["functionCall"]
-                    out.append(ToolCallDelta(self._calls, id=_call_id(call), name=call.get("name"),
-                                             arguments=json_text(call.get("args"))))
+                    out.append(
+                        ToolCallDelta(
+                            self._calls,
+                            id=_call_id(call),
+                            name=call.get("name"),
+                            arguments=json_text(call.get("args")),
+                        )
+                    )
                     self._calls += 1
                 elif part.get("text"):
                     text = part["text"]
@@ -275,7 +295,7 @@ class GeminiStream:
         if doc.get("usageMetadata"):
             out.append(UsageEvent(usage_from(doc["usageMetadata"])))
         if reason or blocked:
-            out.append(Finish(_finish(reason, self._calls > 0) if reason else "content_filter"))  # type: ignore[arg-type]
+            out.append(Finish(_finish(reason, self._calls > 0) if reason else "content_filter"))
             self._done = True
         return out
 
@@ -297,9 +317,13 @@ class GeminiAdapter:
         headers = {"content-type": "application/json"}
         if ctx.api_key:
             headers["x-goog-api-key"] = ctx.api_key
-        return UpstreamRequest(method="POST", url=f"{base}/v1beta/models/{ctx.upstream_model}:{action}",
-                               headers=headers, body=json_encode(payload),
-                               framing="sse" if stream else "json")
+        return UpstreamRequest(
+            method="POST",
+            url=f"{base}/v1beta/models/{ctx.upstream_model}:{action}",
+            headers=headers,
+            body=json_encode(payload),
+            framing="sse" if stream else "json",
+        )
 
     def chat_request(self, ctx: ChatContext) -> UpstreamRequest:
         action = "streamGenerateContent?alt=sse" if ctx.stream else "generateContent"
@@ -334,8 +358,14 @@ class GeminiAdapter:
             for part in (candidates[0].get("content") or {}).get("parts") or []:
                 if "functionCall" in part:
                     call = part["functionCall"]
-                    calls.append(ToolCallDelta(len(calls), id=_call_id(call), name=call.get("name"),
-                                               arguments=json_text(call.get("args"))))
+                    calls.append(
+                        ToolCallDelta(
+                            len(calls),
+                            id=_call_id(call),
+                            name=call.get("name"),
+                            arguments=json_text(call.get("args")),
+                        )
+                    )
                 elif part.get("text"):
                     (thoughts if part.get("thought") else texts).append(part["text"])
             reason = candidates[0].get("finishReason")

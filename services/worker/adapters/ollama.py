@@ -23,6 +23,7 @@ from services.worker.adapters.base import (
     Embeddings,
     Event,
     Finish,
+    FinishReason,
     ReasoningDelta,
     StreamMessage,
     TextDelta,
@@ -47,15 +48,16 @@ from shared.errors import InvalidRequest, StreamInterrupted, UpstreamError
 DEFAULT_BASE_URL = "http://127.0.0.1:11434"
 
 
-FINISH = {"stop": "stop", "length": "length"}
+FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length"}
 
 
 def usage_from(doc: dict[str, Any]) -> Usage:
-    return Usage(prompt_tokens=doc.get("prompt_eval_count") or 0,
-                 completion_tokens=doc.get("eval_count") or 0)
+    return Usage(
+        prompt_tokens=doc.get("prompt_eval_count") or 0, completion_tokens=doc.get("eval_count") or 0
+    )
 
 
-def _finish(doc: dict[str, Any], saw_tool_call: bool) -> str:
+def _finish(doc: dict[str, Any], saw_tool_call: bool) -> FinishReason:
     if saw_tool_call:
         return "tool_calls"  # Ollama reports "stop" after a tool call
     return FINISH.get(doc.get("done_reason") or "stop", "stop")
@@ -181,7 +183,7 @@ class OllamaStream:
             self._calls += 1
         if doc.get("done"):
             self._done = True
-            out.append(Finish(_finish(doc, self._calls > 0)))  # type: ignore[arg-type]
+            out.append(Finish(_finish(doc, self._calls > 0)))
             out.append(UsageEvent(usage_from(doc)))
         return out
 
@@ -203,8 +205,9 @@ class OllamaAdapter:
         if ctx.api_key:  # a local Ollama needs none; one behind an authenticating proxy may
             headers["authorization"] = f"Bearer {ctx.api_key}"
         base = (ctx.deployment.base_url or DEFAULT_BASE_URL).rstrip("/")
-        return UpstreamRequest(method="POST", url=f"{base}{path}", headers=headers, body=json_encode(payload),
-                               framing=framing)
+        return UpstreamRequest(
+            method="POST", url=f"{base}{path}", headers=headers, body=json_encode(payload), framing=framing
+        )
 
     def chat_request(self, ctx: ChatContext) -> UpstreamRequest:
         return self._request(ctx, "/api/chat", build_body(ctx), "ndjson" if ctx.stream else "json")
@@ -235,8 +238,9 @@ class OllamaAdapter:
 
     def parse_embeddings(self, body: bytes) -> Embeddings:
         doc = json_decode(body)
-        return Embeddings(vectors=doc.get("embeddings") or [],
-                          usage=Usage(prompt_tokens=doc.get("prompt_eval_count") or 0))
+        return Embeddings(
+            vectors=doc.get("embeddings") or [], usage=Usage(prompt_tokens=doc.get("prompt_eval_count") or 0)
+        )
 
     def error_message(self, status: int, body: bytes) -> str:
         return error_text(body, "error")

@@ -15,7 +15,7 @@ vLLM, Ollama's ``/v1``. A new such provider is a catalog entry with a ``base_url
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, get_args
 
 import msgspec
 
@@ -27,6 +27,7 @@ from services.worker.adapters.base import (
     EmbedInput,
     Event,
     Finish,
+    FinishReason,
     ReasoningDelta,
     StreamMessage,
     TextDelta,
@@ -103,7 +104,7 @@ class _EmbeddingList(msgspec.Struct):
 
 _embeddings_decoder = msgspec.json.Decoder(_EmbeddingList)
 
-_FINISH = {"stop", "length", "tool_calls", "content_filter", "function_call"}
+_FINISH: dict[str, FinishReason] = {r: r for r in get_args(FinishReason)}
 
 
 def in_band_error(err: _ErrorObj | str) -> JanusError:
@@ -146,11 +147,13 @@ class OpenAIStream:
                     out.append(TextDelta(d.content))
                 for tc in d.tool_calls or ():
                     fn = tc.function
-                    out.append(ToolCallDelta(tc.index, tc.id, fn.name if fn else None,
-                                             (fn.arguments or "") if fn else ""))
+                    out.append(
+                        ToolCallDelta(
+                            tc.index, tc.id, fn.name if fn else None, (fn.arguments or "") if fn else ""
+                        )
+                    )
             if ch.finish_reason:
-                reason = ch.finish_reason if ch.finish_reason in _FINISH else "stop"
-                out.append(Finish(reason))  # type: ignore[arg-type]
+                out.append(Finish(_FINISH.get(ch.finish_reason, "stop")))
         if chunk.usage is not None:
             out.append(UsageEvent(usage_of(chunk.usage)))
         return out
@@ -162,8 +165,9 @@ class OpenAIStream:
 
 class OpenAICompatAdapter:
     kind: ClassVar[str] = "openai_compat"
-    capabilities: ClassVar[Capabilities] = Capabilities(streaming=True, tools=True, json_mode=True,
-                                                        vision=True, embeddings=True, token_input=True)
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        streaming=True, tools=True, json_mode=True, vision=True, embeddings=True, token_input=True
+    )
     max_batch: ClassVar[int] = 2048
 
     @staticmethod
@@ -173,8 +177,10 @@ class OpenAICompatAdapter:
 
     @staticmethod
     def _headers(ctx: ChatContext, stream: bool) -> dict[str, str]:
-        h = {"Content-Type": "application/json",
-             "Accept": "text/event-stream" if stream else "application/json"}
+        h = {
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream" if stream else "application/json",
+        }
         if ctx.api_key:
             h["Authorization"] = f"Bearer {ctx.api_key}"
         return h
@@ -196,8 +202,13 @@ class OpenAICompatAdapter:
         else:
             body.pop("stream", None)
             body.pop("stream_options", None)
-        return UpstreamRequest("POST", self._url(ctx, "/chat/completions"), self._headers(ctx, ctx.stream),
-                               json_encode(body), "sse" if ctx.stream else "json")
+        return UpstreamRequest(
+            "POST",
+            self._url(ctx, "/chat/completions"),
+            self._headers(ctx, ctx.stream),
+            json_encode(body),
+            "sse" if ctx.stream else "json",
+        )
 
     def parse_chat_openai(self, body: bytes) -> Any:
         """The upstream's own ``chat.completion``, for a pass-through that keeps every field a client
@@ -213,8 +224,14 @@ class OpenAICompatAdapter:
             raise UpstreamError("the provider's response has no choices")
         ch = obj.choices[0]
         m = ch.message
-        calls = [ToolCallDelta(i, t.id, t.function.name, t.function.arguments)
-                 for i, t in enumerate(m.tool_calls or [])] if isinstance(m.tool_calls, list) else []
+        calls = (
+            [
+                ToolCallDelta(i, t.id, t.function.name, t.function.arguments)
+                for i, t in enumerate(m.tool_calls or [])
+            ]
+            if isinstance(m.tool_calls, list)
+            else []
+        )
         reasoning = next((r for r in (m.reasoning_content, m.reasoning) if isinstance(r, str) and r), None)
         return Completion(m.content, calls, ch.finish_reason or "stop", usage_of(obj.usage), reasoning)
 
@@ -226,8 +243,9 @@ class OpenAICompatAdapter:
         for key in ("dimensions", "user"):
             if ctx.body.get(key) is not None:
                 body[key] = ctx.body[key]
-        return UpstreamRequest("POST", self._url(ctx, "/embeddings"), self._headers(ctx, False),
-                               json_encode(body), "json")
+        return UpstreamRequest(
+            "POST", self._url(ctx, "/embeddings"), self._headers(ctx, False), json_encode(body), "json"
+        )
 
     def parse_embeddings(self, body: bytes) -> Embeddings:
         try:
@@ -235,8 +253,9 @@ class OpenAICompatAdapter:
         except msgspec.DecodeError as exc:
             raise UpstreamError(f"the provider sent a malformed embeddings response: {exc}") from None
         items = sorted(doc.data, key=lambda e: e.index)
-        return Embeddings([e.embedding for e in items],
-                          Usage(prompt_tokens=doc.usage.prompt_tokens if doc.usage else 0))
+        return Embeddings(
+            [e.embedding for e in items], Usage(prompt_tokens=doc.usage.prompt_tokens if doc.usage else 0)
+        )
 
     def error_message(self, status: int, body: bytes) -> str:
         return error_text(body, "error", "message")
