@@ -59,9 +59,10 @@ bench-router: install
 soak: install
 	$(BIN)/python -m tools.soak
 
-## regenerate deploy/ files derived from config/ and shared/metrics.py
+## regenerate deploy/ files derived from config/ and shared/metrics.py, and the README's models table
 gen-deploy: install
 	$(BIN)/python deploy/gen.py
+	$(BIN)/python -m tools.readme_models
 
 ## make compose-keys: NATS identities (NKey seeds) and TLS files for docker compose, in .janus/compose/
 compose-keys: install

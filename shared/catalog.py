@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -53,6 +53,13 @@ class Price(msgspec.Struct, forbid_unknown_fields=True):
     cached_input: float | None = None  # defaults to ``input`` when absent
 
 
+class Defaults(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Sampling parameters a model is served with when the client's request leaves them out."""
+
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
+    top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+
+
 class Serving(msgspec.Struct, forbid_unknown_fields=True):
     deployment: str
     model: str  # the provider's name for the model
@@ -73,6 +80,7 @@ class Model(msgspec.Struct, forbid_unknown_fields=True):
     quality: int = 1  # quality class used by the auto policy: higher is stronger
     dimensions: int | None = None  # embeddings
     response_name: str | None = None  # what responses call it (defaults to ``id``)
+    defaults: Defaults | None = None
 
     @property
     def name_in_responses(self) -> str:

@@ -189,6 +189,7 @@ class UsageReply(msgspec.Struct, tag="meter.usage_reply.v1", **_tagged):
     # a JSON document built by the service that owns the data: /v1/usage, /v1/usage/daily, and the
     # operator view's parts (metering's top spenders, a router's deployment health)
     body: bytes
+    pools: list[PoolState] = []  # with /v1/usage: the credit pools, for a gateway's X-RateLimit-* headers
 
 
 class DailyQuery(msgspec.Struct, tag="meter.daily_query.v1", **_tagged):

@@ -530,7 +530,8 @@ class Stack:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.gateway_port}/v1"
+        scheme = "https" if self.env.get("JANUS_TLS_CERT") else "http"  # the gateway serving TLS itself
+        return f"{scheme}://127.0.0.1:{self.gateway_port}/v1"
 
     @property
     def harness_url(self) -> str:
@@ -544,16 +545,21 @@ class Stack:
             srv.stop()
 
 
+# what the local stack serves when neither the caller nor the shell says otherwise
+STACK_DEFAULTS = {
+    "JANUS_JWT_SECRET": DEV_SECRET,
+    "JANUS_CATALOG": str(ROOT / "config" / "catalog.yaml"),
+    "JANUS_PLANS": str(ROOT / "config" / "plans.yaml"),
+}
+
+
 def base_env(nats_url: str, **extra: str) -> dict[str, str]:
-    env = {
-        "JANUS_NATS_URL": redact_url(nats_url),
-        "JANUS_JWT_SECRET": DEV_SECRET,
-        "JANUS_DEV_STACK": "true",
-        "JANUS_CATALOG": str(ROOT / "config" / "catalog.yaml"),
-        "JANUS_PLANS": str(ROOT / "config" / "plans.yaml"),
-    }
-    env.update(extra)
-    return env
+    """The services' environment: the stack's NATS, then ``extra``, then the shell's ``JANUS_*``
+    (``JANUS_CATALOG=... make run`` serves that catalog), then the offline defaults. The URL the
+    services get carries no credentials: each connects as its own identity."""
+    shell = {k: v for k, v in os.environ.items() if k in STACK_DEFAULTS and v}
+    return {**STACK_DEFAULTS, "JANUS_DEV_STACK": "true", **shell, **extra,
+            "JANUS_NATS_URL": redact_url(nats_url)}
 
 
 def start_stack(
@@ -622,21 +628,27 @@ def main() -> None:
     from tools.token import make_token
 
     port = int(os.environ.get("JANUS_PORT", "8080"))
-    data = ROOT / ".janus"
-    data.mkdir(exist_ok=True)
+    data = Path(os.environ.get("JANUS_DATA_DIR") or ROOT / ".janus")
+    data.mkdir(parents=True, exist_ok=True)
     nats_port = int(os.environ.get("JANUS_NATS_PORT", "4222"))
     print("starting nats-server and the four services ...", flush=True)
     keys = local_keys(data / "nkeys")
     stack = start_stack(data, gateway_port=port, nats_port=nats_port, harness=False)
-    token = make_token("dev-user", "pro", "dev@example.com", secret=stack.env["JANUS_JWT_SECRET"])
+    from shared.catalog import load_plans
+
+    plans = load_plans(stack.env["JANUS_PLANS"])
+    tier = "pro" if plans.get("pro") is not None else plans.default_plan
+    token = make_token("dev-user", tier, "dev@example.com", secret=stack.env["JANUS_JWT_SECRET"])
     print(
         f"""
 Janus is running.
 
   base URL   {stack.base_url}
   console    {stack.base_url.removesuffix("/v1")}/console   (sign in with the dev token)
-  NATS       {stack.nats.url}   (JetStream data in .janus/)
-  logs       .janus/<service>.log
+  catalog    {stack.env["JANUS_CATALOG"]}
+  plans      {stack.env["JANUS_PLANS"]}   (the token below is on plan {tier})
+  NATS       {stack.nats.url}   (JetStream data in {data}/)
+  logs       {data}/<service>.log
   dev token  {token}
 
   curl {stack.base_url}/chat/completions \\
@@ -662,7 +674,7 @@ Ctrl-C stops everything.
         while not stopping:
             for svc in stack.services.values():
                 if svc.proc.poll() is not None:
-                    print(f"{svc.name} exited ({svc.proc.returncode}); see .janus/{svc.name}.log", flush=True)
+                    print(f"{svc.name} exited ({svc.proc.returncode}); see {data}/{svc.name}.log", flush=True)
                     stopping = True
             time.sleep(0.3)
     finally:

@@ -19,8 +19,9 @@ from aiohttp import web
 
 from services.gateway import console, keys_api, views
 from services.gateway.auth import Authenticator, Principal
-from services.gateway.body import parse_chat, parse_embeddings
+from services.gateway.body import parse_chat, parse_embeddings, with_defaults
 from services.gateway.byok import ByokApi, ByokProbe
+from services.gateway.cors import Cors
 from services.gateway.dispatch import Call, Dispatcher
 from services.gateway.edge import CALL, Edge
 from services.gateway.meter import Meter, granted_cap, output_hold
@@ -194,20 +195,28 @@ class Gateway:
     async def chat(self, request: web.Request) -> web.StreamResponse:
         call: Call = request[CALL]
         principal = await self._principal(request, call)
+        # before anything can refuse the request, so that a 400 or 404 carries the headers too
+        credits = await self.meter.credits.view(call.user, call.plan_name)
+        if credits is not None:
+            call.headers.update(credits.headers)
         body = await self._body(request)
         facts = parse_chat(body)
         req = facts.request
         call.prompt_tokens = facts.prompt_tokens
+        auto = req.model in _AUTO
         plan = await self._route(
             RouteRequest(
                 call.request_id, req.model, principal.plan, "chat", facts.prompt_tokens,
                 needs_tools=facts.needs_tools, needs_vision=facts.needs_vision, needs_json=facts.needs_json,
-                text=facts.prompt_text() if req.model in _AUTO else "",
+                text=facts.prompt_text() if auto else "",
+                budget_fraction=credits.fraction if auto and credits is not None else None,
             ),
             call,
         )
-        cap = facts.output_cap(self.catalog.model(plan.model), plan.response_model,
-                               self.s.default_max_tokens)
+        model = self.catalog.model(plan.model)
+        cap = facts.output_cap(model, plan.response_model, self.s.default_max_tokens)
+        if model is not None and model.defaults is not None:
+            body = with_defaults(body, req, model.defaults)
         if req.n is not None and req.n > 1:
             plan = self._many_choices(plan)
         wt = self.s.stream_write_timeout_seconds
@@ -255,11 +264,15 @@ class Gateway:
         reply = contract.usage_reply_decoder.decode(data)
         if isinstance(reply, contract.ErrorReply):
             raise reply.exception()
+        self.meter.credits.remember(principal.user, principal.plan, reply.pools)
         return web.Response(body=reply.body, headers={**call.headers, "Content-Type": _JSON})
 
 
 def build_app(gw: Gateway, edge: Edge) -> web.Application:
     app = web.Application(middlewares=[edge.middleware], client_max_size=gw.s.max_body_bytes)
+    cors = Cors(gw.s.cors_origins)
+    if cors.enabled:
+        cors.install(app)
     openapi = OPENAPI_PATH.read_bytes()
 
     async def openapi_json(request: web.Request) -> web.StreamResponse:

@@ -15,7 +15,7 @@ import msgspec
 from msgspec import Meta
 
 from shared import prompt, tokens
-from shared.catalog import Model
+from shared.catalog import Defaults, Model
 from shared.errors import InvalidRequest
 
 PositiveInt = Annotated[int, Meta(ge=1)]
@@ -258,6 +258,18 @@ def parse_chat(body: bytes) -> ChatFacts:
         needs_vision=vision,
         needs_json=fmt is not None and fmt.type != "text",
     )
+
+
+def with_defaults(body: bytes, req: ChatRequest, defaults: Defaults) -> bytes:
+    """``body`` with the model's default sampling parameters where the client left them out (or sent
+    null, which OpenAI reads as "the default"). Re-encoded only when something is filled in."""
+    missing = {k: v for k in Defaults.__struct_fields__
+               if (v := getattr(defaults, k)) is not None and getattr(req, k) is None}
+    if not missing:
+        return body
+    doc = msgspec.json.decode(body)
+    doc.update(missing)
+    return msgspec.json.encode(doc)
 
 
 def parse_embeddings(body: bytes) -> tuple[EmbeddingsRequest, int]:

@@ -1,4 +1,4 @@
-"""The gateway's side of metering: reserve before the call, settle after it, the credit headers.
+"""The gateway's side of metering: reserve before the call, settle after it.
 
 Settlements go to JetStream de-duplicated by request id (``Nats-Msg-Id``), in background tasks
 tracked in a set so ``drain()`` can wait for them. A settlement the stream did not acknowledge is
@@ -12,14 +12,14 @@ deadline), so a publish whose acknowledgement was lost never charges twice.
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 import time
 from collections.abc import Callable
 
+from services.gateway.credits import Credits
 from shared import contract, metrics, subjects
 from shared.bus import Bus, map_exception
-from shared.contract import HoldRenewal, PoolState, ReserveReply, ReserveRequest, Settlement, Usage
+from shared.contract import HoldRenewal, ReserveReply, ReserveRequest, Settlement, Usage
 from shared.errors import BudgetExceeded, JanusError, RateLimited
 from shared.logging import get_logger
 
@@ -32,26 +32,6 @@ _ACK_TIMEOUT = 5.0  # one publish's wait for the stream's acknowledgement
 
 # metering's dashboard shows janus_settlements_total by result; the gateway adds the ones it gave up
 _LOST = metrics.SETTLEMENTS.labels("lost")
-
-
-def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(math.ceil(ts)))
-
-
-def credit_headers(pools: list[PoolState]) -> dict[str, str]:
-    """The six ``X-RateLimit-*`` headers from metering's view of the caller's pools."""
-    out: dict[str, str] = {}
-    for p in pools:
-        if p.name == "session":
-            prefix = "X-RateLimit-Session-"
-        elif p.name == "weekly":
-            prefix = "X-RateLimit-Weekly-"
-        else:
-            continue
-        out[prefix + "Limit-Credits"] = str(p.limit)
-        out[prefix + "Remaining-Credits"] = str(max(p.remaining, 0))
-        out[prefix + "Reset"] = _iso(p.reset)
-    return out
 
 
 def output_hold(cap: int, n: int, floor: int) -> tuple[int, int]:
@@ -86,6 +66,7 @@ class Meter:
         self.bus = bus
         self.clock = clock  # the settle deadline's clock; tests move it instead of waiting
         self.reserve_timeout = reserve_timeout
+        self.credits = Credits(bus, reserve_timeout)
         self.settle_deadline = settle_deadline
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -104,7 +85,9 @@ class Meter:
                 # releasing a hold that was never taken costs nothing.
                 self.release(req)
             raise
-        headers.update(credit_headers(reply.pools))
+        view = self.credits.remember(req.user, req.plan, reply.pools)
+        if view is not None:
+            headers.update(view.headers)
         if reply.requests is not None:
             headers.update(reply.requests.headers())
         if not reply.admitted:

@@ -22,6 +22,7 @@ from services.gateway.edge import Edge
 from services.gateway.guard import GuardedRunner
 from services.gateway.meter import Meter
 from services.gateway.settings import GatewaySettings
+from services.gateway.tls import redirect_app, server_context
 from shared.bus import Bus
 from shared.catalog import ConfigError, load_catalog, load_plans
 from shared.logging import get_logger
@@ -54,6 +55,8 @@ class GatewayService(Service):
         self.meter: Meter | None = None
         self.dispatcher: Dispatcher | None = None
         self.port = 0
+        self.tls = server_context(common)  # checked before anything starts: a bad file fails fast
+        self.redirect: web.AppRunner | None = None
 
     async def start(self, bus: Bus) -> None:
         await super().start(bus)
@@ -75,12 +78,19 @@ class GatewayService(Service):
             lingering_time=s.lingering_seconds,
         )
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.s.host, self.s.port, backlog=1024)
+        site = web.TCPSite(self.runner, self.s.host, self.s.port, backlog=1024, ssl_context=self.tls)
         await site.start()
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self.s.port
-        log.info("listening", host=self.s.host, port=self.port)
+        log.info("listening", host=self.s.host, port=self.port, tls=self.tls is not None)
+        if self.s.http_redirect_port:
+            self.redirect = web.AppRunner(redirect_app(self.port), access_log=None, handle_signals=False,
+                                          max_line_size=s.max_header_bytes, max_field_size=s.max_header_bytes,
+                                          max_headers=s.max_headers)
+            await self.redirect.setup()
+            await web.TCPSite(self.redirect, self.s.host, self.s.http_redirect_port).start()
+            log.info("redirecting", host=self.s.host, port=self.s.http_redirect_port, to=self.port)
 
     async def _wait_idle(self, until: float) -> bool:
         if self.edge.in_flight:
@@ -94,6 +104,8 @@ class GatewayService(Service):
             return
         start = time.monotonic()
         grace = self.s.drain_grace()
+        if self.redirect is not None:
+            await self.redirect.cleanup()
         for site in list(runner.sites):
             await site.stop()
         if runner.server is not None:

@@ -66,6 +66,12 @@ class GatewaySettings(CommonSettings, kw_only=True):
     api_key_cache_seconds: float = 30.0  # a found key; revocations evict it at once
     api_key_negative_cache_seconds: float = 2.0  # an unknown key
 
+    # --- HTTPS served by the gateway itself (when nothing in front of it ends TLS) and browsers
+    tls_cert: str = ""  # PEM certificate chain file; with tls_key, the gateway speaks only https
+    tls_key: str = ""  # PEM private key file
+    http_redirect_port: int = 0  # with TLS: a plain-HTTP listener answering 308 to https; 0: none
+    cors_origins: str = ""  # comma-separated origins browsers may call from ("*": any); empty: no CORS
+
     # --- the HTTP edge against hostile or slow clients
     max_header_bytes: int = 16 * 1024  # one header line (so an 8 KiB token still reaches auth)
     max_headers: int = 100

@@ -251,19 +251,20 @@ class MeteringService(Service):
         return contract.encode(contract.error_reply(err))
 
     # ----------------------------------------------------------------------------------- usage
-    async def usage(self, q: contract.UsageQuery) -> bytes:
+    async def usage(self, q: contract.UsageQuery) -> contract.UsageReply:
         assert self.store is not None
         rules = self._plan(q.plan, strict=True)
         rec = await self.store.read_user(q.user)
         now = w.now_s(time.time())
         budget.roll(rec, rules, now)  # a view only: nothing is written
-        return _json.encode(budget.usage_document(rec, rules, now))
+        pools = budget.pool_states(budget.figures(rec, rules, now), rules.plan)
+        return contract.UsageReply(_json.encode(budget.usage_document(rec, rules, now)), pools)
 
     async def _on_usage(self, msg: Msg) -> None:
         t0 = time.perf_counter()
         try:
             q = contract.usage_query_decoder.decode(msg.data)
-            out = contract.encode(contract.UsageReply(await self.usage(q)))
+            out = contract.encode(await self.usage(q))
         except Exception as exc:
             out = self._error(exc, "usage")
         await self._respond(msg, out)

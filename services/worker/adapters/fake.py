@@ -2,16 +2,21 @@
 
 It lets ``make run``, the tests and the benchmark exercise every path of Janus with no keys:
 
-- text derived from the prompt (same prompt, same answer), one word per token;
+- text derived from the prompt (same prompt, same answer), one word per token: the prompt's own
+  words restated among filler words, so a ``stop`` word the prompt contains can occur (and is cut);
 - latency to the first token and a generation speed, from the deployment's ``options``
   (``latency_ms``, ``tokens_per_second``; 0 = as fast as possible), overridden by the environment
   variables ``JANUS_FAKE_LATENCY_MS`` / ``JANUS_FAKE_TOKENS_PER_SECOND``;
 - real usage: prompt tokens counted from the messages, completion tokens = tokens generated;
-- ``max_tokens`` / ``max_completion_tokens`` (finish ``length``) and ``stop`` sequences; one answer
-  per request (``n`` > 1 is refused, as providers without ``n`` do, not silently answered once);
+- the output cap the gateway held (else ``max_tokens`` / ``max_completion_tokens``; finish
+  ``length``) and ``stop`` sequences; one answer per request (``n`` > 1 is refused, as providers
+  without ``n`` do, not silently answered once);
 - tools: unless ``tool_choice`` is "none", a call to the named (or first) tool with arguments that
   satisfy the schema's required properties; several tools at once when parallel calls are allowed,
   several tools are given and the prompt asks for more than one thing ("both", "each", "all", ...);
+  once the conversation ends with a tool's result, a text answer (unless a call is required);
+- ``response_format``: ``json_object`` answers a JSON object, ``json_schema`` an instance valid
+  against the schema (every property under ``strict``), buffered or streamed;
 - embeddings: deterministic unit vectors of the model's dimensions, seeded by a hash of the input.
 """
 
@@ -46,6 +51,7 @@ from services.worker.adapters.base import (
     stop_list,
     text_of,
 )
+from services.worker.adapters.fake_schema import example_value
 from shared import prompt, tokens
 from shared.contract import Usage
 
@@ -84,6 +90,7 @@ WORDS = (
     "bright",
     "swift",
 )
+_PIECE = re.compile(r".{1,4}", re.DOTALL)  # about a token of JSON text
 _MANY = re.compile(r"\b(both|each|all|every|several|multiple|parallel)\b", re.IGNORECASE)
 DEFAULT_DIMENSIONS = 1536
 
@@ -109,44 +116,35 @@ def _last_user_text(body: dict[str, Any]) -> str:
 
 
 def answer_words(prompt: str, model: str) -> list[str]:
-    """16 to 63 words, chosen by the prompt's hash: deterministic, and different per prompt."""
+    """16 to 63 words, chosen by the prompt's hash: deterministic, and different per prompt. The
+    prompt's own words come back in order after a few filler words, as a model's answer restates
+    its question; filler (by the hash) makes up the rest."""
     d = _digest(model, prompt)
     n = 16 + d[0] % 48
-    return ["Janus"] + [WORDS[(d[i % 32] + i) % len(WORDS)] for i in range(1, n)]
+    filler = [WORDS[(d[i % 32] + i) % len(WORDS)] for i in range(1, n)]
+    lead = 1 + d[1] % 4
+    echoed = prompt.split(None, 64)[: n - 1 - lead]  # n - 1 - lead < 64: the unsplit rest is never used
+    return ["Janus", *filler[:lead], *echoed, *filler[lead:]][:n]
 
 
-def example_value(schema: Any, depth: int = 0) -> Any:
-    """A value that satisfies ``schema``'s type, enum/const and required properties."""
-    if not isinstance(schema, dict) or depth > 8:
+def json_answer(body: dict[str, Any], words: list[str]) -> str | None:
+    """The answer's JSON text when ``response_format`` asks for JSON, else None."""
+    fmt = body.get("response_format")
+    if not isinstance(fmt, dict):
         return None
-    if "const" in schema:
-        return schema["const"]
-    if schema.get("enum"):
-        return schema["enum"][0]
-    if "default" in schema:
-        return schema["default"]
-    for key in ("anyOf", "oneOf", "allOf"):
-        if schema.get(key):
-            return example_value(schema[key][0], depth + 1)
-    typ = schema.get("type", "object" if "properties" in schema else "string")
-    if isinstance(typ, list):
-        typ = next((t for t in typ if t != "null"), "null")
-    if typ == "object":
-        props = schema.get("properties") or {}
-        return {k: example_value(props.get(k, {}), depth + 1) for k in schema.get("required") or []}
-    if typ == "array":
-        n = int(schema.get("minItems") or 0)
-        return [example_value(schema.get("items", {}), depth + 1) for _ in range(n)]
-    if typ == "integer":
-        return int(schema.get("minimum", 1))
-    if typ == "number":
-        return float(schema.get("minimum", 1.0))
-    if typ == "boolean":
-        return True
-    if typ == "null":
-        return None
-    n = int(schema.get("minLength") or 0)
-    return "example".ljust(n, "x")
+    if fmt.get("type") == "json_object":
+        return json_text({"answer": " ".join(words)})
+    spec = fmt.get("json_schema")
+    if fmt.get("type") == "json_schema" and isinstance(spec, dict):
+        schema = spec.get("schema") or {"type": "object"}
+        return json_text(example_value(schema, strict=spec.get("strict") is True))
+    return None
+
+
+def _after_tool_result(body: dict[str, Any]) -> bool:
+    messages = body.get("messages") or []
+    last = messages[-1] if messages else None
+    return isinstance(last, dict) and last.get("role") in ("tool", "function")
 
 
 def _chosen_tools(body: dict[str, Any], prompt: str) -> list[dict[str, Any]]:
@@ -156,6 +154,8 @@ def _chosen_tools(body: dict[str, Any], prompt: str) -> list[dict[str, Any]]:
     choice = body.get("tool_choice")
     if not tools or choice == "none":
         return []
+    if _after_tool_result(body) and choice != "required" and not isinstance(choice, dict):
+        return []  # the tool answered: a model now answers the user in words
     if isinstance(choice, dict):
         name = (choice.get("function") or {}).get("name")
         named = [t for t in tools if t["function"].get("name") == name]
@@ -209,15 +209,21 @@ class FakeAdapter:
             yield UsageEvent(Usage(prompt_tokens=prompt_tokens, completion_tokens=completion))
             return
         words = answer_words(prompt, ctx.upstream_model)
+        structured = json_answer(body, words)
+        # one piece per token: words for text, four characters of JSON
+        pieces = (
+            _PIECE.findall(structured)
+            if structured is not None
+            else [w if i == 0 else " " + w for i, w in enumerate(words)]
+        )
         limit = output_cap(ctx)
         stops = stop_list(body)
         reason: FinishReason = "stop"
-        if limit is not None and limit < len(words):
-            words, reason = words[:limit], "length"
+        if limit is not None and limit < len(pieces):
+            pieces, reason = pieces[:limit], "length"
         generated = 0
         text = ""
-        for i, w in enumerate(words):
-            piece = w if i == 0 else " " + w
+        for i, piece in enumerate(pieces):
             if stops:
                 candidate = text + piece
                 cut = min((candidate.find(s) for s in stops if s in candidate), default=-1)

@@ -83,3 +83,47 @@ def test_builtin_fake_generates_no_more_than_the_held_cap() -> None:
     assert [e.reason for e in events if isinstance(e, Finish)] == ["length"]
     usage = [e.usage for e in events if isinstance(e, UsageEvent)][-1]
     assert usage.completion_tokens == 3
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"story": {"type": "string", "minLength": 400}},
+    "required": ["story"],
+}
+FAKE_MODES = [
+    pytest.param({"response_format": {"type": "json_object"}}, id="json_object"),
+    pytest.param(
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": SCHEMA}}},
+        id="json_schema",
+    ),
+    pytest.param(
+        {
+            "messages": [
+                {"role": "user", "content": "look it up"},
+                {
+                    "role": "assistant",
+                    "tool_calls": [
+                        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "c1", "content": "found"},
+            ],
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        },
+        id="tool-result",
+    ),
+    pytest.param({"stop": ["never-said"]}, id="stop"),
+]
+
+
+@pytest.mark.parametrize("mode", FAKE_MODES)
+def test_builtin_fake_answers_in_every_mode_end_at_the_held_cap(mode: dict[str, Any]) -> None:
+    ctx = _ctx("fake", mode, False)  # no client cap: the held one alone bounds the answer
+    ctx.max_output_tokens = 2
+
+    async def run() -> list[Any]:
+        return [ev async for ev in ADAPTERS["fake"]().stream_events(ctx)]
+
+    events = asyncio.run(run())
+    assert [e.reason for e in events if isinstance(e, Finish)] == ["length"]
+    assert [e.usage for e in events if isinstance(e, UsageEvent)][-1].completion_tokens == 2
