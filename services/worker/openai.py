@@ -205,11 +205,6 @@ class StreamEncoder:
         return _json.encode(StreamChunk(self._id, CHUNK, self._created, self._model, [], oa_usage(usage)))
 
 
-def wants_usage(body: dict[str, Any]) -> bool:
-    opts = body.get("stream_options")
-    return isinstance(opts, dict) and bool(opts.get("include_usage"))
-
-
 # ---------------------------------------------------------------------------------- buffered chat
 class ToolFunction(msgspec.Struct):
     name: str = ""

@@ -53,6 +53,7 @@ from shared.errors import (
     UpstreamTimeout,
 )
 from shared.logging import bind_request, get_logger, unbind_request
+from shared.openai_request import ChatRequest, EmbeddingsRequest, decode_chat, decode_embeddings
 from shared.service import Service
 
 log = get_logger("worker")
@@ -249,15 +250,22 @@ class WorkerService(Service):
             raise UpstreamError(f"deployment {deployment.id!r} has no API key configured",
                                 code="upstream_auth")
         model = self.catalog.model(req.response_model)
-        body = Call.decode_body(req)
-        policy.apply(body, req.user)
         chat = req.kind == "chat"
+        # the request's one decode here, with the gateway's decoder, so adapters translate exactly what
+        # the gateway checked and priced; a body it would refuse is refused here the same way
+        request: ChatRequest | EmbeddingsRequest
+        if chat:
+            request = decode_chat(req.body)
+            # a gateway that sent no estimate: the same one, made here
+            prompt_tokens = req.prompt_tokens or prompt.estimate_request(request)
+        else:
+            request, prompt_tokens = decode_embeddings(req.body), 0
+        policy.apply(request, req.user)
         ctx = ChatContext(provider=provider, deployment=deployment, upstream_model=req.upstream_model,
-                          body=body, stream=req.stream and chat, api_key=key, request_id=req.request_id,
+                          request=request, raw=req.body, stream=req.stream and chat, api_key=key,
+                          request_id=req.request_id, max_output_tokens=req.max_output_tokens or None,
                           dimensions=model.dimensions if model is not None else None,
-                          max_output_tokens=req.max_output_tokens or None,
-                          # a gateway that sent no estimate: the same one, made here
-                          prompt_tokens=(req.prompt_tokens or prompt.estimate_body(req.body)) if chat else 0)
+                          prompt_tokens=prompt_tokens)
         return provider, deployment, self.adapters[provider.id], ctx
 
     async def _run(self, req: WorkRequest, r: Replier, headers: dict[str, str]) -> None:

@@ -73,7 +73,7 @@ def work(model: str, body: dict[str, Any], *, provider: str = "fake", deployment
         provider=provider,
         upstream_model=upstream,
         response_model=model,
-        body=msgspec.json.encode(body),
+        body=msgspec.json.encode({"model": model, **body}),  # as the gateway forwards it: the client's own
         stream=bool(body.get("stream")),
         created=1712345678,
     )

@@ -23,6 +23,7 @@ from shared import tokens
 from shared.catalog import Deployment, Provider
 from shared.contract import Usage
 from shared.errors import InvalidRequest, UpstreamError
+from shared.openai_request import ChatRequest, EmbeddingsRequest, EmbedInput, FunctionDef, Part, Tool
 
 Framing = Literal["json", "sse", "ndjson", "aws-eventstream"]
 
@@ -37,10 +38,6 @@ class Capabilities(msgspec.Struct, frozen=True):
     token_input: bool = False
     # answers in process with no upstream HTTP: a ``LocalAdapter``, which the transport never sees
     local: bool = False
-
-
-# one embeddings input: a text, or (where ``token_input``) a list of token ids
-EmbedInput = str | list[int]
 
 
 def input_tokens(item: EmbedInput) -> int:
@@ -130,14 +127,31 @@ class ChatContext(msgspec.Struct):
     provider: Provider
     deployment: Deployment
     upstream_model: str
-    body: dict[str, Any]  # the client's OpenAI request, decoded
+    # the client's OpenAI request, typed, after the worker's parameter policy (``policy.apply``)
+    request: ChatRequest | EmbeddingsRequest
     stream: bool
     api_key: str | None  # resolved by the worker (env var or the user's own key); never logged
+    # the client's JSON as sent, for a provider that receives the parameters Janus does not model
+    raw: bytes = b""
     request_id: str = ""
     dimensions: int | None = None  # embeddings: the catalog model's vector size
     # the output cap per choice the gateway held for (None: the body's own cap stands)
     max_output_tokens: int | None = None
     prompt_tokens: int = 0  # the prompt estimate (``shared.prompt``), for usage nobody reported
+
+    @property
+    def chat(self) -> ChatRequest:
+        req = self.request
+        if not isinstance(req, ChatRequest):
+            raise TypeError("a chat adapter was handed an embeddings request")
+        return req
+
+    @property
+    def embeddings(self) -> EmbeddingsRequest:
+        req = self.request
+        if not isinstance(req, EmbeddingsRequest):
+            raise TypeError("an embeddings adapter was handed a chat request")
+        return req
 
 
 class StreamParser(Protocol):
@@ -212,8 +226,7 @@ def batch_limit(adapter: EmbeddingsAdapter, ctx: ChatContext) -> int:
 
 def embedding_dimensions(ctx: ChatContext) -> int | None:
     """The client's ``dimensions``, for providers that can shorten their vectors."""
-    dims = ctx.body.get("dimensions")
-    return int(dims) if isinstance(dims, int) and not isinstance(dims, bool) and dims > 0 else None
+    return ctx.embeddings.dimensions
 
 
 # ------------------------------------------------------------------------- helpers for translators
@@ -255,32 +268,49 @@ def upstream_json(body: bytes) -> Any:
         raise UpstreamError(f"the provider sent a malformed response: {exc}") from None
 
 
-def max_tokens_of(body: dict[str, Any]) -> int | None:
-    """``max_completion_tokens`` wins over the deprecated ``max_tokens`` (OpenAI's own rule)."""
-    value = body.get("max_completion_tokens") or body.get("max_tokens")
-    return int(value) if value else None
-
-
 def output_cap(ctx: ChatContext) -> int | None:
     """The output cap to send: the one the gateway held for, which bounds what the call can cost.
     Every adapter writes it as its provider's own cap parameter."""
-    return ctx.max_output_tokens or max_tokens_of(ctx.body)
+    return ctx.max_output_tokens or ctx.chat.output_cap
 
 
-def stop_list(body: dict[str, Any]) -> list[str]:
-    stop = body.get("stop")
-    if not stop:
-        return []
-    return [stop] if isinstance(stop, str) else [s for s in stop if s]
-
-
-def text_of(content: Any) -> str:
+def text_of(content: str | list[Part] | None) -> str:
     """The text of a message's ``content``: a string, or the text parts of a parts list."""
     if content is None:
         return ""
     if isinstance(content, str):
         return content
-    return "".join(p.get("text") or "" for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return "".join(p.text or "" for p in content if p.type == "text")
+
+
+def schema_of(raw: msgspec.Raw) -> msgspec.Raw | None:
+    """A JSON Schema the client gave, as written; None for none, null or ``{}``, which providers
+    that require a schema are sent their own empty one instead."""
+    if not raw or (len(raw) < 16 and not _json_decoder.decode(raw)):
+        return None
+    return raw
+
+
+def function_tools(req: ChatRequest) -> list[FunctionDef]:
+    """The function tools offered (the only kind the translating providers take)."""
+    return [t.function for t in req.tools or () if t.type == "function" and t.function is not None]
+
+
+def openai_tool(tool: Tool) -> dict[str, Any]:
+    """A tool in OpenAI's own shape, for providers that take it so (Ollama, Cohere): what the client
+    declared, nothing added."""
+    fn = tool.function
+    out: dict[str, Any] = {"type": tool.type}
+    if fn is not None:
+        spec: dict[str, Any] = {"name": fn.name}
+        if fn.description is not None:
+            spec["description"] = fn.description
+        if fn.parameters:
+            spec["parameters"] = fn.parameters
+        if fn.strict is not None:
+            spec["strict"] = fn.strict
+        out["function"] = spec
+    return out
 
 
 def parse_data_url(url: str) -> tuple[str, str] | None:
@@ -293,11 +323,9 @@ def parse_data_url(url: str) -> tuple[str, str] | None:
     return head[: -len(";base64")] or "application/octet-stream", data
 
 
-def json_arguments(arguments: Any) -> Any:
+def json_arguments(arguments: str) -> Any:
     """A tool call's ``arguments`` (a JSON string in OpenAI's format) as an object for providers
     that take structured input."""
-    if not isinstance(arguments, str):
-        return arguments if arguments is not None else {}
     if not arguments.strip():
         return {}
     try:
@@ -325,10 +353,9 @@ def error_text(body: bytes, *path: str) -> str:
     return body[:500].decode("utf-8", "replace").strip() or "upstream error"
 
 
-def single_choice(body: dict[str, Any]) -> None:
+def single_choice(req: ChatRequest) -> None:
     """Providers without ``n`` generate one answer; say so rather than silently returning one."""
-    n = body.get("n")
-    if n not in (None, 1):
+    if req.n not in (None, 1):
         raise InvalidRequest("n > 1 is not supported by this model's provider", param="n")
 
 

@@ -19,6 +19,7 @@ from services.worker.adapters import ADAPTERS
 from services.worker.adapters.base import ChatContext
 from shared.catalog import Deployment, Provider
 from shared.errors import JanusError
+from tests.fixtures.client_requests import chat
 
 USER = {"role": "user", "content": "hi"}
 CALL = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
@@ -119,7 +120,7 @@ def test_no_adapter_crashes_on_what_the_gateway_accepts(kind: str) -> None:
             deployment = Deployment(id=f"{kind}-1")
             ctx = ChatContext(
                 provider=Provider(id=kind, kind=kind, deployments=[deployment]),  # type: ignore[arg-type]
-                deployment=deployment, upstream_model="m", body=body, stream=stream, api_key="k",
+                deployment=deployment, upstream_model="m", **chat(body), stream=stream, api_key="k",
             )
             try:
                 ADAPTERS[kind]().chat_request(ctx)

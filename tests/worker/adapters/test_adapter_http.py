@@ -19,6 +19,7 @@ from tests.fakes.cohere_upstream import CohereUpstream
 from tests.fakes.gemini_upstream import GeminiUpstream
 from tests.fakes.ollama_upstream import OllamaUpstream
 from tests.fixtures import wire
+from tests.fixtures.client_requests import chat
 from tests.fixtures.replay import Drop, Fail
 
 FAKES: dict[str, Any] = {
@@ -31,7 +32,7 @@ BODY = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 50}
 def context(kind: str, base_url: str, stream: bool) -> ChatContext:
     dep = Deployment(id=f"{kind}-fake", base_url=base_url, region="us-east-1")
     return ChatContext(provider=Provider(id=kind, kind=kind, deployments=[dep]),  # type: ignore[arg-type]
-                       deployment=dep, upstream_model="test-model", body=BODY, stream=stream,
+                       deployment=dep, upstream_model="test-model", **chat(BODY), stream=stream,
                        api_key=None if kind == "bedrock" else "sk-test")
 
 

@@ -12,6 +12,7 @@ from services.worker.adapters import ADAPTERS
 from services.worker.adapters.base import ChatContext
 from shared.catalog import Deployment, Provider
 from shared.errors import InvalidRequest
+from tests.fixtures.client_requests import chat, embeddings
 
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGD4DwABBAEAfbLI3wAAAABJRU5ErkJggg=="
 TOOL: dict[str, Any] = {
@@ -81,7 +82,7 @@ def build(
         provider=Provider(id=kind, kind=kind, deployments=[deployment]),  # type: ignore[arg-type]
         deployment=deployment,
         upstream_model=model,
-        body=body,
+        **chat(body),
         stream=stream,
         api_key=api_key,
     )
@@ -266,7 +267,8 @@ def build_embed(kind: str, inputs: list[str], *, model: str, api_key: str | None
     deployment = Deployment(id=f"{kind}-1", **dep)
     ctx = ChatContext(
         provider=Provider(id=kind, kind=kind, deployments=[deployment]),  # type: ignore[arg-type]
-        deployment=deployment, upstream_model=model, body={"input": inputs, **(body or {})},
+        deployment=deployment, upstream_model=model,
+        **embeddings({"model": "e", "input": inputs, **(body or {})}),
         stream=False, api_key=api_key,
     )
     req = ADAPTERS[kind]().embeddings_request(ctx, inputs)
@@ -310,7 +312,8 @@ def test_bedrock_embeddings_requests(monkeypatch: pytest.MonkeyPatch) -> None:
     assert body == {"texts": ["a", "b"], "input_type": "search_document", "embedding_types": ["float"]}
     dep = Deployment(id="b")
     ctx = ChatContext(provider=Provider(id="b", kind="bedrock", deployments=[dep]), deployment=dep,
-                      upstream_model="amazon.titan-embed-text-v2:0", body={}, stream=False, api_key="k")
+                      upstream_model="amazon.titan-embed-text-v2:0", stream=False, api_key="k",
+                      **embeddings({"model": "e", "input": "a"}))
     assert adapter.batch_size(ctx) == 1, "Titan embeds one text per call"
     ctx.upstream_model = "us.cohere.embed-v4:0"
     assert adapter.batch_size(ctx) == 96
