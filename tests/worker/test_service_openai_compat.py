@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 
+from services.worker import policy
 from services.worker.service import WorkerService
 from shared import contract
 from shared.bus import Bus
@@ -67,6 +68,40 @@ async def test_buffered_passthrough_rewrites_id_and_model(bus: Bus, worker: Work
     assert body["usage"]["prompt_tokens_details"]["cached_tokens"] == 3
     assert done.usage.prompt_tokens == 11 and done.usage.reasoning_tokens == 2
     assert "stream_options" not in upstream.requests[-1].body
+
+
+async def test_members_janus_does_not_model_reach_the_provider_as_sent(
+    bus: Bus, worker: WorkerService, upstream: OpenAIUpstream
+) -> None:
+    """The worker reads a typed request, yet an OpenAI-compatible provider still gets every member the
+    client sent that the parameter policy leaves alone, nested ones included."""
+    message = {"role": "user", "name": "ann", "content": [
+        {"type": "text", "text": "Hi", "cache_control": {"type": "ephemeral"}}]}
+    body = {"messages": [message], "stream": True, "top_k": 5, "logit_bias": {"42": -100},
+            "reasoning_effort": "low", "user": "ceo@victim.example", "metadata": {"team": "x"},
+            "stream_options": {"include_usage": False, "include_obfuscation": False},
+            "store": False, "service_tier": "auto"}
+    req = oai_work(body)
+    assert isinstance(check_sequence(await run_work(bus, req)), contract.Done)
+    sent = upstream.requests[-1].body
+    assert sent["messages"] == [message]
+    assert (sent["top_k"], sent["logit_bias"], sent["reasoning_effort"]) == (5, {"42": -100}, "low")
+    assert sent["stream_options"] == {"include_usage": True, "include_obfuscation": False}
+    assert sent["user"] == policy.principal_id(req.user)
+    assert not {"metadata", "store", "service_tier"} & sent.keys()
+
+
+async def test_a_body_the_gateway_would_refuse_is_refused_before_any_upstream_call(
+    bus: Bus, worker: WorkerService, upstream: OpenAIUpstream
+) -> None:
+    """The worker decodes with the gateway's own decoder: one shape, one set of checks."""
+    for bad, param in (({"role": "wizard", "content": "x"}, "messages[0].role"),
+                       ({"role": "tool", "content": 3}, "messages[0].content")):
+        failed = check_sequence(await run_work(bus, oai_work({"messages": [bad]})))
+        assert isinstance(failed, contract.Failed) and not failed.produced
+        err = JanusError.from_wire(failed.error)
+        assert (err.http_status, err.param) == (400, param)
+    assert upstream.requests == []
 
 
 async def test_upstream_400_is_not_retryable(bus: Bus, worker: WorkerService,

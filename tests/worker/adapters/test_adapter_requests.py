@@ -262,6 +262,21 @@ def test_unsupported_requests_are_refused_before_calling_out(kind: str) -> None:
             build(kind, bad, api_key="k")
 
 
+SAMPLING_PATH = {"gemini": ("generationConfig",), "ollama": ("options",), "cohere": ()}
+
+
+@pytest.mark.parametrize("kind", list(SAMPLING_PATH))
+def test_numbers_reach_the_provider_as_the_client_wrote_them(kind: str) -> None:
+    """The typed request keeps each number's JSON type: a whole temperature is sent whole, a
+    fraction as written."""
+    for temperature in (1, 0.5):
+        _, body = build(kind, {"messages": [{"role": "user", "content": "hi"}], "temperature": temperature})
+        node = body
+        for key in SAMPLING_PATH[kind]:
+            node = node[key]
+        assert node["temperature"] == temperature and type(node["temperature"]) is type(temperature)
+
+
 def build_embed(kind: str, inputs: list[str], *, model: str, api_key: str | None = "sk-test",
                 body: dict[str, Any] | None = None, **dep: Any) -> tuple[Any, dict[str, Any]]:
     deployment = Deployment(id=f"{kind}-1", **dep)
