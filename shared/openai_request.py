@@ -33,23 +33,28 @@ Penalty = Annotated[int, Meta(ge=-2, le=2)] | Annotated[float, Meta(ge=-2, le=2)
 
 
 # ------------------------------------------------------------------------------------------ messages
-class ImageURL(msgspec.Struct, omit_defaults=True):
+class _AsSent(msgspec.Struct, omit_defaults=True):
+    """A piece a provider that takes OpenAI's content parts (Cohere) is sent as it is: encoded, it
+    holds only the fields the client gave."""
+
+
+class ImageURL(_AsSent):
     url: str
     detail: str | None = None
 
 
-class InputAudio(msgspec.Struct, omit_defaults=True):
+class InputAudio(_AsSent):
     data: str = ""
     format: str = ""
 
 
-class FileData(msgspec.Struct, omit_defaults=True):
+class FileData(_AsSent):
     file_data: str | None = None
     filename: str | None = None
 
 
-class Part(msgspec.Struct, omit_defaults=True):
-    """One content part. Encoded (a provider that takes OpenAI's parts) it holds only what was sent."""
+class Part(_AsSent):
+    """One content part."""
 
     type: str
     text: str | None = None

@@ -15,7 +15,7 @@ adapter cannot do it does not declare, and the worker refuses it before calling 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, TypeVar, runtime_checkable
 
 import msgspec
 
@@ -26,6 +26,7 @@ from shared.errors import InvalidRequest, UpstreamError
 from shared.openai_request import ChatRequest, EmbeddingsRequest, EmbedInput, FunctionDef, Part, Tool
 
 Framing = Literal["json", "sse", "ndjson", "aws-eventstream"]
+K = TypeVar("K", ChatRequest, EmbeddingsRequest)
 
 
 class Capabilities(msgspec.Struct, frozen=True):
@@ -141,17 +142,17 @@ class ChatContext(msgspec.Struct):
 
     @property
     def chat(self) -> ChatRequest:
-        req = self.request
-        if not isinstance(req, ChatRequest):
-            raise TypeError("a chat adapter was handed an embeddings request")
-        return req
+        return _narrow(self.request, ChatRequest)
 
     @property
     def embeddings(self) -> EmbeddingsRequest:
-        req = self.request
-        if not isinstance(req, EmbeddingsRequest):
-            raise TypeError("an embeddings adapter was handed a chat request")
-        return req
+        return _narrow(self.request, EmbeddingsRequest)
+
+
+def _narrow(req: ChatRequest | EmbeddingsRequest, kind: type[K]) -> K:
+    if not isinstance(req, kind):
+        raise TypeError(f"an adapter expecting a {kind.__name__} was handed a {type(req).__name__}")
+    return req
 
 
 class StreamParser(Protocol):
@@ -289,6 +290,15 @@ def schema_of(raw: msgspec.Raw) -> msgspec.Raw | None:
     if not raw or (len(raw) < 16 and not _json_decoder.decode(raw)):
         return None
     return raw
+
+
+SAMPLING = ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty")
+
+
+def sampling(req: ChatRequest, names: dict[str, str]) -> dict[str, Any]:
+    """The sampling parameters the client set, under the provider's names (``names``: OpenAI's
+    name -> the provider's; one it does not name is not sent), each number as the client wrote it."""
+    return {names[k]: v for k in SAMPLING if k in names and (v := getattr(req, k)) is not None}
 
 
 def function_tools(req: ChatRequest) -> list[FunctionDef]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from services.worker.adapters.base import (
+    SAMPLING,
     Capabilities,
     ChatContext,
     Completion,
@@ -38,6 +39,7 @@ from services.worker.adapters.base import (
     json_encode,
     openai_tool,
     output_cap,
+    sampling,
     schema_of,
     single_choice,
     text_of,
@@ -57,6 +59,9 @@ FINISH: dict[str, FinishReason] = {
     "MAX_TOKENS": "length",
     "TOOL_CALL": "tool_calls",
 }
+
+
+SAMPLING_NAMES = {k: k for k in SAMPLING} | {"top_p": "p"}
 
 
 def usage_from(u: dict[str, Any]) -> Usage:
@@ -127,15 +132,7 @@ def build_body(ctx: ChatContext) -> dict[str, Any]:
     limit = output_cap(ctx)
     if limit:
         out["max_tokens"] = limit
-    for theirs, value in (
-        ("temperature", req.temperature),
-        ("p", req.top_p),
-        ("seed", req.seed),
-        ("presence_penalty", req.presence_penalty),
-        ("frequency_penalty", req.frequency_penalty),
-    ):
-        if value is not None:
-            out[theirs] = value
+    out.update(sampling(req, SAMPLING_NAMES))
     stops = req.stop_sequences
     if stops:
         out["stop_sequences"] = stops

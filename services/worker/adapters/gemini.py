@@ -49,6 +49,7 @@ from services.worker.adapters.base import (
     json_text,
     output_cap,
     parse_data_url,
+    sampling,
     schema_of,
     single_choice,
     text_of,
@@ -76,6 +77,15 @@ FINISH: dict[str, FinishReason] = {
     "SPII": "content_filter",
     "IMAGE_SAFETY": "content_filter",
     "LANGUAGE": "content_filter",
+}
+
+
+SAMPLING_NAMES = {
+    "temperature": "temperature",
+    "top_p": "topP",
+    "seed": "seed",
+    "presence_penalty": "presencePenalty",
+    "frequency_penalty": "frequencyPenalty",
 }
 
 
@@ -218,15 +228,7 @@ def build_body(ctx: ChatContext) -> dict[str, Any]:
     limit = output_cap(ctx)
     if limit:
         config["maxOutputTokens"] = limit
-    for theirs, value in (
-        ("temperature", req.temperature),
-        ("topP", req.top_p),
-        ("seed", req.seed),
-        ("presencePenalty", req.presence_penalty),
-        ("frequencyPenalty", req.frequency_penalty),
-    ):
-        if value is not None:
-            config[theirs] = value
+    config.update(sampling(req, SAMPLING_NAMES))
     stops = req.stop_sequences
     if stops:
         config["stopSequences"] = stops

@@ -17,6 +17,7 @@ import uuid
 from typing import Any, ClassVar
 
 from services.worker.adapters.base import (
+    SAMPLING,
     Capabilities,
     ChatContext,
     Completion,
@@ -38,6 +39,7 @@ from services.worker.adapters.base import (
     openai_tool,
     output_cap,
     parse_data_url,
+    sampling,
     schema_of,
     single_choice,
     text_of,
@@ -51,6 +53,9 @@ DEFAULT_BASE_URL = "http://127.0.0.1:11434"
 
 
 FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length"}
+
+
+SAMPLING_NAMES = {k: k for k in SAMPLING}  # Ollama's ``options`` use OpenAI's names
 
 
 def usage_from(doc: dict[str, Any]) -> Usage:
@@ -142,15 +147,7 @@ def build_body(ctx: ChatContext) -> dict[str, Any]:
     limit = output_cap(ctx)
     if limit:
         options["num_predict"] = limit
-    for key, value in (
-        ("temperature", req.temperature),
-        ("top_p", req.top_p),
-        ("seed", req.seed),
-        ("presence_penalty", req.presence_penalty),
-        ("frequency_penalty", req.frequency_penalty),
-    ):
-        if value is not None:
-            options[key] = value
+    options.update(sampling(req, SAMPLING_NAMES))
     stops = req.stop_sequences
     if stops:
         options["stop"] = stops
