@@ -241,6 +241,7 @@ def embedding_inputs(req: EmbeddingsRequest) -> tuple[list[EmbedInput], int]:
 # -------------------------------------------------------------------------------------- decoding
 _chat_decoder = msgspec.json.Decoder(ChatRequest)
 _embeddings_decoder = msgspec.json.Decoder(EmbeddingsRequest)
+_members_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 _PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
 _MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]+)`")
@@ -291,3 +292,11 @@ def decode_chat(body: bytes) -> ChatRequest:
 def decode_embeddings(body: bytes) -> EmbeddingsRequest:
     result: EmbeddingsRequest = _decode(_embeddings_decoder, body)
     return result
+
+
+def members(body: bytes) -> dict[str, Any]:
+    """The top-level members of a body already decoded above, each value kept as the client's bytes:
+    members are replaced, added or dropped and the body encoded again without rebuilding any nested
+    value (the cost of a pass-through stays that of copying it)."""
+    doc: dict[str, Any] = _members_decoder.decode(body)
+    return doc

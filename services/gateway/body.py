@@ -20,6 +20,7 @@ from shared.openai_request import (
     decode_chat,
     decode_embeddings,
     embedding_inputs,
+    members,
     missing,
 )
 
@@ -151,12 +152,12 @@ def parse_chat(body: bytes) -> ChatFacts:
 def with_defaults(body: bytes, req: ChatRequest, defaults: Defaults) -> bytes:
     """``body`` with the model's default sampling parameters where the client left them out (or sent
     null, which OpenAI reads as "the default"). Re-encoded only when something is filled in."""
-    missing = {k: v for k in Defaults.__struct_fields__
-               if (v := getattr(defaults, k)) is not None and getattr(req, k) is None}
-    if not missing:
+    filled = {k: v for k in Defaults.__struct_fields__
+              if (v := getattr(defaults, k)) is not None and getattr(req, k) is None}
+    if not filled:
         return body
-    doc = msgspec.json.decode(body)
-    doc.update(missing)
+    doc = members(body)
+    doc.update(filled)
     return msgspec.json.encode(doc)
 
 

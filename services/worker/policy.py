@@ -20,10 +20,9 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-import msgspec
 from msgspec import UNSET
 
-from shared.openai_request import ChatRequest, EmbeddingsRequest
+from shared.openai_request import ChatRequest, EmbeddingsRequest, members
 
 STRIPPED = ("service_tier", "store", "metadata")
 IDENTITY = ("user", "safety_identifier")
@@ -44,14 +43,10 @@ def apply(req: ChatRequest | EmbeddingsRequest, user: str) -> None:
         req.safety_identifier = principal
 
 
-# the members of a body, each kept as the client's bytes: a pass-through rebuilds no nested value
-_members = msgspec.json.Decoder(dict[str, msgspec.Raw])
-
-
 def passthrough(raw: bytes, req: ChatRequest) -> dict[str, Any]:
     """The client's body as its members, less the stripped ones, with the identity fields as
     ``apply`` rewrote them in ``req`` (decoded from the same bytes)."""
-    doc: dict[str, Any] = _members.decode(raw)
+    doc = members(raw)
     for key in STRIPPED:
         doc.pop(key, None)
     for key in IDENTITY:
