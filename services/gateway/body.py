@@ -28,8 +28,9 @@ from shared.openai_request import (
 def _json_object(raw: msgspec.Raw, param: str) -> None:
     """A JSON Schema kept raw (its size is all the gateway reads) must still be an object."""
     if raw and not bytes(raw).lstrip().startswith(b"{"):
-        raise InvalidRequest(f"Invalid value for '{param}': expected a JSON Schema object.",
-                             param=param, code="invalid_value")
+        raise InvalidRequest(
+            f"Invalid value for '{param}': expected a JSON Schema object.", param=param, code="invalid_value"
+        )
 
 
 class ChatFacts(msgspec.Struct):
@@ -67,7 +68,10 @@ class ChatFacts(msgspec.Struct):
             param = "max_completion_tokens" if r.max_completion_tokens else "max_tokens"
             raise InvalidRequest(
                 f"'{param}' is too large: {asked}. {name} supports at most {model.max_output_tokens} "
-                "completion tokens.", param=param, code="invalid_value")
+                "completion tokens.",
+                param=param,
+                code="invalid_value",
+            )
         room = max(1, model.context_window - self.prompt_tokens)
         return min(asked or default, model.max_output_tokens, room)
 
@@ -97,16 +101,20 @@ def _policy(req: ChatRequest) -> None:
         refused = "prediction", "Predicted outputs are not available through this API."
     if refused is not None:
         param, why = refused
-        raise InvalidRequest(f"Unsupported parameter: '{param}'. {why}", param=param,
-                             code="unsupported_parameter")
+        raise InvalidRequest(
+            f"Unsupported parameter: '{param}'. {why}", param=param, code="unsupported_parameter"
+        )
 
 
 def parse_chat(body: bytes) -> ChatFacts:
     req = decode_chat(body)
     _policy(req)
     if req.stream and req.n is not None and req.n > 1:
-        raise InvalidRequest("'n' above 1 cannot be streamed; ask for one choice or turn streaming off.",
-                             param="n", code="invalid_value")
+        raise InvalidRequest(
+            "'n' above 1 cannot be streamed; ask for one choice or turn streaming off.",
+            param="n",
+            code="invalid_value",
+        )
     vision = False
     for i, m in enumerate(req.messages):
         content = m.content
@@ -114,14 +122,19 @@ def parse_chat(body: bytes) -> ChatFacts:
             for j, part in enumerate(content):
                 if part.type == "text" and part.text is None:
                     # OpenAI requires the text of a text part; providers choke on a null
-                    raise InvalidRequest("A 'text' content part needs a 'text' string.",
-                                         param=f"messages[{i}].content[{j}].text", code="invalid_value")
+                    raise InvalidRequest(
+                        "A 'text' content part needs a 'text' string.",
+                        param=f"messages[{i}].content[{j}].text",
+                        code="invalid_value",
+                    )
                 if not part.text and part.type in ("image_url", "input_image"):
                     vision = True
                     if part.type == "image_url" and part.image_url is None:
                         raise InvalidRequest(
                             "An 'image_url' content part needs an 'image_url' object with a 'url'.",
-                            param=f"messages[{i}].content[{j}].image_url", code="invalid_value")
+                            param=f"messages[{i}].content[{j}].image_url",
+                            code="invalid_value",
+                        )
         if m.role == "tool" and m.tool_call_id is None:
             raise missing(f"messages[{i}].tool_call_id")
     for i, tool in enumerate(req.tools or ()):
@@ -152,8 +165,11 @@ def parse_chat(body: bytes) -> ChatFacts:
 def with_defaults(body: bytes, req: ChatRequest, defaults: Defaults) -> bytes:
     """``body`` with the model's default sampling parameters where the client left them out (or sent
     null, which OpenAI reads as "the default"). Re-encoded only when something is filled in."""
-    filled = {k: v for k in Defaults.__struct_fields__
-              if (v := getattr(defaults, k)) is not None and getattr(req, k) is None}
+    filled = {
+        k: v
+        for k in Defaults.__struct_fields__
+        if (v := getattr(defaults, k)) is not None and getattr(req, k) is None
+    }
     if not filled:
         return body
     doc = members(body)

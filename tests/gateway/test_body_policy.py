@@ -57,15 +57,26 @@ def test_harmless_values_of_those_options_pass(extra: dict[str, Any]) -> None:
 
 
 def test_worker_strips_account_options_and_hashes_the_caller_into_user_fields() -> None:
-    raw = _chat(service_tier="auto", store=False, metadata={"a": "b"}, user="ceo@victim.example",
-                safety_identifier="someone-else", top_k=3)
+    raw = _chat(
+        service_tier="auto",
+        store=False,
+        metadata={"a": "b"},
+        user="ceo@victim.example",
+        safety_identifier="someone-else",
+        top_k=3,
+    )
     req = decode_chat(raw)
     policy.apply(req, "alice")
     principal = policy.principal_id("alice")
     assert req.user == req.safety_identifier == principal  # what a translating adapter reads
     sent = msgspec.json.decode(msgspec.json.encode(policy.passthrough(raw, req)))
-    assert sent == {"model": "m", "messages": [{"role": "user", "content": "hi"}], "user": principal,
-                    "safety_identifier": principal, "top_k": 3}  # what an OpenAI-compatible one is sent
+    assert sent == {
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "user": principal,
+        "safety_identifier": principal,
+        "top_k": 3,
+    }  # what an OpenAI-compatible one is sent
     assert policy.principal_id("alice") != policy.principal_id("bob")
     assert "alice" not in policy.principal_id("alice")
 

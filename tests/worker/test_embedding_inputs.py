@@ -19,12 +19,15 @@ def _req(raw: Any) -> EmbeddingsRequest:
     return decode_embeddings(msgspec.json.encode({"model": "e", "input": raw}))
 
 
-@pytest.mark.parametrize(("raw", "want"), [
-    ("one text", ["one text"]),
-    (["a", "b"], ["a", "b"]),
-    ([1, 2, 3], [[1, 2, 3]]),
-    ([[1, 2], [3]], [[1, 2], [3]]),
-])
+@pytest.mark.parametrize(
+    ("raw", "want"),
+    [
+        ("one text", ["one text"]),
+        (["a", "b"], ["a", "b"]),
+        ([1, 2, 3], [[1, 2, 3]]),
+        ([[1, 2], [3]], [[1, 2], [3]]),
+    ],
+)
 def test_accepted_shapes(raw: Any, want: list[Any]) -> None:
     assert _inputs(_req(raw), "p", token_input=True) == want
 
