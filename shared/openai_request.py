@@ -210,7 +210,8 @@ def embedding_inputs(req: EmbeddingsRequest) -> tuple[list[EmbedInput], int]:
         )
     first = inp[0]
     kind = str if isinstance(first, str) else int if isinstance(first, int) else list
-    total = 0
+    out: list[EmbedInput] = []
+    ids: list[int] = []  # an array of integers is one input: a single token array
     for i, item in enumerate(inp):
         if not isinstance(item, kind):
             raise InvalidRequest(
@@ -219,23 +220,23 @@ def embedding_inputs(req: EmbeddingsRequest) -> tuple[list[EmbedInput], int]:
                 param=f"input[{i}]",
                 code="invalid_value",
             )
-        if isinstance(item, str):
-            if not item:
-                raise InvalidRequest(
-                    "'input' cannot contain an empty string.", param=f"input[{i}]", code="invalid_value"
-                )
-            total += tokens.estimate_text(item)
-        elif isinstance(item, list):
-            if not item:
-                raise InvalidRequest(
-                    "'input' cannot contain an empty token array.", param=f"input[{i}]", code="invalid_value"
-                )
-            total += len(item)
-        else:
-            total += 1
-    if kind is int:
-        return [inp], total  # type: ignore[list-item]  # every item is an int: one token array
-    return inp, total  # type: ignore[return-value]  # every item has the first one's shape
+        if isinstance(item, int):
+            ids.append(item)
+            continue
+        if not item:
+            what = "string" if isinstance(item, str) else "token array"
+            raise InvalidRequest(
+                f"'input' cannot contain an empty {what}.", param=f"input[{i}]", code="invalid_value"
+            )
+        out.append(item)
+    if ids:
+        return [ids], len(ids)
+    return out, sum(input_tokens(t) for t in out)
+
+
+def input_tokens(item: EmbedInput) -> int:
+    """The tokens of one embeddings input: estimated for a text, exact for token ids."""
+    return tokens.estimate_text(item) if isinstance(item, str) else len(item)
 
 
 # -------------------------------------------------------------------------------------- decoding

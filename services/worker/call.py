@@ -22,14 +22,13 @@ from services.worker.adapters.base import (
     Event,
     PassesOpenAIThrough,
     batch_limit,
-    input_tokens,
 )
 from services.worker.transport import Transport
 from shared.bus import Bus
 from shared.contract import Chunk, Done, Failed, Frame, Heartbeat, Usage, WorkRequest, encode
 from shared.errors import InvalidRequest, JanusError, PayloadTooLarge, UpstreamError
 from shared.logging import get_logger
-from shared.openai_request import EmbeddingsRequest, EmbedInput, embedding_inputs
+from shared.openai_request import EmbeddingsRequest, EmbedInput, embedding_inputs, input_tokens
 
 log = get_logger("worker")
 R = TypeVar("R")

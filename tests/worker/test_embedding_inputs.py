@@ -9,10 +9,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from services.worker.adapters.base import input_tokens
 from services.worker.call import _inputs
 from shared.errors import InvalidRequest
-from shared.openai_request import EmbeddingsRequest, decode_embeddings
+from shared.openai_request import EmbeddingsRequest, decode_embeddings, input_tokens
 
 
 def _req(raw: Any) -> EmbeddingsRequest:

@@ -19,11 +19,17 @@ from typing import Any, ClassVar, Literal, Protocol, TypeVar, runtime_checkable
 
 import msgspec
 
-from shared import tokens
 from shared.catalog import Deployment, Provider
 from shared.contract import Usage
 from shared.errors import InvalidRequest, UpstreamError
-from shared.openai_request import ChatRequest, EmbeddingsRequest, EmbedInput, FunctionDef, Part, Tool
+from shared.openai_request import (
+    ChatRequest,
+    EmbeddingsRequest,
+    EmbedInput,
+    FunctionDef,
+    Part,
+    Tool,
+)
 
 Framing = Literal["json", "sse", "ndjson", "aws-eventstream"]
 K = TypeVar("K", ChatRequest, EmbeddingsRequest)
@@ -39,11 +45,6 @@ class Capabilities(msgspec.Struct, frozen=True):
     token_input: bool = False
     # answers in process with no upstream HTTP: a ``LocalAdapter``, which the transport never sees
     local: bool = False
-
-
-def input_tokens(item: EmbedInput) -> int:
-    """The tokens of one embeddings input: estimated for a text, exact for token ids."""
-    return tokens.estimate_text(item) if isinstance(item, str) else len(item)
 
 
 class UpstreamRequest(msgspec.Struct):

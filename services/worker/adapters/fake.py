@@ -42,7 +42,6 @@ from services.worker.adapters.base import (
     TextDelta,
     ToolCallDelta,
     UsageEvent,
-    input_tokens,
     json_decode,
     json_text,
     option,
@@ -53,7 +52,7 @@ from services.worker.adapters.base import (
 from services.worker.adapters.fake_schema import example_value
 from shared import tokens
 from shared.contract import Usage
-from shared.openai_request import ChatRequest, EmbedInput, FunctionDef, NamedToolChoice
+from shared.openai_request import ChatRequest, EmbedInput, FunctionDef, NamedToolChoice, input_tokens
 from shared.prompt import estimate_request
 
 WORDS = (
