@@ -358,13 +358,10 @@ def test_bedrock_embeddings_requests(monkeypatch: pytest.MonkeyPatch) -> None:
     assert req.url.endswith("/model/cohere.embed-english-v3/invoke")
     assert body == {"texts": ["a", "b"], "input_type": "search_document", "embedding_types": ["float"]}
     dep = Deployment(id="b")
+    titan = "amazon.titan-embed-text-v2:0"
+    provider = Provider(id="b", kind="bedrock", deployments=[dep])
     ctx = ChatContext(
-        provider=Provider(id="b", kind="bedrock", deployments=[dep]),
-        deployment=dep,
-        upstream_model="amazon.titan-embed-text-v2:0",
-        stream=False,
-        api_key="k",
-        **embeddings({"model": "e", "input": "a"}),
+        provider, dep, titan, stream=False, api_key="k", **embeddings({"model": "e", "input": "a"})
     )
     assert adapter.batch_size(ctx) == 1, "Titan embeds one text per call"
     ctx.upstream_model = "us.cohere.embed-v4:0"
