@@ -133,8 +133,9 @@ class ChatContext(msgspec.Struct):
     request: ChatRequest | EmbeddingsRequest
     stream: bool
     api_key: str | None  # resolved by the worker (env var or the user's own key); never logged
-    # the client's JSON as sent, for a provider that receives the parameters Janus does not model
-    raw: bytes = b""
+    # the client's JSON as sent (the request's source), for a provider that is passed the
+    # parameters Janus does not model
+    raw: bytes
     request_id: str = ""
     dimensions: int | None = None  # embeddings: the catalog model's vector size
     # the output cap per choice the gateway held for (None: the body's own cap stands)
