@@ -2,7 +2,7 @@
 
 The gateway holds ``estimate`` + the output cap before a call; a worker whose provider reports no
 usage charges the same estimate (it travels in ``WorkRequest.prompt_tokens``; a worker that gets
-none decodes the body with ``estimate_body``, the same rules). So the hold and the charge never
+none makes it, ``estimate_request``, from the same typed request). So the hold and the charge never
 disagree about the prompt, and the estimate's error against the provider's own count is the only
 way a spend can pass its limit.
 
@@ -19,15 +19,14 @@ What is counted (text as ``shared.tokens`` counts it, one token per 3 characters
 - each tool and legacy ``functions`` entry: ``PER_TOOL`` tokens, its name, description and the
   JSON text of its parameter schema.
 
-The Structs read only these fields; every other field of a request is skipped by the decoder.
+It reads the request's typed model (``shared.openai_request``), decoded once by each service.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import msgspec
-
+from shared.openai_request import ChatRequest, FunctionDef, Message, Part, Tool
 from shared.tokens import CHARS_PER_TOKEN, PER_MESSAGE, PER_REPLY
 
 PER_TOOL = 8
@@ -35,67 +34,6 @@ IMAGE_TOKENS = {"low": 85, "high": 1_600, "auto": 1_600}
 IMAGE_DEFAULT = 1_600  # no ``detail``: OpenAI's default is "auto"
 AUDIO_BYTES_PER_TOKEN = {"wav": 1_600, "mp3": 100}
 AUDIO_DEFAULT_BYTES_PER_TOKEN = 100
-
-
-class ImageURL(msgspec.Struct):
-    url: str
-    detail: str | None = None
-
-
-class InputAudio(msgspec.Struct):
-    data: str = ""
-    format: str = ""
-
-
-class FileData(msgspec.Struct):
-    file_data: str | None = None
-    filename: str | None = None
-
-
-class Part(msgspec.Struct):
-    type: str
-    text: str | None = None
-    image_url: ImageURL | None = None
-    input_audio: InputAudio | None = None
-    file: FileData | None = None
-
-
-class FunctionCall(msgspec.Struct):
-    name: str = ""
-    arguments: str = ""
-
-
-class ToolCall(msgspec.Struct):
-    function: FunctionCall | None = None
-
-
-class Message(msgspec.Struct):
-    role: str
-    content: str | list[Part] | None = None
-    name: str | None = None
-    tool_calls: list[ToolCall] | None = None
-    function_call: FunctionCall | None = None  # the legacy functions API's assistant turn
-
-
-class FunctionDef(msgspec.Struct):
-    name: str
-    description: str | None = None
-    # kept raw: only its size matters, and decoding a large JSON schema would be wasted work
-    parameters: msgspec.Raw = msgspec.Raw(b"")
-
-
-class Tool(msgspec.Struct):
-    type: str = "function"
-    function: FunctionDef | None = None
-
-
-class Prompt(msgspec.Struct):
-    messages: list[Message] = []
-    tools: list[Tool] | None = None
-    functions: list[FunctionDef] | None = None
-
-
-_decoder = msgspec.json.Decoder(Prompt)
 
 
 def size(text: str) -> int:
@@ -137,7 +75,7 @@ def estimate(
     tools: Sequence[Tool] | None = None,
     functions: Sequence[FunctionDef] | None = None,
 ) -> int:
-    """The estimated prompt tokens of a chat request (its Structs, or subclasses of them)."""
+    """The estimated prompt tokens of a chat request ."""
     total = PER_REPLY
     for m in messages:
         chars, media = 0, 0
@@ -165,11 +103,5 @@ def estimate(
     return total
 
 
-def estimate_body(body: bytes) -> int:
-    """``estimate`` of a chat request's JSON body; 0 when it cannot be read (the caller charges what
-    the provider reported instead)."""
-    try:
-        p = _decoder.decode(body)
-    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
-        return 0
-    return estimate(p.messages, p.tools, p.functions)
+def estimate_request(req: ChatRequest) -> int:
+    return estimate(req.messages, req.tools, req.functions)

@@ -16,27 +16,23 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any, TypeVar
 
-import msgspec
-
 from services.worker import openai
 from services.worker.adapters.base import (
     ChatContext,
-    EmbedInput,
     Event,
     PassesOpenAIThrough,
     batch_limit,
-    input_tokens,
 )
 from services.worker.transport import Transport
 from shared.bus import Bus
 from shared.contract import Chunk, Done, Failed, Frame, Heartbeat, Usage, WorkRequest, encode
 from shared.errors import InvalidRequest, JanusError, PayloadTooLarge, UpstreamError
 from shared.logging import get_logger
+from shared.openai_request import EmbeddingsRequest, EmbedInput, embedding_inputs, input_tokens
 
 log = get_logger("worker")
 R = TypeVar("R")
 
-_json_decoder = msgspec.json.Decoder()
 EMBED_CONCURRENCY = 8  # upstream calls in flight for one embeddings request split into batches
 # room left in a bus message around a slice of a body: the frame's other fields and the headers
 FRAME_MARGIN = 8192
@@ -124,28 +120,17 @@ class Replier:
                 await beat
 
 
-def _inputs(body: dict[str, Any], provider: str, token_input: bool) -> list[EmbedInput]:
+def _inputs(req: EmbeddingsRequest, provider: str, token_input: bool) -> list[EmbedInput]:
     """The embeddings inputs: texts, or lists of token ids where the provider takes them."""
-    raw = body.get("input")
-    if isinstance(raw, str):
-        return [raw]
-    if isinstance(raw, list) and raw:
-        if all(isinstance(x, str) for x in raw):
-            return raw
-        ids = [raw] if all(isinstance(x, int) for x in raw) else raw
-        if all(isinstance(x, list) and x and all(isinstance(t, int) for t in x) for x in ids):
-            if not token_input:
-                raise InvalidRequest(
-                    f"provider {provider!r} embeds text only; send 'input' as strings (token ids "
-                    "are for OpenAI-compatible deployments)",
-                    param="input",
-                    code="invalid_value",
-                )
-            return ids
-    raise InvalidRequest(
-        "'input' must be a string, an array of strings, an array of token ids or an array of token-id arrays",
-        param="input",
-    )
+    inputs = embedding_inputs(req)[0]
+    if not token_input and not isinstance(inputs[0], str):
+        raise InvalidRequest(
+            f"provider {provider!r} embeds text only; send 'input' as strings (token ids "
+            "are for OpenAI-compatible deployments)",
+            param="input",
+            code="invalid_value",
+        )
+    return inputs
 
 
 class Call:
@@ -166,16 +151,6 @@ class Call:
         self._prompt_estimate = 0
         self._embedded = 0  # prompt tokens of the embeddings batches the provider has answered
         self.started = time.perf_counter()
-
-    @staticmethod
-    def decode_body(req: WorkRequest) -> dict[str, Any]:
-        try:
-            body = _json_decoder.decode(req.body)
-        except msgspec.DecodeError:
-            raise InvalidRequest("the request body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise InvalidRequest("the request body must be a JSON object")
-        return body
 
     # -------------------------------------------------------------------------------- accounting
     @property
@@ -204,7 +179,6 @@ class Call:
     # ------------------------------------------------------------------------------------ checks
     def _check_capabilities(self) -> None:
         caps = self.adapter.capabilities
-        body = self.ctx.body
         if self.req.kind == "embeddings":
             if not caps.embeddings:
                 raise InvalidRequest(
@@ -213,7 +187,7 @@ class Call:
             return
         if self.req.stream and not caps.streaming:
             raise InvalidRequest("this model's provider cannot stream", param="stream")
-        if body.get("tools") and not caps.tools:
+        if not caps.tools and self.ctx.chat.tools:
             raise InvalidRequest("this model's provider does not support tools", param="tools")
 
     # ---------------------------------------------------------------------------------- execution
@@ -243,7 +217,7 @@ class Call:
     async def _chat_stream(self) -> Done:
         req, r = self.req, self.r
         enc = self._enc = openai.StreamEncoder(
-            req.request_id, req.created, req.response_model, openai.wants_usage(self.ctx.body)
+            req.request_id, req.created, req.response_model, self.ctx.chat.include_usage
         )
         async with contextlib.aclosing(self._events()) as events:
             async for ev in events:
@@ -331,7 +305,7 @@ class Call:
         )
 
     async def _embeddings(self) -> Done:
-        req, body = self.req, self.ctx.body
+        req, body = self.req, self.ctx.embeddings
         inputs = _inputs(body, self.ctx.provider.id, self.adapter.capabilities.token_input)
         if self.local:
             result = await self.adapter.embed(self.ctx, inputs)
@@ -372,8 +346,7 @@ class Call:
         if not prompt_tokens:
             prompt_tokens = sum(input_tokens(t) for t in inputs)
         usage = Usage(prompt_tokens=prompt_tokens)
-        fmt = body.get("encoding_format") or "float"
-        out = openai.embeddings_body(vectors, req.response_model, prompt_tokens, fmt)
+        out = openai.embeddings_body(vectors, req.response_model, prompt_tokens, body.encoding_format)
         return Done(
             seq=0, usage=usage, body=out, upstream_seconds=self.upstream_seconds(), deployment=req.deployment
         )

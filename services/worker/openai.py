@@ -142,8 +142,17 @@ CHUNK = "chat.completion.chunk"
 class StreamEncoder:
     """One streamed answer: canonical events in, ``chat.completion.chunk`` JSON bytes out."""
 
-    __slots__ = ("_created", "_id", "_include_usage", "_model", "_role_sent", "finish_reason",
-                 "output_size", "produced", "usage")
+    __slots__ = (
+        "_created",
+        "_id",
+        "_include_usage",
+        "_model",
+        "_role_sent",
+        "finish_reason",
+        "output_size",
+        "produced",
+        "usage",
+    )
 
     def __init__(self, request_id: str, created: int, model: str, include_usage: bool) -> None:
         self._id = f"chatcmpl-{request_id}"
@@ -160,8 +169,9 @@ class StreamEncoder:
         if not self._role_sent:
             delta.role = "assistant"
             self._role_sent = True
-        return _json.encode(StreamChunk(self._id, CHUNK, self._created, self._model,
-                                        [StreamChoice(0, delta, finish_reason)]))
+        return _json.encode(
+            StreamChunk(self._id, CHUNK, self._created, self._model, [StreamChoice(0, delta, finish_reason)])
+        )
 
     def encode(self, ev: Event) -> bytes | None:
         """The chunk for one event, or None when the event shows nothing to the client."""
@@ -203,11 +213,6 @@ class StreamEncoder:
         if not self._include_usage:
             return None
         return _json.encode(StreamChunk(self._id, CHUNK, self._created, self._model, [], oa_usage(usage)))
-
-
-def wants_usage(body: dict[str, Any]) -> bool:
-    opts = body.get("stream_options")
-    return isinstance(opts, dict) and bool(opts.get("include_usage"))
 
 
 # ---------------------------------------------------------------------------------- buffered chat
@@ -259,8 +264,7 @@ class ChatCompletion(msgspec.Struct):
 chat_completion_decoder = msgspec.json.Decoder(ChatCompletion)
 
 
-def rewrite_completion(obj: ChatCompletion, request_id: str, created: int, model: str,
-                       usage: Usage) -> bytes:
+def rewrite_completion(obj: ChatCompletion, request_id: str, created: int, model: str, usage: Usage) -> bytes:
     """An upstream's own ``chat.completion`` with our id, model, time and normalised usage."""
     obj.id = f"chatcmpl-{request_id}"
     obj.object = "chat.completion"
@@ -299,8 +303,14 @@ def completion_body(c: Completion, request_id: str, created: int, model: str, us
         ]
     if c.reasoning:
         msg.reasoning_content = c.reasoning
-    obj = ChatCompletion(f"chatcmpl-{request_id}", "chat.completion", created, model,
-                         [Choice(0, msg, c.finish_reason)], oa_usage(usage))
+    obj = ChatCompletion(
+        f"chatcmpl-{request_id}",
+        "chat.completion",
+        created,
+        model,
+        [Choice(0, msg, c.finish_reason)],
+        oa_usage(usage),
+    )
     return _json.encode(obj)
 
 
@@ -374,8 +384,9 @@ def embedding_base64(vector: list[float]) -> str:
     return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
 
 
-def embeddings_body(vectors: list[list[float]], model: str, prompt_tokens: int,
-                    encoding_format: str) -> bytes:
+def embeddings_body(
+    vectors: list[list[float]], model: str, prompt_tokens: int, encoding_format: str
+) -> bytes:
     if encoding_format == "base64":
         items = [EmbeddingItem("embedding", i, embedding_base64(v)) for i, v in enumerate(vectors)]
     else:

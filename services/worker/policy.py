@@ -2,7 +2,8 @@
 
 The gateway refuses the options that would cost more than the hold (``services.gateway.body``:
 ``service_tier`` other than the default, ``store: true``, audio output, ``web_search_options``,
-``prediction``); here, on the decoded body every adapter reads:
+``prediction``); here, on the typed request every adapter reads (``apply``) and on the client's own
+body where a provider is passed the parameters Janus does not model (``passthrough``):
 
 - stripped: ``service_tier`` (the operator's account default applies), ``store`` and ``metadata``
   (nothing a client sends is kept on the operator's provider account);
@@ -19,6 +20,10 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from msgspec import UNSET
+
+from shared.openai_request import ChatRequest, EmbeddingsRequest, members
+
 STRIPPED = ("service_tier", "store", "metadata")
 IDENTITY = ("user", "safety_identifier")
 
@@ -28,9 +33,23 @@ def principal_id(user: str) -> str:
     return hashlib.sha256(b"janus-principal\x00" + user.encode("utf-8", "replace")).hexdigest()[:32]
 
 
-def apply(body: dict[str, Any], user: str) -> None:
+def apply(req: ChatRequest | EmbeddingsRequest, user: str) -> None:
+    """The identity fields the client gave (null included) become the caller's opaque id. The
+    stripped options are never translated, so the typed request needs nothing more."""
+    principal = principal_id(user)
+    if req.user is not UNSET:
+        req.user = principal
+    if isinstance(req, ChatRequest) and req.safety_identifier is not UNSET:
+        req.safety_identifier = principal
+
+
+def passthrough(raw: bytes, req: ChatRequest) -> dict[str, Any]:
+    """The client's body as its members, less the stripped ones, with the identity fields as
+    ``apply`` rewrote them in ``req`` (decoded from the same bytes)."""
+    doc = members(raw)
     for key in STRIPPED:
-        body.pop(key, None)
+        doc.pop(key, None)
     for key in IDENTITY:
-        if key in body:
-            body[key] = principal_id(user)
+        if key in doc:
+            doc[key] = getattr(req, key)
+    return doc

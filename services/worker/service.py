@@ -53,6 +53,7 @@ from shared.errors import (
     UpstreamTimeout,
 )
 from shared.logging import bind_request, get_logger, unbind_request
+from shared.openai_request import ChatRequest, EmbeddingsRequest, decode_chat, decode_embeddings
 from shared.service import Service
 
 log = get_logger("worker")
@@ -90,17 +91,26 @@ class WorkerService(Service):
         # by variable name, from the environment or a mounted Secret re-read on rotation
         self.keys = ProviderKeys(list(self.providers.values()), common.provider_keys_dir)
         # an upstream answer larger than the worker may send on is refused as it arrives
-        self.transport = Transport(connect_timeout=common.connect_timeout_seconds,
-                                   read_timeout=common.read_timeout_seconds, pool_size=common.pool_size,
-                                   max_body_bytes=common.max_response_bytes)
+        self.transport = Transport(
+            connect_timeout=common.connect_timeout_seconds,
+            read_timeout=common.read_timeout_seconds,
+            pool_size=common.pool_size,
+            max_body_bytes=common.max_response_bytes,
+        )
         self.health: HealthTracker | None = None
         self.calls: dict[str, set[asyncio.Task[Any]]] = {}
         self.in_flight = 0
         # per provider and per deployment: a slow upstream fills its own share, never another's
-        self.caps = {pid: common.provider_cap(p.max_concurrency, len(self.providers))
-                     for pid, p in self.providers.items()}
-        self.deployment_caps = {d.id: d.max_concurrency for p in self.providers.values()
-                                for d in p.deployments if d.max_concurrency}
+        self.caps = {
+            pid: common.provider_cap(p.max_concurrency, len(self.providers))
+            for pid, p in self.providers.items()
+        }
+        self.deployment_caps = {
+            d.id: d.max_concurrency
+            for p in self.providers.values()
+            for d in p.deployments
+            if d.max_concurrency
+        }
         self.provider_busy: dict[str, int] = dict.fromkeys(self.caps, 0)
         self.deployment_busy: dict[str, int] = dict.fromkeys(self.deployment_caps, 0)
         self._idle = asyncio.Event()  # set whenever no call is in flight (for a graceful stop)
@@ -130,13 +140,22 @@ class WorkerService(Service):
             metrics.WORKER_IN_FLIGHT.labels(pid).set(0)
             # the subscription admits a little more than the capacity, so that excess work is
             # refused at once (and the gateway falls back) rather than left waiting unanswered
-            sub = await bus.serve(subjects.work(pid), self._on_work, queue=subjects.work_queue(pid),
-                                  concurrency=self.caps[pid] + 64)
+            sub = await bus.serve(
+                subjects.work(pid),
+                self._on_work,
+                queue=subjects.work_queue(pid),
+                concurrency=self.caps[pid] + 64,
+            )
             self._work_subs.append(sub)
         await bus.flush()
         self._started = True
-        log.info("worker_serving", providers=self.caps, deployments=self.deployment_caps, capacity=cap,
-                 worker=self.worker_id)
+        log.info(
+            "worker_serving",
+            providers=self.caps,
+            deployments=self.deployment_caps,
+            capacity=cap,
+            worker=self.worker_id,
+        )
 
     async def stop(self) -> None:
         # stop taking work first; in-flight calls finish (the lifecycle bounds the wait)
@@ -181,8 +200,9 @@ class WorkerService(Service):
         full = self._full(req)
         if full or self.stopping:
             # retryable: the gateway moves on to another replica or the plan's next deployment
-            err = ServiceUnavailable(f"the provider worker is at capacity for {full or 'new work'}",
-                                     code="worker_busy")
+            err = ServiceUnavailable(
+                f"the provider worker is at capacity for {full or 'new work'}", code="worker_busy"
+            )
             await r.send(Failed(seq=r.next(), error=err.to_wire()))
             return
         task = asyncio.current_task()
@@ -190,8 +210,11 @@ class WorkerService(Service):
         tasks = self.calls.setdefault(req.request_id, set())
         tasks.add(task)
         self.in_flight += 1
-        held = [(busy, k) for busy, k in ((self.provider_busy, req.provider),
-                                           (self.deployment_busy, req.deployment)) if k in busy]
+        held = [
+            (busy, k)
+            for busy, k in ((self.provider_busy, req.provider), (self.deployment_busy, req.deployment))
+            if k in busy
+        ]
         for busy, k in held:
             busy[k] += 1
         # a label only ever names a provider this worker serves (bounded cardinality)
@@ -226,38 +249,58 @@ class WorkerService(Service):
         """The caller's own key for this provider (bring your own key); never logged."""
         if not self.catalog.takes_user_keys(req.provider):
             # only a gateway that ignores the catalog asks this: a keyless provider would serve free
-            raise PermissionDenied(f"provider {req.provider!r} does not take users' own keys",
-                                   code="byok_not_supported")
+            raise PermissionDenied(
+                f"provider {req.provider!r} does not take users' own keys", code="byok_not_supported"
+            )
         key = await self.byok.get(req.user, req.provider) if self.byok is not None else None
         if not key:
             # the gateway saw a key moments ago; without it the call must not run on ours
-            raise PermissionDenied(f"no key of your own is registered for provider {req.provider!r}",
-                                   code="byok_missing")
+            raise PermissionDenied(
+                f"no key of your own is registered for provider {req.provider!r}", code="byok_missing"
+            )
         return key
 
-    def _context(self, req: WorkRequest, user_key: str | None = None) -> tuple[Provider, Deployment, Any,
-                                                                               ChatContext]:
+    def _context(
+        self, req: WorkRequest, user_key: str | None = None
+    ) -> tuple[Provider, Deployment, Any, ChatContext]:
         provider = self.providers.get(req.provider)
         pair = self.catalog.deployment_by_id.get(req.deployment)
         if provider is None or pair is None or pair[0].id != provider.id:
-            raise ServiceUnavailable(f"this worker does not serve deployment {req.deployment!r}",
-                                     code="unknown_deployment")
+            raise ServiceUnavailable(
+                f"this worker does not serve deployment {req.deployment!r}", code="unknown_deployment"
+            )
         deployment = pair[1]
         key = user_key or self.keys.get(deployment.id)
         if deployment.api_key_env and not key:
             # retryable: another deployment of the plan may be configured
-            raise UpstreamError(f"deployment {deployment.id!r} has no API key configured",
-                                code="upstream_auth")
+            raise UpstreamError(
+                f"deployment {deployment.id!r} has no API key configured", code="upstream_auth"
+            )
         model = self.catalog.model(req.response_model)
-        body = Call.decode_body(req)
-        policy.apply(body, req.user)
         chat = req.kind == "chat"
-        ctx = ChatContext(provider=provider, deployment=deployment, upstream_model=req.upstream_model,
-                          body=body, stream=req.stream and chat, api_key=key, request_id=req.request_id,
-                          dimensions=model.dimensions if model is not None else None,
-                          max_output_tokens=req.max_output_tokens or None,
-                          # a gateway that sent no estimate: the same one, made here
-                          prompt_tokens=(req.prompt_tokens or prompt.estimate_body(req.body)) if chat else 0)
+        # the request's one decode here, with the gateway's decoder, so adapters translate exactly what
+        # the gateway checked and priced; a body it would refuse is refused here the same way
+        request: ChatRequest | EmbeddingsRequest
+        if chat:
+            request = decode_chat(req.body)
+            # a gateway that sent no estimate: the same one, made here
+            prompt_tokens = req.prompt_tokens or prompt.estimate_request(request)
+        else:
+            request, prompt_tokens = decode_embeddings(req.body), 0
+        policy.apply(request, req.user)
+        ctx = ChatContext(
+            provider=provider,
+            deployment=deployment,
+            upstream_model=req.upstream_model,
+            request=request,
+            raw=req.body,
+            stream=req.stream and chat,
+            api_key=key,
+            request_id=req.request_id,
+            max_output_tokens=req.max_output_tokens or None,
+            dimensions=model.dimensions if model is not None else None,
+            prompt_tokens=prompt_tokens,
+        )
         return provider, deployment, self.adapters[provider.id], ctx
 
     async def _run(self, req: WorkRequest, r: Replier, headers: dict[str, str]) -> None:
@@ -288,7 +331,9 @@ class WorkerService(Service):
                     exc = UpstreamClientError(
                         f"provider {req.provider!r} refused the API key you registered for it "
                         f"(PUT /v1/byok/{req.provider} replaces it): {exc.message}",
-                        status=401, code="byok_key_rejected")
+                        status=401,
+                        code="byok_key_rejected",
+                    )
                 terminal = failed_frame(call, exc)
             except Exception:
                 log.exception("call_crashed", provider=req.provider, deployment=req.deployment)
@@ -302,9 +347,12 @@ class WorkerService(Service):
             # configured with a tiny max_payload): the client gets a clear error instead, and the
             # usage the provider reported is still settled
             usage = terminal.usage
-            terminal = failed_frame(call, PayloadTooLarge(
-                f"the response is too large to deliver: {exc.message}",
-                code="message_too_large"))
+            terminal = failed_frame(
+                call,
+                PayloadTooLarge(
+                    f"the response is too large to deliver: {exc.message}", code="message_too_large"
+                ),
+            )
             terminal.usage, terminal.seq = usage, r.next()
             await r.send(terminal)
         self._account(req, call, terminal)
@@ -314,8 +362,12 @@ class WorkerService(Service):
         usage: Usage = terminal.usage
         if usage.prompt_tokens or usage.completion_tokens:
             model = req.response_model
-            for kind, n in (("input", usage.prompt_tokens), ("output", usage.completion_tokens),
-                            ("cached", usage.cached_tokens), ("reasoning", usage.reasoning_tokens)):
+            for kind, n in (
+                ("input", usage.prompt_tokens),
+                ("output", usage.completion_tokens),
+                ("cached", usage.cached_tokens),
+                ("reasoning", usage.reasoning_tokens),
+            ):
                 if n:
                     _TOKENS(provider, model, kind).inc(n)
         if call is None:
@@ -333,9 +385,15 @@ class WorkerService(Service):
         err = JanusError.from_wire(info)
         # log once, here, at the error's own level; the client's own mistakes and cancels say
         # nothing about the deployment's health
-        getattr(log, err.log_level)("call_failed", provider=provider, deployment=req.deployment,
-                                    kind=info.kind, code=info.code, status=info.status,
-                                    produced=terminal.produced)
+        getattr(log, err.log_level)(
+            "call_failed",
+            provider=provider,
+            deployment=req.deployment,
+            kind=info.kind,
+            code=info.code,
+            status=info.status,
+            produced=terminal.produced,
+        )
         if health is not None and _says_deployment_is_unwell(info.kind, info.code):
             health.record(req.deployment, provider, seconds, error=error_type, retryable=err.retryable)
 
@@ -361,9 +419,14 @@ def _too_large(call: Call, done: Done, limit: int) -> Failed:
     """A Failed frame in place of an answer over ``limit`` bytes, still carrying its usage (the
     provider did the work)."""
     mib = 1024 * 1024
-    failed = failed_frame(call, PayloadTooLarge(
-        f"the answer is {len(done.body) / mib:.1f} MiB, over this service's limit of {limit / mib:.1f} "
-        "MiB; send less per request (for embeddings: fewer inputs, or encoding_format=base64, about "
-        "a quarter the size of floats)", code="response_too_large"))
+    failed = failed_frame(
+        call,
+        PayloadTooLarge(
+            f"the answer is {len(done.body) / mib:.1f} MiB, over this service's limit of {limit / mib:.1f} "
+            "MiB; send less per request (for embeddings: fewer inputs, or encoding_format=base64, about "
+            "a quarter the size of floats)",
+            code="response_too_large",
+        ),
+    )
     failed.usage = done.usage
     return failed

@@ -12,6 +12,7 @@ from services.gateway.body import parse_chat, parse_embeddings
 from services.worker import policy
 from shared.catalog import Model, Serving
 from shared.errors import InvalidRequest
+from shared.openai_request import decode_chat
 
 _enc = msgspec.json.encode
 MODEL = Model(id="m", owned_by="o", serve=[Serving("d", "m")], context_window=10_000, max_output_tokens=2_000)
@@ -56,15 +57,26 @@ def test_harmless_values_of_those_options_pass(extra: dict[str, Any]) -> None:
 
 
 def test_worker_strips_account_options_and_hashes_the_caller_into_user_fields() -> None:
-    body: dict[str, Any] = {
-        "service_tier": "auto",
-        "store": False,
-        "metadata": {"a": "b"},
-        "user": "ceo@victim.example",
-        "safety_identifier": "someone-else",
-    }
-    policy.apply(body, "alice")
-    assert body == {"user": policy.principal_id("alice"), "safety_identifier": policy.principal_id("alice")}
+    raw = _chat(
+        service_tier="auto",
+        store=False,
+        metadata={"a": "b"},
+        user="ceo@victim.example",
+        safety_identifier="someone-else",
+        top_k=3,
+    )
+    req = decode_chat(raw)
+    policy.apply(req, "alice")
+    principal = policy.principal_id("alice")
+    assert req.user == req.safety_identifier == principal  # what a translating adapter reads
+    sent = msgspec.json.decode(msgspec.json.encode(policy.passthrough(raw, req)))
+    assert sent == {
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "user": principal,
+        "safety_identifier": principal,
+        "top_k": 3,
+    }  # what an OpenAI-compatible one is sent
     assert policy.principal_id("alice") != policy.principal_id("bob")
     assert "alice" not in policy.principal_id("alice")
 

@@ -18,7 +18,6 @@ from services.gateway.body import parse_chat
 from services.gateway.meter import granted_cap, output_hold
 from services.metering import budget
 from services.metering.record import Record
-from services.worker import policy
 from services.worker.adapters import ADAPTERS
 from services.worker.adapters.base import ChatContext
 from shared import prompt
@@ -26,6 +25,8 @@ from shared.catalog import Deployment, Model, Plan, Price, Provider, Serving, Se
 from shared.contract import ReserveRequest, Usage
 from shared.errors import InvalidRequest
 from shared.money import PriceUnits, cost_credits
+from shared.openai_request import decode_chat
+from tests.fixtures.client_requests import chat
 from tests.worker.adapters.test_output_cap import CAP_PATH
 
 NOW = 1_800_000_000
@@ -80,13 +81,11 @@ def requests(draw: st.DrawFn) -> dict[str, Any]:
 
 def _forwarded(kind: str, body: dict[str, Any], cap: int, stream: bool) -> int:
     dep = Deployment(id="d", base_url="http://127.0.0.1:9", region="us-east-1")
-    decoded = json.loads(json.dumps(body))
-    policy.apply(decoded, "attacker")
     ctx = ChatContext(
         provider=Provider(id=kind, kind=kind, deployments=[dep]),  # type: ignore[arg-type]
         deployment=dep,
         upstream_model="m",
-        body=decoded,
+        **chat(body),
         stream=stream,
         api_key="k",
         max_output_tokens=cap,
@@ -132,7 +131,8 @@ def test_what_is_forwarded_never_costs_more_than_the_hold(
         cap = facts.output_cap(model, "m", default)
     except InvalidRequest:
         return  # refused before anything was held or sent
-    assert facts.prompt_tokens == prompt.estimate_body(raw)  # the worker's fallback charge agrees
+    # the worker's fallback charge agrees
+    assert facts.prompt_tokens == prompt.estimate_request(decode_chat(raw))
     n = body.get("n") or 1
     most, least = output_hold(cap, n, floor)
     price = PriceUnits.of(model.price)

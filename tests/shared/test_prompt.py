@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from services.gateway.body import parse_chat
 from shared import prompt
+from shared.openai_request import decode_chat
 
 _enc = msgspec.json.encode
 
@@ -88,4 +89,4 @@ def test_gateway_and_worker_estimate_the_same_prompt_alike(
     messages: list[object], functions: list[object]
 ) -> None:
     body = _body(messages=messages, **({"functions": functions} if functions else {}))
-    assert _est(body) == prompt.estimate_body(_enc(body))
+    assert _est(body) == prompt.estimate_request(decode_chat(_enc(body)))

@@ -64,8 +64,15 @@ models:
 _ids = itertools.count()
 
 
-def work(model: str, body: dict[str, Any], *, provider: str = "fake", deployment: str = "fake-local",
-         upstream: str = "fake-upstream-name", kind: str = "chat") -> contract.WorkRequest:
+def work(
+    model: str,
+    body: dict[str, Any],
+    *,
+    provider: str = "fake",
+    deployment: str = "fake-local",
+    upstream: str = "fake-upstream-name",
+    kind: str = "chat",
+) -> contract.WorkRequest:
     return contract.WorkRequest(
         request_id=f"req{next(_ids)}-{int(time.time() * 1000)}",
         kind=kind,  # type: ignore[arg-type]
@@ -73,25 +80,39 @@ def work(model: str, body: dict[str, Any], *, provider: str = "fake", deployment
         provider=provider,
         upstream_model=upstream,
         response_model=model,
-        body=msgspec.json.encode(body),
+        body=msgspec.json.encode({"model": model, **body}),  # as the gateway forwards it: the client's own
         stream=bool(body.get("stream")),
         created=1712345678,
     )
 
 
 def oai_work(body: dict[str, Any], kind: str = "chat") -> contract.WorkRequest:
-    return work("emb-small" if kind == "embeddings" else "oai-chat", body, provider="oai",
-                deployment="oai-1", upstream="emb-up" if kind == "embeddings" else "gpt-upstream",
-                kind=kind)
+    return work(
+        "emb-small" if kind == "embeddings" else "oai-chat",
+        body,
+        provider="oai",
+        deployment="oai-1",
+        upstream="emb-up" if kind == "embeddings" else "gpt-upstream",
+        kind=kind,
+    )
 
 
-async def run_work(bus: Bus, req: contract.WorkRequest, timeout: float = 10.0,
-                   on_frame: Any = None, headers: dict[str, str] | None = None) -> list[Any]:
+async def run_work(
+    bus: Bus,
+    req: contract.WorkRequest,
+    timeout: float = 10.0,
+    on_frame: Any = None,
+    headers: dict[str, str] | None = None,
+) -> list[Any]:
     """Publish one WorkRequest and collect its frames up to and including the terminal one."""
     frames: list[Any] = []
     with bus.open_inbox(req.request_id) as box:
-        await bus.publish(subjects.work(req.provider), contract.encode(req), reply=box.subject,
-                          headers={subjects.H_REQUEST_ID: req.request_id, **(headers or {})})
+        await bus.publish(
+            subjects.work(req.provider),
+            contract.encode(req),
+            reply=box.subject,
+            headers={subjects.H_REQUEST_ID: req.request_id, **(headers or {})},
+        )
         while True:
             msg = await box.next(timeout)
             assert not Bus.is_no_responders(msg), "no worker is listening"
@@ -126,17 +147,21 @@ def catalog_file(tmp_path: Path, upstream: OpenAIUpstream) -> Path:
 
 
 @pytest.fixture
-async def worker(nats_server: NatsServer, catalog_file: Path,
-                 monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[WorkerService]:
+async def worker(
+    nats_server: NatsServer, catalog_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[WorkerService]:
     monkeypatch.setenv(KEY_ENV, KEY)
-    settings = load_settings(WorkerSettings, {
-        "JANUS_NATS_URL": nats_server.url,
-        "JANUS_CATALOG": str(catalog_file),
-        "JANUS_HEARTBEAT_SECONDS": "0.2",
-        "JANUS_HEALTH_INTERVAL_SECONDS": "0.2",
-        "JANUS_READ_TIMEOUT_SECONDS": "5",
-        "JANUS_MAX_CONCURRENCY": "8",
-    })
+    settings = load_settings(
+        WorkerSettings,
+        {
+            "JANUS_NATS_URL": nats_server.url,
+            "JANUS_CATALOG": str(catalog_file),
+            "JANUS_HEARTBEAT_SECONDS": "0.2",
+            "JANUS_HEALTH_INTERVAL_SECONDS": "0.2",
+            "JANUS_READ_TIMEOUT_SECONDS": "5",
+            "JANUS_MAX_CONCURRENCY": "8",
+        },
+    )
     svc = WorkerService(settings)
     wbus = await Bus.connect(nats_server.url, "worker")
     await svc.start(wbus)

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 
+from services.worker import policy
 from services.worker.service import WorkerService
 from shared import contract
 from shared.bus import Bus
@@ -16,12 +17,24 @@ from tests.openai_schema import validate
 from tests.worker.conftest import KEY, check_sequence, oai_work, run_work
 
 MESSAGES = [{"role": "user", "content": "Hi"}]
-TOOLS = [{"type": "function", "function": {"name": "weather", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
 
 
-async def test_stream_relays_chunks_and_usage(bus: Bus, worker: WorkerService,
-                                              upstream: OpenAIUpstream) -> None:
+async def test_stream_relays_chunks_and_usage(
+    bus: Bus, worker: WorkerService, upstream: OpenAIUpstream
+) -> None:
     req = oai_work({"model": "oai-chat", "messages": MESSAGES, "stream": True})
     frames = await run_work(bus, req)
     done = check_sequence(frames)
@@ -34,12 +47,15 @@ async def test_stream_relays_chunks_and_usage(bus: Bus, worker: WorkerService,
     for c in chunks:
         validate("CreateChatCompletionStreamResponse", c)
         assert c["model"] == "oai-chat" and c["id"] == f"chatcmpl-{req.request_id}"
-    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == \
-        "Hello from the fake upstream."
+    assert (
+        "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+        == "Hello from the fake upstream."
+    )
     # the client did not ask for usage: it gets none, metering still does
     assert all(c["choices"] for c in chunks)
-    assert done.usage == contract.Usage(prompt_tokens=11, completion_tokens=7, cached_tokens=3,
-                                        reasoning_tokens=2)
+    assert done.usage == contract.Usage(
+        prompt_tokens=11, completion_tokens=7, cached_tokens=3, reasoning_tokens=2
+    )
 
 
 async def test_stream_tool_call_fragments(bus: Bus, worker: WorkerService) -> None:
@@ -47,16 +63,21 @@ async def test_stream_tool_call_fragments(bus: Bus, worker: WorkerService) -> No
     frames = await run_work(bus, oai_work(body))
     chunks = [json.loads(f.data) for f in frames if isinstance(f, contract.Chunk)]
     calls = [tc for c in chunks if c["choices"] for tc in c["choices"][0]["delta"].get("tool_calls", [])]
-    assert calls[0] == {"index": 0, "id": "call_up_1", "type": "function",
-                        "function": {"name": "weather", "arguments": ""}}
+    assert calls[0] == {
+        "index": 0,
+        "id": "call_up_1",
+        "type": "function",
+        "function": {"name": "weather", "arguments": ""},
+    }
     assert "".join(tc["function"]["arguments"] for tc in calls) == '{"city": "Paris"}'
     assert chunks[-2]["choices"][0]["finish_reason"] == "tool_calls"
     assert chunks[-1]["usage"]["prompt_tokens_details"]["cached_tokens"] == 3
     assert chunks[-1]["usage"]["completion_tokens_details"]["reasoning_tokens"] == 2
 
 
-async def test_buffered_passthrough_rewrites_id_and_model(bus: Bus, worker: WorkerService,
-                                                          upstream: OpenAIUpstream) -> None:
+async def test_buffered_passthrough_rewrites_id_and_model(
+    bus: Bus, worker: WorkerService, upstream: OpenAIUpstream
+) -> None:
     req = oai_work({"model": "oai-chat", "messages": MESSAGES, "tools": TOOLS, "stream": False})
     done = check_sequence(await run_work(bus, req))
     body = json.loads(done.body)
@@ -69,8 +90,56 @@ async def test_buffered_passthrough_rewrites_id_and_model(bus: Bus, worker: Work
     assert "stream_options" not in upstream.requests[-1].body
 
 
-async def test_upstream_400_is_not_retryable(bus: Bus, worker: WorkerService,
-                                             upstream: OpenAIUpstream) -> None:
+async def test_members_janus_does_not_model_reach_the_provider_as_sent(
+    bus: Bus, worker: WorkerService, upstream: OpenAIUpstream
+) -> None:
+    """The worker reads a typed request, yet an OpenAI-compatible provider still gets every member the
+    client sent that the parameter policy leaves alone, nested ones included."""
+    message = {
+        "role": "user",
+        "name": "ann",
+        "content": [{"type": "text", "text": "Hi", "cache_control": {"type": "ephemeral"}}],
+    }
+    body = {
+        "messages": [message],
+        "stream": True,
+        "top_k": 5,
+        "logit_bias": {"42": -100},
+        "reasoning_effort": "low",
+        "user": "ceo@victim.example",
+        "metadata": {"team": "x"},
+        "stream_options": {"include_usage": False, "include_obfuscation": False},
+        "store": False,
+        "service_tier": "auto",
+    }
+    req = oai_work(body)
+    assert isinstance(check_sequence(await run_work(bus, req)), contract.Done)
+    sent = upstream.requests[-1].body
+    assert sent["messages"] == [message]
+    assert (sent["top_k"], sent["logit_bias"], sent["reasoning_effort"]) == (5, {"42": -100}, "low")
+    assert sent["stream_options"] == {"include_usage": True, "include_obfuscation": False}
+    assert sent["user"] == policy.principal_id(req.user)
+    assert not {"metadata", "store", "service_tier"} & sent.keys()
+
+
+async def test_a_body_the_gateway_would_refuse_is_refused_before_any_upstream_call(
+    bus: Bus, worker: WorkerService, upstream: OpenAIUpstream
+) -> None:
+    """The worker decodes with the gateway's own decoder: one shape, one set of checks."""
+    for bad, param in (
+        ({"role": "wizard", "content": "x"}, "messages[0].role"),
+        ({"role": "tool", "content": 3}, "messages[0].content"),
+    ):
+        failed = check_sequence(await run_work(bus, oai_work({"messages": [bad]})))
+        assert isinstance(failed, contract.Failed) and not failed.produced
+        err = JanusError.from_wire(failed.error)
+        assert (err.http_status, err.param) == (400, param)
+    assert upstream.requests == []
+
+
+async def test_upstream_400_is_not_retryable(
+    bus: Bus, worker: WorkerService, upstream: OpenAIUpstream
+) -> None:
     upstream.faults.fail_times, upstream.faults.status = 1, 400
     upstream.faults.message = "Invalid value for 'temperature'"
     failed = check_sequence(await run_work(bus, oai_work({"messages": MESSAGES, "stream": True})))
@@ -81,8 +150,9 @@ async def test_upstream_400_is_not_retryable(bus: Bus, worker: WorkerService,
     assert failed.usage == contract.Usage()
 
 
-async def test_upstream_500_and_429_are_retryable_with_retry_after(bus: Bus, worker: WorkerService,
-                                                                   upstream: OpenAIUpstream) -> None:
+async def test_upstream_500_and_429_are_retryable_with_retry_after(
+    bus: Bus, worker: WorkerService, upstream: OpenAIUpstream
+) -> None:
     upstream.faults.fail_times, upstream.faults.status, upstream.faults.retry_after = 1, 500, "2"
     failed = (await run_work(bus, oai_work({"messages": MESSAGES})))[-1]
     err = JanusError.from_wire(failed.error)
@@ -95,8 +165,9 @@ async def test_upstream_500_and_429_are_retryable_with_retry_after(bus: Bus, wor
     assert isinstance((await run_work(bus, oai_work({"messages": MESSAGES})))[-1], contract.Done)
 
 
-async def test_mid_stream_drop_is_stream_interrupted(bus: Bus, worker: WorkerService,
-                                                     upstream: OpenAIUpstream) -> None:
+async def test_mid_stream_drop_is_stream_interrupted(
+    bus: Bus, worker: WorkerService, upstream: OpenAIUpstream
+) -> None:
     for hard in (False, True):
         upstream.faults.drop_after, upstream.faults.drop_hard = 2, hard
         frames = await run_work(bus, oai_work({"messages": MESSAGES, "stream": True}))
@@ -113,16 +184,18 @@ async def test_in_band_error_event(bus: Bus, worker: WorkerService, upstream: Op
     assert JanusError.from_wire(failed.error).retryable and "overloaded" in failed.error.message
 
 
-async def test_slow_upstream_gets_heartbeats(bus: Bus, worker: WorkerService,
-                                                            upstream: OpenAIUpstream) -> None:
+async def test_slow_upstream_gets_heartbeats(
+    bus: Bus, worker: WorkerService, upstream: OpenAIUpstream
+) -> None:
     upstream.faults.stall_seconds = 0.7
     frames = await run_work(bus, oai_work({"messages": MESSAGES, "stream": True}))
     assert isinstance(check_sequence(frames), contract.Done)
     assert sum(isinstance(f, contract.Heartbeat) for f in frames) >= 2
 
 
-async def test_embeddings_ask_floats_and_encode_base64(bus: Bus, worker: WorkerService,
-                                                       upstream: OpenAIUpstream) -> None:
+async def test_embeddings_ask_floats_and_encode_base64(
+    bus: Bus, worker: WorkerService, upstream: OpenAIUpstream
+) -> None:
     body = {"input": ["one two", "three"], "encoding_format": "base64"}
     done = check_sequence(await run_work(bus, oai_work(body, kind="embeddings")))
     assert upstream.requests[-1].body["encoding_format"] == "float"
@@ -135,7 +208,8 @@ async def test_embeddings_ask_floats_and_encode_base64(bus: Bus, worker: WorkerS
 
 
 async def test_token_id_inputs_pass_through_to_an_openai_compatible_upstream(
-        bus: Bus, worker: WorkerService, upstream: OpenAIUpstream) -> None:
+    bus: Bus, worker: WorkerService, upstream: OpenAIUpstream
+) -> None:
     for given, sent in (([[1, 2, 3], [40, 5]], [[1, 2, 3], [40, 5]]), ([7, 8, 9, 10], [[7, 8, 9, 10]])):
         done = check_sequence(await run_work(bus, oai_work({"input": given}, kind="embeddings")))
         assert isinstance(done, contract.Done), done
@@ -145,8 +219,9 @@ async def test_token_id_inputs_pass_through_to_an_openai_compatible_upstream(
         assert done.usage.prompt_tokens == sum(len(t) for t in sent)
 
 
-async def test_an_answer_larger_than_one_bus_message_arrives_in_slices(bus: Bus, worker: WorkerService,
-                                                                      upstream: OpenAIUpstream) -> None:
+async def test_an_answer_larger_than_one_bus_message_arrives_in_slices(
+    bus: Bus, worker: WorkerService, upstream: OpenAIUpstream
+) -> None:
     """40 vectors of 3072 floats are ~2.5 MB of JSON, over nats-server's 1 MiB default: the body
     goes out as Chunk slices, each within the server's limit, and the Done carries the last one."""
     body = {"input": [f"passage {i}" for i in range(40)], "dimensions": 3072}
@@ -163,7 +238,8 @@ async def test_an_answer_larger_than_one_bus_message_arrives_in_slices(bus: Bus,
 
 
 async def test_an_answer_over_the_response_limit_is_a_413_still_charged(
-        bus: Bus, worker: WorkerService, upstream: OpenAIUpstream) -> None:
+    bus: Bus, worker: WorkerService, upstream: OpenAIUpstream
+) -> None:
     worker.settings.max_response_bytes = 1024 * 1024
     body = {"input": [f"passage {i}" for i in range(40)], "dimensions": 3072}  # ~2.5 MB as floats
     failed = check_sequence(await run_work(bus, oai_work(body, kind="embeddings")))
@@ -172,13 +248,15 @@ async def test_an_answer_over_the_response_limit_is_a_413_still_charged(
     assert "base64" in failed.error.message and not JanusError.from_wire(failed.error).retryable
     assert failed.usage.prompt_tokens == 80, "the provider's reported usage is still settled"
     # as base64 the same answer fits
-    done = check_sequence(await run_work(bus, oai_work({**body, "encoding_format": "base64"},
-                                                       kind="embeddings")))
+    done = check_sequence(
+        await run_work(bus, oai_work({**body, "encoding_format": "base64"}, kind="embeddings"))
+    )
     assert isinstance(done, contract.Done)
 
 
-async def test_unreachable_upstream_is_retryable(bus: Bus, worker: WorkerService,
-                                                    upstream: OpenAIUpstream) -> None:
+async def test_unreachable_upstream_is_retryable(
+    bus: Bus, worker: WorkerService, upstream: OpenAIUpstream
+) -> None:
     await upstream.close()  # nothing listens there any more: a connect error
     failed = (await run_work(bus, oai_work({"messages": MESSAGES})))[-1]
     err = JanusError.from_wire(failed.error)

@@ -31,6 +31,7 @@ from services.worker.adapters.base import (
     append_turn,
     buffered_answer,
     error_text,
+    function_tools,
     json_arguments,
     json_decode,
     json_encode,
@@ -38,13 +39,14 @@ from services.worker.adapters.base import (
     option,
     output_cap,
     parse_data_url,
+    schema_of,
     single_choice,
-    stop_list,
     text_of,
     unsupported_part,
 )
 from shared.contract import Usage
 from shared.errors import InvalidRequest, JanusError, StreamInterrupted, upstream_error_for_status
+from shared.openai_request import ChatRequest, FunctionCall, Message, NamedToolChoice, Part
 
 API_VERSION = "2023-06-01"
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -92,8 +94,8 @@ def error_from(err: dict[str, Any]) -> JanusError:
 
 
 # ------------------------------------------------------------------------------------ request side
-def _image_block(part: dict[str, Any]) -> dict[str, Any]:
-    url = (part.get("image_url") or {}).get("url") or ""
+def _image_block(part: Part) -> dict[str, Any]:
+    url = part.image_url.url if part.image_url is not None else ""
     data = parse_data_url(url)
     if data is not None:
         return {"type": "image", "source": {"type": "base64", "media_type": data[0], "data": data[1]}}
@@ -102,15 +104,15 @@ def _image_block(part: dict[str, Any]) -> dict[str, Any]:
     raise InvalidRequest("image_url must be an http(s) or base64 data URL", param="messages")
 
 
-def _user_blocks(content: Any) -> list[dict[str, Any]]:
+def _user_blocks(content: str | list[Part] | None) -> list[dict[str, Any]]:
     if isinstance(content, str) or content is None:
         return [{"type": "text", "text": content}] if content else []
     blocks: list[dict[str, Any]] = []
     for part in content:
-        kind = part.get("type")
+        kind = part.type
         if kind == "text":
-            if part.get("text"):
-                blocks.append({"type": "text", "text": part["text"]})
+            if part.text:
+                blocks.append({"type": "text", "text": part.text})
         elif kind == "image_url":
             blocks.append(_image_block(part))
         else:
@@ -118,53 +120,53 @@ def _user_blocks(content: Any) -> list[dict[str, Any]]:
     return blocks
 
 
-def _assistant_blocks(msg: dict[str, Any]) -> list[dict[str, Any]]:
+def _assistant_blocks(msg: Message) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
-    text = text_of(msg.get("content"))
+    text = text_of(msg.content)
     if text:
         blocks.append({"type": "text", "text": text})
-    for call in msg.get("tool_calls") or []:
-        fn = call.get("function") or {}
+    for call in msg.tool_calls or ():
+        fn = call.function or FunctionCall()
         blocks.append(
             {
                 "type": "tool_use",
-                "id": call.get("id"),
-                "name": fn.get("name"),
-                "input": json_arguments(fn.get("arguments")),
+                "id": call.id,
+                "name": fn.name,
+                "input": json_arguments(fn.arguments),
             }
         )
     return blocks
 
 
-def convert_messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def convert_messages(messages: list[Message]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """OpenAI messages -> (Anthropic ``system`` blocks, alternating user/assistant turns)."""
     system: list[dict[str, Any]] = []
     turns: list[dict[str, Any]] = []
     for msg in messages:
-        role = msg.get("role")
+        role = msg.role
         if role in ("system", "developer"):
-            text = text_of(msg.get("content"))
+            text = text_of(msg.content)
             if text:
                 system.append({"type": "text", "text": text})
             continue
         if role == "assistant":
             blocks, role_out = _assistant_blocks(msg), "assistant"
         elif role == "tool":
-            result = text_of(msg.get("content"))
+            result = text_of(msg.content)
             blocks, role_out = (
-                [{"type": "tool_result", "tool_use_id": msg.get("tool_call_id"), "content": result}],
+                [{"type": "tool_result", "tool_use_id": msg.tool_call_id, "content": result}],
                 "user",
             )
         elif role == "user":
-            blocks, role_out = _user_blocks(msg.get("content")), "user"
+            blocks, role_out = _user_blocks(msg.content), "user"
         else:
             raise InvalidRequest(f"message role {role!r} is not supported", param="messages")
         append_turn(turns, role_out, blocks)
     return system, turns
 
 
-def _tool_choice(body: dict[str, Any]) -> dict[str, Any] | None:
-    choice = body.get("tool_choice")
+def _tool_choice(req: ChatRequest) -> dict[str, Any] | None:
+    choice = req.tool_choice
     out: dict[str, Any] | None
     if choice is None or choice == "auto":
         out = {"type": "auto"}
@@ -172,19 +174,19 @@ def _tool_choice(body: dict[str, Any]) -> dict[str, Any] | None:
         out = {"type": "any"}
     elif choice == "none":
         return {"type": "none"}
-    elif isinstance(choice, dict) and choice.get("type") == "function":
-        out = {"type": "tool", "name": (choice.get("function") or {}).get("name")}
+    elif isinstance(choice, NamedToolChoice) and choice.type == "function":
+        out = {"type": "tool", "name": choice.function.name if choice.function is not None else None}
     else:
         raise InvalidRequest("unsupported tool_choice", param="tool_choice")
-    if body.get("parallel_tool_calls") is False:
+    if req.parallel_tool_calls is False:
         out["disable_parallel_tool_use"] = True
     return out
 
 
 def build_body(ctx: ChatContext) -> dict[str, Any]:
-    body = ctx.body
-    single_choice(body)
-    system, turns = convert_messages(body.get("messages") or [])
+    req = ctx.chat
+    single_choice(req)
+    system, turns = convert_messages(req.messages)
     out: dict[str, Any] = {
         "model": ctx.upstream_model,
         "messages": turns,
@@ -192,30 +194,28 @@ def build_body(ctx: ChatContext) -> dict[str, Any]:
     }
     if system:
         out["system"] = system
-    if body.get("temperature") is not None:
+    if req.temperature is not None:
         # OpenAI accepts 0..2, Anthropic 0..1: clamp rather than refuse a request OpenAI would take
-        out["temperature"] = min(float(body["temperature"]), 1.0)
-    if body.get("top_p") is not None:
-        out["top_p"] = body["top_p"]
-    stops = stop_list(body)
+        out["temperature"] = min(float(req.temperature), 1.0)
+    if req.top_p is not None:
+        out["top_p"] = req.top_p
+    stops = req.stop_sequences
     if stops:
         out["stop_sequences"] = stops
-    tools = body.get("tools")
-    if tools:
+    if req.tools:
         out["tools"] = [
             {
-                "name": t["function"]["name"],
-                "description": t["function"].get("description") or "",
-                "input_schema": t["function"].get("parameters") or {"type": "object", "properties": {}},
+                "name": f.name,
+                "description": f.description or "",
+                "input_schema": schema_of(f.parameters) or {"type": "object", "properties": {}},
             }
-            for t in tools
-            if t.get("type") == "function"
+            for f in function_tools(req)
         ]
-        choice = _tool_choice(body)
+        choice = _tool_choice(req)
         if choice is not None:
             out["tool_choice"] = choice
-    if body.get("user"):
-        out["metadata"] = {"user_id": str(body["user"])}
+    if req.user:
+        out["metadata"] = {"user_id": str(req.user)}
     if ctx.stream:
         out["stream"] = True
     return out

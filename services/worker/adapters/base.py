@@ -15,16 +15,24 @@ adapter cannot do it does not declare, and the worker refuses it before calling 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, TypeVar, runtime_checkable
 
 import msgspec
 
-from shared import tokens
 from shared.catalog import Deployment, Provider
 from shared.contract import Usage
 from shared.errors import InvalidRequest, UpstreamError
+from shared.openai_request import (
+    ChatRequest,
+    EmbeddingsRequest,
+    EmbedInput,
+    FunctionDef,
+    Part,
+    Tool,
+)
 
 Framing = Literal["json", "sse", "ndjson", "aws-eventstream"]
+K = TypeVar("K", ChatRequest, EmbeddingsRequest)
 
 
 class Capabilities(msgspec.Struct, frozen=True):
@@ -37,15 +45,6 @@ class Capabilities(msgspec.Struct, frozen=True):
     token_input: bool = False
     # answers in process with no upstream HTTP: a ``LocalAdapter``, which the transport never sees
     local: bool = False
-
-
-# one embeddings input: a text, or (where ``token_input``) a list of token ids
-EmbedInput = str | list[int]
-
-
-def input_tokens(item: EmbedInput) -> int:
-    """The tokens of one embeddings input: estimated for a text, exact for token ids."""
-    return tokens.estimate_text(item) if isinstance(item, str) else len(item)
 
 
 class UpstreamRequest(msgspec.Struct):
@@ -130,14 +129,32 @@ class ChatContext(msgspec.Struct):
     provider: Provider
     deployment: Deployment
     upstream_model: str
-    body: dict[str, Any]  # the client's OpenAI request, decoded
+    # the client's OpenAI request, typed, after the worker's parameter policy (``policy.apply``)
+    request: ChatRequest | EmbeddingsRequest
     stream: bool
     api_key: str | None  # resolved by the worker (env var or the user's own key); never logged
+    # the client's JSON as sent (the request's source), for a provider that is passed the
+    # parameters Janus does not model
+    raw: bytes
     request_id: str = ""
     dimensions: int | None = None  # embeddings: the catalog model's vector size
     # the output cap per choice the gateway held for (None: the body's own cap stands)
     max_output_tokens: int | None = None
     prompt_tokens: int = 0  # the prompt estimate (``shared.prompt``), for usage nobody reported
+
+    @property
+    def chat(self) -> ChatRequest:
+        return _narrow(self.request, ChatRequest)
+
+    @property
+    def embeddings(self) -> EmbeddingsRequest:
+        return _narrow(self.request, EmbeddingsRequest)
+
+
+def _narrow(req: ChatRequest | EmbeddingsRequest, kind: type[K]) -> K:
+    if not isinstance(req, kind):
+        raise TypeError(f"an adapter expecting a {kind.__name__} was handed a {type(req).__name__}")
+    return req
 
 
 class StreamParser(Protocol):
@@ -212,8 +229,7 @@ def batch_limit(adapter: EmbeddingsAdapter, ctx: ChatContext) -> int:
 
 def embedding_dimensions(ctx: ChatContext) -> int | None:
     """The client's ``dimensions``, for providers that can shorten their vectors."""
-    dims = ctx.body.get("dimensions")
-    return int(dims) if isinstance(dims, int) and not isinstance(dims, bool) and dims > 0 else None
+    return ctx.embeddings.dimensions
 
 
 # ------------------------------------------------------------------------- helpers for translators
@@ -255,32 +271,58 @@ def upstream_json(body: bytes) -> Any:
         raise UpstreamError(f"the provider sent a malformed response: {exc}") from None
 
 
-def max_tokens_of(body: dict[str, Any]) -> int | None:
-    """``max_completion_tokens`` wins over the deprecated ``max_tokens`` (OpenAI's own rule)."""
-    value = body.get("max_completion_tokens") or body.get("max_tokens")
-    return int(value) if value else None
-
-
 def output_cap(ctx: ChatContext) -> int | None:
     """The output cap to send: the one the gateway held for, which bounds what the call can cost.
     Every adapter writes it as its provider's own cap parameter."""
-    return ctx.max_output_tokens or max_tokens_of(ctx.body)
+    return ctx.max_output_tokens or ctx.chat.output_cap
 
 
-def stop_list(body: dict[str, Any]) -> list[str]:
-    stop = body.get("stop")
-    if not stop:
-        return []
-    return [stop] if isinstance(stop, str) else [s for s in stop if s]
-
-
-def text_of(content: Any) -> str:
+def text_of(content: str | list[Part] | None) -> str:
     """The text of a message's ``content``: a string, or the text parts of a parts list."""
     if content is None:
         return ""
     if isinstance(content, str):
         return content
-    return "".join(p.get("text") or "" for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return "".join(p.text or "" for p in content if p.type == "text")
+
+
+def schema_of(raw: msgspec.Raw) -> msgspec.Raw | None:
+    """A JSON Schema the client gave, as written; None for none, null or ``{}``, which providers
+    that require a schema are sent their own empty one instead."""
+    if not raw or (len(raw) < 16 and not _json_decoder.decode(raw)):
+        return None
+    return raw
+
+
+SAMPLING = ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty")
+
+
+def sampling(req: ChatRequest, names: dict[str, str]) -> dict[str, Any]:
+    """The sampling parameters the client set, under the provider's names (``names``: OpenAI's
+    name -> the provider's; one it does not name is not sent), each number as the client wrote it."""
+    return {names[k]: v for k in SAMPLING if k in names and (v := getattr(req, k)) is not None}
+
+
+def function_tools(req: ChatRequest) -> list[FunctionDef]:
+    """The function tools offered (the only kind the translating providers take)."""
+    return [t.function for t in req.tools or () if t.type == "function" and t.function is not None]
+
+
+def openai_tool(tool: Tool) -> dict[str, Any]:
+    """A tool in OpenAI's own shape, for providers that take it so (Ollama, Cohere): what the client
+    declared, nothing added."""
+    fn = tool.function
+    out: dict[str, Any] = {"type": tool.type}
+    if fn is not None:
+        spec: dict[str, Any] = {"name": fn.name}
+        if fn.description is not None:
+            spec["description"] = fn.description
+        if fn.parameters:
+            spec["parameters"] = fn.parameters
+        if fn.strict is not None:
+            spec["strict"] = fn.strict
+        out["function"] = spec
+    return out
 
 
 def parse_data_url(url: str) -> tuple[str, str] | None:
@@ -293,11 +335,9 @@ def parse_data_url(url: str) -> tuple[str, str] | None:
     return head[: -len(";base64")] or "application/octet-stream", data
 
 
-def json_arguments(arguments: Any) -> Any:
+def json_arguments(arguments: str) -> Any:
     """A tool call's ``arguments`` (a JSON string in OpenAI's format) as an object for providers
     that take structured input."""
-    if not isinstance(arguments, str):
-        return arguments if arguments is not None else {}
     if not arguments.strip():
         return {}
     try:
@@ -325,10 +365,9 @@ def error_text(body: bytes, *path: str) -> str:
     return body[:500].decode("utf-8", "replace").strip() or "upstream error"
 
 
-def single_choice(body: dict[str, Any]) -> None:
+def single_choice(req: ChatRequest) -> None:
     """Providers without ``n`` generate one answer; say so rather than silently returning one."""
-    n = body.get("n")
-    if n not in (None, 1):
+    if req.n not in (None, 1):
         raise InvalidRequest("n > 1 is not supported by this model's provider", param="n")
 
 

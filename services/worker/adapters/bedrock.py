@@ -45,6 +45,7 @@ from services.worker.adapters.base import (
     buffered_answer,
     embedding_dimensions,
     error_text,
+    function_tools,
     json_arguments,
     json_decode,
     json_encode,
@@ -52,8 +53,8 @@ from services.worker.adapters.base import (
     option,
     output_cap,
     parse_data_url,
+    schema_of,
     single_choice,
-    stop_list,
     text_of,
     unsupported_part,
     upstream_json,
@@ -61,6 +62,7 @@ from services.worker.adapters.base import (
 from services.worker.adapters.cohere_embed import embed_body, embed_vectors
 from shared.contract import Usage
 from shared.errors import InvalidRequest, JanusError, StreamInterrupted, upstream_error_for_status
+from shared.openai_request import FunctionCall, Message, NamedToolChoice, Part, ToolChoice
 
 SERVICE = "bedrock"
 DEFAULT_REGION = "us-east-1"
@@ -113,17 +115,17 @@ def exception_from(kind: str, payload: bytes) -> JanusError:
 
 
 # ------------------------------------------------------------------------------------ request side
-def _user_blocks(content: Any) -> list[dict[str, Any]]:
+def _user_blocks(content: str | list[Part] | None) -> list[dict[str, Any]]:
     if isinstance(content, str) or content is None:
         return [{"text": content}] if content else []
     blocks: list[dict[str, Any]] = []
     for part in content:
-        kind = part.get("type")
+        kind = part.type
         if kind == "text":
-            if part.get("text"):
-                blocks.append({"text": part["text"]})
+            if part.text:
+                blocks.append({"text": part.text})
         elif kind == "image_url":
-            data = parse_data_url((part.get("image_url") or {}).get("url") or "")
+            data = parse_data_url(part.image_url.url if part.image_url is not None else "")
             fmt = _IMAGE_FORMATS.get(data[0]) if data else None
             if data is None or fmt is None:
                 raise InvalidRequest(
@@ -135,29 +137,29 @@ def _user_blocks(content: Any) -> list[dict[str, Any]]:
     return blocks
 
 
-def convert_messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def convert_messages(messages: list[Message]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     system: list[dict[str, Any]] = []
     turns: list[dict[str, Any]] = []
     for msg in messages:
-        role = msg.get("role")
+        role = msg.role
         if role in ("system", "developer"):
-            text = text_of(msg.get("content"))
+            text = text_of(msg.content)
             if text:
                 system.append({"text": text})
             continue
         if role == "assistant":
             blocks: list[dict[str, Any]] = []
-            text = text_of(msg.get("content"))
+            text = text_of(msg.content)
             if text:
                 blocks.append({"text": text})
-            for call in msg.get("tool_calls") or []:
-                fn = call.get("function") or {}
+            for call in msg.tool_calls or ():
+                fn = call.function or FunctionCall()
                 blocks.append(
                     {
                         "toolUse": {
-                            "toolUseId": call.get("id"),
-                            "name": fn.get("name"),
-                            "input": json_arguments(fn.get("arguments")),
+                            "toolUseId": call.id,
+                            "name": fn.name,
+                            "input": json_arguments(fn.arguments),
                         }
                     }
                 )
@@ -166,34 +168,34 @@ def convert_messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any
             blocks = [
                 {
                     "toolResult": {
-                        "toolUseId": msg.get("tool_call_id"),
-                        "content": [{"text": text_of(msg.get("content"))}],
+                        "toolUseId": msg.tool_call_id,
+                        "content": [{"text": text_of(msg.content)}],
                     }
                 }
             ]
             role_out = "user"
         elif role == "user":
-            blocks, role_out = _user_blocks(msg.get("content")), "user"
+            blocks, role_out = _user_blocks(msg.content), "user"
         else:
             raise InvalidRequest(f"message role {role!r} is not supported", param="messages")
         append_turn(turns, role_out, blocks)
     return system, turns
 
 
-def _tool_choice(choice: Any) -> dict[str, Any] | None:
+def _tool_choice(choice: ToolChoice | None) -> dict[str, Any] | None:
     if choice is None or choice == "auto":
         return {"auto": {}}
     if choice == "required":
         return {"any": {}}
-    if isinstance(choice, dict) and choice.get("type") == "function":
-        return {"tool": {"name": (choice.get("function") or {}).get("name")}}
+    if isinstance(choice, NamedToolChoice) and choice.type == "function":
+        return {"tool": {"name": choice.function.name if choice.function is not None else None}}
     raise InvalidRequest("unsupported tool_choice", param="tool_choice")
 
 
 def build_body(ctx: ChatContext) -> dict[str, Any]:
-    body = ctx.body
-    single_choice(body)
-    system, turns = convert_messages(body.get("messages") or [])
+    req = ctx.chat
+    single_choice(req)
+    system, turns = convert_messages(req.messages)
     out: dict[str, Any] = {"messages": turns}
     if system:
         out["system"] = system
@@ -201,30 +203,32 @@ def build_body(ctx: ChatContext) -> dict[str, Any]:
     limit = output_cap(ctx)
     if limit:
         config["maxTokens"] = limit
-    if body.get("temperature") is not None:
-        config["temperature"] = min(float(body["temperature"]), 1.0)  # Converse takes 0..1
-    if body.get("top_p") is not None:
-        config["topP"] = body["top_p"]
-    stops = stop_list(body)
+    if req.temperature is not None:
+        config["temperature"] = min(float(req.temperature), 1.0)  # Converse takes 0..1
+    if req.top_p is not None:
+        config["topP"] = req.top_p
+    stops = req.stop_sequences
     if stops:
         config["stopSequences"] = stops
     if config:
         out["inferenceConfig"] = config
-    tools = [t["function"] for t in body.get("tools") or [] if t.get("type") == "function"]
+    tools = function_tools(req)
     # Converse has no "none" tool choice: leaving the tools out is the documented equivalent
-    if tools and body.get("tool_choice") != "none":
+    if tools and req.tool_choice != "none":
         out["toolConfig"] = {
             "tools": [
                 {
                     "toolSpec": {
-                        "name": f["name"],
-                        "description": f.get("description") or f["name"],
-                        "inputSchema": {"json": f.get("parameters") or {"type": "object", "properties": {}}},
+                        "name": f.name,
+                        "description": f.description or f.name,
+                        "inputSchema": {
+                            "json": schema_of(f.parameters) or {"type": "object", "properties": {}}
+                        },
                     }
                 }
                 for f in tools
             ],
-            "toolChoice": _tool_choice(body.get("tool_choice")),
+            "toolChoice": _tool_choice(req.tool_choice),
         }
     return out
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from services.worker.adapters.base import (
+    SAMPLING,
     Capabilities,
     ChatContext,
     Completion,
@@ -36,15 +37,18 @@ from services.worker.adapters.base import (
     error_text,
     json_decode,
     json_encode,
+    openai_tool,
     output_cap,
+    sampling,
+    schema_of,
     single_choice,
-    stop_list,
     text_of,
     upstream_json,
 )
 from services.worker.adapters.cohere_embed import embed_body, embed_vectors
 from shared.contract import Usage
 from shared.errors import InvalidRequest, StreamInterrupted, UpstreamError, UpstreamTimeout
+from shared.openai_request import Message, NamedToolChoice
 
 DEFAULT_BASE_URL = "https://api.cohere.com"
 
@@ -55,6 +59,9 @@ FINISH: dict[str, FinishReason] = {
     "MAX_TOKENS": "length",
     "TOOL_CALL": "tool_calls",
 }
+
+
+SAMPLING_NAMES = {k: k for k in SAMPLING} | {"top_p": "p"}
 
 
 def usage_from(u: dict[str, Any]) -> Usage:
@@ -87,76 +94,68 @@ def _finish(reason: str | None) -> FinishReason:
     return FINISH.get(reason or "COMPLETE", "stop")
 
 
-def _convert_message(msg: dict[str, Any]) -> dict[str, Any]:
-    role = msg.get("role")
+def _convert_message(msg: Message) -> dict[str, Any]:
+    role = msg.role
     if role in ("system", "developer"):
-        return {"role": "system", "content": text_of(msg.get("content"))}
+        return {"role": "system", "content": text_of(msg.content)}
     if role == "user":
-        content = msg.get("content")
-        if isinstance(content, list) and any(p.get("type") == "image_url" for p in content):
+        content = msg.content
+        if isinstance(content, list) and any(p.type == "image_url" for p in content):
             return {"role": "user", "content": content}  # v2 takes OpenAI's image_url parts as they are
         return {"role": "user", "content": text_of(content)}
     if role == "assistant":
         turn: dict[str, Any] = {"role": "assistant"}
-        text = text_of(msg.get("content"))
+        text = text_of(msg.content)
         if text:
             turn["content"] = text
-        calls = msg.get("tool_calls")
+        calls = msg.tool_calls
         if calls:
-            turn["tool_calls"] = [
-                {"id": c.get("id"), "type": "function", "function": c.get("function")} for c in calls
-            ]
+            turn["tool_calls"] = [{"id": c.id, "type": "function", "function": c.function} for c in calls]
         return turn
     if role == "tool":
         return {
             "role": "tool",
-            "tool_call_id": msg.get("tool_call_id"),
-            "content": text_of(msg.get("content")),
+            "tool_call_id": msg.tool_call_id,
+            "content": text_of(msg.content),
         }
     raise InvalidRequest(f"message role {role!r} is not supported", param="messages")
 
 
 def build_body(ctx: ChatContext) -> dict[str, Any]:
-    body = ctx.body
-    single_choice(body)
+    req = ctx.chat
+    single_choice(req)
     out: dict[str, Any] = {
         "model": ctx.upstream_model,
-        "messages": [_convert_message(m) for m in body.get("messages") or []],
+        "messages": [_convert_message(m) for m in req.messages],
         "stream": ctx.stream,
     }
     limit = output_cap(ctx)
     if limit:
         out["max_tokens"] = limit
-    for ours, theirs in (
-        ("temperature", "temperature"),
-        ("top_p", "p"),
-        ("seed", "seed"),
-        ("presence_penalty", "presence_penalty"),
-        ("frequency_penalty", "frequency_penalty"),
-    ):
-        if body.get(ours) is not None:
-            out[theirs] = body[ours]
-    stops = stop_list(body)
+    out.update(sampling(req, SAMPLING_NAMES))
+    stops = req.stop_sequences
     if stops:
         out["stop_sequences"] = stops
-    fmt = body.get("response_format") or {}
-    if fmt.get("type") in ("json_object", "json_schema"):
+    fmt = req.response_format
+    if fmt is not None and fmt.type in ("json_object", "json_schema"):
         out["response_format"] = {"type": "json_object"}
-        schema = (fmt.get("json_schema") or {}).get("schema")
+        schema = schema_of(fmt.json_schema.schema) if fmt.json_schema is not None else None
         if schema:
             out["response_format"]["json_schema"] = schema
-    tools = [t for t in body.get("tools") or [] if t.get("type") == "function"]
+    tools = [t for t in req.tools or () if t.type == "function"]
     if tools:
-        out["tools"] = tools
-        choice = body.get("tool_choice")
+        out["tools"] = [openai_tool(t) for t in tools]
+        choice = req.tool_choice
         if choice == "required":
             out["tool_choice"] = "REQUIRED"
         elif choice == "none":
             out["tool_choice"] = "NONE"
-        elif isinstance(choice, dict):
+        elif isinstance(choice, NamedToolChoice):
             # Cohere cannot force one named tool: offer only that tool and require a call
-            name = (choice.get("function") or {}).get("name")
-            out["tools"] = [t for t in tools if t["function"].get("name") == name]
+            name = choice.function.name if choice.function is not None else None
+            out["tools"] = [
+                openai_tool(t) for t in tools if t.function is not None and t.function.name == name
+            ]
             out["tool_choice"] = "REQUIRED"
     return out
 

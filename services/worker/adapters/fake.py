@@ -29,31 +29,31 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
+import msgspec
 import numpy as np
 
 from services.worker.adapters.base import (
     Capabilities,
     ChatContext,
     Embeddings,
-    EmbedInput,
     Event,
     Finish,
     FinishReason,
     TextDelta,
     ToolCallDelta,
     UsageEvent,
-    input_tokens,
-    json_encode,
+    json_decode,
     json_text,
     option,
     output_cap,
     single_choice,
-    stop_list,
     text_of,
 )
 from services.worker.adapters.fake_schema import example_value
-from shared import prompt, tokens
+from shared import tokens
 from shared.contract import Usage
+from shared.openai_request import ChatRequest, EmbedInput, FunctionDef, NamedToolChoice, input_tokens
+from shared.prompt import estimate_request
 
 WORDS = (
     "the",
@@ -103,15 +103,10 @@ def _digest(*parts: str) -> bytes:
     return h.digest()
 
 
-def prompt_estimate(ctx: ChatContext) -> int:
-    """The shared estimate, for a context built without one (adapter tests)."""
-    return prompt.estimate_body(json_encode(ctx.body))
-
-
-def _last_user_text(body: dict[str, Any]) -> str:
-    for m in reversed(body.get("messages") or []):
-        if isinstance(m, dict) and m.get("role") == "user":
-            return text_of(m.get("content"))
+def _last_user_text(req: ChatRequest) -> str:
+    for m in reversed(req.messages):
+        if m.role == "user":
+            return text_of(m.content)
     return ""
 
 
@@ -127,40 +122,40 @@ def answer_words(prompt: str, model: str) -> list[str]:
     return ["Janus", *filler[:lead], *echoed, *filler[lead:]][:n]
 
 
-def json_answer(body: dict[str, Any], words: list[str]) -> str | None:
+def _schema(raw: msgspec.Raw) -> Any:
+    return json_decode(raw) if raw else None
+
+
+def json_answer(req: ChatRequest, words: list[str]) -> str | None:
     """The answer's JSON text when ``response_format`` asks for JSON, else None."""
-    fmt = body.get("response_format")
-    if not isinstance(fmt, dict):
+    fmt = req.response_format
+    if fmt is None:
         return None
-    if fmt.get("type") == "json_object":
+    if fmt.type == "json_object":
         return json_text({"answer": " ".join(words)})
-    spec = fmt.get("json_schema")
-    if fmt.get("type") == "json_schema" and isinstance(spec, dict):
-        schema = spec.get("schema") or {"type": "object"}
-        return json_text(example_value(schema, strict=spec.get("strict") is True))
+    spec = fmt.json_schema
+    if fmt.type == "json_schema" and spec is not None:
+        schema = _schema(spec.schema) or {"type": "object"}
+        return json_text(example_value(schema, strict=spec.strict is True))
     return None
 
 
-def _after_tool_result(body: dict[str, Any]) -> bool:
-    messages = body.get("messages") or []
-    last = messages[-1] if messages else None
-    return isinstance(last, dict) and last.get("role") in ("tool", "function")
+def _after_tool_result(req: ChatRequest) -> bool:
+    return bool(req.messages) and req.messages[-1].role in ("tool", "function")
 
 
-def _chosen_tools(body: dict[str, Any], prompt: str) -> list[dict[str, Any]]:
-    tools = [
-        t for t in body.get("tools") or [] if isinstance(t, dict) and isinstance(t.get("function"), dict)
-    ]
-    choice = body.get("tool_choice")
+def _chosen_tools(req: ChatRequest, prompt: str) -> list[FunctionDef]:
+    tools = [t.function for t in req.tools or () if t.function is not None]
+    choice = req.tool_choice
     if not tools or choice == "none":
         return []
-    if _after_tool_result(body) and choice != "required" and not isinstance(choice, dict):
+    named = isinstance(choice, NamedToolChoice)
+    if _after_tool_result(req) and choice != "required" and not named:
         return []  # the tool answered: a model now answers the user in words
-    if isinstance(choice, dict):
-        name = (choice.get("function") or {}).get("name")
-        named = [t for t in tools if t["function"].get("name") == name]
-        return named[:1] or tools[:1]
-    if body.get("parallel_tool_calls") is not False and len(tools) > 1 and _MANY.search(prompt):
+    if isinstance(choice, NamedToolChoice):
+        name = choice.function.name if choice.function is not None else None
+        return [f for f in tools if f.name == name][:1] or tools[:1]
+    if req.parallel_tool_calls is not False and len(tools) > 1 and _MANY.search(prompt):
         return tools
     return tools[:1]
 
@@ -182,20 +177,19 @@ class FakeAdapter:
         return latency, (1.0 / tps if tps > 0 else 0.0)
 
     async def stream_events(self, ctx: ChatContext) -> AsyncIterator[Event]:
-        body = ctx.body
-        single_choice(body)
-        prompt = _last_user_text(body)
-        prompt_tokens = ctx.prompt_tokens or prompt_estimate(ctx)
+        req = ctx.chat
+        single_choice(req)
+        prompt = _last_user_text(req)
+        prompt_tokens = ctx.prompt_tokens or estimate_request(req)
         latency, per_token = self._pace(ctx)
         if latency:
             await asyncio.sleep(latency)
-        tools = _chosen_tools(body, prompt)
+        tools = _chosen_tools(req, prompt)
         if tools:
             completion = 0
-            for i, tool in enumerate(tools):
-                fn = tool["function"]
-                name = str(fn.get("name", ""))
-                args = json_text(example_value(fn.get("parameters") or {"type": "object"}) or {})
+            for i, fn in enumerate(tools):
+                name = fn.name
+                args = json_text(example_value(_schema(fn.parameters) or {"type": "object"}) or {})
                 call_id = "call_" + _digest(ctx.request_id, prompt, str(i)).hex()[:24]
                 completion += tokens.estimate_text(name) + tokens.estimate_text(args)
                 # the arguments arrive in two fragments, as real providers send them
@@ -209,7 +203,7 @@ class FakeAdapter:
             yield UsageEvent(Usage(prompt_tokens=prompt_tokens, completion_tokens=completion))
             return
         words = answer_words(prompt, ctx.upstream_model)
-        structured = json_answer(body, words)
+        structured = json_answer(req, words)
         # one piece per token: words for text, four characters of JSON
         pieces = (
             _PIECE.findall(structured)
@@ -217,7 +211,7 @@ class FakeAdapter:
             else [w if i == 0 else " " + w for i, w in enumerate(words)]
         )
         limit = output_cap(ctx)
-        stops = stop_list(body)
+        stops = req.stop_sequences
         reason: FinishReason = "stop"
         if limit is not None and limit < len(pieces):
             pieces, reason = pieces[:limit], "length"
@@ -243,7 +237,7 @@ class FakeAdapter:
         yield UsageEvent(Usage(prompt_tokens=prompt_tokens, completion_tokens=generated))
 
     async def embed(self, ctx: ChatContext, inputs: list[EmbedInput]) -> Embeddings:
-        dims = int(ctx.body.get("dimensions") or ctx.dimensions or DEFAULT_DIMENSIONS)
+        dims = ctx.embeddings.dimensions or ctx.dimensions or DEFAULT_DIMENSIONS
         latency, _ = self._pace(ctx)
         if latency:
             await asyncio.sleep(latency)

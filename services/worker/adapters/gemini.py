@@ -42,20 +42,23 @@ from services.worker.adapters.base import (
     buffered_answer,
     embedding_dimensions,
     error_text,
+    function_tools,
     json_arguments,
     json_decode,
     json_encode,
     json_text,
     output_cap,
     parse_data_url,
+    sampling,
+    schema_of,
     single_choice,
-    stop_list,
     text_of,
     unsupported_part,
     upstream_json,
 )
 from shared.contract import Usage
 from shared.errors import InvalidRequest, JanusError, StreamInterrupted, upstream_error_for_status
+from shared.openai_request import FunctionCall, Message, NamedToolChoice, Part, ToolChoice
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 # Gemini 3 rejects a replayed functionCall without the signature it was issued with; an OpenAI
@@ -74,6 +77,15 @@ FINISH: dict[str, FinishReason] = {
     "SPII": "content_filter",
     "IMAGE_SAFETY": "content_filter",
     "LANGUAGE": "content_filter",
+}
+
+
+SAMPLING_NAMES = {
+    "temperature": "temperature",
+    "top_p": "topP",
+    "seed": "seed",
+    "presence_penalty": "presencePenalty",
+    "frequency_penalty": "frequencyPenalty",
 }
 
 
@@ -118,17 +130,17 @@ def _call_id(call: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------------ request side
-def _user_parts(content: Any) -> list[dict[str, Any]]:
+def _user_parts(content: str | list[Part] | None) -> list[dict[str, Any]]:
     if isinstance(content, str) or content is None:
         return [{"text": content}] if content else []
     parts: list[dict[str, Any]] = []
     for part in content:
-        kind = part.get("type")
+        kind = part.type
         if kind == "text":
-            if part.get("text"):
-                parts.append({"text": part["text"]})
+            if part.text:
+                parts.append({"text": part.text})
         elif kind == "image_url":
-            url = (part.get("image_url") or {}).get("url") or ""
+            url = part.image_url.url if part.image_url is not None else ""
             data = parse_data_url(url)
             if data is not None:
                 parts.append({"inlineData": {"mimeType": data[0], "data": data[1]}})
@@ -140,12 +152,12 @@ def _user_parts(content: Any) -> list[dict[str, Any]]:
     return parts
 
 
-def _function_response(msg: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
-    call_id = msg.get("tool_call_id") or ""
+def _function_response(msg: Message, names: dict[str, str]) -> dict[str, Any]:
+    call_id = msg.tool_call_id or ""
     name = names.get(call_id)
     if name is None:
         raise InvalidRequest(f"tool message answers unknown tool_call_id {call_id!r}", param="messages")
-    text = text_of(msg.get("content"))
+    text = text_of(msg.content)
     try:
         result = json_decode(text) if text.strip().startswith("{") else None
     except msgspec.DecodeError:
@@ -155,28 +167,28 @@ def _function_response(msg: dict[str, Any], names: dict[str, str]) -> dict[str, 
     return {"functionResponse": {"name": name, "response": response}}
 
 
-def convert_messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def convert_messages(messages: list[Message]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """OpenAI messages -> (systemInstruction parts, contents)."""
     system: list[dict[str, Any]] = []
     contents: list[dict[str, Any]] = []
     names: dict[str, str] = {}
     for msg in messages:
-        role = msg.get("role")
+        role = msg.role
         if role in ("system", "developer"):
-            text = text_of(msg.get("content"))
+            text = text_of(msg.content)
             if text:
                 system.append({"text": text})
             continue
         if role == "assistant":
             parts: list[dict[str, Any]] = []
-            text = text_of(msg.get("content"))
+            text = text_of(msg.content)
             if text:
                 parts.append({"text": text})
-            for i, call in enumerate(msg.get("tool_calls") or []):
-                fn = call.get("function") or {}
-                names[call.get("id") or ""] = fn.get("name") or ""
+            for i, call in enumerate(msg.tool_calls or ()):
+                fn = call.function or FunctionCall()
+                names[call.id or ""] = fn.name
                 part: dict[str, Any] = {
-                    "functionCall": {"name": fn.get("name"), "args": json_arguments(fn.get("arguments"))}
+                    "functionCall": {"name": fn.name, "args": json_arguments(fn.arguments)}
                 }
                 if i == 0:  # only the first of parallel calls carries a signature
                     part["thoughtSignature"] = SKIP_SIGNATURE
@@ -185,30 +197,30 @@ def convert_messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any
         elif role == "tool":
             parts, role_out = [_function_response(msg, names)], "user"
         elif role == "user":
-            parts, role_out = _user_parts(msg.get("content")), "user"
+            parts, role_out = _user_parts(msg.content), "user"
         else:
             raise InvalidRequest(f"message role {role!r} is not supported", param="messages")
         append_turn(contents, role_out, parts, key="parts")
     return system, contents
 
 
-def _tool_config(choice: Any) -> dict[str, Any] | None:
+def _tool_config(choice: ToolChoice | None) -> dict[str, Any] | None:
     if choice is None or choice == "auto":
         return None
     if choice == "required":
         return {"functionCallingConfig": {"mode": "ANY"}}
     if choice == "none":
         return {"functionCallingConfig": {"mode": "NONE"}}
-    if isinstance(choice, dict) and choice.get("type") == "function":
-        name = (choice.get("function") or {}).get("name")
+    if isinstance(choice, NamedToolChoice) and choice.type == "function":
+        name = choice.function.name if choice.function is not None else None
         return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [name]}}
     raise InvalidRequest("unsupported tool_choice", param="tool_choice")
 
 
 def build_body(ctx: ChatContext) -> dict[str, Any]:
-    body = ctx.body
-    single_choice(body)
-    system, contents = convert_messages(body.get("messages") or [])
+    req = ctx.chat
+    single_choice(req)
+    system, contents = convert_messages(req.messages)
     out: dict[str, Any] = {"contents": contents}
     if system:
         out["systemInstruction"] = {"parts": system}
@@ -216,43 +228,35 @@ def build_body(ctx: ChatContext) -> dict[str, Any]:
     limit = output_cap(ctx)
     if limit:
         config["maxOutputTokens"] = limit
-    for ours, theirs in (
-        ("temperature", "temperature"),
-        ("top_p", "topP"),
-        ("seed", "seed"),
-        ("presence_penalty", "presencePenalty"),
-        ("frequency_penalty", "frequencyPenalty"),
-    ):
-        if body.get(ours) is not None:
-            config[theirs] = body[ours]
-    stops = stop_list(body)
+    config.update(sampling(req, SAMPLING_NAMES))
+    stops = req.stop_sequences
     if stops:
         config["stopSequences"] = stops
-    fmt = body.get("response_format") or {}
-    if fmt.get("type") in ("json_object", "json_schema"):
+    fmt = req.response_format
+    if fmt is not None and fmt.type in ("json_object", "json_schema"):
         config["responseMimeType"] = "application/json"
-        schema = (fmt.get("json_schema") or {}).get("schema")
+        schema = schema_of(fmt.json_schema.schema) if fmt.json_schema is not None else None
         if schema:
             config["responseJsonSchema"] = schema
     if config:
         out["generationConfig"] = config
-    tools = [t["function"] for t in body.get("tools") or [] if t.get("type") == "function"]
+    tools = function_tools(req)
     if tools:
         out["tools"] = [
             {
                 "functionDeclarations": [
                     {
-                        "name": f["name"],
-                        "description": f.get("description") or "",
+                        "name": f.name,
+                        "description": f.description or "",
                         # the JSON Schema field, so OpenAI schemas pass as written (``parameters`` takes only
                         # an OpenAPI subset and rejects e.g. ``additionalProperties``)
-                        **({"parametersJsonSchema": f["parameters"]} if f.get("parameters") else {}),
+                        **({"parametersJsonSchema": schema} if (schema := schema_of(f.parameters)) else {}),
                     }
                     for f in tools
                 ]
             }
         ]
-        cfg = _tool_config(body.get("tool_choice"))
+        cfg = _tool_config(req.tool_choice)
         if cfg:
             out["toolConfig"] = cfg
     return out

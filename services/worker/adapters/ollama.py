@@ -17,6 +17,7 @@ import uuid
 from typing import Any, ClassVar
 
 from services.worker.adapters.base import (
+    SAMPLING,
     Capabilities,
     ChatContext,
     Completion,
@@ -35,20 +36,26 @@ from services.worker.adapters.base import (
     json_decode,
     json_encode,
     json_text,
+    openai_tool,
     output_cap,
     parse_data_url,
+    sampling,
+    schema_of,
     single_choice,
-    stop_list,
     text_of,
     unsupported_part,
 )
 from shared.contract import Usage
 from shared.errors import InvalidRequest, StreamInterrupted, UpstreamError
+from shared.openai_request import FunctionCall, Message, Part
 
 DEFAULT_BASE_URL = "http://127.0.0.1:11434"
 
 
 FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length"}
+
+
+SAMPLING_NAMES = {k: k for k in SAMPLING}  # Ollama's ``options`` use OpenAI's names
 
 
 def usage_from(doc: dict[str, Any]) -> Usage:
@@ -75,17 +82,17 @@ def _tool_call(call: dict[str, Any], ordinal: int) -> ToolCallDelta:
 
 
 # ------------------------------------------------------------------------------------ request side
-def _user_message(content: Any) -> dict[str, Any]:
+def _user_message(content: str | list[Part] | None) -> dict[str, Any]:
     if isinstance(content, str) or content is None:
         return {"role": "user", "content": content or ""}
     texts: list[str] = []
     images: list[str] = []
     for part in content:
-        kind = part.get("type")
+        kind = part.type
         if kind == "text":
-            texts.append(part.get("text") or "")
+            texts.append(part.text or "")
         elif kind == "image_url":
-            data = parse_data_url((part.get("image_url") or {}).get("url") or "")
+            data = parse_data_url(part.image_url.url if part.image_url is not None else "")
             if data is None:
                 raise InvalidRequest("Ollama takes images as base64 data URLs", param="messages")
             images.append(data[1])
@@ -97,29 +104,29 @@ def _user_message(content: Any) -> dict[str, Any]:
     return out
 
 
-def convert_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def convert_messages(messages: list[Message]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     names: dict[str, str] = {}
     for msg in messages:
-        role = msg.get("role")
+        role = msg.role
         if role in ("system", "developer"):
-            out.append({"role": "system", "content": text_of(msg.get("content"))})
+            out.append({"role": "system", "content": text_of(msg.content)})
         elif role == "user":
-            out.append(_user_message(msg.get("content")))
+            out.append(_user_message(msg.content))
         elif role == "assistant":
-            turn: dict[str, Any] = {"role": "assistant", "content": text_of(msg.get("content"))}
+            turn: dict[str, Any] = {"role": "assistant", "content": text_of(msg.content)}
             calls = []
-            for call in msg.get("tool_calls") or []:
-                fn = call.get("function") or {}
-                names[call.get("id") or ""] = fn.get("name") or ""
-                args = json_arguments(fn.get("arguments"))
-                calls.append({"function": {"name": fn.get("name"), "arguments": args}})
+            for call in msg.tool_calls or ():
+                fn = call.function or FunctionCall()
+                names[call.id or ""] = fn.name
+                args = json_arguments(fn.arguments)
+                calls.append({"function": {"name": fn.name, "arguments": args}})
             if calls:
                 turn["tool_calls"] = calls
             out.append(turn)
         elif role == "tool":
-            turn = {"role": "tool", "content": text_of(msg.get("content"))}
-            name = names.get(msg.get("tool_call_id") or "")
+            turn = {"role": "tool", "content": text_of(msg.content)}
+            name = names.get(msg.tool_call_id or "")
             if name:
                 turn["tool_name"] = name
             out.append(turn)
@@ -129,33 +136,31 @@ def convert_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def build_body(ctx: ChatContext) -> dict[str, Any]:
-    body = ctx.body
-    single_choice(body)
+    req = ctx.chat
+    single_choice(req)
     out: dict[str, Any] = {
         "model": ctx.upstream_model,
-        "messages": convert_messages(body.get("messages") or []),
+        "messages": convert_messages(req.messages),
         "stream": ctx.stream,
     }
     options: dict[str, Any] = {}
     limit = output_cap(ctx)
     if limit:
         options["num_predict"] = limit
-    for key in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty"):
-        if body.get(key) is not None:
-            options[key] = body[key]
-    stops = stop_list(body)
+    options.update(sampling(req, SAMPLING_NAMES))
+    stops = req.stop_sequences
     if stops:
         options["stop"] = stops
     if options:
         out["options"] = options
-    fmt = body.get("response_format") or {}
-    if fmt.get("type") == "json_object":
+    fmt = req.response_format
+    if fmt is not None and fmt.type == "json_object":
         out["format"] = "json"
-    elif fmt.get("type") == "json_schema":
-        out["format"] = (fmt.get("json_schema") or {}).get("schema") or "json"
-    tools = [t for t in body.get("tools") or [] if t.get("type") == "function"]
+    elif fmt is not None and fmt.type == "json_schema":
+        out["format"] = (schema_of(fmt.json_schema.schema) if fmt.json_schema is not None else None) or "json"
+    tools = [openai_tool(t) for t in req.tools or () if t.type == "function"]
     # Ollama has no tool_choice: "none" is honoured by not offering the tools
-    if tools and body.get("tool_choice") != "none":
+    if tools and req.tool_choice != "none":
         out["tools"] = tools
     return out
 
@@ -231,7 +236,7 @@ class OllamaAdapter:
 
     def embeddings_request(self, ctx: ChatContext, inputs: list[str]) -> UpstreamRequest:
         payload: dict[str, Any] = {"model": ctx.upstream_model, "input": inputs}
-        dims = ctx.body.get("dimensions")
+        dims = ctx.embeddings.dimensions
         if dims:
             payload["dimensions"] = dims
         return self._request(ctx, "/api/embed", payload, "json")

@@ -19,12 +19,12 @@ from typing import Any, ClassVar, get_args
 
 import msgspec
 
+from services.worker import policy
 from services.worker.adapters.base import (
     Capabilities,
     ChatContext,
     Completion,
     Embeddings,
-    EmbedInput,
     Event,
     Finish,
     FinishReason,
@@ -43,6 +43,7 @@ from services.worker.adapters.base import (
 from services.worker.openai import OAUsage, chat_completion_decoder, usage_of
 from shared.contract import Usage
 from shared.errors import JanusError, StreamInterrupted, UpstreamError, upstream_error_for_status
+from shared.openai_request import EmbedInput
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DONE = b"[DONE]"
@@ -86,6 +87,7 @@ class _InChunk(msgspec.Struct):
 
 
 _chunk_decoder = msgspec.json.Decoder(_InChunk)
+_json_decoder = msgspec.json.Decoder()
 
 
 class _EmbeddingItem(msgspec.Struct):
@@ -113,6 +115,12 @@ def in_band_error(err: _ErrorObj | str) -> JanusError:
     code = err.code
     status = code if isinstance(code, int) and 400 <= code <= 599 else 502
     return upstream_error_for_status(status, err.message)
+
+
+def _with_usage(options: msgspec.Raw | None) -> dict[str, Any]:
+    """The client's ``stream_options`` with ``include_usage`` set: the usage is what is charged."""
+    given = _json_decoder.decode(options) if options is not None else None
+    return {**(given if isinstance(given, dict) else {}), "include_usage": True}
 
 
 class OpenAIStream:
@@ -186,7 +194,9 @@ class OpenAICompatAdapter:
         return h
 
     def chat_request(self, ctx: ChatContext) -> UpstreamRequest:
-        body = dict(ctx.body)
+        # the client's own members, so parameters Janus does not model reach the provider as sent
+        req = ctx.chat
+        body = policy.passthrough(ctx.raw, req)
         body["model"] = ctx.upstream_model
         cap = output_cap(ctx)
         if cap is not None:
@@ -195,10 +205,9 @@ class OpenAICompatAdapter:
             body.pop("max_completion_tokens", None)
             body[option(ctx, "max_tokens_param", "max_completion_tokens")] = cap
         if ctx.stream:
-            single_choice(body)  # buffered calls pass every choice through; streams carry one
+            single_choice(req)  # buffered calls pass every choice through; streams carry one
             body["stream"] = True
-            opts = body.get("stream_options")
-            body["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
+            body["stream_options"] = _with_usage(body.get("stream_options"))
         else:
             body.pop("stream", None)
             body.pop("stream_options", None)
@@ -240,9 +249,11 @@ class OpenAICompatAdapter:
 
     def embeddings_request(self, ctx: ChatContext, inputs: list[EmbedInput]) -> UpstreamRequest:
         body: dict[str, Any] = {"model": ctx.upstream_model, "input": inputs, "encoding_format": "float"}
-        for key in ("dimensions", "user"):
-            if ctx.body.get(key) is not None:
-                body[key] = ctx.body[key]
+        req = ctx.embeddings
+        if req.dimensions is not None:
+            body["dimensions"] = req.dimensions
+        if isinstance(req.user, str):
+            body["user"] = req.user
         return UpstreamRequest(
             "POST", self._url(ctx, "/embeddings"), self._headers(ctx, False), json_encode(body), "json"
         )

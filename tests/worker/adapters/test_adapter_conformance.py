@@ -28,6 +28,7 @@ from shared.catalog import Deployment, Provider
 from shared.contract import Usage
 from shared.errors import JanusError, StreamInterrupted, upstream_error_for_status
 from tests.fixtures import wire
+from tests.fixtures.client_requests import chat, embeddings
 
 CANDIDATES = ("anthropic", "gemini", "bedrock", "ollama", "cohere", "openai_compat")
 PROVIDERS = [p for p in CANDIDATES if (wire.folder(p) / "expected.json").exists()]
@@ -37,13 +38,17 @@ def adapter(provider: str) -> Any:
     return ADAPTERS[provider]()
 
 
-def context(provider: str, stream: bool) -> ChatContext:
+CHAT_REQUEST = {"messages": [{"role": "user", "content": "hi"}]}
+EMBED_REQUEST = {"model": "e", "input": "hi"}
+
+
+def context(provider: str, stream: bool, embed: bool = False) -> ChatContext:
     dep = Deployment(id=f"{provider}-test", base_url="http://127.0.0.1:9")
     return ChatContext(
         provider=Provider(id=provider, kind=provider, deployments=[dep]),  # type: ignore[arg-type]
         deployment=dep,
         upstream_model="m",
-        body={"messages": []},
+        **(embeddings(EMBED_REQUEST) if embed else chat(CHAT_REQUEST)),
         stream=stream,
         api_key="k",
     )
@@ -230,7 +235,7 @@ def test_embeddings(provider: str, name: str) -> None:
 @pytest.mark.parametrize("provider", [p for p in PROVIDERS if adapter(p).capabilities.embeddings])
 def test_embeddings_request_asks_for_floats_within_the_batch_limit(provider: str) -> None:
     a = adapter(provider)
-    ctx = context(provider, False)
+    ctx = context(provider, False, embed=True)
     limit = batch_limit(a, ctx)
     assert limit >= 1
     req = a.embeddings_request(ctx, [f"text {i}" for i in range(limit)])

@@ -27,6 +27,7 @@ from tests.fakes.cohere_upstream import CohereUpstream
 from tests.fakes.gemini_upstream import GeminiUpstream
 from tests.fakes.ollama_upstream import OllamaUpstream
 from tests.fakes.openai_upstream import vector_for
+from tests.fixtures.client_requests import embeddings
 from tests.fixtures.replay import Fail, ReplayUpstream
 
 # (kind, fake, upstream model, whether the provider reports token counts)
@@ -42,11 +43,12 @@ IDS = [f"{kind}-{model}" for kind, _, model, _ in CASES]
 
 def call_for(kind: str, fake: ReplayUpstream, model: str, body: dict[str, Any], transport: Transport) -> Call:
     dep = Deployment(id=f"{kind}-fake", base_url=fake.base_url, region="us-east-1")
+    body = {"model": "emb-model", "input": "probe", **body}
     ctx = ChatContext(
         provider=Provider(id=kind, kind=kind, deployments=[dep]),  # type: ignore[arg-type]
         deployment=dep,
         upstream_model=model,
-        body=body,
+        **embeddings(body),
         stream=False,
         api_key=None if kind == "bedrock" else "sk-test",
     )

@@ -19,6 +19,7 @@ from services.worker.adapters import ADAPTERS
 from services.worker.adapters.base import ChatContext
 from shared.catalog import Deployment, Provider
 from shared.errors import JanusError
+from tests.fixtures.client_requests import chat
 
 USER = {"role": "user", "content": "hi"}
 CALL = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
@@ -33,8 +34,11 @@ def calling(**function: Any) -> dict[str, Any]:
 CONVERSATIONS: dict[str, list[dict[str, Any]]] = {
     "tool_message_without_id": [USER, {"role": "tool", "content": "x"}],
     "only_a_tool_message": [{"role": "tool", "content": "x", "tool_call_id": "c1"}],
-    "unknown_tool_call_id": [USER, {"role": "assistant", "tool_calls": [CALL]},
-                             {"role": "tool", "tool_call_id": "nope", "content": "r"}],
+    "unknown_tool_call_id": [
+        USER,
+        {"role": "assistant", "tool_calls": [CALL]},
+        {"role": "tool", "tool_call_id": "nope", "content": "r"},
+    ],
     "arguments_not_json": [USER, calling(name="f", arguments="{"), RESULT],
     "arguments_a_list": [USER, calling(name="f", arguments="[1]"), RESULT],
     "tool_call_without_name": [USER, calling(arguments="{}"), RESULT],
@@ -48,40 +52,55 @@ CONVERSATIONS: dict[str, list[dict[str, Any]]] = {
     "null_content": [{"role": "user", "content": None}],
     "no_parts": [{"role": "user", "content": []}],
     "unknown_part": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "x"}}]}],
-    "image_url_a_string": [{"role": "user", "content": [{"type": "image_url", "image_url": "http://x/a.png"}]}],
+    "image_url_a_string": [
+        {"role": "user", "content": [{"type": "image_url", "image_url": "http://x/a.png"}]}
+    ],
     "image_without_url": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}],
-    "image_data_url_cut": [{"role": "user", "content": [{"type": "image_url",
-                                                          "image_url": {"url": "data:image/png;base64"}}]}],
-    "image_http_url": [{"role": "user", "content": [{"type": "image_url",
-                                                      "image_url": {"url": "https://example.com/a.png"}}]}],
+    "image_data_url_cut": [
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64"}}]}
+    ],
+    "image_http_url": [
+        {
+            "role": "user",
+            "content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}],
+        }
+    ],
     "system_as_parts": [{"role": "system", "content": [{"type": "text", "text": "s"}]}, USER],
     "named_user": [{"role": "user", "content": "hi", "name": "bob"}],
 }
 OPTIONS: dict[str, dict[str, Any]] = {
     "none": {},
     "tool_without_function": {"tools": [{"type": "function"}]},
-    "tool_parameters_a_string": {"tools": [{"type": "function",
-                                            "function": {"name": "f", "parameters": "x"}}]},
+    "tool_parameters_a_string": {
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": "x"}}]
+    },
     "tool_without_parameters": {"tools": [FN]},
     "custom_tool": {"tools": [{"type": "custom", "custom": {"name": "grammar"}}]},
     "tool_choice_unknown_word": {"tools": [FN], "tool_choice": "sometimes"},
     "tool_choice_unnamed": {"tools": [FN], "tool_choice": {"type": "function"}},
-    "tool_choice_unknown_tool": {"tools": [FN],
-                                 "tool_choice": {"type": "function", "function": {"name": "g"}}},
+    "tool_choice_unknown_tool": {
+        "tools": [FN],
+        "tool_choice": {"type": "function", "function": {"name": "g"}},
+    },
     "tool_choice_without_tools": {"tool_choice": "required"},
     "tool_choice_allowed_tools": {"tools": [FN], "tool_choice": {"type": "allowed_tools"}},
     "json_schema_missing": {"response_format": {"type": "json_schema"}},
     "json_schema_a_string": {"response_format": {"type": "json_schema", "json_schema": "x"}},
     "json_schema_without_schema": {"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
-    "json_schema_schema_a_list": {"response_format": {"type": "json_schema",
-                                                      "json_schema": {"name": "x", "schema": [1]}}},
+    "json_schema_schema_a_list": {
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": [1]}}
+    },
     "stop_many": {"stop": ["a", "b", "c", "d", "e", "f"]},
     "stop_empty": {"stop": []},
     "huge_max_tokens": {"max_tokens": 10**12},
     "huge_seed": {"seed": 2**70},
     "n_two": {"n": 2},
-    "unknown_options": {"metadata": {"a": 1}, "reasoning_effort": "turbo", "top_k": "x",
-                        "logit_bias": {"x": 1000}},
+    "unknown_options": {
+        "metadata": {"a": 1},
+        "reasoning_effort": "turbo",
+        "top_k": "x",
+        "logit_bias": {"x": 1000},
+    },
 }
 KINDS = sorted(k for k, cls in ADAPTERS.items() if hasattr(cls, "chat_request"))
 
@@ -104,9 +123,15 @@ def test_the_gateway_refuses_the_shapes_no_adapter_can_read() -> None:
     names = {name for name, _ in accepted()}
     for refused in ("image_url_a_string", "tool_message_without_id"):
         assert not any(n.startswith(refused + "+") for n in names)
-    for refused in ("tool_without_function", "tool_parameters_a_string", "tool_choice_unknown_word",
-                    "tool_choice_unnamed", "json_schema_missing", "json_schema_a_string",
-                    "json_schema_schema_a_list"):
+    for refused in (
+        "tool_without_function",
+        "tool_parameters_a_string",
+        "tool_choice_unknown_word",
+        "tool_choice_unnamed",
+        "json_schema_missing",
+        "json_schema_a_string",
+        "json_schema_schema_a_list",
+    ):
         assert not any(n.endswith("+" + refused) for n in names)
     assert len(names) > 200  # the rest still goes through: odd, but the provider's to judge
 
@@ -119,7 +144,11 @@ def test_no_adapter_crashes_on_what_the_gateway_accepts(kind: str) -> None:
             deployment = Deployment(id=f"{kind}-1")
             ctx = ChatContext(
                 provider=Provider(id=kind, kind=kind, deployments=[deployment]),  # type: ignore[arg-type]
-                deployment=deployment, upstream_model="m", body=body, stream=stream, api_key="k",
+                deployment=deployment,
+                upstream_model="m",
+                **chat(body),
+                stream=stream,
+                api_key="k",
             )
             try:
                 ADAPTERS[kind]().chat_request(ctx)

@@ -19,20 +19,29 @@ from tests.fakes.cohere_upstream import CohereUpstream
 from tests.fakes.gemini_upstream import GeminiUpstream
 from tests.fakes.ollama_upstream import OllamaUpstream
 from tests.fixtures import wire
+from tests.fixtures.client_requests import chat
 from tests.fixtures.replay import Drop, Fail
 
 FAKES: dict[str, Any] = {
-    "anthropic": AnthropicUpstream, "gemini": GeminiUpstream, "bedrock": BedrockUpstream,
-    "ollama": OllamaUpstream, "cohere": CohereUpstream,
+    "anthropic": AnthropicUpstream,
+    "gemini": GeminiUpstream,
+    "bedrock": BedrockUpstream,
+    "ollama": OllamaUpstream,
+    "cohere": CohereUpstream,
 }
 BODY = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 50}
 
 
 def context(kind: str, base_url: str, stream: bool) -> ChatContext:
     dep = Deployment(id=f"{kind}-fake", base_url=base_url, region="us-east-1")
-    return ChatContext(provider=Provider(id=kind, kind=kind, deployments=[dep]),  # type: ignore[arg-type]
-                       deployment=dep, upstream_model="test-model", body=BODY, stream=stream,
-                       api_key=None if kind == "bedrock" else "sk-test")
+    return ChatContext(
+        provider=Provider(id=kind, kind=kind, deployments=[dep]),  # type: ignore[arg-type]
+        deployment=dep,
+        upstream_model="test-model",
+        **chat(BODY),
+        stream=stream,
+        api_key=None if kind == "bedrock" else "sk-test",
+    )
 
 
 async def stream_text(transport: Transport, adapter: Any, ctx: ChatContext) -> str:

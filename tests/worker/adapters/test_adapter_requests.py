@@ -12,6 +12,7 @@ from services.worker.adapters import ADAPTERS
 from services.worker.adapters.base import ChatContext
 from shared.catalog import Deployment, Provider
 from shared.errors import InvalidRequest
+from tests.fixtures.client_requests import chat, embeddings
 
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGD4DwABBAEAfbLI3wAAAABJRU5ErkJggg=="
 TOOL: dict[str, Any] = {
@@ -81,7 +82,7 @@ def build(
         provider=Provider(id=kind, kind=kind, deployments=[deployment]),  # type: ignore[arg-type]
         deployment=deployment,
         upstream_model=model,
-        body=body,
+        **chat(body),
         stream=stream,
         api_key=api_key,
     )
@@ -261,13 +262,38 @@ def test_unsupported_requests_are_refused_before_calling_out(kind: str) -> None:
             build(kind, bad, api_key="k")
 
 
-def build_embed(kind: str, inputs: list[str], *, model: str, api_key: str | None = "sk-test",
-                body: dict[str, Any] | None = None, **dep: Any) -> tuple[Any, dict[str, Any]]:
+SAMPLING_PATH = {"gemini": ("generationConfig",), "ollama": ("options",), "cohere": ()}
+
+
+@pytest.mark.parametrize("kind", list(SAMPLING_PATH))
+def test_numbers_reach_the_provider_as_the_client_wrote_them(kind: str) -> None:
+    """The typed request keeps each number's JSON type: a whole temperature is sent whole, a
+    fraction as written."""
+    for temperature in (1, 0.5):
+        _, body = build(kind, {"messages": [{"role": "user", "content": "hi"}], "temperature": temperature})
+        node = body
+        for key in SAMPLING_PATH[kind]:
+            node = node[key]
+        assert node["temperature"] == temperature and type(node["temperature"]) is type(temperature)
+
+
+def build_embed(
+    kind: str,
+    inputs: list[str],
+    *,
+    model: str,
+    api_key: str | None = "sk-test",
+    body: dict[str, Any] | None = None,
+    **dep: Any,
+) -> tuple[Any, dict[str, Any]]:
     deployment = Deployment(id=f"{kind}-1", **dep)
     ctx = ChatContext(
         provider=Provider(id=kind, kind=kind, deployments=[deployment]),  # type: ignore[arg-type]
-        deployment=deployment, upstream_model=model, body={"input": inputs, **(body or {})},
-        stream=False, api_key=api_key,
+        deployment=deployment,
+        upstream_model=model,
+        **embeddings({"model": "e", "input": inputs, **(body or {})}),
+        stream=False,
+        api_key=api_key,
     )
     req = ADAPTERS[kind]().embeddings_request(ctx, inputs)
     return req, json.loads(req.body)
@@ -275,24 +301,38 @@ def build_embed(kind: str, inputs: list[str], *, model: str, api_key: str | None
 
 def test_gemini_embeddings_request() -> None:
     req, body = build_embed("gemini", ["a", "b"], model="gemini-embedding-001", body={"dimensions": 768})
-    assert req.url == ("https://generativelanguage.googleapis.com/v1beta/models/"
-                       "gemini-embedding-001:batchEmbedContents")
+    assert req.url == (
+        "https://generativelanguage.googleapis.com/v1beta/models/gemini-embedding-001:batchEmbedContents"
+    )
     assert req.headers["x-goog-api-key"] == "sk-test"
-    assert body == {"requests": [
-        {"model": "models/gemini-embedding-001", "outputDimensionality": 768,
-         "content": {"parts": [{"text": "a"}]}},
-        {"model": "models/gemini-embedding-001", "outputDimensionality": 768,
-         "content": {"parts": [{"text": "b"}]}},
-    ]}
+    assert body == {
+        "requests": [
+            {
+                "model": "models/gemini-embedding-001",
+                "outputDimensionality": 768,
+                "content": {"parts": [{"text": "a"}]},
+            },
+            {
+                "model": "models/gemini-embedding-001",
+                "outputDimensionality": 768,
+                "content": {"parts": [{"text": "b"}]},
+            },
+        ]
+    }
 
 
 def test_cohere_embeddings_request() -> None:
     req, body = build_embed("cohere", ["a", "b"], model="embed-v4.0")
     assert req.url == "https://api.cohere.com/v2/embed" and req.headers["authorization"] == "Bearer sk-test"
-    assert body == {"model": "embed-v4.0", "texts": ["a", "b"], "input_type": "search_document",
-                    "embedding_types": ["float"]}
-    _, body = build_embed("cohere", ["q"], model="embed-v4.0", body={"dimensions": 512},
-                          options={"input_type": "search_query"})
+    assert body == {
+        "model": "embed-v4.0",
+        "texts": ["a", "b"],
+        "input_type": "search_document",
+        "embedding_types": ["float"],
+    }
+    _, body = build_embed(
+        "cohere", ["q"], model="embed-v4.0", body={"dimensions": 512}, options={"input_type": "search_query"}
+    )
     assert body["input_type"] == "search_query" and body["output_dimension"] == 512
 
 
@@ -300,17 +340,29 @@ def test_bedrock_embeddings_requests(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
     adapter = ADAPTERS["bedrock"]()
-    req, body = build_embed("bedrock", ["a"], model="amazon.titan-embed-text-v2:0", api_key=None,
-                            region="eu-west-1", body={"dimensions": 256})
-    assert req.url == "https://bedrock-runtime.eu-west-1.amazonaws.com/model/amazon.titan-embed-text-v2%3A0/invoke"
+    req, body = build_embed(
+        "bedrock",
+        ["a"],
+        model="amazon.titan-embed-text-v2:0",
+        api_key=None,
+        region="eu-west-1",
+        body={"dimensions": 256},
+    )
+    assert (
+        req.url
+        == "https://bedrock-runtime.eu-west-1.amazonaws.com/model/amazon.titan-embed-text-v2%3A0/invoke"
+    )
     assert body == {"inputText": "a", "normalize": True, "dimensions": 256}
     assert req.sign is not None, "InvokeModel is SigV4-signed like Converse"
     req, body = build_embed("bedrock", ["a", "b"], model="cohere.embed-english-v3", region="us-east-1")
     assert req.url.endswith("/model/cohere.embed-english-v3/invoke")
     assert body == {"texts": ["a", "b"], "input_type": "search_document", "embedding_types": ["float"]}
     dep = Deployment(id="b")
-    ctx = ChatContext(provider=Provider(id="b", kind="bedrock", deployments=[dep]), deployment=dep,
-                      upstream_model="amazon.titan-embed-text-v2:0", body={}, stream=False, api_key="k")
+    titan = "amazon.titan-embed-text-v2:0"
+    provider = Provider(id="b", kind="bedrock", deployments=[dep])
+    ctx = ChatContext(
+        provider, dep, titan, stream=False, api_key="k", **embeddings({"model": "e", "input": "a"})
+    )
     assert adapter.batch_size(ctx) == 1, "Titan embeds one text per call"
     ctx.upstream_model = "us.cohere.embed-v4:0"
     assert adapter.batch_size(ctx) == 96

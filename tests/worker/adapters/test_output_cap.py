@@ -16,6 +16,7 @@ import pytest
 from services.worker.adapters import ADAPTERS
 from services.worker.adapters.base import ChatContext, Finish, UsageEvent
 from shared.catalog import Deployment, Provider
+from tests.fixtures.client_requests import chat
 
 HELD = 321
 
@@ -44,7 +45,7 @@ def _ctx(kind: str, body: dict[str, Any], stream: bool, options: dict[str, str] 
         stream=stream,
         api_key="k",
         max_output_tokens=HELD,
-        body={"messages": [{"role": "user", "content": "write a very long story"}], **body},
+        **chat({"messages": [{"role": "user", "content": "write a very long story"}], **body}),
     )
 
 

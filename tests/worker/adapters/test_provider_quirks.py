@@ -19,6 +19,7 @@ from shared.catalog import Deployment, Price, Provider
 from shared.contract import Usage
 from shared.errors import UpstreamClientError, UpstreamError, UpstreamTimeout
 from shared.money import PriceUnits, cost_credits
+from tests.fixtures.client_requests import chat
 
 
 def google_error(code: int, status: str, reason: str | None) -> dict[str, object]:
@@ -79,7 +80,7 @@ async def test_gemini_key_rejected_is_our_configuration_not_the_caller() -> None
             provider=Provider(id="g", kind="gemini", deployments=[dep]),
             deployment=dep,
             upstream_model="gemini-2.5-flash",
-            body={"messages": [{"role": "user", "content": "hi"}]},
+            **chat({"messages": [{"role": "user", "content": "hi"}]}),
             stream=False,
             api_key="k",
         )
