@@ -84,9 +84,6 @@ def _settle_failed(s: contract.Settlement, exc: BaseException) -> None:
 class MeteringSettings(CommonSettings, kw_only=True):
     catalog: str = ""  # path; empty: JANUS_CATALOG or config/catalog.yaml
     plans: str = ""  # path; empty: JANUS_PLANS or config/plans.yaml
-    # a hold with no sign of life (its admission, or its gateway's last renewal) for this long is
-    # released: its gateway died. Gateways renew every JANUS_HOLD_RENEW_SECONDS (120), far inside it
-    hold_ttl_seconds: float = 900.0
     reap_interval_seconds: float = 60.0
     settle_ack_wait_seconds: float = 30.0
     # deliveries of one settlement before it is dead-lettered: a settlement that fails this often
