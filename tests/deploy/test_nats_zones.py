@@ -151,3 +151,17 @@ def test_without_a_zone_label_each_server_is_its_own_zone(tmp_path: Path) -> Non
         assert len(asyncio.run(_replica_names(servers, 3))) == 3
     finally:
         _stop(servers)
+
+
+def test_placement_by_zone_can_be_turned_off_for_a_cluster_with_fewer_zones(tmp_path: Path) -> None:
+    """Two zones and three replicas: with NATS_PLACEMENT_BY_ZONE=false the servers tag themselves by
+    name despite their zone labels, and R3 streams are placed instead of refused."""
+    assert {e["name"]: e.get("value") for e in nats_container()["env"]}["NATS_PLACEMENT_BY_ZONE"] == "true"
+    zones = {"nats-0": "zone-a", "nats-1": "zone-a", "nats-2": "zone-b"}
+    envs = [zone_env(pod, zone) | {"NATS_PLACEMENT_BY_ZONE": "false"} for pod, zone in zones.items()]
+    servers = start_cluster(tmp_path, configs=[node_config()] * 3, launcher=launcher(), envs=envs)
+    try:
+        assert sorted(t for tags in _tags(servers).values() for t in tags) == [f"az:host-{p}" for p in zones]
+        assert len(asyncio.run(_replica_names(servers, 3))) == 3
+    finally:
+        _stop(servers)
