@@ -125,6 +125,15 @@ PROVIDERS: list[Panel] = [
     P("Upstream error ratio by provider", "percentunit",
       ("{{gen_ai_provider_name}}", _rate("janus_upstream_errors_total", _PROVIDER)
        + " / " + _rate("janus_upstream_request_duration_seconds_count", _PROVIDER))),
+    P("Upstream error ratio by deployment (0 where a deployment only succeeds)", "percentunit",
+      ("{{gen_ai_provider_name}} {{deployment}}",
+       "(" + _rate("janus_upstream_calls_total", f"{_PROVIDER}, deployment", match='{outcome="error"}')
+       + " or 0 * " + _rate("janus_upstream_calls_total", f"{_PROVIDER}, deployment") + ") / "
+       + _rate("janus_upstream_calls_total", f"{_PROVIDER}, deployment"))),
+    P("Worker saturation per deployment, fullest pod (in flight / the pod's cap for it)", "percentunit",
+      ("{{gen_ai_provider_name}} {{deployment}}",
+       f"max by ({_PROVIDER}, deployment) "
+       "(janus_worker_deployment_in_flight / janus_worker_deployment_capacity)")),
     P("Fallbacks by provider and reason", "reqps",
       ("{{gen_ai_provider_name}} {{reason}}", _rate("janus_fallbacks_total", f"{_PROVIDER}, reason"))),
 ]

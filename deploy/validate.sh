@@ -190,7 +190,8 @@ nats_configs() {
     local dir="$WORK/nats-conf-$(echo "$conf" | tr / -)"
     mkdir -p "$dir" && cp "$(dirname "$conf")"/*.conf "$dir/" || return 1
     sed -i "s#/etc/nats-tls/#$keys/tls/#g" "$dir"/*.conf
-    POD_NAME=nats-0 JS_MAX_FILE_STORE=9663676416 "$server" -t -c "$dir/$(basename "$conf")" || rc=1
+    POD_NAME=nats-0 JS_MAX_FILE_STORE=9663676416 NATS_SERVER_TAG=az:zone-a \
+      "$server" -t -c "$dir/$(basename "$conf")" || rc=1
   done
   return $rc
 }

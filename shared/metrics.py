@@ -102,9 +102,26 @@ UPSTREAM_DURATION = Histogram(
 UPSTREAM_ERRORS = Counter(
     "janus_upstream_errors_total", "Failed upstream calls by class", ["gen_ai_provider_name", "error_type"]
 )
+UPSTREAM_CALLS = Counter(
+    "janus_upstream_calls_total",
+    "Upstream calls by provider, deployment (a catalog id) and outcome (ok or error)",
+    ["gen_ai_provider_name", "deployment", "outcome"],
+)
 WORKER_IN_FLIGHT = Gauge("janus_worker_in_flight", "Upstream calls in progress", ["gen_ai_provider_name"])
 WORKER_CAPACITY = Gauge(
     "janus_worker_capacity", "Concurrent upstream calls a worker accepts", ["gen_ai_provider_name"]
+)
+# per deployment as well: a catalog max_concurrency on one deployment refuses its work while the
+# provider's share still has room, which the per-provider ratio cannot show
+WORKER_DEPLOYMENT_IN_FLIGHT = Gauge(
+    "janus_worker_deployment_in_flight", "Upstream calls in progress per deployment (a catalog id)",
+    ["gen_ai_provider_name", "deployment"],
+)
+WORKER_DEPLOYMENT_CAPACITY = Gauge(
+    "janus_worker_deployment_capacity",
+    "Concurrent upstream calls a worker accepts for one deployment: its catalog max_concurrency, at most "
+    "its provider's cap",
+    ["gen_ai_provider_name", "deployment"],
 )
 
 # --- metering

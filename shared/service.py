@@ -147,6 +147,9 @@ async def serve(svc: Service) -> None:
 def run(cls: type[Service], settings_cls: type[CommonSettings] = CommonSettings) -> None:
     try:
         common = load_settings(settings_cls)
+        # every service, not only gateway and metering: they all read the same shared settings, and
+        # a bound the holds cannot cover should stop the rollout at its first pod
+        common.check_hold_lifetime()
     except ConfigError as exc:
         print(f"janus-{cls.name}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

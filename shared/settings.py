@@ -46,12 +46,36 @@ class CommonSettings(msgspec.Struct, kw_only=True):
     nats_nkey_file: str = ""
     # CA bundle the NATS server's certificate is verified against (TLS); empty: the system's
     nats_ca_file: str = ""
+    # a request's hold lives this long after its last sign of life (admission or renewal), then
+    # metering's reaper frees it: its gateway died. Gateways renew every hold_renew_seconds while
+    # the request runs. Both services read both, and refuse to start when they do not fit the bound
+    hold_ttl_seconds: float = 900.0
+    hold_renew_seconds: float = 120.0
 
     def drain_grace(self) -> float:
         """How long a stopping service lets its in-flight work run."""
         if self.shutdown_grace_seconds > 0:
             return self.shutdown_grace_seconds
         return self.request_deadline_seconds + SHUTDOWN_MARGIN_SECONDS
+
+    def check_hold_lifetime(self) -> None:
+        """Refuse a hold lifetime the longest request can outlive. Renewals are fire-and-forget (a
+        lost one is followed by the next), so the lifetime alone must cover the request bound; one
+        more renewal interval on top is the time the settlement of the longest request has to land
+        before its hold could be freed."""
+        if self.hold_renew_seconds <= 0:
+            raise ConfigError(
+                f"bad setting: JANUS_HOLD_RENEW_SECONDS must be above 0, not {self.hold_renew_seconds:g}"
+            )
+        need = self.request_deadline_seconds + self.hold_renew_seconds
+        if self.hold_ttl_seconds <= need:
+            raise ConfigError(
+                f"bad setting: JANUS_HOLD_TTL_SECONDS ({self.hold_ttl_seconds:g}) must be above "
+                f"JANUS_REQUEST_DEADLINE_SECONDS ({self.request_deadline_seconds:g}) + "
+                f"JANUS_HOLD_RENEW_SECONDS ({self.hold_renew_seconds:g}) = {need:g}: the reaper would "
+                "free the hold of a request still within its bound whenever its renewals are lost, and "
+                "its caller could spend past their budget; raise JANUS_HOLD_TTL_SECONDS with the bound"
+            )
 
 
 def load_settings(cls: type[T], env: dict[str, str] | None = None) -> T:

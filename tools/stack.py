@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,7 @@ class NatsServer:
     args: list[str]
     name: str = "nats"
     monitor_port: int | None = None  # HTTP monitoring (/jsz, /varz) when started with one
+    env: dict[str, str] | None = None  # the server's environment when it differs from nats_env()
 
     @property
     def client_url(self) -> str:
@@ -103,7 +104,7 @@ class NatsServer:
     def restart(self) -> None:
         """Start again on the same port and store (after ``stop``)."""
         self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     env=nats_env())
+                                     env=self.env or nats_env())
         _wait_port(self.port, 10)
 
 
@@ -168,6 +169,8 @@ def start_nats(
     monitor_port: int | None = None,
     harness: bool = True,
     config: str = "",
+    launcher: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
 ) -> NatsServer:
     """A real nats-server bound to 127.0.0.1; ``port=-1`` lets the server choose.
 
@@ -175,7 +178,9 @@ def start_nats(
     user, whose credentials ``url`` carries (``client_url`` has none).
     ``monitor_port`` opens the HTTP monitoring endpoints (``/jsz`` names the JetStream leaders,
     ``/varz`` counts messages); ``-1`` lets the server choose that port too. ``config`` is a
-    configuration file's text (e.g. JetStream limits); the flags override it."""
+    configuration file's text (e.g. JetStream limits); the flags override it. ``launcher``: a command
+    that starts the server itself with the arguments it is given (a deployment's wrapper script, which
+    finds ``nats-server`` on PATH); ``env``: variables added to the server's environment."""
     store = workdir / f"jetstream-{name}"
     store.mkdir(parents=True, exist_ok=True)
     ports_dir = workdir / f"ports-{name}"
@@ -204,7 +209,11 @@ def start_nats(
             args += ["--routes", ",".join(f"nats://127.0.0.1:{p}" for p in routes)]
     if monitor_port is not None:
         args += ["-m", str(monitor_port)]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=nats_env())
+    server_env = nats_env() | dict(env or {})
+    if launcher:
+        args = [*launcher, *args[1:]]
+        server_env["PATH"] = f"{Path(nats_server_binary()).parent}{os.pathsep}{server_env.get('PATH', '')}"
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=server_env)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         files = list(ports_dir.glob(f"*_{proc.pid}.ports"))
@@ -221,7 +230,8 @@ def start_nats(
                     args[args.index("-m") + 1] = str(monitor)
                 if harness:
                     url = _with_credentials(url)
-                return NatsServer(proc, url, store, chosen, args, name, monitor)
+                return NatsServer(proc, url, store, chosen, args, name, monitor,
+                                  server_env if launcher or env else None)
             except (ValueError, KeyError, IndexError):
                 pass
         if proc.poll() is not None:
@@ -241,13 +251,17 @@ def _wait_port(port: int, timeout: float) -> None:
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
 
 
-def start_cluster(workdir: Path, size: int = 3, *, timeout: float = 30) -> list[NatsServer]:
+def start_cluster(workdir: Path, size: int = 3, *, timeout: float = 30, configs: Sequence[str] = (),
+                  envs: Sequence[Mapping[str, str]] = (), launcher: Sequence[str] = (),
+                  placement: int = 0) -> list[NatsServer]:
     """``size`` nats-servers with JetStream routed into one cluster on loopback, each with a
-    monitoring port; returns once JetStream can place a stream on all ``size`` nodes (before that,
-    creating a replicated stream or bucket fails with "no suitable peers for placement")."""
+    monitoring port; returns once JetStream can place a stream on ``placement`` nodes (0: all
+    ``size``; before that, creating a replicated stream or bucket fails with "no suitable peers for
+    placement"). ``configs`` and ``envs``: each node's configuration text and extra environment (see
+    ``start_nats``), e.g. its placement tags; ``launcher`` starts every node."""
     for attempt in range(3):
         try:
-            return _start_cluster(workdir, size, timeout)
+            return _start_cluster(workdir, size, timeout, configs, envs, launcher, placement or size)
         except PortTaken:
             if attempt == 2:
                 raise
@@ -260,7 +274,9 @@ class PortTaken(RuntimeError):
     """A port chosen by ``free_port`` was bound by another process before the server bound it."""
 
 
-def _start_cluster(workdir: Path, size: int, timeout: float) -> list[NatsServer]:
+def _start_cluster(workdir: Path, size: int, timeout: float, configs: Sequence[str],
+                   envs: Sequence[Mapping[str, str]], launcher: Sequence[str],
+                   placement: int) -> list[NatsServer]:
     cluster_ports = [free_port() for _ in range(size)]
     servers: list[NatsServer] = []
     try:
@@ -273,6 +289,9 @@ def _start_cluster(workdir: Path, size: int, timeout: float) -> list[NatsServer]
                         cluster_port=cp,
                         routes=[p for p in cluster_ports if p != cp],
                         monitor_port=free_port(),
+                        config=configs[i] if configs else "",
+                        env=envs[i] if envs else None,
+                        launcher=launcher,
                     )
                 )
             except RuntimeError as exc:
@@ -281,7 +300,7 @@ def _start_cluster(workdir: Path, size: int, timeout: float) -> list[NatsServer]
                 raise
         deadline = time.monotonic() + timeout
         wait_meta_leader(servers, timeout, peers=size)
-        wait_placement(servers, size, max(1.0, deadline - time.monotonic()))
+        wait_placement(servers, placement, max(1.0, deadline - time.monotonic()))
     except BaseException:
         for srv in servers:
             srv.stop(signal.SIGKILL)

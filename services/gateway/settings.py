@@ -35,9 +35,6 @@ class GatewaySettings(CommonSettings, kw_only=True):
     # bytes of one worker reply the gateway holds (queued frames and a buffered answer's slices); a
     # worker sending more is cut off with a 502, however it misbehaves
     max_reply_bytes: int = 48 * 1024 * 1024
-    # a request running longer than this tells metering its hold is still in use, again every
-    # interval, so the reaper (JANUS_HOLD_TTL_SECONDS, 900 s) never frees a live request's hold
-    hold_renew_seconds: float = 120.0
     # JANUS_BYOK_KEY, the worker's key for users' own provider keys: lets PUT /v1/byok seal them.
     # Never logged; empty: keys can be listed and deleted over HTTP but not stored.
     byok_key: str = ""

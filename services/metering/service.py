@@ -39,7 +39,7 @@ from services.metering.streams import (
 )
 from shared import contract, metrics, subjects
 from shared.bus import Bus, Msg, map_exception
-from shared.catalog import load_catalog, load_plans
+from shared.catalog import ConfigError, load_catalog, load_plans
 from shared.errors import InvalidRequest, JanusError, ModelNotFound, PermissionDenied
 from shared.logging import get_logger
 from shared.money import PriceUnits
@@ -84,9 +84,6 @@ def _settle_failed(s: contract.Settlement, exc: BaseException) -> None:
 class MeteringSettings(CommonSettings, kw_only=True):
     catalog: str = ""  # path; empty: JANUS_CATALOG or config/catalog.yaml
     plans: str = ""  # path; empty: JANUS_PLANS or config/plans.yaml
-    # a hold with no sign of life (its admission, or its gateway's last renewal) for this long is
-    # released: its gateway died. Gateways renew every JANUS_HOLD_RENEW_SECONDS (120), far inside it
-    hold_ttl_seconds: float = 900.0
     reap_interval_seconds: float = 60.0
     settle_ack_wait_seconds: float = 30.0
     # deliveries of one settlement before it is dead-lettered: a settlement that fails this often
@@ -127,8 +124,11 @@ class MeteringService(Service):
         }
         self.bounds = Bounds(common.settled_horizon_seconds, common.settled_ceiling, common.bots_per_week)
         if common.settled_horizon_seconds <= common.settle_max_deliver * common.settle_ack_wait_seconds:
-            raise ValueError("settled_horizon_seconds must be longer than settle_max_deliver x "
-                             "settle_ack_wait_seconds, or a redelivery could outlive its settled id")
+            raise ConfigError(
+                f"bad setting: JANUS_SETTLED_HORIZON_SECONDS ({common.settled_horizon_seconds}) must be "
+                f"above JANUS_SETTLE_MAX_DELIVER ({common.settle_max_deliver}) x "
+                f"JANUS_SETTLE_ACK_WAIT_SECONDS ({common.settle_ack_wait_seconds:g}), or a redelivery "
+                "could outlive its settled id")
         self.store: BudgetStore | None = None
         self.daily = DailyHistory()
         self._top_cache: tuple[int, float, bytes] | None = None

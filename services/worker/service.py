@@ -63,6 +63,8 @@ CANCELLED_STATUS = 499
 
 # label children resolved once per provider (and model, kind) instead of on every call
 _IN_FLIGHT = metrics.children(metrics.WORKER_IN_FLIGHT)
+_DEPLOYMENT_IN_FLIGHT = metrics.children(metrics.WORKER_DEPLOYMENT_IN_FLIGHT)
+_CALLS = metrics.children(metrics.UPSTREAM_CALLS)
 _UPSTREAM_SECONDS = metrics.children(metrics.UPSTREAM_DURATION)
 _TOKENS = metrics.children(metrics.TOKENS)
 
@@ -111,6 +113,8 @@ class WorkerService(Service):
             for d in p.deployments
             if d.max_concurrency
         }
+        # which provider each served deployment belongs to: a label names only these (bounded)
+        self.deployment_provider = {d.id: p.id for p in self.providers.values() for d in p.deployments}
         self.provider_busy: dict[str, int] = dict.fromkeys(self.caps, 0)
         self.deployment_busy: dict[str, int] = dict.fromkeys(self.deployment_caps, 0)
         self._idle = asyncio.Event()  # set whenever no call is in flight (for a graceful stop)
@@ -138,6 +142,11 @@ class WorkerService(Service):
         for pid in self.providers:
             metrics.WORKER_CAPACITY.labels(pid).set(self.caps[pid])
             metrics.WORKER_IN_FLIGHT.labels(pid).set(0)
+            for d in self.providers[pid].deployments:
+                metrics.WORKER_DEPLOYMENT_CAPACITY.labels(pid, d.id).set(
+                    min(self.deployment_caps.get(d.id, self.caps[pid]), self.caps[pid])
+                )
+                _DEPLOYMENT_IN_FLIGHT(pid, d.id).set(0)
             # the subscription admits a little more than the capacity, so that excess work is
             # refused at once (and the gateway falls back) rather than left waiting unanswered
             sub = await bus.serve(
@@ -220,6 +229,9 @@ class WorkerService(Service):
         # a label only ever names a provider this worker serves (bounded cardinality)
         label = req.provider if req.provider in self.providers else "unknown"
         _IN_FLIGHT(label).inc()
+        served = self._served_deployment(req)
+        if served:
+            _DEPLOYMENT_IN_FLIGHT(label, served).inc()
         bind_request(request_id=req.request_id)
         try:
             await self._run(req, r, msg.headers or {})
@@ -232,6 +244,8 @@ class WorkerService(Service):
             for busy, k in held:
                 busy[k] -= 1
             _IN_FLIGHT(label).dec()
+            if served:
+                _DEPLOYMENT_IN_FLIGHT(label, served).dec()
             if not self.in_flight:
                 self._idle.set()
 
@@ -244,6 +258,11 @@ class WorkerService(Service):
         if self.deployment_busy.get(req.deployment, 0) >= self.deployment_caps.get(req.deployment, 1 << 30):
             return f"deployment {req.deployment!r}"
         return ""
+
+    def _served_deployment(self, req: WorkRequest) -> str:
+        """The work's deployment when this worker serves it under the work's provider, else ''; only
+        such an id becomes a label, whatever a caller on the bus writes into the work."""
+        return req.deployment if self.deployment_provider.get(req.deployment) == req.provider else ""
 
     async def _user_key(self, req: WorkRequest) -> str:
         """The caller's own key for this provider (bring your own key); never logged."""
@@ -374,6 +393,11 @@ class WorkerService(Service):
             return
         seconds = terminal.upstream_seconds
         _UPSTREAM_SECONDS(provider).observe(seconds)
+        _CALLS(
+            provider,
+            self._served_deployment(req) or "unknown",
+            "ok" if isinstance(terminal, Done) else "error",
+        ).inc()
         health = self.health
         if isinstance(terminal, Done):
             if health is not None:

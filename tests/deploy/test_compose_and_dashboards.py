@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 import yaml
+
+from shared.settings import CommonSettings, load_settings, termination_grace_seconds
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -31,6 +34,32 @@ def test_every_service_runs_with_its_ops_port() -> None:
         assert svc["depends_on"]["nats"]["condition"] == "service_healthy"
     workers = [s for s in services.values() if s["command"] == ["services.worker"]]
     assert all(w["environment"].get("JANUS_WORKER_PROVIDERS") for w in workers)
+
+
+def compose_seconds(duration: str) -> float:
+    """A compose duration (``620s``, ``10m20s``, ``1h``) in seconds."""
+    parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?", duration)
+    assert parts and duration, f"not a compose duration: {duration!r}"
+    h, m, sec = parts.groups()
+    return int(h or 0) * 3600 + int(m or 0) * 60 + float(sec or 0)
+
+
+@pytest.mark.parametrize("name", sorted(janus_services()))
+def test_stop_grace_covers_the_request_bound(name: str) -> None:
+    """As on Kubernetes: docker's SIGKILL after stop_grace_period must never cut a stream that is
+    still within the request bound, so the period is at least what the code derives from the
+    service's own settings (drain grace plus the NATS drain); the services holding streams drain
+    for the whole bound."""
+    svc = janus_services()[name]
+    common = load_settings(CommonSettings, {k: str(v) for k, v in svc["environment"].items()})
+    common.check_hold_lifetime()
+    if svc["command"][0] in {"services.gateway", "services.worker"}:  # they hold the streams
+        assert common.drain_grace() > common.request_deadline_seconds
+    assert compose_seconds(svc["stop_grace_period"]) >= termination_grace_seconds(common)
+
+
+def test_compose_durations_are_read() -> None:
+    assert [compose_seconds(d) for d in ("620s", "10m20s", "1h", "1.5s")] == [620, 620, 3600, 1.5]
 
 
 def test_prometheus_scrapes_every_janus_service_on_its_ops_port() -> None:

@@ -4,7 +4,13 @@ production catalog names nothing a pod cannot reach."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
+import shlex
+import shutil
+import subprocess
+import sys
 from importlib.metadata import version
 from pathlib import Path
 from urllib.parse import urlparse
@@ -18,8 +24,8 @@ _IMAGE = re.compile(r"^\s*(?:-\s+)?image:\s*[\"']?([^\"'\s#]+)", re.M)
 _DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
 
 # Tags that are not pinned by digest yet, each with its reason. No registry is reachable where this
-# repository is built, and a digest is never made up: pin these with the digest your registry
-# reports (`crane digest nats:2.15.1-alpine`) and remove them from this list.
+# repository is built, and a digest is never made up: a release runs deploy/pin-images.sh, which
+# writes the digests its registries report into the prod overlay's images: (tested below).
 UNPINNED = {
     # Janus's own image: kustomize's `images:` sets it per overlay; a release sets the digest there
     # (`kustomize edit set image janus=registry.example.com/janus@sha256:...`)
@@ -79,3 +85,84 @@ def test_the_production_catalog_names_only_reachable_upstreams() -> None:
             port = url.port or (443 if url.scheme == "https" else 80)
             # the base admits HTTPS anywhere; anything else needs the overlay's own egress rule
             assert port == 443 or port in extra_ports, f"{d['id']}: port {port} is blocked by policy"
+
+
+# ------------------------------------------------------------------------------ the release's pinning
+def _copy_of_the_repo(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    shutil.copytree(ROOT / "deploy", root / "deploy")
+    shutil.copy(ROOT / "docker-compose.yml", root / "docker-compose.yml")
+    return root
+
+
+# No registry answers here: a stand-in prints a digest derived from the reference, so the test can
+# tell which image each digest was asked for. Nothing it prints is ever written into the repository.
+_STAND_IN = shlex.join(
+    [
+        sys.executable,
+        "-c",
+        "import hashlib, sys; print('sha256:' + hashlib.sha256(sys.argv[1].encode()).hexdigest())",
+    ]
+)
+
+
+def _digest(ref: str) -> str:
+    return "sha256:" + hashlib.sha256(ref.encode()).hexdigest()
+
+
+def _pin(root: Path, *args: str, command: str = _STAND_IN) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "JANUS_DIGEST_COMMAND": command}
+    return subprocess.run(
+        [sys.executable, "-m", "tools.pin_images", "--root", str(root), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_release_pins_every_prod_image_in_the_overlay(tmp_path: Path) -> None:
+    root = _copy_of_the_repo(tmp_path)
+    overlay = root / "deploy" / "k8s" / "overlays" / "prod" / "kustomization.yaml"
+    before = yaml.safe_load(overlay.read_text())
+    assert _pin(root, "--check").returncode == 1
+    done = _pin(root, "--janus", "registry.example.com/janus:0.2.0")
+    assert done.returncode == 0, done.stderr
+    after = yaml.safe_load(overlay.read_text())
+    images = {e["name"]: e for e in after["images"]}
+    assert images["janus"] == {
+        "name": "janus",
+        "newName": "registry.example.com/janus",
+        "newTag": "0.2.0",
+        "digest": _digest("registry.example.com/janus:0.2.0"),
+    }
+    for ref in ("nats:2.15.1-alpine", "natsio/prometheus-nats-exporter:0.17.3"):
+        name, tag = ref.rsplit(":", 1)
+        assert images[name] == {"name": name, "newTag": tag, "digest": _digest(ref)}
+    # only images: changed; the rest of the overlay (and its comments) is as it was
+    assert {k: v for k, v in after.items() if k != "images"} == {
+        k: v for k, v in before.items() if k != "images"
+    }
+    assert "# provider keys are required here" in overlay.read_text()
+    assert _pin(root, "--check").returncode == 0
+
+
+def test_nothing_is_written_when_a_registry_does_not_answer(tmp_path: Path) -> None:
+    root = _copy_of_the_repo(tmp_path)
+    overlay = root / "deploy" / "k8s" / "overlays" / "prod" / "kustomization.yaml"
+    before = overlay.read_text()
+    done = _pin(root, "--compose", command="false")
+    assert done.returncode == 1 and "nothing written" in done.stderr
+    assert overlay.read_text() == before
+    assert (root / "docker-compose.yml").read_text() == (ROOT / "docker-compose.yml").read_text()
+
+
+def test_compose_images_are_pinned_in_place_except_the_one_it_builds(tmp_path: Path) -> None:
+    root = _copy_of_the_repo(tmp_path)
+    assert _pin(root, "--compose").returncode == 0
+    refs = set(_IMAGE.findall((root / "docker-compose.yml").read_text()))
+    assert "janus:0.1.0" in refs
+    for ref in refs - {"janus:0.1.0"}:
+        assert _DIGEST.search(ref), ref
+        assert ref.split("@")[1] == _digest(ref.split("@")[0])

@@ -56,6 +56,7 @@ NEEDS_A_FAULT = {
     "JanusNatsUnhealthy": "the NATS exporter, and an unhealthy server",
     "JanusJetStreamNoMetaLeader": "the NATS exporter, and a cluster without quorum",
     "JanusWorkerSaturated": "workers at 90% of their concurrency for minutes",
+    "JanusWorkerDeploymentSaturated": "a catalog-capped deployment at 90% of its cap for minutes",
     "JanusAutoscalerAtMax": "kube-state-metrics, and an HPA at its maximum",
     "JanusTargetDown": "a scrape target down for five minutes",
     "JanusNatsDisconnected": "a service losing its NATS connection",

@@ -123,6 +123,28 @@ def test_stream_holders_drain_for_the_whole_request_bound(service: str) -> None:
     assert common.drain_grace() > common.request_deadline_seconds
 
 
+def overlay_literals(overlay: str, name: str) -> dict[str, str]:
+    kust = yaml.safe_load((BASE.parent / "overlays" / overlay / "kustomization.yaml").read_text())
+    gens = [g for g in kust.get("configMapGenerator", []) if g["name"] == name]
+    return {k: v for g in gens for k, v in (lit.split("=", 1) for lit in g.get("literals", []))}
+
+
+@pytest.mark.parametrize("overlay", ["base", "dev", "prod"])
+@pytest.mark.parametrize("service", sorted(OPS_PORTS))
+def test_every_pod_starts_with_a_hold_that_outlives_the_request_bound(service: str, overlay: str) -> None:
+    """Every service refuses to start when the reaper could free a hold within the request bound:
+    each overlay's settings must pass the same check the services run at start-up."""
+    common = pod_settings(service)
+    if overlay != "base":
+        env = configmap_literals("janus-env") | overlay_literals(overlay, "janus-env")
+        env |= {e["name"]: e["value"] for e in container(service).get("env", []) if "value" in e}
+        common = load_settings(CommonSettings, env)
+    common.check_hold_lifetime()
+    # stated beside the bound, so an operator raising one sees the other
+    stated = set(configmap_literals("janus-env"))
+    assert {"JANUS_HOLD_TTL_SECONDS", "JANUS_REQUEST_DEADLINE_SECONDS"} <= stated
+
+
 @pytest.mark.parametrize("service", ["gateway", "worker"])
 def test_scale_down_is_rate_limited(service: str) -> None:
     down = find("HorizontalPodAutoscaler", service)["spec"]["behavior"]["scaleDown"]

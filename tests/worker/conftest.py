@@ -35,6 +35,9 @@ providers:
     deployments:
       - id: fake-slow
         options: {{latency_ms: "1500", tokens_per_second: "25"}}
+      - id: fake-slow-capped
+        max_concurrency: 2
+        options: {{latency_ms: "1500", tokens_per_second: "25"}}
   - id: oai
     kind: openai_compat
     deployments:
@@ -49,6 +52,9 @@ models:
   - id: slow-chat
     owned_by: test
     serve: [{{deployment: fake-slow, model: slow-upstream-name}}]
+  - id: slow-capped-chat
+    owned_by: test
+    serve: [{{deployment: fake-slow-capped, model: slow-upstream-name}}]
   - id: oai-chat
     owned_by: test
     capabilities: [streaming, tools]

@@ -278,3 +278,61 @@ async def test_a_hanging_provider_fills_only_its_own_share(bus: Bus, worker: Wor
     assert sum(isinstance(t, contract.Failed) and t.error.code == "worker_busy" for t in terminals) == 1
     assert parse_metric(generate_latest().decode(), "janus_worker_capacity",
                         gen_ai_provider_name="slowfake") == cap
+
+
+def capped(body: dict[str, object]) -> contract.WorkRequest:
+    return work("slow-capped-chat", body, provider="slowfake", deployment="fake-slow-capped",
+                upstream="slow-upstream-name")
+
+
+def _metric(name: str, **labels: str) -> float:
+    return parse_metric(generate_latest().decode(), name, **labels)
+
+
+async def test_a_capped_deployment_fills_only_its_own_cap(bus: Bus, worker: WorkerService) -> None:
+    """A catalog max_concurrency on one deployment refuses its work beyond the cap (naming the
+    deployment, retryable, so the gateway falls back) while the provider's share still has room and
+    the provider's other deployment keeps serving; its in-flight and capacity series show the cap."""
+    cap = worker.deployment_caps["fake-slow-capped"]
+    assert 0 < cap < worker.caps["slowfake"]
+    labels = {"gen_ai_provider_name": "slowfake", "deployment": "fake-slow-capped"}
+    assert _metric("janus_worker_deployment_capacity", **labels) == cap
+    ok_before = _metric("janus_upstream_calls_total", outcome="ok", **labels)
+    hanging = [asyncio.create_task(run_work(bus, capped({"messages": MESSAGES, "max_tokens": 1})))
+               for _ in range(cap + 1)]
+    await eventually(lambda: worker.deployment_busy["fake-slow-capped"] == cap, 5,
+                     "the capped deployment reaching its cap")
+    assert _metric("janus_worker_deployment_in_flight", **labels) == cap
+    busy_when_taken: list[int] = []
+
+    async def taken(frame: object) -> None:
+        if isinstance(frame, contract.Accepted):
+            busy_when_taken.append(worker.deployment_busy["fake-slow-capped"])
+
+    other = slow({"messages": MESSAGES, "max_tokens": 1})
+    served = check_sequence(await run_work(bus, other, on_frame=taken))
+    assert isinstance(served, contract.Done), served
+    assert busy_when_taken == [cap], "the other deployment's work must be taken while the cap is full"
+    terminals = [check_sequence(frames) for frames in await asyncio.gather(*hanging)]
+    refused = [t for t in terminals if isinstance(t, contract.Failed)]
+    assert len(refused) == 1 and refused[0].error.code == "worker_busy", refused
+    assert "fake-slow-capped" in refused[0].error.message
+    assert JanusError.from_wire(refused[0].error).retryable
+    assert _metric("janus_upstream_calls_total", outcome="ok", **labels) == ok_before + cap
+    assert _metric("janus_worker_deployment_in_flight", **labels) == 0
+    # uncapped, a deployment's capacity is its provider's share
+    assert _metric("janus_worker_deployment_capacity", gen_ai_provider_name="slowfake",
+                   deployment="fake-slow") == worker.caps["slowfake"]
+
+
+async def test_a_deployment_label_names_only_a_served_deployment(bus: Bus, worker: WorkerService) -> None:
+    """Work naming a deployment this worker does not serve (a compromised neighbour on the bus) is
+    refused and never becomes a label: series stay bounded by the catalog."""
+    bogus = f"no-such-deployment-{time.time_ns()}"
+    failed = check_sequence(await run_work(bus, work("fake-chat", {"messages": MESSAGES}, deployment=bogus)))
+    assert isinstance(failed, contract.Failed) and failed.error.code == "unknown_deployment"
+    served = check_sequence(await run_work(bus, work("fake-chat", {"messages": MESSAGES})))
+    assert isinstance(served, contract.Done)
+    text = generate_latest().decode()
+    assert parse_metric(text, "janus_upstream_calls_total", deployment="fake-local") >= 1
+    assert bogus not in text
