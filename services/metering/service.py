@@ -112,6 +112,10 @@ class MeteringSettings(CommonSettings, kw_only=True):
     # budget buckets beside it: each overlay sets it for its volume
     ledger_max_age_seconds: int = 90 * 86400
     ledger_max_bytes: int = 256 * 1024 * 1024
+    # the daily history reads the ledger this often, this many entries at a time (more at once
+    # while it is behind): it lags the ledger by about the interval
+    daily_interval_seconds: float = 2.0
+    daily_batch: int = 512
 
 
 class MeteringService(Service):
@@ -136,7 +140,7 @@ class MeteringService(Service):
             raise ValueError("settled_horizon_seconds must be longer than settle_max_deliver x "
                              "settle_ack_wait_seconds, or a redelivery could outlive its settled id")
         self.store: BudgetStore | None = None
-        self.daily = DailyHistory()
+        self.daily = DailyHistory(common.daily_batch, common.daily_interval_seconds)
         self._top_cache: tuple[int, float, bytes] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = asyncio.Event()
