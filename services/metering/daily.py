@@ -38,7 +38,7 @@ import nats.js.errors
 
 from services.metering.record import Tally
 from services.metering.streams import read_ledger
-from shared import contract, subjects
+from shared import contract, metrics, subjects
 from shared.bus import Bus, CasConflict, KeyNotFound, KeyValue, Msg, map_exception
 from shared.contract import LedgerEntry
 from shared.logging import get_logger
@@ -235,9 +235,11 @@ class DailyHistory:
         """Fold the next batch of the ledger in; how many entries were read (0: caught up)."""
         assert self.bus is not None and self.kv is not None
         at, rev = await self.cursor()
-        got = await read_ledger(self.bus, at + 1, self.batch)
+        got, pending = await read_ledger(self.bus, at + 1, self.batch)
+        metrics.DAILY_LAG.set(len(got) + pending)
         if not got or not await self.apply_entries(got):
             return 0  # a failed batch is read again by the next sweep; what was written counts once
+        metrics.DAILY_LAG.set(pending)
         with contextlib.suppress(CasConflict):  # another replica moved it on: this batch was its too
             await Bus.kv_cas(self.kv, CURSOR, str(got[-1][0]).encode(), rev)
         return len(got)

@@ -7,9 +7,10 @@ meets a missing stream); both sides then declare the same configuration.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from shared import subjects
 from shared.bus import Bus, map_exception, write_refused
@@ -26,6 +27,7 @@ DEAD_LETTER_MAX_AGE = 30 * 86400.0
 SETTLE_DURABLE = "metering"
 _TIMED_OUT = ServiceUnavailable("JetStream did not acknowledge the ledger entry in time")
 _LEDGER_GET = f"$JS.API.DIRECT.GET.{subjects.LEDGER_STREAM}"
+_READ_MAX_BYTES = 4 * 1024 * 1024  # one read's answer at most: a batch of large entries ends early
 
 
 async def ensure_settlement_stream(bus: Bus, replicas: int = 1) -> None:
@@ -89,8 +91,13 @@ async def publish_ledger(bus: Bus, entries: list[LedgerEntry],
     return outcomes
 
 
-async def read_ledger(bus: Bus, first: int, batch: int, timeout: float = 5.0) -> list[tuple[int, bytes]]:
-    """Up to ``batch`` ledger entries from stream sequence ``first`` on, as (sequence, data), in order.
+class LedgerRange(NamedTuple):
+    entries: list[tuple[int, bytes]]  # (stream sequence, data), in order
+    pending: int  # entries after the last one read (0 when none was)
+
+
+async def read_ledger(bus: Bus, first: int, batch: int, timeout: float = 5.0) -> LedgerRange:
+    """Up to ``batch`` ledger entries from stream sequence ``first`` on, and how many follow them.
 
     One batched direct get (ADR-31): a single request, answered by any replica of the stream, and no
     consumer whose acknowledgements would cost a message per entry. The reader keeps its own
@@ -101,9 +108,11 @@ async def read_ledger(bus: Bus, first: int, batch: int, timeout: float = 5.0) ->
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
     out: list[tuple[int, bytes]] = []
+    pending = 0
     deadline = time.monotonic() + timeout
+    request = json.dumps({"seq": first, "batch": batch, "max_bytes": _READ_MAX_BYTES}).encode()
     try:
-        await nc.publish(_LEDGER_GET, json.dumps({"seq": first, "batch": batch}).encode(), reply=inbox)
+        await nc.publish(_LEDGER_GET, request, reply=inbox)
         while len(out) < batch:
             left = deadline - time.monotonic()
             try:
@@ -112,15 +121,17 @@ async def read_ledger(bus: Bus, first: int, batch: int, timeout: float = 5.0) ->
                 m = await sub.next_msg(left)
             except TimeoutError:
                 if out:
-                    return out
+                    return LedgerRange(out, pending)
                 raise ServiceUnavailable("the ledger did not answer a read in time") from None
             headers = m.headers or {}
             status = headers.get("Status")
             if status == "204" or status == "404":  # end of the batch; nothing at or after ``first``
-                return out
+                break
             if status:
                 raise ServiceUnavailable(f"the ledger refused a read ({status})")
             out.append((int(headers["Nats-Sequence"]), m.data))
-        return out
+            pending = int(headers.get("Nats-Num-Pending") or 0)
+        return LedgerRange(out, pending)
     finally:
-        await sub.unsubscribe()
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
