@@ -159,6 +159,8 @@ METERING: list[Panel] = [
       ("{{gen_ai_request_model}}", _rate("janus_usage_over_hold_total", _MODEL, fn="increase"))),
     P("JetStream writes refused (full: the store or a stream limit is reached)", "ops",
       ("{{store}} {{reason}}", _rate("janus_jetstream_write_errors_total", "store, reason"))),
+    P("Daily history: ledger entries not yet counted", "short",
+      ("behind", "max (janus_daily_history_lag_entries)")),
 ]
 
 ROUTING: list[Panel] = [

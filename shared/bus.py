@@ -422,10 +422,11 @@ class Bus:
         work_queue: bool = False,
         max_age: float | None = None,
         max_bytes: int | None = None,
+        allow_direct: bool = False,
     ) -> None:
         """Create the stream, or bring an existing one to what Janus needs (subjects, de-duplication,
-        replicas) without widening or resetting the limits an operator set on it: of the stream's
-        limit and the one asked for here, the tighter wins."""
+        replicas, direct reads) without widening or resetting the limits an operator set on it: of
+        the stream's limit and the one asked for here, the tighter wins."""
         cfg = StreamConfig(
             name=name,
             subjects=subjects,
@@ -435,6 +436,7 @@ class Bus:
             num_replicas=replicas,
             max_age=max_age,
             max_bytes=max_bytes,
+            allow_direct=allow_direct or None,
         )
         try:
             await self.js.add_stream(cfg)
@@ -449,6 +451,7 @@ class Bus:
             num_replicas=replicas,
             max_age=_tighter(have.max_age, max_age),
             max_bytes=_tighter(have.max_bytes, max_bytes),
+            allow_direct=True if allow_direct else have.allow_direct,
         )
         for limit in ("max_age", "max_bytes"):
             if getattr(want, limit) != getattr(cfg, limit) and getattr(cfg, limit):

@@ -148,6 +148,10 @@ SETTLEMENTS_DEAD = Counter(
 )
 HOLDS_OPEN = Gauge("janus_holds_open", "Reservations not yet settled, as seen by this replica")
 HOLDS_REAPED = Counter("janus_holds_reaped_total", "Reservations released by the reaper")
+DAILY_LAG = Gauge(
+    "janus_daily_history_lag_entries",
+    "Ledger entries not yet counted into the daily history, as of this replica's last read of the ledger",
+)
 METER_OP_SECONDS = Histogram(
     "janus_metering_operation_seconds", "Time to reserve or settle", ["operation"], buckets=(*_FAST, 0.25)
 )

@@ -1,33 +1,44 @@
 """Daily usage history: per user, per UTC day, spend by model and by bot, kept for ``KEEP_DAYS``.
 
-    JANUS_LEDGER stream -> durable pull consumer "daily" (shared by every metering replica)
-        -> a fetched batch grouped by user -> one CAS write per user in KV ``janus_daily``
-        -> acks
+    every ``interval`` seconds, in whichever metering replica gets there first:
+        the cursor (KV ``janus_daily``, key ``cursor``: the last ledger sequence folded in)
+        -> the next ``batch`` JANUS_LEDGER entries in one direct get (``read_ledger``)
+        -> grouped by user -> one CAS write per user in KV ``janus_daily`` -> the cursor moved on
     janus.meter.daily (queue "metering")  DailyQuery -> DailyReply (the JSON document) | ErrorReply
 
 It reads the ledger (the settlements metering has already applied), not the settlements
 themselves, so the hot budget record and the settlement path are untouched: a slow or failing
-history write delays only the history. The ledger keeps every entry, so a new deployment builds
-the history of the entries it still holds on its first start.
+history write delays only the history. It reads in batches a few seconds apart rather than as a
+consumer of every entry: a history may lag by seconds, and that way it costs the bus a few
+messages per batch instead of four per request (a delivery request, an acknowledgement, a read
+and a write each). The ledger keeps every entry, so a new deployment builds the history of the
+entries it still holds on its first start.
+
+Exact whoever reads: the cursor moves only by compare-and-set and only after every user of the
+batch was written, so a failed or raced batch is read again; a user's record remembers the
+highest ledger sequence it counted (``upto``), and entries of one user are always counted in
+sequence order, so an entry read again (two replicas on one batch, a replica that stalled while
+others moved on) counts once.
 
 Bounded whatever callers send: a record keeps ``KEEP_DAYS`` days; a day keeps at most ``MAX_KEYS``
 models and bots each (``X-Bot-ID`` is the caller's choice; past the cap, spend is counted under
-``OTHER``), and the last ``KEEP_SEQS`` ledger sequence numbers applied, which make a redelivered
-entry a no-op.
+``OTHER``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections import defaultdict
-from typing import Any
 
 import msgspec
+import nats.js.errors
 
 from services.metering.record import Tally
-from shared import contract, subjects
+from services.metering.streams import read_ledger
+from shared import contract, metrics, subjects
 from shared.bus import Bus, CasConflict, KeyNotFound, KeyValue, Msg, map_exception
 from shared.contract import LedgerEntry
 from shared.logging import get_logger
@@ -35,9 +46,14 @@ from shared.logging import get_logger
 log = get_logger("metering.daily")
 
 DAILY_BUCKET = "janus_daily"
+CURSOR = "cursor"  # never a user's key: those are "d.u.<id>" or "d.h.<digest>"
+# the ledger consumer that kept the history before the cursor: where it stopped is where the cursor
+# starts, and it is removed
 DURABLE = "daily"
 KEEP_DAYS = 90
 MAX_KEYS = 32
+# recently counted sequences, besides ``upto``: what a replica of the former consumer (which knew
+# no ``upto`` and may drop it when it rewrites a record) still dedups by while a rollout runs
 KEEP_SEQS = 1024
 OTHER = "(other)"
 _DAY = 86_400
@@ -51,6 +67,7 @@ class Day(msgspec.Struct, omit_defaults=True):
 class DailyRecord(msgspec.Struct, omit_defaults=True):
     days: dict[int, Day] = {}  # day number (unix seconds // 86400, UTC) -> that day's tallies
     seqs: list[int] = []  # ledger sequence numbers recently applied, oldest first
+    upto: int = 0  # the highest ledger sequence counted: every entry of this user at or below it is in
 
 
 _enc = msgspec.msgpack.Encoder()
@@ -70,7 +87,7 @@ def _bounded(d: dict[str, Tally], name: str) -> Tally:
 
 def apply(rec: DailyRecord, entry: LedgerEntry, seq: int, today: int) -> bool:
     """Count one ledger entry into ``rec``; False when nothing changed (already applied, too old)."""
-    if seq in rec.seqs:
+    if 0 < seq <= rec.upto or seq in rec.seqs:
         return False
     day = int(entry.at) // _DAY
     if day <= today - KEEP_DAYS:
@@ -80,6 +97,7 @@ def apply(rec: DailyRecord, entry: LedgerEntry, seq: int, today: int) -> bool:
     _bounded(tally.by_model, entry.model).add(entry.credits, prompt, completion)
     _bounded(tally.by_bot, entry.bot or "default").add(entry.credits, prompt, completion)
     rec.seqs.append(seq)
+    rec.upto = seq
     if len(rec.seqs) > KEEP_SEQS:
         del rec.seqs[: len(rec.seqs) - KEEP_SEQS]
     for old in [d for d in rec.days if d <= today - KEEP_DAYS]:
@@ -120,18 +138,24 @@ def document(rec: DailyRecord, days: int, today: int) -> bytes:
 
 
 class DailyHistory:
-    """The consumer that keeps the history and the queries that read it."""
+    """The sweeps that keep the history and the queries that read it."""
 
-    def __init__(self, batch: int = 256) -> None:
+    def __init__(self, batch: int = 512, interval: float = 2.0) -> None:
         self.batch = batch
+        self.interval = interval
+        self.bus: Bus | None = None
         self.kv: KeyValue | None = None
-        self._sub: Any = None
         self._task: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
 
-    async def start(self, bus: Bus, replicas: int) -> None:
+    async def open(self, bus: Bus, replicas: int) -> None:
+        """The bucket, and the cursor where the former ledger consumer stopped: ready to sweep."""
+        self.bus = bus
         self.kv = await bus.kv(DAILY_BUCKET, replicas=replicas)
-        self._sub = await bus.pull_consumer(subjects.LEDGER_STREAM, DURABLE, subjects.LEDGER, ack_wait=30.0)
+        await self._adopt_consumer()
+
+    async def start(self, bus: Bus, replicas: int) -> None:
+        await self.open(bus, replicas)
         await bus.serve(subjects.METER_DAILY, self._on_query, queue=subjects.METERING_QUEUE, concurrency=64)
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
@@ -140,9 +164,21 @@ class DailyHistory:
         if self._task is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._task, grace)
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
+
+    async def _adopt_consumer(self) -> None:
+        """Start the cursor where the former ledger consumer stopped, and remove that consumer."""
+        assert self.bus is not None and self.kv is not None
+        js = self.bus.js
+        try:
+            info = await js.consumer_info(subjects.LEDGER_STREAM, DURABLE)
+        except nats.js.errors.NotFoundError:
+            return
+        floor = info.ack_floor.stream_seq if info.ack_floor else 0
+        with contextlib.suppress(CasConflict):  # a cursor already there is further on
+            await Bus.kv_cas(self.kv, CURSOR, str(floor).encode(), 0)
+        with contextlib.suppress(Exception):
+            await js.delete_consumer(subjects.LEDGER_STREAM, DURABLE)
+        log.info("daily_consumer_adopted", cursor=floor)
 
     async def read(self, user: str) -> tuple[DailyRecord, int]:
         assert self.kv is not None
@@ -167,42 +203,58 @@ class DailyHistory:
                 continue  # another replica wrote this user's record meanwhile
         raise CasConflict(f"daily record of a user kept changing ({len(entries)} entries)")
 
-    async def apply_batch(self, msgs: list[Msg]) -> None:
-        by_user: dict[str, list[tuple[LedgerEntry, int, Msg]]] = defaultdict(list)
-        for m in msgs:
+    async def cursor(self) -> tuple[int, int]:
+        """(the last ledger sequence folded in, the cursor's revision; 0 when it does not exist)."""
+        assert self.kv is not None
+        try:
+            data, rev = await Bus.kv_get(self.kv, CURSOR)
+        except KeyNotFound:
+            return 0, 0
+        return int(data or b"0"), rev
+
+    async def apply_entries(self, got: list[tuple[int, bytes]]) -> bool:
+        """Count ledger entries (sequence, data), in sequence order; True when every user's record
+        was written. An entry nobody can read is logged and passed over: reading it again would not help."""
+        by_user: dict[str, list[tuple[LedgerEntry, int]]] = defaultdict(list)
+        for seq, data in got:
             try:
-                entry = contract.ledger_entry_decoder.decode(m.data)
+                entry = contract.ledger_entry_decoder.decode(data)
             except (msgspec.DecodeError, msgspec.ValidationError):
-                log.error("ledger_entry_undecodable")
-                with contextlib.suppress(Exception):
-                    await m.term()
+                log.error("ledger_entry_undecodable", sequence=seq)
                 continue
-            by_user[entry.user].append((entry, m.metadata.sequence.stream, m))
-        for user, items in by_user.items():
-            try:
-                await self._write_user(user, [(e, seq) for e, seq, _ in items])
-            except Exception as exc:
-                # not acked: redelivered after ack_wait, and the sequence numbers make it a no-op
-                # for whatever did get written
-                log.warning("daily_write_failed", error=map_exception(exc).message)
-                continue
-            for _, _, m in items:
-                with contextlib.suppress(Exception):
-                    await m.ack()
+            by_user[entry.user].append((entry, seq))
+        users = list(by_user)
+        results = await asyncio.gather(*(self._write_user(u, by_user[u]) for u in users),
+                                       return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            log.warning("daily_write_failed", users=len(failed), error=map_exception(failed[0]).message)
+        return not failed
+
+    async def sweep(self) -> int:
+        """Fold the next batch of the ledger in; how many entries were read (0: caught up)."""
+        assert self.bus is not None and self.kv is not None
+        at, rev = await self.cursor()
+        got, pending = await read_ledger(self.bus, at + 1, self.batch)
+        metrics.DAILY_LAG.set(len(got) + pending)
+        if not got or not await self.apply_entries(got):
+            return 0  # a failed batch is read again by the next sweep; what was written counts once
+        metrics.DAILY_LAG.set(pending)
+        with contextlib.suppress(CasConflict):  # another replica moved it on: this batch was its too
+            await Bus.kv_cas(self.kv, CURSOR, str(got[-1][0]).encode(), rev)
+        return len(got)
 
     async def _loop(self) -> None:
         while not self._closing.is_set():
             try:
-                msgs = await Bus.fetch(self._sub, self.batch, 1.0)
+                read = await self.sweep()
             except Exception as exc:
-                log.warning("daily_fetch_failed", error=map_exception(exc).message)
-                await asyncio.sleep(0.5)
-                continue
-            if msgs:
-                try:
-                    await self.apply_batch(msgs)
-                except Exception:
-                    log.exception("daily_batch_failed")
+                log.warning("daily_sweep_failed", error=map_exception(exc).message)
+                read = 0
+            if read < self.batch:
+                # caught up: the next batch gathers for a while; jitter keeps replicas out of step
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), self.interval * random.uniform(0.8, 1.2))
 
     async def query(self, q: contract.DailyQuery) -> bytes:
         rec, _ = await self.read(q.user)

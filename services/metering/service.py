@@ -4,7 +4,8 @@
     janus.meter.usage    (queue "metering")  UsageQuery      -> UsageReply   | ErrorReply
     janus.meter.renew    (queue "metering")  HoldRenewal     -> (no reply: the hold is marked in use)
     JANUS_SETTLE stream, durable pull consumer "metering" shared by every replica:
-        a fetched batch -> one CAS write per user (group commit) -> ledger entries -> acks
+        a fetched batch -> one CAS write per user (group commit) -> ledger entries -> acks;
+        a batch that did not fill is followed by a short linger, so low traffic batches too
         last delivery still failing, unreadable, or too old to prove new -> JANUS_SETTLE_DEAD, term
 
 All state is in JetStream (the ``janus_budget`` KV bucket and the streams), so any number of
@@ -91,6 +92,11 @@ class MeteringSettings(CommonSettings, kw_only=True):
     # the idempotency horizon below finite while metering runs
     settle_max_deliver: int = 10
     settle_batch: int = 128
+    # after a batch that did not fill, the next fetch waits this long, so that at low traffic
+    # settlements arriving a few ms apart share one fetch and one budget write per user instead of
+    # a wake-up and a write each; a settlement (and so its hold) is applied at most this much later.
+    # A full batch is followed by the next fetch at once. 0: fetch as soon as a batch is done
+    settle_linger_ms: float = 20.0
     # settled request ids are remembered this long after publication: longer than max_deliver x
     # ack_wait, so every redelivery while metering runs is recognised (by time, not by a count)
     settled_horizon_seconds: int = 900
@@ -103,6 +109,10 @@ class MeteringSettings(CommonSettings, kw_only=True):
     # budget buckets beside it: each overlay sets it for its volume
     ledger_max_age_seconds: int = 90 * 86400
     ledger_max_bytes: int = 256 * 1024 * 1024
+    # the daily history reads the ledger this often, this many entries at a time (more at once
+    # while it is behind): it lags the ledger by about the interval
+    daily_interval_seconds: float = 2.0
+    daily_batch: int = 512
 
 
 class MeteringService(Service):
@@ -130,7 +140,7 @@ class MeteringService(Service):
                 f"JANUS_SETTLE_ACK_WAIT_SECONDS ({common.settle_ack_wait_seconds:g}), or a redelivery "
                 "could outlive its settled id")
         self.store: BudgetStore | None = None
-        self.daily = DailyHistory()
+        self.daily = DailyHistory(common.daily_batch, common.daily_interval_seconds)
         self._top_cache: tuple[int, float, bytes] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = asyncio.Event()
@@ -419,20 +429,31 @@ class MeteringService(Service):
 
     async def _settle_loop(self, sub: Any) -> None:
         self._consuming = True
+        linger = self.settings.settle_linger_ms / 1000.0
+        size = self.settings.settle_batch
         try:
             while not self._closing.is_set():
                 try:
-                    msgs = await Bus.fetch(sub, self.settings.settle_batch, 1.0)
+                    msgs = await Bus.fetch(sub, size, 1.0)
                 except Exception as exc:
                     log.warning("settle_fetch_failed", error=map_exception(exc).message)
                     await asyncio.sleep(0.5)
                     continue
-                if msgs:
-                    try:
-                        await self.settle_batch(msgs)
-                    except Exception:
-                        # nothing unacked is lost: JetStream redelivers it
-                        log.exception("settle_batch_failed")
+                if not msgs:
+                    continue
+                taken = time.monotonic()
+                try:
+                    await self.settle_batch(msgs)
+                except Exception:
+                    # nothing unacked is lost: JetStream redelivers it
+                    log.exception("settle_batch_failed")
+                if len(msgs) < size and linger > 0:
+                    # the linger runs from when this batch was taken: what arrived meanwhile
+                    # is the next batch, fetched in one pull however many it holds
+                    wait = linger - (time.monotonic() - taken)
+                    if wait > 0:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._closing.wait(), wait)
         finally:
             self._consuming = False
 

@@ -7,7 +7,10 @@ meets a missing stream); both sides then declare the same configuration.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import contextlib
+import json
+import time
+from typing import Any, NamedTuple
 
 from shared import subjects
 from shared.bus import Bus, map_exception, write_refused
@@ -23,6 +26,8 @@ LEDGER_DUPLICATE_WINDOW = 2 * 3600.0
 DEAD_LETTER_MAX_AGE = 30 * 86400.0
 SETTLE_DURABLE = "metering"
 _TIMED_OUT = ServiceUnavailable("JetStream did not acknowledge the ledger entry in time")
+_LEDGER_GET = f"$JS.API.DIRECT.GET.{subjects.LEDGER_STREAM}"
+_READ_MAX_BYTES = 4 * 1024 * 1024  # one read's answer at most: a batch of large entries ends early
 
 
 async def ensure_settlement_stream(bus: Bus, replicas: int = 1) -> None:
@@ -38,7 +43,8 @@ async def ensure_ledger_stream(bus: Bus, replicas: int = 1, *, max_age: float = 
     on the stream keeps them (``Bus.ensure_stream``). Archive it before entries age out."""
     await bus.ensure_stream(subjects.LEDGER_STREAM, [subjects.LEDGER],
                             duplicate_window=LEDGER_DUPLICATE_WINDOW, replicas=replicas,
-                            max_age=max_age or None, max_bytes=max_bytes or None)
+                            max_age=max_age or None, max_bytes=max_bytes or None,
+                            allow_direct=True)  # the daily history reads it in ranges (read_ledger)
 
 
 async def ensure_dead_letter_stream(bus: Bus, replicas: int = 1) -> None:
@@ -83,3 +89,49 @@ async def publish_ledger(bus: Bus, entries: list[LedgerEntry],
         if isinstance(ack, BaseException):
             outcomes[i] = ack if isinstance(ack, JanusError) else write_refused(subjects.LEDGER_STREAM, ack)
     return outcomes
+
+
+class LedgerRange(NamedTuple):
+    entries: list[tuple[int, bytes]]  # (stream sequence, data), in order
+    pending: int  # entries after the last one read (0 when none was)
+
+
+async def read_ledger(bus: Bus, first: int, batch: int, timeout: float = 5.0) -> LedgerRange:
+    """Up to ``batch`` ledger entries from stream sequence ``first`` on, and how many follow them.
+
+    One batched direct get (ADR-31): a single request, answered by any replica of the stream, and no
+    consumer whose acknowledgements would cost a message per entry. The reader keeps its own
+    position. An answer cut short by ``timeout`` is returned as far as it came (a prefix, so no
+    entry is skipped); none at all raises ServiceUnavailable.
+    """
+    nc = bus.nc
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    out: list[tuple[int, bytes]] = []
+    pending = 0
+    deadline = time.monotonic() + timeout
+    request = json.dumps({"seq": first, "batch": batch, "max_bytes": _READ_MAX_BYTES}).encode()
+    try:
+        await nc.publish(_LEDGER_GET, request, reply=inbox)
+        while len(out) < batch:
+            left = deadline - time.monotonic()
+            try:
+                if left <= 0:
+                    raise TimeoutError
+                m = await sub.next_msg(left)
+            except TimeoutError:
+                if out:
+                    return LedgerRange(out, pending)
+                raise ServiceUnavailable("the ledger did not answer a read in time") from None
+            headers = m.headers or {}
+            status = headers.get("Status")
+            if status == "204" or status == "404":  # end of the batch; nothing at or after ``first``
+                break
+            if status:
+                raise ServiceUnavailable(f"the ledger refused a read ({status})")
+            out.append((int(headers["Nats-Sequence"]), m.data))
+            pending = int(headers.get("Nats-Num-Pending") or 0)
+        return LedgerRange(out, pending)
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()

@@ -146,3 +146,30 @@ async def test_two_replicas_keep_the_same_guarantees(
     await check_exactly_once(bus, work, burst_costs)
     burst = await record(bus, "burst")
     assert not burst.holds and burst.session_used == HOLD * len(admitted) <= TINY_SESSION
+
+
+async def test_settlements_waiting_out_a_linger_survive_a_sigkill_and_are_charged_once(
+    bus: Bus, nats_server: NatsServer, plans_file: Path, tmp_path: Path, procs: list[ServiceProc]
+) -> None:
+    env = metering_env(nats_server, plans_file)
+    # after its first batch this replica waits a minute before fetching again
+    procs.append(start_service("metering", {**env, "JANUS_SETTLE_LINGER_MS": "60000"}, tmp_path))
+    work = workload()
+    assert all(r.admitted for r in await asyncio.gather(
+        *(reserve(bus, u, rid, plan="pro") for u, rid, _ in work)))
+    u, rid, c = work[0]
+    await settle(bus, u, rid, completion=c, plan="pro")
+
+    async def first_applied() -> bool:
+        return (await record(bus, u)).settled_count == 1
+
+    await wait_for(first_applied, what="the first settlement")
+    await asyncio.gather(*(settle(bus, u, rid, completion=c, plan="pro") for u, rid, c in work[1:]))
+    # the linger holds nothing: what arrived during it waits in the stream, not in the replica
+    info = await bus.js.consumer_info(subjects.SETTLE_STREAM, SETTLE_DURABLE)
+    assert (info.num_pending, info.num_ack_pending) == (N - 1, 0)
+    procs[0].stop(signal.SIGKILL)
+    await asyncio.gather(*(settle(bus, u, rid, completion=c, plan="pro", msg_id=f"{rid}-again")
+                           for u, rid, c in work))
+    procs.append(start_service("metering", env, tmp_path, tag="-restarted"))
+    await check_exactly_once(bus, work)

@@ -170,6 +170,35 @@ async def test_settlements_fetched_together_are_one_write_per_user(
     assert sorted(e.request_id for e in entries) == sorted(f"{u}-{i}" for u in users for i in range(8))
 
 
+async def test_settlements_arriving_one_by_one_within_the_linger_share_one_write(
+    bus: Bus, start_metering: Start, tiny: tuple[budget.PlanRules, PriceUnits]
+) -> None:
+    rules, price = tiny
+    store = BudgetStore(await bus.kv(subjects.BUDGET_BUCKET))
+    now = int(time.time())
+    for i in range(6):
+        await store.update("carol", reserving(f"c-{i}", rules, price, now, user="carol"))
+    # a linger far longer than publishing five settlements one after the other takes
+    await start_metering(settle_linger_ms=3000.0)
+    await settle(bus, "carol", "c-0", completion=100)
+
+    async def first_applied() -> bool:
+        return (await store.read_user("carol")).settled_count == 1
+
+    await wait_for(first_applied, what="the first settlement applied")
+    before = await writes(bus, subjects.BUDGET_BUCKET)
+    for i in range(1, 6):  # each waits for its stream acknowledgement, as a gateway's does
+        await settle(bus, "carol", f"c-{i}", completion=100)
+
+    async def all_applied() -> bool:
+        return (await store.read_user("carol")).settled_count == 6
+
+    await wait_for(all_applied, what="every settlement applied")
+    assert await writes(bus, subjects.BUDGET_BUCKET) - before == 1
+    rec = await store.read_user("carol")
+    assert not rec.holds and rec.session_used == 6 * 90
+
+
 async def test_a_record_of_a_newer_layout_is_read_but_never_overwritten(
     bus: Bus, tiny: tuple[budget.PlanRules, PriceUnits]
 ) -> None:

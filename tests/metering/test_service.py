@@ -150,9 +150,10 @@ async def test_usage_above_the_hold_is_charged_the_hold_and_counted(bus: Bus, st
     await settle(bus, "liar", "r1", completion=1_000_000)
 
     async def settled() -> bool:
-        return not (await record(bus, "liar")).holds
+        # counted once its ledger entry is stored, a moment after the record is written
+        return not (await record(bus, "liar")).holds and counter._value.get() > before
 
-    await wait_for(settled, what="the hold settled")
+    await wait_for(settled, what="the hold settled and counted")
     rec = await record(bus, "liar")
     assert rec.session_used == rec.week_used == HOLD
     assert counter._value.get() == before + 1

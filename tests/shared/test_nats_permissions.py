@@ -72,8 +72,8 @@ ALLOWED: dict[str, list[tuple[str, str]]] = {
         (PUB, subjects.SETTLE_DEAD),
         (PUB, "$JS.API.STREAM.CREATE.JANUS_SETTLE_DEAD"),
         (PUB, "$KV.janus_daily.d.u.alice"),
-        (PUB, "$JS.API.CONSUMER.MSG.NEXT.JANUS_LEDGER.daily"),
-        (PUB, "$JS.ACK.JANUS_LEDGER.daily.1.1.1.1.1"),
+        (PUB, "$JS.API.DIRECT.GET.JANUS_LEDGER"),  # the daily history reads the ledger in ranges
+        (PUB, "$JS.API.CONSUMER.DELETE.JANUS_LEDGER.daily"),
         (PUB, "$KV.janus_budget.b.u.alice"),
         (PUB, "$JS.ACK.JANUS_SETTLE.metering.1.1.1.1.1"),
         (PUB, "$JS.API.CONSUMER.MSG.NEXT.JANUS_SETTLE.metering"),
