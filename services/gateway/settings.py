@@ -38,6 +38,11 @@ class GatewaySettings(CommonSettings, kw_only=True):
     # a request running longer than this tells metering its hold is still in use, again every
     # interval, so the reaper (JANUS_HOLD_TTL_SECONDS, 900 s) never frees a live request's hold
     hold_renew_seconds: float = 120.0
+    # credit leases (services/gateway/leases.py): the most requests one lease of a user is asked to
+    # hold (0: every request is reserved with metering), and how long a lease may sit unused before
+    # it goes back, so its credits are never parked away from the user's other gateways for longer
+    lease_requests: int = 64
+    lease_idle_seconds: float = 2.0
     # JANUS_BYOK_KEY, the worker's key for users' own provider keys: lets PUT /v1/byok seal them.
     # Never logged; empty: keys can be listed and deleted over HTTP but not stored.
     byok_key: str = ""

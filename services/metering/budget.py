@@ -289,7 +289,8 @@ def reserve(rec: Record, req: ReserveRequest, rules: PlanRules, price: PriceUnit
     if lease is None:
         return reply, True
     pools = pool_states(figures(rec, rules, now), rules.plan)
-    return msgspec.structs.replace(reply, pools=pools, requests=request_rate(rec, rules, now), lease=lease), True
+    reply = msgspec.structs.replace(reply, pools=pools, requests=request_rate(rec, rules, now), lease=lease)
+    return reply, True
 
 
 def _admit(rec: Record, req: ReserveRequest, rules: PlanRules, price: PriceUnits,

@@ -48,8 +48,17 @@ def _stale_sums(rec: Record) -> None:
     rec.__dict__.pop("_reserved", None)
 
 
-def grant(rec: Record, unit: Hold, want: int, lease_id: str, room: dict[str, tuple[int | None, int]],
-          rate: tuple[int | None, int, int], resets: list[int], now: int, terms: LeaseTerms) -> LeaseGrant | None:
+def grant(
+    rec: Record,
+    unit: Hold,
+    want: int,
+    lease_id: str,
+    room: dict[str, tuple[int | None, int]],
+    rate: tuple[int | None, int, int],
+    resets: list[int],
+    now: int,
+    terms: LeaseTerms,
+) -> LeaseGrant | None:
     """Reserve up to ``want`` requests like ``unit`` for a gateway, bounded by ``terms``.
 
     ``room`` maps a pool to (limit, used and held) in the unit's measure ("credits", "input",
@@ -70,11 +79,21 @@ def grant(rec: Record, unit: Hold, want: int, lease_id: str, room: dict[str, tup
         return None
     requests = k if rate_limit is not None else 0
     rec.rate_count += requests
-    rec.holds[lease_id] = Hold(k * unit.credits, k * unit.input_tokens, k * unit.output_tokens, "", "",
-                               now, lease=True, requests=requests, rate_start=rec.rate_start)
+    rec.holds[lease_id] = Hold(
+        k * unit.credits,
+        k * unit.input_tokens,
+        k * unit.output_tokens,
+        "",
+        "",
+        now,
+        lease=True,
+        requests=requests,
+        rate_start=rec.rate_start,
+    )
     _stale_sums(rec)
-    return LeaseGrant(lease_id, k * unit.credits, k * unit.input_tokens, k * unit.output_tokens, requests,
-                      int(life))
+    return LeaseGrant(
+        lease_id, k * unit.credits, k * unit.input_tokens, k * unit.output_tokens, requests, int(life)
+    )
 
 
 def give_back(rec: Record, ret: LeaseReturn) -> bool:
@@ -86,7 +105,12 @@ def give_back(rec: Record, ret: LeaseReturn) -> bool:
     if ret.whole:
         credits, tokens_in, tokens_out, requests = h.credits, h.input_tokens, h.output_tokens, h.requests
     else:
-        credits, tokens_in, tokens_out, requests = ret.credits, ret.input_tokens, ret.output_tokens, ret.requests
+        credits, tokens_in, tokens_out, requests = (
+            ret.credits,
+            ret.input_tokens,
+            ret.output_tokens,
+            ret.requests,
+        )
     h.credits -= min(max(credits, 0), h.credits)
     h.input_tokens -= min(max(tokens_in, 0), h.input_tokens)
     h.output_tokens -= min(max(tokens_out, 0), h.output_tokens)
@@ -105,8 +129,14 @@ def draw(rec: Record, s: Settlement, now: int) -> tuple[Hold, bool]:
     held = s.held or LeaseDraw(0, 0, 0)
     lease = rec.holds.get(s.lease)
     if lease is None or not lease.lease:
-        return Hold(max(held.credits, 0), max(held.input_tokens, 0), max(held.output_tokens, 0),
-                    s.model, s.bot, w.now_s(s.at or now)), False
+        return Hold(
+            max(held.credits, 0),
+            max(held.input_tokens, 0),
+            max(held.output_tokens, 0),
+            s.model,
+            s.bot,
+            w.now_s(s.at or now),
+        ), False
     take = min(max(held.credits, 0), lease.credits)
     tokens_in = min(max(held.input_tokens, 0), lease.input_tokens)
     tokens_out = min(max(held.output_tokens, 0), lease.output_tokens)
