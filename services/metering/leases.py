@@ -28,7 +28,7 @@ from shared.contract import LeaseDraw, LeaseGrant, LeaseReturn, Settlement
 
 # a slice that would hold fewer requests than this is not worth a lease: near the end of a budget
 # every request is reserved on its own, so no credit is parked where another gateway cannot use it
-MIN_REQUESTS = 2
+MIN_REQUESTS = 4
 
 
 @dataclass(frozen=True, slots=True)
