@@ -94,7 +94,10 @@ class Meter:
             return await self.reserve(req, headers), "", None
         key = (req.user, req.plan)
         book.arrive(key)
-        for _ in range(3):
+        # a crowd waits for one reserve at a time and tries each new lease, never longer than a
+        # reserve of its own could take; without a lease to be had it reserves on its own
+        deadline = self.clock() + self.reserve_timeout
+        while True:
             got = book.admit(key, req)
             if got is not None:
                 reply, drawn, lease_id = got
@@ -104,7 +107,7 @@ class Meter:
             if flight is None:
                 return await self._fly(book, key, req, headers), "", None
             try:
-                granted = await asyncio.wait_for(asyncio.shield(flight), self.reserve_timeout)
+                granted = await asyncio.wait_for(asyncio.shield(flight), max(0.0, deadline - self.clock()))
             except TimeoutError:
                 break
             if not granted:
