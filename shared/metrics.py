@@ -131,6 +131,11 @@ SETTLEMENTS_DEAD = Counter(
 )
 HOLDS_OPEN = Gauge("janus_holds_open", "Reservations not yet settled, as seen by this replica")
 HOLDS_REAPED = Counter("janus_holds_reaped_total", "Reservations released by the reaper")
+# credit leases: metering counts grants and the returns sent on their own (idle, a /v1/usage read,
+# a stopping gateway; one riding on the next reserve is not counted), a gateway the requests it
+# admitted on one without a reserve
+LEASES = Counter("janus_credit_leases_total", "Credit leases granted to gateways and given back", ["event"])
+LEASE_ADMISSIONS = Counter("janus_lease_admissions_total", "Requests a gateway admitted on its credit lease")
 METER_OP_SECONDS = Histogram(
     "janus_metering_operation_seconds", "Time to reserve or settle", ["operation"], buckets=(*_FAST, 0.25)
 )

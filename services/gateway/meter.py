@@ -44,6 +44,7 @@ _ACK_TIMEOUT = 5.0  # one publish's wait for the stream's acknowledgement
 
 # metering's dashboard shows janus_settlements_total by result; the gateway adds the ones it gave up
 _LOST = metrics.SETTLEMENTS.labels("lost")
+_LEASED = metrics.LEASE_ADMISSIONS
 
 
 def output_hold(cap: int, n: int, floor: int) -> tuple[int, int]:
@@ -101,6 +102,7 @@ class Meter:
             got = book.admit(key, req)
             if got is not None:
                 reply, drawn, lease_id = got
+                _LEASED.inc()
                 self._headers(req, reply, headers)
                 return reply, lease_id, drawn
             flight = book.flight(key)

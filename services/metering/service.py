@@ -59,6 +59,8 @@ _ADMITTED = metrics.BUDGET_DECISIONS.labels("admitted", "none")
 _BYOK = metrics.BUDGET_DECISIONS.labels("byok", "none")
 # its own decision, not "denied": the budget alerts watch refusals of credit pools
 _RATE_LIMITED = metrics.BUDGET_DECISIONS.labels("rate_limited", "requests")
+_LEASE_GRANTED = metrics.LEASES.labels("granted")
+_LEASE_RETURNED = metrics.LEASES.labels("returned")
 
 
 _TOP_CACHE_SECONDS = 5.0
@@ -234,6 +236,8 @@ class MeteringService(Service):
         now = w.now_s(time.time())
         reply: contract.ReserveReply = await self.store.update(
             req.user, lambda rec: budget.reserve(rec, req, rules, price, now, self.lease_terms))
+        if reply.lease is not None:
+            _LEASE_GRANTED.inc()
         if reply.denied_pool == "requests":
             _RATE_LIMITED.inc()
         elif req.byok:
@@ -335,7 +339,10 @@ class MeteringService(Service):
             changed = give_back(rec, ret)
             return changed, changed
 
-        return await self.store.update(ret.user, change)
+        returned: bool = await self.store.update(ret.user, change)
+        if returned:
+            _LEASE_RETURNED.inc()
+        return returned
 
     async def _on_renew(self, msg: Msg) -> None:
         try:
