@@ -87,6 +87,39 @@ class ReserveRequest(msgspec.Struct, tag="meter.reserve.v1", **_tagged):
     # > 0: when the pools cannot hold ``max_output_tokens``, grant the largest output that they can
     # hold, down to this floor, instead of refusing (answered in ``ReserveReply.max_output_tokens``)
     min_output_tokens: int = 0
+    # > 0: besides this request's hold, grant the gateway a lease named ``lease_id`` of up to this
+    # many more requests like it (metering may grant fewer, or none near the end of a budget)
+    lease_requests: int = 0
+    lease_id: str = ""
+    # the gateway's previous lease of this user, given back in the same write, before the admission
+    lease_return: LeaseReturn | None = None
+
+
+class LeaseGrant(msgspec.Struct, omit_defaults=True):
+    """A slice of every pool reserved for one gateway: it admits requests against it locally until
+    it runs out, expires, or is given back. The sums are what the lease holds in the record."""
+
+    lease_id: str
+    credits: int
+    input_tokens: int
+    output_tokens: int
+    requests: int  # request-rate allowance already counted in the user's window (0: no rate limit)
+    seconds: int  # how long the gateway may admit on it: never past a window it was reserved in
+
+
+class LeaseReturn(msgspec.Struct, tag="meter.lease_return.v1", **_tagged):
+    """A gateway will admit no more on ``lease_id``: its unused part goes back to the pools. What
+    requests drew on it stays held until their settlements (which name the lease) arrive. Applied
+    once: a lease given back is marked so in the record."""
+
+    user: str
+    lease_id: str
+    credits: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    requests: int = 0
+    # the gateway never learned what was granted (its reserve timed out): give back all of it
+    whole: bool = False
 
 
 class RequestRate(msgspec.Struct, omit_defaults=True):
@@ -119,6 +152,7 @@ class ReserveReply(msgspec.Struct, tag="meter.reserve_reply.v1", **_tagged):
     # the output held, all choices together: ``max_output_tokens`` asked for, or less when the pools
     # could only hold less (0 from a metering replica that predates the field: the amount asked)
     max_output_tokens: int = 0
+    lease: LeaseGrant | None = None  # granted when asked for and the pools can spare it
 
 
 class Settlement(msgspec.Struct, tag="meter.settle.v1", **_tagged):
@@ -136,6 +170,16 @@ class Settlement(msgspec.Struct, tag="meter.settle.v1", **_tagged):
     # what earlier attempts on other models produced (a fallback to another model): each is priced
     # at its own model's price; ``model``/``usage`` are the model that served the answer
     other: list[ModelUsage] = []
+    # admitted by the gateway on a lease: what it drew from it (the request's own hold). Metering
+    # takes that much out of the lease (never more than is left) and charges at most that
+    lease: str = ""
+    held: LeaseDraw | None = None
+
+
+class LeaseDraw(msgspec.Struct, array_like=True):
+    credits: int
+    input_tokens: int
+    output_tokens: int
 
 
 class ModelUsage(msgspec.Struct, array_like=True):
@@ -183,6 +227,9 @@ class LedgerEntry(msgspec.Struct, tag="meter.ledger.v1", **_tagged):
 class UsageQuery(msgspec.Struct, tag="meter.usage_query.v1", **_tagged):
     user: str
     plan: str
+    # the asking gateway's idle lease of this user, given back before the answer is made, so the
+    # caller sees no credits parked in it
+    lease_return: LeaseReturn | None = None
 
 
 class UsageReply(msgspec.Struct, tag="meter.usage_reply.v1", **_tagged):
@@ -303,6 +350,8 @@ settlement_decoder = msgspec.msgpack.Decoder(Settlement)
 ledger_entry_decoder = msgspec.msgpack.Decoder(LedgerEntry)
 usage_query_decoder = msgspec.msgpack.Decoder(UsageQuery)
 hold_renewal_decoder = msgspec.msgpack.Decoder(HoldRenewal)
+# janus.meter.renew carries the upkeep of holds: a long request's renewal, a lease given back
+upkeep_decoder = msgspec.msgpack.Decoder(HoldRenewal | LeaseReturn)
 usage_reply_decoder = msgspec.msgpack.Decoder(UsageReply | ErrorReply)
 daily_query_decoder = msgspec.msgpack.Decoder(DailyQuery)
 admin_query_decoder = msgspec.msgpack.Decoder(AdminQuery)

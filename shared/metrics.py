@@ -152,6 +152,11 @@ DAILY_LAG = Gauge(
     "janus_daily_history_lag_entries",
     "Ledger entries not yet counted into the daily history, as of this replica's last read of the ledger",
 )
+# credit leases: metering counts grants and the returns sent on their own (idle, a /v1/usage read,
+# a stopping gateway; one riding on the next reserve is not counted), a gateway the requests it
+# admitted on one without a reserve
+LEASES = Counter("janus_credit_leases_total", "Credit leases granted to gateways and given back", ["event"])
+LEASE_ADMISSIONS = Counter("janus_lease_admissions_total", "Requests a gateway admitted on its credit lease")
 METER_OP_SECONDS = Histogram(
     "janus_metering_operation_seconds", "Time to reserve or settle", ["operation"], buckets=(*_FAST, 0.25)
 )

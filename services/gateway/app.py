@@ -176,7 +176,7 @@ class Gateway:
                 call.byok = True
                 plan.targets = [t for t in plan.targets if t.provider == provider]
         most, least = output_hold(cap, n, self.s.min_output_tokens)
-        reply = await self.meter.reserve(
+        reply, call.lease, call.held = await self.meter.admit(
             ReserveRequest(call.request_id, call.user, call.plan_name,
                            self._hold_model(plan, call.prompt_tokens, most), call.prompt_tokens,
                            most, bot=call.bot, byok=call.byok, min_output_tokens=least),
@@ -258,9 +258,16 @@ class Gateway:
     async def usage(self, request: web.Request) -> web.StreamResponse:
         call: Call = request[CALL]
         principal = await self._principal(request, call)
-        data = await self.bus.request(subjects.METER_USAGE,
-                                      contract.encode(UsageQuery(principal.user, principal.plan)),
-                                      self.s.usage_timeout_seconds)
+        # this gateway's lease of the caller goes back first, so no credits look parked in it
+        ret = self.meter.leases.retire((principal.user, principal.plan)) if self.meter.leases else None
+        try:
+            data = await self.bus.request(
+                subjects.METER_USAGE, contract.encode(UsageQuery(principal.user, principal.plan, ret)),
+                self.s.usage_timeout_seconds)
+        except Exception:
+            if ret is not None and self.meter.leases is not None:
+                self.meter.leases.send(ret)  # given back at most once, whichever arrives
+            raise
         reply = contract.usage_reply_decoder.decode(data)
         if isinstance(reply, contract.ErrorReply):
             raise reply.exception()

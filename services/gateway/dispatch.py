@@ -33,6 +33,7 @@ from shared.contract import (
     Chunk,
     Done,
     Failed,
+    LeaseDraw,
     ModelUsage,
     RoutePlan,
     Settlement,
@@ -47,8 +48,9 @@ log = get_logger("gateway.dispatch")
 class Call:
     """One HTTP request's state, shared by the handler, the dispatcher and the edge middleware."""
 
-    __slots__ = ("bot", "by_model", "byok", "error_code", "headers", "model", "ok", "plan_name",
-                 "prompt_tokens", "request_id", "start", "status", "upstream_seconds", "usage", "user")
+    __slots__ = ("bot", "by_model", "byok", "error_code", "headers", "held", "lease", "model", "ok",
+                 "plan_name", "prompt_tokens", "request_id", "start", "status", "upstream_seconds", "usage",
+                 "user")
 
     def __init__(self, request_id: str, start: float) -> None:
         self.request_id = request_id
@@ -58,6 +60,8 @@ class Call:
         self.plan_name = ""
         self.bot = "default"
         self.byok = False  # served on the user's own provider key: recorded, not charged
+        self.lease = ""  # admitted on this gateway's credit lease: its id, and what the request drew
+        self.held: LeaseDraw | None = None
         self.model = ""  # catalog id once routed
         self.prompt_tokens = 0
         self.upstream_seconds = 0.0
@@ -84,7 +88,7 @@ def settlement(call: Call) -> Settlement:
     other = [ModelUsage(m, u) for m, u in call.by_model.items() if m != call.model and u != Usage()]
     return Settlement(call.request_id, call.user, call.plan_name, call.model,
                       call.by_model.get(call.model, Usage()), bot=call.bot, ok=call.ok, byok=call.byok,
-                      at=time.time(), other=other)
+                      at=time.time(), other=other, lease=call.lease, held=call.held)
 
 
 class Dispatcher:
@@ -134,10 +138,11 @@ class Dispatcher:
         return usage
 
     async def _keep_hold(self, call: Call) -> None:
-        """Renew the request's hold every interval while it runs (cancelled when it ends)."""
+        """Renew the request's hold (or the lease it drew on) every interval while it runs (cancelled
+        when it ends)."""
         while True:
             await asyncio.sleep(self.s.hold_renew_seconds)
-            await self.meter.renew(call.user, call.request_id)
+            await self.meter.renew(call.user, call.lease or call.request_id)
 
     async def run(self, call: Call, plan: RoutePlan, work: WorkRequest, sink: Sink) -> web.StreamResponse:
         # a BYOK request holds nothing; any other keeps its hold alive while it runs

@@ -1,4 +1,5 @@
-"""The gateway's side of metering: reserve before the call, settle after it.
+"""The gateway's side of metering: reserve before the call (or admit on a credit lease, see
+``leases.py``), settle after it.
 
 Settlements go to JetStream de-duplicated by request id (``Nats-Msg-Id``), in background tasks
 tracked in a set so ``drain()`` can wait for them. A settlement the stream did not acknowledge is
@@ -16,10 +17,21 @@ import random
 import time
 from collections.abc import Callable
 
+import msgspec
+
 from services.gateway.credits import Credits
+from services.gateway.leases import LeaseBook
 from shared import contract, metrics, subjects
 from shared.bus import Bus, map_exception
-from shared.contract import HoldRenewal, ReserveReply, ReserveRequest, Settlement, Usage
+from shared.contract import (
+    HoldRenewal,
+    LeaseDraw,
+    LeaseReturn,
+    ReserveReply,
+    ReserveRequest,
+    Settlement,
+    Usage,
+)
 from shared.errors import BudgetExceeded, JanusError, RateLimited
 from shared.logging import get_logger
 
@@ -32,6 +44,7 @@ _ACK_TIMEOUT = 5.0  # one publish's wait for the stream's acknowledgement
 
 # metering's dashboard shows janus_settlements_total by result; the gateway adds the ones it gave up
 _LOST = metrics.SETTLEMENTS.labels("lost")
+_LEASED = metrics.LEASE_ADMISSIONS
 
 
 def output_hold(cap: int, n: int, floor: int) -> tuple[int, int]:
@@ -62,13 +75,83 @@ class Meter:
         *,
         settle_deadline: float = SETTLE_DEADLINE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        leases: LeaseBook | None = None,
     ) -> None:
         self.bus = bus
+        self.leases = leases
         self.clock = clock  # the settle deadline's clock; tests move it instead of waiting
         self.reserve_timeout = reserve_timeout
         self.credits = Credits(bus, reserve_timeout)
         self.settle_deadline = settle_deadline
         self.tasks: set[asyncio.Task[None]] = set()
+
+    async def admit(self, req: ReserveRequest,
+                    headers: dict[str, str]) -> tuple[ReserveReply, str, LeaseDraw | None]:
+        """Hold the worst-case cost: on this gateway's lease of the user when it can, else with
+        metering, asking for a new lease at most once at a time per user. Returns the reply, and the
+        lease id and draw the settlement must name ("" and None: a hold of its own)."""
+        book = self.leases
+        if book is None or req.byok:
+            return await self.reserve(req, headers), "", None
+        key = (req.user, req.plan)
+        book.arrive(key)
+        # a crowd waits for one reserve at a time and tries each new lease, never longer than a
+        # reserve of its own could take; without a lease to be had it reserves on its own
+        deadline = self.clock() + self.reserve_timeout
+        while True:
+            got = book.admit(key, req)
+            if got is not None:
+                reply, drawn, lease_id = got
+                _LEASED.inc()
+                self._headers(req, reply, headers)
+                return reply, lease_id, drawn
+            flight = book.flight(key)
+            if flight is None:
+                return await self._fly(book, key, req, headers), "", None
+            try:
+                granted = await asyncio.wait_for(asyncio.shield(flight), max(0.0, deadline - self.clock()))
+            except TimeoutError:
+                break
+            if not granted:
+                break  # no lease to be had (the end of a budget): reserve on its own
+        return await self.reserve(req, headers), "", None
+
+    async def _fly(self, book: LeaseBook, key: tuple[str, str], req: ReserveRequest,
+                   headers: dict[str, str]) -> ReserveReply:
+        """Reserve ``req`` and ask for a lease; the previous lease's rest goes back in the same write."""
+        flight = book.take_off(key)
+        ret = book.retire(key)
+        want, lease_id = book.ask(key)
+        try:
+            reply = await self.reserve(msgspec.structs.replace(req, lease_requests=want, lease_id=lease_id,
+                                                               lease_return=ret), headers)
+        except BaseException as exc:
+            if isinstance(exc, JanusError) and exc.retryable:
+                # the write may have happened: a lease nobody will use, and the return it carried
+                # (both applied at most once), given back again
+                book.send(LeaseReturn(req.user, lease_id, whole=True))
+                if ret is not None:
+                    book.send(ret)
+            book.land(key, flight, False)
+            raise
+        if reply.lease is not None:
+            lease = book.install(key, reply.lease, reply.pools, reply.requests)
+            # the headers count the lease's unused part as the caller's, as later admissions on it will
+            self._headers(req, msgspec.structs.replace(reply, pools=lease.pools_now(),
+                                                       requests=lease.rate_now(lease.granted)), headers)
+        book.land(key, flight, reply.lease is not None)
+        return reply
+
+    def _headers(self, req: ReserveRequest, reply: ReserveReply, headers: dict[str, str]) -> None:
+        view = self.credits.remember(req.user, req.plan, reply.pools)
+        if view is not None:
+            headers.update(view.headers)
+        if reply.requests is not None:
+            headers.update(reply.requests.headers())
+
+    async def close(self) -> None:
+        if self.leases is not None:
+            await self.leases.close()
 
     async def reserve(self, req: ReserveRequest, headers: dict[str, str]) -> ReserveReply:
         """Hold the worst-case cost. Adds the credit headers to ``headers`` as soon as metering has
@@ -85,11 +168,7 @@ class Meter:
                 # releasing a hold that was never taken costs nothing.
                 self.release(req)
             raise
-        view = self.credits.remember(req.user, req.plan, reply.pools)
-        if view is not None:
-            headers.update(view.headers)
-        if reply.requests is not None:
-            headers.update(reply.requests.headers())
+        self._headers(req, reply, headers)
         if not reply.admitted:
             if reply.denied_pool == "requests":
                 raise RateLimited(reply.message or "Too many requests.", retry_after=reply.retry_after)

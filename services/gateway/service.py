@@ -20,12 +20,14 @@ from services.gateway.byok import ByokProbe
 from services.gateway.dispatch import Dispatcher
 from services.gateway.edge import Edge
 from services.gateway.guard import GuardedRunner
+from services.gateway.leases import LeaseBook
 from services.gateway.meter import Meter
 from services.gateway.settings import GatewaySettings
 from services.gateway.tls import redirect_app, server_context
 from shared.bus import Bus
 from shared.catalog import ConfigError, load_catalog, load_plans
 from shared.logging import get_logger
+from shared.money import PriceUnits
 from shared.service import Service
 from shared.settings import CommonSettings
 
@@ -62,8 +64,14 @@ class GatewayService(Service):
         await super().start(bus)
         await self.auth.jwt.start()
         await self.api_keys.start(bus)
+        leases = None
+        if self.s.lease_requests > 0:
+            prices = {name: PriceUnits.of(m.price) for name, m in self.catalog.model_by_name.items()}
+            leases = LeaseBook(bus, prices, max_requests=self.s.lease_requests,
+                               idle_seconds=self.s.lease_idle_seconds)
+            leases.start()
         self.meter = Meter(
-            bus, self.s.reserve_timeout_seconds, settle_deadline=self.s.settle_deadline_seconds
+            bus, self.s.reserve_timeout_seconds, settle_deadline=self.s.settle_deadline_seconds, leases=leases
         )
         names = {m.id: m.name_in_responses for m in self.catalog.models}
         self.dispatcher = Dispatcher(bus, self.s, self.meter, names)
@@ -116,6 +124,7 @@ class GatewayService(Service):
             self.dispatcher.abort_all()
             await self._wait_idle(time.monotonic() + 2.0)
         if self.meter is not None:
+            await self.meter.close()
             await self.meter.drain(within=max(0.5, start + grace - time.monotonic() - 0.5))
         await runner.cleanup()
         await self.auth.jwt.close()

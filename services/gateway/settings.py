@@ -35,6 +35,11 @@ class GatewaySettings(CommonSettings, kw_only=True):
     # bytes of one worker reply the gateway holds (queued frames and a buffered answer's slices); a
     # worker sending more is cut off with a 502, however it misbehaves
     max_reply_bytes: int = 48 * 1024 * 1024
+    # credit leases (services/gateway/leases.py): the most requests one lease of a user is asked to
+    # hold (0: every request is reserved with metering), and how long a lease may sit unused before
+    # it goes back, so its credits are never parked away from the user's other gateways for longer
+    lease_requests: int = 64
+    lease_idle_seconds: float = 2.0
     # JANUS_BYOK_KEY, the worker's key for users' own provider keys: lets PUT /v1/byok seal them.
     # Never logged; empty: keys can be listed and deleted over HTTP but not stored.
     byok_key: str = ""

@@ -34,7 +34,9 @@ from dataclasses import dataclass
 
 import msgspec
 
+from services.metering import leases
 from services.metering import windows as w
+from services.metering.leases import LeaseTerms
 from services.metering.record import OTHER_BOT, Bounds, Hold, Record, Tally, bot_key
 from shared.catalog import Plan
 from shared.contract import (
@@ -258,9 +260,42 @@ def _count_request(rec: Record, rules: PlanRules, now: int) -> tuple[RequestRate
     return RequestRate(limit, limit - count, reset), ""
 
 
-def reserve(rec: Record, req: ReserveRequest, rules: PlanRules, price: PriceUnits,
-            now: int) -> tuple[ReserveReply, bool]:
+def reserve(rec: Record, req: ReserveRequest, rules: PlanRules, price: PriceUnits, now: int,
+            terms: LeaseTerms | None = None) -> tuple[ReserveReply, bool]:
     """Admit or refuse; returns the reply and whether the record changed (and must be written).
+
+    The gateway's previous lease named in the request is given back first, in the same write; a
+    lease asked for is granted after the request's own hold, from what is left (``leases``)."""
+    gave = req.lease_return is not None and req.lease_return.user == req.user \
+        and leases.give_back(rec, req.lease_return)
+    reply, changed = _admit(rec, req, rules, price, now)
+    if terms is None or req.lease_requests < 1 or not changed or req.byok or not reply.admitted:
+        return reply, changed or gave
+    unit = rec.holds.get(req.request_id)
+    if unit is None:
+        return reply, changed or gave
+    f = figures(rec, rules, now)
+    plan, q = rules.plan, rules.plan.monthly_tokens
+    room: dict[str, tuple[int | None, int]] = {
+        "credits": (min(plan.session.credits - f.session_used - f.session_reserved,
+                        plan.weekly.credits - f.week_used - f.week_reserved), 0),
+        "input": (q.input, f.month_in + f.month_in_reserved),
+        "output": (q.output, f.month_out + f.month_out_reserved),
+    }
+    counted = rec.rate_count if rules.rate_limit is not None else 0
+    rate = (rules.rate_limit, counted, w.rate_reset(rec.rate_start, rules.rate_seconds, now))
+    lease = leases.grant(rec, unit, req.lease_requests, req.lease_id, room, rate,
+                         [f.session_reset, f.week_reset, f.month_reset], now, terms)
+    if lease is None:
+        return reply, True
+    pools = pool_states(figures(rec, rules, now), rules.plan)
+    reply = msgspec.structs.replace(reply, pools=pools, requests=request_rate(rec, rules, now), lease=lease)
+    return reply, True
+
+
+def _admit(rec: Record, req: ReserveRequest, rules: PlanRules, price: PriceUnits,
+           now: int) -> tuple[ReserveReply, bool]:
+    """Admit or refuse one request.
 
     The budget is asked first: a request it refuses is answered as such (a spent budget is not worth
     retrying soon, a rate limit is) and is not counted against the rate."""
@@ -349,6 +384,12 @@ def settle(rec: Record, s: Settlement, rules: PlanRules, price: PriceUnits | Non
     hold = rec.holds.pop(s.request_id, None)
     if hold is not None:
         _held(rec, hold, -1)
+    ceiling = hold
+    if hold is None and s.lease:
+        # admitted by its gateway on a lease: the part it drew is this request's hold
+        drawn, found = leases.draw(rec, s, now)
+        hold = drawn if found else None
+        ceiling = drawn
     parts = [(s.model, s.usage, price), *((o.model, o.usage, (prices or {}).get(o.model, price))
                                           for o in s.other)]
     costs: list[int] = []
@@ -361,10 +402,10 @@ def settle(rec: Record, s: Settlement, rules: PlanRules, price: PriceUnits | Non
             # the model left the catalog between admission and settlement: charge what was held
             costs.append(hold.credits if hold is not None and s.ok and not costs else 0)
     reported = sum(costs)
-    if hold is not None and reported > hold.credits:
+    if ceiling is not None and reported > ceiling.credits:
         # the hold is a ceiling: a worker (the only source of usage) cannot charge a user past it;
         # the parts keep their order, the later ones are cut so the per-model tallies add up
-        room = hold.credits
+        room = ceiling.credits
         for i, c in enumerate(costs):
             costs[i] = min(c, room)
             room -= costs[i]
@@ -427,14 +468,19 @@ def renew(rec: Record, request_id: str, now: int) -> tuple[bool, bool]:
     return True, True
 
 
-def stale(rec: Record, now: int, ttl: float) -> bool:
-    return any(now - h.last_sign_of_life() >= ttl for h in rec.holds.values())
+def _dead(h: Hold, now: int, ttl: float, lease_ttl: float | None) -> bool:
+    return now - h.last_sign_of_life() >= (lease_ttl if h.lease and lease_ttl is not None else ttl)
 
 
-def reap(rec: Record, now: int, ttl: float) -> list[str]:
-    """Release holds with no sign of life for ``ttl`` seconds (their gateway died before settling);
-    a long request's gateway renews its hold, so a hold in use is never taken from it."""
-    stale = [rid for rid, h in rec.holds.items() if now - h.last_sign_of_life() >= ttl]
+def stale(rec: Record, now: int, ttl: float, lease_ttl: float | None = None) -> bool:
+    return any(_dead(h, now, ttl, lease_ttl) for h in rec.holds.values())
+
+
+def reap(rec: Record, now: int, ttl: float, lease_ttl: float | None = None) -> list[str]:
+    """Release holds with no sign of life for ``ttl`` seconds (their gateway died before settling),
+    and leases for ``lease_ttl``; a long request's gateway renews its hold (or its lease), so a hold
+    in use is never taken from it."""
+    stale = [rid for rid, h in rec.holds.items() if _dead(h, now, ttl, lease_ttl)]
     for rid in stale:
         _held(rec, rec.holds.pop(rid), -1)
     return stale

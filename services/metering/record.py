@@ -22,7 +22,9 @@ DIGEST = 8  # bytes of a settled request id's digest
 # money). It answers 503 instead, and the retry or the redelivered settlement reaches an upgraded
 # replica. Reading such a record is harmless and stays allowed. Raise this with every change of
 # the layout that an older replica would get wrong.
-SCHEMA = 2  # 2: settled ids carry their publish time and the record a floor (idempotency by time)
+# 2: settled ids carry their publish time and the record a floor (idempotency by time)
+# 3: a hold may be a gateway's lease (requests drawn on it are settled against it)
+SCHEMA = 3
 
 
 class Bounds(msgspec.Struct, frozen=True):
@@ -57,7 +59,10 @@ def user_key(user: str) -> str:
 
 
 class Hold(msgspec.Struct, array_like=True, omit_defaults=True):
-    """An open reservation: the worst-case cost held until its settlement (or the reaper)."""
+    """An open reservation: the worst-case cost held until its settlement (or the reaper).
+
+    A lease (``lease``) is a hold a gateway admits many requests against: its sums shrink as their
+    settlements draw on it, and go when it has been given back (``returned``) and nothing is left."""
 
     credits: int
     input_tokens: int
@@ -66,6 +71,10 @@ class Hold(msgspec.Struct, array_like=True, omit_defaults=True):
     bot: str
     at: int  # unix seconds when it was made: decides which windows its settlement lands in
     seen: int = 0  # unix seconds of its gateway's last renewal: a hold in use is never reaped
+    lease: bool = False
+    requests: int = 0  # a lease's request-rate allowance, counted in the window at its grant
+    rate_start: int = 0  # that window's start: the unused allowance goes back only into it
+    returned: bool = False  # its gateway admits no more on it
 
     def last_sign_of_life(self) -> int:
         return max(self.at, self.seen)

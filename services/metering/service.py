@@ -3,6 +3,7 @@
     janus.meter.reserve  (queue "metering")  ReserveRequest  -> ReserveReply | ErrorReply
     janus.meter.usage    (queue "metering")  UsageQuery      -> UsageReply   | ErrorReply
     janus.meter.renew    (queue "metering")  HoldRenewal     -> (no reply: the hold is marked in use)
+                                             LeaseReturn     -> (no reply: a gateway's lease given back)
     JANUS_SETTLE stream, durable pull consumer "metering" shared by every replica:
         a fetched batch -> one CAS write per user (group commit) -> ledger entries -> acks;
         a batch that did not fill is followed by a short linger, so low traffic batches too
@@ -28,6 +29,7 @@ import msgspec
 from services.metering import budget
 from services.metering import windows as w
 from services.metering.daily import DailyHistory
+from services.metering.leases import LeaseTerms, give_back
 from services.metering.record import Bounds
 from services.metering.store import BudgetStore
 from services.metering.streams import (
@@ -58,6 +60,8 @@ _ADMITTED = metrics.BUDGET_DECISIONS.labels("admitted", "none")
 _BYOK = metrics.BUDGET_DECISIONS.labels("byok", "none")
 # its own decision, not "denied": the budget alerts watch refusals of credit pools
 _RATE_LIMITED = metrics.BUDGET_DECISIONS.labels("rate_limited", "requests")
+_LEASE_GRANTED = metrics.LEASES.labels("granted")
+_LEASE_RETURNED = metrics.LEASES.labels("returned")
 
 
 _TOP_CACHE_SECONDS = 5.0
@@ -103,6 +107,12 @@ class MeteringSettings(CommonSettings, kw_only=True):
     settled_ceiling: int = 40_000  # ids per user at most, a guard on the record's size only
     bots_per_week: int = 100  # distinct X-Bot-ID tallies per user per week; the rest fold into "other"
     concurrency: int = 512
+    # credit leases (services/metering/leases.py): the most of what each pool has left one lease may
+    # take (0: no leases), the longest a gateway may admit on one, and how long a lease with no sign
+    # of life (grant, settlement, renewal) stays before the reaper frees it (its gateway died)
+    lease_fraction: float = 0.25
+    lease_seconds: int = 30
+    lease_ttl_seconds: float = 300.0
     rate_window_seconds: int = 60  # the window requests_per_minute counts in (shorter only in tests)
     # the ledger stream's retention: entries older than this, or past this size, are dropped oldest
     # first (0: no limit). max_bytes must fit in the JetStream store (max_file_store) with the
@@ -139,6 +149,15 @@ class MeteringService(Service):
                 f"above JANUS_SETTLE_MAX_DELIVER ({common.settle_max_deliver}) x "
                 f"JANUS_SETTLE_ACK_WAIT_SECONDS ({common.settle_ack_wait_seconds:g}), or a redelivery "
                 "could outlive its settled id")
+        if not 0 <= common.lease_fraction <= 0.5:
+            raise ConfigError(
+                f"bad setting: JANUS_LEASE_FRACTION ({common.lease_fraction:g}) must be within 0..0.5, so "
+                "a second gateway of the user can still be granted a lease")
+        if common.lease_ttl_seconds <= max(common.lease_seconds, 0):
+            raise ConfigError(
+                f"bad setting: JANUS_LEASE_TTL_SECONDS ({common.lease_ttl_seconds:g}) must be above "
+                f"JANUS_LEASE_SECONDS ({common.lease_seconds:g})")
+        self.lease_terms = LeaseTerms(common.lease_fraction, common.lease_seconds)
         self.store: BudgetStore | None = None
         self.daily = DailyHistory(common.daily_batch, common.daily_interval_seconds)
         self._top_cache: tuple[int, float, bytes] | None = None
@@ -229,7 +248,9 @@ class MeteringService(Service):
             raise ModelNotFound(f"the model {req.model!r} does not exist", param="model")
         now = w.now_s(time.time())
         reply: contract.ReserveReply = await self.store.update(
-            req.user, lambda rec: budget.reserve(rec, req, rules, price, now))
+            req.user, lambda rec: budget.reserve(rec, req, rules, price, now, self.lease_terms))
+        if reply.lease is not None:
+            _LEASE_GRANTED.inc()
         if reply.denied_pool == "requests":
             _RATE_LIMITED.inc()
         elif req.byok:
@@ -264,6 +285,9 @@ class MeteringService(Service):
     async def usage(self, q: contract.UsageQuery) -> contract.UsageReply:
         assert self.store is not None
         rules = self._plan(q.plan, strict=True)
+        ret = q.lease_return
+        if ret is not None and ret.user == q.user:
+            await self.give_back(ret)
         rec = await self.store.read_user(q.user)
         now = w.now_s(time.time())
         budget.roll(rec, rules, now)  # a view only: nothing is written
@@ -322,9 +346,24 @@ class MeteringService(Service):
         found: bool = await self.store.update(r.user, lambda rec: budget.renew(rec, r.request_id, now))
         return found
 
+    async def give_back(self, ret: contract.LeaseReturn) -> bool:
+        assert self.store is not None
+        def change(rec: Any) -> tuple[bool, bool]:
+            changed = give_back(rec, ret)
+            return changed, changed
+
+        returned: bool = await self.store.update(ret.user, change)
+        if returned:
+            _LEASE_RETURNED.inc()
+        return returned
+
     async def _on_renew(self, msg: Msg) -> None:
         try:
-            await self.renew(contract.hold_renewal_decoder.decode(msg.data))
+            upkeep = contract.upkeep_decoder.decode(msg.data)
+            if isinstance(upkeep, contract.LeaseReturn):
+                await self.give_back(upkeep)
+            else:
+                await self.renew(upkeep)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             log.warning("renew_undecodable", error=str(exc))
         except Exception as exc:
@@ -461,16 +500,16 @@ class MeteringService(Service):
     async def reap_once(self) -> int:
         """Release every hold older than ``hold_ttl_seconds``, in every record; returns how many."""
         assert self.store is not None
-        ttl = self.settings.hold_ttl_seconds
+        ttl, lease_ttl = self.settings.hold_ttl_seconds, self.settings.lease_ttl_seconds
         reaped = still_open = 0
         for key in await self.store.keys():
             rec, _ = await self.store.read(key)
             if rec is None or not rec.holds:
                 continue
             now = w.now_s(time.time())
-            if budget.stale(rec, now, ttl):
+            if budget.stale(rec, now, ttl, lease_ttl):
                 def drop(r: Any, now: int = now) -> tuple[list[str], bool]:
-                    ids = budget.reap(r, now, ttl)
+                    ids = budget.reap(r, now, ttl, lease_ttl)
                     return ids, bool(ids)
 
                 ids = await self.store.update(rec.user, drop, key=key)

@@ -267,7 +267,9 @@ class Fakes:
         self.settled.set()
 
     async def _renew(self, msg: Msg) -> None:
-        self.renewals.append(contract.hold_renewal_decoder.decode(msg.data))
+        upkeep = contract.upkeep_decoder.decode(msg.data)
+        if isinstance(upkeep, contract.HoldRenewal):
+            self.renewals.append(upkeep)
 
     async def _cancel(self, msg: Msg) -> None:
         rid = contract.cancel_decoder.decode(msg.data).request_id

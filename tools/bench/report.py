@@ -197,12 +197,13 @@ def breakdown(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+_RESERVE = "janus_metering_operation_seconds[operation=reserve]"
 # the stage columns printed (all stages are in the JSON), with short headings
 _STAGE_COLUMNS = (
     ("janus_http_request_duration_seconds[route=/v1/chat/completions]", "gateway total"),
     ("janus_gateway_overhead_seconds[route=/v1/chat/completions]", "gateway overhead"),
     ("janus_route_decision_seconds", "route decision"),
-    ("janus_metering_operation_seconds[operation=reserve]", "reserve"),
+    (_RESERVE, "reserve"),
     ("janus_metering_operation_seconds[operation=settle]", "settle"),
     (f"janus_upstream_request_duration_seconds[gen_ai_provider_name={PROVIDER}]", "worker upstream call"),
     (f"janus_time_to_first_token_seconds[gen_ai_request_model={CHAT_MODEL}]", "gateway ttft"),
@@ -215,12 +216,17 @@ def stages_text(rows: list[Row]) -> str:
     if not janus:
         return ""
     present = [(k, h) for k, h in _STAGE_COLUMNS if any(k in r.stages for r in janus)]
-    lines = ["Mean ms per stage, as the services measure it (see rows[].stages in the JSON for all):",
-             "  mode      conc  " + "  ".join(f"{h:>{max(len(h), 8)}}" for _, h in present)]
+    lines = ["Mean ms per stage, as the services measure it (see rows[].stages in the JSON for all);"
+             " reserves/req: how many requests waited on a reserve (the others were admitted on a"
+             " credit lease):",
+             "  mode      conc  " + "  ".join(f"{h:>{max(len(h), 8)}}" for _, h in present)
+             + "  reserves/req"]
     for r in janus:
         cells = "  ".join(f"{_fmt(r.stages.get(k, {}).get('mean_ms'), 3):>{max(len(h), 8)}}"
                           for k, h in present)
-        lines.append(f"  {r.mode:<9} {r.concurrency:>4}  {cells}")
+        reserves = r.stages.get(_RESERVE, {}).get("count")
+        per = _fmt(reserves / r.requests, 3) if reserves is not None and r.requests else _fmt(None, 3)
+        lines.append(f"  {r.mode:<9} {r.concurrency:>4}  {cells}  {per:>12}")
     return "\n".join(lines)
 
 
