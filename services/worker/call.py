@@ -1,11 +1,15 @@
 """One unit of work: a WorkRequest turned into an upstream call and numbered frames.
 
-    Accepted(0)  [Heartbeat | Chunk]*  Done | Failed
+    [Accepted]  [Heartbeat | Chunk]*  Done | Failed
 
-The service sends ``Accepted`` and the terminal frame; this module produces what lies between and
-the terminal frame's content. In-process adapters (``Capabilities(local=True)``) yield canonical
-events directly; HTTP adapters go through the transport and their parser. Everything after the
-events (encoding, usage accounting, frames) is the same code for both.
+The service sends the terminal frame; this module produces what lies between and the terminal
+frame's content. ``Accepted`` goes out only when nothing else did within the accept delay, so a
+quick answer is one frame and a quick first token carries the news that a worker took the work.
+The events of one upstream read travel as one Chunk, and a stream's last read rides in its Done
+(``FRAMES_BATCHED``, when the gateway reads them). In-process adapters
+(``Capabilities(local=True)``) yield canonical events directly; HTTP adapters go through the
+transport and their parser. Everything after the events (encoding, usage accounting, frames) is the
+same code for both.
 """
 
 from __future__ import annotations
@@ -25,7 +29,18 @@ from services.worker.adapters.base import (
 )
 from services.worker.transport import Transport
 from shared.bus import Bus
-from shared.contract import Chunk, Done, Failed, Frame, Heartbeat, Usage, WorkRequest, encode
+from shared.contract import (
+    FRAMES_BATCHED,
+    Accepted,
+    Chunk,
+    Done,
+    Failed,
+    Frame,
+    Heartbeat,
+    Usage,
+    WorkRequest,
+    encode,
+)
 from shared.errors import InvalidRequest, JanusError, PayloadTooLarge, UpstreamError
 from shared.logging import get_logger
 from shared.openai_request import EmbeddingsRequest, EmbedInput, embedding_inputs, input_tokens
@@ -46,10 +61,11 @@ class Replier:
     alongside the call.
 
     Heartbeats are a loop timer, not a task per call: the timer only checks the time of the last
-    frame, and a task is started just for a heartbeat that is actually due (a silent upstream).
+    frame, and a task is started just for a frame that is actually due. The first one due, when
+    nothing has gone out yet, is the ``Accepted`` that tells the gateway a worker took the work.
     """
 
-    __slots__ = ("_beat", "_bus", "_interval", "_subject", "_timer", "last_sent", "seq")
+    __slots__ = ("_beat", "_bus", "_interval", "_subject", "_timer", "_worker", "last_sent", "seq")
 
     def __init__(self, bus: Bus, subject: str) -> None:
         self._bus = bus
@@ -57,6 +73,7 @@ class Replier:
         self.seq = 0
         self.last_sent = time.monotonic()
         self._interval = 0.0
+        self._worker = ""
         self._timer: asyncio.TimerHandle | None = None
         self._beat: asyncio.Task[None] | None = None
 
@@ -64,6 +81,12 @@ class Replier:
         s = self.seq
         self.seq = s + 1
         return s
+
+    @property
+    def step(self) -> int:
+        """The most payload one frame carries, leaving room for its other fields and the headers."""
+        limit = self._bus.max_payload
+        return max(limit - FRAME_MARGIN, limit // 2)
 
     async def send(self, frame: Frame) -> None:
         self.last_sent = time.monotonic()
@@ -76,37 +99,60 @@ class Replier:
                 self.seq = frame.seq
             raise
 
+    async def send_chunks(self, chunks: list[bytes]) -> None:
+        """``chunks`` (at least one) in as few frames as one bus message each allows, in order."""
+        if len(chunks) == 1:
+            await self.send(Chunk(seq=self.next(), data=chunks[0]))
+            return
+        step, start, size = self.step, 0, 0
+        for i, data in enumerate(chunks):
+            if i > start and size + len(data) > step:
+                await self.send(Chunk(seq=self.next(), data=chunks[start], more=chunks[start + 1 : i]))
+                start, size = i, 0
+            size += len(data)
+        await self.send(Chunk(seq=self.next(), data=chunks[start], more=chunks[start + 1 :]))
+
     async def finish(self, terminal: Done | Failed) -> None:
         """Number and send the terminal frame. A buffered body larger than one bus message (a big
         embeddings batch) goes ahead of it in Chunk frames, consecutive slices the gateway joins in
-        order; the Done carries the last slice."""
-        step = max(self._bus.max_payload - FRAME_MARGIN, self._bus.max_payload // 2)
-        if isinstance(terminal, Done) and len(terminal.body) > step:
-            body = terminal.body
-            last = (len(body) - 1) // step * step
-            for at in range(0, last, step):
-                await self.send(Chunk(seq=self.next(), data=body[at : at + step]))
-            terminal.body = body[last:]
+        order; the Done carries the last slice. A stream's last chunks too large to ride in the
+        Done go ahead of it the same way."""
+        step = self.step
+        if isinstance(terminal, Done):
+            if terminal.chunks and sum(map(len, terminal.chunks)) > step:
+                await self.send_chunks(terminal.chunks)
+                terminal.chunks = []
+            if len(terminal.body) > step:
+                body = terminal.body
+                last = (len(body) - 1) // step * step
+                for at in range(0, last, step):
+                    await self.send(Chunk(seq=self.next(), data=body[at : at + step]))
+                terminal.body = body[last:]
         terminal.seq = self.next()
         await self.send(terminal)
 
-    def start_heartbeats(self, interval: float) -> None:
-        """A Heartbeat whenever nothing was sent for ``interval``, until ``stop_heartbeats``."""
+    def start_heartbeats(self, interval: float, accept_within: float = 0.0, worker: str = "") -> None:
+        """An ``Accepted`` once nothing was sent for ``accept_within`` since the work arrived, then a
+        Heartbeat whenever nothing was sent for ``interval``, until ``stop_heartbeats``."""
         self._interval = interval
-        self._timer = asyncio.get_running_loop().call_later(interval, self._tick)
+        self._worker = worker
+        first = min(accept_within, interval) if accept_within > 0 else interval
+        self._timer = asyncio.get_running_loop().call_later(first, self._tick)
 
     def _tick(self) -> None:
         loop = asyncio.get_running_loop()
         wait = self.last_sent + self._interval - time.monotonic()
-        if wait <= 0 and (self._beat is None or self._beat.done()):
+        if (wait <= 0 or not self.seq) and (self._beat is None or self._beat.done()):
             self._beat = loop.create_task(self._heartbeat())
             wait = self._interval
         self._timer = loop.call_later(max(wait, 0.001), self._tick)
 
     async def _heartbeat(self) -> None:
+        # numbered when it leaves: a chunk may have gone out since the timer fired
+        frame = Heartbeat(seq=self.next()) if self.seq else Accepted(seq=self.next(), worker=self._worker)
         # a bus that cannot take a heartbeat fails the terminal frame too, and that one is reported
         with contextlib.suppress(Exception):
-            await self.send(Heartbeat(seq=self.next()))
+            await self.send(frame)
 
     async def stop_heartbeats(self) -> None:
         if self._timer is not None:
@@ -200,18 +246,31 @@ class Call:
             return await self._chat_stream()
         return await self._chat_buffered()
 
-    async def _events(self) -> AsyncGenerator[Event, None]:
+    async def _events(self) -> AsyncGenerator[tuple[list[Event], bool], None]:
+        """The answer's events, those of one upstream read together, and whether the provider's
+        stream had ended with them."""
         if self.local:
             async with contextlib.aclosing(self.adapter.stream_events(self.ctx)) as local_events:
                 async for ev in local_events:
-                    yield ev
+                    yield [ev], False
             return
         up = self.adapter.chat_request(self.ctx)
         parser = self.adapter.stream_parser(self.ctx)
-        async with contextlib.aclosing(self.transport.stream(up, self.adapter)) as msgs:
-            async for m in msgs:
-                for ev in self._read(parser.feed, m):
-                    yield ev
+        feed = parser.feed
+        async with contextlib.aclosing(self.transport.stream(up, self.adapter)) as reads:
+            async for msgs, ended in reads:
+                events: list[Event] = []
+                failure: JanusError | None = None
+                for m in msgs:
+                    try:
+                        events += self._read(feed, m)
+                    except JanusError as exc:  # an error event: what came before it still goes out
+                        failure = exc
+                        break
+                if events:
+                    yield events, ended and failure is None
+                if failure is not None:
+                    raise failure
         self._read(parser.finish)
 
     async def _chat_stream(self) -> Done:
@@ -219,21 +278,40 @@ class Call:
         enc = self._enc = openai.StreamEncoder(
             req.request_id, req.created, req.response_model, self.ctx.chat.include_usage
         )
-        async with contextlib.aclosing(self._events()) as events:
-            async for ev in events:
-                data = enc.encode(ev)
-                if data is not None:
-                    await r.send(Chunk(seq=r.next(), data=data))
+        encode = enc.encode
+        batched = req.frames >= FRAMES_BATCHED
+        last: list[bytes] = []  # the provider's final read: it goes out with the Done
+        try:
+            async with contextlib.aclosing(self._events()) as events:
+                async for batch, ended in events:
+                    out = [data for ev in batch if (data := encode(ev)) is not None]
+                    if not out:
+                        continue
+                    if not batched:
+                        for data in out:
+                            await r.send(Chunk(seq=r.next(), data=data))
+                    elif ended:
+                        last = out
+                    else:
+                        await r.send_chunks(out)
+        except Exception:
+            if last:  # the stream ended badly after all: what it produced still reaches the client
+                await r.send_chunks(last)
+            raise
         usage = enc.final_usage(self._prompt_estimate)
         tail = enc.usage_chunk(usage)
         if tail is not None:
-            await r.send(Chunk(seq=r.next(), data=tail))
+            if batched:
+                last.append(tail)
+            else:
+                await r.send(Chunk(seq=r.next(), data=tail))
         return Done(
             seq=0,
             usage=usage,
             finish_reason=enc.finish_reason,
             upstream_seconds=self.upstream_seconds(),
             deployment=req.deployment,
+            chunks=last,
         )
 
     async def _chat_buffered(self) -> Done:
