@@ -148,7 +148,8 @@ class Replier:
         self._timer = loop.call_later(max(wait, 0.001), self._tick)
 
     async def _heartbeat(self) -> None:
-        # numbered when it leaves: a chunk may have gone out since the timer fired
+        if self.seq and time.monotonic() - self.last_sent < self._interval:
+            return  # a frame went out since the timer fired: the gateway has heard from us
         frame = Heartbeat(seq=self.next()) if self.seq else Accepted(seq=self.next(), worker=self._worker)
         # a bus that cannot take a heartbeat fails the terminal frame too, and that one is reported
         with contextlib.suppress(Exception):
