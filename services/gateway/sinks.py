@@ -59,11 +59,25 @@ class ClientTooSlow(ConnectionError):
     """The client did not take a write within the stream write timeout: it is treated as gone."""
 
 
+# what a chunked write adds around its data (the length line and the closing CRLF)
+_CHUNK_FRAMING = 32
+
+
 async def _write(
     request: web.Request, resp: web.StreamResponse, data: bytes, timeout: float, *, eof: bool = False
 ) -> None:
     """One write to the client, bounded: a client that stops reading (its socket buffers full)
-    would otherwise hold the request, its worker and its hold for as long as it likes."""
+    would otherwise hold the request, its worker and its hold for as long as it likes.
+
+    A write that fits under the socket's high-water mark while writing is not paused cannot wait
+    (aiohttp waits only for a paused transport), so it goes without a timer: one per streamed chunk
+    was a measurable part of the gateway's cost per chunk."""
+    transport = request.transport
+    if (not eof and transport is not None and not request.protocol.writing_paused
+            and transport.get_write_buffer_size() + len(data) + _CHUNK_FRAMING
+            <= transport.get_write_buffer_limits()[1]):
+        await resp.write(data)
+        return
     try:
         async with asyncio.timeout(timeout):
             if eof:
