@@ -22,9 +22,10 @@ import msgspec
 from services.worker import policy
 from services.worker.adapters import ADAPTERS
 from services.worker.adapters.base import ChatContext
-from services.worker.call import Call, Replier, failed_frame
+from services.worker.call import Call, failed_frame
 from services.worker.health import HealthTracker
 from services.worker.keys import ProviderKeys
+from services.worker.replier import Replier
 from services.worker.settings import WorkerSettings
 from services.worker.transport import Transport
 from shared import metrics, prompt, subjects

@@ -9,7 +9,7 @@ import itertools
 
 import pytest
 
-from services.worker.call import FRAME_MARGIN, Replier
+from services.worker.replier import FRAME_MARGIN, Replier
 from shared.contract import Accepted, Chunk, Done, Failed, Heartbeat, Usage, frame_decoder
 from shared.errors import ErrorInfo, PayloadTooLarge
 from tests.eventually import eventually
