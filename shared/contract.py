@@ -265,13 +265,23 @@ class WorkRequest(msgspec.Struct, tag="work.request.v1", **_tagged):
     # cap (0: embeddings, or a gateway that predates the field: the body's cap stands)
     max_output_tokens: int = 0
     prompt_tokens: int = 0  # the gateway's estimate (``shared.prompt``), the fallback charge
+    # the frame set the gateway reads (``FRAMES_*``); a worker never sends a newer one, so either
+    # side can roll out first
+    frames: int = 1
+
+
+# a gateway that predates ``WorkRequest.frames``: one event per Chunk, nothing in ``Done.chunks``
+FRAMES_SINGLE = 1
+# Chunk.more and Done.chunks: the events of one upstream read travel in one message
+FRAMES_BATCHED = 2
 
 
 class Cancel(msgspec.Struct, tag="work.cancel.v1", **_tagged):
     request_id: str
 
 
-# frames a worker sends to the gateway's inbox; ``seq`` counts from 0 with no gaps
+# frames a worker sends to the gateway's inbox; ``seq`` counts from 0 with no gaps. Any frame may
+# be the first: a worker sends Accepted only when nothing else went out soon after it took the work
 class Accepted(msgspec.Struct, tag="frame.accepted.v1", **_tagged):
     seq: int
     worker: str = ""
@@ -286,6 +296,8 @@ class Heartbeat(msgspec.Struct, tag="frame.heartbeat.v1", **_tagged):
 class Chunk(msgspec.Struct, tag="frame.chunk.v1", **_tagged):
     seq: int
     data: bytes  # one OpenAI ``chat.completion.chunk`` JSON, ready to go out as ``data: ...``
+    # the chunks that followed ``data`` in the same upstream read, in order (``FRAMES_BATCHED``)
+    more: list[bytes] = []
 
 
 class Done(msgspec.Struct, tag="frame.done.v1", **_tagged):
@@ -297,6 +309,8 @@ class Done(msgspec.Struct, tag="frame.done.v1", **_tagged):
     finish_reason: str | None = None
     upstream_seconds: float = 0.0  # time spent waiting on the provider, for the overhead metric
     deployment: str = ""  # the deployment that served it
+    # a stream's last chunks, known only once the provider's stream ended (``FRAMES_BATCHED``)
+    chunks: list[bytes] = []
 
 
 class Failed(msgspec.Struct, tag="frame.failed.v1", **_tagged):

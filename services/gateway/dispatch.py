@@ -3,7 +3,8 @@
     for each target of the route plan (at most max_attempts):
         open inbox -> publish WorkRequest (reply = inbox) -> read frames
         retryable failure before the first chunk went out -> next target
-    Done      -> buffered: Done.body as is | stream: data: [DONE]
+    Chunk     -> its chunks (``data`` and ``more``: one upstream read) to the sink together
+    Done      -> buffered: Done.body as is | stream: its last chunks, then data: [DONE]
     Failed    -> HTTP error before the first chunk | in-band error event after it
     disconnect-> Cancel, wait briefly for the worker's usage, settle with it (a client that stops
                  reading counts as gone once a write waits JANUS_STREAM_WRITE_TIMEOUT_SECONDS)
@@ -29,6 +30,7 @@ from services.gateway.sinks import Sink
 from shared import contract, metrics, subjects
 from shared.bus import Bus, Inbox
 from shared.contract import (
+    FRAMES_BATCHED,
     Cancel,
     Chunk,
     Done,
@@ -125,7 +127,7 @@ class Dispatcher:
             if isinstance(frame, (Done, Failed)):
                 return frame.usage
             if isinstance(frame, Chunk):
-                sink.chunks += 1
+                sink.chunks += 1 + len(frame.more)
         return None
 
     async def _after_loss(self, call: Call, reader: FrameReader, sink: Sink, wait: float) -> Usage:
@@ -147,6 +149,7 @@ class Dispatcher:
     async def run(self, call: Call, plan: RoutePlan, work: WorkRequest, sink: Sink) -> web.StreamResponse:
         # a BYOK request holds nothing; any other keeps its hold alive while it runs
         keeper = None if call.byok else asyncio.get_running_loop().create_task(self._keep_hold(call))
+        work.frames = FRAMES_BATCHED  # what ``_frames`` reads
         try:
             return await self._attempts(call, plan, work, sink)
         except Exception as exc:
@@ -231,7 +234,7 @@ class Dispatcher:
                     return None, err, await self._after_loss(call, reader, sink, wait)
                 if isinstance(frame, Chunk):
                     try:
-                        await sink.chunk(frame.data, reader.ready())
+                        await sink.chunk(frame.data, reader.ready(), frame.more)
                     except JanusError as err:  # a buffered answer past what the gateway holds
                         await self._cancel(call.request_id)
                         return None, err, Usage(prompt_tokens=call.prompt_tokens)

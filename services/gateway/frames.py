@@ -26,7 +26,7 @@ class FrameReader:
         self.provider = provider
         self.first_timeout = first_timeout
         self.stall_timeout = stall_timeout
-        self.expect = 0  # the next seq; > 0 once the worker has accepted the work
+        self.expect = 0  # the next seq; > 0 once a worker has taken the work (any first frame says so)
 
     def ready(self) -> bool:
         """A frame (or the gateway's stop signal) has arrived and ``next`` would not wait."""

@@ -13,7 +13,8 @@ class GatewaySettings(CommonSettings, kw_only=True):
     # a caller whose budget cannot hold the full cap gets a shorter one, down to this many tokens
     # per choice (finish_reason "length" tells them); below it the request is refused with 429
     min_output_tokens: int = 256
-    first_frame_timeout_seconds: float = 5.0  # the worker's Accepted must arrive within this
+    # the worker's first frame (its Accepted, or the answer itself when that is quicker) comes within this
+    first_frame_timeout_seconds: float = 5.0
     stall_timeout_seconds: float = 30.0  # between frames; workers heartbeat well inside it
     # a stream waiting this long for its first token (or silent this long) gets an SSE comment;
     # below the 30-60 s idle timeout of common cloud load balancers

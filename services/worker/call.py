@@ -1,11 +1,14 @@
 """One unit of work: a WorkRequest turned into an upstream call and numbered frames.
 
-    Accepted(0)  [Heartbeat | Chunk]*  Done | Failed
+    [Accepted]  [Heartbeat | Chunk]*  Done | Failed
 
-The service sends ``Accepted`` and the terminal frame; this module produces what lies between and
-the terminal frame's content. In-process adapters (``Capabilities(local=True)``) yield canonical
-events directly; HTTP adapters go through the transport and their parser. Everything after the
-events (encoding, usage accounting, frames) is the same code for both.
+The service sends the terminal frame and the ``Replier`` (``replier.py``) numbers every frame and
+sends ``Accepted`` and heartbeats; this module produces what lies between and the terminal frame's
+content. The events of one upstream read travel as one Chunk, at once, and a stream's last read
+rides in its Done (``FRAMES_BATCHED``, when the gateway reads them). In-process adapters
+(``Capabilities(local=True)``) yield canonical events directly; HTTP adapters go through the
+transport and their parser. Everything after the events (encoding, usage accounting, frames) is the
+same code for both.
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ from services.worker.adapters.base import (
     PassesOpenAIThrough,
     batch_limit,
 )
+from services.worker.replier import Replier
 from services.worker.transport import Transport
-from shared.bus import Bus
-from shared.contract import Chunk, Done, Failed, Frame, Heartbeat, Usage, WorkRequest, encode
-from shared.errors import InvalidRequest, JanusError, PayloadTooLarge, UpstreamError
+from shared.contract import FRAMES_BATCHED, Chunk, Done, Failed, Usage, WorkRequest
+from shared.errors import InvalidRequest, JanusError, UpstreamError
 from shared.logging import get_logger
 from shared.openai_request import EmbeddingsRequest, EmbedInput, embedding_inputs, input_tokens
 
@@ -34,90 +37,6 @@ log = get_logger("worker")
 R = TypeVar("R")
 
 EMBED_CONCURRENCY = 8  # upstream calls in flight for one embeddings request split into batches
-# room left in a bus message around a slice of a body: the frame's other fields and the headers
-FRAME_MARGIN = 8192
-
-
-class Replier:
-    """Frames to one inbox, numbered from 0 with no gaps.
-
-    ``next()`` and the publish that follows run without a suspension point in between (nats-py
-    queues the bytes synchronously), so frames leave in ``seq`` order even with a heartbeat sent
-    alongside the call.
-
-    Heartbeats are a loop timer, not a task per call: the timer only checks the time of the last
-    frame, and a task is started just for a heartbeat that is actually due (a silent upstream).
-    """
-
-    __slots__ = ("_beat", "_bus", "_interval", "_subject", "_timer", "last_sent", "seq")
-
-    def __init__(self, bus: Bus, subject: str) -> None:
-        self._bus = bus
-        self._subject = subject
-        self.seq = 0
-        self.last_sent = time.monotonic()
-        self._interval = 0.0
-        self._timer: asyncio.TimerHandle | None = None
-        self._beat: asyncio.Task[None] | None = None
-
-    def next(self) -> int:
-        s = self.seq
-        self.seq = s + 1
-        return s
-
-    async def send(self, frame: Frame) -> None:
-        self.last_sent = time.monotonic()
-        try:
-            await self._bus.publish(self._subject, encode(frame))
-        except PayloadTooLarge:
-            # the frame never left: give its number back so the next frame (the small Failed that
-            # replaces it) keeps the sequence gapless
-            if frame.seq == self.seq - 1:
-                self.seq = frame.seq
-            raise
-
-    async def finish(self, terminal: Done | Failed) -> None:
-        """Number and send the terminal frame. A buffered body larger than one bus message (a big
-        embeddings batch) goes ahead of it in Chunk frames, consecutive slices the gateway joins in
-        order; the Done carries the last slice."""
-        step = max(self._bus.max_payload - FRAME_MARGIN, self._bus.max_payload // 2)
-        if isinstance(terminal, Done) and len(terminal.body) > step:
-            body = terminal.body
-            last = (len(body) - 1) // step * step
-            for at in range(0, last, step):
-                await self.send(Chunk(seq=self.next(), data=body[at : at + step]))
-            terminal.body = body[last:]
-        terminal.seq = self.next()
-        await self.send(terminal)
-
-    def start_heartbeats(self, interval: float) -> None:
-        """A Heartbeat whenever nothing was sent for ``interval``, until ``stop_heartbeats``."""
-        self._interval = interval
-        self._timer = asyncio.get_running_loop().call_later(interval, self._tick)
-
-    def _tick(self) -> None:
-        loop = asyncio.get_running_loop()
-        wait = self.last_sent + self._interval - time.monotonic()
-        if wait <= 0 and (self._beat is None or self._beat.done()):
-            self._beat = loop.create_task(self._heartbeat())
-            wait = self._interval
-        self._timer = loop.call_later(max(wait, 0.001), self._tick)
-
-    async def _heartbeat(self) -> None:
-        # a bus that cannot take a heartbeat fails the terminal frame too, and that one is reported
-        with contextlib.suppress(Exception):
-            await self.send(Heartbeat(seq=self.next()))
-
-    async def stop_heartbeats(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        beat, self._beat = self._beat, None
-        if beat is not None and not beat.done():
-            beat.cancel()
-        if beat is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await beat
 
 
 def _inputs(req: EmbeddingsRequest, provider: str, token_input: bool) -> list[EmbedInput]:
@@ -200,18 +119,31 @@ class Call:
             return await self._chat_stream()
         return await self._chat_buffered()
 
-    async def _events(self) -> AsyncGenerator[Event, None]:
+    async def _events(self) -> AsyncGenerator[tuple[list[Event], bool], None]:
+        """The answer's events, those of one upstream read together, and whether the provider's
+        stream had ended with them."""
         if self.local:
             async with contextlib.aclosing(self.adapter.stream_events(self.ctx)) as local_events:
                 async for ev in local_events:
-                    yield ev
+                    yield [ev], False
             return
         up = self.adapter.chat_request(self.ctx)
         parser = self.adapter.stream_parser(self.ctx)
-        async with contextlib.aclosing(self.transport.stream(up, self.adapter)) as msgs:
-            async for m in msgs:
-                for ev in self._read(parser.feed, m):
-                    yield ev
+        feed = parser.feed
+        async with contextlib.aclosing(self.transport.stream(up, self.adapter)) as reads:
+            async for msgs, ended in reads:
+                events: list[Event] = []
+                failure: JanusError | None = None
+                for m in msgs:
+                    try:
+                        events += self._read(feed, m)
+                    except JanusError as exc:  # an error event: what came before it still goes out
+                        failure = exc
+                        break
+                if events:
+                    yield events, ended and failure is None
+                if failure is not None:
+                    raise failure
         self._read(parser.finish)
 
     async def _chat_stream(self) -> Done:
@@ -219,21 +151,40 @@ class Call:
         enc = self._enc = openai.StreamEncoder(
             req.request_id, req.created, req.response_model, self.ctx.chat.include_usage
         )
-        async with contextlib.aclosing(self._events()) as events:
-            async for ev in events:
-                data = enc.encode(ev)
-                if data is not None:
-                    await r.send(Chunk(seq=r.next(), data=data))
+        encode = enc.encode
+        batched = req.frames >= FRAMES_BATCHED
+        last: list[bytes] = []  # the provider's final read: it goes out with the Done
+        try:
+            async with contextlib.aclosing(self._events()) as events:
+                async for batch, ended in events:
+                    out = [data for ev in batch if (data := encode(ev)) is not None]
+                    if not out:
+                        continue
+                    if not batched:
+                        for data in out:
+                            await r.send(Chunk(seq=r.next(), data=data))
+                    elif ended:
+                        last = out
+                    else:
+                        await r.send_chunks(out)
+        except Exception:
+            if last:  # the stream ended badly after all: what it produced still reaches the client
+                await r.send_chunks(last)
+            raise
         usage = enc.final_usage(self._prompt_estimate)
         tail = enc.usage_chunk(usage)
         if tail is not None:
-            await r.send(Chunk(seq=r.next(), data=tail))
+            if batched:
+                last.append(tail)
+            else:
+                await r.send(Chunk(seq=r.next(), data=tail))
         return Done(
             seq=0,
             usage=usage,
             finish_reason=enc.finish_reason,
             upstream_seconds=self.upstream_seconds(),
             deployment=req.deployment,
+            chunks=last,
         )
 
     async def _chat_buffered(self) -> Done:

@@ -1,9 +1,10 @@
 """The provider worker: serves ``subjects.work(provider)`` for its providers, one queue group each.
 
-Per WorkRequest: ``Accepted(seq=0)`` at once, then the call as its own task (bounded by
-``max_concurrency``: beyond it the work is refused as retryable so the gateway moves on at once),
-heartbeats while the provider is silent, chunks, and exactly one terminal frame - also when the
-call raises, is cancelled (``subjects.WORK_CANCEL``, broadcast) or outlives its deadline.
+Per WorkRequest: the call as its own task (bounded by ``max_concurrency``: beyond it the work is
+refused as retryable so the gateway moves on at once), ``Accepted`` if nothing else went out within
+``accept_delay_seconds``, heartbeats while the provider is silent, chunks, and exactly one terminal
+frame - also when the call raises, is cancelled (``subjects.WORK_CANCEL``, broadcast) or outlives
+its deadline.
 A failed or cancelled call still reports the usage produced, so metering charges what was made.
 """
 
@@ -21,9 +22,10 @@ import msgspec
 from services.worker import policy
 from services.worker.adapters import ADAPTERS
 from services.worker.adapters.base import ChatContext
-from services.worker.call import Call, Replier, failed_frame
+from services.worker.call import Call, failed_frame
 from services.worker.health import HealthTracker
 from services.worker.keys import ProviderKeys
+from services.worker.replier import Replier
 from services.worker.settings import WorkerSettings
 from services.worker.transport import Transport
 from shared import metrics, prompt, subjects
@@ -32,7 +34,6 @@ from shared.byok import ENV as BYOK_ENV
 from shared.byok import ByokStore, Sealer
 from shared.catalog import Catalog, ConfigError, Deployment, Provider, load_catalog
 from shared.contract import (
-    Accepted,
     Done,
     Failed,
     HealthReport,
@@ -202,10 +203,8 @@ class WorkerService(Service):
         try:
             req = work_decoder.decode(msg.data)
         except msgspec.DecodeError:
-            await r.send(Accepted(seq=r.next(), worker=self.worker_id))
             await r.send(Failed(seq=r.next(), error=InvalidRequest("malformed work request").to_wire()))
             return
-        await r.send(Accepted(seq=r.next(), worker=self.worker_id))
         full = self._full(req)
         if full or self.stopping:
             # retryable: the gateway moves on to another replica or the plan's next deployment
@@ -325,7 +324,8 @@ class WorkerService(Service):
     async def _run(self, req: WorkRequest, r: Replier, headers: dict[str, str]) -> None:
         call: Call | None = None
         terminal: Done | Failed
-        r.start_heartbeats(self.settings.heartbeat_seconds)
+        r.start_heartbeats(self.settings.heartbeat_seconds, self.settings.accept_delay_seconds,
+                           self.worker_id)
         try:
             try:
                 async with asyncio.timeout(_remaining(headers)):

@@ -9,13 +9,17 @@ class WorkerSettings(CommonSettings, kw_only=True):
     # comma-separated provider ids this worker serves (``JANUS_WORKER_PROVIDERS``); empty: all
     worker_providers: str = ""
     catalog: str = ""  # path of the catalog file; empty: shared.catalog's default
-    worker_id: str = ""  # names this replica in Accepted frames; empty: host and pid
+    worker_id: str = ""  # names this replica in Accepted frames and logs; empty: host and pid
     max_concurrency: int = 256  # upstream calls in flight at once; beyond it work is refused
     # per provider, unless the catalog sets the provider's max_concurrency; 0: all of max_concurrency
     # when the worker serves one provider, half of it when it serves several (a hanging provider
     # then holds at most half the pod)
     provider_max_concurrency: int = 0
     heartbeat_seconds: float = 2.0  # frame sent while the upstream is silent this long
+    # an answer or first token quicker than this is the gateway's news that a worker took the work
+    # (one message fewer); a slower one is preceded by an Accepted frame. Keep it far below the
+    # gateways' JANUS_FIRST_FRAME_TIMEOUT_SECONDS
+    accept_delay_seconds: float = 0.1
     connect_timeout_seconds: float = 10.0
     read_timeout_seconds: float = 300.0  # silence allowed between two reads from the provider
     pool_size: int = 1024  # open upstream connections, all providers together

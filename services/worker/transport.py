@@ -187,9 +187,12 @@ class Transport:
         except Exception as exc:
             raise map_exception(exc) from None
 
-    async def stream(self, req: UpstreamRequest, adapter: Any) -> AsyncGenerator[StreamMessage, None]:
-        """A streamed call, framed by ``req.framing``. Use under ``contextlib.aclosing`` so a cancel
-        closes the response at once."""
+    async def stream(self, req: UpstreamRequest,
+                     adapter: Any) -> AsyncGenerator[tuple[list[StreamMessage], bool], None]:
+        """A streamed call, framed by ``req.framing``: the messages of each read from the provider
+        together (the worker sends them on as one frame), and whether the provider's stream ended
+        with them: its end had already arrived, so saying so waits for nothing. Use under
+        ``contextlib.aclosing`` so a cancel closes the response at once."""
         decoder = decoder_for(req.framing)
         started = False
         try:
@@ -197,13 +200,19 @@ class Transport:
                 await self._raise_for_status(resp, adapter)
                 started = True
                 events = 0
-                async for chunk in resp.content.iter_any():
-                    for msg in decoder.feed(chunk):
-                        events += 1
-                        yield msg
-                for msg in decoder.end():
-                    events += 1
-                    yield msg
+                content = resp.content
+                ended = False
+                async for chunk in content.iter_any():
+                    msgs = decoder.feed(chunk)
+                    if content.at_eof():
+                        ended = True
+                        msgs += decoder.end()
+                    if msgs:
+                        events += len(msgs)
+                        yield msgs, ended
+                if not ended and (msgs := decoder.end()):
+                    events += len(msgs)
+                    yield msgs, True
                 if not events:
                     # not one event in the whole body (a proxy's error page, an empty 200): the
                     # deployment did not stream, nothing was generated, and another may answer

@@ -174,9 +174,10 @@ def test_bench_through_janus_end_to_end(tmp_path: Path) -> None:
     assert shapes == [("stream", 16, 4), ("stream", 16, 12)]
     for r in slope:
         assert r["requests"] == 30 and r["errors"] == 0 and r["incomplete_streams"] == 0, r["first_error"]
-    # the longer streams cross the bus more often (not once per chunk: the worker may put deltas
-    # that arrived together into one frame)
-    assert slope[1]["bus_in_per_request"] > slope[0]["bus_in_per_request"]
+    # the longer streams cross the bus no less often, but not once per chunk: the worker puts the
+    # deltas of one upstream read into one frame, and this upstream sends them together
+    assert slope[1]["bus_in_per_request"] >= slope[0]["bus_in_per_request"]
+    assert slope[1]["bus_in_per_request"] < slope[0]["bus_in_per_request"] + 12 - 4
     fit = doc["chunk_slope"]
     assert isinstance(fit, dict) and fit["chunks"] == [4, 12]
     measured = doc["targets"]["janus_cpu_ms_per_streamed_chunk_at_c16"]["measured"]  # type: ignore[index]

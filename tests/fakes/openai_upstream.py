@@ -54,6 +54,10 @@ class Faults:
     stall_seconds: float = 0.0  # before the first byte
     chunk_delay: float = 0.0  # between stream chunks
     in_band_error: bool = False  # stream: an error object as a data event instead of content
+    # stream: the role chunk and the first N content chunks in one write (as a provider's events
+    # arrive together), the rest only once ``release`` is set
+    burst: int = 0
+    release: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -142,10 +146,19 @@ class OpenAIUpstream:
                     "model": model, "system_fingerprint": "fp_fake",
                     "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
 
+        together: list[bytes] = []  # events held for one write (``burst``)
+
         async def send(obj: Any) -> None:
+            data = b"data: " + json.dumps(obj).encode() + b"\n\n"
+            if f.burst and len(together) <= f.burst:
+                together.append(data)
+                if len(together) > f.burst:
+                    await resp.write(b"".join(together))
+                    await f.release.wait()
+                return
             if f.chunk_delay:
                 await asyncio.sleep(f.chunk_delay)
-            await resp.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
+            await resp.write(data)
 
         await resp.write(b": keep-alive comment\n\n")
         await send(chunk({"role": "assistant", "content": "", "refusal": None}))

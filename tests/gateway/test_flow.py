@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 
-from shared.contract import Accepted, Chunk, Done, Heartbeat, Usage, WorkRequest
+from shared.contract import FRAMES_BATCHED, Accepted, Chunk, Done, Heartbeat, Usage, WorkRequest
 from tests.gateway import fakes as F
 from tests.gateway.conftest import Gateway, auth
 from tests.openai_schema import validate
@@ -347,3 +347,38 @@ async def test_official_sdk(gateway: Gateway, fakes: F.Fakes) -> None:
         assert len(fakes.reserves) == before + 1  # x-should-retry: false stopped the SDK's retries
     finally:
         await client.close()
+
+
+async def test_chunks_that_travel_together_reach_the_client_in_order(gateway: Gateway, fakes: F.Fakes,
+                                                                    http: aiohttp.ClientSession) -> None:
+    """A worker of this gateway's frame set sends no Accepted before a quick first token, the events
+    of one upstream read in one Chunk frame, and the stream's last read in its Done."""
+    seen = asyncio.Event()
+
+    async def batched(f: F.Fakes, work: WorkRequest, send: F.Send) -> None:
+        words = [F.chunk_data(work, {"role": "assistant", "content": "He"})] + \
+            [F.chunk_data(work, {"content": w}) for w in ("l", "lo", " there")]
+        await send(Chunk(0, words[0], more=words[1:3]))
+        await asyncio.wait_for(seen.wait(), 10)  # the first read is the client's before the rest
+        await send(Chunk(1, words[3]))
+        await send(Done(2, Usage(12, 4), finish_reason="stop", upstream_seconds=0.001,
+                        chunks=[F.chunk_data(work, {}, "stop"), F.usage_chunk(work, Usage(12, 4))]))
+
+    await fakes.start({"pa": batched})
+    async with http.post(gateway.url + "/v1/chat/completions", headers=auth(),
+                         json={**CHAT, "stream": True, "stream_options": {"include_usage": True}}) as r:
+        assert r.status == 200
+        first = await r.content.readuntil(b"\n\n")
+        seen.set()
+        raw = first + await r.content.read()
+    assert fakes.works[0][0].frames == FRAMES_BATCHED
+    events = sse_events(raw)
+    assert events[-1] == b"[DONE]" and len(events) == 7
+    docs = [json.loads(e) for e in events[:-1]]
+    for d in docs:
+        validate("CreateChatCompletionStreamResponse", d)
+    assert "".join(d["choices"][0]["delta"].get("content", "") for d in docs[:-1]) == "Hello there"
+    assert docs[-2]["choices"][0]["finish_reason"] == "stop" and docs[-1]["usage"]["completion_tokens"] == 4
+    settled = await fakes.settlement_for(r.headers["X-Request-Id"])
+    assert len(settled) == 1 and settled[0].ok and settled[0].usage == Usage(12, 4)
+

@@ -78,6 +78,7 @@ def work(
     deployment: str = "fake-local",
     upstream: str = "fake-upstream-name",
     kind: str = "chat",
+    frames: int = contract.FRAMES_BATCHED,
 ) -> contract.WorkRequest:
     return contract.WorkRequest(
         request_id=f"req{next(_ids)}-{int(time.time() * 1000)}",
@@ -89,10 +90,13 @@ def work(
         body=msgspec.json.encode({"model": model, **body}),  # as the gateway forwards it: the client's own
         stream=bool(body.get("stream")),
         created=1712345678,
+        frames=frames,
     )
 
 
-def oai_work(body: dict[str, Any], kind: str = "chat") -> contract.WorkRequest:
+def oai_work(
+    body: dict[str, Any], kind: str = "chat", frames: int = contract.FRAMES_BATCHED
+) -> contract.WorkRequest:
     return work(
         "emb-small" if kind == "embeddings" else "oai-chat",
         body,
@@ -100,6 +104,7 @@ def oai_work(body: dict[str, Any], kind: str = "chat") -> contract.WorkRequest:
         deployment="oai-1",
         upstream="emb-up" if kind == "embeddings" else "gpt-upstream",
         kind=kind,
+        frames=frames,
     )
 
 
@@ -131,12 +136,23 @@ async def run_work(
 
 
 def check_sequence(frames: list[Any]) -> Any:
-    """Frames numbered 0.. with no gaps, Accepted first, exactly one terminal frame, last."""
+    """Frames numbered 0.. with no gaps, an Accepted (if any) first, exactly one terminal frame, last."""
     assert [f.seq for f in frames] == list(range(len(frames)))
-    assert isinstance(frames[0], contract.Accepted)
+    assert not any(isinstance(f, contract.Accepted) for f in frames[1:])
     assert sum(isinstance(f, contract.TERMINAL) for f in frames) == 1
     assert isinstance(frames[-1], contract.TERMINAL)
     return frames[-1]
+
+
+def chunks_of(frames: list[Any]) -> list[bytes]:
+    """Every chunk of a streamed answer in order: those of each Chunk frame, then the Done's."""
+    out: list[bytes] = []
+    for f in frames:
+        if isinstance(f, contract.Chunk):
+            out += [f.data, *f.more]
+        elif isinstance(f, contract.Done):
+            out += f.chunks
+    return out
 
 
 @pytest.fixture

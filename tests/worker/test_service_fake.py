@@ -16,7 +16,7 @@ from shared.bus import Bus
 from shared.errors import JanusError
 from tests.eventually import eventually
 from tests.openai_schema import validate
-from tests.worker.conftest import check_sequence, run_work, work
+from tests.worker.conftest import check_sequence, chunks_of, run_work, work
 from tools.stack import parse_metric
 
 MESSAGES = [{"role": "user", "content": "Tell me something about gateways."}]
@@ -35,7 +35,7 @@ async def test_stream_frames_in_order_with_usage_chunk(bus: Bus, worker: WorkerS
     frames = await run_work(bus, req)
     done = check_sequence(frames)
     assert isinstance(done, contract.Done)
-    chunks = [json.loads(f.data) for f in frames if isinstance(f, contract.Chunk)]
+    chunks = [json.loads(c) for c in chunks_of(frames)]
     for c in chunks:
         validate("CreateChatCompletionStreamResponse", c)
         assert c["id"] == f"chatcmpl-{req.request_id}"
@@ -53,7 +53,7 @@ async def test_stream_frames_in_order_with_usage_chunk(bus: Bus, worker: WorkerS
 
 async def test_stream_without_include_usage_has_no_usage_chunk(bus: Bus, worker: WorkerService) -> None:
     frames = await run_work(bus, work("fake-chat", {"messages": MESSAGES, "stream": True}))
-    chunks = [json.loads(f.data) for f in frames if isinstance(f, contract.Chunk)]
+    chunks = [json.loads(c) for c in chunks_of(frames)]
     assert all(c["choices"] for c in chunks)
     assert "usage" not in chunks[-1]
     assert frames[-1].usage.completion_tokens > 0  # metering still gets the numbers
@@ -131,7 +131,7 @@ async def test_tool_calls_parallel_and_named(bus: Bus, worker: WorkerService) ->
         "tool_choice": {"type": "function", "function": {"name": "get_time"}},
     }
     frames = await run_work(bus, work("fake-chat", named))
-    chunks = [json.loads(f.data) for f in frames if isinstance(f, contract.Chunk)]
+    chunks = [json.loads(c) for c in chunks_of(frames)]
     calls = [tc for c in chunks for tc in c["choices"][0]["delta"].get("tool_calls", [])]
     for c in chunks:
         validate("CreateChatCompletionStreamResponse", c)

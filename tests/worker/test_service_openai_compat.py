@@ -14,7 +14,7 @@ from shared.bus import Bus
 from shared.errors import JanusError
 from tests.fakes.openai_upstream import OpenAIUpstream, token_text, vector_for
 from tests.openai_schema import validate
-from tests.worker.conftest import KEY, check_sequence, oai_work, run_work
+from tests.worker.conftest import KEY, check_sequence, chunks_of, oai_work, run_work
 
 MESSAGES = [{"role": "user", "content": "Hi"}]
 TOOLS = [
@@ -43,7 +43,7 @@ async def test_stream_relays_chunks_and_usage(
     assert sent.body["model"] == "gpt-upstream"
     assert sent.body["stream_options"] == {"include_usage": True}
     assert sent.headers["Authorization"] == f"Bearer {KEY}"
-    chunks = [json.loads(f.data) for f in frames if isinstance(f, contract.Chunk)]
+    chunks = [json.loads(c) for c in chunks_of(frames)]
     for c in chunks:
         validate("CreateChatCompletionStreamResponse", c)
         assert c["model"] == "oai-chat" and c["id"] == f"chatcmpl-{req.request_id}"
@@ -61,7 +61,7 @@ async def test_stream_relays_chunks_and_usage(
 async def test_stream_tool_call_fragments(bus: Bus, worker: WorkerService) -> None:
     body = {"messages": MESSAGES, "tools": TOOLS, "stream": True, "stream_options": {"include_usage": True}}
     frames = await run_work(bus, oai_work(body))
-    chunks = [json.loads(f.data) for f in frames if isinstance(f, contract.Chunk)]
+    chunks = [json.loads(c) for c in chunks_of(frames)]
     calls = [tc for c in chunks if c["choices"] for tc in c["choices"][0]["delta"].get("tool_calls", [])]
     assert calls[0] == {
         "index": 0,

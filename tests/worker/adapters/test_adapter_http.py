@@ -47,10 +47,11 @@ def context(kind: str, base_url: str, stream: bool) -> ChatContext:
 async def stream_text(transport: Transport, adapter: Any, ctx: ChatContext) -> str:
     parser = adapter.stream_parser(ctx)
     text = ""
-    messages = transport.stream(adapter.chat_request(ctx), adapter)
-    async with contextlib.aclosing(messages):  # type: ignore[type-var]
-        async for msg in messages:
-            text += "".join(ev.text for ev in parser.feed(msg) if isinstance(ev, TextDelta))
+    reads = transport.stream(adapter.chat_request(ctx), adapter)
+    async with contextlib.aclosing(reads):  # type: ignore[type-var]
+        async for msgs, _ in reads:
+            for msg in msgs:
+                text += "".join(ev.text for ev in parser.feed(msg) if isinstance(ev, TextDelta))
     parser.finish()
     return text
 
