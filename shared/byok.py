@@ -4,7 +4,7 @@ The key is sealed with AES-256-GCM under ``JANUS_BYOK_KEY`` (32 random bytes, UR
 ``janus byok genkey`` prints one). The user id and provider are the associated data, so a sealed
 key copied onto another user's or provider's entry fails to open instead of being used.
 
-    store = await ByokStore.open(bus, Sealer.from_env())
+    store = await ByokStore.open(bus, Sealer.from_key(settings.byok_key))
     await store.set(user, provider, secret)      # the CLI and the gateway's /v1/byok API
     secret = await store.get(user, provider)     # the worker, per request; None when absent
     sealed = await store.info(user, provider)    # what a listing shows (``masked``), never decrypted
@@ -13,7 +13,6 @@ key copied onto another user's or provider's entry fails to open instead of bein
 from __future__ import annotations
 
 import base64
-import os
 import secrets
 import time
 
@@ -54,8 +53,8 @@ class Sealer:
         self._aead = AESGCM(key)
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Sealer:
-        raw = (env if env is not None else os.environ).get(ENV, "")
+    def from_key(cls, raw: str) -> Sealer:
+        """From the setting's text (``JANUS_BYOK_KEY``)."""
         if not raw:
             raise ConfigError(f"{ENV} is not set (janus byok genkey prints a fresh one)")
         try:

@@ -1,7 +1,7 @@
 """The catalog (providers, deployments, models, prices) and the plans, decoded from YAML by msgspec.
 
-Both are read from files named by environment variables (``JANUS_CATALOG``, ``JANUS_PLANS``), with
-the offline defaults in ``config/``. A bad file fails at startup with the path of the bad field.
+Both are read from files the settings name (``JANUS_CATALOG``, ``JANUS_PLANS``), with the offline
+defaults in ``config/``. A bad file fails at startup with the path of the bad field.
 """
 
 from __future__ import annotations
@@ -180,14 +180,14 @@ def _load(path: Path, typ: type) -> object:
 
 
 def load_catalog(path: str | os.PathLike[str] | None = None) -> Catalog:
-    p = Path(path or os.environ.get("JANUS_CATALOG") or DEFAULT_CATALOG)
+    p = Path(path or DEFAULT_CATALOG)
     cat = _load(p, Catalog)
     assert isinstance(cat, Catalog)
     return cat
 
 
 def load_plans(path: str | os.PathLike[str] | None = None, catalog: Catalog | None = None) -> Plans:
-    p = Path(path or os.environ.get("JANUS_PLANS") or DEFAULT_PLANS)
+    p = Path(path or DEFAULT_PLANS)
     plans = _load(p, Plans)
     assert isinstance(plans, Plans)
     if plans.default_plan not in plans.plans:

@@ -101,7 +101,7 @@ class RoutingFile(msgspec.Struct, forbid_unknown_fields=True):
 
 
 def load_routing(path: str | os.PathLike[str] | None = None, catalog: Catalog | None = None) -> Routing:
-    p = Path(path or os.environ.get("JANUS_ROUTING") or DEFAULT_ROUTING)
+    p = Path(path or DEFAULT_ROUTING)
     try:
         data = p.read_bytes()
     except OSError as exc:

@@ -59,11 +59,11 @@ class Policy:
         self._servings = {m.id: servings(catalog, m) for m in catalog.models}
 
     @classmethod
-    def load(cls, routing_path: str | None = None,
+    def load(cls, routing_path: str = "", catalog_path: str = "", plans_path: str = "",
              on_state: Callable[[str, int], None] | None = None) -> Policy:
-        """Catalog, plans, routing config and weights, each from its env-named file."""
-        catalog = load_catalog()
-        plans = load_plans(catalog=catalog)
+        """Catalog, plans, routing config and weights, each from its file (empty: the built-in one)."""
+        catalog = load_catalog(catalog_path or None)
+        plans = load_plans(plans_path or None, catalog)
         routing = load_routing(routing_path or None, catalog=catalog)
         return cls(catalog, plans, routing, Scorer.load(), HealthView(routing.health, on_state))
 

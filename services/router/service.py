@@ -17,35 +17,26 @@ import msgspec
 
 from services.router.health import STATE_NAMES
 from services.router.policy import Policy
+from services.router.settings import RouterSettings
 from shared import metrics, subjects
 from shared.bus import Bus, Msg
 from shared.contract import UsageReply, encode, error_reply, health_decoder, route_request_decoder
 from shared.errors import InvalidRequest, JanusError
 from shared.logging import get_logger
 from shared.service import Service
-from shared.settings import CommonSettings
 
 log = get_logger("router")
 
 _decisions = metrics.children(metrics.ROUTE_DECISIONS)
 
 
-class RouterSettings(CommonSettings, kw_only=True):
-    routing: str = ""  # path of the routing config (JANUS_ROUTING); empty: the built-in one
-    concurrency: int = 512
-    health_refresh_seconds: float = 1.0  # how often open circuits are checked for their cool-down
-    # how long a gateway may reuse a plan that depends on nothing but the catalog (0: never); short,
-    # so that every router replica keeps seeing a share of the traffic and a new config takes over soon
-    plan_cache_seconds: float = 1.0
-
-
-class RouterService(Service):
+class RouterService(Service[RouterSettings]):
     name: ClassVar[str] = "router"
     default_ops_port: ClassVar[int] = 9101
+    settings_cls = RouterSettings
 
-    def __init__(self, common: CommonSettings, clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__(common)
-        self.settings = common if isinstance(common, RouterSettings) else RouterSettings()
+    def __init__(self, settings: RouterSettings, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(settings)
         self.clock = clock
         self.policy: Policy | None = None
         self._subscribed = False
@@ -54,7 +45,8 @@ class RouterService(Service):
 
     async def start(self, bus: Bus) -> None:
         await super().start(bus)
-        self.policy = Policy.load(self.settings.routing, on_state=_publish_state)
+        s = self.settings
+        self.policy = Policy.load(s.routing, s.catalog, s.plans, on_state=_publish_state)
         for dep in self.policy.catalog.deployment_by_id:
             metrics.CIRCUIT_STATE.labels(dep).set(0)
         # a direct plan for a model with one deployment is that deployment whatever its health

@@ -82,7 +82,7 @@ async def test_own_key_is_used_and_charges_nothing(tmp_path: Path) -> None:
         stack = await _start(tmp_path, upstream, byok_key, google.base_url)
         try:
             bus = await Bus.connect(stack.nats.url, "test")
-            store = await ByokStore.open(bus, Sealer.from_env({"JANUS_BYOK_KEY": byok_key}))
+            store = await ByokStore.open(bus, Sealer.from_key(byok_key))
             await store.set("own-key-user", "openai", USER_KEY)
             await store.set("own-key-user", "gemini", USER_KEY)
             await bus.close()
@@ -169,7 +169,7 @@ async def test_own_key_over_http_is_sealed_listed_masked_used_and_deleted(tmp_pa
                 # sealed at rest with the deployment's key, bound to the user: the worker opens it
                 bus = await Bus.connect(stack.nats.url, "test")
                 try:
-                    store = await ByokStore.open(bus, Sealer.from_env({"JANUS_BYOK_KEY": byok_key}))
+                    store = await ByokStore.open(bus, Sealer.from_key(byok_key))
                     assert await store.get("http-alice", "openai") == USER_KEY
                     raw, _ = await Bus.kv_get(store.kv, entry_key("http-alice", "openai"))
                     assert USER_KEY.encode() not in raw and USER_KEY[3:-4].encode() not in raw

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from services.metering.record import Record
-from services.metering.service import MeteringService, MeteringSettings
+from services.metering.service import MeteringService
+from services.metering.settings import MeteringSettings
 from services.metering.store import BudgetStore
 from shared import contract, subjects
 from shared.bus import Bus

@@ -49,7 +49,7 @@ async def test_key_lifecycle_and_revocation_broadcast(bus: Bus) -> None:
 
 
 async def test_byok_is_encrypted_and_bound_to_user_and_provider(bus: Bus) -> None:
-    sealer = Sealer.from_env({"JANUS_BYOK_KEY": generate_key()})
+    sealer = Sealer.from_key(generate_key())
     store = await ByokStore.open(bus, sealer)
     await store.set("carol", "openai", "sk-provider-secret-123456")
     assert await store.get("carol", "openai") == "sk-provider-secret-123456"
@@ -63,7 +63,7 @@ async def test_byok_is_encrypted_and_bound_to_user_and_provider(bus: Bus) -> Non
     with pytest.raises(JanusError):
         await store.get("mallory", "openai")
     # and another deployment's key cannot open it either
-    other = ByokStore(kv, Sealer.from_env({"JANUS_BYOK_KEY": generate_key()}))
+    other = ByokStore(kv, Sealer.from_key(generate_key()))
     with pytest.raises(JanusError):
         await other.get("carol", "openai")
     assert await store.delete("carol", "openai") is True
