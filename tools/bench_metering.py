@@ -26,7 +26,8 @@ from services.metering.streams import SETTLE_DURABLE
 from shared import contract, subjects
 from shared.bus import Bus
 from shared.contract import ReserveRequest, Settlement, Usage
-from tools.stack import ROOT, ServiceProc, base_env, start_nats, start_service
+from tools.localnats import start_nats
+from tools.localstack import ROOT, ServiceProc, base_env, start_service
 
 MODEL = "gpt-5-nano"
 PLAN = "enterprise"

@@ -29,7 +29,7 @@ import yaml
 from shared.catalog import load_catalog
 from shared.contract import Usage
 from shared.money import PriceUnits, cost_credits
-from tools.stack import ROOT, Stack, start_stack
+from tools.localstack import ROOT, Stack, start_stack
 from tools.token import make_token
 
 LOAD_PLAN = "load"

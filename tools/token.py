@@ -12,7 +12,7 @@ import time
 
 import jwt
 
-from tools.stack import DEV_SECRET
+from services.gateway.jwt_verify import DEV_JWT_SECRET as DEV_SECRET
 
 
 def make_token(user: str, plan: str, email: str | None = None, *, secret: str | None = None,

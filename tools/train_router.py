@@ -3,7 +3,7 @@
     python -m tools.train_router            (``make train-router``)
 
 Data: only the 45 MMLU training subjects; the evaluation groups (GSM8K, MT-Bench and 12 MMLU
-subjects, see ``tools/eval_routing.py``) are never read here.
+subjects, see ``tools/routing_data.py``) are never read here.
 
 Model: a linear part over the features of ``services/router/features.py`` (dense signals plus hashed
 word and character n-grams) and a few shallow boosted regression trees over the dense signals alone,
@@ -53,7 +53,7 @@ from sklearn.ensemble import GradientBoostingRegressor
 
 from services.router import features as F
 from services.router.scorer import DEFAULT_WEIGHTS, Scorer, WeightsFile
-from tools.eval_routing import Row, data_dir, evaluate, length_scores, load_train
+from tools.routing_data import Row, data_dir, evaluate, length_scores, load_train
 
 SEEDS = (20240403, 1, 2)
 FOLDS = 5

@@ -17,7 +17,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from tools.bench import extras
 from tools.bench.load import run_load
 from tools.bench.upstream import Shape, UpstreamServer
-from tools.stack import ROOT
+from tools.localstack import ROOT
 
 KEY = "sk-bench-test"
 

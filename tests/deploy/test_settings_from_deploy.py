@@ -35,8 +35,11 @@ SERVICES: dict[str, type[Service[Any]]] = {
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").exists())
 # compose service -> the Janus service it runs (one worker service per provider pool)
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
-COMPOSE_JANUS = {name: svc["command"][0].split(".")[1] for name, svc in COMPOSE.items()
-                 if str(svc.get("command", [""])[0]).startswith("services.")}
+COMPOSE_JANUS = {
+    name: svc["command"][0].split(".")[1]
+    for name, svc in COMPOSE.items()
+    if str(svc.get("command", [""])[0]).startswith("services.")
+}
 _INTERPOLATED = re.compile(r"\$\{[A-Z0-9_]+:-([^}]*)\}")
 
 
@@ -87,8 +90,11 @@ def k8s_env(service: str, overlay: str = "") -> dict[str, str]:
         kust = _kustomization(K8S / "overlays" / overlay)
         env |= _literals(kust)
         patches = [p["patch"] for p in kust.get("patches") or [] if "patch" in p]
-        patches += [(K8S / "overlays" / overlay / p["path"]).read_text() for p in kust.get("patches") or []
-                    if "path" in p]
+        patches += [
+            (K8S / "overlays" / overlay / p["path"]).read_text()
+            for p in kust.get("patches") or []
+            if "path" in p
+        ]
         for text in patches:
             for dep in _deployments(list(yaml.safe_load_all(text))):
                 if dep["metadata"]["name"] == service:

@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from tests.openai_schema import validate
-from tools.stack import Stack
+from tools.localstack import Stack
 from tools.token import make_token
 
 GOOD = {"model": "gpt-5-nano", "messages": [{"role": "user", "content": "hello"}]}

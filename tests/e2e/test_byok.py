@@ -16,7 +16,7 @@ from shared.byok import ByokStore, Sealer, entry_key, generate_key
 from tests.fakes.openai_upstream import OpenAIUpstream
 from tests.fakes.recorded_upstream import RecordedUpstream
 from tests.fixtures import recordings
-from tools.stack import Stack, start_stack
+from tools.localstack import Stack, start_stack
 from tools.token import make_token
 
 OUR_KEY = "sk-operator-key-0123456789"

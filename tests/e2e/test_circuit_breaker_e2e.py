@@ -21,7 +21,8 @@ from tests.fakes.host import FALLBACK_CATALOG, stack_on_fakes
 from tests.fakes.openai_compat_upstream import OpenAICompatUpstream
 from tests.fixtures import wire
 from tests.fixtures.replay import Fail, ReplayUpstream
-from tools.stack import Stack, parse_metric
+from tests.kit.metrics import parse_metric
+from tools.localstack import Stack
 from tools.token import make_token
 
 HI: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hi"}]

@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from tests.e2e.test_openai_sdk import RATE_HEADERS as HEADERS
-from tools.stack import ROOT, Stack, start_stack
+from tools.localstack import ROOT, Stack, start_stack
 from tools.token import make_token
 
 SESSION = 40_000

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.openai_schema import validate
-from tools.stack import Stack, start_stack
+from tools.localstack import Stack, start_stack
 from tools.token import make_token
 
 

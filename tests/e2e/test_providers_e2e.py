@@ -41,7 +41,7 @@ from tests.faults.kit import ledger
 from tests.fixtures import wire
 from tests.fixtures.replay import Drop, Fail, Garbage, ReplayUpstream
 from tests.openai_schema import validate
-from tools.stack import Stack
+from tools.localstack import Stack
 from tools.token import make_token
 
 FAKES: dict[str, Callable[[], ReplayUpstream]] = {

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.fixtures.replay import ReplayUpstream
-from tools.stack import Stack, start_stack
+from tools.localstack import Stack, start_stack
 
 
 class FakeHost:

@@ -18,8 +18,8 @@ import pytest
 
 from tests.faults.kit import launch, settled_usage, wait_until
 from tests.faults.test_worker_kill import long_prompt
+from tools.localstack import Stack
 from tools.soak import ChatResult, answers, chat, token_for
-from tools.stack import Stack
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -17,7 +17,7 @@ from shared.bus import Bus
 from tests.gateway import fakes as F
 from tests.gateway.conftest import Gateway, start_gateway
 from tests.gateway.test_flow import CHAT, assert_error
-from tools.stack import NatsServer
+from tools.localnats import NatsServer
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,8 @@ import pytest
 from tests.gateway import fakes as F
 from tests.gateway.conftest import Gateway, auth, token
 from tests.gateway.test_flow import CHAT, assert_error
-from tools.stack import DEV_SECRET, base_env, free_port, start_service
+from tools.localnats import free_port
+from tools.localstack import DEV_SECRET, base_env, start_service
 
 
 def _none_alg_token() -> str:

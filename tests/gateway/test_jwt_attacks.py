@@ -26,7 +26,8 @@ from tests.gateway.jwks_server import (
     write_pem,
 )
 from tests.gateway.test_flow import assert_error
-from tools.stack import DEV_SECRET, NatsServer
+from tools.localnats import NatsServer
+from tools.localstack import DEV_SECRET
 
 ISS, AUD = "https://id.example.com/", "janus"
 RSA_PEM = rsa_key()  # configured as a PEM file

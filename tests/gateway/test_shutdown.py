@@ -13,7 +13,7 @@ import aiohttp
 from tests.gateway import fakes as F
 from tests.gateway.conftest import auth, start_gateway
 from tests.gateway.test_flow import CHAT, sse_events
-from tools.stack import NatsServer
+from tools.localnats import NatsServer
 
 
 async def test_sigterm_ends_open_streams_in_band_and_settles(gw_nats: NatsServer, fakes: F.Fakes,

@@ -18,7 +18,7 @@ import yaml
 from shared.apikeys import KeyStore
 from shared.bus import Bus
 from tests.fakes.openai_upstream import OpenAIUpstream
-from tools.stack import ROOT, Stack, start_stack
+from tools.localstack import ROOT, Stack, start_stack
 from tools.token import make_token
 
 T = TypeVar("T")

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from tests.hostile.conftest import write_catalog
-from tools.stack import start_stack
+from tools.localstack import start_stack
 from tools.token import make_token
 
 STREAMS = 32

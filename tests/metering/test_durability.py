@@ -29,7 +29,8 @@ from tests.metering.conftest import (
     settle,
     wait_for,
 )
-from tools.stack import NatsServer, ServiceProc, base_env, start_service
+from tools.localnats import NatsServer
+from tools.localstack import ServiceProc, base_env, start_service
 
 USERS = [f"user-{i}" for i in range(5)]
 N = 100

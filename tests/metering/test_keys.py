@@ -14,7 +14,8 @@ from shared.apikeys import KeyStore, hash_key, watch_revocations
 from shared.bus import Bus
 from shared.byok import ByokStore, Sealer, generate_key
 from shared.errors import JanusError, NotFound
-from tools.stack import ROOT, NatsServer, seed_file
+from tools.localnats import NatsServer, seed_file
+from tools.localstack import ROOT
 
 
 async def test_key_lifecycle_and_revocation_broadcast(bus: Bus) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from services.router import features as F
 from services.router.scorer import Scorer
-from tools.eval_routing import (
+from tools.routing_data import (
     FIXTURES,
     Row,
     evaluate,

@@ -10,8 +10,9 @@ import aiohttp
 import pytest
 
 from tests.faults.kit import add_replica, gateway_url, launch, ledger_matches, settled_usage, tally
+from tests.kit.cluster import start_cluster
+from tests.kit.metrics import parse_metric
 from tools.soak import ChatResult, answers, price_of, run_load, token_for
-from tools.stack import parse_metric, start_cluster
 
 pytestmark = pytest.mark.timeout(120)
 

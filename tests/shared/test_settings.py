@@ -12,7 +12,8 @@ from services.gateway.settings import GatewaySettings
 from services.settings import KNOWN, SETTINGS
 from shared.catalog import ConfigError
 from shared.settings import PREFIX, load_settings, unknown_variables, variable_names
-from tools.stack import NatsServer, base_env, start_service
+from tools.localnats import NatsServer
+from tools.localstack import base_env, start_service
 
 ROOT = Path(__file__).resolve().parents[2]
 _READS_ENV = re.compile(r"\bos\.environ\b|\bgetenv\(")
@@ -20,8 +21,10 @@ _READS_ENV = re.compile(r"\bos\.environ\b|\bgetenv\(")
 
 def test_a_misspelled_variable_is_named_with_the_closest_known_one() -> None:
     env = {"JANUS_MAX_BODY_BYTE": "10", "JANUS_PORT": "1", "HOME": "/root", "JANUS_ZZZ_QQQ": "x"}
-    assert unknown_variables(KNOWN, env) == [("JANUS_MAX_BODY_BYTE", "JANUS_MAX_BODY_BYTES"),
-                                             ("JANUS_ZZZ_QQQ", "")]
+    assert unknown_variables(KNOWN, env) == [
+        ("JANUS_MAX_BODY_BYTE", "JANUS_MAX_BODY_BYTES"),
+        ("JANUS_ZZZ_QQQ", ""),
+    ]
 
 
 def test_a_variable_another_service_reads_is_no_typo() -> None:
@@ -42,8 +45,12 @@ def test_a_bad_value_names_its_variable() -> None:
 
 
 def test_only_the_settings_module_reads_the_environment() -> None:
-    readers = [str(p.relative_to(ROOT)) for d in ("shared", "services") for p in (ROOT / d).rglob("*.py")
-               if _READS_ENV.search(p.read_text())]
+    readers = [
+        str(p.relative_to(ROOT))
+        for d in ("shared", "services")
+        for p in (ROOT / d).rglob("*.py")
+        if _READS_ENV.search(p.read_text())
+    ]
     assert readers == ["shared/settings.py"]
 
 

@@ -11,7 +11,8 @@ from services.worker.settings import WorkerSettings
 from shared import contract
 from shared.bus import Bus
 from tests.worker.conftest import check_sequence, run_work, work
-from tools.stack import NatsServer, start_service
+from tools.localnats import NatsServer
+from tools.localstack import start_service
 
 
 async def test_worker_process_serves_and_exports_metrics(nats_server: NatsServer, bus: Bus,

@@ -15,9 +15,9 @@ from shared import contract, subjects
 from shared.bus import Bus
 from shared.errors import JanusError
 from tests.eventually import eventually
+from tests.kit.metrics import parse_metric
 from tests.openai_schema import validate
 from tests.worker.conftest import check_sequence, chunks_of, run_work, work
-from tools.stack import parse_metric
 
 MESSAGES = [{"role": "user", "content": "Tell me something about gateways."}]
 

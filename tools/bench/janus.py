@@ -17,7 +17,7 @@ from pathlib import Path
 import msgspec
 
 from tools.bench.procs import cpu_seconds
-from tools.stack import Stack, start_stack
+from tools.localstack import Stack, start_stack
 from tools.token import make_token
 
 PROVIDER = "bench"
