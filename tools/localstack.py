@@ -30,6 +30,7 @@ from tools.localnats import (
     local_keys,
     seed_file,
     start_nats,
+    stop_process,
 )
 from tools.token import make_token
 
@@ -105,14 +106,7 @@ class ServiceProc:
             return ""
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc, sig, timeout)
 
 
 def start_service(
