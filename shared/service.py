@@ -116,22 +116,22 @@ async def _watch_loop_lag(interval: float = 0.5) -> None:
 
 
 async def serve(svc: Service[S]) -> None:
-    common = svc.settings
+    settings = svc.settings
     bus = await Bus.connect(
-        common.nats_url, svc.name, nkey_file=common.nats_nkey_file, ca_file=common.nats_ca_file
+        settings.nats_url, svc.name, nkey_file=settings.nats_nkey_file, ca_file=settings.nats_ca_file
     )
     metrics.UP_INFO.labels(svc.name).set(1)
     ops = web.AppRunner(await _ops_app(svc), access_log=None)
     await ops.setup()
-    port = common.ops_port or svc.default_ops_port
-    site = web.TCPSite(ops, common.ops_host, port)
+    port = settings.ops_port or svc.default_ops_port
+    site = web.TCPSite(ops, settings.ops_host, port)
     await site.start()
     sockets = getattr(site._server, "sockets", None)
     bound = sockets[0].getsockname()[1] if sockets else port
     await svc.start(bus)
     _settle_heap()
     svc.started = True
-    log.info("started", ops_port=bound, nats=redact_url(common.nats_url))
+    log.info("started", ops_port=bound, nats=redact_url(settings.nats_url))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -140,7 +140,7 @@ async def serve(svc: Service[S]) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
 
-    grace = common.drain_grace()
+    grace = settings.drain_grace()
     log.info("stopping", grace_seconds=grace)
     svc.stopping = True  # /readyz flips first, so load balancers stop sending work
     try:
