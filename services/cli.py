@@ -94,14 +94,18 @@ async def _run(args: argparse.Namespace, settings: CliSettings) -> int:
                     return 2
                 key, rec = await store.create(args.user, args.plan, args.name)
                 print(key)
-                print(f"id {rec.id}  user {rec.user}  plan {rec.plan}  (the key is shown only this once)",
-                      file=sys.stderr)
+                print(
+                    f"id {rec.id}  user {rec.user}  plan {rec.plan}  (the key is shown only this once)",
+                    file=sys.stderr,
+                )
             elif args.cmd == "list":
                 rows = await store.list(args.user)
                 print(f"{'ID':<17}{'USER':<24}{'PLAN':<12}{'NAME':<20}{'CREATED':<22}REVOKED")
                 for k in rows:
-                    print(f"{k.id:<17}{k.user:<24}{k.plan:<12}{k.name:<20}{_when(k.created):<22}"
-                          f"{_when(k.revoked)}")
+                    print(
+                        f"{k.id:<17}{k.user:<24}{k.plan:<12}{k.name:<20}{_when(k.created):<22}"
+                        f"{_when(k.revoked)}"
+                    )
             else:
                 rec = await store.revoke(args.ref)
                 print(f"revoked {rec.id} ({rec.user})")
@@ -129,8 +133,9 @@ async def _run(args: argparse.Namespace, settings: CliSettings) -> int:
             print(json.dumps(counts), file=sys.stderr)
         else:
             plan = args.plan or load_plans(settings.plans or None).default_plan
-            raw = await bus.request(subjects.METER_USAGE,
-                                    contract.encode(contract.UsageQuery(args.user, plan)), timeout=5)
+            raw = await bus.request(
+                subjects.METER_USAGE, contract.encode(contract.UsageQuery(args.user, plan)), timeout=5
+            )
             reply = contract.usage_reply_decoder.decode(raw)
             if isinstance(reply, contract.ErrorReply):
                 raise reply.exception()
@@ -142,8 +147,10 @@ async def _run(args: argparse.Namespace, settings: CliSettings) -> int:
 
 def _quiet_logs() -> None:
     # stdout carries the command's answer (a new key, a table); the bus's logs go to stderr
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-                        wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    structlog.configure(
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -71,8 +71,15 @@ class Sealer:
         nonce = secrets.token_bytes(12)
         ct = self._aead.encrypt(nonce, secret.encode(), self._aad(user, provider))
         # a short key shows nothing of itself: 7 known characters of 12 would leave too little secret
-        return SealedKey(user, provider, nonce, ct, time.time(), secret[-4:] if len(secret) >= 12 else "",
-                         secret[:3] if len(secret) >= 20 else "")
+        return SealedKey(
+            user,
+            provider,
+            nonce,
+            ct,
+            time.time(),
+            secret[-4:] if len(secret) >= 12 else "",
+            secret[:3] if len(secret) >= 20 else "",
+        )
 
     def open(self, sealed: SealedKey, user: str, provider: str) -> str:
         """Decrypt for the entry it was read from: the AAD is who asks, not what the record says."""
@@ -80,8 +87,9 @@ class Sealer:
             return self._aead.decrypt(sealed.nonce, sealed.ciphertext, self._aad(user, provider)).decode()
         except InvalidTag:
             # never the user's fault, and never worth the key in a log line
-            raise JanusError("a stored provider key cannot be decrypted (wrong JANUS_BYOK_KEY?)",
-                             code="byok_undecryptable") from None
+            raise JanusError(
+                "a stored provider key cannot be decrypted (wrong JANUS_BYOK_KEY?)", code="byok_undecryptable"
+            ) from None
 
 
 MIN_SECRET, MAX_SECRET = 8, 4096

@@ -101,7 +101,8 @@ class Catalog(msgspec.Struct, forbid_unknown_fields=True, dict=True):
             if p.byok and (p.kind == "fake" or not all(d.api_key_env for d in p.deployments)):
                 raise msgspec.ValidationError(
                     f"provider {p.id!r} takes no API key on every deployment, so it cannot take users' "
-                    f"keys - at `$.providers[{i}].byok`")
+                    f"keys - at `$.providers[{i}].byok`"
+                )
             self.provider_by_id[p.id] = p
             for d in p.deployments:
                 if d.id in self.deployment_by_id:

@@ -76,8 +76,13 @@ async def _ops_app(svc: Service[S]) -> web.Application:
     async def readyz(_: web.Request) -> web.Response:
         nats_ok = svc.bus is not None and svc.bus.connected
         ok = nats_ok and svc.started and not svc.stopping and svc.ready()
-        body = {"ready": ok, "nats": nats_ok, "started": svc.started, "stopping": svc.stopping,
-                **svc.ready_detail()}
+        body = {
+            "ready": ok,
+            "nats": nats_ok,
+            "started": svc.started,
+            "stopping": svc.stopping,
+            **svc.ready_detail(),
+        }
         return web.json_response(body, status=200 if ok else 503)
 
     async def metrics_view(_: web.Request) -> web.Response:

@@ -120,8 +120,9 @@ def variable_names(*classes: type[msgspec.Struct]) -> frozenset[str]:
 def unknown_variables(known: Collection[str], env: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
     """``(variable, closest known name or "")`` for each ``JANUS_*`` variable not in ``known``."""
     src = os.environ if env is None else env
-    return [(name, _closest(name, known)) for name in sorted(src)
-            if name.startswith(PREFIX) and name not in known]
+    return [
+        (name, _closest(name, known)) for name in sorted(src) if name.startswith(PREFIX) and name not in known
+    ]
 
 
 def _closest(name: str, known: Iterable[str]) -> str:

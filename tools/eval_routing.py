@@ -50,8 +50,12 @@ if TYPE_CHECKING:
 GOLDEN = ROOT / "tests" / "router" / "golden_decisions.json"
 
 
-def report(rows: Sequence[Row], scorer_scores: Sequence[float],
-           out: Callable[[str], None] = print, by_group: bool = True) -> dict[str, Result]:
+def report(
+    rows: Sequence[Row],
+    scorer_scores: Sequence[float],
+    out: Callable[[str], None] = print,
+    by_group: bool = True,
+) -> dict[str, Result]:
     groups: dict[str, list[int]] = {"all": list(range(len(rows)))}
     for i, r in enumerate(rows):
         if by_group:
@@ -67,8 +71,10 @@ def report(rows: Sequence[Row], scorer_scores: Sequence[float],
             ("random", random_baseline(sub)),
         ):
             results[f"{name}/{router}"] = res
-            out(f"{name:<10} {router:<8} {len(sub):>5} {res.apgr:>6.3f} {res.cpt50:>6.1f}% "
-                f"{res.cpt80:>6.1f}% {res.strong_for_95:>5.1f}%")
+            out(
+                f"{name:<10} {router:<8} {len(sub):>5} {res.apgr:>6.3f} {res.cpt50:>6.1f}% "
+                f"{res.cpt80:>6.1f}% {res.strong_for_95:>5.1f}%"
+            )
     return results
 
 
@@ -92,8 +98,10 @@ def bench(n: int = 2000) -> None:
         times.append(time.perf_counter() - t0)
     times.sort()
     pick = lambda q: times[min(len(times) - 1, int(q * len(times)))] * 1000  # noqa: E731
-    print(f"auto decisions: n={n} p50={pick(0.5):.3f} ms p90={pick(0.9):.3f} ms "
-          f"p99={pick(0.99):.3f} ms max={times[-1] * 1000:.3f} ms (one core, feature extraction included)")
+    print(
+        f"auto decisions: n={n} p50={pick(0.5):.3f} ms p90={pick(0.9):.3f} ms "
+        f"p99={pick(0.99):.3f} ms max={times[-1] * 1000:.3f} ms (one core, feature extraction included)"
+    )
 
 
 def write_slice(seed: int = 7) -> None:
@@ -109,8 +117,18 @@ def write_slice(seed: int = 7) -> None:
         pick += rnd.sample(members, min(k, len(members)))
     with (FIXTURES / "eval_slice.jsonl").open("w") as f:
         for r in pick:
-            f.write(json.dumps({"group": r.group, "subject": r.subject, "prompt": r.prompt,
-                                "strong": r.strong, "weak": r.weak}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "group": r.group,
+                        "subject": r.subject,
+                        "prompt": r.prompt,
+                        "strong": r.strong,
+                        "weak": r.weak,
+                    }
+                )
+                + "\n"
+            )
     hard = rnd.sample(load_arena_hard(), 40)
     with (FIXTURES / "arena_hard_sample.jsonl").open("w") as f:
         for p in hard:
@@ -128,16 +146,22 @@ def golden_policy() -> Policy:
 
     catalog = load_catalog(FIXTURES / "catalog.yaml")
     routing = load_routing(FIXTURES / "routing.yaml", catalog=catalog)
-    return Policy(catalog, load_plans(FIXTURES / "plans.yaml", catalog=catalog), routing, Scorer.load(),
-                  HealthView(routing.health))
+    return Policy(
+        catalog,
+        load_plans(FIXTURES / "plans.yaml", catalog=catalog),
+        routing,
+        Scorer.load(),
+        HealthView(routing.health),
+    )
 
 
 def golden_decision(policy: Policy, prompt: str) -> dict[str, object]:
     """An auto decision on the "plus" plan (every quality class on offer), as recorded."""
     from shared.contract import RouteRequest
 
-    req = RouteRequest(request_id="golden", model="auto", plan="plus", text=prompt,
-                       prompt_tokens=len(prompt) // 4)
+    req = RouteRequest(
+        request_id="golden", model="auto", plan="plus", text=prompt, prompt_tokens=len(prompt) // 4
+    )
     plan = policy.route(req, 0.0)
     return {"model": plan.model, "reason": plan.reason, "score": plan.score}
 
@@ -160,8 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bench", action="store_true", help="measure decision time instead")
     ap.add_argument("--weights", help="weights file (default: the shipped one)")
     ap.add_argument("--rows", help="a JSONL slice of rows to evaluate instead of the data set")
-    ap.add_argument("--groups-only", action="store_true",
-                    help="skip the whole-data-set figures (they refit the model per fold: minutes)")
+    ap.add_argument(
+        "--groups-only",
+        action="store_true",
+        help="skip the whole-data-set figures (they refit the model per fold: minutes)",
+    )
     ap.add_argument("--write-slice", action="store_true", help="rewrite the test suite's data slice")
     ap.add_argument("--write-golden", action="store_true", help="re-record the golden auto decisions")
     args = ap.parse_args(argv)
@@ -183,15 +210,19 @@ def main(argv: list[str] | None = None) -> int:
     if not args.rows:
         hard = [scorer.score(p) for p in load_arena_hard()]
         easy = [scorer.score(p) for p in load_everyday()]
-        print(f"mean score: arena-hard {sum(hard) / len(hard):.3f} (n={len(hard)}), "
-              f"everyday chat {sum(easy) / len(easy):.3f} (n={len(easy)})")
+        print(
+            f"mean score: arena-hard {sum(hard) / len(hard):.3f} (n={len(hard)}), "
+            f"everyday chat {sum(easy) / len(easy):.3f} (n={len(easy)})"
+        )
     m = scorer.meta.metrics
     if "cv_apgr_subjects" in m:
         # the gap between these and the evaluation groups' figures is how far training's estimate
         # carries to prompts of other kinds
-        print(f"for comparison, training cross-validation (make train-router): APGR "
-              f"{m['cv_apgr_subjects']:.3f} with subjects held out, {m['cv_apgr_categories']:.3f} with "
-              f"MMLU categories held out")
+        print(
+            f"for comparison, training cross-validation (make train-router): APGR "
+            f"{m['cv_apgr_subjects']:.3f} with subjects held out, {m['cv_apgr_categories']:.3f} with "
+            f"MMLU categories held out"
+        )
     if not args.rows and not args.groups_only:
         whole_data_set(rows, [scorer.score(r.prompt) for r in rows])
     return 0
@@ -202,9 +233,11 @@ def whole_data_set(eval_rows: Sequence[Row], eval_scores: Sequence[float]) -> No
     from tools import train_router as T  # numpy and scikit-learn: only this report needs them
 
     train = load_train()
-    print(f"\nwhole data set: {len(train) + len(eval_rows)} prompts, where the data README's "
-          f"baselines were measured; the {len(train)} training prompts scored by models that never "
-          f"saw their subject ({T.FOLDS} subject folds, nested model selection; takes minutes)")
+    print(
+        f"\nwhole data set: {len(train) + len(eval_rows)} prompts, where the data README's "
+        f"baselines were measured; the {len(train)} training prompts scored by models that never "
+        f"saw their subject ({T.FOLDS} subject folds, nested model selection; takes minutes)"
+    )
     oof = T.out_of_fold(train, T.design([r.prompt for r in train]), T.default_grid())
     report([*train, *eval_rows], [*oof, *eval_scores], by_group=False)
 

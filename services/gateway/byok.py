@@ -172,7 +172,8 @@ class ByokApi:
             known = ", ".join(self.byok_providers) or "none on this gateway"
             raise InvalidRequest(
                 f"Provider {provider!r} does not take your own key; these do: {known}.",
-                param="provider", code="byok_not_supported",
+                param="provider",
+                code="byok_not_supported",
             )
         store = self.store()
         if not store.can_seal:

@@ -45,9 +45,11 @@ class GatewayService(Service[GatewaySettings]):
         super().__init__(settings)
         self.catalog = load_catalog(settings.catalog or None)
         self.plans = load_plans(settings.plans or None, self.catalog)
-        self.api_keys = ApiKeys(ttl=settings.api_key_cache_seconds,
-                                negative_ttl=settings.api_key_negative_cache_seconds,
-                                replicas=settings.nats_replicas)
+        self.api_keys = ApiKeys(
+            ttl=settings.api_key_cache_seconds,
+            negative_ttl=settings.api_key_negative_cache_seconds,
+            replicas=settings.nats_replicas,
+        )
         self.auth = Authenticator(settings, self.plans, api_keys=self.api_keys)
         self.edge = Edge()
         self.runner: web.AppRunner | None = None
@@ -65,8 +67,7 @@ class GatewayService(Service[GatewaySettings]):
         leases = None
         if s.lease_requests > 0:
             prices = {name: PriceUnits.of(m.price) for name, m in self.catalog.model_by_name.items()}
-            leases = LeaseBook(bus, prices, max_requests=s.lease_requests,
-                               idle_seconds=s.lease_idle_seconds)
+            leases = LeaseBook(bus, prices, max_requests=s.lease_requests, idle_seconds=s.lease_idle_seconds)
             leases.start()
         self.meter = Meter(
             bus, s.reserve_timeout_seconds, settle_deadline=s.settle_deadline_seconds, leases=leases
@@ -77,9 +78,14 @@ class GatewayService(Service[GatewaySettings]):
         await byok.start(bus, s.nats_replicas)
         gw = Gateway(s, bus, self.catalog, self.auth, self.meter, self.dispatcher, byok)
         self.runner = GuardedRunner(
-            build_app(gw, self.edge), header_timeout=s.header_timeout_seconds, access_log=None,
-            handle_signals=False, max_line_size=s.max_header_bytes, max_field_size=s.max_header_bytes,
-            max_headers=s.max_headers, keepalive_timeout=s.keepalive_timeout_seconds,
+            build_app(gw, self.edge),
+            header_timeout=s.header_timeout_seconds,
+            access_log=None,
+            handle_signals=False,
+            max_line_size=s.max_header_bytes,
+            max_field_size=s.max_header_bytes,
+            max_headers=s.max_headers,
+            keepalive_timeout=s.keepalive_timeout_seconds,
             lingering_time=s.lingering_seconds,
         )
         await self.runner.setup()
@@ -90,9 +96,14 @@ class GatewayService(Service[GatewaySettings]):
         self.port = sockets[0].getsockname()[1] if sockets else s.port
         log.info("listening", host=s.host, port=self.port, tls=self.tls is not None)
         if s.http_redirect_port:
-            self.redirect = web.AppRunner(redirect_app(self.port), access_log=None, handle_signals=False,
-                                          max_line_size=s.max_header_bytes, max_field_size=s.max_header_bytes,
-                                          max_headers=s.max_headers)
+            self.redirect = web.AppRunner(
+                redirect_app(self.port),
+                access_log=None,
+                handle_signals=False,
+                max_line_size=s.max_header_bytes,
+                max_field_size=s.max_header_bytes,
+                max_headers=s.max_headers,
+            )
             await self.redirect.setup()
             await web.TCPSite(self.redirect, s.host, s.http_redirect_port).start()
             log.info("redirecting", host=s.host, port=s.http_redirect_port, to=self.port)

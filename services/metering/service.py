@@ -75,9 +75,15 @@ def _count_settlement(s: contract.Settlement, outcome: budget.Outcome, plans: Co
         metrics.CREDITS_CHARGED.labels(s.model, plan).inc(outcome.entry.credits)
     if outcome.over_hold:
         metrics.USAGE_OVER_HOLD.labels(s.model).inc()
-        log.warning("usage_over_hold", request_id=s.request_id, model=s.model, held=outcome.entry.credits,
-                    reported=outcome.reported, prompt_tokens=s.usage.prompt_tokens,
-                    completion_tokens=s.usage.completion_tokens)
+        log.warning(
+            "usage_over_hold",
+            request_id=s.request_id,
+            model=s.model,
+            held=outcome.entry.credits,
+            reported=outcome.reported,
+            prompt_tokens=s.usage.prompt_tokens,
+            completion_tokens=s.usage.completion_tokens,
+        )
 
 
 def _settle_failed(s: contract.Settlement, exc: BaseException) -> None:
@@ -102,22 +108,26 @@ class MeteringService(Service[MeteringSettings]):
         self.prices: dict[str, PriceUnits] = {
             name: PriceUnits.of(m.price) for name, m in catalog.model_by_name.items()
         }
-        self.bounds = Bounds(settings.settled_horizon_seconds, settings.settled_ceiling,
-                             settings.bots_per_week)
+        self.bounds = Bounds(
+            settings.settled_horizon_seconds, settings.settled_ceiling, settings.bots_per_week
+        )
         if settings.settled_horizon_seconds <= settings.settle_max_deliver * settings.settle_ack_wait_seconds:
             raise ConfigError(
                 f"bad setting: JANUS_SETTLED_HORIZON_SECONDS ({settings.settled_horizon_seconds}) must be "
                 f"above JANUS_SETTLE_MAX_DELIVER ({settings.settle_max_deliver}) x "
                 f"JANUS_SETTLE_ACK_WAIT_SECONDS ({settings.settle_ack_wait_seconds:g}), or a redelivery "
-                "could outlive its settled id")
+                "could outlive its settled id"
+            )
         if not 0 <= settings.lease_fraction <= 0.5:
             raise ConfigError(
                 f"bad setting: JANUS_LEASE_FRACTION ({settings.lease_fraction:g}) must be within 0..0.5, so "
-                "a second gateway of the user can still be granted a lease")
+                "a second gateway of the user can still be granted a lease"
+            )
         if settings.lease_ttl_seconds <= max(settings.lease_seconds, 0):
             raise ConfigError(
                 f"bad setting: JANUS_LEASE_TTL_SECONDS ({settings.lease_ttl_seconds:g}) must be above "
-                f"JANUS_LEASE_SECONDS ({settings.lease_seconds:g})")
+                f"JANUS_LEASE_SECONDS ({settings.lease_seconds:g})"
+            )
         self.lease_terms = LeaseTerms(settings.lease_fraction, settings.lease_seconds)
         self.store: BudgetStore | None = None
         self.daily = DailyHistory(settings.daily_batch, settings.daily_interval_seconds)
@@ -146,12 +156,20 @@ class MeteringService(Service[MeteringSettings]):
         for model in self.prices:  # the catalog's models: a bounded label set
             metrics.USAGE_OVER_HOLD.labels(model)
         await ensure_settlement_stream(bus, replicas)
-        await ensure_ledger_stream(bus, replicas, max_age=self.settings.ledger_max_age_seconds,
-                                   max_bytes=self.settings.ledger_max_bytes)
+        await ensure_ledger_stream(
+            bus,
+            replicas,
+            max_age=self.settings.ledger_max_age_seconds,
+            max_bytes=self.settings.ledger_max_bytes,
+        )
         await ensure_dead_letter_stream(bus, replicas)
-        sub = self._sub = await bus.pull_consumer(subjects.SETTLE_STREAM, SETTLE_DURABLE, subjects.SETTLE,
-                                                  ack_wait=self.settings.settle_ack_wait_seconds,
-                                                  max_deliver=self.settings.settle_max_deliver)
+        sub = self._sub = await bus.pull_consumer(
+            subjects.SETTLE_STREAM,
+            SETTLE_DURABLE,
+            subjects.SETTLE,
+            ack_wait=self.settings.settle_ack_wait_seconds,
+            max_deliver=self.settings.settle_max_deliver,
+        )
         n = self.settings.concurrency
         q = subjects.METERING_QUEUE
         await bus.serve(subjects.METER_RESERVE, self._on_reserve, queue=q, concurrency=n)
@@ -209,7 +227,8 @@ class MeteringService(Service[MeteringSettings]):
             raise ModelNotFound(f"the model {req.model!r} does not exist", param="model")
         now = w.now_s(time.time())
         reply: contract.ReserveReply = await self.store.update(
-            req.user, lambda rec: budget.reserve(rec, req, rules, price, now, self.lease_terms))
+            req.user, lambda rec: budget.reserve(rec, req, rules, price, now, self.lease_terms)
+        )
         if reply.lease is not None:
             _LEASE_GRANTED.inc()
         if reply.denied_pool == "requests":
@@ -286,8 +305,10 @@ class MeteringService(Service[MeteringSettings]):
             requests = sum(t.requests for t in rec.week_by_model.values())
             rows.append((rec.week_used, rec.user, rules.name, requests))
         rows.sort(reverse=True)
-        top = [{"user": u, "plan": p, "credits": c, "requests": r}
-               for c, u, p, r in rows[: max(1, min(q.top, 100))]]
+        top = [
+            {"user": u, "plan": p, "credits": c, "requests": r}
+            for c, u, p, r in rows[: max(1, min(q.top, 100))]
+        ]
         body = _json.encode({"object": "usage.top_users", "week_users": len(rows), "data": top})
         self._top_cache = (q.top, time.monotonic(), body)
         return body
@@ -309,6 +330,7 @@ class MeteringService(Service[MeteringSettings]):
 
     async def give_back(self, ret: contract.LeaseReturn) -> bool:
         assert self.store is not None
+
         def change(rec: Any) -> tuple[bool, bool]:
             changed = give_back(rec, ret)
             return changed, changed
@@ -332,8 +354,9 @@ class MeteringService(Service[MeteringSettings]):
             log.warning("renew_failed", error=map_exception(exc).message)
 
     # ------------------------------------------------------------------------------ settlement
-    def _submit_settlement(self, s: contract.Settlement,
-                           delivery: budget.Delivery) -> asyncio.Future[budget.Outcome]:
+    def _submit_settlement(
+        self, s: contract.Settlement, delivery: budget.Delivery
+    ) -> asyncio.Future[budget.Outcome]:
         """Queue one settlement's KV change; the store commits it with the user's other changes."""
         assert self.store is not None
         rules = self._plan(s.plan, strict=False)
@@ -343,24 +366,37 @@ class MeteringService(Service[MeteringSettings]):
         now = w.now_s(time.time())
         bounds, prices = self.bounds, self.prices
         return self.store.submit(
-            s.user, lambda rec: budget.settle(rec, s, rules, price, now, bounds, delivery, prices))
+            s.user, lambda rec: budget.settle(rec, s, rules, price, now, bounds, delivery, prices)
+        )
 
     async def _dead_letter(self, m: Msg, reason: str, s: contract.Settlement | None, error: str) -> None:
         """Give up on a settlement: keep it in the dead-letter stream, count it, and remove it from
         the work queue (term), so it is neither lost without trace nor applied twice."""
         assert self.bus is not None
         deliveries, published = Bus.delivery(m)
-        letter = contract.DeadLetter(reason, m.data, deliveries, published, time.time(),
-                                     request_id=s.request_id if s else "", user=s.user if s else "",
-                                     error=error)
+        letter = contract.DeadLetter(
+            reason,
+            m.data,
+            deliveries,
+            published,
+            time.time(),
+            request_id=s.request_id if s else "",
+            user=s.user if s else "",
+            error=error,
+        )
         try:
             await dead_letter(self.bus, letter, Bus.sequence(m))
         except Exception as exc:
             # not stored: leave it unacked, so JetStream's own bound (max_deliver) still keeps it
             log.error("dead_letter_failed", request_id=letter.request_id, error=map_exception(exc).message)
             return
-        log.error("settlement_dead_lettered", reason=reason, request_id=letter.request_id,
-                  deliveries=deliveries, error=error)
+        log.error(
+            "settlement_dead_lettered",
+            reason=reason,
+            request_id=letter.request_id,
+            deliveries=deliveries,
+            error=error,
+        )
         metrics.SETTLEMENTS.labels("dead_lettered").inc()
         metrics.SETTLEMENTS_DEAD.labels(reason).inc()
         with contextlib.suppress(Exception):
@@ -405,8 +441,9 @@ class MeteringService(Service[MeteringSettings]):
                 else:
                     _settle_failed(s, out)
             elif out.result == budget.UNPROVABLE:
-                await self._dead_letter(m, "unprovable", s,
-                                        "redelivered after the record stopped remembering its time")
+                await self._dead_letter(
+                    m, "unprovable", s, "redelivered after the record stopped remembering its time"
+                )
             else:
                 done.append((m, s, out, final))
         # after the KV writes: a crash here redelivers the settlements, which re-publish these entries
@@ -423,8 +460,9 @@ class MeteringService(Service[MeteringSettings]):
             try:
                 await m.ack()
             except Exception as exc:
-                log.warning("settle_ack_failed", request_id=s.request_id,
-                            error=str(exc) or type(exc).__name__)
+                log.warning(
+                    "settle_ack_failed", request_id=s.request_id, error=str(exc) or type(exc).__name__
+                )
             _SETTLE_SECONDS.observe(time.perf_counter() - t0)
 
     async def _settle_loop(self, sub: Any) -> None:
@@ -469,6 +507,7 @@ class MeteringService(Service[MeteringSettings]):
                 continue
             now = w.now_s(time.time())
             if budget.stale(rec, now, ttl, lease_ttl):
+
                 def drop(r: Any, now: int = now) -> tuple[list[str], bool]:
                     ids = budget.reap(r, now, ttl, lease_ttl)
                     return ids, bool(ids)

@@ -53,15 +53,20 @@ class RouterService(Service[RouterSettings]):
         # (targets.order has nothing to draw or rank), so it is the same for every such request
         self._stable = frozenset(m.id for m in self.policy.catalog.models if len(m.serve) == 1)
         await bus.serve(subjects.HEALTH, self._on_health, concurrency=64)
-        await bus.serve(subjects.ROUTE_HEALTH, self._on_health_view, queue=subjects.ROUTER_QUEUE,
-                        concurrency=4)
-        await bus.serve(subjects.ROUTE, self._on_route, queue=subjects.ROUTER_QUEUE,
-                        concurrency=self.settings.concurrency)
+        await bus.serve(
+            subjects.ROUTE_HEALTH, self._on_health_view, queue=subjects.ROUTER_QUEUE, concurrency=4
+        )
+        await bus.serve(
+            subjects.ROUTE, self._on_route, queue=subjects.ROUTER_QUEUE, concurrency=self.settings.concurrency
+        )
         await bus.flush()
         self._subscribed = True
         self._ticker = asyncio.get_running_loop().create_task(self._tick())
-        log.info("router_ready", models=len(self.policy.catalog.models),
-                 rules=[r.name for r in self.policy.routing.rules])
+        log.info(
+            "router_ready",
+            models=len(self.policy.catalog.models),
+            rules=[r.name for r in self.policy.routing.rules],
+        )
 
     async def stop(self) -> None:
         if self._ticker is not None:
@@ -103,9 +108,16 @@ class RouterService(Service[RouterSettings]):
         metrics.ROUTE_DECISION_SECONDS.observe(elapsed)
         _decisions(plan.reason, plan.model).inc()
         if plan.auto:
-            log.info("auto_route", request_id=req.request_id, plan=req.plan, model=plan.model,
-                     reason=plan.reason, score=plan.score, primary=plan.targets[0].deployment,
-                     decision_ms=round(elapsed * 1000, 3))
+            log.info(
+                "auto_route",
+                request_id=req.request_id,
+                plan=req.plan,
+                model=plan.model,
+                reason=plan.reason,
+                score=plan.score,
+                primary=plan.targets[0].deployment,
+                decision_ms=round(elapsed * 1000, 3),
+            )
         await msg.respond(encode(plan))
 
     async def _on_health_view(self, msg: Msg) -> None:
@@ -135,13 +147,16 @@ def health_document(policy: Policy, now: float) -> bytes:
     for dep_id, (provider, _) in sorted(policy.catalog.deployment_by_id.items()):
         h = snap.get(dep_id)
         state = policy.health.refresh(dep_id, now) if h is not None else 0
-        rows.append({
-            "deployment": dep_id, "provider": provider.id,
-            "state": STATE_NAMES[state],
-            "error_rate": round(h.error_rate, 4) if h else 0.0,
-            "latency_seconds": None if h is None or h.latency is None else round(h.latency, 4),
-            "consecutive_failures": h.failures if h else 0,
-        })
+        rows.append(
+            {
+                "deployment": dep_id,
+                "provider": provider.id,
+                "state": STATE_NAMES[state],
+                "error_rate": round(h.error_rate, 4) if h else 0.0,
+                "latency_seconds": None if h is None or h.latency is None else round(h.latency, 4),
+                "consecutive_failures": h.failures if h else 0,
+            }
+        )
     return _json.encode({"object": "deployments", "data": rows})
 
 

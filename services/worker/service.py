@@ -326,8 +326,9 @@ class WorkerService(Service[WorkerSettings]):
     async def _run(self, req: WorkRequest, r: Replier, headers: dict[str, str]) -> None:
         call: Call | None = None
         terminal: Done | Failed
-        r.start_heartbeats(self.settings.heartbeat_seconds, self.settings.accept_delay_seconds,
-                           self.worker_id)
+        r.start_heartbeats(
+            self.settings.heartbeat_seconds, self.settings.accept_delay_seconds, self.worker_id
+        )
         try:
             try:
                 async with asyncio.timeout(_remaining(headers)):

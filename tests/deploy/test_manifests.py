@@ -259,8 +259,12 @@ def test_nats_metrics_reach_prometheus_through_the_exporter_sidecar() -> None:
     # scraped once per pod: only the client Service carries the port the ServiceMonitor names
     sm = find("ServiceMonitor", "nats")
     port = sm["spec"]["endpoints"][0]["port"]
-    selected = [o for o in OBJECTS if o["kind"] == "Service"
-                and sm["spec"]["selector"]["matchLabels"].items() <= o["metadata"]["labels"].items()]
+    selected = [
+        o
+        for o in OBJECTS
+        if o["kind"] == "Service"
+        and sm["spec"]["selector"]["matchLabels"].items() <= o["metadata"]["labels"].items()
+    ]
     with_port = [s["metadata"]["name"] for s in selected if port in {p["name"] for p in s["spec"]["ports"]}]
     assert len(selected) == 2 and with_port == ["nats"]
     scrape = find("NetworkPolicy", "prometheus-scrape")

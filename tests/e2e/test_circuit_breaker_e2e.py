@@ -85,8 +85,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         return {"catalog.yaml": FALLBACK_CATALOG.format(**urls), "plans.yaml": PLANS, "routing.yaml": ROUTING}
 
     fakes: dict[str, ReplayUpstream] = {"primary": OpenAICompatUpstream(), "backup": OpenAICompatUpstream()}
-    with stack_on_fakes(tmp_path_factory.mktemp("breaker"), fakes, config,
-                        {"JANUS_E2E_KEY": "sk-breaker"}) as (stack, host):
+    with stack_on_fakes(
+        tmp_path_factory.mktemp("breaker"), fakes, config, {"JANUS_E2E_KEY": "sk-breaker"}
+    ) as (stack, host):
         yield World(stack, host.fakes)
 
 

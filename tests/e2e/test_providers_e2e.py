@@ -173,8 +173,11 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     def config(fakes: dict[str, ReplayUpstream]) -> dict[str, str]:
-        return {"catalog.yaml": catalog_yaml(fakes), "plans.yaml": PLANS,
-                "routing.yaml": "routing: {rules: []}\n"}
+        return {
+            "catalog.yaml": catalog_yaml(fakes),
+            "plans.yaml": PLANS,
+            "routing.yaml": "routing: {rules: []}\n",
+        }
 
     env = {
         KEY_ENV: "sk-e2e-provider-key",

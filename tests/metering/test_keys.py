@@ -75,8 +75,14 @@ def cli(nats: NatsServer, *args: str, **env: str) -> subprocess.CompletedProcess
     # the CLI as operators run it: its own identity, no more
     identity = {"JANUS_NATS_URL": nats.client_url, "JANUS_NATS_NKEY_FILE": seed_file("operator")}
     full = {**os.environ, **identity, **env}
-    return subprocess.run([sys.executable, "-m", "services.cli", *args], cwd=ROOT, env=full,
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", *args],
+        cwd=ROOT,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def test_cli_keys_and_byok(nats_server: NatsServer) -> None:
@@ -94,13 +100,35 @@ def test_cli_keys_and_byok(nats_server: NatsServer) -> None:
 
     bkey = cli(nats_server, "byok", "genkey").stdout.strip()
     secret = "sk-user-own-openai-key-0000"
-    ok = cli(nats_server, "byok", "set", "--user", "dave", "--provider", "openai", "--key-env", "MY_KEY",
-             JANUS_BYOK_KEY=bkey, MY_KEY=secret)
+    ok = cli(
+        nats_server,
+        "byok",
+        "set",
+        "--user",
+        "dave",
+        "--provider",
+        "openai",
+        "--key-env",
+        "MY_KEY",
+        JANUS_BYOK_KEY=bkey,
+        MY_KEY=secret,
+    )
     assert ok.returncode == 0, ok.stderr
     assert secret not in ok.stdout + ok.stderr
-    missing = cli(nats_server, "byok", "set", "--user", "dave", "--provider", "openai", "--key-env", "NOPE",
-                  JANUS_BYOK_KEY=bkey)
+    missing = cli(
+        nats_server,
+        "byok",
+        "set",
+        "--user",
+        "dave",
+        "--provider",
+        "openai",
+        "--key-env",
+        "NOPE",
+        JANUS_BYOK_KEY=bkey,
+    )
     assert missing.returncode == 2
-    deleted = cli(nats_server, "byok", "delete", "--user", "dave", "--provider", "openai",
-                  JANUS_BYOK_KEY=bkey)
+    deleted = cli(
+        nats_server, "byok", "delete", "--user", "dave", "--provider", "openai", JANUS_BYOK_KEY=bkey
+    )
     assert deleted.returncode == 0

@@ -18,8 +18,14 @@ from tests.router.conftest import FIX
 
 @pytest.fixture
 async def router(bus: Bus) -> AsyncIterator[RouterService]:
-    svc = RouterService(RouterSettings(routing=str(FIX / "routing.yaml"), catalog=str(FIX / "catalog.yaml"),
-                                       plans=str(FIX / "plans.yaml"), plan_cache_seconds=3.0))
+    svc = RouterService(
+        RouterSettings(
+            routing=str(FIX / "routing.yaml"),
+            catalog=str(FIX / "catalog.yaml"),
+            plans=str(FIX / "plans.yaml"),
+            plan_cache_seconds=3.0,
+        )
+    )
     await svc.start(bus)
     try:
         yield svc

@@ -28,8 +28,9 @@ class Clock:
 @pytest.fixture
 async def router(bus: Bus) -> AsyncIterator[tuple[RouterService, Clock]]:
     clock = Clock()
-    settings = RouterSettings(routing=str(FIX / "routing.yaml"), catalog=str(FIX / "catalog.yaml"),
-                              plans=str(FIX / "plans.yaml"))
+    settings = RouterSettings(
+        routing=str(FIX / "routing.yaml"), catalog=str(FIX / "catalog.yaml"), plans=str(FIX / "plans.yaml")
+    )
     svc = RouterService(settings, clock=clock)
     await svc.start(bus)
     try:

@@ -56,9 +56,7 @@ async def test_every_replica_serves_a_share_and_budgets_stay_exact(tmp_path: Pat
         assert not broken
         async with aiohttp.ClientSession() as session:
             for user, token in users.items():
-                doc = await settled_usage(
-                    session, urls[0], token, nats_url=stack.harness_url, user=user
-                )
+                doc = await settled_usage(session, urls[0], token, nats_url=stack.harness_url, user=user)
                 assert doc["session"]["used"] == charged[user], user
         await ledger_matches(stack.harness_url, {u: charged[u] for u in users})
     finally:
