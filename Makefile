@@ -18,7 +18,7 @@ install: $(STAMP)
 
 ## make run: install, start nats-server + the four services with the fake provider, print a dev token
 run: install
-	$(BIN)/python -m tools.stack
+	$(BIN)/python -m tools.localstack
 
 ## make test: install and run the whole suite (unit, contract, integration, end to end, faults and
 ## scale-out, deploy checks, lint and types)

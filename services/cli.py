@@ -21,19 +21,20 @@ import asyncio
 import datetime as dt
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
 import structlog
 
 from services import backup
+from services.settings import KNOWN, CliSettings
 from shared import contract, subjects
 from shared.apikeys import KeyStore
 from shared.bus import Bus
 from shared.byok import ByokStore, Sealer, generate_key
 from shared.catalog import ConfigError, load_plans
 from shared.errors import JanusError
+from shared.settings import load_settings, unknown_variables, variable
 
 
 def _when(ts: float | None) -> str:
@@ -75,40 +76,43 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-async def _run(args: argparse.Namespace) -> int:
-    url = os.environ.get("JANUS_NATS_URL", "nats://127.0.0.1:4222")
-    replicas = int(os.environ.get("JANUS_NATS_REPLICAS", "1") or 1)
+async def _run(args: argparse.Namespace, settings: CliSettings) -> int:
+    replicas = settings.nats_replicas
     bus = await Bus.connect(
-        url,
+        settings.nats_url,
         "cli",
         identity="operator",
-        nkey_file=os.environ.get("JANUS_NATS_NKEY_FILE", ""),
-        ca_file=os.environ.get("JANUS_NATS_CA_FILE", ""),
+        nkey_file=settings.nats_nkey_file,
+        ca_file=settings.nats_ca_file,
     )
     try:
         if args.group == "keys":
             store = await KeyStore.open(bus, replicas)
             if args.cmd == "create":
-                if load_plans().get(args.plan) is None:
+                if load_plans(settings.plans or None).get(args.plan) is None:
                     print(f"janus: unknown plan {args.plan!r}", file=sys.stderr)
                     return 2
                 key, rec = await store.create(args.user, args.plan, args.name)
                 print(key)
-                print(f"id {rec.id}  user {rec.user}  plan {rec.plan}  (the key is shown only this once)",
-                      file=sys.stderr)
+                print(
+                    f"id {rec.id}  user {rec.user}  plan {rec.plan}  (the key is shown only this once)",
+                    file=sys.stderr,
+                )
             elif args.cmd == "list":
                 rows = await store.list(args.user)
                 print(f"{'ID':<17}{'USER':<24}{'PLAN':<12}{'NAME':<20}{'CREATED':<22}REVOKED")
                 for k in rows:
-                    print(f"{k.id:<17}{k.user:<24}{k.plan:<12}{k.name:<20}{_when(k.created):<22}"
-                          f"{_when(k.revoked)}")
+                    print(
+                        f"{k.id:<17}{k.user:<24}{k.plan:<12}{k.name:<20}{_when(k.created):<22}"
+                        f"{_when(k.revoked)}"
+                    )
             else:
                 rec = await store.revoke(args.ref)
                 print(f"revoked {rec.id} ({rec.user})")
         elif args.group == "byok":
-            store_b = await ByokStore.open(bus, Sealer.from_env(), replicas)
+            store_b = await ByokStore.open(bus, Sealer.from_key(settings.byok_key), replicas)
             if args.cmd == "set":
-                secret = os.environ.get(args.key_env, "")
+                secret = variable(args.key_env)
                 if not secret:
                     print(f"janus: ${args.key_env} is empty or not set", file=sys.stderr)
                     return 2
@@ -128,9 +132,10 @@ async def _run(args: argparse.Namespace) -> int:
                 counts = await backup.restore(bus, src, replicas)
             print(json.dumps(counts), file=sys.stderr)
         else:
-            plan = args.plan or load_plans().default_plan
-            raw = await bus.request(subjects.METER_USAGE,
-                                    contract.encode(contract.UsageQuery(args.user, plan)), timeout=5)
+            plan = args.plan or load_plans(settings.plans or None).default_plan
+            raw = await bus.request(
+                subjects.METER_USAGE, contract.encode(contract.UsageQuery(args.user, plan)), timeout=5
+            )
             reply = contract.usage_reply_decoder.decode(raw)
             if isinstance(reply, contract.ErrorReply):
                 raise reply.exception()
@@ -142,8 +147,10 @@ async def _run(args: argparse.Namespace) -> int:
 
 def _quiet_logs() -> None:
     # stdout carries the command's answer (a new key, a table); the bus's logs go to stderr
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-                        wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    structlog.configure(
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -153,7 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(generate_key())
         return 0
     try:
-        return asyncio.run(_run(args))
+        settings = load_settings(CliSettings)
+        for name, closest in unknown_variables(KNOWN):
+            hint = f" (did you mean {closest}?)" if closest else ""
+            print(f"janus: warning: {name} is not a Janus setting{hint}", file=sys.stderr)
+        return asyncio.run(_run(args, settings))
     except ConfigError as exc:
         print(f"janus: {exc}", file=sys.stderr)
         return 2

@@ -4,7 +4,7 @@ The key is sealed with AES-256-GCM under ``JANUS_BYOK_KEY`` (32 random bytes, UR
 ``janus byok genkey`` prints one). The user id and provider are the associated data, so a sealed
 key copied onto another user's or provider's entry fails to open instead of being used.
 
-    store = await ByokStore.open(bus, Sealer.from_env())
+    store = await ByokStore.open(bus, Sealer.from_key(settings.byok_key))
     await store.set(user, provider, secret)      # the CLI and the gateway's /v1/byok API
     secret = await store.get(user, provider)     # the worker, per request; None when absent
     sealed = await store.info(user, provider)    # what a listing shows (``masked``), never decrypted
@@ -13,7 +13,6 @@ key copied onto another user's or provider's entry fails to open instead of bein
 from __future__ import annotations
 
 import base64
-import os
 import secrets
 import time
 
@@ -54,8 +53,8 @@ class Sealer:
         self._aead = AESGCM(key)
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Sealer:
-        raw = (env if env is not None else os.environ).get(ENV, "")
+    def from_key(cls, raw: str) -> Sealer:
+        """From the setting's text (``JANUS_BYOK_KEY``)."""
         if not raw:
             raise ConfigError(f"{ENV} is not set (janus byok genkey prints a fresh one)")
         try:
@@ -72,8 +71,15 @@ class Sealer:
         nonce = secrets.token_bytes(12)
         ct = self._aead.encrypt(nonce, secret.encode(), self._aad(user, provider))
         # a short key shows nothing of itself: 7 known characters of 12 would leave too little secret
-        return SealedKey(user, provider, nonce, ct, time.time(), secret[-4:] if len(secret) >= 12 else "",
-                         secret[:3] if len(secret) >= 20 else "")
+        return SealedKey(
+            user,
+            provider,
+            nonce,
+            ct,
+            time.time(),
+            secret[-4:] if len(secret) >= 12 else "",
+            secret[:3] if len(secret) >= 20 else "",
+        )
 
     def open(self, sealed: SealedKey, user: str, provider: str) -> str:
         """Decrypt for the entry it was read from: the AAD is who asks, not what the record says."""
@@ -81,8 +87,9 @@ class Sealer:
             return self._aead.decrypt(sealed.nonce, sealed.ciphertext, self._aad(user, provider)).decode()
         except InvalidTag:
             # never the user's fault, and never worth the key in a log line
-            raise JanusError("a stored provider key cannot be decrypted (wrong JANUS_BYOK_KEY?)",
-                             code="byok_undecryptable") from None
+            raise JanusError(
+                "a stored provider key cannot be decrypted (wrong JANUS_BYOK_KEY?)", code="byok_undecryptable"
+            ) from None
 
 
 MIN_SECRET, MAX_SECRET = 8, 4096

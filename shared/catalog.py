@@ -1,7 +1,7 @@
 """The catalog (providers, deployments, models, prices) and the plans, decoded from YAML by msgspec.
 
-Both are read from files named by environment variables (``JANUS_CATALOG``, ``JANUS_PLANS``), with
-the offline defaults in ``config/``. A bad file fails at startup with the path of the bad field.
+Both are read from files the settings name (``JANUS_CATALOG``, ``JANUS_PLANS``), with the offline
+defaults in ``config/``. A bad file fails at startup with the path of the bad field.
 """
 
 from __future__ import annotations
@@ -101,7 +101,8 @@ class Catalog(msgspec.Struct, forbid_unknown_fields=True, dict=True):
             if p.byok and (p.kind == "fake" or not all(d.api_key_env for d in p.deployments)):
                 raise msgspec.ValidationError(
                     f"provider {p.id!r} takes no API key on every deployment, so it cannot take users' "
-                    f"keys - at `$.providers[{i}].byok`")
+                    f"keys - at `$.providers[{i}].byok`"
+                )
             self.provider_by_id[p.id] = p
             for d in p.deployments:
                 if d.id in self.deployment_by_id:
@@ -180,14 +181,14 @@ def _load(path: Path, typ: type) -> object:
 
 
 def load_catalog(path: str | os.PathLike[str] | None = None) -> Catalog:
-    p = Path(path or os.environ.get("JANUS_CATALOG") or DEFAULT_CATALOG)
+    p = Path(path or DEFAULT_CATALOG)
     cat = _load(p, Catalog)
     assert isinstance(cat, Catalog)
     return cat
 
 
 def load_plans(path: str | os.PathLike[str] | None = None, catalog: Catalog | None = None) -> Plans:
-    p = Path(path or os.environ.get("JANUS_PLANS") or DEFAULT_PLANS)
+    p = Path(path or DEFAULT_PLANS)
     plans = _load(p, Plans)
     assert isinstance(plans, Plans)
     if plans.default_plan not in plans.plans:

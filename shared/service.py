@@ -1,6 +1,8 @@
 """The lifecycle every service shares: logging, NATS, an ops HTTP server, signals, draining.
 
-    run(MyService)  ->  configure logs -> connect NATS -> service.start(bus)
+    run(MyService)  ->  load MyService.settings_cls from the environment (a bad value: exit 2)
+                        -> configure logs, warn of unknown JANUS_* variables
+                        -> connect NATS -> service.start(bus)
                         -> ops server (/metrics /healthz /readyz) -> wait for SIGTERM/SIGINT
                         -> not ready -> service.stop() (stop taking work, finish in-flight
                            within the grace bound) -> drain NATS -> exit 0
@@ -17,7 +19,8 @@ import contextlib
 import gc
 import signal
 import sys
-from typing import ClassVar
+from collections.abc import Collection
+from typing import ClassVar, Generic, TypeVar
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -27,7 +30,7 @@ from shared.bus import Bus, redact_url
 from shared.catalog import ConfigError
 from shared.errors import JanusError
 from shared.logging import configure, get_logger
-from shared.settings import NATS_DRAIN_SECONDS, CommonSettings, load_settings
+from shared.settings import NATS_DRAIN_SECONDS, CommonSettings, load_settings, unknown_variables
 
 log = get_logger("service")
 
@@ -35,12 +38,19 @@ log = get_logger("service")
 _GC_THRESHOLDS = (10_000, 20, 20)
 
 
-class Service:
+S = TypeVar("S", bound=CommonSettings)
+
+
+class Service(Generic[S]):
+    """A service, generic over its settings: ``run`` loads ``settings_cls`` and hands it over typed,
+    so no service narrows ``CommonSettings`` on its own."""
+
     name: ClassVar[str] = "service"
     default_ops_port: ClassVar[int] = 0
+    settings_cls: type[S]
 
-    def __init__(self, common: CommonSettings) -> None:
-        self.common = common
+    def __init__(self, settings: S) -> None:
+        self.settings = settings
         self.bus: Bus | None = None
         self.started = False  # start() has returned: until then the service may not be listening yet
         self.stopping = False
@@ -59,15 +69,20 @@ class Service:
         return {}
 
 
-async def _ops_app(svc: Service) -> web.Application:
+async def _ops_app(svc: Service[S]) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "service": svc.name})
 
     async def readyz(_: web.Request) -> web.Response:
         nats_ok = svc.bus is not None and svc.bus.connected
         ok = nats_ok and svc.started and not svc.stopping and svc.ready()
-        body = {"ready": ok, "nats": nats_ok, "started": svc.started, "stopping": svc.stopping,
-                **svc.ready_detail()}
+        body = {
+            "ready": ok,
+            "nats": nats_ok,
+            "started": svc.started,
+            "stopping": svc.stopping,
+            **svc.ready_detail(),
+        }
         return web.json_response(body, status=200 if ok else 503)
 
     async def metrics_view(_: web.Request) -> web.Response:
@@ -105,23 +120,23 @@ async def _watch_loop_lag(interval: float = 0.5) -> None:
         metrics.EVENT_LOOP_LAG.observe(max(0.0, loop.time() - start - interval))
 
 
-async def serve(svc: Service) -> None:
-    common = svc.common
+async def serve(svc: Service[S]) -> None:
+    settings = svc.settings
     bus = await Bus.connect(
-        common.nats_url, svc.name, nkey_file=common.nats_nkey_file, ca_file=common.nats_ca_file
+        settings.nats_url, svc.name, nkey_file=settings.nats_nkey_file, ca_file=settings.nats_ca_file
     )
     metrics.UP_INFO.labels(svc.name).set(1)
     ops = web.AppRunner(await _ops_app(svc), access_log=None)
     await ops.setup()
-    port = common.ops_port or svc.default_ops_port
-    site = web.TCPSite(ops, common.ops_host, port)
+    port = settings.ops_port or svc.default_ops_port
+    site = web.TCPSite(ops, settings.ops_host, port)
     await site.start()
     sockets = getattr(site._server, "sockets", None)
     bound = sockets[0].getsockname()[1] if sockets else port
     await svc.start(bus)
     _settle_heap()
     svc.started = True
-    log.info("started", ops_port=bound, nats=redact_url(common.nats_url))
+    log.info("started", ops_port=bound, nats=redact_url(settings.nats_url))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -130,7 +145,7 @@ async def serve(svc: Service) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
 
-    grace = common.drain_grace()
+    grace = settings.drain_grace()
     log.info("stopping", grace_seconds=grace)
     svc.stopping = True  # /readyz flips first, so load balancers stop sending work
     try:
@@ -144,16 +159,21 @@ async def serve(svc: Service) -> None:
     log.info("stopped")
 
 
-def run(cls: type[Service], settings_cls: type[CommonSettings] = CommonSettings) -> None:
+def run(cls: type[Service[S]], known: Collection[str]) -> None:
+    """Run the service ``cls`` until SIGTERM; ``known``: every ``JANUS_*`` name a Janus program reads
+    (a variable set for another service is no typo)."""
     try:
-        common = load_settings(settings_cls)
+        settings = load_settings(cls.settings_cls)
         # every service, not only gateway and metering: they all read the same shared settings, and
         # a bound the holds cannot cover should stop the rollout at its first pod
-        common.check_hold_lifetime()
+        settings.check_hold_lifetime()
     except ConfigError as exc:
         print(f"janus-{cls.name}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    configure(cls.name, common.log_level)
+    configure(cls.name, settings.log_level)
+    for name, closest in unknown_variables(known):
+        # the name only: a value may be a secret
+        log.warning("unknown_setting", variable=name, closest=closest or None)
     try:
         import uvloop
 
@@ -161,7 +181,7 @@ def run(cls: type[Service], settings_cls: type[CommonSettings] = CommonSettings)
     except ImportError:  # pragma: no cover - uvloop is optional off Linux
         loop_factory = None
     try:
-        svc = cls(common)
+        svc = cls(settings)
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             runner.run(serve(svc))
     except ConfigError as exc:

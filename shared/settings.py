@@ -1,13 +1,21 @@
-"""Typed settings from the environment.
+"""Typed settings from the environment: the one module that reads it.
 
 A settings class is a msgspec Struct; each field ``foo_bar`` is read from ``JANUS_FOO_BAR``. Values
 are converted from strings (``"8080"`` to ``8080``) and validated at startup: a bad value stops the
-service with the variable's name. Secrets are referenced by variable *name* and never logged.
+service with the variable's name. Secrets are referenced by variable *name* and never logged; a
+variable the configuration names (a provider key's ``api_key_env``) is read with ``variable``.
+
+A ``JANUS_*`` variable that no settings class reads is reported at start-up with the closest known
+name (``unknown_variables``): a typo would otherwise leave a default in force without a word. It is a
+warning, not a refusal: during a rollout or a rollback, pods of one version run with configuration
+written for the other, and a variable one version added must not stop the other from starting.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Collection, Iterable, Mapping
 from typing import TypeVar
 
 import msgspec
@@ -51,6 +59,9 @@ class CommonSettings(msgspec.Struct, kw_only=True):
     # the request runs. Both services read both, and refuse to start when they do not fit the bound
     hold_ttl_seconds: float = 900.0
     hold_renew_seconds: float = 120.0
+    # the catalog and plans files every service is deployed with; empty: the ones in config/
+    catalog: str = ""
+    plans: str = ""
 
     def drain_grace(self) -> float:
         """How long a stopping service lets its in-flight work run."""
@@ -78,7 +89,7 @@ class CommonSettings(msgspec.Struct, kw_only=True):
             )
 
 
-def load_settings(cls: type[T], env: dict[str, str] | None = None) -> T:
+def load_settings(cls: type[T], env: Mapping[str, str] | None = None) -> T:
     src = os.environ if env is None else env
     raw: dict[str, str] = {}
     for name in cls.__struct_fields__:
@@ -93,3 +104,27 @@ def load_settings(cls: type[T], env: dict[str, str] | None = None) -> T:
         for name in cls.__struct_fields__:
             msg = msg.replace(f"`$.{name}`", PREFIX + name.upper())
         raise ConfigError(f"bad setting: {msg}") from None
+
+
+def variable(name: str, env: Mapping[str, str] | None = None) -> str:
+    """The value of a variable the configuration names (``""`` when unset): read when used, so a
+    rotated credential is picked up without a restart."""
+    return (os.environ if env is None else env).get(name, "")
+
+
+def variable_names(*classes: type[msgspec.Struct]) -> frozenset[str]:
+    """The ``JANUS_*`` names the settings classes read."""
+    return frozenset(PREFIX + name.upper() for cls in classes for name in cls.__struct_fields__)
+
+
+def unknown_variables(known: Collection[str], env: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """``(variable, closest known name or "")`` for each ``JANUS_*`` variable not in ``known``."""
+    src = os.environ if env is None else env
+    return [
+        (name, _closest(name, known)) for name in sorted(src) if name.startswith(PREFIX) and name not in known
+    ]
+
+
+def _closest(name: str, known: Iterable[str]) -> str:
+    match = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return match[0] if match else ""

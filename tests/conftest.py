@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from shared.bus import Bus
-from tools.stack import NatsServer, Stack, start_nats, start_stack
+from tools.localnats import NatsServer, start_nats
+from tools.localstack import Stack, start_stack
 
 
 @pytest.fixture

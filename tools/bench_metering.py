@@ -26,7 +26,8 @@ from services.metering.streams import SETTLE_DURABLE
 from shared import contract, subjects
 from shared.bus import Bus
 from shared.contract import ReserveRequest, Settlement, Usage
-from tools.stack import ROOT, ServiceProc, base_env, start_nats, start_service
+from tools.localnats import start_nats
+from tools.localstack import ROOT, ServiceProc, base_env, start_service
 
 MODEL = "gpt-5-nano"
 PLAN = "enterprise"
@@ -43,8 +44,13 @@ async def _load(bus: Bus, seconds: float, concurrency: int, users: int) -> tuple
             rid = uuid.uuid4().hex
             user = f"bench-{random.randrange(users)}"
             t0 = time.perf_counter()
-            raw = await bus.request(subjects.METER_RESERVE, contract.encode(
-                ReserveRequest(rid, user, PLAN, MODEL, input_tokens=200, max_output_tokens=500)), timeout=10)
+            raw = await bus.request(
+                subjects.METER_RESERVE,
+                contract.encode(
+                    ReserveRequest(rid, user, PLAN, MODEL, input_tokens=200, max_output_tokens=500)
+                ),
+                timeout=10,
+            )
             reply = contract.reserve_reply_decoder.decode(raw)
             if not isinstance(reply, contract.ReserveReply) or not reply.admitted:
                 refused += 1
@@ -81,8 +87,14 @@ async def _phase(bus: Bus, replicas: int, args: argparse.Namespace) -> list[str]
     sent = time.perf_counter() - t0
     await _drained(bus)
     applied = time.perf_counter() - t0
-    return [str(replicas), f"{ok / sent:,.0f}", f"{ok / applied:,.0f}", f"{_pct(lat, 0.5):.2f}",
-            f"{_pct(lat, 0.99):.2f}", str(refused)]
+    return [
+        str(replicas),
+        f"{ok / sent:,.0f}",
+        f"{ok / applied:,.0f}",
+        f"{_pct(lat, 0.5):.2f}",
+        f"{_pct(lat, 0.99):.2f}",
+        str(refused),
+    ]
 
 
 async def _main(args: argparse.Namespace) -> None:

@@ -5,16 +5,8 @@
     python -m tools.eval_routing --bench    decision time of the whole auto policy (p50/p99)
     python -m tools.eval_routing --write-golden   re-record tests/router/golden_decisions.json
 
-Data: ``$ROUTING_DATA`` (default ``../shared/data/routing`` beside the checkout). Only the
-evaluation groups are scored here: all of GSM8K, all of MT-Bench, and 12 MMLU subjects; the
-training tool reads the other 45 subjects (``TRAIN`` below is the complement of ``EVAL_SUBJECTS``).
-
-Metric definitions follow RouteLLM's ``routellm/evals/evaluate.py`` and ``benchmarks.py``:
-thresholds are the 11 decile edges of the router's scores (``pd.qcut(scores, 10)``); at each edge
-every prompt whose score is ``>=`` the edge goes to the strong model (``>`` at the last edge, so one
-point is all-weak); quality is the mean of the routed model's result; the curve is sorted by the
-share of strong calls; APGR = (AUC - weak AUC) / (strong AUC - weak AUC) with the trapezoid rule;
-CPT(x) interpolates the share of strong calls at which quality reaches weak + x * (strong - weak).
+Data and metric definitions: ``tools/routing_data.py``. Only the evaluation groups are scored
+here: all of GSM8K, all of MT-Bench, and 12 MMLU subjects.
 
 Two populations are reported:
 
@@ -31,222 +23,39 @@ Two populations are reported:
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from tools.routing_data import (
+    FIXTURES,
+    ROOT,
+    Result,
+    Row,
+    evaluate,
+    length_scores,
+    load_arena_hard,
+    load_eval,
+    load_everyday,
+    load_rows_jsonl,
+    load_train,
+    random_baseline,
+)
 
 if TYPE_CHECKING:
     from services.router.policy import Policy
 
-ROOT = Path(__file__).resolve().parent.parent
-STRONG = "gpt-4-1106-preview"
-WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
-EVAL_SUBJECTS = frozenset({
-    "abstract_algebra", "college_physics", "econometrics", "high_school_statistics",
-    "high_school_us_history", "machine_learning", "marketing", "moral_scenarios", "nutrition",
-    "professional_law", "virology", "world_religions",
-})
-FIXTURES = ROOT / "tests" / "fixtures" / "routing"
 GOLDEN = ROOT / "tests" / "router" / "golden_decisions.json"
 
-csv.field_size_limit(1 << 24)
 
-
-@dataclass(frozen=True, slots=True)
-class Row:
-    group: str  # "mmlu", "gsm8k", "mt-bench"
-    subject: str  # MMLU subject, else the group
-    prompt: str
-    strong: float  # quality of the strong model's answer, 0..1
-    weak: float
-
-    @property
-    def label(self) -> int:
-        """1 when the strong model is needed (it did better than the weak one)."""
-        return int(self.strong > self.weak)
-
-
-def data_dir() -> Path:
-    env = os.environ.get("ROUTING_DATA")
-    return Path(env) if env else (ROOT.parent / "shared" / "data" / "routing")
-
-
-def _contaminated(path: Path) -> set[str]:
-    if not path.exists():
-        return set()
-    with path.open() as f:
-        return {json.loads(line)["eval_prompt"] for line in f if line.strip()}
-
-
-def _bool(v: str) -> float:
-    return 1.0 if v.strip() == "True" else 0.0
-
-
-def load_mmlu(base: Path, subjects: Callable[[str], bool]) -> list[Row]:
-    root = base / "routellm" / "mmlu"
-    bad = _contaminated(root / "contaminated_prompts.jsonl")
-    rows: list[Row] = []
-    for path in sorted((root / "responses").glob("mmlu_*.csv")):
-        subject = path.stem[len("mmlu_"):]
-        if not subjects(subject):
-            continue
-        with path.open(newline="") as f:
-            for r in csv.DictReader(f):
-                if r["prompt"] not in bad:
-                    rows.append(Row("mmlu", subject, r["prompt"], _bool(r[STRONG]), _bool(r[WEAK])))
-    return rows
-
-
-def load_gsm8k(base: Path) -> list[Row]:
-    root = base / "routellm" / "gsm8k"
-    bad = _contaminated(root / "contaminated_prompts.jsonl")
-    with (root / "gsm8k_responses.csv").open(newline="") as f:
-        return [Row("gsm8k", "gsm8k", r["prompt"], _bool(r[STRONG]), _bool(r[WEAK]))
-                for r in csv.DictReader(f) if r["prompt"] not in bad]
-
-
-def load_mt_bench(base: Path) -> list[Row]:
-    root = base / "routellm" / "mt_bench"
-    bad = _contaminated(root / "contaminated_prompts.jsonl")
-    grades: dict[tuple[int, str], list[float]] = {}
-    with (root / "judgements.jsonl").open() as f:
-        for line in f:
-            j = json.loads(line)
-            grades.setdefault((j["question_id"], j["model"]), []).append(float(j["score"]))
-    rows: list[Row] = []
-    with (root / "question.jsonl").open() as f:
-        for line in f:
-            q = json.loads(line)
-            turns = q["turns"]
-            if turns[0] in bad or (len(turns) > 1 and turns[1] in bad):
-                continue
-            s, w = grades[(q["question_id"], STRONG)], grades[(q["question_id"], WEAK)]
-            # route on turn 1; quality = mean grade over both turns, on 0..1
-            rows.append(Row("mt-bench", "mt-bench", turns[0], sum(s) / len(s) / 10, sum(w) / len(w) / 10))
-    return rows
-
-
-def load_eval(base: Path | None = None) -> list[Row]:
-    base = base or data_dir()
-    return load_mmlu(base, lambda s: s in EVAL_SUBJECTS) + load_gsm8k(base) + load_mt_bench(base)
-
-
-def load_train(base: Path | None = None) -> list[Row]:
-    return load_mmlu(base or data_dir(), lambda s: s not in EVAL_SUBJECTS)
-
-
-def load_rows_jsonl(path: Path) -> list[Row]:
-    with path.open() as f:
-        return [Row(**json.loads(line)) for line in f if line.strip()]
-
-
-def load_arena_hard(base: Path | None = None) -> list[str]:
-    with ((base or data_dir()) / "arena-hard-v0.1" / "question.jsonl").open() as f:
-        return [json.loads(line)["prompt"] for line in f if line.strip()]
-
-
-def load_everyday() -> list[str]:
-    return (FIXTURES / "everyday_prompts.txt").read_text().strip().split("\n")
-
-
-# ------------------------------------------------------------------------------------ metrics
-@dataclass(frozen=True, slots=True)
-class Result:
-    apgr: float
-    cpt50: float  # % strong calls to recover 50% of the gap
-    cpt80: float
-    strong_for_95: float  # % strong calls to reach 95% of the strong model's quality
-    weak_quality: float
-    strong_quality: float
-
-
-def _trapezoid(y: Sequence[float], x: Sequence[float]) -> float:
-    return sum((x[i] - x[i - 1]) * (y[i] + y[i - 1]) / 2 for i in range(1, len(x)))
-
-
-def _interp(v: float, xs: Sequence[float], ys: Sequence[float]) -> float:
-    """``np.interp(v, xs, ys)``: clamps outside, linear inside (xs assumed increasing, as numpy
-    does: RouteLLM feeds it the quality curve, which is nearly but not always monotone)."""
-    if v <= xs[0]:
-        return ys[0]
-    if v >= xs[-1]:
-        return ys[-1]
-    for i in range(1, len(xs)):
-        if v < xs[i] or (v == xs[i]):
-            x0, x1 = xs[i - 1], xs[i]
-            if x1 == x0:
-                return ys[i]
-            return ys[i - 1] + (ys[i] - ys[i - 1]) * (v - x0) / (x1 - x0)
-    return ys[-1]
-
-
-def _quantile(sorted_vals: Sequence[float], q: float) -> float:
-    # numpy's default ("linear") quantile, which pandas' qcut uses for its edges
-    pos = (len(sorted_vals) - 1) * q
-    lo = int(pos)
-    hi = min(lo + 1, len(sorted_vals) - 1)
-    return sorted_vals[lo] + (sorted_vals[hi] - sorted_vals[lo]) * (pos - lo)
-
-
-def evaluate(scores: Sequence[float], rows: Sequence[Row], num_results: int = 10) -> Result:
-    n = len(rows)
-    ordered = sorted(scores)
-    edges = [_quantile(ordered, i / num_results) for i in range(num_results + 1)]
-    points: list[tuple[float, float]] = []
-    for i, t in enumerate(edges):
-        last = i == len(edges) - 1
-        strong_n = 0
-        total = 0.0
-        for s, r in zip(scores, rows, strict=True):
-            if s > t or (s == t and not last):
-                strong_n += 1
-                total += r.strong
-            else:
-                total += r.weak
-        points.append((strong_n / n * 100, total / n * 100))
-    points.sort(key=lambda p: p[0])
-    pct = [p[0] for p in points]
-    acc = [p[1] for p in points]
-    weak_q = sum(r.weak for r in rows) / n * 100
-    strong_q = sum(r.strong for r in rows) / n * 100
-    x = [p / 100 for p in pct]
-    auc = _trapezoid(acc, x)
-    weak_auc = _trapezoid([weak_q] * len(x), x)
-    strong_auc = _trapezoid([strong_q] * len(x), x)
-    gap = strong_q - weak_q
-    return Result(
-        apgr=(auc - weak_auc) / (strong_auc - weak_auc),
-        cpt50=_interp(weak_q + 0.5 * gap, acc, pct),
-        cpt80=_interp(weak_q + 0.8 * gap, acc, pct),
-        strong_for_95=_interp(0.95 * strong_q, acc, pct),
-        weak_quality=weak_q,
-        strong_quality=strong_q,
-    )
-
-
-def random_baseline(rows: Sequence[Row], seeds: Iterable[int] = range(20)) -> Result:
-    """Mean over seeds of a router that scores each prompt at random (RouteLLM's ``random``)."""
-    import random
-
-    results = []
-    for seed in seeds:
-        rnd = random.Random(seed)
-        results.append(evaluate([rnd.random() for _ in rows], rows))
-    k = len(results)
-    return Result(*(sum(getattr(r, f) for r in results) / k for f in Result.__dataclass_fields__))
-
-
-def length_scores(rows: Sequence[Row]) -> list[float]:
-    return [float(len(r.prompt)) for r in rows]
-
-
-def report(rows: Sequence[Row], scorer_scores: Sequence[float],
-           out: Callable[[str], None] = print, by_group: bool = True) -> dict[str, Result]:
+def report(
+    rows: Sequence[Row],
+    scorer_scores: Sequence[float],
+    out: Callable[[str], None] = print,
+    by_group: bool = True,
+) -> dict[str, Result]:
     groups: dict[str, list[int]] = {"all": list(range(len(rows)))}
     for i, r in enumerate(rows):
         if by_group:
@@ -262,8 +71,10 @@ def report(rows: Sequence[Row], scorer_scores: Sequence[float],
             ("random", random_baseline(sub)),
         ):
             results[f"{name}/{router}"] = res
-            out(f"{name:<10} {router:<8} {len(sub):>5} {res.apgr:>6.3f} {res.cpt50:>6.1f}% "
-                f"{res.cpt80:>6.1f}% {res.strong_for_95:>5.1f}%")
+            out(
+                f"{name:<10} {router:<8} {len(sub):>5} {res.apgr:>6.3f} {res.cpt50:>6.1f}% "
+                f"{res.cpt80:>6.1f}% {res.strong_for_95:>5.1f}%"
+            )
     return results
 
 
@@ -287,8 +98,10 @@ def bench(n: int = 2000) -> None:
         times.append(time.perf_counter() - t0)
     times.sort()
     pick = lambda q: times[min(len(times) - 1, int(q * len(times)))] * 1000  # noqa: E731
-    print(f"auto decisions: n={n} p50={pick(0.5):.3f} ms p90={pick(0.9):.3f} ms "
-          f"p99={pick(0.99):.3f} ms max={times[-1] * 1000:.3f} ms (one core, feature extraction included)")
+    print(
+        f"auto decisions: n={n} p50={pick(0.5):.3f} ms p90={pick(0.9):.3f} ms "
+        f"p99={pick(0.99):.3f} ms max={times[-1] * 1000:.3f} ms (one core, feature extraction included)"
+    )
 
 
 def write_slice(seed: int = 7) -> None:
@@ -304,8 +117,18 @@ def write_slice(seed: int = 7) -> None:
         pick += rnd.sample(members, min(k, len(members)))
     with (FIXTURES / "eval_slice.jsonl").open("w") as f:
         for r in pick:
-            f.write(json.dumps({"group": r.group, "subject": r.subject, "prompt": r.prompt,
-                                "strong": r.strong, "weak": r.weak}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "group": r.group,
+                        "subject": r.subject,
+                        "prompt": r.prompt,
+                        "strong": r.strong,
+                        "weak": r.weak,
+                    }
+                )
+                + "\n"
+            )
     hard = rnd.sample(load_arena_hard(), 40)
     with (FIXTURES / "arena_hard_sample.jsonl").open("w") as f:
         for p in hard:
@@ -323,16 +146,22 @@ def golden_policy() -> Policy:
 
     catalog = load_catalog(FIXTURES / "catalog.yaml")
     routing = load_routing(FIXTURES / "routing.yaml", catalog=catalog)
-    return Policy(catalog, load_plans(FIXTURES / "plans.yaml", catalog=catalog), routing, Scorer.load(),
-                  HealthView(routing.health))
+    return Policy(
+        catalog,
+        load_plans(FIXTURES / "plans.yaml", catalog=catalog),
+        routing,
+        Scorer.load(),
+        HealthView(routing.health),
+    )
 
 
 def golden_decision(policy: Policy, prompt: str) -> dict[str, object]:
     """An auto decision on the "plus" plan (every quality class on offer), as recorded."""
     from shared.contract import RouteRequest
 
-    req = RouteRequest(request_id="golden", model="auto", plan="plus", text=prompt,
-                       prompt_tokens=len(prompt) // 4)
+    req = RouteRequest(
+        request_id="golden", model="auto", plan="plus", text=prompt, prompt_tokens=len(prompt) // 4
+    )
     plan = policy.route(req, 0.0)
     return {"model": plan.model, "reason": plan.reason, "score": plan.score}
 
@@ -355,8 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bench", action="store_true", help="measure decision time instead")
     ap.add_argument("--weights", help="weights file (default: the shipped one)")
     ap.add_argument("--rows", help="a JSONL slice of rows to evaluate instead of the data set")
-    ap.add_argument("--groups-only", action="store_true",
-                    help="skip the whole-data-set figures (they refit the model per fold: minutes)")
+    ap.add_argument(
+        "--groups-only",
+        action="store_true",
+        help="skip the whole-data-set figures (they refit the model per fold: minutes)",
+    )
     ap.add_argument("--write-slice", action="store_true", help="rewrite the test suite's data slice")
     ap.add_argument("--write-golden", action="store_true", help="re-record the golden auto decisions")
     args = ap.parse_args(argv)
@@ -378,15 +210,19 @@ def main(argv: list[str] | None = None) -> int:
     if not args.rows:
         hard = [scorer.score(p) for p in load_arena_hard()]
         easy = [scorer.score(p) for p in load_everyday()]
-        print(f"mean score: arena-hard {sum(hard) / len(hard):.3f} (n={len(hard)}), "
-              f"everyday chat {sum(easy) / len(easy):.3f} (n={len(easy)})")
+        print(
+            f"mean score: arena-hard {sum(hard) / len(hard):.3f} (n={len(hard)}), "
+            f"everyday chat {sum(easy) / len(easy):.3f} (n={len(easy)})"
+        )
     m = scorer.meta.metrics
     if "cv_apgr_subjects" in m:
         # the gap between these and the evaluation groups' figures is how far training's estimate
         # carries to prompts of other kinds
-        print(f"for comparison, training cross-validation (make train-router): APGR "
-              f"{m['cv_apgr_subjects']:.3f} with subjects held out, {m['cv_apgr_categories']:.3f} with "
-              f"MMLU categories held out")
+        print(
+            f"for comparison, training cross-validation (make train-router): APGR "
+            f"{m['cv_apgr_subjects']:.3f} with subjects held out, {m['cv_apgr_categories']:.3f} with "
+            f"MMLU categories held out"
+        )
     if not args.rows and not args.groups_only:
         whole_data_set(rows, [scorer.score(r.prompt) for r in rows])
     return 0
@@ -394,12 +230,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def whole_data_set(eval_rows: Sequence[Row], eval_scores: Sequence[float]) -> None:
     """The figures on all 15,416 prompts, each scored out of sample (see the module's doc)."""
-    from tools import train_router as T
+    from tools import train_router as T  # numpy and scikit-learn: only this report needs them
 
     train = load_train()
-    print(f"\nwhole data set: {len(train) + len(eval_rows)} prompts, where the data README's "
-          f"baselines were measured; the {len(train)} training prompts scored by models that never "
-          f"saw their subject ({T.FOLDS} subject folds, nested model selection; takes minutes)")
+    print(
+        f"\nwhole data set: {len(train) + len(eval_rows)} prompts, where the data README's "
+        f"baselines were measured; the {len(train)} training prompts scored by models that never "
+        f"saw their subject ({T.FOLDS} subject folds, nested model selection; takes minutes)"
+    )
     oof = T.out_of_fold(train, T.design([r.prompt for r in train]), T.default_grid())
     report([*train, *eval_rows], [*oof, *eval_scores], by_group=False)
 

@@ -29,15 +29,16 @@ import yaml
 from shared.catalog import load_catalog
 from shared.contract import Usage
 from shared.money import PriceUnits, cost_credits
-from tools.stack import ROOT, Stack, start_stack
+from tools.localstack import ROOT, Stack, start_stack
 from tools.token import make_token
 
 LOAD_PLAN = "load"
 
 
 # ------------------------------------------------------------------------------------------ config
-def write_config(workdir: Path, *, latency_ms: int = 0, tokens_per_second: int = 0,
-                 plan_credits: int = 10_000_000_000) -> dict[str, str]:
+def write_config(
+    workdir: Path, *, latency_ms: int = 0, tokens_per_second: int = 0, plan_credits: int = 10_000_000_000
+) -> dict[str, str]:
     """A catalog (the default one, with the fake deployment paced as asked) and a plans file with
     one roomy plan ``load`` next to the default ones; returns the env that points the stack at them."""
     catalog = yaml.safe_load((ROOT / "config" / "catalog.yaml").read_text())
@@ -45,11 +46,16 @@ def write_config(workdir: Path, *, latency_ms: int = 0, tokens_per_second: int =
         if provider.get("kind") == "fake":
             for dep in provider["deployments"]:
                 dep.setdefault("options", {}).update(
-                    latency_ms=str(latency_ms), tokens_per_second=str(tokens_per_second))
+                    latency_ms=str(latency_ms), tokens_per_second=str(tokens_per_second)
+                )
     plans = yaml.safe_load((ROOT / "config" / "plans.yaml").read_text())
     base = dict(plans["plans"]["enterprise"])
-    base.update(session={"credits": plan_credits, "hours": 5}, weekly={"credits": plan_credits * 4},
-                monthly_tokens={"input": 10**12, "output": 10**12}, requests_per_minute=1_000_000)
+    base.update(
+        session={"credits": plan_credits, "hours": 5},
+        weekly={"credits": plan_credits * 4},
+        monthly_tokens={"input": 10**12, "output": 10**12},
+        requests_per_minute=1_000_000,
+    )
     plans["plans"][LOAD_PLAN] = base
     workdir.mkdir(parents=True, exist_ok=True)
     cat_path, plans_path = workdir / "catalog.yaml", workdir / "plans.yaml"
@@ -86,13 +92,24 @@ def _usage(raw: Any) -> Usage | None:
     if not isinstance(raw, dict):
         return None
     details = raw.get("prompt_tokens_details") or {}
-    return Usage(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0),
-                 int(details.get("cached_tokens") or 0))
+    return Usage(
+        int(raw.get("prompt_tokens") or 0),
+        int(raw.get("completion_tokens") or 0),
+        int(details.get("cached_tokens") or 0),
+    )
 
 
-async def chat(session: aiohttp.ClientSession, base_url: str, token: str, prompt: str, *,
-               model: str = "gpt-5-nano", stream: bool = True, stall: float = 30.0,
-               on_chunk: Any = None) -> ChatResult:
+async def chat(
+    session: aiohttp.ClientSession,
+    base_url: str,
+    token: str,
+    prompt: str,
+    *,
+    model: str = "gpt-5-nano",
+    stream: bool = True,
+    stall: float = 30.0,
+    on_chunk: Any = None,
+) -> ChatResult:
     """One chat completion. A stream is read event by event; ``stall`` bounds the silence between
     two reads (the client's own stall detector), ``on_chunk(result)`` runs after each content chunk."""
     body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": prompt}]}
@@ -100,8 +117,12 @@ async def chat(session: aiohttp.ClientSession, base_url: str, token: str, prompt
         body.update(stream=True, stream_options={"include_usage": True})
     t0 = time.monotonic()
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=stall)
-    async with session.post(f"{base_url}/chat/completions", json=body, timeout=timeout,
-                            headers={"Authorization": f"Bearer {token}"}) as r:
+    async with session.post(
+        f"{base_url}/chat/completions",
+        json=body,
+        timeout=timeout,
+        headers={"Authorization": f"Bearer {token}"},
+    ) as r:
         res = ChatResult(r.status, request_id=r.headers.get("X-Request-Id", ""))
         if r.status != 200 or not r.headers.get("Content-Type", "").startswith("text/event-stream"):
             payload = await r.json(content_type=None)
@@ -143,17 +164,22 @@ async def chat(session: aiohttp.ClientSession, base_url: str, token: str, prompt
 
 
 async def get_usage(session: aiohttp.ClientSession, base_url: str, token: str) -> dict[str, Any]:
-    async with session.get(f"{base_url}/usage", headers={"Authorization": f"Bearer {token}"},
-                           timeout=aiohttp.ClientTimeout(total=10)) as r:
+    async with session.get(
+        f"{base_url}/usage",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=aiohttp.ClientTimeout(total=10),
+    ) as r:
         r.raise_for_status()
         return dict(await r.json())
 
 
-async def answers(session: aiohttp.ClientSession, base_url: str, token: str, prompts: list[str],
-                  model: str) -> dict[str, str]:
+async def answers(
+    session: aiohttp.ClientSession, base_url: str, token: str, prompts: list[str], model: str
+) -> dict[str, str]:
     """The buffered answer to each prompt: what every stream of the same prompt must reassemble to."""
-    results = await asyncio.gather(*(chat(session, base_url, token, p, model=model, stream=False)
-                                     for p in prompts))
+    results = await asyncio.gather(
+        *(chat(session, base_url, token, p, model=model, stream=False) for p in prompts)
+    )
     for res in results:
         if res.status != 200 or not res.text:
             raise RuntimeError(f"buffered answer failed: {res.status} {res.error}")
@@ -188,9 +214,18 @@ def check_stream(res: ChatResult, expected: str) -> str | None:
     return None
 
 
-async def run_load(base_urls: list[str], users: dict[str, str], expected: dict[str, str], *,
-                   concurrency: int, seconds: float, model: str, price: PriceUnits,
-                   stall: float = 30.0, results: list[tuple[str, ChatResult]] | None = None) -> LoadReport:
+async def run_load(
+    base_urls: list[str],
+    users: dict[str, str],
+    expected: dict[str, str],
+    *,
+    concurrency: int,
+    seconds: float,
+    model: str,
+    price: PriceUnits,
+    stall: float = 30.0,
+    results: list[tuple[str, ChatResult]] | None = None,
+) -> LoadReport:
     """``concurrency`` loops, each streaming one prompt after another until ``seconds`` are over;
     ``results`` (when given) receives every (user, result) for the caller's own checks."""
     report = LoadReport()
@@ -231,28 +266,36 @@ def rss(stack: Stack) -> dict[str, int]:
     return {name: svc.rss_kib() for name, svc in stack.services.items()}
 
 
-async def soak(stack: Stack, *, concurrency: int, seconds: float, model: str,
-               interval: float = 30.0) -> tuple[LoadReport, list[dict[str, int]]]:
+async def soak(
+    stack: Stack, *, concurrency: int, seconds: float, model: str, interval: float = 30.0
+) -> tuple[LoadReport, list[dict[str, int]]]:
     users = {f"soak-{i}": token_for(stack, f"soak-{i}") for i in range(concurrency)}
     prompts = [f"Soak prompt number {i}: tell me about gateways" for i in range(16)]
     async with aiohttp.ClientSession() as session:
         expected = await answers(session, stack.base_url, next(iter(users.values())), prompts, model)
     # one short round first, so the baseline is taken with every pool and cache warmed up
     price = price_of(stack.env, model)
-    await run_load([stack.base_url], users, expected, concurrency=concurrency, seconds=3,
-                   model=model, price=price)
+    await run_load(
+        [stack.base_url], users, expected, concurrency=concurrency, seconds=3, model=model, price=price
+    )
     samples = [rss(stack)]
     total = LoadReport()
     left = seconds
     while left > 0:
-        part = await run_load([stack.base_url], users, expected, concurrency=concurrency,
-                              seconds=min(interval, left), model=model, price=price)
+        part = await run_load(
+            [stack.base_url],
+            users,
+            expected,
+            concurrency=concurrency,
+            seconds=min(interval, left),
+            model=model,
+            price=price,
+        )
         left -= interval
         total.streams += part.streams
         total.failures += part.failures
         samples.append(rss(stack))
-        print(f"  {total.streams} streams, {len(total.failures)} failures, RSS KiB {samples[-1]}",
-              flush=True)
+        print(f"  {total.streams} streams, {len(total.failures)} failures, RSS KiB {samples[-1]}", flush=True)
     return total, samples
 
 
@@ -268,8 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     stack = start_stack(workdir, env=env)
     print(f"soak: {a.concurrency} streams for {a.minutes} min; logs in {workdir}", flush=True)
     try:
-        report, samples = asyncio.run(soak(stack, concurrency=a.concurrency, seconds=a.minutes * 60,
-                                           model=a.model))
+        report, samples = asyncio.run(
+            soak(stack, concurrency=a.concurrency, seconds=a.minutes * 60, model=a.model)
+        )
     finally:
         stack.stop()
     first, last = samples[0], samples[-1]
@@ -277,8 +321,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'service':<10} {'start MiB':>10} {'end MiB':>10} {'growth MiB':>11} {'peak MiB':>10}")
     for name in first:
         peak = max(s[name] for s in samples)
-        print(f"{name:<10} {first[name] / 1024:>10.1f} {last[name] / 1024:>10.1f} "
-              f"{(last[name] - first[name]) / 1024:>11.1f} {peak / 1024:>10.1f}")
+        print(
+            f"{name:<10} {first[name] / 1024:>10.1f} {last[name] / 1024:>10.1f} "
+            f"{(last[name] - first[name]) / 1024:>11.1f} {peak / 1024:>10.1f}"
+        )
     for f in report.failures[:20]:
         print("  FAIL", f)
     return 0 if report.ok else 1

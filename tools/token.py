@@ -12,11 +12,18 @@ import time
 
 import jwt
 
-from tools.stack import DEV_SECRET
+from services.gateway.jwt_verify import DEV_JWT_SECRET as DEV_SECRET
 
 
-def make_token(user: str, plan: str, email: str | None = None, *, secret: str | None = None,
-               ttl_seconds: int = 30 * 24 * 3600, **extra: object) -> str:
+def make_token(
+    user: str,
+    plan: str,
+    email: str | None = None,
+    *,
+    secret: str | None = None,
+    ttl_seconds: int = 30 * 24 * 3600,
+    **extra: object,
+) -> str:
     now = int(time.time())
     claims: dict[str, object] = {"sub": user, "plan": plan, "iat": now, "exp": now + ttl_seconds}
     if email:

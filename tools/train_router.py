@@ -3,7 +3,7 @@
     python -m tools.train_router            (``make train-router``)
 
 Data: only the 45 MMLU training subjects; the evaluation groups (GSM8K, MT-Bench and 12 MMLU
-subjects, see ``tools/eval_routing.py``) are never read here.
+subjects, see ``tools/routing_data.py``) are never read here.
 
 Model: a linear part over the features of ``services/router/features.py`` (dense signals plus hashed
 word and character n-grams) and a few shallow boosted regression trees over the dense signals alone,
@@ -53,7 +53,7 @@ from sklearn.ensemble import GradientBoostingRegressor
 
 from services.router import features as F
 from services.router.scorer import DEFAULT_WEIGHTS, Scorer, WeightsFile
-from tools.eval_routing import Row, data_dir, evaluate, length_scores, load_train
+from tools.routing_data import Row, data_dir, evaluate, length_scores, load_train
 
 SEEDS = (20240403, 1, 2)
 FOLDS = 5
@@ -170,7 +170,10 @@ def tree_columns() -> list[int]:
 def fit_trees(x_raw: np.ndarray, y: np.ndarray) -> GradientBoostingRegressor:
     """Boosted depth-2 trees on the dense signals named in ``TREE_SIGNALS``."""
     gb = GradientBoostingRegressor(
-        n_estimators=TREES, max_depth=TREE_DEPTH, learning_rate=TREE_RATE, min_samples_leaf=TREE_LEAF,
+        n_estimators=TREES,
+        max_depth=TREE_DEPTH,
+        learning_rate=TREE_RATE,
+        min_samples_leaf=TREE_LEAF,
         random_state=0,
     )
     return gb.fit(x_raw[:, tree_columns()], y)
@@ -263,8 +266,12 @@ LENGTH_ONLY: Key = (0.0, -1.0, 0.0)
 
 
 def cross_validate(
-    rows: Sequence[Row], x: np.ndarray, lams: Sequence[float], alphas: Sequence[float],
-    gammas: Sequence[float], plans: Sequence[np.ndarray],
+    rows: Sequence[Row],
+    x: np.ndarray,
+    lams: Sequence[float],
+    alphas: Sequence[float],
+    gammas: Sequence[float],
+    plans: Sequence[np.ndarray],
 ) -> dict[Key, float]:
     """Mean APGR over the held-out folds of ``plans`` per (hashed L2, alpha, gamma); key
     ``LENGTH_ONLY``: prompt length alone."""
@@ -292,7 +299,11 @@ def cross_validate(
 
 
 def build(
-    rows: Sequence[Row], x: np.ndarray, lam: float, alpha: float, gamma: float,
+    rows: Sequence[Row],
+    x: np.ndarray,
+    lam: float,
+    alpha: float,
+    gamma: float,
     metrics: dict[str, float | int],
 ) -> dict[str, object]:
     """The weights file's content for a model fitted to ``rows`` (their feature matrix ``x``) with
@@ -403,8 +414,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def line(key: Key) -> str:
         lam, alpha, gamma = key
-        return (f"  lambda_hashed={lam:g} alpha={alpha:g} gamma={gamma:g}: {by_scheme['subjects'][key]:.3f}"
-                f" / {by_scheme['categories'][key]:.3f} / {cv[key]:.3f}")
+        return (
+            f"  lambda_hashed={lam:g} alpha={alpha:g} gamma={gamma:g}: {by_scheme['subjects'][key]:.3f}"
+            f" / {by_scheme['categories'][key]:.3f} / {cv[key]:.3f}"
+        )
 
     for key, _ in ranked[:10]:
         print(line(key))
@@ -412,20 +425,29 @@ def main(argv: list[str] | None = None) -> int:
     if linear and linear[0] is not ranked[0]:
         print("best without trees:\n" + line(linear[0][0]))
     (lam, alpha, gamma), cv_apgr = sel.best, cv[sel.best]
-    out = build(rows, x, lam, alpha, gamma, metrics={
-        "cv_apgr": round(cv_apgr, 4),
-        "cv_apgr_subjects": round(by_scheme["subjects"][(lam, alpha, gamma)], 4),
-        "cv_apgr_categories": round(by_scheme["categories"][(lam, alpha, gamma)], 4),
-        "cv_apgr_length_subjects": round(length["subjects"], 4),
-        "cv_apgr_length_categories": round(length["categories"], 4),
-        "lambda_hashed": lam,
-        "alpha_length": alpha,
-        "gamma_trees": gamma,
-        "rows": len(rows),
-    })
+    out = build(
+        rows,
+        x,
+        lam,
+        alpha,
+        gamma,
+        metrics={
+            "cv_apgr": round(cv_apgr, 4),
+            "cv_apgr_subjects": round(by_scheme["subjects"][(lam, alpha, gamma)], 4),
+            "cv_apgr_categories": round(by_scheme["categories"][(lam, alpha, gamma)], 4),
+            "cv_apgr_length_subjects": round(length["subjects"], 4),
+            "cv_apgr_length_categories": round(length["categories"], 4),
+            "lambda_hashed": lam,
+            "alpha_length": alpha,
+            "gamma_trees": gamma,
+            "rows": len(rows),
+        },
+    )
     Path(args.out).write_text(json.dumps(out, separators=(",", ":")) + "\n")
-    print(f"chose lambda_hashed={lam:g} alpha={alpha:g} gamma={gamma:g} (cv APGR {cv_apgr:.3f}); "
-          f"wrote {args.out}")
+    print(
+        f"chose lambda_hashed={lam:g} alpha={alpha:g} gamma={gamma:g} (cv APGR {cv_apgr:.3f}); "
+        f"wrote {args.out}"
+    )
     return 0
 
 

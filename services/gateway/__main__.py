@@ -1,6 +1,6 @@
 from services.gateway.service import GatewayService
-from services.gateway.settings import GatewaySettings
+from services.settings import KNOWN
 from shared.service import run
 
 if __name__ == "__main__":
-    run(GatewayService, GatewaySettings)
+    run(GatewayService, KNOWN)

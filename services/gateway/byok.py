@@ -131,7 +131,7 @@ class ByokApi:
         self.byok_providers = sorted(catalog.byok_providers())
         self.providers = sorted(p.id for p in catalog.providers if p.kind != "fake")
         # a bad key stops the gateway at startup, like every other bad setting
-        self.sealer = Sealer.from_env({ENV: byok_key}) if byok_key else None
+        self.sealer = Sealer.from_key(byok_key) if byok_key else None
         self._store: ByokStore | None = None
 
     def store(self) -> ByokStore:
@@ -172,7 +172,8 @@ class ByokApi:
             known = ", ".join(self.byok_providers) or "none on this gateway"
             raise InvalidRequest(
                 f"Provider {provider!r} does not take your own key; these do: {known}.",
-                param="provider", code="byok_not_supported",
+                param="provider",
+                code="byok_not_supported",
             )
         store = self.store()
         if not store.can_seal:

@@ -25,11 +25,10 @@ from services.gateway.meter import Meter
 from services.gateway.settings import GatewaySettings
 from services.gateway.tls import redirect_app, server_context
 from shared.bus import Bus
-from shared.catalog import ConfigError, load_catalog, load_plans
+from shared.catalog import load_catalog, load_plans
 from shared.logging import get_logger
 from shared.money import PriceUnits
 from shared.service import Service
-from shared.settings import CommonSettings
 
 log = get_logger("gateway")
 
@@ -37,68 +36,77 @@ log = get_logger("gateway")
 _ABORT_RESERVE_SECONDS = 3.0
 
 
-class GatewayService(Service):
+class GatewayService(Service[GatewaySettings]):
     name = "gateway"
     default_ops_port = 9100
+    settings_cls = GatewaySettings
 
-    def __init__(self, common: CommonSettings) -> None:
-        super().__init__(common)
-        if not isinstance(common, GatewaySettings):
-            raise ConfigError("the gateway needs GatewaySettings")
-        self.s = common
-        self.catalog = load_catalog()
-        self.plans = load_plans(catalog=self.catalog)
-        self.api_keys = ApiKeys(ttl=common.api_key_cache_seconds,
-                                negative_ttl=common.api_key_negative_cache_seconds,
-                                replicas=common.nats_replicas)
-        self.auth = Authenticator(common, self.plans, api_keys=self.api_keys)
+    def __init__(self, settings: GatewaySettings) -> None:
+        super().__init__(settings)
+        self.catalog = load_catalog(settings.catalog or None)
+        self.plans = load_plans(settings.plans or None, self.catalog)
+        self.api_keys = ApiKeys(
+            ttl=settings.api_key_cache_seconds,
+            negative_ttl=settings.api_key_negative_cache_seconds,
+            replicas=settings.nats_replicas,
+        )
+        self.auth = Authenticator(settings, self.plans, api_keys=self.api_keys)
         self.edge = Edge()
         self.runner: web.AppRunner | None = None
         self.meter: Meter | None = None
         self.dispatcher: Dispatcher | None = None
         self.port = 0
-        self.tls = server_context(common)  # checked before anything starts: a bad file fails fast
+        self.tls = server_context(settings)  # checked before anything starts: a bad file fails fast
         self.redirect: web.AppRunner | None = None
 
     async def start(self, bus: Bus) -> None:
         await super().start(bus)
+        s = self.settings
         await self.auth.jwt.start()
         await self.api_keys.start(bus)
         leases = None
-        if self.s.lease_requests > 0:
+        if s.lease_requests > 0:
             prices = {name: PriceUnits.of(m.price) for name, m in self.catalog.model_by_name.items()}
-            leases = LeaseBook(bus, prices, max_requests=self.s.lease_requests,
-                               idle_seconds=self.s.lease_idle_seconds)
+            leases = LeaseBook(bus, prices, max_requests=s.lease_requests, idle_seconds=s.lease_idle_seconds)
             leases.start()
         self.meter = Meter(
-            bus, self.s.reserve_timeout_seconds, settle_deadline=self.s.settle_deadline_seconds, leases=leases
+            bus, s.reserve_timeout_seconds, settle_deadline=s.settle_deadline_seconds, leases=leases
         )
         names = {m.id: m.name_in_responses for m in self.catalog.models}
-        self.dispatcher = Dispatcher(bus, self.s, self.meter, names)
+        self.dispatcher = Dispatcher(bus, s, self.meter, names)
         byok = ByokProbe()
-        await byok.start(bus, self.common.nats_replicas)
-        gw = Gateway(self.s, bus, self.catalog, self.auth, self.meter, self.dispatcher, byok)
-        s = self.s
+        await byok.start(bus, s.nats_replicas)
+        gw = Gateway(s, bus, self.catalog, self.auth, self.meter, self.dispatcher, byok)
         self.runner = GuardedRunner(
-            build_app(gw, self.edge), header_timeout=s.header_timeout_seconds, access_log=None,
-            handle_signals=False, max_line_size=s.max_header_bytes, max_field_size=s.max_header_bytes,
-            max_headers=s.max_headers, keepalive_timeout=s.keepalive_timeout_seconds,
+            build_app(gw, self.edge),
+            header_timeout=s.header_timeout_seconds,
+            access_log=None,
+            handle_signals=False,
+            max_line_size=s.max_header_bytes,
+            max_field_size=s.max_header_bytes,
+            max_headers=s.max_headers,
+            keepalive_timeout=s.keepalive_timeout_seconds,
             lingering_time=s.lingering_seconds,
         )
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.s.host, self.s.port, backlog=1024, ssl_context=self.tls)
+        site = web.TCPSite(self.runner, s.host, s.port, backlog=1024, ssl_context=self.tls)
         await site.start()
         server = site._server
         sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else self.s.port
-        log.info("listening", host=self.s.host, port=self.port, tls=self.tls is not None)
-        if self.s.http_redirect_port:
-            self.redirect = web.AppRunner(redirect_app(self.port), access_log=None, handle_signals=False,
-                                          max_line_size=s.max_header_bytes, max_field_size=s.max_header_bytes,
-                                          max_headers=s.max_headers)
+        self.port = sockets[0].getsockname()[1] if sockets else s.port
+        log.info("listening", host=s.host, port=self.port, tls=self.tls is not None)
+        if s.http_redirect_port:
+            self.redirect = web.AppRunner(
+                redirect_app(self.port),
+                access_log=None,
+                handle_signals=False,
+                max_line_size=s.max_header_bytes,
+                max_field_size=s.max_header_bytes,
+                max_headers=s.max_headers,
+            )
             await self.redirect.setup()
-            await web.TCPSite(self.redirect, self.s.host, self.s.http_redirect_port).start()
-            log.info("redirecting", host=self.s.host, port=self.s.http_redirect_port, to=self.port)
+            await web.TCPSite(self.redirect, s.host, s.http_redirect_port).start()
+            log.info("redirecting", host=s.host, port=s.http_redirect_port, to=self.port)
 
     async def _wait_idle(self, until: float) -> bool:
         if self.edge.in_flight:
@@ -111,7 +119,7 @@ class GatewayService(Service):
         if runner is None:
             return
         start = time.monotonic()
-        grace = self.s.drain_grace()
+        grace = self.settings.drain_grace()
         if self.redirect is not None:
             await self.redirect.cleanup()
         for site in list(runner.sites):

@@ -31,6 +31,7 @@ from services.metering import windows as w
 from services.metering.daily import DailyHistory
 from services.metering.leases import LeaseTerms, give_back
 from services.metering.record import Bounds
+from services.metering.settings import MeteringSettings
 from services.metering.store import BudgetStore
 from services.metering.streams import (
     SETTLE_DURABLE,
@@ -47,7 +48,6 @@ from shared.errors import InvalidRequest, JanusError, ModelNotFound, PermissionD
 from shared.logging import get_logger
 from shared.money import PriceUnits
 from shared.service import Service
-from shared.settings import CommonSettings
 
 log = get_logger("metering")
 
@@ -75,9 +75,15 @@ def _count_settlement(s: contract.Settlement, outcome: budget.Outcome, plans: Co
         metrics.CREDITS_CHARGED.labels(s.model, plan).inc(outcome.entry.credits)
     if outcome.over_hold:
         metrics.USAGE_OVER_HOLD.labels(s.model).inc()
-        log.warning("usage_over_hold", request_id=s.request_id, model=s.model, held=outcome.entry.credits,
-                    reported=outcome.reported, prompt_tokens=s.usage.prompt_tokens,
-                    completion_tokens=s.usage.completion_tokens)
+        log.warning(
+            "usage_over_hold",
+            request_id=s.request_id,
+            model=s.model,
+            held=outcome.entry.credits,
+            reported=outcome.reported,
+            prompt_tokens=s.usage.prompt_tokens,
+            completion_tokens=s.usage.completion_tokens,
+        )
 
 
 def _settle_failed(s: contract.Settlement, exc: BaseException) -> None:
@@ -86,80 +92,45 @@ def _settle_failed(s: contract.Settlement, exc: BaseException) -> None:
     metrics.SETTLEMENTS.labels("retry").inc()
 
 
-class MeteringSettings(CommonSettings, kw_only=True):
-    catalog: str = ""  # path; empty: JANUS_CATALOG or config/catalog.yaml
-    plans: str = ""  # path; empty: JANUS_PLANS or config/plans.yaml
-    reap_interval_seconds: float = 60.0
-    settle_ack_wait_seconds: float = 30.0
-    # deliveries of one settlement before it is dead-lettered: a settlement that fails this often
-    # (a record that cannot be written, a bug) must not loop for ever, and the bound is what makes
-    # the idempotency horizon below finite while metering runs
-    settle_max_deliver: int = 10
-    settle_batch: int = 128
-    # after a batch that did not fill, the next fetch waits this long, so that at low traffic
-    # settlements arriving a few ms apart share one fetch and one budget write per user instead of
-    # a wake-up and a write each; a settlement (and so its hold) is applied at most this much later.
-    # A full batch is followed by the next fetch at once. 0: fetch as soon as a batch is done
-    settle_linger_ms: float = 20.0
-    # settled request ids are remembered this long after publication: longer than max_deliver x
-    # ack_wait, so every redelivery while metering runs is recognised (by time, not by a count)
-    settled_horizon_seconds: int = 900
-    settled_ceiling: int = 40_000  # ids per user at most, a guard on the record's size only
-    bots_per_week: int = 100  # distinct X-Bot-ID tallies per user per week; the rest fold into "other"
-    concurrency: int = 512
-    # credit leases (services/metering/leases.py): the most of what each pool has left one lease may
-    # take (0: no leases), the longest a gateway may admit on one, and how long a lease with no sign
-    # of life (grant, settlement, renewal) stays before the reaper frees it (its gateway died)
-    lease_fraction: float = 0.25
-    lease_seconds: int = 30
-    lease_ttl_seconds: float = 300.0
-    rate_window_seconds: int = 60  # the window requests_per_minute counts in (shorter only in tests)
-    # the ledger stream's retention: entries older than this, or past this size, are dropped oldest
-    # first (0: no limit). max_bytes must fit in the JetStream store (max_file_store) with the
-    # budget buckets beside it: each overlay sets it for its volume
-    ledger_max_age_seconds: int = 90 * 86400
-    ledger_max_bytes: int = 256 * 1024 * 1024
-    # the daily history reads the ledger this often, this many entries at a time (more at once
-    # while it is behind): it lags the ledger by about the interval
-    daily_interval_seconds: float = 2.0
-    daily_batch: int = 512
-
-
-class MeteringService(Service):
+class MeteringService(Service[MeteringSettings]):
     name: ClassVar[str] = "metering"
     default_ops_port: ClassVar[int] = 9103
+    settings_cls = MeteringSettings
 
-    def __init__(self, common: CommonSettings) -> None:
-        super().__init__(common)
-        assert isinstance(common, MeteringSettings)
-        self.settings = common
-        catalog = load_catalog(common.catalog or None)
-        plans = load_plans(common.plans or None, catalog)
+    def __init__(self, settings: MeteringSettings) -> None:
+        super().__init__(settings)
+        catalog = load_catalog(settings.catalog or None)
+        plans = load_plans(settings.plans or None, catalog)
         self.default_plan = plans.default_plan
-        window = common.rate_window_seconds
+        window = settings.rate_window_seconds
         self.rules = {name: budget.PlanRules.of(name, p, window) for name, p in plans.plans.items()}
         # priced once per model and alias, so a request costs one dict lookup
         self.prices: dict[str, PriceUnits] = {
             name: PriceUnits.of(m.price) for name, m in catalog.model_by_name.items()
         }
-        self.bounds = Bounds(common.settled_horizon_seconds, common.settled_ceiling, common.bots_per_week)
-        if common.settled_horizon_seconds <= common.settle_max_deliver * common.settle_ack_wait_seconds:
+        self.bounds = Bounds(
+            settings.settled_horizon_seconds, settings.settled_ceiling, settings.bots_per_week
+        )
+        if settings.settled_horizon_seconds <= settings.settle_max_deliver * settings.settle_ack_wait_seconds:
             raise ConfigError(
-                f"bad setting: JANUS_SETTLED_HORIZON_SECONDS ({common.settled_horizon_seconds}) must be "
-                f"above JANUS_SETTLE_MAX_DELIVER ({common.settle_max_deliver}) x "
-                f"JANUS_SETTLE_ACK_WAIT_SECONDS ({common.settle_ack_wait_seconds:g}), or a redelivery "
-                "could outlive its settled id")
-        if not 0 <= common.lease_fraction <= 0.5:
+                f"bad setting: JANUS_SETTLED_HORIZON_SECONDS ({settings.settled_horizon_seconds}) must be "
+                f"above JANUS_SETTLE_MAX_DELIVER ({settings.settle_max_deliver}) x "
+                f"JANUS_SETTLE_ACK_WAIT_SECONDS ({settings.settle_ack_wait_seconds:g}), or a redelivery "
+                "could outlive its settled id"
+            )
+        if not 0 <= settings.lease_fraction <= 0.5:
             raise ConfigError(
-                f"bad setting: JANUS_LEASE_FRACTION ({common.lease_fraction:g}) must be within 0..0.5, so "
-                "a second gateway of the user can still be granted a lease")
-        if common.lease_ttl_seconds <= max(common.lease_seconds, 0):
+                f"bad setting: JANUS_LEASE_FRACTION ({settings.lease_fraction:g}) must be within 0..0.5, so "
+                "a second gateway of the user can still be granted a lease"
+            )
+        if settings.lease_ttl_seconds <= max(settings.lease_seconds, 0):
             raise ConfigError(
-                f"bad setting: JANUS_LEASE_TTL_SECONDS ({common.lease_ttl_seconds:g}) must be above "
-                f"JANUS_LEASE_SECONDS ({common.lease_seconds:g})")
-        self.lease_terms = LeaseTerms(common.lease_fraction, common.lease_seconds)
+                f"bad setting: JANUS_LEASE_TTL_SECONDS ({settings.lease_ttl_seconds:g}) must be above "
+                f"JANUS_LEASE_SECONDS ({settings.lease_seconds:g})"
+            )
+        self.lease_terms = LeaseTerms(settings.lease_fraction, settings.lease_seconds)
         self.store: BudgetStore | None = None
-        self.daily = DailyHistory(common.daily_batch, common.daily_interval_seconds)
+        self.daily = DailyHistory(settings.daily_batch, settings.daily_interval_seconds)
         self._top_cache: tuple[int, float, bytes] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = asyncio.Event()
@@ -185,12 +156,20 @@ class MeteringService(Service):
         for model in self.prices:  # the catalog's models: a bounded label set
             metrics.USAGE_OVER_HOLD.labels(model)
         await ensure_settlement_stream(bus, replicas)
-        await ensure_ledger_stream(bus, replicas, max_age=self.settings.ledger_max_age_seconds,
-                                   max_bytes=self.settings.ledger_max_bytes)
+        await ensure_ledger_stream(
+            bus,
+            replicas,
+            max_age=self.settings.ledger_max_age_seconds,
+            max_bytes=self.settings.ledger_max_bytes,
+        )
         await ensure_dead_letter_stream(bus, replicas)
-        sub = self._sub = await bus.pull_consumer(subjects.SETTLE_STREAM, SETTLE_DURABLE, subjects.SETTLE,
-                                                  ack_wait=self.settings.settle_ack_wait_seconds,
-                                                  max_deliver=self.settings.settle_max_deliver)
+        sub = self._sub = await bus.pull_consumer(
+            subjects.SETTLE_STREAM,
+            SETTLE_DURABLE,
+            subjects.SETTLE,
+            ack_wait=self.settings.settle_ack_wait_seconds,
+            max_deliver=self.settings.settle_max_deliver,
+        )
         n = self.settings.concurrency
         q = subjects.METERING_QUEUE
         await bus.serve(subjects.METER_RESERVE, self._on_reserve, queue=q, concurrency=n)
@@ -248,7 +227,8 @@ class MeteringService(Service):
             raise ModelNotFound(f"the model {req.model!r} does not exist", param="model")
         now = w.now_s(time.time())
         reply: contract.ReserveReply = await self.store.update(
-            req.user, lambda rec: budget.reserve(rec, req, rules, price, now, self.lease_terms))
+            req.user, lambda rec: budget.reserve(rec, req, rules, price, now, self.lease_terms)
+        )
         if reply.lease is not None:
             _LEASE_GRANTED.inc()
         if reply.denied_pool == "requests":
@@ -325,8 +305,10 @@ class MeteringService(Service):
             requests = sum(t.requests for t in rec.week_by_model.values())
             rows.append((rec.week_used, rec.user, rules.name, requests))
         rows.sort(reverse=True)
-        top = [{"user": u, "plan": p, "credits": c, "requests": r}
-               for c, u, p, r in rows[: max(1, min(q.top, 100))]]
+        top = [
+            {"user": u, "plan": p, "credits": c, "requests": r}
+            for c, u, p, r in rows[: max(1, min(q.top, 100))]
+        ]
         body = _json.encode({"object": "usage.top_users", "week_users": len(rows), "data": top})
         self._top_cache = (q.top, time.monotonic(), body)
         return body
@@ -348,6 +330,7 @@ class MeteringService(Service):
 
     async def give_back(self, ret: contract.LeaseReturn) -> bool:
         assert self.store is not None
+
         def change(rec: Any) -> tuple[bool, bool]:
             changed = give_back(rec, ret)
             return changed, changed
@@ -371,8 +354,9 @@ class MeteringService(Service):
             log.warning("renew_failed", error=map_exception(exc).message)
 
     # ------------------------------------------------------------------------------ settlement
-    def _submit_settlement(self, s: contract.Settlement,
-                           delivery: budget.Delivery) -> asyncio.Future[budget.Outcome]:
+    def _submit_settlement(
+        self, s: contract.Settlement, delivery: budget.Delivery
+    ) -> asyncio.Future[budget.Outcome]:
         """Queue one settlement's KV change; the store commits it with the user's other changes."""
         assert self.store is not None
         rules = self._plan(s.plan, strict=False)
@@ -382,24 +366,37 @@ class MeteringService(Service):
         now = w.now_s(time.time())
         bounds, prices = self.bounds, self.prices
         return self.store.submit(
-            s.user, lambda rec: budget.settle(rec, s, rules, price, now, bounds, delivery, prices))
+            s.user, lambda rec: budget.settle(rec, s, rules, price, now, bounds, delivery, prices)
+        )
 
     async def _dead_letter(self, m: Msg, reason: str, s: contract.Settlement | None, error: str) -> None:
         """Give up on a settlement: keep it in the dead-letter stream, count it, and remove it from
         the work queue (term), so it is neither lost without trace nor applied twice."""
         assert self.bus is not None
         deliveries, published = Bus.delivery(m)
-        letter = contract.DeadLetter(reason, m.data, deliveries, published, time.time(),
-                                     request_id=s.request_id if s else "", user=s.user if s else "",
-                                     error=error)
+        letter = contract.DeadLetter(
+            reason,
+            m.data,
+            deliveries,
+            published,
+            time.time(),
+            request_id=s.request_id if s else "",
+            user=s.user if s else "",
+            error=error,
+        )
         try:
             await dead_letter(self.bus, letter, Bus.sequence(m))
         except Exception as exc:
             # not stored: leave it unacked, so JetStream's own bound (max_deliver) still keeps it
             log.error("dead_letter_failed", request_id=letter.request_id, error=map_exception(exc).message)
             return
-        log.error("settlement_dead_lettered", reason=reason, request_id=letter.request_id,
-                  deliveries=deliveries, error=error)
+        log.error(
+            "settlement_dead_lettered",
+            reason=reason,
+            request_id=letter.request_id,
+            deliveries=deliveries,
+            error=error,
+        )
         metrics.SETTLEMENTS.labels("dead_lettered").inc()
         metrics.SETTLEMENTS_DEAD.labels(reason).inc()
         with contextlib.suppress(Exception):
@@ -444,8 +441,9 @@ class MeteringService(Service):
                 else:
                     _settle_failed(s, out)
             elif out.result == budget.UNPROVABLE:
-                await self._dead_letter(m, "unprovable", s,
-                                        "redelivered after the record stopped remembering its time")
+                await self._dead_letter(
+                    m, "unprovable", s, "redelivered after the record stopped remembering its time"
+                )
             else:
                 done.append((m, s, out, final))
         # after the KV writes: a crash here redelivers the settlements, which re-publish these entries
@@ -462,8 +460,9 @@ class MeteringService(Service):
             try:
                 await m.ack()
             except Exception as exc:
-                log.warning("settle_ack_failed", request_id=s.request_id,
-                            error=str(exc) or type(exc).__name__)
+                log.warning(
+                    "settle_ack_failed", request_id=s.request_id, error=str(exc) or type(exc).__name__
+                )
             _SETTLE_SECONDS.observe(time.perf_counter() - t0)
 
     async def _settle_loop(self, sub: Any) -> None:
@@ -508,6 +507,7 @@ class MeteringService(Service):
                 continue
             now = w.now_s(time.time())
             if budget.stale(rec, now, ttl, lease_ttl):
+
                 def drop(r: Any, now: int = now) -> tuple[list[str], bool]:
                     ids = budget.reap(r, now, ttl, lease_ttl)
                     return ids, bool(ids)

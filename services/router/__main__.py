@@ -1,5 +1,6 @@
-from services.router.service import RouterService, RouterSettings
+from services.router.service import RouterService
+from services.settings import KNOWN
 from shared.service import run
 
 if __name__ == "__main__":
-    run(RouterService, RouterSettings)
+    run(RouterService, KNOWN)

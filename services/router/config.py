@@ -52,7 +52,8 @@ class Rule(msgspec.Struct, forbid_unknown_fields=True, dict=True):
             self.regex = re2.compile("(?im)" + "|".join(f"(?:{p})" for p in parts))
         except re2.error as exc:
             raise msgspec.ValidationError(
-                f"bad pattern (RE2 syntax: no lookarounds or backreferences): {exc}") from None
+                f"bad pattern (RE2 syntax: no lookarounds or backreferences): {exc}"
+            ) from None
 
 
 class Threshold(msgspec.Struct, forbid_unknown_fields=True):
@@ -101,7 +102,7 @@ class RoutingFile(msgspec.Struct, forbid_unknown_fields=True):
 
 
 def load_routing(path: str | os.PathLike[str] | None = None, catalog: Catalog | None = None) -> Routing:
-    p = Path(path or os.environ.get("JANUS_ROUTING") or DEFAULT_ROUTING)
+    p = Path(path or DEFAULT_ROUTING)
     try:
         data = p.read_bytes()
     except OSError as exc:

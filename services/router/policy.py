@@ -49,8 +49,14 @@ def _cost(m: Model, prompt_tokens: int, output_tokens: int) -> float:
 
 
 class Policy:
-    def __init__(self, catalog: Catalog, plans: Plans, routing: Routing, scorer: ComplexityScorer | None,
-                 health: HealthView | None = None) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        plans: Plans,
+        routing: Routing,
+        scorer: ComplexityScorer | None,
+        health: HealthView | None = None,
+    ) -> None:
         self.catalog = catalog
         self.plans = plans
         self.routing = routing
@@ -59,11 +65,16 @@ class Policy:
         self._servings = {m.id: servings(catalog, m) for m in catalog.models}
 
     @classmethod
-    def load(cls, routing_path: str | None = None,
-             on_state: Callable[[str, int], None] | None = None) -> Policy:
-        """Catalog, plans, routing config and weights, each from its env-named file."""
-        catalog = load_catalog()
-        plans = load_plans(catalog=catalog)
+    def load(
+        cls,
+        routing_path: str = "",
+        catalog_path: str = "",
+        plans_path: str = "",
+        on_state: Callable[[str, int], None] | None = None,
+    ) -> Policy:
+        """Catalog, plans, routing config and weights, each from its file (empty: the built-in one)."""
+        catalog = load_catalog(catalog_path or None)
+        plans = load_plans(plans_path or None, catalog)
         routing = load_routing(routing_path or None, catalog=catalog)
         return cls(catalog, plans, routing, Scorer.load(), HealthView(routing.health, on_state))
 
@@ -91,7 +102,9 @@ class Policy:
             use = "embeddings" if req.kind == "embeddings" else "chat completions"
             raise InvalidRequest(
                 f"The model `{req.model}` is a{'n' if m.kind == 'embeddings' else ''} {m.kind} model "
-                f"and cannot be used for {use}", param="model", code="model_not_supported",
+                f"and cannot be used for {use}",
+                param="model",
+                code="model_not_supported",
             )
         return m
 
@@ -147,17 +160,24 @@ class Policy:
         return out
 
     def capable(self, req: RouteRequest, models: list[Model]) -> list[Model]:
-        needs = [c for c, on in (("tools", req.needs_tools), ("vision", req.needs_vision),
-                                 ("json", req.needs_json)) if on]
-        out = [m for m in models
-               if all(c in m.capabilities for c in needs) and req.prompt_tokens < m.context_window]
+        needs = [
+            c
+            for c, on in (("tools", req.needs_tools), ("vision", req.needs_vision), ("json", req.needs_json))
+            if on
+        ]
+        out = [
+            m
+            for m in models
+            if all(c in m.capabilities for c in needs) and req.prompt_tokens < m.context_window
+        ]
         if not out:
             what = ", ".join(needs) or "this request"
             if not needs:
                 what = f"a prompt of about {req.prompt_tokens} tokens"
             raise InvalidRequest(
                 f"No model that `auto` may choose on your plan supports {what}; name a model instead",
-                param="model", code="no_capable_model",
+                param="model",
+                code="no_capable_model",
             )
         return out
 
@@ -177,11 +197,14 @@ class Policy:
             top = max(m.quality for m in candidates)
             eligible = [m for m in candidates if m.quality == top]
         out_tokens = self.routing.expected_output_tokens
-        return min(eligible, key=lambda m: (
-            _cost(m, req.prompt_tokens, out_tokens),
-            best_health(self._servings[m.id], self.health),
-            m.id,
-        ))
+        return min(
+            eligible,
+            key=lambda m: (
+                _cost(m, req.prompt_tokens, out_tokens),
+                best_health(self._servings[m.id], self.health),
+                m.id,
+            ),
+        )
 
     # ------------------------------------------------------------------------------- targets
     def targets(self, model: Model, req: RouteRequest, now: float) -> list[Target]:
@@ -202,5 +225,7 @@ class Policy:
         out_tokens = self.routing.expected_output_tokens
         nxt = min(others, key=lambda m: (_cost(m, req.prompt_tokens, out_tokens), m.id))
         opts: list[Serving] = self._servings[nxt.id]
-        return [Target(t.deployment, t.provider, t.upstream_model, model=nxt.id)
-                for t in order(opts, self.health, req.request_id, now)]
+        return [
+            Target(t.deployment, t.provider, t.upstream_model, model=nxt.id)
+            for t in order(opts, self.health, req.request_id, now)
+        ]

@@ -17,35 +17,26 @@ import msgspec
 
 from services.router.health import STATE_NAMES
 from services.router.policy import Policy
+from services.router.settings import RouterSettings
 from shared import metrics, subjects
 from shared.bus import Bus, Msg
 from shared.contract import UsageReply, encode, error_reply, health_decoder, route_request_decoder
 from shared.errors import InvalidRequest, JanusError
 from shared.logging import get_logger
 from shared.service import Service
-from shared.settings import CommonSettings
 
 log = get_logger("router")
 
 _decisions = metrics.children(metrics.ROUTE_DECISIONS)
 
 
-class RouterSettings(CommonSettings, kw_only=True):
-    routing: str = ""  # path of the routing config (JANUS_ROUTING); empty: the built-in one
-    concurrency: int = 512
-    health_refresh_seconds: float = 1.0  # how often open circuits are checked for their cool-down
-    # how long a gateway may reuse a plan that depends on nothing but the catalog (0: never); short,
-    # so that every router replica keeps seeing a share of the traffic and a new config takes over soon
-    plan_cache_seconds: float = 1.0
-
-
-class RouterService(Service):
+class RouterService(Service[RouterSettings]):
     name: ClassVar[str] = "router"
     default_ops_port: ClassVar[int] = 9101
+    settings_cls = RouterSettings
 
-    def __init__(self, common: CommonSettings, clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__(common)
-        self.settings = common if isinstance(common, RouterSettings) else RouterSettings()
+    def __init__(self, settings: RouterSettings, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(settings)
         self.clock = clock
         self.policy: Policy | None = None
         self._subscribed = False
@@ -54,22 +45,28 @@ class RouterService(Service):
 
     async def start(self, bus: Bus) -> None:
         await super().start(bus)
-        self.policy = Policy.load(self.settings.routing, on_state=_publish_state)
+        s = self.settings
+        self.policy = Policy.load(s.routing, s.catalog, s.plans, on_state=_publish_state)
         for dep in self.policy.catalog.deployment_by_id:
             metrics.CIRCUIT_STATE.labels(dep).set(0)
         # a direct plan for a model with one deployment is that deployment whatever its health
         # (targets.order has nothing to draw or rank), so it is the same for every such request
         self._stable = frozenset(m.id for m in self.policy.catalog.models if len(m.serve) == 1)
         await bus.serve(subjects.HEALTH, self._on_health, concurrency=64)
-        await bus.serve(subjects.ROUTE_HEALTH, self._on_health_view, queue=subjects.ROUTER_QUEUE,
-                        concurrency=4)
-        await bus.serve(subjects.ROUTE, self._on_route, queue=subjects.ROUTER_QUEUE,
-                        concurrency=self.settings.concurrency)
+        await bus.serve(
+            subjects.ROUTE_HEALTH, self._on_health_view, queue=subjects.ROUTER_QUEUE, concurrency=4
+        )
+        await bus.serve(
+            subjects.ROUTE, self._on_route, queue=subjects.ROUTER_QUEUE, concurrency=self.settings.concurrency
+        )
         await bus.flush()
         self._subscribed = True
         self._ticker = asyncio.get_running_loop().create_task(self._tick())
-        log.info("router_ready", models=len(self.policy.catalog.models),
-                 rules=[r.name for r in self.policy.routing.rules])
+        log.info(
+            "router_ready",
+            models=len(self.policy.catalog.models),
+            rules=[r.name for r in self.policy.routing.rules],
+        )
 
     async def stop(self) -> None:
         if self._ticker is not None:
@@ -111,9 +108,16 @@ class RouterService(Service):
         metrics.ROUTE_DECISION_SECONDS.observe(elapsed)
         _decisions(plan.reason, plan.model).inc()
         if plan.auto:
-            log.info("auto_route", request_id=req.request_id, plan=req.plan, model=plan.model,
-                     reason=plan.reason, score=plan.score, primary=plan.targets[0].deployment,
-                     decision_ms=round(elapsed * 1000, 3))
+            log.info(
+                "auto_route",
+                request_id=req.request_id,
+                plan=req.plan,
+                model=plan.model,
+                reason=plan.reason,
+                score=plan.score,
+                primary=plan.targets[0].deployment,
+                decision_ms=round(elapsed * 1000, 3),
+            )
         await msg.respond(encode(plan))
 
     async def _on_health_view(self, msg: Msg) -> None:
@@ -143,13 +147,16 @@ def health_document(policy: Policy, now: float) -> bytes:
     for dep_id, (provider, _) in sorted(policy.catalog.deployment_by_id.items()):
         h = snap.get(dep_id)
         state = policy.health.refresh(dep_id, now) if h is not None else 0
-        rows.append({
-            "deployment": dep_id, "provider": provider.id,
-            "state": STATE_NAMES[state],
-            "error_rate": round(h.error_rate, 4) if h else 0.0,
-            "latency_seconds": None if h is None or h.latency is None else round(h.latency, 4),
-            "consecutive_failures": h.failures if h else 0,
-        })
+        rows.append(
+            {
+                "deployment": dep_id,
+                "provider": provider.id,
+                "state": STATE_NAMES[state],
+                "error_rate": round(h.error_rate, 4) if h else 0.0,
+                "latency_seconds": None if h is None or h.latency is None else round(h.latency, 4),
+                "consecutive_failures": h.failures if h else 0,
+            }
+        )
     return _json.encode({"object": "deployments", "data": rows})
 
 

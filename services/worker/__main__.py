@@ -1,5 +1,5 @@
+from services.settings import KNOWN
 from services.worker.service import WorkerService
-from services.worker.settings import WorkerSettings
 from shared.service import run
 
-run(WorkerService, WorkerSettings)
+run(WorkerService, KNOWN)

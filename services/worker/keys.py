@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from pathlib import Path
 
 from shared.catalog import Provider
 from shared.logging import get_logger
+from shared.settings import variable
 
 log = get_logger("worker.keys")
 
@@ -48,7 +48,7 @@ class ProviderKeys:
                     self._values[var] = path.read_text().strip() or None
                     self._seen[var] = mtime
                 return self._values.get(var)
-        return os.environ.get(var) or None
+        return variable(var) or None
 
     def refresh(self) -> list[str]:
         """Read the keys again; returns the deployments whose key changed."""

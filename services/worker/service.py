@@ -30,7 +30,6 @@ from services.worker.settings import WorkerSettings
 from services.worker.transport import Transport
 from shared import metrics, prompt, subjects
 from shared.bus import Bus, Msg
-from shared.byok import ENV as BYOK_ENV
 from shared.byok import ByokStore, Sealer
 from shared.catalog import Catalog, ConfigError, Deployment, Provider, load_catalog
 from shared.contract import (
@@ -70,16 +69,19 @@ _UPSTREAM_SECONDS = metrics.children(metrics.UPSTREAM_DURATION)
 _TOKENS = metrics.children(metrics.TOKENS)
 
 
-class WorkerService(Service):
+class WorkerService(Service[WorkerSettings]):
     name: ClassVar[str] = "worker"
     default_ops_port: ClassVar[int] = 9102
+    settings_cls = WorkerSettings
 
-    def __init__(self, common: WorkerSettings) -> None:  # type: ignore[override]
-        super().__init__(common)
-        self.settings = common
-        self.worker_id = common.worker_id or f"{socket.gethostname()}-{os.getpid()}"
-        self.catalog: Catalog = load_catalog(common.catalog or None)
-        ids = common.providers() or [p.id for p in self.catalog.providers]
+    def __init__(self, settings: WorkerSettings) -> None:
+        super().__init__(settings)
+        self.worker_id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.catalog: Catalog = load_catalog(settings.catalog or None)
+        pace = settings.fake_pace()
+        for d in (d for p in self.catalog.providers if p.kind == "fake" for d in p.deployments):
+            d.options = {**d.options, **pace}
+        ids = settings.providers() or [p.id for p in self.catalog.providers]
         self.providers: dict[str, Provider] = {}
         self.adapters: dict[str, Any] = {}
         for pid in ids:
@@ -92,20 +94,20 @@ class WorkerService(Service):
             self.providers[pid] = provider
             self.adapters[pid] = cls()
         # by variable name, from the environment or a mounted Secret re-read on rotation
-        self.keys = ProviderKeys(list(self.providers.values()), common.provider_keys_dir)
+        self.keys = ProviderKeys(list(self.providers.values()), settings.provider_keys_dir)
         # an upstream answer larger than the worker may send on is refused as it arrives
         self.transport = Transport(
-            connect_timeout=common.connect_timeout_seconds,
-            read_timeout=common.read_timeout_seconds,
-            pool_size=common.pool_size,
-            max_body_bytes=common.max_response_bytes,
+            connect_timeout=settings.connect_timeout_seconds,
+            read_timeout=settings.read_timeout_seconds,
+            pool_size=settings.pool_size,
+            max_body_bytes=settings.max_response_bytes,
         )
         self.health: HealthTracker | None = None
         self.calls: dict[str, set[asyncio.Task[Any]]] = {}
         self.in_flight = 0
         # per provider and per deployment: a slow upstream fills its own share, never another's
         self.caps = {
-            pid: common.provider_cap(p.max_concurrency, len(self.providers))
+            pid: settings.provider_cap(p.max_concurrency, len(self.providers))
             for pid, p in self.providers.items()
         }
         self.deployment_caps = {
@@ -129,7 +131,7 @@ class WorkerService(Service):
         await self.transport.start()
         self.keys.start(self.settings.provider_keys_refresh_seconds)
         if self.settings.byok_key:
-            sealer = Sealer.from_env({BYOK_ENV: self.settings.byok_key})
+            sealer = Sealer.from_key(self.settings.byok_key)
             self.byok = await ByokStore.open(bus, sealer, create=False)
 
         async def publish_health(report: HealthReport) -> None:
@@ -324,8 +326,9 @@ class WorkerService(Service):
     async def _run(self, req: WorkRequest, r: Replier, headers: dict[str, str]) -> None:
         call: Call | None = None
         terminal: Done | Failed
-        r.start_heartbeats(self.settings.heartbeat_seconds, self.settings.accept_delay_seconds,
-                           self.worker_id)
+        r.start_heartbeats(
+            self.settings.heartbeat_seconds, self.settings.accept_delay_seconds, self.worker_id
+        )
         try:
             try:
                 async with asyncio.timeout(_remaining(headers)):

@@ -8,7 +8,6 @@ from shared.settings import CommonSettings
 class WorkerSettings(CommonSettings, kw_only=True):
     # comma-separated provider ids this worker serves (``JANUS_WORKER_PROVIDERS``); empty: all
     worker_providers: str = ""
-    catalog: str = ""  # path of the catalog file; empty: shared.catalog's default
     worker_id: str = ""  # names this replica in Accepted frames and logs; empty: host and pid
     max_concurrency: int = 256  # upstream calls in flight at once; beyond it work is refused
     # per provider, unless the catalog sets the provider's max_concurrency; 0: all of max_concurrency
@@ -31,6 +30,15 @@ class WorkerSettings(CommonSettings, kw_only=True):
     provider_keys_refresh_seconds: float = 10.0  # how often the directory is checked for rotated keys
     # JANUS_BYOK_KEY: seals users' own provider keys (``janus byok genkey``); empty: bring-your-own-key off
     byok_key: str = ""
+    # the built-in fake provider's pace, over its deployments' options (latency_ms, tokens_per_second;
+    # 0: as fast as possible); unset: the catalog's. Tests and benchmarks slow a whole stack with them
+    fake_latency_ms: float | None = None
+    fake_tokens_per_second: float | None = None
+
+    def fake_pace(self) -> dict[str, str]:
+        """The fake deployments' options these settings override."""
+        pace = {"latency_ms": self.fake_latency_ms, "tokens_per_second": self.fake_tokens_per_second}
+        return {k: str(v) for k, v in pace.items() if v is not None}
 
     def provider_cap(self, catalog_cap: int, providers: int) -> int:
         """The calls one provider may have in flight on this worker."""

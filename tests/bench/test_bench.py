@@ -17,7 +17,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from tools.bench import extras
 from tools.bench.load import run_load
 from tools.bench.upstream import Shape, UpstreamServer
-from tools.stack import ROOT
+from tools.localstack import ROOT
 
 KEY = "sk-bench-test"
 
@@ -47,7 +47,10 @@ async def test_upstream_speaks_openai_wire_format_to_the_official_sdk(upstream: 
 
         text, usage, finish = [], None, None
         stream = await client.chat.completions.create(
-            model="m-1", messages=msgs, stream=True, stream_options={"include_usage": True},
+            model="m-1",
+            messages=msgs,
+            stream=True,
+            stream_options={"include_usage": True},
         )
         async for chunk in stream:
             if chunk.choices:
@@ -83,8 +86,10 @@ async def test_load_counts_requests_and_complete_streams(upstream: UpstreamServe
 async def test_load_flags_a_stream_that_ends_without_done() -> None:
     """A truncated stream must count as incomplete, or the c=64 figure would mean nothing."""
     event = b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
-    answer = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-              + b"%x\r\n%s\r\n0\r\n\r\n" % (len(event), event))
+    answer = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+        + b"%x\r\n%s\r\n0\r\n\r\n" % (len(event), event)
+    )
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
@@ -105,10 +110,14 @@ async def test_load_flags_a_stream_that_ends_without_done() -> None:
 
 
 def test_extra_sections_run_when_present_and_are_skipped_when_absent(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(extras, "SECTIONS", [
-        ("sample", "tests.bench.sample_section", ("run", "main")),
-        ("absent", "tools.no_such_bench_module", ("bench",)),
-    ])
+    monkeypatch.setattr(
+        extras,
+        "SECTIONS",
+        [
+            ("sample", "tests.bench.sample_section", ("run", "main")),
+            ("absent", "tools.no_such_bench_module", ("bench",)),
+        ],
+    )
     results, notes = extras.run_extras()
     assert results["sample"]["result"]["decisions_per_second"] == 123.0
     assert results["sample"]["result"]["argv"] == ["tests.bench.sample_section"]
@@ -120,31 +129,61 @@ def test_extra_sections_run_when_present_and_are_skipped_when_absent(monkeypatch
 def _bench(tmp_path: Path, *args: str, timeout: float) -> dict[str, object]:
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "tools.bench", "--out", str(out), "--workdir", str(tmp_path / "work"),
-         "--no-extras", "--warmup", "0", *args],
-        cwd=str(ROOT), capture_output=True, text=True, timeout=timeout,
+        [
+            sys.executable,
+            "-m",
+            "tools.bench",
+            "--out",
+            str(out),
+            "--workdir",
+            str(tmp_path / "work"),
+            "--no-extras",
+            "--warmup",
+            "0",
+            *args,
+        ],
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "p50 ms" in proc.stdout  # the table was printed
     doc = json.loads((out / "latest.json").read_text())
     assert set(doc) >= {"rows", "targets", "settings", "machine", "notes", "extras"}
     assert set(doc["targets"]) == {
-        "added_p50_ms_at_c1", "janus_cpu_ms_per_buffered_request_at_c1",
-        "janus_cpu_ms_per_buffered_request_at_c16", "janus_cpu_ms_per_streamed_chunk_at_c16", "janus_rps",
-        "incomplete_streams_at_c64"}
+        "added_p50_ms_at_c1",
+        "janus_cpu_ms_per_buffered_request_at_c1",
+        "janus_cpu_ms_per_buffered_request_at_c16",
+        "janus_cpu_ms_per_streamed_chunk_at_c16",
+        "janus_rps",
+        "incomplete_streams_at_c64",
+    }
     return doc
 
 
 @pytest.mark.timeout(90)
 def test_bench_direct_path_end_to_end(tmp_path: Path) -> None:
-    doc = _bench(tmp_path, "--targets", "direct", "--concurrency", "1,4", "--modes", "buffered,stream",
-                 "--requests", "40", timeout=80)
+    doc = _bench(
+        tmp_path,
+        "--targets",
+        "direct",
+        "--concurrency",
+        "1,4",
+        "--modes",
+        "buffered,stream",
+        "--requests",
+        "40",
+        timeout=80,
+    )
     assert doc["chunk_slope"] is None  # no Janus, no slope phases
     rows = doc["rows"]
     assert isinstance(rows, list)
     assert [(r["target"], r["mode"], r["concurrency"]) for r in rows] == [
-        ("direct", "buffered", 1), ("direct", "buffered", 4),
-        ("direct", "stream", 1), ("direct", "stream", 4),
+        ("direct", "buffered", 1),
+        ("direct", "buffered", 4),
+        ("direct", "stream", 1),
+        ("direct", "stream", 4),
     ]
     for r in rows:
         assert r["requests"] == 40 and r["errors"] == 0 and r["incomplete_streams"] == 0
@@ -155,8 +194,20 @@ def test_bench_direct_path_end_to_end(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(150)
 def test_bench_through_janus_end_to_end(tmp_path: Path) -> None:
-    doc = _bench(tmp_path, "--concurrency", "2", "--modes", "buffered,stream", "--requests", "30",
-                 "--chunks", "4", "--long-chunks", "12", timeout=140)
+    doc = _bench(
+        tmp_path,
+        "--concurrency",
+        "2",
+        "--modes",
+        "buffered,stream",
+        "--requests",
+        "30",
+        "--chunks",
+        "4",
+        "--long-chunks",
+        "12",
+        timeout=140,
+    )
     assert doc["notes"] == [], doc["notes"]
     janus = [r for r in doc["rows"] if r["target"] == "janus"]  # type: ignore[attr-defined,index]
     assert [(r["mode"], r["concurrency"]) for r in janus] == [("buffered", 2), ("stream", 2)]

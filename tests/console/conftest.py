@@ -10,7 +10,7 @@ import yaml
 
 from shared.byok import generate_key
 from tests.hostile.conftest import write_catalog
-from tools.stack import Stack, start_stack
+from tools.localstack import Stack, start_stack
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,8 @@ import openai
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tools.stack import ROOT, Stack, debian_tool
+from tests.kit.programs import debian_tool
+from tools.localstack import ROOT, Stack
 from tools.token import make_token
 
 SHOTS = ROOT / "screenshots" / "console"

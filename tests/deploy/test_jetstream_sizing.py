@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from services.metering.service import MeteringSettings
+from services.metering.settings import MeteringSettings
 from tests.deploy.test_manifests import find
 
 ROOT = Path(__file__).resolve().parents[2]

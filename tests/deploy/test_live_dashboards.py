@@ -30,7 +30,10 @@ from tests.deploy.test_metric_names import EXTERNAL, metric_names
 from tests.fakes.host import FALLBACK_CATALOG, stack_on_fakes
 from tests.fakes.openai_compat_upstream import OpenAICompatUpstream
 from tests.fixtures.replay import Drop, Fail, ReplayUpstream
-from tools.stack import ROOT, Stack, debian_tool, free_port, parse_metric
+from tests.kit.metrics import parse_metric
+from tests.kit.programs import debian_tool
+from tools.localnats import free_port
+from tools.localstack import ROOT, Stack
 from tools.token import make_token
 
 DASHBOARDS = sorted((ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"))

@@ -16,13 +16,11 @@ from typing import Any
 import pytest
 import yaml
 
-from shared.settings import CommonSettings, load_settings, termination_grace_seconds
+from shared.settings import CommonSettings, load_settings, termination_grace_seconds, variable_names
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "deploy" / "k8s" / "base"
 OPS_PORTS = {"gateway": 9100, "router": 9101, "worker": 9102, "metering": 9103}
-# read by shared/catalog.py from the environment, not through a settings Struct
-CATALOG_VARS = {"JANUS_CATALOG", "JANUS_PLANS"}
 
 
 def base_objects() -> list[dict[str, Any]]:
@@ -47,18 +45,11 @@ def container(name: str) -> dict[str, Any]:
     return find("Deployment", name)["spec"]["template"]["spec"]["containers"][0]
 
 
-def settings_fields(service: str) -> set[str]:
-    """JANUS_* names the service reads: its settings class when it exists, else the common ones."""
-    fields = set(CommonSettings.__struct_fields__)
-    for module in ("settings", "service"):  # metering keeps its settings beside its service
-        try:
-            mod = importlib.import_module(f"services.{service}.{module}")
-        except ImportError:
-            continue
-        for obj in vars(mod).values():
-            if isinstance(obj, type) and issubclass(obj, CommonSettings):
-                fields |= set(obj.__struct_fields__)
-    return {"JANUS_" + f.upper() for f in fields}
+def settings_fields(service: str) -> frozenset[str]:
+    """JANUS_* names the service reads: the fields of its settings class."""
+    mod = importlib.import_module(f"services.{service}.settings")
+    classes = [o for o in vars(mod).values() if isinstance(o, type) and issubclass(o, CommonSettings)]
+    return variable_names(*classes)
 
 
 def configmap_literals(name: str) -> dict[str, str]:
@@ -175,7 +166,7 @@ def test_gateway_drains_and_takes_http() -> None:
 
 @pytest.mark.parametrize("service", sorted(OPS_PORTS))
 def test_env_names_come_from_the_code(service: str) -> None:
-    known = settings_fields(service) | CATALOG_VARS
+    known = settings_fields(service)
     names = {e["name"] for e in container(service).get("env", [])} | set(configmap_literals("janus-env"))
     assert names <= known, f"{service}: {sorted(names - known)} are not settings of the service"
 
@@ -268,8 +259,12 @@ def test_nats_metrics_reach_prometheus_through_the_exporter_sidecar() -> None:
     # scraped once per pod: only the client Service carries the port the ServiceMonitor names
     sm = find("ServiceMonitor", "nats")
     port = sm["spec"]["endpoints"][0]["port"]
-    selected = [o for o in OBJECTS if o["kind"] == "Service"
-                and sm["spec"]["selector"]["matchLabels"].items() <= o["metadata"]["labels"].items()]
+    selected = [
+        o
+        for o in OBJECTS
+        if o["kind"] == "Service"
+        and sm["spec"]["selector"]["matchLabels"].items() <= o["metadata"]["labels"].items()
+    ]
     with_port = [s["metadata"]["name"] for s in selected if port in {p["name"] for p in s["spec"]["ports"]}]
     assert len(selected) == 2 and with_port == ["nats"]
     scrape = find("NetworkPolicy", "prometheus-scrape")

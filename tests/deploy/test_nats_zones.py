@@ -21,7 +21,8 @@ import yaml
 from nats.js.api import StreamConfig
 
 from shared.bus import Bus
-from tools.stack import NatsServer, cluster_url, start_cluster
+from tests.kit.cluster import start_cluster
+from tools.localnats import NatsServer, cluster_url
 
 ROOT = Path(__file__).resolve().parents[2]
 NATS_DIR = ROOT / "deploy" / "k8s" / "base" / "nats"

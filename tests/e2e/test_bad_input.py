@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from tests.openai_schema import validate
-from tools.stack import Stack
+from tools.localstack import Stack
 from tools.token import make_token
 
 GOOD = {"model": "gpt-5-nano", "messages": [{"role": "user", "content": "hello"}]}
@@ -52,7 +52,9 @@ BAD_BODIES: list[tuple[str, bytes, int]] = [
     (
         "nested past the depth limit",
         b'{"model": "auto", "messages": [{"role": "user", "content": "x"}], "x": '
-        + b"[" * 5000 + b"]" * 5000 + b"}",
+        + b"[" * 5000
+        + b"]" * 5000
+        + b"}",
         400,
     ),
     (
@@ -120,12 +122,14 @@ def test_embeddings_take_at_most_2048_inputs(stack: Stack, headers: dict[str, st
     body = {"model": "neboloop/nebo-embed-small", "input": ["x"] * 2048, "dimensions": 512}
     ok = httpx.post(url, json=body, headers=headers, timeout=30)
     assert ok.status_code == 200 and len(ok.json()["data"]) == 2048
-    over = httpx.post(url, json={"model": "neboloop/nebo-embed-small", "input": ["x"] * 2049},
-                      headers=headers, timeout=30)
+    over = httpx.post(
+        url, json={"model": "neboloop/nebo-embed-small", "input": ["x"] * 2049}, headers=headers, timeout=30
+    )
     assert over.status_code == 400 and over.json()["error"]["param"] == "input", over.text
     validate("ErrorResponse", over.json())
-    wide = httpx.post(url, json={"model": "neboloop/nebo-embed-small", "input": ["x"] * 2048},
-                      headers=headers, timeout=30)  # 2,048 x 1,536 numbers: more than one request holds
+    wide = httpx.post(
+        url, json={"model": "neboloop/nebo-embed-small", "input": ["x"] * 2048}, headers=headers, timeout=30
+    )  # 2,048 x 1,536 numbers: more than one request holds
     assert wide.status_code == 413 and wide.json()["error"]["code"] == "embeddings_too_large", wide.text
     assert "at most 1024 inputs" in wide.json()["error"]["message"]
 

@@ -16,7 +16,7 @@ from shared.byok import ByokStore, Sealer, entry_key, generate_key
 from tests.fakes.openai_upstream import OpenAIUpstream
 from tests.fakes.recorded_upstream import RecordedUpstream
 from tests.fixtures import recordings
-from tools.stack import Stack, start_stack
+from tools.localstack import Stack, start_stack
 from tools.token import make_token
 
 OUR_KEY = "sk-operator-key-0123456789"
@@ -62,17 +62,22 @@ def _usage(base: str, tok: str) -> dict:  # type: ignore[type-arg]
     return httpx.get(f"{base}/usage", headers={"Authorization": f"Bearer {tok}"}, timeout=10).json()
 
 
-async def _start(tmp_path: Path, upstream: OpenAIUpstream, byok_key: str,
-                 gemini_url: str = "http://127.0.0.1:9") -> Stack:
+async def _start(
+    tmp_path: Path, upstream: OpenAIUpstream, byok_key: str, gemini_url: str = "http://127.0.0.1:9"
+) -> Stack:
     """The stack on a catalog whose providers are the fake OpenAI upstream and (when given) a
     Gemini upstream, both on our key OUR_KEY."""
     (tmp_path / "catalog.yaml").write_text(CATALOG.format(base_url=upstream.base_url, gemini_url=gemini_url))
     (tmp_path / "plans.yaml").write_text(PLANS)
     # the default routing rules name models this catalog does not have
     (tmp_path / "routing.yaml").write_text("routing: {rules: []}\n")
-    env = {"JANUS_CATALOG": str(tmp_path / "catalog.yaml"), "JANUS_PLANS": str(tmp_path / "plans.yaml"),
-           "JANUS_ROUTING": str(tmp_path / "routing.yaml"),
-           "JANUS_BYOK_KEY": byok_key, "JANUS_TEST_OPENAI_KEY": OUR_KEY}
+    env = {
+        "JANUS_CATALOG": str(tmp_path / "catalog.yaml"),
+        "JANUS_PLANS": str(tmp_path / "plans.yaml"),
+        "JANUS_ROUTING": str(tmp_path / "routing.yaml"),
+        "JANUS_BYOK_KEY": byok_key,
+        "JANUS_TEST_OPENAI_KEY": OUR_KEY,
+    }
     return await asyncio.to_thread(start_stack, tmp_path / "stack", env=env)
 
 
@@ -82,7 +87,7 @@ async def test_own_key_is_used_and_charges_nothing(tmp_path: Path) -> None:
         stack = await _start(tmp_path, upstream, byok_key, google.base_url)
         try:
             bus = await Bus.connect(stack.nats.url, "test")
-            store = await ByokStore.open(bus, Sealer.from_env({"JANUS_BYOK_KEY": byok_key}))
+            store = await ByokStore.open(bus, Sealer.from_key(byok_key))
             await store.set("own-key-user", "openai", USER_KEY)
             await store.set("own-key-user", "gemini", USER_KEY)
             await bus.close()
@@ -93,8 +98,11 @@ async def test_own_key_is_used_and_charges_nothing(tmp_path: Path) -> None:
             body = {"model": "gpt-5-mini", "messages": [{"role": "user", "content": "hello"}]}
             async with httpx.AsyncClient(timeout=30) as c:
                 for tok in (own, ours):
-                    r = await c.post(f"{stack.base_url}/chat/completions", json=body,
-                                     headers={"Authorization": f"Bearer {tok}"})
+                    r = await c.post(
+                        f"{stack.base_url}/chat/completions",
+                        json=body,
+                        headers={"Authorization": f"Bearer {tok}"},
+                    )
                     assert r.status_code == 200, r.text
             keys = [rec.headers.get("Authorization") for rec in upstream.requests]
             assert keys == [f"Bearer {USER_KEY}", f"Bearer {OUR_KEY}"]
@@ -104,10 +112,18 @@ async def test_own_key_is_used_and_charges_nothing(tmp_path: Path) -> None:
             google.serve(recordings.load("gem_err_400"), "whole")
             gemini = {**body, "model": "gemini-flash"}
             async with httpx.AsyncClient(timeout=30) as c:
-                refused = [await c.post(f"{stack.base_url}/chat/completions", json=gemini,
-                                        headers={"Authorization": f"Bearer {tok}"}) for tok in (own, ours)]
+                refused = [
+                    await c.post(
+                        f"{stack.base_url}/chat/completions",
+                        json=gemini,
+                        headers={"Authorization": f"Bearer {tok}"},
+                    )
+                    for tok in (own, ours)
+                ]
             assert [(r.status_code, r.json()["error"]["code"]) for r in refused] == [
-                (401, "byok_key_rejected"), (502, "upstream_auth")]
+                (401, "byok_key_rejected"),
+                (502, "upstream_auth"),
+            ]
             assert all(r.headers["x-should-retry"] == "false" for r in refused)
             assert [rec.headers.get("x-goog-api-key") for rec in google.requests] == [USER_KEY, OUR_KEY]
             assert USER_KEY not in refused[0].text
@@ -127,8 +143,7 @@ async def test_own_key_is_used_and_charges_nothing(tmp_path: Path) -> None:
             await asyncio.to_thread(stack.stop)
 
 
-async def _settled(c: httpx.AsyncClient, base: str, headers: dict[str, str],
-                   requests: int) -> dict:  # type: ignore[type-arg]
+async def _settled(c: httpx.AsyncClient, base: str, headers: dict[str, str], requests: int) -> dict:  # type: ignore[type-arg]
     """/v1/usage once ``requests`` settlements have landed and no hold is open (or 10 s passed)."""
     deadline = time.monotonic() + 10
     while True:
@@ -169,7 +184,7 @@ async def test_own_key_over_http_is_sealed_listed_masked_used_and_deleted(tmp_pa
                 # sealed at rest with the deployment's key, bound to the user: the worker opens it
                 bus = await Bus.connect(stack.nats.url, "test")
                 try:
-                    store = await ByokStore.open(bus, Sealer.from_env({"JANUS_BYOK_KEY": byok_key}))
+                    store = await ByokStore.open(bus, Sealer.from_key(byok_key))
                     assert await store.get("http-alice", "openai") == USER_KEY
                     raw, _ = await Bus.kv_get(store.kv, entry_key("http-alice", "openai"))
                     assert USER_KEY.encode() not in raw and USER_KEY[3:-4].encode() not in raw
@@ -206,18 +221,28 @@ async def test_own_key_over_http_is_sealed_listed_masked_used_and_deleted(tmp_pa
                 assert (await c.get(f"{base}/byok", headers=alice)).json()["data"] == [entry]
 
                 # unknown providers and bad bodies: OpenAI-shaped errors that never repeat the key
-                unknown = await c.put(f"{base}/byok/no-such-provider", json={"api_key": USER_KEY},
-                                      headers=alice)
+                unknown = await c.put(
+                    f"{base}/byok/no-such-provider", json={"api_key": USER_KEY}, headers=alice
+                )
                 assert unknown.status_code == 400
                 assert unknown.json()["error"]["code"] == "byok_not_supported"
                 assert "openai" in unknown.json()["error"]["message"]
                 assert (await c.delete(f"{base}/byok/no-such-provider", headers=alice)).status_code == 404
-                bad_bodies: list[bytes] = [b"not json", b"[]", b"{}", b'{"api_key": 12345678}',
-                                           b'{"api_key": "short"}', b'{"api_key": "sk-has a space-123456"}',
-                                           b'{"api_key": "sk-line\\r\\nX-Evil: 1"}']
+                bad_bodies: list[bytes] = [
+                    b"not json",
+                    b"[]",
+                    b"{}",
+                    b'{"api_key": 12345678}',
+                    b'{"api_key": "short"}',
+                    b'{"api_key": "sk-has a space-123456"}',
+                    b'{"api_key": "sk-line\\r\\nX-Evil: 1"}',
+                ]
                 for body in bad_bodies:
-                    bad = await c.put(f"{base}/byok/openai", content=body,
-                                      headers={**alice, "Content-Type": "application/json"})
+                    bad = await c.put(
+                        f"{base}/byok/openai",
+                        content=body,
+                        headers={**alice, "Content-Type": "application/json"},
+                    )
                     assert bad.status_code == 400, (body, bad.text)
                     err = bad.json()["error"]
                     assert err["type"] == "invalid_request_error" and err["param"] == "api_key"

@@ -21,7 +21,8 @@ from tests.fakes.host import FALLBACK_CATALOG, stack_on_fakes
 from tests.fakes.openai_compat_upstream import OpenAICompatUpstream
 from tests.fixtures import wire
 from tests.fixtures.replay import Fail, ReplayUpstream
-from tools.stack import Stack, parse_metric
+from tests.kit.metrics import parse_metric
+from tools.localstack import Stack
 from tools.token import make_token
 
 HI: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hi"}]
@@ -84,8 +85,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         return {"catalog.yaml": FALLBACK_CATALOG.format(**urls), "plans.yaml": PLANS, "routing.yaml": ROUTING}
 
     fakes: dict[str, ReplayUpstream] = {"primary": OpenAICompatUpstream(), "backup": OpenAICompatUpstream()}
-    with stack_on_fakes(tmp_path_factory.mktemp("breaker"), fakes, config,
-                        {"JANUS_E2E_KEY": "sk-breaker"}) as (stack, host):
+    with stack_on_fakes(
+        tmp_path_factory.mktemp("breaker"), fakes, config, {"JANUS_E2E_KEY": "sk-breaker"}
+    ) as (stack, host):
         yield World(stack, host.fakes)
 
 

@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from tests.faults.kit import wait_until
-from tools.stack import Stack
+from tools.localstack import Stack
 from tools.token import make_token
 
 

@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from tests.e2e.test_openai_sdk import RATE_HEADERS as HEADERS
-from tools.stack import ROOT, Stack, start_stack
+from tools.localstack import ROOT, Stack, start_stack
 from tools.token import make_token
 
 SESSION = 40_000
@@ -90,9 +90,14 @@ def test_refusals_carry_the_credit_headers_metering_last_reported(small_budget: 
             headers={"Content-Type": "application/json"},
         )
         # a long output cap is granted shorter now; a prompt the session cannot pay for is refused
-        over = c.post("/chat/completions", json={
-            "model": "gpt-5.2", "max_tokens": 16, "messages": [{"role": "user", "content": "word " * 40_000}],
-        })
+        over = c.post(
+            "/chat/completions",
+            json={
+                "model": "gpt-5.2",
+                "max_tokens": 16,
+                "messages": [{"role": "user", "content": "word " * 40_000}],
+            },
+        )
         assert (unknown.status_code, too_big.status_code, over.status_code) == (404, 413, 429)
         assert _credits(unknown) == last and _credits(too_big) == last
         assert _credits(over)["x-ratelimit-session-limit-credits"] == str(SESSION)

@@ -17,7 +17,7 @@ import pytest
 
 from shared.catalog import Catalog, load_catalog, load_plans
 from tests.fakes.openai_upstream import OpenAIUpstream
-from tools.stack import ROOT, Stack, start_stack
+from tools.localstack import ROOT, Stack, start_stack
 from tools.token import make_token
 
 SEEDS = ROOT.parent / "shared" / "seeds"

@@ -11,7 +11,7 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from tools.stack import Stack
+from tools.localstack import Stack
 from tools.token import make_token
 
 MODEL = "gpt-5-mini"

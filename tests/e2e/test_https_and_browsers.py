@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tools.stack import Stack, free_port, start_stack
+from tools.localnats import free_port
+from tools.localstack import Stack, start_stack
 from tools.token import make_token
 
 ORIGIN = "https://app.example.com"

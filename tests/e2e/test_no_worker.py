@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.openai_schema import validate
-from tools.stack import Stack, start_stack
+from tools.localstack import Stack, start_stack
 from tools.token import make_token
 
 
@@ -27,9 +27,16 @@ def test_no_worker_is_503_and_releases_the_hold(workerless: Stack) -> None:
     tok = make_token("lonely", "pro", secret=workerless.env["JANUS_JWT_SECRET"])
     h = {"Authorization": f"Bearer {tok}"}
     for stream in (False, True):
-        r = httpx.post(f"{workerless.base_url}/chat/completions", headers=h, timeout=30,
-                       json={"model": "gpt-5-mini", "stream": stream,
-                             "messages": [{"role": "user", "content": "anyone there?"}]})
+        r = httpx.post(
+            f"{workerless.base_url}/chat/completions",
+            headers=h,
+            timeout=30,
+            json={
+                "model": "gpt-5-mini",
+                "stream": stream,
+                "messages": [{"role": "user", "content": "anyone there?"}],
+            },
+        )
         assert r.status_code == 503, r.text
         validate("ErrorResponse", r.json())
         assert r.headers.get("x-ratelimit-session-limit-credits")

@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from tests.openai_schema import validate
-from tools.stack import Stack
+from tools.localstack import Stack
 from tools.token import make_token
 
 RATE_HEADERS = (
@@ -98,15 +98,20 @@ def test_streaming_with_usage_chunk(client: openai.OpenAI, stack: Stack) -> None
 def test_stream_wire_format_matches_schema(stack: Stack) -> None:
     """Read the raw SSE bytes: every event is a schema-valid chunk and the stream ends with [DONE]."""
     headers = {"Authorization": f"Bearer {token(stack, 'raw-stream')}"}
-    body = {"model": "gpt-5-nano", "stream": True, "stream_options": {"include_usage": True},
-            "messages": [{"role": "user", "content": "count to five"}]}
-    with httpx.stream("POST", f"{stack.base_url}/chat/completions", json=body, headers=headers,
-                      timeout=30) as r:
+    body = {
+        "model": "gpt-5-nano",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": "count to five"}],
+    }
+    with httpx.stream(
+        "POST", f"{stack.base_url}/chat/completions", json=body, headers=headers, timeout=30
+    ) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         for h in RATE_HEADERS:
             assert h in r.headers
-        events = [line[len("data: "):] for line in r.iter_lines() if line.startswith("data: ")]
+        events = [line[len("data: ") :] for line in r.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     ids = set()
     for e in events[:-1]:
@@ -185,16 +190,18 @@ def test_streamed_tool_call_arguments_reassemble(client: openai.OpenAI) -> None:
     ],
 )
 def test_embeddings_float_and_base64(client: openai.OpenAI, model: str, dims: int, underlying: str) -> None:
-    raw = client.embeddings.with_raw_response.create(model=model, input=["first doc", "second doc"],
-                                                     encoding_format="float")
+    raw = client.embeddings.with_raw_response.create(
+        model=model, input=["first doc", "second doc"], encoding_format="float"
+    )
     body = json.loads(raw.http_response.content)
     validate("CreateEmbeddingResponse", body)
     assert body["model"] == underlying
     assert [d["index"] for d in body["data"]] == [0, 1]
     assert all(len(d["embedding"]) == dims for d in body["data"])
     assert body["usage"]["prompt_tokens"] > 0
-    raw64 = client.embeddings.with_raw_response.create(model=model, input="first doc",
-                                                       encoding_format="base64")
+    raw64 = client.embeddings.with_raw_response.create(
+        model=model, input="first doc", encoding_format="base64"
+    )
     b64 = json.loads(raw64.http_response.content)["data"][0]["embedding"]
     floats = struct.unpack(f"<{dims}f", base64.b64decode(b64))
     # the same input gives the same vector either way
@@ -217,8 +224,15 @@ def test_models_list_and_retrieve(client: openai.OpenAI, stack: Stack) -> None:
     listed = client.models.with_raw_response.list()
     validate("ListModelsResponse", json.loads(listed.http_response.content))
     ids = {m.id for m in listed.parse().data}
-    assert {"gpt-5.2", "gpt-5-mini", "gpt-5-nano", "deepseek.v3.2", "qwen.qwen3-32b",
-            "neboloop/nebo-embed-small", "neboloop/nebo-embed-large"} <= ids
+    assert {
+        "gpt-5.2",
+        "gpt-5-mini",
+        "gpt-5-nano",
+        "deepseek.v3.2",
+        "qwen.qwen3-32b",
+        "neboloop/nebo-embed-small",
+        "neboloop/nebo-embed-large",
+    } <= ids
     one = client.models.retrieve("neboloop/nebo-embed-small")
     assert one.id == "neboloop/nebo-embed-small" and one.object == "model"
     with pytest.raises(openai.NotFoundError) as ei:
@@ -250,8 +264,9 @@ def test_usage_reports_pools_and_spend(stack: Stack) -> None:
 
         time.sleep(0.1)
         deadline -= 1
-        u = httpx.get(f"{stack.base_url}/usage", headers={"Authorization": f"Bearer {c.api_key}"},
-                      timeout=10).json()
+        u = httpx.get(
+            f"{stack.base_url}/usage", headers={"Authorization": f"Bearer {c.api_key}"}, timeout=10
+        ).json()
     assert u["weekly"]["used"] > 0
 
 
@@ -259,13 +274,17 @@ def test_budget_refusal_is_429_with_headers_and_no_retry(stack: Stack) -> None:
     c = openai.OpenAI(base_url=stack.base_url, api_key=token(stack, "poor-user", plan="free"), max_retries=2)
     # gpt-5.2 output is $14/1M: 100k output tokens need 1.4M credits, more than a free session holds,
     # so the request is served with the cap lowered to what the budget covers
-    served = c.chat.completions.create(model="gpt-5.2", max_tokens=100_000,
-                                       messages=[{"role": "user", "content": "write a novel"}])
+    served = c.chat.completions.create(
+        model="gpt-5.2", max_tokens=100_000, messages=[{"role": "user", "content": "write a novel"}]
+    )
     assert served.choices[0].message.content
     with pytest.raises(openai.RateLimitError) as ei:
         # a prompt of about 107k tokens: more than the free plan's monthly input quota (100k) holds
-        c.chat.completions.create(model="gpt-5.2", max_tokens=100_000,
-                                  messages=[{"role": "user", "content": "write a novel " * 23_000}])
+        c.chat.completions.create(
+            model="gpt-5.2",
+            max_tokens=100_000,
+            messages=[{"role": "user", "content": "write a novel " * 23_000}],
+        )
     r = ei.value.response
     assert r.headers["x-should-retry"] == "false"
     for h in RATE_HEADERS:
@@ -285,16 +304,22 @@ def test_unauthenticated_is_401(stack: Stack, auth: str | None) -> None:
 
     headers = {}
     if auth == "expired":
-        headers["Authorization"] = "Bearer " + make_token("u", "pro", secret=stack.env["JANUS_JWT_SECRET"],
-                                                          ttl_seconds=-60)
+        headers["Authorization"] = "Bearer " + make_token(
+            "u", "pro", secret=stack.env["JANUS_JWT_SECRET"], ttl_seconds=-60
+        )
     elif auth == "wrong-secret":
         headers["Authorization"] = "Bearer " + make_token("u", "pro", secret="another-secret-entirely-x")
     elif auth == "alg-none":
-        headers["Authorization"] = "Bearer " + pyjwt.encode({"sub": "u", "plan": "pro", "exp": 4102444800},
-                                                            key=None, algorithm="none")
+        headers["Authorization"] = "Bearer " + pyjwt.encode(
+            {"sub": "u", "plan": "pro", "exp": 4102444800}, key=None, algorithm="none"
+        )
     elif auth:
         headers["Authorization"] = auth
-    r = httpx.post(f"{stack.base_url}/chat/completions", headers=headers, timeout=10,
-                   json={"model": "auto", "messages": [{"role": "user", "content": "x"}]})
+    r = httpx.post(
+        f"{stack.base_url}/chat/completions",
+        headers=headers,
+        timeout=10,
+        json={"model": "auto", "messages": [{"role": "user", "content": "x"}]},
+    )
     assert r.status_code == 401
     validate("ErrorResponse", r.json())

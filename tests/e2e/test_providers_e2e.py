@@ -41,7 +41,7 @@ from tests.faults.kit import ledger
 from tests.fixtures import wire
 from tests.fixtures.replay import Drop, Fail, Garbage, ReplayUpstream
 from tests.openai_schema import validate
-from tools.stack import Stack
+from tools.localstack import Stack
 from tools.token import make_token
 
 FAKES: dict[str, Callable[[], ReplayUpstream]] = {
@@ -173,8 +173,11 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     def config(fakes: dict[str, ReplayUpstream]) -> dict[str, str]:
-        return {"catalog.yaml": catalog_yaml(fakes), "plans.yaml": PLANS,
-                "routing.yaml": "routing: {rules: []}\n"}
+        return {
+            "catalog.yaml": catalog_yaml(fakes),
+            "plans.yaml": PLANS,
+            "routing.yaml": "routing: {rules: []}\n",
+        }
 
     env = {
         KEY_ENV: "sk-e2e-provider-key",

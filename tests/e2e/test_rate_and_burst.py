@@ -26,7 +26,7 @@ from shared.contract import Usage
 from shared.money import PriceUnits, cost_credits
 from tests.e2e.test_openai_sdk import RATE_HEADERS as CREDIT_HEADERS
 from tests.openai_schema import validate
-from tools.stack import ROOT, Stack, start_stack
+from tools.localstack import ROOT, Stack, start_stack
 from tools.token import make_token
 
 WINDOW = 6  # seconds: long enough for a few requests on a busy machine, short enough to wait out

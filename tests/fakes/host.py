@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.fixtures.replay import ReplayUpstream
-from tools.stack import Stack, start_stack
+from tools.localstack import Stack, start_stack
 
 
 class FakeHost:
@@ -58,8 +58,9 @@ Config = Callable[[dict[str, ReplayUpstream]], dict[str, str]]
 
 
 @contextlib.contextmanager
-def stack_on_fakes(work: Path, fakes: dict[str, ReplayUpstream], config: Config,
-                   env: dict[str, str] | None = None) -> Iterator[tuple[Stack, FakeHost]]:
+def stack_on_fakes(
+    work: Path, fakes: dict[str, ReplayUpstream], config: Config, env: dict[str, str] | None = None
+) -> Iterator[tuple[Stack, FakeHost]]:
     """The fakes started, then the whole stack with the catalog, plans and routing files that
     ``config`` writes for them (it gets the started fakes, so the catalog can name their URLs);
     everything stopped on the way out."""
@@ -70,12 +71,15 @@ def stack_on_fakes(work: Path, fakes: dict[str, ReplayUpstream], config: Config,
         files = config(host.fakes)
         for name, text in files.items():
             (work / name).write_text(text)
-        stack = start_stack(work, env={
-            "JANUS_CATALOG": str(work / "catalog.yaml"),
-            "JANUS_PLANS": str(work / "plans.yaml"),
-            "JANUS_ROUTING": str(work / "routing.yaml"),
-            **(env or {}),
-        })
+        stack = start_stack(
+            work,
+            env={
+                "JANUS_CATALOG": str(work / "catalog.yaml"),
+                "JANUS_PLANS": str(work / "plans.yaml"),
+                "JANUS_ROUTING": str(work / "routing.yaml"),
+                **(env or {}),
+            },
+        )
         yield stack, host
     finally:
         if stack is not None:

@@ -20,8 +20,9 @@ from shared.contract import LedgerEntry
 from shared.errors import JanusError
 from shared.money import PriceUnits, cost_credits
 from tests.eventually import eventually
+from tools.localnats import NatsServer, free_port
+from tools.localstack import ServiceProc, Stack, start_service, start_stack
 from tools.soak import ChatResult, get_usage, write_config
-from tools.stack import NatsServer, ServiceProc, Stack, free_port, start_service, start_stack
 
 T = TypeVar("T")
 

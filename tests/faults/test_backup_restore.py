@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from tests.faults.kit import launch, ledger, settled_usage
-from tools.stack import start_nats
+from tools.localnats import start_nats
 
 pytestmark = pytest.mark.timeout(150)
 

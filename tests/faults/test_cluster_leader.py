@@ -14,8 +14,11 @@ import pytest
 
 from shared import subjects
 from tests.faults.kit import launch, ledger_matches, settled_usage, tally, wait_until
+from tests.kit.cluster import start_cluster, stream_leader
+from tests.kit.metrics import parse_metric
+from tools.localnats import NatsServer, cluster_url
+from tools.localstack import Stack
 from tools.soak import ChatResult, answers, chat, price_of, run_load, token_for
-from tools.stack import NatsServer, Stack, cluster_url, parse_metric, start_cluster, stream_leader
 
 pytestmark = pytest.mark.timeout(150)
 

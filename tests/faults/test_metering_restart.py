@@ -16,8 +16,9 @@ import aiohttp
 import pytest
 
 from tests.faults.kit import launch, ledger_matches, settled_usage, tally
+from tests.kit.metrics import parse_metric
+from tools.localstack import Stack, start_service
 from tools.soak import ChatResult, answers, price_of, run_load, token_for
-from tools.stack import Stack, parse_metric, start_service
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -18,8 +18,8 @@ import pytest
 
 from tests.faults.kit import launch, settled_usage, wait_until
 from tests.faults.test_worker_kill import long_prompt
+from tools.localstack import Stack
 from tools.soak import ChatResult, answers, chat, token_for
-from tools.stack import Stack
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -49,19 +49,24 @@ async def test_nats_restart_fails_in_flight_cleanly_and_service_resumes(tmp_path
         prompt = long_prompt()
         tokens = {f"nats-{i}": token_for(stack, f"nats-{i}") for i in range(STREAMS)}
         async with aiohttp.ClientSession() as session:
-            expected = (await answers(session, stack.base_url, token_for(stack, "nats-warm"), [prompt],
-                                      MODEL))[prompt]
+            expected = (
+                await answers(session, stack.base_url, token_for(stack, "nats-warm"), [prompt], MODEL)
+            )[prompt]
             started = [asyncio.Event() for _ in range(STREAMS)]
 
             def marker(i: int) -> Callable[[ChatResult], None]:
                 def on_chunk(res: ChatResult) -> None:
                     if res.chunks >= 2:
                         started[i].set()
+
                 return on_chunk
 
-            calls = [asyncio.create_task(chat(session, stack.base_url, t, prompt, model=MODEL, stall=30,
-                                              on_chunk=marker(i)))
-                     for i, t in enumerate(tokens.values())]
+            calls = [
+                asyncio.create_task(
+                    chat(session, stack.base_url, t, prompt, model=MODEL, stall=30, on_chunk=marker(i))
+                )
+                for i, t in enumerate(tokens.values())
+            ]
             await asyncio.wait_for(asyncio.gather(*(e.wait() for e in started)), 20)
 
             await asyncio.to_thread(stack.nats.stop)

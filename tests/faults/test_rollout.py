@@ -20,8 +20,9 @@ import pytest
 from services.worker.adapters.fake import answer_words
 from shared.money import cost_credits
 from tests.faults.kit import add_replica, gateway_url, launch, settled_usage, wait_until
+from tests.kit.metrics import parse_metric
+from tools.localstack import ServiceProc
 from tools.soak import ChatResult, chat, price_of, token_for
-from tools.stack import ServiceProc, parse_metric
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -16,8 +16,9 @@ from shared.contract import Usage
 from shared.errors import ServiceUnavailable
 from shared.money import cost_credits
 from tests.faults.kit import launch, ledger, settled_usage
+from tests.kit.metrics import parse_metric
+from tools.localnats import start_nats
 from tools.soak import price_of, token_for
-from tools.stack import parse_metric, start_nats
 
 pytestmark = pytest.mark.timeout(120)
 

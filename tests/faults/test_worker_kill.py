@@ -19,8 +19,9 @@ from services.worker.adapters.fake import answer_words
 from shared.contract import LedgerEntry
 from shared.money import cost_credits
 from tests.faults.kit import FAST_ENV, add_replica, launch, ledger, settled_usage, wait_until
+from tests.kit.metrics import parse_metric
+from tools.localstack import ServiceProc
 from tools.soak import ChatResult, chat, price_of, token_for
-from tools.stack import ServiceProc, parse_metric
 
 pytestmark = pytest.mark.timeout(90)
 

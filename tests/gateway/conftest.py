@@ -14,7 +14,8 @@ import pytest
 from shared import subjects
 from shared.bus import Bus
 from tests.gateway.fakes import Fakes
-from tools.stack import DEV_SECRET, NatsServer, ServiceProc, base_env, free_port, start_nats, start_service
+from tools.localnats import NatsServer, free_port, start_nats
+from tools.localstack import DEV_SECRET, ServiceProc, base_env, start_service
 from tools.token import make_token
 
 GATEWAY_ENV = {

@@ -17,7 +17,7 @@ from shared.bus import Bus
 from tests.gateway import fakes as F
 from tests.gateway.conftest import Gateway, start_gateway
 from tests.gateway.test_flow import CHAT, assert_error
-from tools.stack import NatsServer
+from tools.localnats import NatsServer
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +34,14 @@ async def get_models(http: aiohttp.ClientSession, gw: Gateway, key: str) -> tupl
         return r.status, await r.read()
 
 
-async def test_api_key_is_accepted_like_a_jwt(gateway: Gateway, gw_bus: Bus, fakes: F.Fakes,
-                                              http: aiohttp.ClientSession) -> None:
+async def test_api_key_is_accepted_like_a_jwt(
+    gateway: Gateway, gw_bus: Bus, fakes: F.Fakes, http: aiohttp.ClientSession
+) -> None:
     await fakes.start({"pa": F.answer})
     key, _ = await (await KeyStore.open(gw_bus)).create("keyholder", "developer", "ci")
-    async with http.post(gateway.url + "/v1/chat/completions", json=CHAT,
-                         headers={"Authorization": f"Bearer {key}"}) as r:
+    async with http.post(
+        gateway.url + "/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {key}"}
+    ) as r:
         assert r.status == 200, await r.read()
     assert fakes.reserves[-1].user == "keyholder" and fakes.reserves[-1].plan == "developer"
 
@@ -64,7 +66,8 @@ async def test_bad_keys_are_401(gateway: Gateway, gw_bus: Bus, http: aiohttp.Cli
 
 
 async def test_revocation_reaches_every_gateway_within_a_second(
-        gateway: Gateway, second_gw: Gateway, gw_bus: Bus, http: aiohttp.ClientSession) -> None:
+    gateway: Gateway, second_gw: Gateway, gw_bus: Bus, http: aiohttp.ClientSession
+) -> None:
     store = await KeyStore.open(gw_bus)
     key, rec = await store.create("leaver", "pro")
     for gw in (gateway, second_gw):

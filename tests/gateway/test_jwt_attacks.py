@@ -26,7 +26,8 @@ from tests.gateway.jwks_server import (
     write_pem,
 )
 from tests.gateway.test_flow import assert_error
-from tools.stack import DEV_SECRET, NatsServer
+from tools.localnats import NatsServer
+from tools.localstack import DEV_SECRET
 
 ISS, AUD = "https://id.example.com/", "janus"
 RSA_PEM = rsa_key()  # configured as a PEM file
@@ -46,14 +47,22 @@ def jwks() -> Iterator[JwksServer]:
 
 
 @pytest.fixture(scope="module")
-def strict_gw(gw_nats: NatsServer, jwks: JwksServer,
-              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def strict_gw(
+    gw_nats: NatsServer, jwks: JwksServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
     """HS256 secret + an RSA PEM + a JWKS, with issuer and audience required."""
     work = tmp_path_factory.mktemp("gw-jwt")
     pem = write_pem(work / "rsa.pem", RSA_PEM)
-    gw = start_gateway(gw_nats, work, tag="-jwt", JANUS_JWT_PUBLIC_KEYS=str(pem), JANUS_JWT_JWKS_URL=jwks.url,
-                       JANUS_JWT_ISSUER=ISS, JANUS_JWT_AUDIENCE=f"other-api,{AUD}",
-                       JANUS_JWKS_MIN_REFRESH_SECONDS="0.5")
+    gw = start_gateway(
+        gw_nats,
+        work,
+        tag="-jwt",
+        JANUS_JWT_PUBLIC_KEYS=str(pem),
+        JANUS_JWT_JWKS_URL=jwks.url,
+        JANUS_JWT_ISSUER=ISS,
+        JANUS_JWT_AUDIENCE=f"other-api,{AUD}",
+        JANUS_JWKS_MIN_REFRESH_SECONDS="0.5",
+    )
     try:
         yield gw
     finally:
@@ -65,9 +74,10 @@ def good(**extra: Any) -> dict[str, Any]:
 
 
 async def status_of(gw: Gateway, token: str) -> tuple[int, bytes]:
-    async with aiohttp.ClientSession() as http, http.get(
-        gw.url + "/v1/models", headers={"Authorization": f"Bearer {token}"}
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(gw.url + "/v1/models", headers={"Authorization": f"Bearer {token}"}) as r,
+    ):
         return r.status, await r.read()
 
 
@@ -84,14 +94,16 @@ async def test_accepted_signatures(strict_gw: Gateway, jwks: JwksServer) -> None
     # rotation: a kid the gateway has not seen makes it fetch the set again
     jwks.keys = [jwk(EC_K1, "k1", "ES256"), jwk(EC_K2, "k2", "ES256")]
     await asyncio.sleep(0.6)  # past the refresh rate limit
-    status, body = await status_of(strict_gw, jwt.encode(good(), EC_K2, algorithm="ES256",
-                                                          headers={"kid": "k2"}))
+    status, body = await status_of(
+        strict_gw, jwt.encode(good(), EC_K2, algorithm="ES256", headers={"kid": "k2"})
+    )
     assert status == 200, body
 
 
 def _unsigned(header: dict[str, Any]) -> str:
     def b64(doc: dict[str, Any]) -> str:
         return base64.urlsafe_b64encode(json.dumps(doc).encode()).rstrip(b"=").decode()
+
     return f"{b64(header)}.{b64(good())}."
 
 
@@ -109,8 +121,9 @@ def _attacks() -> dict[str, str]:
         "expired": jwt.encode(good(exp=1_600_000_000), DEV_SECRET, algorithm="HS256"),
         "nbf_future": jwt.encode(good(nbf=int(claims()["iat"]) + 3600), DEV_SECRET, algorithm="HS256"),
         "iat_future": jwt.encode(good(iat=int(claims()["iat"]) + 3600), DEV_SECRET, algorithm="HS256"),
-        "wrong_issuer": jwt.encode(claims(iss="https://evil.example.com/", aud=AUD), DEV_SECRET,
-                                   algorithm="HS256"),
+        "wrong_issuer": jwt.encode(
+            claims(iss="https://evil.example.com/", aud=AUD), DEV_SECRET, algorithm="HS256"
+        ),
         "no_issuer": jwt.encode(claims(aud=AUD), DEV_SECRET, algorithm="HS256"),
         "wrong_audience": jwt.encode(claims(iss=ISS, aud="someone-else"), DEV_SECRET, algorithm="HS256"),
         "no_audience": jwt.encode(claims(iss=ISS), DEV_SECRET, algorithm="HS256"),
@@ -132,17 +145,19 @@ async def test_attacks_are_401(attack: str, strict_gw: Gateway) -> None:
 async def test_oversized_token_is_refused_before_parsing(strict_gw: Gateway) -> None:
     status, _ = await status_of(strict_gw, "A" * 9000)  # not even base64url JSON: never looked at
     assert status == 401
-    async with aiohttp.ClientSession() as http, http.get(
-        f"http://127.0.0.1:{strict_gw.proc.ops_port}/metrics"
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{strict_gw.proc.ops_port}/metrics") as r,
+    ):
         assert 'janus_auth_failures_total{reason="oversized"}' in await r.text()
 
 
 async def test_unknown_kids_do_not_flood_the_identity_provider(strict_gw: Gateway, jwks: JwksServer) -> None:
     await asyncio.sleep(0.6)
     before = jwks.fetches
-    forged = [jwt.encode(good(), ec_key(), algorithm="ES256", headers={"kid": f"forged-{i}"})
-              for i in range(20)]
+    forged = [
+        jwt.encode(good(), ec_key(), algorithm="ES256", headers={"kid": f"forged-{i}"}) for i in range(20)
+    ]
     results = await asyncio.gather(*(status_of(strict_gw, t) for t in forged))
     assert {s for s, _ in results} == {401}
     assert jwks.fetches - before <= 2  # one shared refresh (two if the window ended mid-burst)
@@ -153,8 +168,11 @@ async def test_public_keys_only_gateway(gw_nats: NatsServer, jwks: JwksServer, t
     gw = start_gateway(gw_nats, tmp_path, tag="-jwks-only", JANUS_JWT_SECRET="", JANUS_JWT_JWKS_URL=jwks.url)
     try:
         rs_pub = json.dumps(jwk(EC_K1, "k1", "ES256")).encode()
-        for tok in (jwt.encode(claims(), DEV_SECRET, algorithm="HS256"),
-                    forge_hs256(claims(), rs_pub), forge_hs256(claims(), public_pem(EC_K1))):
+        for tok in (
+            jwt.encode(claims(), DEV_SECRET, algorithm="HS256"),
+            forge_hs256(claims(), rs_pub),
+            forge_hs256(claims(), public_pem(EC_K1)),
+        ):
             status, body = await status_of(gw, tok)
             assert status == 401, body
         es256 = jwt.encode(claims(), EC_K1, algorithm="ES256", headers={"kid": "k1"})

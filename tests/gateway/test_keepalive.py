@@ -17,7 +17,7 @@ from shared.errors import JanusError
 from tests.gateway import fakes as F
 from tests.gateway.conftest import Gateway, auth, start_gateway
 from tests.gateway.test_flow import CHAT, assert_error
-from tools.stack import NatsServer
+from tools.localnats import NatsServer
 
 KEEPALIVE = 0.3
 COMMENT = b": keep-alive\n\n"

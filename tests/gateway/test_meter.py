@@ -18,7 +18,7 @@ from shared.bus import Bus, Msg
 from shared.contract import ReserveRequest, Settlement, Usage
 from shared.errors import BudgetExceeded, ServiceUnavailable
 from tests.eventually import eventually
-from tools.stack import NatsServer
+from tools.localnats import NatsServer
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -13,17 +13,19 @@ import aiohttp
 from tests.gateway import fakes as F
 from tests.gateway.conftest import auth, start_gateway
 from tests.gateway.test_flow import CHAT, sse_events
-from tools.stack import NatsServer
+from tools.localnats import NatsServer
 
 
-async def test_sigterm_ends_open_streams_in_band_and_settles(gw_nats: NatsServer, fakes: F.Fakes,
-                                                             tmp_path: Path) -> None:
+async def test_sigterm_ends_open_streams_in_band_and_settles(
+    gw_nats: NatsServer, fakes: F.Fakes, tmp_path: Path
+) -> None:
     gw = start_gateway(gw_nats, tmp_path, tag="-drain", JANUS_SHUTDOWN_GRACE_SECONDS="5")
     await fakes.start({"pa": F.endless})
     try:
-        async with aiohttp.ClientSession() as http, http.post(
-            gw.url + "/v1/chat/completions", json={**CHAT, "stream": True}, headers=auth()
-        ) as r:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(gw.url + "/v1/chat/completions", json={**CHAT, "stream": True}, headers=auth()) as r,
+        ):
             assert r.status == 200
             rid = r.headers["X-Request-Id"]
             await r.content.readuntil(b"\n\n")

@@ -16,7 +16,7 @@ import pytest
 from tests.gateway import fakes as F
 from tests.gateway.conftest import Gateway, auth, start_gateway
 from tests.gateway.test_flow import assert_error
-from tools.stack import NatsServer
+from tools.localnats import NatsServer
 
 WRITE_TIMEOUT = 1.0
 

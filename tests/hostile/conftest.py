@@ -18,7 +18,7 @@ import yaml
 from shared.apikeys import KeyStore
 from shared.bus import Bus
 from tests.fakes.openai_upstream import OpenAIUpstream
-from tools.stack import ROOT, Stack, start_stack
+from tools.localstack import ROOT, Stack, start_stack
 from tools.token import make_token
 
 T = TypeVar("T")
@@ -65,12 +65,27 @@ def write_catalog(path: Path, upstream_url: str, **fake_options: str) -> Path:
             for dep in provider["deployments"]:
                 dep.setdefault("options", {}).update(fake_options)
     if upstream_url:
-        doc["providers"].append({"id": "upstream", "kind": "openai_compat", "deployments": [
-            {"id": "upstream-api", "base_url": upstream_url, "api_key_env": PROVIDER_KEY_ENV}]})
-        doc["models"].append({"id": UPSTREAM_MODEL, "owned_by": "openai", "context_window": 128000,
-                              "max_output_tokens": 4096, "capabilities": ["streaming", "tools", "json"],
-                              "price": {"input": 0.1, "output": 0.2}, "quality": 1,
-                              "serve": [{"deployment": "upstream-api", "model": "gpt-4o-mini"}]})
+        doc["providers"].append(
+            {
+                "id": "upstream",
+                "kind": "openai_compat",
+                "deployments": [
+                    {"id": "upstream-api", "base_url": upstream_url, "api_key_env": PROVIDER_KEY_ENV}
+                ],
+            }
+        )
+        doc["models"].append(
+            {
+                "id": UPSTREAM_MODEL,
+                "owned_by": "openai",
+                "context_window": 128000,
+                "max_output_tokens": 4096,
+                "capabilities": ["streaming", "tools", "json"],
+                "price": {"input": 0.1, "output": 0.2},
+                "quality": 1,
+                "serve": [{"deployment": "upstream-api", "model": "gpt-4o-mini"}],
+            }
+        )
     path.write_text(yaml.safe_dump(doc))
     return path
 

@@ -22,7 +22,7 @@ from shared.byok import generate_key
 from tests.fakes.greedy_upstream import GreedyUpstream
 from tests.faults.kit import ledger, ledger_by_user, settled_usage
 from tests.hostile.conftest import LoopThread
-from tools.stack import Stack, start_stack
+from tools.localstack import Stack, start_stack
 from tools.token import make_token
 
 pytestmark = pytest.mark.timeout(600)

@@ -22,7 +22,7 @@ import yaml
 from tests.fakes.openai_upstream import OpenAIUpstream
 from tests.faults.kit import wait_until
 from tests.hostile.conftest import PROVIDER_KEY_ENV, LoopThread, write_catalog
-from tools.stack import ROOT, Stack, start_stack
+from tools.localstack import ROOT, Stack, start_stack
 from tools.token import make_token
 
 EMBED_MODEL = "upstream-embed"

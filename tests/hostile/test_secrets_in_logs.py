@@ -13,7 +13,7 @@ import jwt
 
 from tests.eventually import eventually
 from tests.hostile.conftest import UPSTREAM_MODEL, Hostile
-from tools.stack import local_keys
+from tools.localnats import local_keys
 
 
 def _post(url: str, auth: str | None, body: dict[str, object]) -> tuple[int, bytes]:

@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 
 from services.metering.record import Record
-from services.metering.service import MeteringService, MeteringSettings
+from services.metering.service import MeteringService
+from services.metering.settings import MeteringSettings
 from services.metering.store import BudgetStore
 from shared import contract, subjects
 from shared.bus import Bus
 from shared.contract import ReserveReply, Settlement, Usage
 from tests.eventually import eventually
-from tools.stack import NatsServer
+from tools.localnats import NatsServer
 
 # gpt-5-nano: 0.05 credits per input token, 0.40 per output token.
 # A request of 1000 input + 1000 max output tokens holds 50 + 400 = 450 credits: ten fit in 4500.

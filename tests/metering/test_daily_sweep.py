@@ -18,7 +18,7 @@ from services.metering.streams import ensure_ledger_stream, read_ledger
 from shared import contract, metrics, subjects
 from shared.bus import Bus
 from shared.contract import LedgerEntry, Usage
-from tools.stack import NatsServer
+from tools.localnats import NatsServer
 
 Open = Callable[..., Awaitable[daily.DailyHistory]]
 USERS = ("ann", "ben", "cid")

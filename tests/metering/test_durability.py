@@ -29,7 +29,8 @@ from tests.metering.conftest import (
     settle,
     wait_for,
 )
-from tools.stack import NatsServer, ServiceProc, base_env, start_service
+from tools.localnats import NatsServer
+from tools.localstack import ServiceProc, base_env, start_service
 
 USERS = [f"user-{i}" for i in range(5)]
 N = 100
@@ -58,12 +59,14 @@ def procs() -> Iterator[list[ServiceProc]]:
 
 def metering_env(nats: NatsServer, plans: Path) -> dict[str, str]:
     # a short ack wait so a killed replica's unacknowledged settlements come back within the test
-    return base_env(nats.url, JANUS_PLANS=str(plans), JANUS_SETTLE_ACK_WAIT_SECONDS="2",
-                    JANUS_SHUTDOWN_GRACE_SECONDS="3")
+    return base_env(
+        nats.url, JANUS_PLANS=str(plans), JANUS_SETTLE_ACK_WAIT_SECONDS="2", JANUS_SHUTDOWN_GRACE_SECONDS="3"
+    )
 
 
-async def check_exactly_once(bus: Bus, work: list[tuple[str, str, int]],
-                             others: dict[str, int] | None = None) -> None:
+async def check_exactly_once(
+    bus: Bus, work: list[tuple[str, str, int]], others: dict[str, int] | None = None
+) -> None:
     """Every request of ``work`` charged once; the ledger holds them (and ``others``) once each."""
     expected = {rid: nano_cost(1000, c) for _, rid, c in work}
 
@@ -116,8 +119,9 @@ async def test_sigkill_during_settlements_charges_each_request_once(
     # the rest arrive while metering is down; then every one again under another message id, so
     # the stream's de-duplication does not catch them and the record's idempotency must
     await asyncio.gather(*(settle(bus, u, rid, completion=c, plan="pro") for u, rid, c in work[half:]))
-    await asyncio.gather(*(settle(bus, u, rid, completion=c, plan="pro", msg_id=f"{rid}-again")
-                           for u, rid, c in work))
+    await asyncio.gather(
+        *(settle(bus, u, rid, completion=c, plan="pro", msg_id=f"{rid}-again") for u, rid, c in work)
+    )
     procs.append(start_service("metering", env, tmp_path, tag="-restarted"))
     await check_exactly_once(bus, work)
 
@@ -136,8 +140,9 @@ async def test_two_replicas_keep_the_same_guarantees(
     assert len(admitted) == TINY_SESSION // HOLD  # both replicas, one budget
 
     work = workload()
-    assert all(r.admitted for r in await asyncio.gather(
-        *(reserve(bus, u, rid, plan="pro") for u, rid, _ in work)))
+    assert all(
+        r.admitted for r in await asyncio.gather(*(reserve(bus, u, rid, plan="pro") for u, rid, _ in work))
+    )
     await asyncio.gather(
         *(settle(bus, u, rid, completion=c, plan="pro") for u, rid, c in work),
         *(settle(bus, "burst", rid) for rid in admitted),
@@ -155,8 +160,9 @@ async def test_settlements_waiting_out_a_linger_survive_a_sigkill_and_are_charge
     # after its first batch this replica waits a minute before fetching again
     procs.append(start_service("metering", {**env, "JANUS_SETTLE_LINGER_MS": "60000"}, tmp_path))
     work = workload()
-    assert all(r.admitted for r in await asyncio.gather(
-        *(reserve(bus, u, rid, plan="pro") for u, rid, _ in work)))
+    assert all(
+        r.admitted for r in await asyncio.gather(*(reserve(bus, u, rid, plan="pro") for u, rid, _ in work))
+    )
     u, rid, c = work[0]
     await settle(bus, u, rid, completion=c, plan="pro")
 
@@ -169,7 +175,8 @@ async def test_settlements_waiting_out_a_linger_survive_a_sigkill_and_are_charge
     info = await bus.js.consumer_info(subjects.SETTLE_STREAM, SETTLE_DURABLE)
     assert (info.num_pending, info.num_ack_pending) == (N - 1, 0)
     procs[0].stop(signal.SIGKILL)
-    await asyncio.gather(*(settle(bus, u, rid, completion=c, plan="pro", msg_id=f"{rid}-again")
-                           for u, rid, c in work))
+    await asyncio.gather(
+        *(settle(bus, u, rid, completion=c, plan="pro", msg_id=f"{rid}-again") for u, rid, c in work)
+    )
     procs.append(start_service("metering", env, tmp_path, tag="-restarted"))
     await check_exactly_once(bus, work)

@@ -14,7 +14,8 @@ from shared.apikeys import KeyStore, hash_key, watch_revocations
 from shared.bus import Bus
 from shared.byok import ByokStore, Sealer, generate_key
 from shared.errors import JanusError, NotFound
-from tools.stack import ROOT, NatsServer, seed_file
+from tools.localnats import NatsServer, seed_file
+from tools.localstack import ROOT
 
 
 async def test_key_lifecycle_and_revocation_broadcast(bus: Bus) -> None:
@@ -49,7 +50,7 @@ async def test_key_lifecycle_and_revocation_broadcast(bus: Bus) -> None:
 
 
 async def test_byok_is_encrypted_and_bound_to_user_and_provider(bus: Bus) -> None:
-    sealer = Sealer.from_env({"JANUS_BYOK_KEY": generate_key()})
+    sealer = Sealer.from_key(generate_key())
     store = await ByokStore.open(bus, sealer)
     await store.set("carol", "openai", "sk-provider-secret-123456")
     assert await store.get("carol", "openai") == "sk-provider-secret-123456"
@@ -63,7 +64,7 @@ async def test_byok_is_encrypted_and_bound_to_user_and_provider(bus: Bus) -> Non
     with pytest.raises(JanusError):
         await store.get("mallory", "openai")
     # and another deployment's key cannot open it either
-    other = ByokStore(kv, Sealer.from_env({"JANUS_BYOK_KEY": generate_key()}))
+    other = ByokStore(kv, Sealer.from_key(generate_key()))
     with pytest.raises(JanusError):
         await other.get("carol", "openai")
     assert await store.delete("carol", "openai") is True
@@ -74,8 +75,14 @@ def cli(nats: NatsServer, *args: str, **env: str) -> subprocess.CompletedProcess
     # the CLI as operators run it: its own identity, no more
     identity = {"JANUS_NATS_URL": nats.client_url, "JANUS_NATS_NKEY_FILE": seed_file("operator")}
     full = {**os.environ, **identity, **env}
-    return subprocess.run([sys.executable, "-m", "services.cli", *args], cwd=ROOT, env=full,
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", *args],
+        cwd=ROOT,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def test_cli_keys_and_byok(nats_server: NatsServer) -> None:
@@ -93,13 +100,35 @@ def test_cli_keys_and_byok(nats_server: NatsServer) -> None:
 
     bkey = cli(nats_server, "byok", "genkey").stdout.strip()
     secret = "sk-user-own-openai-key-0000"
-    ok = cli(nats_server, "byok", "set", "--user", "dave", "--provider", "openai", "--key-env", "MY_KEY",
-             JANUS_BYOK_KEY=bkey, MY_KEY=secret)
+    ok = cli(
+        nats_server,
+        "byok",
+        "set",
+        "--user",
+        "dave",
+        "--provider",
+        "openai",
+        "--key-env",
+        "MY_KEY",
+        JANUS_BYOK_KEY=bkey,
+        MY_KEY=secret,
+    )
     assert ok.returncode == 0, ok.stderr
     assert secret not in ok.stdout + ok.stderr
-    missing = cli(nats_server, "byok", "set", "--user", "dave", "--provider", "openai", "--key-env", "NOPE",
-                  JANUS_BYOK_KEY=bkey)
+    missing = cli(
+        nats_server,
+        "byok",
+        "set",
+        "--user",
+        "dave",
+        "--provider",
+        "openai",
+        "--key-env",
+        "NOPE",
+        JANUS_BYOK_KEY=bkey,
+    )
     assert missing.returncode == 2
-    deleted = cli(nats_server, "byok", "delete", "--user", "dave", "--provider", "openai",
-                  JANUS_BYOK_KEY=bkey)
+    deleted = cli(
+        nats_server, "byok", "delete", "--user", "dave", "--provider", "openai", JANUS_BYOK_KEY=bkey
+    )
     assert deleted.returncode == 0

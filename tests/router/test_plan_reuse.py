@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from services.router.service import RouterService, RouterSettings
+from services.router.service import RouterService
+from services.router.settings import RouterSettings
 from shared import contract, subjects
 from shared.bus import Bus
 from shared.contract import HealthReport, RoutePlan, RouteRequest
@@ -16,10 +17,15 @@ from tests.router.conftest import FIX
 
 
 @pytest.fixture
-async def router(bus: Bus, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[RouterService]:
-    monkeypatch.setenv("JANUS_CATALOG", str(FIX / "catalog.yaml"))
-    monkeypatch.setenv("JANUS_PLANS", str(FIX / "plans.yaml"))
-    svc = RouterService(RouterSettings(routing=str(FIX / "routing.yaml"), plan_cache_seconds=3.0))
+async def router(bus: Bus) -> AsyncIterator[RouterService]:
+    svc = RouterService(
+        RouterSettings(
+            routing=str(FIX / "routing.yaml"),
+            catalog=str(FIX / "catalog.yaml"),
+            plans=str(FIX / "plans.yaml"),
+            plan_cache_seconds=3.0,
+        )
+    )
     await svc.start(bus)
     try:
         yield svc

@@ -11,7 +11,7 @@ from services.router.policy import Policy
 from shared.catalog import load_catalog, load_plans
 from shared.contract import RouteRequest
 from tests.router.conftest import fixed_policy
-from tools.stack import ROOT
+from tools.localstack import ROOT
 
 CATALOG = load_catalog(ROOT / "config" / "catalog.yaml")
 PLANS = load_plans(ROOT / "config" / "plans.yaml", catalog=CATALOG)

@@ -10,7 +10,7 @@ import pytest
 
 from services.router import features as F
 from services.router.scorer import Scorer
-from tools.eval_routing import (
+from tools.routing_data import (
     FIXTURES,
     Row,
     evaluate,
@@ -51,8 +51,12 @@ def test_weights_file_is_plain_json_with_the_feature_layout(scorer: Scorer) -> N
 
 def test_metric_definitions_on_a_hand_made_case() -> None:
     # two prompts need the strong model; a perfect scorer recovers the whole gap quickly
-    rows = [Row("t", "t", str(i), s, w) for i, (s, w) in enumerate(
-        [(1, 0), (1, 0), (1, 1), (1, 1), (0, 0), (1, 1), (0, 0), (1, 1), (0, 0), (1, 1)])]
+    rows = [
+        Row("t", "t", str(i), s, w)
+        for i, (s, w) in enumerate(
+            [(1, 0), (1, 0), (1, 1), (1, 1), (0, 0), (1, 1), (0, 0), (1, 1), (0, 0), (1, 1)]
+        )
+    ]
     perfect = evaluate([1, 1, 0, 0, 0, 0, 0, 0, 0, 0], rows)
     inverse = evaluate([0, 0, 1, 1, 1, 1, 1, 1, 1, 1], rows)
     assert perfect.apgr > 0.8 > 0.2 > inverse.apgr
@@ -65,8 +69,10 @@ def test_learned_scorer_on_the_evaluation_slice(scorer: Scorer, rows: list[Row])
     learned = evaluate([scorer.logit(r.prompt) for r in rows], rows)
     length = evaluate(length_scores(rows), rows)
     rand = random_baseline(rows)
-    print(f"slice n={len(rows)}: learned APGR {learned.apgr:.3f}, length {length.apgr:.3f}, "
-          f"random {rand.apgr:.3f}")
+    print(
+        f"slice n={len(rows)}: learned APGR {learned.apgr:.3f}, length {length.apgr:.3f}, "
+        f"random {rand.apgr:.3f}"
+    )
     assert learned.apgr > 0.5 and learned.apgr > rand.apgr
     assert learned.apgr > length.apgr  # the learned scorer must earn its keep over prompt length
 

@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from services.router.service import RouterService, RouterSettings
+from services.router.service import RouterService
+from services.router.settings import RouterSettings
 from shared import contract, subjects
 from shared.bus import Bus
 from shared.contract import HealthReport, RoutePlan, RouteRequest
@@ -25,11 +26,12 @@ class Clock:
 
 
 @pytest.fixture
-async def router(bus: Bus, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[RouterService, Clock]]:
-    monkeypatch.setenv("JANUS_CATALOG", str(FIX / "catalog.yaml"))
-    monkeypatch.setenv("JANUS_PLANS", str(FIX / "plans.yaml"))
+async def router(bus: Bus) -> AsyncIterator[tuple[RouterService, Clock]]:
     clock = Clock()
-    svc = RouterService(RouterSettings(routing=str(FIX / "routing.yaml")), clock=clock)
+    settings = RouterSettings(
+        routing=str(FIX / "routing.yaml"), catalog=str(FIX / "catalog.yaml"), plans=str(FIX / "plans.yaml")
+    )
+    svc = RouterService(settings, clock=clock)
     await svc.start(bus)
     try:
         yield svc, clock

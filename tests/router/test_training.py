@@ -17,7 +17,7 @@ import pytest
 from services.router import features as F
 from services.router.scorer import Scorer, WeightsFile, parse_trees, tree_sum
 from tools import train_router as T
-from tools.eval_routing import EVAL_SUBJECTS, Row, evaluate
+from tools.routing_data import EVAL_SUBJECTS, Row, evaluate
 
 
 def test_demeaned_gain_is_zero_mean_within_every_subject() -> None:

@@ -21,8 +21,9 @@ from shared.contract import Usage
 from shared.money import cost_credits
 from tests.eventually import eventually
 from tests.faults.kit import add_replica, gateway_url, launch, open_holds, settled_usage
+from tests.kit.metrics import parse_metric
+from tools.localstack import Stack
 from tools.soak import LOAD_PLAN, price_of, token_for, write_config
-from tools.stack import Stack, parse_metric
 
 pytestmark = pytest.mark.timeout(180)
 

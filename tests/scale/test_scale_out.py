@@ -10,8 +10,9 @@ import aiohttp
 import pytest
 
 from tests.faults.kit import add_replica, gateway_url, launch, ledger_matches, settled_usage, tally
+from tests.kit.cluster import start_cluster
+from tests.kit.metrics import parse_metric
 from tools.soak import ChatResult, answers, price_of, run_load, token_for
-from tools.stack import parse_metric, start_cluster
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -55,9 +56,7 @@ async def test_every_replica_serves_a_share_and_budgets_stay_exact(tmp_path: Pat
         assert not broken
         async with aiohttp.ClientSession() as session:
             for user, token in users.items():
-                doc = await settled_usage(
-                    session, urls[0], token, nats_url=stack.harness_url, user=user
-                )
+                doc = await settled_usage(session, urls[0], token, nats_url=stack.harness_url, user=user)
                 assert doc["session"]["used"] == charged[user], user
         await ledger_matches(stack.harness_url, {u: charged[u] for u in users})
     finally:

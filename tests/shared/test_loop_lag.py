@@ -8,7 +8,7 @@ import time
 from prometheus_client import generate_latest
 
 from shared.service import _watch_loop_lag
-from tools.stack import parse_metric
+from tests.kit.metrics import parse_metric
 
 
 def _observed() -> tuple[float, float]:

@@ -21,8 +21,8 @@ from nats.aio.client import Client
 from shared import subjects
 from shared.bus import Bus, KeyNotFound
 from shared.errors import ServiceUnavailable
+from tools.localnats import NatsServer, seed_file, start_nats
 from tools.natsauth import load_identities, new_seed
-from tools.stack import NatsServer, seed_file, start_nats
 
 PUB, SUB = "publish", "subscribe"
 BYOK_GET = "$JS.API.DIRECT.GET.KV_janus_byok.$KV.janus_byok.y.u.alice.openai"

@@ -9,7 +9,8 @@ from prometheus_client import generate_latest
 
 from shared.bus import Bus
 from shared.errors import ServiceUnavailable
-from tools.stack import parse_metric, start_nats
+from tests.kit.metrics import parse_metric
+from tools.localnats import start_nats
 
 DAY = 86400.0
 

@@ -1,8 +1,10 @@
-"""``make run`` (``python -m tools.stack``) serves the configuration the shell exports: a custom
-catalog and plans, and a dev token signed with the secret in use, not the repository's defaults."""
+"""``make run`` (``python -m tools.localstack``) serves the configuration the shell exports: a custom
+catalog and plans, and a dev token signed with the secret in use, not the repository's defaults; its
+own variables reach no service (where each would be reported as an unknown setting)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -14,7 +16,8 @@ from pathlib import Path
 import jwt
 import openai
 
-from tools.stack import ROOT, free_port
+from tools.localnats import free_port
+from tools.localstack import ROOT, SERVICES
 
 CATALOG = """
 providers:
@@ -78,7 +81,7 @@ def test_make_run_serves_the_shells_catalog_plans_and_secret(tmp_path: Path) -> 
         "PYTHONUNBUFFERED": "1",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tools.stack"],
+        [sys.executable, "-m", "tools.localstack"],
         cwd=ROOT,
         env=env,
         text=True,
@@ -110,3 +113,8 @@ def test_make_run_serves_the_shells_catalog_plans_and_secret(tmp_path: Path) -> 
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+    for service in SERVICES:
+        log = (tmp_path / "data" / f"{service}.log").read_text()
+        events = [json.loads(line)["event"] for line in log.splitlines() if line.startswith("{")]
+        assert "started" in events, service  # the log was written before its absences are read
+        assert "unknown_setting" not in events, f"{service}:\n{log}"

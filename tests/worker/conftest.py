@@ -19,7 +19,7 @@ from shared import contract, subjects
 from shared.bus import Bus
 from shared.settings import load_settings
 from tests.fakes.openai_upstream import OpenAIUpstream
-from tools.stack import NatsServer
+from tools.localnats import NatsServer
 
 KEY_ENV = "JANUS_TEST_UPSTREAM_KEY"
 KEY = "sk-test-upstream-key-123456"

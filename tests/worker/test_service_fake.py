@@ -15,9 +15,9 @@ from shared import contract, subjects
 from shared.bus import Bus
 from shared.errors import JanusError
 from tests.eventually import eventually
+from tests.kit.metrics import parse_metric
 from tests.openai_schema import validate
 from tests.worker.conftest import check_sequence, chunks_of, run_work, work
-from tools.stack import parse_metric
 
 MESSAGES = [{"role": "user", "content": "Tell me something about gateways."}]
 
@@ -251,8 +251,9 @@ async def test_work_beyond_capacity_is_refused_at_once(bus: Bus, worker: WorkerS
     # a worker serving several providers gives each half of its capacity unless told otherwise
     capacity = worker.caps["slowfake"]
     assert capacity == worker.settings.max_concurrency // 2
-    results = await asyncio.gather(*(run_work(bus, slow({"messages": MESSAGES, "max_tokens": 1}))
-                                     for _ in range(capacity + 2)))
+    results = await asyncio.gather(
+        *(run_work(bus, slow({"messages": MESSAGES, "max_tokens": 1})) for _ in range(capacity + 2))
+    )
     terminals = [check_sequence(frames) for frames in results]
     refused = [t for t in terminals if isinstance(t, contract.Failed)]
     assert len(refused) == 2 and all(t.error.code == "worker_busy" for t in refused)
@@ -264,8 +265,10 @@ async def test_work_beyond_capacity_is_refused_at_once(bus: Bus, worker: WorkerS
 async def test_a_hanging_provider_fills_only_its_own_share(bus: Bus, worker: WorkerService) -> None:
     """The slow provider's calls sit at its cap; the other provider's calls are still served."""
     cap = worker.caps["slowfake"]
-    hanging = [asyncio.create_task(run_work(bus, slow({"messages": MESSAGES, "max_tokens": 1})))
-               for _ in range(cap + 1)]
+    hanging = [
+        asyncio.create_task(run_work(bus, slow({"messages": MESSAGES, "max_tokens": 1})))
+        for _ in range(cap + 1)
+    ]
     deadline = time.monotonic() + 5
     while worker.provider_busy["slowfake"] < cap:
         assert time.monotonic() < deadline, "the slow provider never reached its cap"
@@ -276,13 +279,20 @@ async def test_a_hanging_provider_fills_only_its_own_share(bus: Bus, worker: Wor
     assert worker.provider_busy["slowfake"] == cap, "the slow calls must still be in flight meanwhile"
     terminals = [check_sequence(frames) for frames in await asyncio.gather(*hanging)]
     assert sum(isinstance(t, contract.Failed) and t.error.code == "worker_busy" for t in terminals) == 1
-    assert parse_metric(generate_latest().decode(), "janus_worker_capacity",
-                        gen_ai_provider_name="slowfake") == cap
+    assert (
+        parse_metric(generate_latest().decode(), "janus_worker_capacity", gen_ai_provider_name="slowfake")
+        == cap
+    )
 
 
 def capped(body: dict[str, object]) -> contract.WorkRequest:
-    return work("slow-capped-chat", body, provider="slowfake", deployment="fake-slow-capped",
-                upstream="slow-upstream-name")
+    return work(
+        "slow-capped-chat",
+        body,
+        provider="slowfake",
+        deployment="fake-slow-capped",
+        upstream="slow-upstream-name",
+    )
 
 
 def _metric(name: str, **labels: str) -> float:
@@ -298,10 +308,13 @@ async def test_a_capped_deployment_fills_only_its_own_cap(bus: Bus, worker: Work
     labels = {"gen_ai_provider_name": "slowfake", "deployment": "fake-slow-capped"}
     assert _metric("janus_worker_deployment_capacity", **labels) == cap
     ok_before = _metric("janus_upstream_calls_total", outcome="ok", **labels)
-    hanging = [asyncio.create_task(run_work(bus, capped({"messages": MESSAGES, "max_tokens": 1})))
-               for _ in range(cap + 1)]
-    await eventually(lambda: worker.deployment_busy["fake-slow-capped"] == cap, 5,
-                     "the capped deployment reaching its cap")
+    hanging = [
+        asyncio.create_task(run_work(bus, capped({"messages": MESSAGES, "max_tokens": 1})))
+        for _ in range(cap + 1)
+    ]
+    await eventually(
+        lambda: worker.deployment_busy["fake-slow-capped"] == cap, 5, "the capped deployment reaching its cap"
+    )
     assert _metric("janus_worker_deployment_in_flight", **labels) == cap
     busy_when_taken: list[int] = []
 
@@ -321,8 +334,10 @@ async def test_a_capped_deployment_fills_only_its_own_cap(bus: Bus, worker: Work
     assert _metric("janus_upstream_calls_total", outcome="ok", **labels) == ok_before + cap
     assert _metric("janus_worker_deployment_in_flight", **labels) == 0
     # uncapped, a deployment's capacity is its provider's share
-    assert _metric("janus_worker_deployment_capacity", gen_ai_provider_name="slowfake",
-                   deployment="fake-slow") == worker.caps["slowfake"]
+    assert (
+        _metric("janus_worker_deployment_capacity", gen_ai_provider_name="slowfake", deployment="fake-slow")
+        == worker.caps["slowfake"]
+    )
 
 
 async def test_a_deployment_label_names_only_a_served_deployment(bus: Bus, worker: WorkerService) -> None:

@@ -13,7 +13,7 @@ from services.worker.transport import Transport
 from shared.errors import JanusError, redact
 from tests.fakes.openai_compat_upstream import Fail, OpenAICompatUpstream
 from tests.worker.adapters.test_adapter_http import context
-from tools.stack import free_port
+from tools.localnats import free_port
 
 KEY_ECHO = (
     b'{"error": {"message": "Incorrect API key provided: sk-proj-abcd************wxyz. You can '

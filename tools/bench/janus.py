@@ -17,7 +17,7 @@ from pathlib import Path
 import msgspec
 
 from tools.bench.procs import cpu_seconds
-from tools.stack import Stack, start_stack
+from tools.localstack import Stack, start_stack
 from tools.token import make_token
 
 PROVIDER = "bench"
@@ -39,20 +39,38 @@ def catalog(upstream_base_url: str, dimensions: int, long_upstream_url: str = ""
     models: list[dict[str, object]] = []
     if long_upstream_url:
         deployments.append({"id": LONG_DEPLOYMENT, "base_url": long_upstream_url, "api_key_env": KEY_ENV})
-        models.append({"id": LONG_MODEL, "owned_by": "bench", "capabilities": ["streaming"],
-                       "price": {"input": 0.10, "output": 0.40}, "quality": 1,
-                       "serve": [{"deployment": LONG_DEPLOYMENT, "model": "bench-upstream-chat"}]})
+        models.append(
+            {
+                "id": LONG_MODEL,
+                "owned_by": "bench",
+                "capabilities": ["streaming"],
+                "price": {"input": 0.10, "output": 0.40},
+                "quality": 1,
+                "serve": [{"deployment": LONG_DEPLOYMENT, "model": "bench-upstream-chat"}],
+            }
+        )
     return {
         "providers": [{"id": PROVIDER, "kind": "openai_compat", "deployments": deployments}],
         "models": [
             *models,
-            {"id": CHAT_MODEL, "owned_by": "bench", "capabilities": ["streaming"],
-             "price": {"input": 0.10, "output": 0.40}, "quality": 1,
-             # a provider-side name unlike the catalog id, so the translation is exercised
-             "serve": [{"deployment": DEPLOYMENT, "model": "bench-upstream-chat"}]},
-            {"id": EMBED_MODEL, "kind": "embeddings", "owned_by": "bench", "capabilities": ["embeddings"],
-             "dimensions": dimensions, "price": {"input": 0.02},
-             "serve": [{"deployment": DEPLOYMENT, "model": "bench-upstream-embed"}]},
+            {
+                "id": CHAT_MODEL,
+                "owned_by": "bench",
+                "capabilities": ["streaming"],
+                "price": {"input": 0.10, "output": 0.40},
+                "quality": 1,
+                # a provider-side name unlike the catalog id, so the translation is exercised
+                "serve": [{"deployment": DEPLOYMENT, "model": "bench-upstream-chat"}],
+            },
+            {
+                "id": EMBED_MODEL,
+                "kind": "embeddings",
+                "owned_by": "bench",
+                "capabilities": ["embeddings"],
+                "dimensions": dimensions,
+                "price": {"input": 0.02},
+                "serve": [{"deployment": DEPLOYMENT, "model": "bench-upstream-embed"}],
+            },
         ],
     }
 
@@ -60,13 +78,15 @@ def catalog(upstream_base_url: str, dimensions: int, long_upstream_url: str = ""
 def plans() -> dict[str, object]:
     return {
         "default_plan": PLAN,
-        "plans": {PLAN: {
-            "session": {"credits": HUGE_CREDITS, "hours": 5},
-            "weekly": {"credits": HUGE_CREDITS * 10},
-            "default_model": CHAT_MODEL,
-            "auto_models": [CHAT_MODEL],
-            "requests_per_minute": 10**9,
-        }},
+        "plans": {
+            PLAN: {
+                "session": {"credits": HUGE_CREDITS, "hours": 5},
+                "weekly": {"credits": HUGE_CREDITS * 10},
+                "default_model": CHAT_MODEL,
+                "auto_models": [CHAT_MODEL],
+                "requests_per_minute": 10**9,
+            }
+        },
     }
 
 
@@ -104,11 +124,15 @@ class Janus:
         self.stack.stop()
 
 
-def start(workdir: Path, upstream_base_url: str, upstream_key: str, *, dimensions: int,
-          long_upstream_url: str = "") -> Janus:
+def start(
+    workdir: Path, upstream_base_url: str, upstream_key: str, *, dimensions: int, long_upstream_url: str = ""
+) -> Janus:
     workdir.mkdir(parents=True, exist_ok=True)
-    files = {"catalog.yaml": catalog(upstream_base_url, dimensions, long_upstream_url), "plans.yaml": plans(),
-             "routing.yaml": routing()}
+    files = {
+        "catalog.yaml": catalog(upstream_base_url, dimensions, long_upstream_url),
+        "plans.yaml": plans(),
+        "routing.yaml": routing(),
+    }
     for name, doc in files.items():
         (workdir / name).write_bytes(msgspec.yaml.encode(doc))
     env = {
@@ -131,10 +155,13 @@ def probe(janus: Janus, model: str = CHAT_MODEL) -> str:
     """One buffered request through the gateway; '' when it answers 200, else what went wrong.
 
     Run before the load so a broken path fails with the gateway's own error, not a table of zeros."""
-    body = msgspec.json.encode({"model": model, "messages": [{"role": "user", "content": "ping"}],
-                                "max_tokens": 16})
+    body = msgspec.json.encode(
+        {"model": model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 16}
+    )
     req = urllib.request.Request(
-        janus.base_url + "/chat/completions", data=body, method="POST",
+        janus.base_url + "/chat/completions",
+        data=body,
+        method="POST",
         headers={"Content-Type": "application/json", "Authorization": f"Bearer {janus.token}"},
     )
     try:

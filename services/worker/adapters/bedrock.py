@@ -19,7 +19,6 @@ hands us each event's ``:event-type`` and JSON payload). What differs from OpenA
 
 from __future__ import annotations
 
-import os
 import urllib.parse
 from typing import Any, ClassVar
 
@@ -63,6 +62,7 @@ from services.worker.adapters.cohere_embed import embed_body, embed_vectors
 from shared.contract import Usage
 from shared.errors import InvalidRequest, JanusError, StreamInterrupted, upstream_error_for_status
 from shared.openai_request import FunctionCall, Message, NamedToolChoice, Part, ToolChoice
+from shared.settings import variable
 
 SERVICE = "bedrock"
 DEFAULT_REGION = "us-east-1"
@@ -243,7 +243,7 @@ class SigV4Signer:
         self._envs = (access_key_env, secret_key_env, token_env)
 
     def credentials(self) -> Credentials:
-        access, secret, token = (os.environ.get(name, "") for name in self._envs)
+        access, secret, token = (variable(name) for name in self._envs)
         if not access or not secret:
             raise JanusError(f"Bedrock credentials missing: set {self._envs[0]} and {self._envs[1]}")
         return Credentials(access, secret, token or None)

@@ -5,8 +5,8 @@ It lets ``make run``, the tests and the benchmark exercise every path of Janus w
 - text derived from the prompt (same prompt, same answer), one word per token: the prompt's own
   words restated among filler words, so a ``stop`` word the prompt contains can occur (and is cut);
 - latency to the first token and a generation speed, from the deployment's ``options``
-  (``latency_ms``, ``tokens_per_second``; 0 = as fast as possible), overridden by the environment
-  variables ``JANUS_FAKE_LATENCY_MS`` / ``JANUS_FAKE_TOKENS_PER_SECOND``;
+  (``latency_ms``, ``tokens_per_second``; 0 = as fast as possible), which the worker's settings
+  ``JANUS_FAKE_LATENCY_MS`` / ``JANUS_FAKE_TOKENS_PER_SECOND`` override;
 - real usage: prompt tokens counted from the messages, completion tokens = tokens generated;
 - the output cap the gateway held (else ``max_tokens`` / ``max_completion_tokens``; finish
   ``length``) and ``stop`` sequences; one answer per request (``n`` > 1 is refused, as providers
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import re
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
@@ -167,13 +166,9 @@ class FakeAdapter:
     )
     max_batch: ClassVar[int] = 2048
 
-    def __init__(self) -> None:
-        self._env_latency = os.environ.get("JANUS_FAKE_LATENCY_MS", "")
-        self._env_tps = os.environ.get("JANUS_FAKE_TOKENS_PER_SECOND", "")
-
     def _pace(self, ctx: ChatContext) -> tuple[float, float]:
-        latency = float(self._env_latency or option(ctx, "latency_ms", "0") or 0) / 1000
-        tps = float(self._env_tps or option(ctx, "tokens_per_second", "0") or 0)
+        latency = float(option(ctx, "latency_ms", "0") or 0) / 1000
+        tps = float(option(ctx, "tokens_per_second", "0") or 0)
         return latency, (1.0 / tps if tps > 0 else 0.0)
 
     async def stream_events(self, ctx: ChatContext) -> AsyncIterator[Event]:

@@ -12,7 +12,7 @@ import yaml
 
 from services.worker.adapters import ADAPTERS
 from services.worker.adapters.base import BatchesPerModel, PassesOpenAIThrough
-from tools.stack import ROOT
+from tools.localstack import ROOT
 
 KINDS = {"fake", "openai_compat", "anthropic", "gemini", "bedrock", "ollama", "cohere"}
 
