@@ -99,7 +99,7 @@ class RouterService(Service[RouterSettings]):
         try:
             plan = self.policy.route(req, self.clock())
         except JanusError as exc:
-            metrics.ROUTE_DECISIONS.labels(f"error:{exc.code or type(exc).__name__}", "").inc()
+            metrics.ROUTE_DECISIONS.labels(f"error:{exc.code or exc.kind}", "").inc()
             await msg.respond(encode(error_reply(exc)))
             return
         if not plan.auto and plan.reason == "direct" and plan.model in self._stable:
