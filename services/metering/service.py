@@ -399,8 +399,8 @@ class MeteringService(Service[MeteringSettings]):
         )
         metrics.SETTLEMENTS.labels("dead_lettered").inc()
         metrics.SETTLEMENTS_DEAD.labels(reason).inc()
-        with contextlib.suppress(Exception):
-            await m.term()
+        with contextlib.suppress(JanusError):
+            await Bus.term(m)
 
     async def settle_batch(self, msgs: list[Msg]) -> None:
         """Apply a fetched batch: KV changes grouped per user (one write each), then every ledger
@@ -458,11 +458,9 @@ class MeteringService(Service[MeteringSettings]):
                 continue
             _count_settlement(s, out, self.rules)
             try:
-                await m.ack()
-            except Exception as exc:
-                log.warning(
-                    "settle_ack_failed", request_id=s.request_id, error=str(exc) or type(exc).__name__
-                )
+                await Bus.ack(m)
+            except JanusError as exc:
+                log.warning("settle_ack_failed", request_id=s.request_id, error=exc.message)
             _SETTLE_SECONDS.observe(time.perf_counter() - t0)
 
     async def _settle_loop(self, sub: Any) -> None:
