@@ -23,9 +23,9 @@ import json
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import IO, Any
 
-from services.metering.streams import ensure_ledger_stream, ensure_settlement_stream
 from shared import subjects
 from shared.bus import Bus, KeyNotFound
+from shared.streams import ensure_ledger_stream, ensure_settlement_stream
 
 BUCKETS = (subjects.BUDGET_BUCKET, subjects.KEYS_BUCKET, subjects.BYOK_BUCKET)
 STREAMS = (subjects.LEDGER_STREAM, subjects.SETTLE_STREAM)

@@ -33,6 +33,8 @@ METER_ADMIN = f"{PREFIX}.meter.admin"
 # JetStream: settlements (de-duplicated by request id) and the usage ledger
 SETTLE_STREAM = "JANUS_SETTLE"
 SETTLE = f"{PREFIX}.meter.settle"
+# metering's durable consumer of it (one, shared by every replica: the work queue admits no second)
+SETTLE_DURABLE = "metering"
 # settlements metering gave up on (kept for an operator, never applied automatically)
 SETTLE_DEAD_STREAM = "JANUS_SETTLE_DEAD"
 SETTLE_DEAD = f"{PREFIX}.meter.dead"

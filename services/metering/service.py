@@ -33,14 +33,7 @@ from services.metering.leases import LeaseTerms, give_back
 from services.metering.record import Bounds
 from services.metering.settings import MeteringSettings
 from services.metering.store import BudgetStore
-from services.metering.streams import (
-    SETTLE_DURABLE,
-    dead_letter,
-    ensure_dead_letter_stream,
-    ensure_ledger_stream,
-    ensure_settlement_stream,
-    publish_ledger,
-)
+from services.metering.streams import dead_letter, publish_ledger
 from shared import contract, metrics, subjects
 from shared.bus import Bus, Msg, map_exception
 from shared.catalog import ConfigError, load_catalog, load_plans
@@ -48,6 +41,7 @@ from shared.errors import InvalidRequest, JanusError, ModelNotFound, PermissionD
 from shared.logging import get_logger
 from shared.money import PriceUnits
 from shared.service import Service
+from shared.streams import ensure_dead_letter_stream, ensure_ledger_stream, ensure_settlement_stream
 
 log = get_logger("metering")
 
@@ -165,7 +159,7 @@ class MeteringService(Service[MeteringSettings]):
         await ensure_dead_letter_stream(bus, replicas)
         sub = self._sub = await bus.pull_consumer(
             subjects.SETTLE_STREAM,
-            SETTLE_DURABLE,
+            subjects.SETTLE_DURABLE,
             subjects.SETTLE,
             ack_wait=self.settings.settle_ack_wait_seconds,
             max_deliver=self.settings.settle_max_deliver,
