@@ -129,17 +129,6 @@ class RequestRate(msgspec.Struct, omit_defaults=True):
     remaining: int  # after this request
     reset: int  # whole seconds until the window ends and ``limit`` is available again (0: none open)
 
-    def headers(self) -> dict[str, str]:
-        """OpenAI's ``x-ratelimit-*-requests`` headers (reset as a duration, like ``6m0s`` or ``1s``)."""
-        m, s = divmod(max(self.reset, 0), 60)
-        h, m = divmod(m, 60)
-        reset = (f"{h}h" if h else "") + (f"{m}m" if h or m else "") + f"{s}s"
-        return {
-            "X-RateLimit-Limit-Requests": str(self.limit),
-            "X-RateLimit-Remaining-Requests": str(max(self.remaining, 0)),
-            "X-RateLimit-Reset-Requests": reset,
-        }
-
 
 class ReserveReply(msgspec.Struct, tag="meter.reserve_reply.v1", **_tagged):
     admitted: bool

@@ -19,7 +19,7 @@ import msgspec
 
 from shared import contract, subjects
 from shared.bus import Bus
-from shared.contract import PoolState, UsageQuery
+from shared.contract import PoolState, RequestRate, UsageQuery
 from shared.errors import JanusError
 from shared.logging import get_logger
 
@@ -47,6 +47,18 @@ def credit_headers(pools: list[PoolState]) -> dict[str, str]:
         out[prefix + "Remaining-Credits"] = str(max(p.remaining, 0))
         out[prefix + "Reset"] = _iso(p.reset)
     return out
+
+
+def request_rate_headers(rate: RequestRate) -> dict[str, str]:
+    """OpenAI's ``x-ratelimit-*-requests`` headers (reset as a duration, like ``6m0s`` or ``1s``)."""
+    m, s = divmod(max(rate.reset, 0), 60)
+    h, m = divmod(m, 60)
+    reset = (f"{h}h" if h else "") + (f"{m}m" if h or m else "") + f"{s}s"
+    return {
+        "X-RateLimit-Limit-Requests": str(rate.limit),
+        "X-RateLimit-Remaining-Requests": str(max(rate.remaining, 0)),
+        "X-RateLimit-Reset-Requests": reset,
+    }
 
 
 class CreditView:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from services.gateway.credits import Credits
+from services.gateway.credits import Credits, request_rate_headers
 from services.gateway.leases import LeaseBook
 from shared import contract, metrics, subjects
 from shared.bus import Bus, map_exception
@@ -147,7 +147,7 @@ class Meter:
         if view is not None:
             headers.update(view.headers)
         if reply.requests is not None:
-            headers.update(reply.requests.headers())
+            headers.update(request_rate_headers(reply.requests))
 
     async def close(self) -> None:
         if self.leases is not None:
