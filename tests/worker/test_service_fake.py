@@ -8,8 +8,10 @@ import json
 import time
 
 import numpy as np
+import pytest
 from prometheus_client import generate_latest
 
+from services.worker import service as worker_service
 from services.worker.service import WorkerService
 from shared import contract, subjects
 from shared.bus import Bus
@@ -374,3 +376,22 @@ async def test_a_deployment_label_names_only_a_served_deployment(bus: Bus, worke
     text = generate_latest().decode()
     assert parse_metric(text, "janus_upstream_calls_total", deployment="fake-local") >= 1
     assert bogus not in text
+
+
+async def test_undecodable_work_is_logged_by_the_request_id_beside_it(
+    bus: Bus, worker: WorkerService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[str, dict[str, object]]] = []
+
+    class Recorder:
+        def __getattr__(self, level: str) -> object:
+            return lambda event, **kw: seen.append((event, kw))
+
+    monkeypatch.setattr(worker_service, "log", Recorder())
+    with bus.open_inbox("junk") as box:
+        await bus.publish(subjects.work("fake"), b"\xc1 not msgpack", reply=box.subject,
+                          headers={subjects.H_REQUEST_ID: "req-junk-1"})
+        frames = [contract.frame_decoder.decode((await box.next(5)).data) for _ in range(2)]
+    failed = check_sequence(frames)
+    assert isinstance(failed, contract.Failed) and failed.error.kind == "invalid_request"
+    assert [kw["request_id"] for event, kw in seen if event == "work_undecodable"] == ["req-junk-1"]
