@@ -575,18 +575,11 @@ class Bus:
         return md.num_delivered, md.timestamp.timestamp()
 
     @staticmethod
-    async def ack(msg: Msg) -> None:
-        """Acknowledge a JetStream message: done with, never delivered again."""
+    async def ack(msg: Msg, *, term: bool = False) -> None:
+        """Acknowledge a JetStream message: done with, never delivered again (``term``: though it was
+        not processed)."""
         try:
-            await msg.ack()
-        except Exception as exc:
-            raise map_exception(exc, "an acknowledgement") from None
-
-    @staticmethod
-    async def term(msg: Msg) -> None:
-        """Tell JetStream never to deliver ``msg`` again, though it was not processed."""
-        try:
-            await msg.term()
+            await (msg.term() if term else msg.ack())
         except Exception as exc:
             raise map_exception(exc, "an acknowledgement") from None
 

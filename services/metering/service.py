@@ -394,7 +394,7 @@ class MeteringService(Service[MeteringSettings]):
         metrics.SETTLEMENTS.labels("dead_lettered").inc()
         metrics.SETTLEMENTS_DEAD.labels(reason).inc()
         with contextlib.suppress(JanusError):
-            await Bus.term(m)
+            await Bus.ack(m, term=True)
 
     async def settle_batch(self, msgs: list[Msg]) -> None:
         """Apply a fetched batch: KV changes grouped per user (one write each), then every ledger

@@ -216,7 +216,7 @@ async def test_bad_requests_fail_cleanly(bus: Bus, worker: WorkerService) -> Non
     assert isinstance(failed, contract.Failed) and JanusError.from_wire(failed.error).retryable
 
 
-async def test_health_is_reported_per_deployment(bus: Bus, worker: WorkerService) -> None:
+async def health_reports(bus: Bus) -> asyncio.Queue[contract.HealthReport]:
     reports: asyncio.Queue[contract.HealthReport] = asyncio.Queue()
 
     async def on_report(msg) -> None:  # type: ignore[no-untyped-def]
@@ -224,6 +224,11 @@ async def test_health_is_reported_per_deployment(bus: Bus, worker: WorkerService
 
     await bus.serve(subjects.HEALTH, on_report)
     await bus.flush()
+    return reports
+
+
+async def test_health_is_reported_per_deployment(bus: Bus, worker: WorkerService) -> None:
+    reports = await health_reports(bus)
     for _ in range(3):
         await run_work(bus, work("fake-chat", {"messages": MESSAGES}))
     first = await asyncio.wait_for(reports.get(), 5)
@@ -239,13 +244,7 @@ async def test_health_is_reported_per_deployment(bus: Bus, worker: WorkerService
 
 
 async def test_a_cancel_says_nothing_about_the_deployment(bus: Bus, worker: WorkerService) -> None:
-    reports: asyncio.Queue[contract.HealthReport] = asyncio.Queue()
-
-    async def on_report(msg) -> None:  # type: ignore[no-untyped-def]
-        reports.put_nowait(contract.health_decoder.decode(msg.data))
-
-    await bus.serve(subjects.HEALTH, on_report)
-    await bus.flush()
+    reports = await health_reports(bus)
     req = slow({"messages": MESSAGES, "stream": True})
 
     async def cancel_at_first_chunk(frame: object) -> None:
