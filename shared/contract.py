@@ -221,11 +221,52 @@ class UsageQuery(msgspec.Struct, tag="meter.usage_query.v1", **_tagged):
     lease_return: LeaseReturn | None = None
 
 
+class PoolUsage(msgspec.Struct, omit_defaults=True):
+    """A credit pool for /v1/usage: what is spent and held; the gateway derives what remains."""
+
+    limit: int
+    used: int = 0
+    reserved: int = 0
+    reset: int = 0  # unix seconds
+
+
+class QuotaUsage(msgspec.Struct, omit_defaults=True):
+    limit: int | None = None  # None: the plan sets no such quota
+    used: int = 0
+    reserved: int = 0
+
+
+class TallyRow(msgspec.Struct, omit_defaults=True):
+    name: str  # a model, or a bot (X-Bot-ID)
+    credits: int = 0
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+class UsageReport(msgspec.Struct, omit_defaults=True):
+    """A caller's budget as metering keeps it; the gateway renders the /v1/usage document from it."""
+
+    plan: str
+    session: PoolUsage
+    weekly: PoolUsage
+    month_input: QuotaUsage
+    month_output: QuotaUsage
+    session_active: bool = False
+    month_reset: int = 0  # unix seconds
+    week_start: int = 0  # unix seconds
+    by_model: list[TallyRow] = []  # this week's, by name
+    by_bot: list[TallyRow] = []
+
+
 class UsageReply(msgspec.Struct, tag="meter.usage_reply.v1", **_tagged):
-    # a JSON document built by the service that owns the data: /v1/usage, /v1/usage/daily, and the
-    # operator view's parts (metering's top spenders, a router's deployment health)
-    body: bytes
+    # /v1/usage: ``report``, which the gateway renders. ``body`` is a JSON document built by the
+    # service that owns the data: /v1/usage/daily and the operator view's parts (metering's top
+    # spenders, a router's deployment health), and /v1/usage too for gateways of the previous
+    # release, which know no ``report`` (metering stops writing it there in the next release)
+    body: bytes = b""
     pools: list[PoolState] = []  # with /v1/usage: the credit pools, for a gateway's X-RateLimit-* headers
+    report: UsageReport | None = None
 
 
 class DailyQuery(msgspec.Struct, tag="meter.daily_query.v1", **_tagged):

@@ -29,6 +29,7 @@ from services.gateway.models import ModelIndex
 from services.gateway.plans import PlanCache, key_of
 from services.gateway.settings import GatewaySettings
 from services.gateway.sinks import BufferedSink, Sink, StreamSink
+from services.gateway.usage import usage_body
 from shared import contract, subjects
 from shared.bus import Bus
 from shared.catalog import Catalog
@@ -272,7 +273,7 @@ class Gateway:
         if isinstance(reply, contract.ErrorReply):
             raise reply.exception()
         self.meter.credits.remember(principal.user, principal.plan, reply.pools)
-        return web.Response(body=reply.body, headers={**call.headers, "Content-Type": _JSON})
+        return web.Response(body=usage_body(reply), headers={**call.headers, "Content-Type": _JSON})
 
 
 def build_app(gw: Gateway, edge: Edge) -> web.Application:

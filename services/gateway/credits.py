@@ -29,7 +29,8 @@ MAX_USERS = 100_000
 QUIET_SECONDS = 1.0
 
 
-def _iso(ts: float) -> str:
+def iso(ts: float) -> str:
+    """ISO 8601 UTC, whole seconds rounded up: a stated reset is never early."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(math.ceil(ts)))
 
 
@@ -45,7 +46,7 @@ def credit_headers(pools: list[PoolState]) -> dict[str, str]:
             continue
         out[prefix + "Limit-Credits"] = str(p.limit)
         out[prefix + "Remaining-Credits"] = str(max(p.remaining, 0))
-        out[prefix + "Reset"] = _iso(p.reset)
+        out[prefix + "Reset"] = iso(p.reset)
     return out
 
 

@@ -42,11 +42,15 @@ from shared.catalog import Plan
 from shared.contract import (
     LedgerEntry,
     PoolState,
+    PoolUsage,
+    QuotaUsage,
     RequestRate,
     ReserveReply,
     ReserveRequest,
     Settlement,
+    TallyRow,
     Usage,
+    UsageReport,
 )
 from shared.money import PriceUnits, cost_credits, output_within
 
@@ -486,8 +490,32 @@ def reap(rec: Record, now: int, ttl: float, lease_ttl: float | None = None) -> l
     return stale
 
 
+def usage_report(rec: Record, rules: PlanRules, now: int) -> UsageReport:
+    """A record rolled to ``now``, as the gateway's ``/v1/usage`` needs it."""
+    f = figures(rec, rules, now)
+    plan = rules.plan
+
+    def rows(d: dict[str, Tally]) -> list[TallyRow]:
+        return [TallyRow(t.name or k, t.credits, t.requests, t.input_tokens, t.output_tokens)
+                for k, t in sorted(d.items())]
+
+    return UsageReport(
+        plan=rules.name,
+        session=PoolUsage(plan.session.credits, f.session_used, f.session_reserved, f.session_reset),
+        session_active=f.session_open,
+        weekly=PoolUsage(plan.weekly.credits, f.week_used, f.week_reserved, f.week_reset),
+        month_input=QuotaUsage(plan.monthly_tokens.input, f.month_in, f.month_in_reserved),
+        month_output=QuotaUsage(plan.monthly_tokens.output, f.month_out, f.month_out_reserved),
+        month_reset=f.month_reset,
+        week_start=rec.week_start,
+        by_model=rows(rec.week_by_model),
+        by_bot=rows(rec.week_by_bot),
+    )
+
+
 def usage_document(rec: Record, rules: PlanRules, now: int) -> dict[str, object]:
-    """The ``/v1/usage`` body for a record rolled to ``now``."""
+    """The ``/v1/usage`` body for a record rolled to ``now``, for gateways of the previous release
+    (which pass it on as it is); current ones render ``usage_report``. Goes in the next release."""
     f = figures(rec, rules, now)
     plan = rules.plan
 

@@ -1,0 +1,73 @@
+"""The ``/v1/usage`` document, rendered from metering's typed report.
+
+Metering owns the figures; how they are shown to a client (ISO times, what remains, a map by name)
+is the edge's business, like the ``X-RateLimit-*`` headers drawn from the same pools.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from services.gateway.credits import iso
+from shared.contract import PoolUsage, QuotaUsage, TallyRow, UsageReply, UsageReport
+
+_json = msgspec.json.Encoder()
+
+
+def _pool(p: PoolUsage) -> dict[str, object]:
+    return {
+        "limit": p.limit,
+        "used": p.used,
+        "reserved": p.reserved,
+        "remaining": max(0, p.limit - p.used - p.reserved),
+        "reset": iso(p.reset),
+    }
+
+
+def _quota(q: QuotaUsage) -> dict[str, object]:
+    return {
+        "limit": q.limit,
+        "used": q.used,
+        "reserved": q.reserved,
+        "remaining": None if q.limit is None else max(0, q.limit - q.used - q.reserved),
+    }
+
+
+def _tallies(rows: list[TallyRow]) -> dict[str, object]:
+    return {
+        r.name: {
+            "credits": r.credits,
+            "requests": r.requests,
+            "input_tokens": r.input_tokens,
+            "output_tokens": r.output_tokens,
+        }
+        for r in rows
+    }
+
+
+def render(r: UsageReport) -> bytes:
+    return _json.encode(
+        {
+            "object": "usage",
+            "plan": r.plan,
+            "unit": "credits",
+            "session": {**_pool(r.session), "active": r.session_active},
+            "weekly": _pool(r.weekly),
+            "monthly_tokens": {
+                "input": _quota(r.month_input),
+                "output": _quota(r.month_output),
+                "reset": iso(r.month_reset),
+            },
+            "week": {
+                "start": iso(r.week_start),
+                "by_model": _tallies(r.by_model),
+                "by_bot": _tallies(r.by_bot),
+            },
+        }
+    )
+
+
+def usage_body(reply: UsageReply) -> bytes:
+    """The document for ``reply``: rendered from its report, or as a previous release's metering
+    (which sends no report) built it."""
+    return render(reply.report) if reply.report is not None else reply.body
