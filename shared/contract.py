@@ -259,14 +259,43 @@ class UsageReport(msgspec.Struct, omit_defaults=True):
     by_bot: list[TallyRow] = []
 
 
+class DayUsage(msgspec.Struct, omit_defaults=True):
+    day: int  # unix seconds // 86400 (UTC)
+    by_model: list[TallyRow] = []
+    by_bot: list[TallyRow] = []
+
+
+class DeploymentHealth(msgspec.Struct):
+    """One router's view of a deployment, for the operator view."""
+
+    deployment: str
+    provider: str
+    state: str  # closed, open or half_open
+    error_rate: float = 0.0
+    latency_seconds: float | None = None
+    consecutive_failures: int = 0
+
+
+class TopSpender(msgspec.Struct):
+    user: str
+    plan: str
+    credits: int  # spent this week
+    requests: int
+
+
 class UsageReply(msgspec.Struct, tag="meter.usage_reply.v1", **_tagged):
-    # /v1/usage: ``report``, which the gateway renders. ``body`` is a JSON document built by the
-    # service that owns the data: /v1/usage/daily and the operator view's parts (metering's top
-    # spenders, a router's deployment health), and /v1/usage too for gateways of the previous
-    # release, which know no ``report`` (metering stops writing it there in the next release)
+    """The answer to a usage query, typed: ``report`` (/v1/usage), ``daily`` (/v1/usage/daily),
+    ``deployments`` (a router's health view) or ``top_users`` and ``week_users`` (metering's top
+    spenders); the gateway renders each. ``body`` is the JSON document gateways of the previous
+    release pass on or parse instead, written beside the typed answer until the next release."""
+
     body: bytes = b""
     pools: list[PoolState] = []  # with /v1/usage: the credit pools, for a gateway's X-RateLimit-* headers
     report: UsageReport | None = None
+    daily: list[DayUsage] | None = None
+    deployments: list[DeploymentHealth] | None = None
+    top_users: list[TopSpender] | None = None
+    week_users: int = 0
 
 
 class DailyQuery(msgspec.Struct, tag="meter.daily_query.v1", **_tagged):

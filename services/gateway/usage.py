@@ -1,4 +1,4 @@
-"""The ``/v1/usage`` document, rendered from metering's typed report.
+"""The ``/v1/usage`` and ``/v1/usage/daily`` documents, rendered from metering's typed answers.
 
 Metering owns the figures; how they are shown to a client (ISO times, what remains, a map by name)
 is the edge's business, like the ``X-RateLimit-*`` headers drawn from the same pools.
@@ -6,10 +6,12 @@ is the edge's business, like the ``X-RateLimit-*`` headers drawn from the same p
 
 from __future__ import annotations
 
+import time
+
 import msgspec
 
 from services.gateway.credits import iso
-from shared.contract import PoolUsage, QuotaUsage, TallyRow, UsageReply, UsageReport
+from shared.contract import DayUsage, PoolUsage, QuotaUsage, TallyRow, UsageReply, UsageReport
 
 _json = msgspec.json.Encoder()
 
@@ -67,7 +69,24 @@ def render(r: UsageReport) -> bytes:
     )
 
 
+def _day(d: DayUsage) -> dict[str, object]:
+    return {
+        "date": time.strftime("%Y-%m-%d", time.gmtime(d.day * 86400)),
+        "credits": sum(r.credits for r in d.by_model),
+        "requests": sum(r.requests for r in d.by_model),
+        "input_tokens": sum(r.input_tokens for r in d.by_model),
+        "output_tokens": sum(r.output_tokens for r in d.by_model),
+        "by_model": _tallies(d.by_model),
+        "by_bot": _tallies(d.by_bot),
+    }
+
+
 def usage_body(reply: UsageReply) -> bytes:
-    """The document for ``reply``: rendered from its report, or as a previous release's metering
-    (which sends no report) built it."""
-    return render(reply.report) if reply.report is not None else reply.body
+    """The document for ``reply``: rendered from its typed answer, or as a previous release's
+    metering (which sends none) built it."""
+    if reply.report is not None:
+        return render(reply.report)
+    if reply.daily is not None:
+        days = [_day(d) for d in reply.daily]
+        return _json.encode({"object": "usage.daily", "unit": "credits", "days": len(days), "data": days})
+    return reply.body

@@ -125,7 +125,7 @@ class MeteringService(Service[MeteringSettings]):
         self.lease_terms = LeaseTerms(settings.lease_fraction, settings.lease_seconds)
         self.store: BudgetStore | None = None
         self.daily = DailyHistory(settings.daily_batch, settings.daily_interval_seconds)
-        self._top_cache: tuple[int, float, bytes] | None = None
+        self._top_cache: tuple[int, float, contract.UsageReply] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = asyncio.Event()
         self._consuming = False
@@ -280,7 +280,7 @@ class MeteringService(Service[MeteringSettings]):
         metrics.METER_OP_SECONDS.labels("usage").observe(time.perf_counter() - t0)
 
     # ----------------------------------------------------------------------------------- admin
-    async def top_spenders(self, q: contract.AdminQuery) -> bytes:
+    async def top_spenders(self, q: contract.AdminQuery) -> contract.UsageReply:
         """This week's biggest spenders, for the operator view: a scan of the budget records,
         which is why only operators may ask, at most 100 are answered, and an answer is reused for
         a few seconds (a dashboard left open must not turn into a scan a second)."""
@@ -300,18 +300,17 @@ class MeteringService(Service[MeteringSettings]):
             requests = sum(t.requests for t in rec.week_by_model.values())
             rows.append((rec.week_used, rec.user, rules.name, requests))
         rows.sort(reverse=True)
-        top = [
-            {"user": u, "plan": p, "credits": c, "requests": r}
-            for c, u, p, r in rows[: max(1, min(q.top, 100))]
-        ]
-        body = _json.encode({"object": "usage.top_users", "week_users": len(rows), "data": top})
-        self._top_cache = (q.top, time.monotonic(), body)
-        return body
+        top = [contract.TopSpender(u, p, c, r) for c, u, p, r in rows[: max(1, min(q.top, 100))]]
+        # the document beside the rows is for gateways of the previous release
+        legacy = _json.encode({"object": "usage.top_users", "week_users": len(rows), "data": top})
+        reply = contract.UsageReply(legacy, top_users=top, week_users=len(rows))
+        self._top_cache = (q.top, time.monotonic(), reply)
+        return reply
 
     async def _on_admin(self, msg: Msg) -> None:
         try:
             q = contract.admin_query_decoder.decode(msg.data)
-            out = contract.encode(contract.UsageReply(await self.top_spenders(q)))
+            out = contract.encode(await self.top_spenders(q))
         except Exception as exc:
             out = self._error(exc, "admin")
         await self._respond(msg, out)

@@ -9,11 +9,11 @@ import json
 import msgspec
 
 from services.gateway.usage import render, usage_body
-from services.metering import budget
+from services.metering import budget, daily
 from services.metering.record import Bounds, Record
 from shared import contract
 from shared.catalog import Plan, SessionPool, TokenQuota, WeeklyPool
-from shared.contract import PoolState, ReserveRequest, Settlement, Usage
+from shared.contract import LedgerEntry, PoolState, ReserveRequest, Settlement, Usage
 from shared.money import PriceUnits
 
 RULES = budget.PlanRules.of(
@@ -27,6 +27,7 @@ RULES = budget.PlanRules.of(
 )
 PRICE = PriceUnits(input=1_000_000, cached_input=1_000_000, output=1_000_000)
 NOW = 1_795_996_800 + 3 * 86400 + 1234  # a Thursday
+TODAY = NOW // 86400
 
 
 def _record() -> Record:
@@ -67,3 +68,18 @@ def test_old_and_new_replicas_understand_each_others_usage_replies() -> None:
     # and renders the report when there is one
     decoded = contract.usage_reply_decoder.decode(contract.encode(new))
     assert isinstance(decoded, contract.UsageReply) and json.loads(usage_body(decoded)) == json.loads(legacy)
+
+
+def test_the_daily_document_is_the_one_clients_had() -> None:
+    rec = daily.DailyRecord()
+    for seq, (day, bot, model) in enumerate(
+        [(TODAY - 3, "mail", "m"), (TODAY, "mail", "big"), (TODAY, "x", "m")]
+    ):
+        entry = LedgerEntry("r", "u", model, 7 + seq, Usage(3, 4 + seq), bot=bot, at=float(day * 86400 + 5))
+        assert daily.apply(rec, entry, seq + 1, day)
+    legacy = daily.document(rec, 7, TODAY)
+    reply = contract.UsageReply(legacy, daily=daily.usage_days(rec, 7, TODAY))
+    decoded = contract.usage_reply_decoder.decode(contract.encode(reply))
+    assert isinstance(decoded, contract.UsageReply)
+    assert json.loads(usage_body(decoded)) == json.loads(legacy)
+    assert json.loads(usage_body(decoded))["data"][-1]["by_bot"]["x"]["credits"] == 9
