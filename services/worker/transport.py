@@ -78,7 +78,9 @@ async def _read_error_body(resp: aiohttp.ClientResponse) -> bytes:
     return bytes(body)
 
 
-def map_exception(exc: BaseException, *, streaming: bool = False) -> JanusError:
+def upstream_exception(exc: BaseException, *, streaming: bool = False) -> JanusError:
+    """aiohttp's exceptions as Janus errors: this boundary's one table, as ``shared.bus.map_exception``
+    is the bus's."""
     if isinstance(exc, JanusError):
         return exc
     if isinstance(exc, TimeoutError):  # aiohttp's connect/read timeouts subclass it
@@ -185,7 +187,7 @@ class Transport:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            raise map_exception(exc) from None
+            raise upstream_exception(exc) from None
 
     async def stream(self, req: UpstreamRequest,
                      adapter: Any) -> AsyncGenerator[tuple[list[StreamMessage], bool], None]:
@@ -221,4 +223,4 @@ class Transport:
         except (asyncio.CancelledError, GeneratorExit):
             raise
         except Exception as exc:
-            raise map_exception(exc, streaming=started) from None
+            raise upstream_exception(exc, streaming=started) from None
