@@ -121,8 +121,10 @@ def usage_days(rec: DailyRecord, days: int, today: int) -> list[contract.DayUsag
     """The last ``days`` days up to ``today``, oldest first, empty days included."""
 
     def rows(d: dict[str, Tally]) -> list[contract.TallyRow]:
-        return [contract.TallyRow(k, t.credits, t.requests, t.input_tokens, t.output_tokens)
-                for k, t in sorted(d.items())]
+        return [
+            contract.TallyRow(k, t.credits, t.requests, t.input_tokens, t.output_tokens)
+            for k, t in sorted(d.items())
+        ]
 
     out = []
     for n in range(today - days + 1, today + 1):
@@ -239,8 +241,9 @@ class DailyHistory:
                 continue
             by_user[entry.user].append((entry, seq))
         users = list(by_user)
-        results = await asyncio.gather(*(self._write_user(u, by_user[u]) for u in users),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(self._write_user(u, by_user[u]) for u in users), return_exceptions=True
+        )
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:
             log.warning("daily_write_failed", users=len(failed), error=map_exception(failed[0]).message)

@@ -16,6 +16,7 @@ from shared.errors import JanusError, ServiceUnavailable
 _LEDGER_GET = f"$JS.API.DIRECT.GET.{subjects.LEDGER_STREAM}"
 _READ_MAX_BYTES = 4 * 1024 * 1024  # one read's answer at most: a batch of large entries ends early
 
+
 async def dead_letter(bus: Bus, letter: DeadLetter, sequence: int) -> None:
     """Store ``letter``, de-duplicated by the settlement's stream sequence (a replica that crashed
     after storing it but before removing the settlement stores it once)."""

@@ -155,12 +155,16 @@ def health_reply(policy: Policy, now: float) -> UsageReply:
     for dep_id, (provider, _) in sorted(policy.catalog.deployment_by_id.items()):
         h = snap.get(dep_id)
         state = policy.health.refresh(dep_id, now) if h is not None else 0
-        rows.append(DeploymentHealth(
-            dep_id, provider.id, STATE_NAMES[state],
-            error_rate=round(h.error_rate, 4) if h else 0.0,
-            latency_seconds=None if h is None or h.latency is None else round(h.latency, 4),
-            consecutive_failures=h.failures if h else 0,
-        ))
+        rows.append(
+            DeploymentHealth(
+                dep_id,
+                provider.id,
+                STATE_NAMES[state],
+                error_rate=round(h.error_rate, 4) if h else 0.0,
+                latency_seconds=None if h is None or h.latency is None else round(h.latency, 4),
+                consecutive_failures=h.failures if h else 0,
+            )
+        )
     return UsageReply(_json.encode({"object": "deployments", "data": rows}), deployments=rows)
 
 

@@ -388,8 +388,12 @@ async def test_undecodable_work_is_logged_by_the_request_id_beside_it(
 
     monkeypatch.setattr(worker_service, "log", Recorder())
     with bus.open_inbox("junk") as box:
-        await bus.publish(subjects.work("fake"), b"\xc1 not msgpack", reply=box.subject,
-                          headers={subjects.H_REQUEST_ID: "req-junk-1"})
+        await bus.publish(
+            subjects.work("fake"),
+            b"\xc1 not msgpack",
+            reply=box.subject,
+            headers={subjects.H_REQUEST_ID: "req-junk-1"},
+        )
         frames = [contract.frame_decoder.decode((await box.next(5)).data) for _ in range(2)]
     failed = check_sequence(frames)
     assert isinstance(failed, contract.Failed) and failed.error.kind == "invalid_request"
