@@ -266,8 +266,11 @@ class MeteringService(Service[MeteringSettings]):
         now = w.now_s(time.time())
         budget.roll(rec, rules, now)  # a view only: nothing is written
         pools = budget.pool_states(budget.figures(rec, rules, now), rules.plan)
-        return contract.UsageReply(_json.encode(budget.usage_document(rec, rules, now)), pools,
-                                   report=budget.usage_report(rec, rules, now))
+        return contract.UsageReply(
+            _json.encode(budget.usage_document(rec, rules, now)),
+            pools,
+            report=budget.usage_report(rec, rules, now),
+        )
 
     async def _on_usage(self, msg: Msg) -> None:
         t0 = time.perf_counter()

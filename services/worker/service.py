@@ -206,8 +206,11 @@ class WorkerService(Service[WorkerSettings]):
         except msgspec.DecodeError as exc:
             # the work's own request id is unreadable: the header's ties this refusal to the request
             # the gateway logged (a gateway of another release, or a neighbour sending junk)
-            log.warning("work_undecodable", request_id=(msg.headers or {}).get(subjects.H_REQUEST_ID, ""),
-                        error=str(exc)[:200])
+            log.warning(
+                "work_undecodable",
+                request_id=(msg.headers or {}).get(subjects.H_REQUEST_ID, ""),
+                error=str(exc)[:200],
+            )
             await r.send(Failed(seq=r.next(), error=InvalidRequest("malformed work request").to_wire()))
             return
         full = self._full(req)

@@ -206,8 +206,9 @@ class Transport:
         except Exception as exc:
             raise upstream_exception(exc) from None
 
-    async def stream(self, req: UpstreamRequest,
-                     adapter: Any) -> AsyncGenerator[tuple[list[StreamMessage], bool], None]:
+    async def stream(
+        self, req: UpstreamRequest, adapter: Any
+    ) -> AsyncGenerator[tuple[list[StreamMessage], bool], None]:
         """A streamed call, framed by ``req.framing``: the messages of each read from the provider
         together (the worker sends them on as one frame), and whether the provider's stream ended
         with them: its end had already arrived, so saying so waits for nothing. Use under

@@ -108,12 +108,20 @@ def chunk_data(work: WorkRequest, delta: dict[str, Any], finish: str | None = No
 
 def usage_chunk(work: WorkRequest, usage: Usage) -> bytes:
     """The last chunk of a stream whose client asked ``stream_options.include_usage``."""
-    return json.dumps({
-        "id": f"chatcmpl-{work.request_id}", "object": "chat.completion.chunk", "created": work.created,
-        "model": work.response_model, "choices": [],
-        "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-                  "total_tokens": usage.total_tokens},
-    }).encode()
+    return json.dumps(
+        {
+            "id": f"chatcmpl-{work.request_id}",
+            "object": "chat.completion.chunk",
+            "created": work.created,
+            "model": work.response_model,
+            "choices": [],
+            "usage": {
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.total_tokens,
+            },
+        }
+    ).encode()
 
 
 def embedding_body(work: WorkRequest) -> bytes:
