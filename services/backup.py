@@ -23,9 +23,9 @@ import json
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import IO, Any
 
-from services.metering.streams import ensure_ledger_stream, ensure_settlement_stream
 from shared import subjects
 from shared.bus import Bus, KeyNotFound
+from shared.streams import ensure_ledger_stream, ensure_settlement_stream
 
 BUCKETS = (subjects.BUDGET_BUCKET, subjects.KEYS_BUCKET, subjects.BYOK_BUCKET)
 STREAMS = (subjects.LEDGER_STREAM, subjects.SETTLE_STREAM)
@@ -76,8 +76,9 @@ def _lines(src: Iterable[str]) -> Iterator[dict[str, Any]]:
             yield json.loads(line)
 
 
-async def restore(bus: Bus, src: Iterable[str], replicas: int = 1, *, ledger_max_age: float = 0.0,
-                  ledger_max_bytes: int = 0) -> dict[str, int]:
+async def restore(
+    bus: Bus, src: Iterable[str], replicas: int = 1, *, ledger_max_age: float = 0.0, ledger_max_bytes: int = 0
+) -> dict[str, int]:
     """Put a backup back; returns the counts restored per bucket or stream."""
     kvs = {b: await bus.kv(b, replicas=replicas) for b in BUCKETS}
     await ensure_settlement_stream(bus, replicas)

@@ -1,9 +1,12 @@
 """The only module that imports ``nats``: connection, request/reply, queue-group services,
 streamed replies into a multiplexed inbox, and the JetStream handles the services use.
 
-Foreign exceptions are mapped to the Janus error tree in this module, method by method (each
-catches the NATS errors its call can raise), and by ``map_exception`` for a caller holding a raw one.
-``kv``, ``kv_put``, ``kv_delete``, ``kv_keys`` and ``ensure_stream`` let NATS errors through unmapped.
+Foreign exceptions (nats, asyncio's timeouts, OSError) become the Janus error tree in one table,
+``map_exception``: every method catches what its call means (a missing key, a lost compare-and-set,
+a stream that is not there yet) and sends the rest through that table, so a caller of the bus sees
+only ``JanusError``, ``KeyNotFound`` and ``CasConflict``. Two exceptions keep their own words:
+``connect`` (an identity the server refuses stops the service at start-up) and an Inbox's stall
+(the gateway's own deadline, not a failure of the bus).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import dataclasses
 import ssl
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import nats
@@ -79,8 +82,9 @@ def write_refused(store: str, exc: BaseException) -> ServiceUnavailable:
     """A JetStream write that failed, counted by store and reason, as the 503 a caller sees."""
     if isinstance(exc, nats.js.errors.APIError) and getattr(exc, "err_code", None) in _STORE_FULL:
         metrics.JETSTREAM_WRITE_ERRORS.labels(store, "full").inc()
-        return ServiceUnavailable("Janus cannot record usage right now: its storage is full. Retry later.",
-                                  code="storage_full")
+        return ServiceUnavailable(
+            "Janus cannot record usage right now: its storage is full. Retry later.", code="storage_full"
+        )
     metrics.JETSTREAM_WRITE_ERRORS.labels(store, "unavailable").inc()
     return ServiceUnavailable(f"JetStream did not acknowledge a write to {store}: {type(exc).__name__}")
 
@@ -295,16 +299,8 @@ class Bus:
     ) -> bytes:
         try:
             msg = await self.nc.request(subject, data, timeout=timeout, headers=headers)
-        except nats.errors.NoRespondersError:
-            raise ServiceUnavailable(f"no service is listening on {subject}", code="no_responders") from None
-        except nats.errors.TimeoutError:
-            raise ServiceUnavailable(
-                f"{subject} did not answer in {timeout:g}s", code="bus_timeout"
-            ) from None
-        except nats.errors.MaxPayloadError:
-            raise _too_large(subject, data) from None
-        except _UNAVAILABLE as exc:
-            raise ServiceUnavailable(f"message bus unavailable: {type(exc).__name__}") from None
+        except Exception as exc:
+            raise map_exception(exc, subject, size=len(data)) from None
         return msg.data
 
     async def publish(
@@ -312,10 +308,8 @@ class Bus:
     ) -> None:
         try:
             await self.nc.publish(subject, data, reply=reply, headers=headers)
-        except nats.errors.MaxPayloadError:
-            raise _too_large(subject, data) from None
-        except _UNAVAILABLE as exc:
-            raise ServiceUnavailable(f"message bus unavailable: {type(exc).__name__}") from None
+        except Exception as exc:
+            raise map_exception(exc, subject, size=len(data)) from None
 
     @property
     def max_payload(self) -> int:
@@ -356,7 +350,10 @@ class Bus:
             tasks.add(t)
             t.add_done_callback(tasks.discard)
 
-        sub = await self.nc.subscribe(subject, queue=queue, cb=cb, pending_msgs_limit=65536)
+        try:
+            sub = await self.nc.subscribe(subject, queue=queue, cb=cb, pending_msgs_limit=65536)
+        except Exception as exc:
+            raise map_exception(exc, subject) from None
         self._subs.append(sub)
         return sub
 
@@ -367,8 +364,11 @@ class Bus:
         its flusher task; the second round trip leaves after that queue has drained.
         """
         # nats-py annotates the timeout as int but waits with asyncio.wait_for: seconds, any float
-        await self.nc.flush(timeout=timeout)  # type: ignore[arg-type]
-        await self.nc.flush(timeout=timeout)  # type: ignore[arg-type]
+        try:
+            await self.nc.flush(timeout=timeout)  # type: ignore[arg-type]
+            await self.nc.flush(timeout=timeout)  # type: ignore[arg-type]
+        except Exception as exc:
+            raise map_exception(exc, "the NATS server") from None
 
     # --------------------------------------------------------------------------------- JetStream
     @property
@@ -398,19 +398,23 @@ class Bus:
                     break
             except _UNAVAILABLE as exc:
                 if create or time.monotonic() > deadline:
-                    raise ServiceUnavailable(f"key-value store unavailable: {type(exc).__name__}") from None
+                    raise map_exception(exc, f"the key-value bucket {bucket}") from None
+            except Exception as exc:
+                raise map_exception(exc, f"the key-value bucket {bucket}") from None
             if time.monotonic() > deadline:
                 raise ServiceUnavailable(f"the key-value bucket {bucket} does not exist (metering makes it)")
             await asyncio.sleep(0.2)
+        config = KeyValueConfig(
+            bucket=bucket, history=history, replicas=replicas, ttl=ttl, storage=StorageType.FILE
+        )
         try:
-            return await self.js.create_key_value(
-                KeyValueConfig(
-                    bucket=bucket, history=history, replicas=replicas, ttl=ttl, storage=StorageType.FILE
-                )
-            )
-        except nats.js.errors.BadRequestError:
-            # another replica created it first
-            return await self.js.key_value(bucket)
+            try:
+                return await self.js.create_key_value(config)
+            except nats.js.errors.BadRequestError:
+                # another replica created it first
+                return await self.js.key_value(bucket)
+        except Exception as exc:
+            raise map_exception(exc, f"the key-value bucket {bucket}") from None
 
     async def ensure_stream(
         self,
@@ -442,8 +446,13 @@ class Bus:
             await self.js.add_stream(cfg)
             return
         except nats.js.errors.BadRequestError:
-            pass
-        have = (await self.js.stream_info(name)).config
+            pass  # it exists: brought to what is needed below
+        except Exception as exc:
+            raise map_exception(exc, f"the stream {name}") from None
+        try:
+            have = (await self.js.stream_info(name)).config
+        except Exception as exc:
+            raise map_exception(exc, f"the stream {name}") from None
         want = dataclasses.replace(
             have,
             subjects=subjects,
@@ -455,10 +464,18 @@ class Bus:
         )
         for limit in ("max_age", "max_bytes"):
             if getattr(want, limit) != getattr(cfg, limit) and getattr(cfg, limit):
-                log.warning("stream_limit_kept", stream=name, limit=limit, stream_value=getattr(want, limit),
-                            setting=getattr(cfg, limit))
+                log.warning(
+                    "stream_limit_kept",
+                    stream=name,
+                    limit=limit,
+                    stream_value=getattr(want, limit),
+                    setting=getattr(cfg, limit),
+                )
         if want != have:
-            await self.js.update_stream(want)
+            try:
+                await self.js.update_stream(want)
+            except Exception as exc:
+                raise map_exception(exc, f"the stream {name}") from None
 
     async def stream_messages(self, stream: str) -> AsyncIterator[tuple[str, bytes, dict[str, str]]]:
         """(subject, data, headers) of every message still in ``stream``, by sequence: read without
@@ -467,24 +484,57 @@ class Bus:
             state = (await self.js.stream_info(stream)).state
         except nats.js.errors.NotFoundError:
             return
+        except Exception as exc:
+            raise map_exception(exc, f"the stream {stream}") from None
         for seq in range(state.first_seq, state.last_seq + 1):
             try:
                 m = await self.js.get_msg(stream, seq)
             except nats.js.errors.NotFoundError:
                 continue  # deleted (acknowledged from a work queue) or aged out since
+            except Exception as exc:
+                raise map_exception(exc, f"the stream {stream}") from None
             yield m.subject or "", m.data or b"", dict(m.headers or {})
 
     async def js_publish(self, subject: str, data: bytes, *, msg_id: str, timeout: float = 5.0) -> bool:
         """Publish to a stream, de-duplicated by ``msg_id``. Returns False for a duplicate."""
         try:
             ack = await self.js.publish(subject, data, timeout=timeout, headers={"Nats-Msg-Id": msg_id})
-        except nats.errors.MaxPayloadError:
-            raise _too_large(subject, data) from None
-        except (*_UNAVAILABLE, nats.js.errors.APIError) as exc:
-            # an APIError here is JetStream refusing for now (no leader during an election, 503)
-            # or a full store
-            raise write_refused(subject, exc) from None
+        except Exception as exc:
+            raise map_exception(exc, subject, store=subject, size=len(data)) from None
         return not ack.duplicate
+
+    async def js_publish_batch(
+        self, subject: str, items: Sequence[tuple[bytes, str]], *, store: str, timeout: float = 5.0
+    ) -> list[JanusError | None]:
+        """Publish every (data, msg_id) to a stream, de-duplicated by id; one outcome each (None:
+        stored, a duplicate included), counted as writes to ``store``.
+
+        All of them are sent before any acknowledgement is awaited, so a batch costs one JetStream
+        round trip instead of one per message. One whose acknowledgement does not come in
+        ``timeout`` counts as failed."""
+        js = self.js
+        futures: list[asyncio.Future[Any]] = []
+        outcomes: list[JanusError | None] = [None] * len(items)
+        sent: list[int] = []
+        for i, (data, msg_id) in enumerate(items):
+            try:
+                futures.append(
+                    await js.publish_async(subject, data, wait_stall=timeout, headers={"Nats-Msg-Id": msg_id})
+                )
+                sent.append(i)
+            except Exception as exc:
+                outcomes[i] = map_exception(exc, subject, store=store, size=len(data))
+        if not futures:
+            return outcomes
+        try:
+            acks = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), timeout)
+        except TimeoutError:
+            # gather cancelled what was still pending; those are failures, the rest stand
+            acks = [TimeoutError() if f.cancelled() else f.exception() for f in futures]
+        for i, ack in zip(sent, acks, strict=True):
+            if isinstance(ack, BaseException):
+                outcomes[i] = map_exception(ack, subject, store=store)
+        return outcomes
 
     async def pull_consumer(
         self,
@@ -505,11 +555,14 @@ class Bus:
             max_deliver=max_deliver,
             filter_subject=subject,
         )
-        # created or updated first: pull_subscribe keeps an existing durable's configuration as it
-        # is, so an upgrade would never get a changed ack_wait or max_deliver
-        with contextlib.suppress(nats.js.errors.BadRequestError):
-            await self.js.add_consumer(stream, config=config)
-        sub = await self.js.pull_subscribe(subject, durable=durable, stream=stream, config=config)
+        try:
+            # created or updated first: pull_subscribe keeps an existing durable's configuration as
+            # it is, so an upgrade would never get a changed ack_wait or max_deliver
+            with contextlib.suppress(nats.js.errors.BadRequestError):
+                await self.js.add_consumer(stream, config=config)
+            sub = await self.js.pull_subscribe(subject, durable=durable, stream=stream, config=config)
+        except Exception as exc:
+            raise map_exception(exc, f"the consumer {durable} of {stream}") from None
         # drain() unsubscribes it first: a pull subscription whose fetch timed out otherwise holds
         # the connection's drain open for its whole timeout
         self._subs.append(sub._sub)
@@ -522,6 +575,15 @@ class Bus:
         return md.num_delivered, md.timestamp.timestamp()
 
     @staticmethod
+    async def ack(msg: Msg, *, term: bool = False) -> None:
+        """Acknowledge a JetStream message: done with, never delivered again (``term``: though it was
+        not processed)."""
+        try:
+            await (msg.term() if term else msg.ack())
+        except Exception as exc:
+            raise map_exception(exc, "an acknowledgement") from None
+
+    @staticmethod
     def sequence(msg: Msg) -> int:
         """``msg``'s sequence number in its stream: unique and stable across redeliveries."""
         return msg.metadata.sequence.stream
@@ -532,10 +594,10 @@ class Bus:
             return list(await sub.fetch(batch, timeout=timeout))
         except TimeoutError:  # nats.errors.TimeoutError included: nothing to fetch
             return []
-        except (*_UNAVAILABLE, nats.js.errors.ServiceUnavailableError) as exc:
+        except Exception as exc:
             # JetStream answering 503 (a clustered stream without a leader for a moment) or the
             # connection being down: the caller waits and fetches again
-            raise ServiceUnavailable(f"JetStream cannot deliver right now: {type(exc).__name__}") from None
+            raise map_exception(exc, "JetStream's delivery") from None
 
     @staticmethod
     async def kv_get(kv: KeyValue, key: str) -> tuple[bytes, int]:
@@ -544,8 +606,8 @@ class Bus:
             entry = await kv.get(key)
         except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
             raise KeyNotFound(key) from None
-        except _UNAVAILABLE as exc:
-            raise ServiceUnavailable(f"key-value store unavailable: {type(exc).__name__}") from None
+        except Exception as exc:
+            raise map_exception(exc, f"the key-value bucket {_bucket(kv)}") from None
         return entry.value or b"", entry.revision or 0
 
     @staticmethod
@@ -565,21 +627,25 @@ class Bus:
             # create() on an existing key reports "wrong last sequence" as a plain API error (10071)
             if getattr(exc, "err_code", None) == 10071:
                 raise CasConflict(key) from None
-            raise write_refused(_bucket(kv), exc) from None
-        except _UNAVAILABLE as exc:
-            raise write_refused(_bucket(kv), exc) from None
+            raise map_exception(exc, _bucket(kv), store=_bucket(kv)) from None
+        except Exception as exc:
+            raise map_exception(exc, _bucket(kv), store=_bucket(kv)) from None
 
     @staticmethod
     async def kv_put(kv: KeyValue, key: str, value: bytes) -> int:
         try:
             return await kv.put(key, value)
-        except (*_UNAVAILABLE, nats.js.errors.APIError) as exc:
-            raise write_refused(_bucket(kv), exc) from None
+        except Exception as exc:
+            raise map_exception(exc, _bucket(kv), store=_bucket(kv), size=len(value)) from None
 
     @staticmethod
     async def kv_delete(kv: KeyValue, key: str) -> None:
-        with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+        try:
             await kv.delete(key)
+        except nats.js.errors.KeyNotFoundError:
+            pass  # already gone: what was asked
+        except Exception as exc:
+            raise map_exception(exc, _bucket(kv), store=_bucket(kv)) from None
 
     @staticmethod
     async def kv_keys(kv: KeyValue) -> list[str]:
@@ -587,6 +653,8 @@ class Bus:
             return list(await kv.keys())
         except nats.js.errors.NoKeysError:
             return []
+        except Exception as exc:
+            raise map_exception(exc, f"the key-value bucket {_bucket(kv)}") from None
 
 
 def _is_auth_error(exc: Exception, text: str) -> bool:
@@ -613,20 +681,41 @@ def _bucket(kv: KeyValue) -> str:
     return str(getattr(kv, "_name", "") or "kv")
 
 
-def _too_large(subject: str, data: bytes) -> PayloadTooLarge:
-    return PayloadTooLarge(
-        f"a message of {len(data)} bytes is larger than the message bus allows; "
-        "send less per request (for embeddings, fewer inputs)",
-        code="message_too_large",
-    )
+def map_exception(
+    exc: BaseException, where: str = "the message bus", *, store: str = "", size: int = 0
+) -> JanusError:
+    """The one table: a foreign exception from a call to NATS as the Janus error a caller sees.
 
+    ``where`` names what was called (a subject, bucket or stream) for the message; ``store`` marks a
+    JetStream write, counted by store and reason; ``size`` is the message's, for a refusal of its
+    size. Anything the table does not know is a bug: a 500 that names no internals.
 
-def map_exception(exc: BaseException) -> JanusError:
-    """Any NATS exception as the Janus error a caller should see."""
+        JanusError                       itself
+        NoRespondersError                503 no_responders      nobody serves the subject
+        MaxPayloadError                  413 message_too_large  (any call)
+        a JetStream write's failure      503 storage_full, or 503 counted as unavailable
+        TimeoutError (nats', asyncio's)  503 bus_timeout
+        connection and JetStream errors  503 service_unavailable (reconnecting, no leader, ...)
+        OSError                          503 service_unavailable
+        anything else                    500 internal error
+    """
     if isinstance(exc, JanusError):
         return exc
-    if isinstance(exc, nats.errors.TimeoutError):
-        return ServiceUnavailable("the message bus timed out")
-    if isinstance(exc, nats.errors.Error):
-        return ServiceUnavailable(f"message bus error: {type(exc).__name__}")
+    if isinstance(exc, nats.errors.NoRespondersError):
+        return ServiceUnavailable(f"no service is listening on {where}", code="no_responders")
+    if isinstance(exc, nats.errors.MaxPayloadError):
+        return PayloadTooLarge(
+            f"a message of {size} bytes is larger than the message bus allows; "
+            "send less per request (for embeddings, fewer inputs)",
+            code="message_too_large",
+        )
+    if store and isinstance(exc, (*_UNAVAILABLE, nats.js.errors.APIError, OSError)):
+        # an APIError on a write is JetStream refusing for now (no leader during an election,
+        # 503) or a full store
+        return write_refused(store, exc)
+    if isinstance(exc, TimeoutError):
+        return ServiceUnavailable(f"{where} did not answer in time", code="bus_timeout")
+    if isinstance(exc, (*_UNAVAILABLE, nats.errors.Error, OSError)):
+        return ServiceUnavailable(f"{where} is unavailable: {type(exc).__name__}")
+    log.error("bus_call_failed", where=where, error=type(exc).__name__, exc_info=exc)
     return JanusError("internal error")

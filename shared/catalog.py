@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from shared import subjects
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CATALOG = ROOT / "config" / "catalog.yaml"
 DEFAULT_PLANS = ROOT / "config" / "plans.yaml"
@@ -98,6 +100,8 @@ class Catalog(msgspec.Struct, forbid_unknown_fields=True, dict=True):
         for i, p in enumerate(self.providers):
             if p.id in self.provider_by_id:
                 raise msgspec.ValidationError(f"duplicate provider id {p.id!r} - at `$.providers`")
+            if problem := subjects.provider_id_problem(p.id):
+                raise msgspec.ValidationError(f"provider id {problem} - at `$.providers[{i}].id`")
             if p.byok and (p.kind == "fake" or not all(d.api_key_env for d in p.deployments)):
                 raise msgspec.ValidationError(
                     f"provider {p.id!r} takes no API key on every deployment, so it cannot take users' "

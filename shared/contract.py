@@ -129,17 +129,6 @@ class RequestRate(msgspec.Struct, omit_defaults=True):
     remaining: int  # after this request
     reset: int  # whole seconds until the window ends and ``limit`` is available again (0: none open)
 
-    def headers(self) -> dict[str, str]:
-        """OpenAI's ``x-ratelimit-*-requests`` headers (reset as a duration, like ``6m0s`` or ``1s``)."""
-        m, s = divmod(max(self.reset, 0), 60)
-        h, m = divmod(m, 60)
-        reset = (f"{h}h" if h else "") + (f"{m}m" if h or m else "") + f"{s}s"
-        return {
-            "X-RateLimit-Limit-Requests": str(self.limit),
-            "X-RateLimit-Remaining-Requests": str(max(self.remaining, 0)),
-            "X-RateLimit-Reset-Requests": reset,
-        }
-
 
 class ReserveReply(msgspec.Struct, tag="meter.reserve_reply.v1", **_tagged):
     admitted: bool
@@ -232,11 +221,81 @@ class UsageQuery(msgspec.Struct, tag="meter.usage_query.v1", **_tagged):
     lease_return: LeaseReturn | None = None
 
 
+class PoolUsage(msgspec.Struct, omit_defaults=True):
+    """A credit pool for /v1/usage: what is spent and held; the gateway derives what remains."""
+
+    limit: int
+    used: int = 0
+    reserved: int = 0
+    reset: int = 0  # unix seconds
+
+
+class QuotaUsage(msgspec.Struct, omit_defaults=True):
+    limit: int | None = None  # None: the plan sets no such quota
+    used: int = 0
+    reserved: int = 0
+
+
+class TallyRow(msgspec.Struct, omit_defaults=True):
+    name: str  # a model, or a bot (X-Bot-ID)
+    credits: int = 0
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+class UsageReport(msgspec.Struct, omit_defaults=True):
+    """A caller's budget as metering keeps it; the gateway renders the /v1/usage document from it."""
+
+    plan: str
+    session: PoolUsage
+    weekly: PoolUsage
+    month_input: QuotaUsage
+    month_output: QuotaUsage
+    session_active: bool = False
+    month_reset: int = 0  # unix seconds
+    week_start: int = 0  # unix seconds
+    by_model: list[TallyRow] = []  # this week's, by name
+    by_bot: list[TallyRow] = []
+
+
+class DayUsage(msgspec.Struct, omit_defaults=True):
+    day: int  # unix seconds // 86400 (UTC)
+    by_model: list[TallyRow] = []
+    by_bot: list[TallyRow] = []
+
+
+class DeploymentHealth(msgspec.Struct):
+    """One router's view of a deployment, for the operator view."""
+
+    deployment: str
+    provider: str
+    state: str  # closed, open or half_open
+    error_rate: float = 0.0
+    latency_seconds: float | None = None
+    consecutive_failures: int = 0
+
+
+class TopSpender(msgspec.Struct):
+    user: str
+    plan: str
+    credits: int  # spent this week
+    requests: int
+
+
 class UsageReply(msgspec.Struct, tag="meter.usage_reply.v1", **_tagged):
-    # a JSON document built by the service that owns the data: /v1/usage, /v1/usage/daily, and the
-    # operator view's parts (metering's top spenders, a router's deployment health)
-    body: bytes
+    """The answer to a usage query, typed: ``report`` (/v1/usage), ``daily`` (/v1/usage/daily),
+    ``deployments`` (a router's health view) or ``top_users`` and ``week_users`` (metering's top
+    spenders); the gateway renders each. ``body`` is the JSON document gateways of the previous
+    release pass on or parse instead, written beside the typed answer until the next release."""
+
+    body: bytes = b""
     pools: list[PoolState] = []  # with /v1/usage: the credit pools, for a gateway's X-RateLimit-* headers
+    report: UsageReport | None = None
+    daily: list[DayUsage] | None = None
+    deployments: list[DeploymentHealth] | None = None
+    top_users: list[TopSpender] | None = None
+    week_users: int = 0
 
 
 class DailyQuery(msgspec.Struct, tag="meter.daily_query.v1", **_tagged):

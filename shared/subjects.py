@@ -33,6 +33,8 @@ METER_ADMIN = f"{PREFIX}.meter.admin"
 # JetStream: settlements (de-duplicated by request id) and the usage ledger
 SETTLE_STREAM = "JANUS_SETTLE"
 SETTLE = f"{PREFIX}.meter.settle"
+# metering's durable consumer of it (one, shared by every replica: the work queue admits no second)
+SETTLE_DURABLE = "metering"
 # settlements metering gave up on (kept for an operator, never applied automatically)
 SETTLE_DEAD_STREAM = "JANUS_SETTLE_DEAD"
 SETTLE_DEAD = f"{PREFIX}.meter.dead"
@@ -44,7 +46,18 @@ WORK_PREFIX = f"{PREFIX}.work"
 
 
 def work(provider: str) -> str:
+    if provider in RESERVED_PROVIDER_IDS:
+        raise ValueError(f"{provider!r} names a subject of its own, not a provider pool")
     return f"{WORK_PREFIX}.{token(provider)}"
+
+
+def provider_id_problem(provider: str) -> str:
+    """Why ``provider`` cannot name a worker pool ('' when it can)."""
+    if provider in RESERVED_PROVIDER_IDS:
+        return f"{provider!r} is reserved: {WORK_PREFIX}.{provider} is not a provider pool's subject"
+    if not _TOKEN.match(provider):
+        return f"{provider!r} is not a subject token (letters, digits, '-' and '_', at most 128)"
+    return ""
 
 
 def work_queue(provider: str) -> str:
@@ -52,8 +65,13 @@ def work_queue(provider: str) -> str:
     return f"worker_{token(provider)}"
 
 
-# broadcast (no queue group): every worker hears a cancel and checks whether it owns the request
+# broadcast (no queue group): every worker hears a cancel and checks whether it owns the request.
+# It shares the work namespace, so a provider may not be called "cancel": its pool's work would go
+# to every worker as a cancel, and its cancels would be taken for work. Moving cancel out of the
+# namespace would need a release in which workers hear both subjects and a change to both roles'
+# NATS permissions; refusing the id in the catalog costs nothing.
 WORK_CANCEL = f"{PREFIX}.work.cancel"
+RESERVED_PROVIDER_IDS = frozenset({WORK_CANCEL.rpartition(".")[2]})
 # workers report deployment health; every router consumes it
 HEALTH = f"{PREFIX}.health.report"
 # key revocations, broadcast to every gateway

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import yaml
 
-from services.metering.streams import SETTLE_DURABLE
 from shared import contract, subjects
 from shared.bus import Bus
 from shared.contract import ReserveRequest, Settlement, Usage
@@ -67,7 +66,7 @@ async def _load(bus: Bus, seconds: float, concurrency: int, users: int) -> tuple
 async def _drained(bus: Bus, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        info = await bus.js.consumer_info(subjects.SETTLE_STREAM, SETTLE_DURABLE)
+        info = await bus.js.consumer_info(subjects.SETTLE_STREAM, subjects.SETTLE_DURABLE)
         if info.num_pending == 0 and info.num_ack_pending == 0:
             return
         await asyncio.sleep(0.05)

@@ -29,6 +29,7 @@ from services.gateway.models import ModelIndex
 from services.gateway.plans import PlanCache, key_of
 from services.gateway.settings import GatewaySettings
 from services.gateway.sinks import BufferedSink, Sink, StreamSink
+from services.gateway.usage import usage_body
 from shared import contract, subjects
 from shared.bus import Bus
 from shared.catalog import Catalog
@@ -52,8 +53,11 @@ def bot_id(value: str) -> str:
     except UnicodeEncodeError:
         size = -1
     if not 0 < size <= BOT_ID_MAX_BYTES or not value.isprintable():
-        raise InvalidRequest(f"X-Bot-ID must be printable UTF-8 text of 1 to {BOT_ID_MAX_BYTES} bytes.",
-                             param="X-Bot-ID", code="invalid_bot_id")
+        raise InvalidRequest(
+            f"X-Bot-ID must be printable UTF-8 text of 1 to {BOT_ID_MAX_BYTES} bytes.",
+            param="X-Bot-ID",
+            code="invalid_bot_id",
+        )
     return value
 
 
@@ -76,14 +80,25 @@ def _check_embedding_values(vectors: int, dims: int, budget: int) -> None:
         raise PayloadTooLarge(
             f"This request asks for {vectors} embeddings of {dims} dimensions ({vectors * dims:,} numbers); "
             f"one request may ask for at most {budget:,}. Send at most {max(1, budget // dims)} inputs per "
-            "request at this size, or fewer 'dimensions'.", param="input", code="embeddings_too_large")
+            "request at this size, or fewer 'dimensions'.",
+            param="input",
+            code="embeddings_too_large",
+        )
 
 
 class Gateway:
     """Everything a request handler needs, built once at start."""
 
-    def __init__(self, settings: GatewaySettings, bus: Bus, catalog: Catalog, auth: Authenticator,
-                 meter: Meter, dispatcher: Dispatcher, byok: ByokProbe | None = None) -> None:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        bus: Bus,
+        catalog: Catalog,
+        auth: Authenticator,
+        meter: Meter,
+        dispatcher: Dispatcher,
+        byok: ByokProbe | None = None,
+    ) -> None:
         self.s = settings
         self.bus = bus
         self.catalog = catalog
@@ -108,7 +123,8 @@ class Gateway:
         length = request.content_length
         if length is not None and length > self.s.max_body_bytes:
             raise PayloadTooLarge(
-                f"The request body is {length} bytes; the limit is {self.s.max_body_bytes}.")
+                f"The request body is {length} bytes; the limit is {self.s.max_body_bytes}."
+            )
         if request.content.is_eof():
             return await request.read()  # the whole body came with the headers: no wait, no timer
         # aiohttp enforces client_max_size while reading a body without Content-Length (413);
@@ -117,8 +133,9 @@ class Gateway:
             async with asyncio.timeout(self.s.body_timeout_seconds):
                 return await request.read()
         except TimeoutError:
-            raise InvalidRequest("The client took too long to send the request body.", status=408,
-                                 code="request_timeout") from None
+            raise InvalidRequest(
+                "The client took too long to send the request body.", status=408, code="request_timeout"
+            ) from None
 
     async def _route(self, req: RouteRequest, call: Call) -> contract.RoutePlan:
         key = None if req.model in _AUTO else key_of(req)
@@ -159,13 +176,26 @@ class Gateway:
         kinds = self.catalog.provider_by_id
         able = [t for t in plan.targets if t.provider in kinds and kinds[t.provider].kind == "openai_compat"]
         if not able:
-            raise InvalidRequest(f"'n' above 1 is not available for {plan.response_model}: its provider "
-                                 "answers one choice per request.", param="n", code="invalid_value")
+            raise InvalidRequest(
+                f"'n' above 1 is not available for {plan.response_model}: its provider "
+                "answers one choice per request.",
+                param="n",
+                code="invalid_value",
+            )
         # a copy: the plan may be the cached one other requests share
         return msgspec.structs.replace(plan, targets=able)
 
-    async def _serve(self, call: Call, kind: str, plan: contract.RoutePlan, body: bytes, stream: bool,
-                     sink: Sink, cap: int = 0, n: int = 1) -> web.StreamResponse:
+    async def _serve(
+        self,
+        call: Call,
+        kind: str,
+        plan: contract.RoutePlan,
+        body: bytes,
+        stream: bool,
+        sink: Sink,
+        cap: int = 0,
+        n: int = 1,
+    ) -> web.StreamResponse:
         """Reserve and dispatch. ``cap`` is the output cap per choice (0 for embeddings), ``n`` the
         number of choices: the hold covers ``cap * n`` and the worker is told the cap it may send."""
         if self.byok is not None and plan.targets:
@@ -177,17 +207,34 @@ class Gateway:
                 plan.targets = [t for t in plan.targets if t.provider == provider]
         most, least = output_hold(cap, n, self.s.min_output_tokens)
         reply, call.lease, call.held = await self.meter.admit(
-            ReserveRequest(call.request_id, call.user, call.plan_name,
-                           self._hold_model(plan, call.prompt_tokens, most), call.prompt_tokens,
-                           most, bot=call.bot, byok=call.byok, min_output_tokens=least),
+            ReserveRequest(
+                call.request_id,
+                call.user,
+                call.plan_name,
+                self._hold_model(plan, call.prompt_tokens, most),
+                call.prompt_tokens,
+                most,
+                bot=call.bot,
+                byok=call.byok,
+                min_output_tokens=least,
+            ),
             call.headers,
         )
         cap = granted_cap(reply, cap, n)  # less than asked when the budget held less: a shorter answer
         work = WorkRequest(
-            request_id=call.request_id, kind=kind,  # type: ignore[arg-type]
-            deployment="", provider="", upstream_model="", response_model=plan.response_model,
-            body=body, stream=stream, created=int(time.time()), user=call.user, byok=call.byok,
-            max_output_tokens=cap, prompt_tokens=call.prompt_tokens,
+            request_id=call.request_id,
+            kind=kind,  # type: ignore[arg-type]
+            deployment="",
+            provider="",
+            upstream_model="",
+            response_model=plan.response_model,
+            body=body,
+            stream=stream,
+            created=int(time.time()),
+            user=call.user,
+            byok=call.byok,
+            max_output_tokens=cap,
+            prompt_tokens=call.prompt_tokens,
         )
         return await self.dispatcher.run(call, plan, work, sink)
 
@@ -206,8 +253,14 @@ class Gateway:
         auto = req.model in _AUTO
         plan = await self._route(
             RouteRequest(
-                call.request_id, req.model, principal.plan, "chat", facts.prompt_tokens,
-                needs_tools=facts.needs_tools, needs_vision=facts.needs_vision, needs_json=facts.needs_json,
+                call.request_id,
+                req.model,
+                principal.plan,
+                "chat",
+                facts.prompt_tokens,
+                needs_tools=facts.needs_tools,
+                needs_vision=facts.needs_vision,
+                needs_json=facts.needs_json,
                 text=facts.prompt_text() if auto else "",
                 budget_fraction=credits.fraction if auto and credits is not None else None,
             ),
@@ -220,8 +273,11 @@ class Gateway:
         if req.n is not None and req.n > 1:
             plan = self._many_choices(plan)
         wt = self.s.stream_write_timeout_seconds
-        sink: Sink = StreamSink(request, call, wt, self.s.sse_keepalive_seconds) if req.stream else \
-            BufferedSink(request, call, wt, self.s.max_reply_bytes)
+        sink: Sink = (
+            StreamSink(request, call, wt, self.s.sse_keepalive_seconds)
+            if req.stream
+            else BufferedSink(request, call, wt, self.s.max_reply_bytes)
+        )
         return await self._serve(call, "chat", plan, body, req.stream, sink, cap, req.n or 1)
 
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
@@ -234,15 +290,27 @@ class Gateway:
             RouteRequest(call.request_id, req.model, principal.plan, "embeddings", prompt_tokens), call
         )
         model = self.catalog.model(plan.model)
-        if req.dimensions is not None and model is not None and model.dimensions is not None \
-                and req.dimensions > model.dimensions:
-            raise InvalidRequest(f"'dimensions' can be at most {model.dimensions} for {plan.response_model}.",
-                                 param="dimensions", code="invalid_value")
+        if (
+            req.dimensions is not None
+            and model is not None
+            and model.dimensions is not None
+            and req.dimensions > model.dimensions
+        ):
+            raise InvalidRequest(
+                f"'dimensions' can be at most {model.dimensions} for {plan.response_model}.",
+                param="dimensions",
+                code="invalid_value",
+            )
         dims = req.dimensions or (model.dimensions if model is not None else None) or _UNKNOWN_DIMENSIONS
         _check_embedding_values(_vectors(req.input), dims, self.s.max_embedding_values)
-        return await self._serve(call, "embeddings", plan, body, False,
-                                 BufferedSink(request, call, self.s.stream_write_timeout_seconds,
-                                              self.s.max_reply_bytes))
+        return await self._serve(
+            call,
+            "embeddings",
+            plan,
+            body,
+            False,
+            BufferedSink(request, call, self.s.stream_write_timeout_seconds, self.s.max_reply_bytes),
+        )
 
     async def list_models(self, request: web.Request) -> web.StreamResponse:
         call: Call = request[CALL]
@@ -262,8 +330,10 @@ class Gateway:
         ret = self.meter.leases.retire((principal.user, principal.plan)) if self.meter.leases else None
         try:
             data = await self.bus.request(
-                subjects.METER_USAGE, contract.encode(UsageQuery(principal.user, principal.plan, ret)),
-                self.s.usage_timeout_seconds)
+                subjects.METER_USAGE,
+                contract.encode(UsageQuery(principal.user, principal.plan, ret)),
+                self.s.usage_timeout_seconds,
+            )
         except Exception:
             if ret is not None and self.meter.leases is not None:
                 self.meter.leases.send(ret)  # given back at most once, whichever arrives
@@ -272,7 +342,7 @@ class Gateway:
         if isinstance(reply, contract.ErrorReply):
             raise reply.exception()
         self.meter.credits.remember(principal.user, principal.plan, reply.pools)
-        return web.Response(body=reply.body, headers={**call.headers, "Content-Type": _JSON})
+        return web.Response(body=usage_body(reply), headers={**call.headers, "Content-Type": _JSON})
 
 
 def build_app(gw: Gateway, edge: Edge) -> web.Application:

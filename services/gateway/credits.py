@@ -19,7 +19,7 @@ import msgspec
 
 from shared import contract, subjects
 from shared.bus import Bus
-from shared.contract import PoolState, UsageQuery
+from shared.contract import PoolState, RequestRate, UsageQuery
 from shared.errors import JanusError
 from shared.logging import get_logger
 
@@ -29,7 +29,8 @@ MAX_USERS = 100_000
 QUIET_SECONDS = 1.0
 
 
-def _iso(ts: float) -> str:
+def iso(ts: float) -> str:
+    """ISO 8601 UTC, whole seconds rounded up: a stated reset is never early."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(math.ceil(ts)))
 
 
@@ -45,8 +46,20 @@ def credit_headers(pools: list[PoolState]) -> dict[str, str]:
             continue
         out[prefix + "Limit-Credits"] = str(p.limit)
         out[prefix + "Remaining-Credits"] = str(max(p.remaining, 0))
-        out[prefix + "Reset"] = _iso(p.reset)
+        out[prefix + "Reset"] = iso(p.reset)
     return out
+
+
+def request_rate_headers(rate: RequestRate) -> dict[str, str]:
+    """OpenAI's ``x-ratelimit-*-requests`` headers (reset as a duration, like ``6m0s`` or ``1s``)."""
+    m, s = divmod(max(rate.reset, 0), 60)
+    h, m = divmod(m, 60)
+    reset = (f"{h}h" if h else "") + (f"{m}m" if h or m else "") + f"{s}s"
+    return {
+        "X-RateLimit-Limit-Requests": str(rate.limit),
+        "X-RateLimit-Remaining-Requests": str(max(rate.remaining, 0)),
+        "X-RateLimit-Reset-Requests": reset,
+    }
 
 
 class CreditView:

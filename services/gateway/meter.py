@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from services.gateway.credits import Credits
+from services.gateway.credits import Credits, request_rate_headers
 from services.gateway.leases import LeaseBook
 from shared import contract, metrics, subjects
 from shared.bus import Bus, map_exception
@@ -85,8 +85,9 @@ class Meter:
         self.settle_deadline = settle_deadline
         self.tasks: set[asyncio.Task[None]] = set()
 
-    async def admit(self, req: ReserveRequest,
-                    headers: dict[str, str]) -> tuple[ReserveReply, str, LeaseDraw | None]:
+    async def admit(
+        self, req: ReserveRequest, headers: dict[str, str]
+    ) -> tuple[ReserveReply, str, LeaseDraw | None]:
         """Hold the worst-case cost: on this gateway's lease of the user when it can, else with
         metering, asking for a new lease at most once at a time per user. Returns the reply, and the
         lease id and draw the settlement must name ("" and None: a hold of its own)."""
@@ -116,15 +117,18 @@ class Meter:
                 break  # no lease to be had (the end of a budget): reserve on its own
         return await self.reserve(req, headers), "", None
 
-    async def _fly(self, book: LeaseBook, key: tuple[str, str], req: ReserveRequest,
-                   headers: dict[str, str]) -> ReserveReply:
+    async def _fly(
+        self, book: LeaseBook, key: tuple[str, str], req: ReserveRequest, headers: dict[str, str]
+    ) -> ReserveReply:
         """Reserve ``req`` and ask for a lease; the previous lease's rest goes back in the same write."""
         flight = book.take_off(key)
         ret = book.retire(key)
         want, lease_id = book.ask(key)
         try:
-            reply = await self.reserve(msgspec.structs.replace(req, lease_requests=want, lease_id=lease_id,
-                                                               lease_return=ret), headers)
+            reply = await self.reserve(
+                msgspec.structs.replace(req, lease_requests=want, lease_id=lease_id, lease_return=ret),
+                headers,
+            )
         except BaseException as exc:
             if isinstance(exc, JanusError) and exc.retryable:
                 # the write may have happened: a lease nobody will use, and the return it carried
@@ -137,8 +141,13 @@ class Meter:
         if reply.lease is not None:
             lease = book.install(key, reply.lease, reply.pools, reply.requests)
             # the headers count the lease's unused part as the caller's, as later admissions on it will
-            self._headers(req, msgspec.structs.replace(reply, pools=lease.pools_now(),
-                                                       requests=lease.rate_now(lease.granted)), headers)
+            self._headers(
+                req,
+                msgspec.structs.replace(
+                    reply, pools=lease.pools_now(), requests=lease.rate_now(lease.granted)
+                ),
+                headers,
+            )
         book.land(key, flight, reply.lease is not None)
         return reply
 
@@ -147,7 +156,7 @@ class Meter:
         if view is not None:
             headers.update(view.headers)
         if reply.requests is not None:
-            headers.update(reply.requests.headers())
+            headers.update(request_rate_headers(reply.requests))
 
     async def close(self) -> None:
         if self.leases is not None:

@@ -16,12 +16,15 @@ Grafana dashboard's ``janus_fallbacks_total`` / ``janus_http_requests_total`` pa
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 from aiohttp import web
 
 from services.gateway.auth import Authenticator
 from services.gateway.dispatch import Call
 from services.gateway.edge import CALL
+from services.gateway.usage import usage_body
 from shared import contract, metrics, subjects
 from shared.bus import Bus
 from shared.errors import InvalidRequest, PermissionDenied
@@ -72,12 +75,12 @@ class Views:
         self.bus = bus
         self.timeout = timeout
 
-    async def _ask(self, subject: str, msg: msgspec.Struct) -> bytes:
+    async def _ask(self, subject: str, msg: msgspec.Struct) -> contract.UsageReply:
         data = await self.bus.request(subject, contract.encode(msg), self.timeout)
         reply = contract.usage_reply_decoder.decode(data)
         if isinstance(reply, contract.ErrorReply):
             raise reply.exception()
-        return reply.body
+        return reply
 
     async def me(self, request: web.Request) -> web.StreamResponse:
         call: Call = request[CALL]
@@ -101,8 +104,8 @@ class Views:
         call: Call = request[CALL]
         principal = await self.auth.authenticate(request.headers.get("Authorization"))
         call.user, call.plan_name = principal.user, principal.plan
-        body = await self._ask(subjects.METER_DAILY, contract.DailyQuery(principal.user, _days(request)))
-        return web.Response(body=body, headers={**call.headers, "Content-Type": _JSON})
+        reply = await self._ask(subjects.METER_DAILY, contract.DailyQuery(principal.user, _days(request)))
+        return web.Response(body=usage_body(reply), headers={**call.headers, "Content-Type": _JSON})
 
     async def overview(self, request: web.Request) -> web.StreamResponse:
         call: Call = request[CALL]
@@ -112,15 +115,24 @@ class Views:
             raise PermissionDenied(
                 "The operator view needs a token with the operator role.", code="admin_required"
             )
-        deployments = _decode_doc.decode(await self._ask(subjects.ROUTE_HEALTH, contract.AdminQuery()))
-        top = _decode_doc.decode(await self._ask(subjects.METER_ADMIN, contract.AdminQuery(top=10)))
+        health = await self._ask(subjects.ROUTE_HEALTH, contract.AdminQuery())
+        top = await self._ask(subjects.METER_ADMIN, contract.AdminQuery(top=10))
+        # a router or metering of the previous release sends only its JSON document
+        deployments: Any = health.deployments
+        if deployments is None:
+            deployments = _decode_doc.decode(health.body)["data"]
+        users: Any = top.top_users
+        week_users = top.week_users
+        if users is None:
+            legacy = _decode_doc.decode(top.body)
+            users, week_users = legacy["data"], legacy["week_users"]
         body = _json.encode(
             {
                 "object": "admin.overview",
-                "deployments": deployments["data"],
+                "deployments": deployments,
                 "this_replica": _replica_counts(),
-                "top_users_this_week": top["data"],
-                "users_this_week": top["week_users"],
+                "top_users_this_week": users,
+                "users_this_week": week_users,
             }
         )
         return web.Response(

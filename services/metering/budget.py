@@ -42,11 +42,15 @@ from shared.catalog import Plan
 from shared.contract import (
     LedgerEntry,
     PoolState,
+    PoolUsage,
+    QuotaUsage,
     RequestRate,
     ReserveReply,
     ReserveRequest,
     Settlement,
+    TallyRow,
     Usage,
+    UsageReport,
 )
 from shared.money import PriceUnits, cost_credits, output_within
 
@@ -72,8 +76,15 @@ class PlanRules:
             raise ValueError(f"plan {name}: requests_per_minute must be at least 1 (omit it for no limit)")
         if rate_seconds < 1:
             raise ValueError("the request-rate window must last at least one second")
-        return cls(name, plan, w.session_length(plan.session.hours), plan.weekly.reset_weekday,
-                   w.parse_reset_time(plan.weekly.reset_time), rpm, rate_seconds)
+        return cls(
+            name,
+            plan,
+            w.session_length(plan.session.hours),
+            plan.weekly.reset_weekday,
+            w.parse_reset_time(plan.weekly.reset_time),
+            rpm,
+            rate_seconds,
+        )
 
     def week_start(self, now: int) -> int:
         return w.week_start(now, self.reset_weekday, self.reset_seconds)
@@ -182,10 +193,18 @@ def figures(rec: Record, rules: PlanRules, now: int) -> Figures:
 
 def pool_states(f: Figures, plan: Plan) -> list[PoolState]:
     return [
-        PoolState("session", plan.session.credits,
-                  max(0, plan.session.credits - f.session_used - f.session_reserved), float(f.session_reset)),
-        PoolState("weekly", plan.weekly.credits,
-                  max(0, plan.weekly.credits - f.week_used - f.week_reserved), float(f.week_reset)),
+        PoolState(
+            "session",
+            plan.session.credits,
+            max(0, plan.session.credits - f.session_used - f.session_reserved),
+            float(f.session_reset),
+        ),
+        PoolState(
+            "weekly",
+            plan.weekly.credits,
+            max(0, plan.weekly.credits - f.week_used - f.week_reserved),
+            float(f.week_reset),
+        ),
     ]
 
 
@@ -204,17 +223,35 @@ def _denial(f: Figures, plan: Plan, hold: int, req: ReserveRequest) -> tuple[str
         left = max(0, limit - used)
         what = f"{pool} budget" if unit == "credits" else f"{pool.replace('_', ' ')} quota"
         extra = f"; this request may use up to {need} {unit}" if left else ""
-        over.append((reset, pool, f"{what} exhausted: {left} of {limit} {unit} remaining{extra}; "
-                                  f"resets at {w.iso(reset)}"))
+        over.append(
+            (
+                reset,
+                pool,
+                f"{what} exhausted: {left} of {limit} {unit} remaining{extra}; resets at {w.iso(reset)}",
+            )
+        )
 
-    check("session", "credits", plan.session.credits, f.session_used + f.session_reserved, hold,
-          f.session_reset)
+    check(
+        "session", "credits", plan.session.credits, f.session_used + f.session_reserved, hold, f.session_reset
+    )
     check("weekly", "credits", plan.weekly.credits, f.week_used + f.week_reserved, hold, f.week_reset)
     q = plan.monthly_tokens
-    check("monthly_input_tokens", "tokens", q.input, f.month_in + f.month_in_reserved,
-          max(req.input_tokens, 0), f.month_reset)
-    check("monthly_output_tokens", "tokens", q.output, f.month_out + f.month_out_reserved,
-          max(req.max_output_tokens, 0), f.month_reset)
+    check(
+        "monthly_input_tokens",
+        "tokens",
+        q.input,
+        f.month_in + f.month_in_reserved,
+        max(req.input_tokens, 0),
+        f.month_reset,
+    )
+    check(
+        "monthly_output_tokens",
+        "tokens",
+        q.output,
+        f.month_out + f.month_out_reserved,
+        max(req.max_output_tokens, 0),
+        f.month_reset,
+    )
     if not over:
         return None
     _, pool, message = max(over, key=lambda o: o[0])
@@ -225,8 +262,10 @@ def _largest_output(f: Figures, plan: Plan, req: ReserveRequest, price: PriceUni
     """The most output tokens (up to the request's own cap) every pool and quota can still hold
     beside the request's prompt; below 0 when not even the prompt fits."""
     best = max(req.max_output_tokens, 0)
-    for limit, used in ((plan.session.credits, f.session_used + f.session_reserved),
-                        (plan.weekly.credits, f.week_used + f.week_reserved)):
+    for limit, used in (
+        (plan.session.credits, f.session_used + f.session_reserved),
+        (plan.weekly.credits, f.week_used + f.week_reserved),
+    ):
         best = min(best, output_within(limit - used, req.input_tokens, price))
     quota = plan.monthly_tokens.output
     if quota is not None:
@@ -255,19 +294,29 @@ def _count_request(rec: Record, rules: PlanRules, now: int) -> tuple[RequestRate
         per = "minute" if seconds == 60 else f"{seconds} s"
         return RequestRate(limit, 0, reset), (
             f"Rate limit reached for requests on plan {rules.name!r}: limit {limit} per {per}, used {count}. "
-            f"Please try again in {reset}s.")
+            f"Please try again in {reset}s."
+        )
     rec.rate_start, rec.rate_count = start, count
     return RequestRate(limit, limit - count, reset), ""
 
 
-def reserve(rec: Record, req: ReserveRequest, rules: PlanRules, price: PriceUnits, now: int,
-            terms: LeaseTerms | None = None) -> tuple[ReserveReply, bool]:
+def reserve(
+    rec: Record,
+    req: ReserveRequest,
+    rules: PlanRules,
+    price: PriceUnits,
+    now: int,
+    terms: LeaseTerms | None = None,
+) -> tuple[ReserveReply, bool]:
     """Admit or refuse; returns the reply and whether the record changed (and must be written).
 
     The gateway's previous lease named in the request is given back first, in the same write; a
     lease asked for is granted after the request's own hold, from what is left (``leases``)."""
-    gave = req.lease_return is not None and req.lease_return.user == req.user \
+    gave = (
+        req.lease_return is not None
+        and req.lease_return.user == req.user
         and leases.give_back(rec, req.lease_return)
+    )
     reply, changed = _admit(rec, req, rules, price, now)
     if terms is None or req.lease_requests < 1 or not changed or req.byok or not reply.admitted:
         return reply, changed or gave
@@ -277,15 +326,29 @@ def reserve(rec: Record, req: ReserveRequest, rules: PlanRules, price: PriceUnit
     f = figures(rec, rules, now)
     plan, q = rules.plan, rules.plan.monthly_tokens
     room: dict[str, tuple[int | None, int]] = {
-        "credits": (min(plan.session.credits - f.session_used - f.session_reserved,
-                        plan.weekly.credits - f.week_used - f.week_reserved), 0),
+        "credits": (
+            min(
+                plan.session.credits - f.session_used - f.session_reserved,
+                plan.weekly.credits - f.week_used - f.week_reserved,
+            ),
+            0,
+        ),
         "input": (q.input, f.month_in + f.month_in_reserved),
         "output": (q.output, f.month_out + f.month_out_reserved),
     }
     counted = rec.rate_count if rules.rate_limit is not None else 0
     rate = (rules.rate_limit, counted, w.rate_reset(rec.rate_start, rules.rate_seconds, now))
-    lease = leases.grant(rec, unit, req.lease_requests, req.lease_id, room, rate,
-                         [f.session_reset, f.week_reset, f.month_reset], now, terms)
+    lease = leases.grant(
+        rec,
+        unit,
+        req.lease_requests,
+        req.lease_id,
+        room,
+        rate,
+        [f.session_reset, f.week_reset, f.month_reset],
+        now,
+        terms,
+    )
     if lease is None:
         return reply, True
     pools = pool_states(figures(rec, rules, now), rules.plan)
@@ -293,8 +356,9 @@ def reserve(rec: Record, req: ReserveRequest, rules: PlanRules, price: PriceUnit
     return reply, True
 
 
-def _admit(rec: Record, req: ReserveRequest, rules: PlanRules, price: PriceUnits,
-           now: int) -> tuple[ReserveReply, bool]:
+def _admit(
+    rec: Record, req: ReserveRequest, rules: PlanRules, price: PriceUnits, now: int
+) -> tuple[ReserveReply, bool]:
     """Admit or refuse one request.
 
     The budget is asked first: a request it refuses is answered as such (a spent budget is not worth
@@ -304,9 +368,13 @@ def _admit(rec: Record, req: ReserveRequest, rules: PlanRules, price: PriceUnits
         # a retried reserve of a request already admitted: answer the same, hold nothing twice
         roll(rec, rules, now)
         pools = pool_states(figures(rec, rules, now), rules.plan)
-        return ReserveReply(True, pools, hold=existing.credits if existing else 0,
-                            requests=request_rate(rec, rules, now),
-                            max_output_tokens=existing.output_tokens if existing else 0), False
+        return ReserveReply(
+            True,
+            pools,
+            hold=existing.credits if existing else 0,
+            requests=request_rate(rec, rules, now),
+            max_output_tokens=existing.output_tokens if existing else 0,
+        ), False
     roll(rec, rules, now)
     f = figures(rec, rules, now)
     hold = 0
@@ -323,21 +391,33 @@ def _admit(rec: Record, req: ReserveRequest, rules: PlanRules, price: PriceUnits
                 denied = _denial(f, rules.plan, hold, req)
         if denied is not None:
             pool, message = denied
-            return ReserveReply(False, pool_states(f, rules.plan), denied_pool=pool, message=message,
-                                requests=request_rate(rec, rules, now)), False
+            return ReserveReply(
+                False,
+                pool_states(f, rules.plan),
+                denied_pool=pool,
+                message=message,
+                requests=request_rate(rec, rules, now),
+            ), False
     rate, refused = _count_request(rec, rules, now)
     if refused:
         assert rate is not None
-        return ReserveReply(False, pool_states(f, rules.plan), denied_pool="requests", message=refused,
-                            requests=rate, retry_after=rate.reset), False
+        return ReserveReply(
+            False,
+            pool_states(f, rules.plan),
+            denied_pool="requests",
+            message=refused,
+            requests=rate,
+            retry_after=rate.reset,
+        ), False
     if req.byok:
         # charged nothing, so no hold; the record changed only if the request was counted
         return ReserveReply(True, pool_states(f, rules.plan), requests=rate), rate is not None
     if not rec.session_start:
         rec.session_start, rec.session_used = now, 0
     rec.plan = rules.name
-    h = rec.holds[req.request_id] = Hold(hold, max(req.input_tokens, 0), max(req.max_output_tokens, 0),
-                                         req.model, req.bot, now)
+    h = rec.holds[req.request_id] = Hold(
+        hold, max(req.input_tokens, 0), max(req.max_output_tokens, 0), req.model, req.bot, now
+    )
     _held(rec, h, 1)
     pools = pool_states(figures(rec, rules, now), rules.plan)
     return ReserveReply(True, pools, hold=hold, requests=rate, max_output_tokens=h.output_tokens), True
@@ -365,9 +445,16 @@ class Delivery:
     redelivered: bool  # delivered before: it may have been applied already
 
 
-def settle(rec: Record, s: Settlement, rules: PlanRules, price: PriceUnits | None, now: int,
-           bounds: Bounds, delivery: Delivery | None = None,
-           prices: Mapping[str, PriceUnits] | None = None) -> tuple[Outcome, bool]:
+def settle(
+    rec: Record,
+    s: Settlement,
+    rules: PlanRules,
+    price: PriceUnits | None,
+    now: int,
+    bounds: Bounds,
+    delivery: Delivery | None = None,
+    prices: Mapping[str, PriceUnits] | None = None,
+) -> tuple[Outcome, bool]:
     """Replace the hold by the actual cost. Idempotent by request id: a settled id is a no-op that
     still returns its ledger entry, so a redelivery after a crash re-publishes the same entry. A
     redelivery older than what the record remembers is refused as ``UNPROVABLE``, unchanged.
@@ -390,8 +477,10 @@ def settle(rec: Record, s: Settlement, rules: PlanRules, price: PriceUnits | Non
         drawn, found = leases.draw(rec, s, now)
         hold = drawn if found else None
         ceiling = drawn
-    parts = [(s.model, s.usage, price), *((o.model, o.usage, (prices or {}).get(o.model, price))
-                                          for o in s.other)]
+    parts = [
+        (s.model, s.usage, price),
+        *((o.model, o.usage, (prices or {}).get(o.model, price)) for o in s.other),
+    ]
     costs: list[int] = []
     for _, usage, p in parts:
         if s.byok:
@@ -419,7 +508,8 @@ def settle(rec: Record, s: Settlement, rules: PlanRules, price: PriceUnits | Non
         rec.week_used += cost
         for (model, usage, _), c in zip(parts, costs, strict=True):
             rec.week_by_model.setdefault(model, Tally()).add(
-                c, max(usage.prompt_tokens, 0), max(usage.completion_tokens, 0))
+                c, max(usage.prompt_tokens, 0), max(usage.completion_tokens, 0)
+            )
         _bot_tally(rec, s.bot or "default", bounds.bots).add(cost, prompt, completion)
     if at >= rec.month_start and not s.byok:
         # quotas bound what the platform pays for; a user's own key spends nothing of it
@@ -453,8 +543,18 @@ def _bot_tally(rec: Record, bot: str, most: int) -> Tally:
 
 
 def _entry(s: Settlement, cost: int, reserved: int, now: int) -> LedgerEntry:
-    return LedgerEntry(request_id=s.request_id, user=s.user, model=s.model, credits=cost, usage=s.usage,
-                       bot=s.bot or "default", reserved=reserved, ok=s.ok, byok=s.byok, at=float(now))
+    return LedgerEntry(
+        request_id=s.request_id,
+        user=s.user,
+        model=s.model,
+        credits=cost,
+        usage=s.usage,
+        bot=s.bot or "default",
+        reserved=reserved,
+        ok=s.ok,
+        byok=s.byok,
+        at=float(now),
+    )
 
 
 def renew(rec: Record, request_id: str, now: int) -> tuple[bool, bool]:
@@ -486,35 +586,82 @@ def reap(rec: Record, now: int, ttl: float, lease_ttl: float | None = None) -> l
     return stale
 
 
+def usage_report(rec: Record, rules: PlanRules, now: int) -> UsageReport:
+    """A record rolled to ``now``, as the gateway's ``/v1/usage`` needs it."""
+    f = figures(rec, rules, now)
+    plan = rules.plan
+
+    def rows(d: dict[str, Tally]) -> list[TallyRow]:
+        return [
+            TallyRow(t.name or k, t.credits, t.requests, t.input_tokens, t.output_tokens)
+            for k, t in sorted(d.items())
+        ]
+
+    return UsageReport(
+        plan=rules.name,
+        session=PoolUsage(plan.session.credits, f.session_used, f.session_reserved, f.session_reset),
+        session_active=f.session_open,
+        weekly=PoolUsage(plan.weekly.credits, f.week_used, f.week_reserved, f.week_reset),
+        month_input=QuotaUsage(plan.monthly_tokens.input, f.month_in, f.month_in_reserved),
+        month_output=QuotaUsage(plan.monthly_tokens.output, f.month_out, f.month_out_reserved),
+        month_reset=f.month_reset,
+        week_start=rec.week_start,
+        by_model=rows(rec.week_by_model),
+        by_bot=rows(rec.week_by_bot),
+    )
+
+
 def usage_document(rec: Record, rules: PlanRules, now: int) -> dict[str, object]:
-    """The ``/v1/usage`` body for a record rolled to ``now``."""
+    """The ``/v1/usage`` body for a record rolled to ``now``, for gateways of the previous release
+    (which pass it on as it is); current ones render ``usage_report``. Goes in the next release."""
     f = figures(rec, rules, now)
     plan = rules.plan
 
     def pool(limit: int, used: int, reserved: int, reset: int) -> dict[str, object]:
-        return {"limit": limit, "used": used, "reserved": reserved,
-                "remaining": max(0, limit - used - reserved), "reset": w.iso(reset)}
+        return {
+            "limit": limit,
+            "used": used,
+            "reserved": reserved,
+            "remaining": max(0, limit - used - reserved),
+            "reset": w.iso(reset),
+        }
 
     def quota(limit: int | None, used: int, reserved: int) -> dict[str, object]:
-        return {"limit": limit, "used": used, "reserved": reserved,
-                "remaining": None if limit is None else max(0, limit - used - reserved)}
+        return {
+            "limit": limit,
+            "used": used,
+            "reserved": reserved,
+            "remaining": None if limit is None else max(0, limit - used - reserved),
+        }
 
     def tallies(d: dict[str, Tally]) -> dict[str, object]:
-        return {t.name or k: {"credits": t.credits, "requests": t.requests, "input_tokens": t.input_tokens,
-                    "output_tokens": t.output_tokens} for k, t in sorted(d.items())}
+        return {
+            t.name or k: {
+                "credits": t.credits,
+                "requests": t.requests,
+                "input_tokens": t.input_tokens,
+                "output_tokens": t.output_tokens,
+            }
+            for k, t in sorted(d.items())
+        }
 
     return {
         "object": "usage",
         "plan": rules.name,
         "unit": "credits",
-        "session": {**pool(plan.session.credits, f.session_used, f.session_reserved, f.session_reset),
-                    "active": f.session_open},
+        "session": {
+            **pool(plan.session.credits, f.session_used, f.session_reserved, f.session_reset),
+            "active": f.session_open,
+        },
         "weekly": pool(plan.weekly.credits, f.week_used, f.week_reserved, f.week_reset),
         "monthly_tokens": {
             "input": quota(plan.monthly_tokens.input, f.month_in, f.month_in_reserved),
             "output": quota(plan.monthly_tokens.output, f.month_out, f.month_out_reserved),
             "reset": w.iso(f.month_reset),
         },
-        "week": {"start": w.iso(rec.week_start), "by_model": tallies(rec.week_by_model),
-                 "by_bot": tallies(rec.week_by_bot)},
+        "week": {
+            "start": w.iso(rec.week_start),
+            "by_model": tallies(rec.week_by_model),
+            "by_bot": tallies(rec.week_by_bot),
+        },
     }

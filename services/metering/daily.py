@@ -117,8 +117,25 @@ def _tallies(d: dict[str, Tally]) -> dict[str, dict[str, int]]:
     }
 
 
+def usage_days(rec: DailyRecord, days: int, today: int) -> list[contract.DayUsage]:
+    """The last ``days`` days up to ``today``, oldest first, empty days included."""
+
+    def rows(d: dict[str, Tally]) -> list[contract.TallyRow]:
+        return [
+            contract.TallyRow(k, t.credits, t.requests, t.input_tokens, t.output_tokens)
+            for k, t in sorted(d.items())
+        ]
+
+    out = []
+    for n in range(today - days + 1, today + 1):
+        day = rec.days.get(n, Day())
+        out.append(contract.DayUsage(n, rows(day.by_model), rows(day.by_bot)))
+    return out
+
+
 def document(rec: DailyRecord, days: int, today: int) -> bytes:
-    """The ``GET /v1/usage/daily`` body: one entry per day, oldest first, empty days included."""
+    """The ``GET /v1/usage/daily`` body, for gateways of the previous release (current ones render
+    ``usage_days``). Goes in the next release."""
     data = []
     for n in range(today - days + 1, today + 1):
         day = rec.days.get(n, Day())
@@ -224,8 +241,9 @@ class DailyHistory:
                 continue
             by_user[entry.user].append((entry, seq))
         users = list(by_user)
-        results = await asyncio.gather(*(self._write_user(u, by_user[u]) for u in users),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(self._write_user(u, by_user[u]) for u in users), return_exceptions=True
+        )
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:
             log.warning("daily_write_failed", users=len(failed), error=map_exception(failed[0]).message)
@@ -256,15 +274,16 @@ class DailyHistory:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._closing.wait(), self.interval * random.uniform(0.8, 1.2))
 
-    async def query(self, q: contract.DailyQuery) -> bytes:
+    async def query(self, q: contract.DailyQuery) -> contract.UsageReply:
         rec, _ = await self.read(q.user)
         days = max(1, min(q.days, KEEP_DAYS))
-        return document(rec, days, int(time.time()) // _DAY)
+        today = int(time.time()) // _DAY
+        return contract.UsageReply(document(rec, days, today), daily=usage_days(rec, days, today))
 
     async def _on_query(self, msg: Msg) -> None:
         try:
             q = contract.daily_query_decoder.decode(msg.data)
-            out = contract.encode(contract.UsageReply(await self.query(q)))
+            out = contract.encode(await self.query(q))
         except Exception as exc:
             out = contract.encode(contract.error_reply(map_exception(exc)))
         if msg.reply:

@@ -33,14 +33,7 @@ from services.metering.leases import LeaseTerms, give_back
 from services.metering.record import Bounds
 from services.metering.settings import MeteringSettings
 from services.metering.store import BudgetStore
-from services.metering.streams import (
-    SETTLE_DURABLE,
-    dead_letter,
-    ensure_dead_letter_stream,
-    ensure_ledger_stream,
-    ensure_settlement_stream,
-    publish_ledger,
-)
+from services.metering.streams import dead_letter, publish_ledger
 from shared import contract, metrics, subjects
 from shared.bus import Bus, Msg, map_exception
 from shared.catalog import ConfigError, load_catalog, load_plans
@@ -48,6 +41,7 @@ from shared.errors import InvalidRequest, JanusError, ModelNotFound, PermissionD
 from shared.logging import get_logger
 from shared.money import PriceUnits
 from shared.service import Service
+from shared.streams import ensure_dead_letter_stream, ensure_ledger_stream, ensure_settlement_stream
 
 log = get_logger("metering")
 
@@ -131,7 +125,7 @@ class MeteringService(Service[MeteringSettings]):
         self.lease_terms = LeaseTerms(settings.lease_fraction, settings.lease_seconds)
         self.store: BudgetStore | None = None
         self.daily = DailyHistory(settings.daily_batch, settings.daily_interval_seconds)
-        self._top_cache: tuple[int, float, bytes] | None = None
+        self._top_cache: tuple[int, float, contract.UsageReply] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = asyncio.Event()
         self._consuming = False
@@ -165,7 +159,7 @@ class MeteringService(Service[MeteringSettings]):
         await ensure_dead_letter_stream(bus, replicas)
         sub = self._sub = await bus.pull_consumer(
             subjects.SETTLE_STREAM,
-            SETTLE_DURABLE,
+            subjects.SETTLE_DURABLE,
             subjects.SETTLE,
             ack_wait=self.settings.settle_ack_wait_seconds,
             max_deliver=self.settings.settle_max_deliver,
@@ -272,7 +266,11 @@ class MeteringService(Service[MeteringSettings]):
         now = w.now_s(time.time())
         budget.roll(rec, rules, now)  # a view only: nothing is written
         pools = budget.pool_states(budget.figures(rec, rules, now), rules.plan)
-        return contract.UsageReply(_json.encode(budget.usage_document(rec, rules, now)), pools)
+        return contract.UsageReply(
+            _json.encode(budget.usage_document(rec, rules, now)),
+            pools,
+            report=budget.usage_report(rec, rules, now),
+        )
 
     async def _on_usage(self, msg: Msg) -> None:
         t0 = time.perf_counter()
@@ -285,7 +283,7 @@ class MeteringService(Service[MeteringSettings]):
         metrics.METER_OP_SECONDS.labels("usage").observe(time.perf_counter() - t0)
 
     # ----------------------------------------------------------------------------------- admin
-    async def top_spenders(self, q: contract.AdminQuery) -> bytes:
+    async def top_spenders(self, q: contract.AdminQuery) -> contract.UsageReply:
         """This week's biggest spenders, for the operator view: a scan of the budget records,
         which is why only operators may ask, at most 100 are answered, and an answer is reused for
         a few seconds (a dashboard left open must not turn into a scan a second)."""
@@ -305,18 +303,17 @@ class MeteringService(Service[MeteringSettings]):
             requests = sum(t.requests for t in rec.week_by_model.values())
             rows.append((rec.week_used, rec.user, rules.name, requests))
         rows.sort(reverse=True)
-        top = [
-            {"user": u, "plan": p, "credits": c, "requests": r}
-            for c, u, p, r in rows[: max(1, min(q.top, 100))]
-        ]
-        body = _json.encode({"object": "usage.top_users", "week_users": len(rows), "data": top})
-        self._top_cache = (q.top, time.monotonic(), body)
-        return body
+        top = [contract.TopSpender(u, p, c, r) for c, u, p, r in rows[: max(1, min(q.top, 100))]]
+        # the document beside the rows is for gateways of the previous release
+        legacy = _json.encode({"object": "usage.top_users", "week_users": len(rows), "data": top})
+        reply = contract.UsageReply(legacy, top_users=top, week_users=len(rows))
+        self._top_cache = (q.top, time.monotonic(), reply)
+        return reply
 
     async def _on_admin(self, msg: Msg) -> None:
         try:
             q = contract.admin_query_decoder.decode(msg.data)
-            out = contract.encode(contract.UsageReply(await self.top_spenders(q)))
+            out = contract.encode(await self.top_spenders(q))
         except Exception as exc:
             out = self._error(exc, "admin")
         await self._respond(msg, out)
@@ -399,8 +396,8 @@ class MeteringService(Service[MeteringSettings]):
         )
         metrics.SETTLEMENTS.labels("dead_lettered").inc()
         metrics.SETTLEMENTS_DEAD.labels(reason).inc()
-        with contextlib.suppress(Exception):
-            await m.term()
+        with contextlib.suppress(JanusError):
+            await Bus.ack(m, term=True)
 
     async def settle_batch(self, msgs: list[Msg]) -> None:
         """Apply a fetched batch: KV changes grouped per user (one write each), then every ledger
@@ -458,11 +455,9 @@ class MeteringService(Service[MeteringSettings]):
                 continue
             _count_settlement(s, out, self.rules)
             try:
-                await m.ack()
-            except Exception as exc:
-                log.warning(
-                    "settle_ack_failed", request_id=s.request_id, error=str(exc) or type(exc).__name__
-                )
+                await Bus.ack(m)
+            except JanusError as exc:
+                log.warning("settle_ack_failed", request_id=s.request_id, error=exc.message)
             _SETTLE_SECONDS.observe(time.perf_counter() - t0)
 
     async def _settle_loop(self, sub: Any) -> None:

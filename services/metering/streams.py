@@ -1,56 +1,20 @@
-"""The JetStream streams metering reads and writes, declared in one place.
-
-The gateway may call ``ensure_settlement_stream`` at startup too (so its first settlement never
-meets a missing stream); both sides then declare the same configuration.
-"""
+"""Metering's use of its streams: dead letters and ledger entries written, the ledger read in
+ranges (the streams themselves are declared in ``shared.streams``)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import time
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from shared import subjects
-from shared.bus import Bus, map_exception, write_refused
+from shared.bus import Bus
 from shared.contract import DeadLetter, LedgerEntry, encode
 from shared.errors import JanusError, ServiceUnavailable
 
-# Settlements are de-duplicated by request id for this long: far longer than any gateway retry.
-SETTLE_DUPLICATE_WINDOW = 20 * 60.0
-# A ledger entry is re-published when a settlement is redelivered after a crash between the
-# ledger write and the ack; the window must outlast any plausible metering outage.
-LEDGER_DUPLICATE_WINDOW = 2 * 3600.0
-# Dead letters wait for an operator this long: the alert fires at once, a month is for holidays.
-DEAD_LETTER_MAX_AGE = 30 * 86400.0
-SETTLE_DURABLE = "metering"
-_TIMED_OUT = ServiceUnavailable("JetStream did not acknowledge the ledger entry in time")
 _LEDGER_GET = f"$JS.API.DIRECT.GET.{subjects.LEDGER_STREAM}"
 _READ_MAX_BYTES = 4 * 1024 * 1024  # one read's answer at most: a batch of large entries ends early
-
-
-async def ensure_settlement_stream(bus: Bus, replicas: int = 1) -> None:
-    # work-queue retention: an acknowledged settlement is gone; its record lives on in the ledger
-    await bus.ensure_stream(subjects.SETTLE_STREAM, [subjects.SETTLE],
-                            duplicate_window=SETTLE_DUPLICATE_WINDOW, replicas=replicas, work_queue=True)
-
-
-async def ensure_ledger_stream(bus: Bus, replicas: int = 1, *, max_age: float = 0.0,
-                               max_bytes: int = 0) -> None:
-    """The ledger keeps entries for ``max_age`` seconds and at most ``max_bytes`` (0: no limit), the
-    oldest dropped first, so it can never fill JetStream's store; an operator who set tighter limits
-    on the stream keeps them (``Bus.ensure_stream``). Archive it before entries age out."""
-    await bus.ensure_stream(subjects.LEDGER_STREAM, [subjects.LEDGER],
-                            duplicate_window=LEDGER_DUPLICATE_WINDOW, replicas=replicas,
-                            max_age=max_age or None, max_bytes=max_bytes or None,
-                            allow_direct=True)  # the daily history reads it in ranges (read_ledger)
-
-
-async def ensure_dead_letter_stream(bus: Bus, replicas: int = 1) -> None:
-    await bus.ensure_stream(subjects.SETTLE_DEAD_STREAM, [subjects.SETTLE_DEAD],
-                            duplicate_window=LEDGER_DUPLICATE_WINDOW, replicas=replicas,
-                            max_age=DEAD_LETTER_MAX_AGE)
 
 
 async def dead_letter(bus: Bus, letter: DeadLetter, sequence: int) -> None:
@@ -59,36 +23,17 @@ async def dead_letter(bus: Bus, letter: DeadLetter, sequence: int) -> None:
     await bus.js_publish(subjects.SETTLE_DEAD, encode(letter), msg_id=f"settle-{sequence}")
 
 
-async def publish_ledger(bus: Bus, entries: list[LedgerEntry],
-                         timeout: float = 5.0) -> list[BaseException | None]:
-    """Append ``entries`` to the ledger, de-duplicated by request id; one outcome per entry (None: stored).
-
-    All of them are sent before any acknowledgement is awaited, so a batch of settlements costs one
-    JetStream round trip instead of one per entry. An entry whose acknowledgement does not come in
-    ``timeout`` counts as failed (its settlement is redelivered and publishes it again).
-    """
-    js = bus.js
-    futures: list[asyncio.Future[Any]] = []
-    outcomes: list[BaseException | None] = [None] * len(entries)
-    sent: list[int] = []
-    for i, e in enumerate(entries):
-        try:
-            futures.append(await js.publish_async(subjects.LEDGER, encode(e), wait_stall=timeout,
-                                                  headers={"Nats-Msg-Id": e.request_id}))
-            sent.append(i)
-        except Exception as exc:
-            outcomes[i] = map_exception(exc)
-    if not futures:
-        return outcomes
-    try:
-        acks = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), timeout)
-    except TimeoutError:
-        # gather cancelled what was still pending; those are failures, the rest stand
-        acks = [_TIMED_OUT if f.cancelled() else f.exception() for f in futures]
-    for i, ack in zip(sent, acks, strict=True):
-        if isinstance(ack, BaseException):
-            outcomes[i] = ack if isinstance(ack, JanusError) else write_refused(subjects.LEDGER_STREAM, ack)
-    return outcomes
+async def publish_ledger(
+    bus: Bus, entries: list[LedgerEntry], timeout: float = 5.0
+) -> list[JanusError | None]:
+    """Append ``entries`` to the ledger, de-duplicated by request id, in one JetStream round trip; one
+    outcome per entry (None: stored). A failed entry's settlement is redelivered and publishes it again."""
+    return await bus.js_publish_batch(
+        subjects.LEDGER,
+        [(encode(e), e.request_id) for e in entries],
+        store=subjects.LEDGER_STREAM,
+        timeout=timeout,
+    )
 
 
 class LedgerRange(NamedTuple):

@@ -20,7 +20,14 @@ from services.router.policy import Policy
 from services.router.settings import RouterSettings
 from shared import metrics, subjects
 from shared.bus import Bus, Msg
-from shared.contract import UsageReply, encode, error_reply, health_decoder, route_request_decoder
+from shared.contract import (
+    DeploymentHealth,
+    UsageReply,
+    encode,
+    error_reply,
+    health_decoder,
+    route_request_decoder,
+)
 from shared.errors import InvalidRequest, JanusError
 from shared.logging import get_logger
 from shared.service import Service
@@ -99,7 +106,7 @@ class RouterService(Service[RouterSettings]):
         try:
             plan = self.policy.route(req, self.clock())
         except JanusError as exc:
-            metrics.ROUTE_DECISIONS.labels(f"error:{exc.code or type(exc).__name__}", "").inc()
+            metrics.ROUTE_DECISIONS.labels(f"error:{exc.code or exc.kind}", "").inc()
             await msg.respond(encode(error_reply(exc)))
             return
         if not plan.auto and plan.reason == "direct" and plan.model in self._stable:
@@ -123,7 +130,7 @@ class RouterService(Service[RouterSettings]):
     async def _on_health_view(self, msg: Msg) -> None:
         assert self.policy is not None
         if msg.reply:
-            await msg.respond(encode(UsageReply(health_document(self.policy, self.clock()))))
+            await msg.respond(encode(health_reply(self.policy, self.clock())))
 
     async def _on_health(self, msg: Msg) -> None:
         assert self.policy is not None
@@ -140,24 +147,25 @@ class RouterService(Service[RouterSettings]):
 _json = msgspec.json.Encoder()
 
 
-def health_document(policy: Policy, now: float) -> bytes:
-    """Every deployment of the catalog with this router's view of its health."""
+def health_reply(policy: Policy, now: float) -> UsageReply:
+    """Every deployment of the catalog with this router's view of its health (and, for gateways
+    of the previous release, the same as the JSON document they parse)."""
     snap = policy.health.snapshot()
     rows = []
     for dep_id, (provider, _) in sorted(policy.catalog.deployment_by_id.items()):
         h = snap.get(dep_id)
         state = policy.health.refresh(dep_id, now) if h is not None else 0
         rows.append(
-            {
-                "deployment": dep_id,
-                "provider": provider.id,
-                "state": STATE_NAMES[state],
-                "error_rate": round(h.error_rate, 4) if h else 0.0,
-                "latency_seconds": None if h is None or h.latency is None else round(h.latency, 4),
-                "consecutive_failures": h.failures if h else 0,
-            }
+            DeploymentHealth(
+                dep_id,
+                provider.id,
+                STATE_NAMES[state],
+                error_rate=round(h.error_rate, 4) if h else 0.0,
+                latency_seconds=None if h is None or h.latency is None else round(h.latency, 4),
+                consecutive_failures=h.failures if h else 0,
+            )
         )
-    return _json.encode({"object": "deployments", "data": rows})
+    return UsageReply(_json.encode({"object": "deployments", "data": rows}), deployments=rows)
 
 
 def _publish_state(deployment: str, state: int) -> None:

@@ -43,11 +43,13 @@ from shared.contract import (
     work_decoder,
 )
 from shared.errors import (
+    Cancelled,
     InvalidRequest,
     JanusError,
     PayloadTooLarge,
     PermissionDenied,
     ServiceUnavailable,
+    UpstreamAuthFailed,
     UpstreamClientError,
     UpstreamError,
     UpstreamTimeout,
@@ -57,9 +59,6 @@ from shared.openai_request import ChatRequest, EmbeddingsRequest, decode_chat, d
 from shared.service import Service
 
 log = get_logger("worker")
-
-# a cancelled call ends with this error (the client is gone; nobody retries it)
-CANCELLED_STATUS = 499
 
 # label children resolved once per provider (and model, kind) instead of on every call
 _IN_FLIGHT = metrics.children(metrics.WORKER_IN_FLIGHT)
@@ -204,7 +203,14 @@ class WorkerService(Service[WorkerSettings]):
         r = Replier(self.bus, msg.reply)
         try:
             req = work_decoder.decode(msg.data)
-        except msgspec.DecodeError:
+        except msgspec.DecodeError as exc:
+            # the work's own request id is unreadable: the header's ties this refusal to the request
+            # the gateway logged (a gateway of another release, or a neighbour sending junk)
+            log.warning(
+                "work_undecodable",
+                request_id=(msg.headers or {}).get(subjects.H_REQUEST_ID, ""),
+                error=str(exc)[:200],
+            )
             await r.send(Failed(seq=r.next(), error=InvalidRequest("malformed work request").to_wire()))
             return
         full = self._full(req)
@@ -345,10 +351,10 @@ class WorkerService(Service[WorkerSettings]):
                 current = asyncio.current_task()
                 if current is not None:
                     current.uncancel()
-                err = InvalidRequest("the request was cancelled", code="cancelled", status=CANCELLED_STATUS)
+                err = Cancelled("the request was cancelled")
                 terminal = failed_frame(call, err)
             except JanusError as exc:
-                if req.byok and exc.code == "upstream_auth":
+                if req.byok and isinstance(exc, UpstreamAuthFailed):
                     # the caller's own key was refused: theirs to fix, and no sign of our deployment's health
                     exc = UpstreamClientError(
                         f"provider {req.provider!r} refused the API key you registered for it "
@@ -406,29 +412,21 @@ class WorkerService(Service[WorkerSettings]):
             if health is not None:
                 health.record(req.deployment, provider, seconds)
             return
-        info = terminal.error
-        error_type = info.code or info.kind
+        err = JanusError.from_wire(terminal.error)
+        error_type = err.code or err.kind
         metrics.UPSTREAM_ERRORS.labels(provider, error_type).inc()
-        err = JanusError.from_wire(info)
-        # log once, here, at the error's own level; the client's own mistakes and cancels say
-        # nothing about the deployment's health
+        # log once, here, at the error's own level
         getattr(log, err.log_level)(
             "call_failed",
             provider=provider,
             deployment=req.deployment,
-            kind=info.kind,
-            code=info.code,
-            status=info.status,
+            kind=err.kind,
+            code=err.code,
+            status=err.http_status,
             produced=terminal.produced,
         )
-        if health is not None and _says_deployment_is_unwell(info.kind, info.code):
+        if health is not None and err.blames_deployment:
             health.record(req.deployment, provider, seconds, error=error_type, retryable=err.retryable)
-
-
-def _says_deployment_is_unwell(kind: str, code: str | None) -> bool:
-    if code == "upstream_auth":  # our credentials for it are wrong: it cannot serve anyone
-        return True
-    return code != "cancelled" and kind not in ("InvalidRequest", "PayloadTooLarge", "UpstreamClientError")
 
 
 def _remaining(headers: dict[str, str]) -> float | None:

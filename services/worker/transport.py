@@ -78,7 +78,9 @@ async def _read_error_body(resp: aiohttp.ClientResponse) -> bytes:
     return bytes(body)
 
 
-def map_exception(exc: BaseException, *, streaming: bool = False) -> JanusError:
+def upstream_exception(exc: BaseException, *, streaming: bool = False) -> JanusError:
+    """aiohttp's exceptions as Janus errors: this boundary's one table, as ``shared.bus.map_exception``
+    is the bus's."""
     if isinstance(exc, JanusError):
         return exc
     if isinstance(exc, TimeoutError):  # aiohttp's connect/read timeouts subclass it
@@ -96,29 +98,42 @@ def map_exception(exc: BaseException, *, streaming: bool = False) -> JanusError:
 
 def _too_large(limit: int) -> PayloadTooLarge:
     mib = limit // (1024 * 1024)
-    return PayloadTooLarge(f"the provider's answer is larger than this service takes ({mib} MiB); send less "
-                           "per request", code="response_too_large")
+    return PayloadTooLarge(
+        f"the provider's answer is larger than this service takes ({mib} MiB); send less per request",
+        code="response_too_large",
+    )
 
 
 class Transport:
-    def __init__(self, *, connect_timeout: float = 10.0, read_timeout: float = 300.0,
-                 pool_size: int = 1024, dns_ttl: int = 300, max_body_bytes: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 300.0,
+        pool_size: int = 1024,
+        dns_ttl: int = 300,
+        max_body_bytes: int = 0,
+    ) -> None:
         self.max_body_bytes = max_body_bytes  # a buffered answer larger than this is refused; 0: any
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout,
-                                              sock_read=read_timeout)
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout, sock_read=read_timeout
+        )
         self._pool_size = pool_size
         self._dns_ttl = dns_ttl
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self._pool_size, ttl_dns_cache=self._dns_ttl,
-                                         keepalive_timeout=30.0)
-        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout,
-                                              auto_decompress=True, trust_env=False)
+        connector = aiohttp.TCPConnector(
+            limit=self._pool_size, ttl_dns_cache=self._dns_ttl, keepalive_timeout=30.0
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=self._timeout, auto_decompress=True, trust_env=False
+        )
         # Proxies are read once here: aiohttp's trust_env re-reads the environment and ~/.netrc in a
         # thread on every request, which cost a third of the worker's CPU in the benchmark.
-        self._proxies = {k: v for k, v in urllib.request.getproxies_environment().items()
-                         if k in ("http", "https")}
+        self._proxies = {
+            k: v for k, v in urllib.request.getproxies_environment().items() if k in ("http", "https")
+        }
 
     async def close(self) -> None:
         if self._session is not None:
@@ -141,18 +156,22 @@ class Transport:
         if self._proxies and not bypass(url.host or ""):
             proxy = self._proxies.get(url.scheme)
         # a redirect is never followed: the request's key would go to wherever it points
-        return self._session.request(req.method, url, data=req.body, headers=req.headers, proxy=proxy,
-                                     allow_redirects=False)
+        return self._session.request(
+            req.method, url, data=req.body, headers=req.headers, proxy=proxy, allow_redirects=False
+        )
 
     @staticmethod
     async def _raise_for_status(resp: aiohttp.ClientResponse, adapter: Any) -> None:
         if resp.status < 300:
             return
         if resp.status < 400:
-            log.warning("upstream_redirect_refused", status=resp.status,
-                        location=resp.headers.get("Location"))
-            raise UpstreamError(f"the provider answered with a redirect ({resp.status}), which is not "
-                                "followed", code="upstream_redirect")
+            log.warning(
+                "upstream_redirect_refused", status=resp.status, location=resp.headers.get("Location")
+            )
+            raise UpstreamError(
+                f"the provider answered with a redirect ({resp.status}), which is not followed",
+                code="upstream_redirect",
+            )
         body = await _read_error_body(resp)
         status = resp.status
         if isinstance(adapter, ReadsErrorCause):
@@ -185,10 +204,11 @@ class Transport:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            raise map_exception(exc) from None
+            raise upstream_exception(exc) from None
 
-    async def stream(self, req: UpstreamRequest,
-                     adapter: Any) -> AsyncGenerator[tuple[list[StreamMessage], bool], None]:
+    async def stream(
+        self, req: UpstreamRequest, adapter: Any
+    ) -> AsyncGenerator[tuple[list[StreamMessage], bool], None]:
         """A streamed call, framed by ``req.framing``: the messages of each read from the provider
         together (the worker sends them on as one frame), and whether the provider's stream ended
         with them: its end had already arrived, so saying so waits for nothing. Use under
@@ -216,9 +236,12 @@ class Transport:
                 if not events:
                     # not one event in the whole body (a proxy's error page, an empty 200): the
                     # deployment did not stream, nothing was generated, and another may answer
-                    raise UpstreamError(f"the provider answered a streaming request with no events "
-                                        f"(content type {resp.content_type!r})", code="upstream_unreadable")
+                    raise UpstreamError(
+                        f"the provider answered a streaming request with no events "
+                        f"(content type {resp.content_type!r})",
+                        code="upstream_unreadable",
+                    )
         except (asyncio.CancelledError, GeneratorExit):
             raise
         except Exception as exc:
-            raise map_exception(exc, streaming=started) from None
+            raise upstream_exception(exc, streaming=started) from None

@@ -45,8 +45,9 @@ def pools(session_left: int = 400_000, weekly_left: int = 1_900_000) -> list[Poo
     ]
 
 
-def plan_for(req: RouteRequest, providers: tuple[str, ...] = ("pa",),
-             fallback_model: str = "") -> RoutePlan | ErrorReply:
+def plan_for(
+    req: RouteRequest, providers: tuple[str, ...] = ("pa",), fallback_model: str = ""
+) -> RoutePlan | ErrorReply:
     """The plan a router answers; with ``fallback_model``, every provider after the first serves
     that model instead (the router's fallback to another model of the same quality)."""
     if req.model == "nope":
@@ -56,9 +57,12 @@ def plan_for(req: RouteRequest, providers: tuple[str, ...] = ("pa",),
     return RoutePlan(
         model=model if req.kind == "chat" else "neboloop/nebo-embed-small",
         response_model=response_model,
-        targets=[Target(f"dep-{p}", p, fallback_model or response_model, model=fallback_model)
-                 if i and fallback_model else Target(f"dep-{p}", p, response_model)
-                 for i, p in enumerate(providers)],
+        targets=[
+            Target(f"dep-{p}", p, fallback_model or response_model, model=fallback_model)
+            if i and fallback_model
+            else Target(f"dep-{p}", p, response_model)
+            for i, p in enumerate(providers)
+        ],
         reason="direct" if req.model not in ("", "auto") else "tier_default",
         auto=req.model in ("", "auto"),
         score=0.25 if req.model in ("", "auto") else None,
@@ -67,40 +71,68 @@ def plan_for(req: RouteRequest, providers: tuple[str, ...] = ("pa",),
 
 def chat_body(work: WorkRequest, text: str = "Hello!", usage: Usage | None = None) -> bytes:
     u = usage or Usage(12, 3)
-    return json.dumps({
-        "id": f"chatcmpl-{work.request_id}", "object": "chat.completion", "created": work.created,
-        "model": work.response_model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-                     "finish_reason": "stop", "logprobs": None}],
-        "usage": {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-                  "total_tokens": u.total_tokens},
-    }).encode()
+    return json.dumps(
+        {
+            "id": f"chatcmpl-{work.request_id}",
+            "object": "chat.completion",
+            "created": work.created,
+            "model": work.response_model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": u.prompt_tokens,
+                "completion_tokens": u.completion_tokens,
+                "total_tokens": u.total_tokens,
+            },
+        }
+    ).encode()
 
 
 def chunk_data(work: WorkRequest, delta: dict[str, Any], finish: str | None = None) -> bytes:
-    return json.dumps({
-        "id": f"chatcmpl-{work.request_id}", "object": "chat.completion.chunk", "created": work.created,
-        "model": work.response_model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-    }).encode()
+    return json.dumps(
+        {
+            "id": f"chatcmpl-{work.request_id}",
+            "object": "chat.completion.chunk",
+            "created": work.created,
+            "model": work.response_model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+    ).encode()
 
 
 def usage_chunk(work: WorkRequest, usage: Usage) -> bytes:
     """The last chunk of a stream whose client asked ``stream_options.include_usage``."""
-    return json.dumps({
-        "id": f"chatcmpl-{work.request_id}", "object": "chat.completion.chunk", "created": work.created,
-        "model": work.response_model, "choices": [],
-        "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-                  "total_tokens": usage.total_tokens},
-    }).encode()
+    return json.dumps(
+        {
+            "id": f"chatcmpl-{work.request_id}",
+            "object": "chat.completion.chunk",
+            "created": work.created,
+            "model": work.response_model,
+            "choices": [],
+            "usage": {
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.total_tokens,
+            },
+        }
+    ).encode()
 
 
 def embedding_body(work: WorkRequest) -> bytes:
-    return json.dumps({
-        "object": "list", "model": work.response_model,
-        "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
-        "usage": {"prompt_tokens": 4, "total_tokens": 4},
-    }).encode()
+    return json.dumps(
+        {
+            "object": "list",
+            "model": work.response_model,
+            "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
+            "usage": {"prompt_tokens": 4, "total_tokens": 4},
+        }
+    ).encode()
 
 
 # ---------------------------------------------------------------------------------- worker behaviours
@@ -138,14 +170,19 @@ async def slices_then_fail(f: Fakes, work: WorkRequest, send: Send) -> None:
     await send(Accepted(0))
     await send(Chunk(1, b'{"object": "list", "broken'))
     await send(Chunk(2, b'": true, '))
-    err = contract.ErrorInfo("UpstreamError", "provider returned 503", status=503, code="upstream_error")
+    err = contract.ErrorInfo(
+        kind="upstream", message="provider returned 503", status=503, code="upstream_error"
+    )
     await send(Failed(3, err, usage=Usage(5, 0)))
 
 
 async def fail_retryable(f: Fakes, work: WorkRequest, send: Send) -> None:
     await send(Accepted(0))
-    err = JanusError.from_wire(contract.ErrorInfo("UpstreamError", "provider returned 503", status=503,
-                                                  code="upstream_error"))
+    err = JanusError.from_wire(
+        contract.ErrorInfo(
+            kind="upstream", message="provider returned 503", status=503, code="upstream_error"
+        )
+    )
     await send(Failed(1, err.to_wire(), usage=Usage(5, 0)))
 
 
@@ -163,8 +200,9 @@ async def chunk_then_stall(f: Fakes, work: WorkRequest, send: Send) -> None:
 async def chunk_then_fail(f: Fakes, work: WorkRequest, send: Send) -> None:
     await send(Accepted(0))
     await send(Chunk(1, chunk_data(work, {"role": "assistant", "content": "Hi"})))
-    err = contract.ErrorInfo("UpstreamError", "connection reset by provider", status=502,
-                             code="upstream_error")
+    err = contract.ErrorInfo(
+        kind="upstream", message="connection reset by provider", status=502, code="upstream_error"
+    )
     await send(Failed(2, err, usage=Usage(12, 1), produced=True))
 
 
@@ -179,7 +217,7 @@ async def flood(f: Fakes, work: WorkRequest, send: Send) -> None:
         seq += 1
         produced += 1
         await asyncio.sleep(0.002)
-    err = contract.ErrorInfo("StreamInterrupted", "cancelled", code="cancelled")
+    err = contract.ErrorInfo(kind="stream_interrupted", message="cancelled", code="cancelled")
     await send(Failed(seq, err, usage=Usage(12, produced), produced=True))
 
 
@@ -209,7 +247,7 @@ async def endless(f: Fakes, work: WorkRequest, send: Send) -> None:
             await asyncio.wait_for(ev.wait(), 0.05)
         except TimeoutError:
             pass
-    err = contract.ErrorInfo("StreamInterrupted", "cancelled", code="cancelled")
+    err = contract.ErrorInfo(kind="stream_interrupted", message="cancelled", code="cancelled")
     await send(Failed(seq, err, usage=Usage(12, produced), produced=True))
 
 
@@ -244,8 +282,9 @@ class Fakes:
         await self.bus.serve(subjects.WORK_CANCEL, self._cancel)
         await self.bus.serve(subjects.METER_RENEW, self._renew, queue=subjects.METERING_QUEUE)
         for provider, behaviour in workers.items():
-            await self.bus.serve(subjects.work(provider), self._worker(behaviour),
-                                 queue=subjects.work_queue(provider))
+            await self.bus.serve(
+                subjects.work(provider), self._worker(behaviour), queue=subjects.work_queue(provider)
+            )
         await self.bus.flush()
         return self
 
@@ -263,8 +302,9 @@ class Fakes:
         if self.admit:
             reply = ReserveReply(True, pools(), hold=1000)
         else:
-            reply = ReserveReply(False, pools(session_left=0), denied_pool="session",
-                                 message="Session credit pool exhausted.")
+            reply = ReserveReply(
+                False, pools(session_left=0), denied_pool="session", message="Session credit pool exhausted."
+            )
         await msg.respond(contract.encode(reply))
 
     async def _usage(self, msg: Msg) -> None:

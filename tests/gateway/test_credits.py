@@ -3,8 +3,10 @@ headers, and a bound on how many callers it remembers."""
 
 from __future__ import annotations
 
-from services.gateway.credits import QUIET_SECONDS, Credits, CreditView
-from shared.contract import PoolState
+import pytest
+
+from services.gateway.credits import QUIET_SECONDS, Credits, CreditView, request_rate_headers
+from shared.contract import PoolState, RequestRate
 from shared.errors import ServiceUnavailable
 
 
@@ -58,3 +60,16 @@ async def test_unseen_callers_do_not_each_wait_for_a_silent_metering() -> None:
     assert await credits.view("b", "pro") is None and bus.asked == 1  # within the quiet moment
     now[0] += QUIET_SECONDS
     assert await credits.view("c", "pro") is None and bus.asked == 2  # asked again after it
+
+
+@pytest.mark.parametrize(
+    ("reset", "text"),
+    [(0, "0s"), (1, "1s"), (59, "59s"), (60, "1m0s"), (61, "1m1s"), (3600, "1h0m0s"), (3725, "1h2m5s")],
+)
+def test_reset_header_is_a_duration_like_openais(reset: int, text: str) -> None:
+    h = request_rate_headers(RequestRate(limit=5, remaining=2, reset=reset))
+    assert h == {
+        "X-RateLimit-Limit-Requests": "5",
+        "X-RateLimit-Remaining-Requests": "2",
+        "X-RateLimit-Reset-Requests": text,
+    }

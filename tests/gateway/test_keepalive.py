@@ -57,7 +57,9 @@ async def slow_then_fail(f: F.Fakes, work: WorkRequest, send: F.Send) -> None:
     await send(Accepted(0))
     seq = await heartbeats(send, 1, 2)
     err = JanusError.from_wire(
-        contract.ErrorInfo("UpstreamError", "provider returned 503", status=503, code="upstream_error")
+        contract.ErrorInfo(
+            kind="upstream", message="provider returned 503", status=503, code="upstream_error"
+        )
     )
     await send(Failed(seq, err.to_wire(), usage=Usage(5, 0)))
 

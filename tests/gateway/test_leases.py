@@ -11,12 +11,12 @@ import pytest
 
 from services.gateway.leases import LeaseBook
 from services.gateway.meter import Meter
-from services.metering.streams import ensure_settlement_stream
 from shared import contract, subjects
 from shared.bus import Bus, Msg
 from shared.contract import LeaseGrant, LeaseReturn, PoolState, ReserveReply, ReserveRequest
 from shared.errors import ServiceUnavailable
 from shared.money import PriceUnits
+from shared.streams import ensure_settlement_stream
 from tests.eventually import eventually
 
 pytestmark = pytest.mark.timeout(60)

@@ -12,11 +12,11 @@ import pytest
 from prometheus_client import REGISTRY
 
 from services.gateway.meter import Meter, backoff
-from services.metering.streams import ensure_settlement_stream
 from shared import contract, subjects
 from shared.bus import Bus, Msg
 from shared.contract import ReserveRequest, Settlement, Usage
 from shared.errors import BudgetExceeded, ServiceUnavailable
+from shared.streams import ensure_settlement_stream
 from tests.eventually import eventually
 from tools.localnats import NatsServer
 

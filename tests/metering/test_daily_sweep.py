@@ -14,10 +14,11 @@ import nats.js.errors
 import pytest
 
 from services.metering import daily
-from services.metering.streams import ensure_ledger_stream, read_ledger
+from services.metering.streams import read_ledger
 from shared import contract, metrics, subjects
 from shared.bus import Bus
 from shared.contract import LedgerEntry, Usage
+from shared.streams import ensure_ledger_stream
 from tools.localnats import NatsServer
 
 Open = Callable[..., Awaitable[daily.DailyHistory]]

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from services.metering.streams import SETTLE_DURABLE
 from shared import subjects
 from shared.bus import Bus
 from shared.contract import Usage
@@ -77,7 +76,7 @@ async def check_exactly_once(
     await wait_for(all_settled, timeout=60, what="every settlement applied")
 
     async def drained() -> bool:
-        info = await bus.js.consumer_info(subjects.SETTLE_STREAM, SETTLE_DURABLE)
+        info = await bus.js.consumer_info(subjects.SETTLE_STREAM, subjects.SETTLE_DURABLE)
         return info.num_pending == 0 and info.num_ack_pending == 0
 
     await wait_for(drained, timeout=30, what="the settlement stream consumed")
@@ -172,7 +171,7 @@ async def test_settlements_waiting_out_a_linger_survive_a_sigkill_and_are_charge
     await wait_for(first_applied, what="the first settlement")
     await asyncio.gather(*(settle(bus, u, rid, completion=c, plan="pro") for u, rid, c in work[1:]))
     # the linger holds nothing: what arrived during it waits in the stream, not in the replica
-    info = await bus.js.consumer_info(subjects.SETTLE_STREAM, SETTLE_DURABLE)
+    info = await bus.js.consumer_info(subjects.SETTLE_STREAM, subjects.SETTLE_DURABLE)
     assert (info.num_pending, info.num_ack_pending) == (N - 1, 0)
     procs[0].stop(signal.SIGKILL)
     await asyncio.gather(

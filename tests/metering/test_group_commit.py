@@ -18,13 +18,13 @@ from services.metering import budget
 from services.metering.record import SCHEMA, Record, user_key
 from services.metering.service import MeteringService
 from services.metering.store import BudgetStore
-from services.metering.streams import SETTLE_DURABLE, ensure_settlement_stream
 from shared import metrics, subjects
 from shared.bus import Bus
 from shared.catalog import load_catalog, load_plans
 from shared.contract import ReserveReply, ReserveRequest
 from shared.errors import ServiceUnavailable
 from shared.money import PriceUnits
+from shared.streams import ensure_settlement_stream
 from tests.metering.conftest import HOLD, MODEL, TINY_SESSION, ledger, settle, wait_for
 
 Start = Callable[..., Awaitable[MeteringService]]
@@ -157,7 +157,7 @@ async def test_settlements_fetched_together_are_one_write_per_user(
     await start_metering()
 
     async def drained() -> bool:
-        info = await bus.js.consumer_info(subjects.SETTLE_STREAM, SETTLE_DURABLE)
+        info = await bus.js.consumer_info(subjects.SETTLE_STREAM, subjects.SETTLE_DURABLE)
         return info.num_pending == 0 and info.num_ack_pending == 0
 
     await wait_for(drained, what="settlements applied and acknowledged")

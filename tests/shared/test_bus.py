@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import asyncio
 
+import nats.errors
 import nats.js.errors
 import pytest
 
 from shared import contract
-from shared.bus import OVERFLOW, Bus, CasConflict, KeyNotFound
-from shared.errors import ServiceUnavailable
+from shared.bus import OVERFLOW, Bus, CasConflict, KeyNotFound, map_exception
+from shared.errors import JanusError, PayloadTooLarge, ServiceUnavailable
 
 
 async def test_request_reply_through_a_queue_group(bus: Bus) -> None:
@@ -108,3 +109,63 @@ async def test_an_inbox_whose_reader_falls_behind_overflows_instead_of_growing(b
         assert box.overflowed and box.pending == 0
         assert await box.next(2) is OVERFLOW
         assert not box.ready()  # what came before and after the overflow was dropped
+
+
+async def test_every_jetstream_call_on_a_lost_connection_is_service_unavailable(bus: Bus) -> None:
+    # callers catch the Janus tree (and KeyNotFound, CasConflict): a foreign error escaping one
+    # call would crash a consumer loop or reach a client as a 500
+    await bus.ensure_stream("JANUS_TEST_LOST", ["janus.test.lost"])
+    kv = await bus.kv("janus_test_lost")
+    await Bus.kv_put(kv, "k", b"v")
+    await bus.js_publish("janus.test.lost", b"m", msg_id="m1")
+    sub = await bus.pull_consumer("JANUS_TEST_LOST", "lost", "janus.test.lost")
+    [msg] = await Bus.fetch(sub, 1, 2)
+    await bus.nc.close()
+    calls = {
+        "kv": bus.kv("janus_test_lost"),
+        "kv_get": Bus.kv_get(kv, "k"),
+        "kv_put": Bus.kv_put(kv, "k", b"w"),
+        "kv_cas": Bus.kv_cas(kv, "k", b"w", 1),
+        "kv_delete": Bus.kv_delete(kv, "k"),
+        "kv_keys": Bus.kv_keys(kv),
+        "ensure_stream": bus.ensure_stream("JANUS_TEST_LOST", ["janus.test.lost"]),
+        "js_publish": bus.js_publish("janus.test.lost", b"m", msg_id="m2"),
+        "pull_consumer": bus.pull_consumer("JANUS_TEST_LOST", "lost", "janus.test.lost"),
+        "ack": Bus.ack(msg),
+        "request": bus.request("janus.test.echo", b"", timeout=1),
+        "publish": bus.publish("janus.test.echo", b""),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ServiceUnavailable):
+            await call
+        assert name  # the failing call is named in the report
+    [outcome] = await bus.js_publish_batch("janus.test.lost", [(b"m", "m3")], store="JANUS_TEST_LOST")
+    assert isinstance(outcome, ServiceUnavailable)
+    with pytest.raises(ServiceUnavailable):
+        async for _ in bus.stream_messages("JANUS_TEST_LOST"):
+            pass
+
+
+@pytest.mark.parametrize(
+    ("exc", "cls", "code"),
+    [
+        (nats.errors.NoRespondersError(), ServiceUnavailable, "no_responders"),
+        (nats.errors.MaxPayloadError(), PayloadTooLarge, "message_too_large"),
+        (nats.errors.TimeoutError(), ServiceUnavailable, "bus_timeout"),
+        (TimeoutError(), ServiceUnavailable, "bus_timeout"),
+        (nats.errors.ConnectionClosedError(), ServiceUnavailable, "service_unavailable"),
+        (nats.js.errors.ServiceUnavailableError(), ServiceUnavailable, "service_unavailable"),
+        (ConnectionResetError(), ServiceUnavailable, "service_unavailable"),
+        (KeyError("a bug"), JanusError, None),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else str(v),
+)
+def test_the_table(exc: BaseException, cls: type[JanusError], code: str | None) -> None:
+    err = map_exception(exc, "janus.test.x")
+    assert type(err) is cls and err.code == code
+
+
+def test_a_failed_write_counts_against_its_store() -> None:
+    full = nats.js.errors.APIError(code=400, err_code=10047, description="insufficient storage")
+    assert map_exception(full, store="JANUS_LEDGER").code == "storage_full"
+    assert map_exception(nats.errors.TimeoutError(), store="JANUS_LEDGER").code == "service_unavailable"

@@ -38,7 +38,7 @@ async def test_a_refused_frame_gives_its_number_back() -> None:
     await r.send(Chunk(seq=r.next(), data=b"small"))
     with pytest.raises(PayloadTooLarge):
         await r.send(Chunk(seq=r.next(), data=b"x" * (2 * LIMIT)))
-    await r.send(Failed(seq=r.next(), error=ErrorInfo(kind="PayloadTooLarge", message="too large")))
+    await r.send(Failed(seq=r.next(), error=ErrorInfo(kind="payload_too_large", message="too large")))
     assert [frame_decoder.decode(m).seq for m in bus.sent] == [0, 1]
 
 

@@ -8,12 +8,14 @@ import json
 import time
 
 import numpy as np
+import pytest
 from prometheus_client import generate_latest
 
+from services.worker import service as worker_service
 from services.worker.service import WorkerService
 from shared import contract, subjects
 from shared.bus import Bus
-from shared.errors import JanusError
+from shared.errors import Cancelled, JanusError
 from tests.eventually import eventually
 from tests.kit.metrics import parse_metric
 from tests.openai_schema import validate
@@ -167,7 +169,8 @@ async def test_cancel_ends_with_failed_and_the_usage_produced(bus: Bus, worker: 
     failed = check_sequence(frames)
     assert isinstance(failed, contract.Failed)
     assert failed.error.code == "cancelled" and failed.produced
-    assert not JanusError.from_wire(failed.error).retryable
+    cancelled = JanusError.from_wire(failed.error)
+    assert isinstance(cancelled, Cancelled) and cancelled.http_status == 499 and not cancelled.retryable
     chunks = sum(isinstance(f, contract.Chunk) for f in frames)
     assert 3 <= failed.usage.completion_tokens < 16  # charged for what was made, no more
     assert failed.usage.completion_tokens >= chunks - 1
@@ -203,17 +206,17 @@ async def test_embeddings_base64_round_trips(bus: Bus, worker: WorkerService) ->
 
 async def test_bad_requests_fail_cleanly(bus: Bus, worker: WorkerService) -> None:
     done = (await run_work(bus, work("emb-small", {"input": [[1], "x"]}, kind="embeddings")))[-1]
-    assert isinstance(done, contract.Failed) and done.error.kind == "InvalidRequest"
+    assert isinstance(done, contract.Failed) and done.error.kind == "invalid_request"
     # one answer per request: two asked for is refused, not silently answered once
     refused = check_sequence(await run_work(bus, work("fake-chat", {"messages": MESSAGES, "n": 2})))
-    assert isinstance(refused, contract.Failed) and refused.error.kind == "InvalidRequest"
+    assert isinstance(refused, contract.Failed) and refused.error.kind == "invalid_request"
     assert JanusError.from_wire(refused.error).param == "n"
     req = work("fake-chat", {"messages": MESSAGES}, deployment="no-such-deployment")
     failed = check_sequence(await run_work(bus, req))
     assert isinstance(failed, contract.Failed) and JanusError.from_wire(failed.error).retryable
 
 
-async def test_health_is_reported_per_deployment(bus: Bus, worker: WorkerService) -> None:
+async def health_reports(bus: Bus) -> asyncio.Queue[contract.HealthReport]:
     reports: asyncio.Queue[contract.HealthReport] = asyncio.Queue()
 
     async def on_report(msg) -> None:  # type: ignore[no-untyped-def]
@@ -221,6 +224,11 @@ async def test_health_is_reported_per_deployment(bus: Bus, worker: WorkerService
 
     await bus.serve(subjects.HEALTH, on_report)
     await bus.flush()
+    return reports
+
+
+async def test_health_is_reported_per_deployment(bus: Bus, worker: WorkerService) -> None:
+    reports = await health_reports(bus)
     for _ in range(3):
         await run_work(bus, work("fake-chat", {"messages": MESSAGES}))
     first = await asyncio.wait_for(reports.get(), 5)
@@ -233,6 +241,22 @@ async def test_health_is_reported_per_deployment(bus: Bus, worker: WorkerService
     await run_work(bus, slow({"messages": MESSAGES, "max_tokens": 1}))
     marker = await asyncio.wait_for(reports.get(), 5)
     assert marker.deployment == "fake-slow"
+
+
+async def test_a_cancel_says_nothing_about_the_deployment(bus: Bus, worker: WorkerService) -> None:
+    reports = await health_reports(bus)
+    req = slow({"messages": MESSAGES, "stream": True})
+
+    async def cancel_at_first_chunk(frame: object) -> None:
+        if isinstance(frame, contract.Chunk):
+            await bus.publish(subjects.WORK_CANCEL, contract.encode(contract.Cancel(req.request_id)))
+
+    assert check_sequence(await run_work(bus, req, on_frame=cancel_at_first_chunk)).error.code == "cancelled"
+    # a deployment's first recorded call is reported at once: a cancel counted against it would be
+    # this report, so the next call's is the positive marker that the cancel was not recorded
+    await run_work(bus, slow({"messages": MESSAGES, "max_tokens": 1}))
+    first = await asyncio.wait_for(reports.get(), 5)
+    assert (first.deployment, first.ok, first.error) == ("fake-slow", True, None)
 
 
 def slow(body: dict[str, object]) -> contract.WorkRequest:
@@ -351,3 +375,25 @@ async def test_a_deployment_label_names_only_a_served_deployment(bus: Bus, worke
     text = generate_latest().decode()
     assert parse_metric(text, "janus_upstream_calls_total", deployment="fake-local") >= 1
     assert bogus not in text
+
+
+async def test_undecodable_work_is_logged_by_the_request_id_beside_it(
+    bus: Bus, worker: WorkerService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[str, dict[str, object]]] = []
+
+    class Recorder:
+        def __getattr__(self, level: str) -> object:
+            return lambda event, **kw: seen.append((event, kw))
+
+    monkeypatch.setattr(worker_service, "log", Recorder())
+    with bus.open_inbox("junk") as box:
+        await bus.publish(
+            subjects.work("fake"),
+            b"\xc1 not msgpack",
+            reply=box.subject,
+            headers={subjects.H_REQUEST_ID: "req-junk-1"},
+        )
+        failed = contract.frame_decoder.decode((await box.next(5)).data)
+    assert isinstance(failed, contract.Failed) and failed.error.kind == "invalid_request"
+    assert [kw["request_id"] for event, kw in seen if event == "work_undecodable"] == ["req-junk-1"]

@@ -145,7 +145,7 @@ async def test_upstream_400_is_not_retryable(
     failed = check_sequence(await run_work(bus, oai_work({"messages": MESSAGES, "stream": True})))
     assert isinstance(failed, contract.Failed) and not failed.produced
     err = JanusError.from_wire(failed.error)
-    assert failed.error.kind == "UpstreamClientError" and not err.retryable
+    assert failed.error.kind == "upstream_refused" and not err.retryable
     assert err.http_status == 400 and "temperature" in err.message
     assert failed.usage == contract.Usage()
 
@@ -173,7 +173,7 @@ async def test_mid_stream_drop_is_stream_interrupted(
         frames = await run_work(bus, oai_work({"messages": MESSAGES, "stream": True}))
         failed = check_sequence(frames)
         assert isinstance(failed, contract.Failed)
-        assert failed.error.kind == "StreamInterrupted" and failed.produced
+        assert failed.error.kind == "stream_interrupted" and failed.produced
         assert failed.usage.completion_tokens > 0  # counted: the provider never reported it
 
 
@@ -260,4 +260,4 @@ async def test_unreachable_upstream_is_retryable(
     await upstream.close()  # nothing listens there any more: a connect error
     failed = (await run_work(bus, oai_work({"messages": MESSAGES})))[-1]
     err = JanusError.from_wire(failed.error)
-    assert failed.error.kind == "UpstreamError" and err.retryable
+    assert failed.error.kind == "upstream" and err.retryable
