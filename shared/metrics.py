@@ -66,9 +66,7 @@ TTFT = Histogram(
     buckets=_LATENCY,
 )
 IN_FLIGHT = Gauge("janus_in_flight_requests", "Requests the gateway is serving now")
-STREAM_ERRORS = Counter(
-    "janus_stream_errors_total", "Streams ended with an in-band error event", ["code"]
-)
+STREAM_ERRORS = Counter("janus_stream_errors_total", "Streams ended with an in-band error event", ["code"])
 FALLBACKS = Counter(
     "janus_fallbacks_total",
     "Moves to the next deployment of a route plan before the first token",
@@ -114,7 +112,8 @@ WORKER_CAPACITY = Gauge(
 # per deployment as well: a catalog max_concurrency on one deployment refuses its work while the
 # provider's share still has room, which the per-provider ratio cannot show
 WORKER_DEPLOYMENT_IN_FLIGHT = Gauge(
-    "janus_worker_deployment_in_flight", "Upstream calls in progress per deployment (a catalog id)",
+    "janus_worker_deployment_in_flight",
+    "Upstream calls in progress per deployment (a catalog id)",
     ["gen_ai_provider_name", "deployment"],
 )
 WORKER_DEPLOYMENT_CAPACITY = Gauge(
@@ -125,15 +124,15 @@ WORKER_DEPLOYMENT_CAPACITY = Gauge(
 )
 
 # --- metering
-BUDGET_DECISIONS = Counter(
-    "janus_budget_decisions_total", "Admission decisions", ["decision", "pool"]
-)
+BUDGET_DECISIONS = Counter("janus_budget_decisions_total", "Admission decisions", ["decision", "pool"])
 CREDITS_CHARGED = Counter(
-    "janus_credits_charged_total", "Credits (microdollars) charged, by model and plan",
-    ["gen_ai_request_model", "plan"]
+    "janus_credits_charged_total",
+    "Credits (microdollars) charged, by model and plan",
+    ["gen_ai_request_model", "plan"],
 )
 SETTLEMENTS = Counter(
-    "janus_settlements_total", "Settlements by outcome (metering's results; 'lost' counted by the gateway)",
+    "janus_settlements_total",
+    "Settlements by outcome (metering's results; 'lost' counted by the gateway)",
     ["result"],
 )
 USAGE_OVER_HOLD = Counter(
@@ -162,6 +161,7 @@ METER_OP_SECONDS = Histogram(
 )
 CAS_RETRIES = Counter("janus_metering_cas_retries_total", "Compare-and-set conflicts retried")
 METER_COMMIT_OPS = Histogram(
-    "janus_metering_commit_operations", "Reserves and settlements persisted by one budget-record write",
+    "janus_metering_commit_operations",
+    "Reserves and settlements persisted by one budget-record write",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )

@@ -47,12 +47,29 @@ from shared.logging import get_logger
 
 log = get_logger("gateway.dispatch")
 
+
 class Call:
     """One HTTP request's state, shared by the handler, the dispatcher and the edge middleware."""
 
-    __slots__ = ("bot", "by_model", "byok", "error_code", "headers", "held", "lease", "model", "ok",
-                 "plan_name", "prompt_tokens", "request_id", "start", "status", "upstream_seconds", "usage",
-                 "user")
+    __slots__ = (
+        "bot",
+        "by_model",
+        "byok",
+        "error_code",
+        "headers",
+        "held",
+        "lease",
+        "model",
+        "ok",
+        "plan_name",
+        "prompt_tokens",
+        "request_id",
+        "start",
+        "status",
+        "upstream_seconds",
+        "usage",
+        "user",
+    )
 
     def __init__(self, request_id: str, start: float) -> None:
         self.request_id = request_id
@@ -88,14 +105,30 @@ def settlement(call: Call) -> Settlement:
     """The request's one settlement: the model that served it (the last one tried) with its usage,
     and what attempts on other models produced, each to be priced at its own model's price."""
     other = [ModelUsage(m, u) for m, u in call.by_model.items() if m != call.model and u != Usage()]
-    return Settlement(call.request_id, call.user, call.plan_name, call.model,
-                      call.by_model.get(call.model, Usage()), bot=call.bot, ok=call.ok, byok=call.byok,
-                      at=time.time(), other=other, lease=call.lease, held=call.held)
+    return Settlement(
+        call.request_id,
+        call.user,
+        call.plan_name,
+        call.model,
+        call.by_model.get(call.model, Usage()),
+        bot=call.bot,
+        ok=call.ok,
+        byok=call.byok,
+        at=time.time(),
+        other=other,
+        lease=call.lease,
+        held=call.held,
+    )
 
 
 class Dispatcher:
-    def __init__(self, bus: Bus, settings: GatewaySettings, meter: Meter,
-                 response_names: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        settings: GatewaySettings,
+        meter: Meter,
+        response_names: Mapping[str, str] | None = None,
+    ) -> None:
         self.bus = bus
         self.s = settings
         self.meter = meter
@@ -164,11 +197,14 @@ class Dispatcher:
             # exactly one settlement per request, whatever happened: it also releases the hold
             self.meter.settle(settlement(call))
 
-    async def _attempts(self, call: Call, plan: RoutePlan, work: WorkRequest,
-                        sink: Sink) -> web.StreamResponse:
+    async def _attempts(
+        self, call: Call, plan: RoutePlan, work: WorkRequest, sink: Sink
+    ) -> web.StreamResponse:
         last: JanusError = ServiceUnavailable("the route plan has no deployments", code="no_targets")
-        headers = {subjects.H_REQUEST_ID: call.request_id,
-                   subjects.H_DEADLINE: f"{time.time() + self.s.request_deadline_seconds:.3f}"}
+        headers = {
+            subjects.H_REQUEST_ID: call.request_id,
+            subjects.H_DEADLINE: f"{time.time() + self.s.request_deadline_seconds:.3f}",
+        }
         # cycle through the plan: with a single deployment, a retry still lands on another worker
         # replica of the same pool (a killed worker's subscription is gone from the queue group)
         n = len(plan.targets)
@@ -180,19 +216,25 @@ class Dispatcher:
             work.provider = target.provider
             work.upstream_model = target.upstream_model
             call.model = target.model or plan.model
-            work.response_model = self.response_names.get(call.model, plan.response_model) \
-                if target.model else plan.response_model
+            work.response_model = (
+                self.response_names.get(call.model, plan.response_model)
+                if target.model
+                else plan.response_model
+            )
             sink.reset()
-            box = self.bus.open_inbox(call.request_id if i == 0 else f"{call.request_id}_{i}",
-                                      self.s.max_reply_bytes)
+            box = self.bus.open_inbox(
+                call.request_id if i == 0 else f"{call.request_id}_{i}", self.s.max_reply_bytes
+            )
             self.active.add(box)
             try:
-                reader = FrameReader(box, target.provider, self.s.first_frame_timeout_seconds,
-                                     self.s.stall_timeout_seconds)
+                reader = FrameReader(
+                    box, target.provider, self.s.first_frame_timeout_seconds, self.s.stall_timeout_seconds
+                )
                 if self.draining:
                     raise ServiceUnavailable("the gateway is shutting down", code="shutting_down")
-                await self.bus.publish(subjects.work(target.provider), contract.encode(work),
-                                       reply=box.subject, headers=headers)
+                await self.bus.publish(
+                    subjects.work(target.provider), contract.encode(work), reply=box.subject, headers=headers
+                )
                 outcome = await self._frames(call, reader, sink)
             finally:
                 self.active.discard(box)
@@ -210,8 +252,9 @@ class Dispatcher:
             log.info("fallback", provider=target.provider, code=err.code)
         return await sink.fail(last)
 
-    async def _frames(self, call: Call, reader: FrameReader,
-                      sink: Sink) -> tuple[web.StreamResponse | None, JanusError | None, Usage]:
+    async def _frames(
+        self, call: Call, reader: FrameReader, sink: Sink
+    ) -> tuple[web.StreamResponse | None, JanusError | None, Usage]:
         """One attempt: (response when finished, error when it failed, usage produced)."""
         try:
             while True:
@@ -222,8 +265,11 @@ class Dispatcher:
                         # the worker answered more than the gateway holds; its frames, usage
                         # included, were dropped, but the prompt was surely processed
                         await self._cancel(call.request_id)
-                        return None, err, Usage(prompt_tokens=call.prompt_tokens,
-                                                completion_tokens=sink.chunks)
+                        return (
+                            None,
+                            err,
+                            Usage(prompt_tokens=call.prompt_tokens, completion_tokens=sink.chunks),
+                        )
                     if reader.expect == 0:
                         return None, err, Usage()
                     # the worker took the work and went silent (or the gateway is stopping)
@@ -257,4 +303,3 @@ class Dispatcher:
             usage = await self._after_loss(call, reader, sink, self.s.cancel_wait_seconds)
             assert sink.resp is not None
             return sink.resp, ServiceUnavailable("client closed the connection", code="client_closed"), usage
-

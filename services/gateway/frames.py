@@ -45,7 +45,10 @@ class FrameReader:
             # not retryable: another deployment would send the same answer
             raise JanusError(
                 f"the reply from the worker for {self.provider!r} outran what the gateway holds for one "
-                "request", code=REPLY_OVERFLOW, status=502)
+                "request",
+                code=REPLY_OVERFLOW,
+                status=502,
+            )
         if Bus.is_no_responders(msg):
             raise ServiceUnavailable(f"no worker is serving provider {self.provider!r}", code="no_worker")
         try:
@@ -54,13 +57,16 @@ class FrameReader:
             raise UpstreamError("the worker sent an unreadable frame", code="bad_frame") from None
         if frame.seq != self.expect:
             # a lost frame would silently corrupt the response; treat the reply as broken
-            raise UpstreamError(f"frames from the worker were lost (expected {self.expect}, got {frame.seq})",
-                                code="frame_gap")
+            raise UpstreamError(
+                f"frames from the worker were lost (expected {self.expect}, got {frame.seq})",
+                code="frame_gap",
+            )
         self.expect += 1
         return frame
 
     def _timed_out(self, first: bool) -> UpstreamTimeout:
         if first:
-            return UpstreamTimeout(f"no worker for {self.provider!r} accepted the request in time",
-                                   code="first_frame_timeout")
+            return UpstreamTimeout(
+                f"no worker for {self.provider!r} accepted the request in time", code="first_frame_timeout"
+            )
         return UpstreamTimeout(f"the worker for {self.provider!r} stalled", code="stall_timeout")

@@ -73,9 +73,13 @@ async def _write(
     (aiohttp waits only for a paused transport), so it goes without a timer: one per streamed chunk
     was a measurable part of the gateway's cost per chunk."""
     transport = request.transport
-    if (not eof and transport is not None and not request.protocol.writing_paused
-            and transport.get_write_buffer_size() + len(data) + _CHUNK_FRAMING
-            <= transport.get_write_buffer_limits()[1]):
+    if (
+        not eof
+        and transport is not None
+        and not request.protocol.writing_paused
+        and transport.get_write_buffer_size() + len(data) + _CHUNK_FRAMING
+        <= transport.get_write_buffer_limits()[1]
+    ):
         await resp.write(data)
         return
     try:
@@ -161,8 +165,9 @@ class StreamSink:
     already waiting, so nothing is ever delayed. The held events are pieces joined once, at the
     write."""
 
-    def __init__(self, request: web.Request, call: Call, write_timeout: float = 30.0,
-                 keepalive: float = 15.0) -> None:
+    def __init__(
+        self, request: web.Request, call: Call, write_timeout: float = 30.0, keepalive: float = 15.0
+    ) -> None:
         self.request = request
         self.call = call
         self.write_timeout = write_timeout

@@ -145,16 +145,20 @@ class Record(msgspec.Struct, omit_defaults=True, dict=True):
                 return s.credits
         return None
 
-    def remember_settled(self, request_id: str, credits: int, published: int, now: int,
-                         memory: Bounds) -> None:
+    def remember_settled(
+        self, request_id: str, credits: int, published: int, now: int, memory: Bounds
+    ) -> None:
         """Add a settled id; forget the ones published more than ``memory.horizon`` seconds ago."""
         if self.settled:
             # the former list moves over once; its order (oldest first) is kept
             self.settled_ids += b"".join(digest(s.request_id) for s in self.settled)
             self.settled_costs = [*self.settled_costs, *(s.credits for s in self.settled)]
             self.settled = []
-        ids, costs, times = self.settled_ids + digest(request_id), [*self.settled_costs, credits], \
-            list(self.settled_at)
+        ids, costs, times = (
+            self.settled_ids + digest(request_id),
+            [*self.settled_costs, credits],
+            list(self.settled_at),
+        )
         if len(times) < len(costs) - 1:
             # ids from a record of layout 1 have no time: they count as published now
             times += [now] * (len(costs) - 1 - len(times))
@@ -206,7 +210,9 @@ def encode_record(rec: Record) -> bytes:
     if rec.schema > SCHEMA:
         raise ServiceUnavailable(
             f"this budget record was written by a newer metering (layout {rec.schema}, this replica "
-            f"knows {SCHEMA}); try again", code="metering_version")
+            f"knows {SCHEMA}); try again",
+            code="metering_version",
+        )
     rec.schema = SCHEMA
     return _encoder.encode(rec)
 

@@ -17,8 +17,12 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 PROMETHEUS = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
 DASHBOARDS = sorted((ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"))
-OPS_PORTS = {"services.gateway": 9100, "services.router": 9101, "services.worker": 9102,
-             "services.metering": 9103}
+OPS_PORTS = {
+    "services.gateway": 9100,
+    "services.router": 9101,
+    "services.worker": 9102,
+    "services.metering": 9103,
+}
 
 
 def janus_services() -> dict[str, dict[str, Any]]:

@@ -28,9 +28,13 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-USAGE = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18,
-         "prompt_tokens_details": {"cached_tokens": 3, "audio_tokens": 0},
-         "completion_tokens_details": {"reasoning_tokens": 2, "audio_tokens": 0}}
+USAGE = {
+    "prompt_tokens": 11,
+    "completion_tokens": 7,
+    "total_tokens": 18,
+    "prompt_tokens_details": {"cached_tokens": 3, "audio_tokens": 0},
+    "completion_tokens_details": {"reasoning_tokens": 2, "audio_tokens": 0},
+}
 WORDS = ["Hello", " from", " the", " fake", " upstream", "."]
 
 
@@ -120,31 +124,53 @@ class OpenAIUpstream:
         tools = body.get("tools") or []
         if body.get("stream"):
             return await self._stream(request, body, model, tools)
-        message: dict[str, Any] = {"role": "assistant", "content": "".join(WORDS), "refusal": None,
-                                   "annotations": []}
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": "".join(WORDS),
+            "refusal": None,
+            "annotations": [],
+        }
         finish = "stop"
         if tools:
             name = tools[0]["function"]["name"]
             message["content"] = None
-            message["tool_calls"] = [{"id": "call_up_1", "type": "function",
-                                      "function": {"name": name, "arguments": '{"city": "Paris"}'}}]
+            message["tool_calls"] = [
+                {
+                    "id": "call_up_1",
+                    "type": "function",
+                    "function": {"name": name, "arguments": '{"city": "Paris"}'},
+                }
+            ]
             finish = "tool_calls"
-        return web.json_response({
-            "id": "chatcmpl-upstream", "object": "chat.completion", "created": 1700000000, "model": model,
-            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
-            "usage": USAGE, "service_tier": "default", "system_fingerprint": "fp_fake",
-        })
+        return web.json_response(
+            {
+                "id": "chatcmpl-upstream",
+                "object": "chat.completion",
+                "created": 1700000000,
+                "model": model,
+                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+                "usage": USAGE,
+                "service_tier": "default",
+                "system_fingerprint": "fp_fake",
+            }
+        )
 
-    async def _stream(self, request: web.Request, body: dict[str, Any], model: str,
-                      tools: list[Any]) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], model: str, tools: list[Any]
+    ) -> web.StreamResponse:
         f = self.faults
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-            return {"id": "chatcmpl-upstream", "object": "chat.completion.chunk", "created": 1700000000,
-                    "model": model, "system_fingerprint": "fp_fake",
-                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+            return {
+                "id": "chatcmpl-upstream",
+                "object": "chat.completion.chunk",
+                "created": 1700000000,
+                "model": model,
+                "system_fingerprint": "fp_fake",
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            }
 
         together: list[bytes] = []  # events held for one write (``burst``)
 
@@ -167,10 +193,16 @@ class OpenAIUpstream:
             return resp
         if tools:
             name = tools[0]["function"]["name"]
-            parts = [{"index": 0, "id": "call_up_1", "type": "function",
-                      "function": {"name": name, "arguments": ""}},
-                     {"index": 0, "function": {"arguments": '{"city": '}},
-                     {"index": 0, "function": {"arguments": '"Paris"}'}}]
+            parts = [
+                {
+                    "index": 0,
+                    "id": "call_up_1",
+                    "type": "function",
+                    "function": {"name": name, "arguments": ""},
+                },
+                {"index": 0, "function": {"arguments": '{"city": '}},
+                {"index": 0, "function": {"arguments": '"Paris"}'}},
+            ]
             for p in parts:
                 await send(chunk({"tool_calls": [p]}))
             finish = "tool_calls"
@@ -184,8 +216,16 @@ class OpenAIUpstream:
             finish = "stop"
         await send(chunk({}, finish))
         if (body.get("stream_options") or {}).get("include_usage"):
-            await send({"id": "chatcmpl-upstream", "object": "chat.completion.chunk", "created": 1700000000,
-                        "model": model, "choices": [], "usage": USAGE})
+            await send(
+                {
+                    "id": "chatcmpl-upstream",
+                    "object": "chat.completion.chunk",
+                    "created": 1700000000,
+                    "model": model,
+                    "choices": [],
+                    "usage": USAGE,
+                }
+            )
         await resp.write(b"data: [DONE]\n\n")
         return resp
 
@@ -201,12 +241,21 @@ class OpenAIUpstream:
             inputs = [inputs]  # one token-id array
         for i, item in enumerate(inputs):
             vec = vector_for(token_text(item), dims)
-            emb: Any = (base64.b64encode(np.asarray(vec, "<f4").tobytes()).decode()
-                        if body.get("encoding_format") == "base64" else vec)
+            emb: Any = (
+                base64.b64encode(np.asarray(vec, "<f4").tobytes()).decode()
+                if body.get("encoding_format") == "base64"
+                else vec
+            )
             data.append({"object": "embedding", "index": i, "embedding": emb})
         n = sum(len(t) if isinstance(t, list) else len(t.split()) for t in inputs)
-        return web.json_response({"object": "list", "data": data, "model": body.get("model"),
-                                  "usage": {"prompt_tokens": n, "total_tokens": n}})
+        return web.json_response(
+            {
+                "object": "list",
+                "data": data,
+                "model": body.get("model"),
+                "usage": {"prompt_tokens": n, "total_tokens": n},
+            }
+        )
 
 
 def token_text(item: str | list[int]) -> str:

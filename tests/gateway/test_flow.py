@@ -24,8 +24,9 @@ CREDIT_HEADERS = {
 }
 
 
-async def post(http: aiohttp.ClientSession, gw: Gateway, body: dict[str, Any],
-               path: str = "/v1/chat/completions") -> tuple[aiohttp.ClientResponse, bytes]:
+async def post(
+    http: aiohttp.ClientSession, gw: Gateway, body: dict[str, Any], path: str = "/v1/chat/completions"
+) -> tuple[aiohttp.ClientResponse, bytes]:
     async with http.post(gw.url + path, json=body, headers=auth()) as r:
         return r, await r.read()
 
@@ -34,7 +35,7 @@ def sse_events(raw: bytes) -> list[bytes]:
     assert raw.endswith(b"\n\n")
     events = raw.split(b"\n\n")[:-1]
     assert all(e.startswith(b"data: ") for e in events), events
-    return [e[len(b"data: "):] for e in events]
+    return [e[len(b"data: ") :] for e in events]
 
 
 def assert_error(body: bytes, code: str | None = None) -> dict[str, Any]:
@@ -47,8 +48,16 @@ def assert_error(body: bytes, code: str | None = None) -> dict[str, Any]:
 
 async def test_buffered_chat(gateway: Gateway, fakes: F.Fakes, http: aiohttp.ClientSession) -> None:
     await fakes.start({"pa": F.answer})
-    r, body = await post(http, gateway, {**CHAT, "tools": [
-        {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]})
+    r, body = await post(
+        http,
+        gateway,
+        {
+            **CHAT,
+            "tools": [
+                {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+            ],
+        },
+    )
     assert r.status == 200, body
     doc = json.loads(body)
     validate("CreateChatCompletionResponse", doc)
@@ -71,8 +80,17 @@ async def test_buffered_chat(gateway: Gateway, fakes: F.Fakes, http: aiohttp.Cli
 
 async def test_streamed_chat(gateway: Gateway, fakes: F.Fakes, http: aiohttp.ClientSession) -> None:
     await fakes.start({"pa": F.answer})
-    r, raw = await post(http, gateway, {**CHAT, "model": "auto", "stream": True,
-                                        "stream_options": {"include_usage": True}, "max_tokens": 50})
+    r, raw = await post(
+        http,
+        gateway,
+        {
+            **CHAT,
+            "model": "auto",
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "max_tokens": 50,
+        },
+    )
     assert r.status == 200, raw
     assert r.headers["Content-Type"].startswith("text/event-stream")
     assert r.headers["Cache-Control"] == "no-cache"
@@ -92,8 +110,12 @@ async def test_streamed_chat(gateway: Gateway, fakes: F.Fakes, http: aiohttp.Cli
 
 async def test_embeddings(gateway: Gateway, fakes: F.Fakes, http: aiohttp.ClientSession) -> None:
     await fakes.start({"pa": F.answer})
-    r, body = await post(http, gateway, {"model": "text-embedding-3-small", "input": ["a", "bc"],
-                                         "encoding_format": "base64"}, "/v1/embeddings")
+    r, body = await post(
+        http,
+        gateway,
+        {"model": "text-embedding-3-small", "input": ["a", "bc"], "encoding_format": "base64"},
+        "/v1/embeddings",
+    )
     assert r.status == 200, body
     doc = json.loads(body)
     validate("CreateEmbeddingResponse", doc)
@@ -125,8 +147,9 @@ async def test_stalled_worker_is_504(gateway: Gateway, fakes: F.Fakes, http: aio
     assert rid in fakes.cancels  # the silent worker is told to stop
 
 
-async def test_stall_after_first_chunk_ends_in_band(gateway: Gateway, fakes: F.Fakes,
-                                                    http: aiohttp.ClientSession) -> None:
+async def test_stall_after_first_chunk_ends_in_band(
+    gateway: Gateway, fakes: F.Fakes, http: aiohttp.ClientSession
+) -> None:
     await fakes.start({"pa": F.chunk_then_stall})
     r, raw = await post(http, gateway, {**CHAT, "stream": True})
     assert r.status == 200
@@ -139,8 +162,9 @@ async def test_stall_after_first_chunk_ends_in_band(gateway: Gateway, fakes: F.F
     assert len(settled) == 1 and not settled[0].ok and settled[0].usage.completion_tokens == 1
 
 
-async def test_a_chunk_is_never_held_back_behind_a_heartbeat(gateway: Gateway, fakes: F.Fakes,
-                                                             http: aiohttp.ClientSession) -> None:
+async def test_a_chunk_is_never_held_back_behind_a_heartbeat(
+    gateway: Gateway, fakes: F.Fakes, http: aiohttp.ClientSession
+) -> None:
     """Chunks that arrive together share one write; a chunk followed only by a heartbeat must still
     reach the client at once. The worker here finishes only after the client has read the first
     event: a held chunk would end the stream with a stall error instead of [DONE]."""
@@ -155,8 +179,9 @@ async def test_a_chunk_is_never_held_back_behind_a_heartbeat(gateway: Gateway, f
         await send(Done(4, Usage(12, 1), finish_reason="stop", upstream_seconds=0.001))
 
     await fakes.start({"pa": chunk_heartbeat_wait})
-    async with http.post(gateway.url + "/v1/chat/completions", json={**CHAT, "stream": True},
-                         headers=auth()) as r:
+    async with http.post(
+        gateway.url + "/v1/chat/completions", json={**CHAT, "stream": True}, headers=auth()
+    ) as r:
         assert r.status == 200
         first = await r.content.readuntil(b"\n\n")
         seen.set()
@@ -166,8 +191,9 @@ async def test_a_chunk_is_never_held_back_behind_a_heartbeat(gateway: Gateway, f
     assert events[-1] == b"[DONE]" and len(events) == 3
 
 
-async def test_failure_after_first_chunk_ends_in_band(gateway: Gateway, fakes: F.Fakes,
-                                                      http: aiohttp.ClientSession) -> None:
+async def test_failure_after_first_chunk_ends_in_band(
+    gateway: Gateway, fakes: F.Fakes, http: aiohttp.ClientSession
+) -> None:
     fakes.providers = ("pa", "pb")
     await fakes.start({"pa": F.chunk_then_fail, "pb": F.answer})
     r, raw = await post(http, gateway, {**CHAT, "stream": True})
@@ -178,8 +204,9 @@ async def test_failure_after_first_chunk_ends_in_band(gateway: Gateway, fakes: F
     assert settled[0].usage == Usage(12, 1) and not settled[0].ok
 
 
-async def test_a_body_in_slices_is_joined(gateway: Gateway, fakes: F.Fakes,
-                                           http: aiohttp.ClientSession) -> None:
+async def test_a_body_in_slices_is_joined(
+    gateway: Gateway, fakes: F.Fakes, http: aiohttp.ClientSession
+) -> None:
     await fakes.start({"pa": F.answer_in_slices})
     r, body = await post(http, gateway, {"model": "text-embedding-3-small", "input": "a"}, "/v1/embeddings")
     assert r.status == 200, body
@@ -187,8 +214,9 @@ async def test_a_body_in_slices_is_joined(gateway: Gateway, fakes: F.Fakes,
     validate("CreateEmbeddingResponse", json.loads(body))
 
 
-async def test_a_failed_attempts_slices_are_dropped_before_the_fallback(gateway: Gateway, fakes: F.Fakes,
-                                                                         http: aiohttp.ClientSession) -> None:
+async def test_a_failed_attempts_slices_are_dropped_before_the_fallback(
+    gateway: Gateway, fakes: F.Fakes, http: aiohttp.ClientSession
+) -> None:
     fakes.providers = ("pa", "pb")
     await fakes.start({"pa": F.slices_then_fail, "pb": F.answer_in_slices})
     r, body = await post(http, gateway, {"model": "text-embedding-3-small", "input": "a"}, "/v1/embeddings")
@@ -199,8 +227,9 @@ async def test_a_failed_attempts_slices_are_dropped_before_the_fallback(gateway:
     assert len(settled) == 1 and settled[0].ok and settled[0].usage == Usage(9)
 
 
-async def test_fallback_before_first_token(gateway: Gateway, fakes: F.Fakes,
-                                           http: aiohttp.ClientSession) -> None:
+async def test_fallback_before_first_token(
+    gateway: Gateway, fakes: F.Fakes, http: aiohttp.ClientSession
+) -> None:
     fakes.providers = ("pa", "pb")
     await fakes.start({"pa": F.fail_retryable, "pb": F.answer})
     r, raw = await post(http, gateway, {**CHAT, "stream": True})
@@ -212,8 +241,9 @@ async def test_fallback_before_first_token(gateway: Gateway, fakes: F.Fakes,
     assert len(settled) == 1 and settled[0].ok and settled[0].usage == Usage(17, 3)
 
 
-async def test_gap_in_frames_is_an_error(gateway: Gateway, fakes: F.Fakes,
-                                         http: aiohttp.ClientSession) -> None:
+async def test_gap_in_frames_is_an_error(
+    gateway: Gateway, fakes: F.Fakes, http: aiohttp.ClientSession
+) -> None:
     await fakes.start({"pa": F.gap})
     r, body = await post(http, gateway, CHAT)
     assert r.status == 502
@@ -234,8 +264,9 @@ async def test_budget_refused(gateway: Gateway, fakes: F.Fakes, http: aiohttp.Cl
     assert fakes.works == []
 
 
-async def test_a_plan_the_router_marks_reusable_skips_the_router(gateway: Gateway, fakes: F.Fakes,
-                                                                 http: aiohttp.ClientSession) -> None:
+async def test_a_plan_the_router_marks_reusable_skips_the_router(
+    gateway: Gateway, fakes: F.Fakes, http: aiohttp.ClientSession
+) -> None:
     # a model name no other test uses: the gateway process (and its plan cache) is shared by the module
     fakes.plan_cache_seconds = 60.0
     await fakes.start({"pa": F.answer})
@@ -264,8 +295,9 @@ async def test_a_plan_the_router_marks_reusable_skips_the_router(gateway: Gatewa
     assert len(fakes.route_requests) == 4
 
 
-async def test_an_unmarked_plan_is_asked_for_every_time(gateway: Gateway, fakes: F.Fakes,
-                                                        http: aiohttp.ClientSession) -> None:
+async def test_an_unmarked_plan_is_asked_for_every_time(
+    gateway: Gateway, fakes: F.Fakes, http: aiohttp.ClientSession
+) -> None:
     await fakes.start({"pa": F.answer})
     for _ in range(2):
         r, raw = await post(http, gateway, {**CHAT, "model": "unmarked-model"})
@@ -286,12 +318,18 @@ async def test_client_disconnect_cancels_and_settles_usage(gateway: Gateway, fak
     reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
     body = json.dumps({**CHAT, "stream": True}).encode()
     headers = "".join(f"{k}: {v}\r\n" for k, v in auth().items())
-    writer.write(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 f"Content-Length: {len(body)}\r\n{headers}\r\n".encode() + body)
+    writer.write(
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n{headers}\r\n".encode()
+        + body
+    )
     await writer.drain()
     head = await reader.readuntil(b"\r\n\r\n")
-    rid = next(line.split(b": ", 1)[1].decode() for line in head.split(b"\r\n")
-               if line.lower().startswith(b"x-request-id"))
+    rid = next(
+        line.split(b": ", 1)[1].decode()
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"x-request-id")
+    )
     await reader.readuntil(b"data: ")  # at least one chunk has reached the client
     writer.transport.abort()
     settled = await fakes.settlement_for(rid)
@@ -325,22 +363,26 @@ async def test_official_sdk(gateway: Gateway, fakes: F.Fakes) -> None:
     import openai
 
     await fakes.start({"pa": F.answer})
-    client = openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key=auth()["Authorization"][7:],
-                                max_retries=2)
+    client = openai.AsyncOpenAI(
+        base_url=gateway.url + "/v1", api_key=auth()["Authorization"][7:], max_retries=2
+    )
     try:
-        done = await client.chat.completions.create(model="gpt-5-nano", messages=[
-            {"role": "user", "content": "hi"}])
+        done = await client.chat.completions.create(
+            model="gpt-5-nano", messages=[{"role": "user", "content": "hi"}]
+        )
         assert done.choices[0].message.content == "Hello!" and done.model == "gpt-5-nano"
-        stream = await client.chat.completions.create(model="gpt-5-nano", stream=True, messages=[
-            {"role": "user", "content": "hi"}])
+        stream = await client.chat.completions.create(
+            model="gpt-5-nano", stream=True, messages=[{"role": "user", "content": "hi"}]
+        )
         assert "".join([c.choices[0].delta.content or "" async for c in stream]) == "Hello!"
         emb = await client.embeddings.create(model="neboloop/nebo-embed-small", input="hi")
         assert emb.data[0].embedding == [0.1, 0.2, 0.3]
         fakes.admit = False
         before = len(fakes.reserves)
         try:
-            await client.chat.completions.create(model="gpt-5-nano",
-                                                 messages=[{"role": "user", "content": "x"}])
+            await client.chat.completions.create(
+                model="gpt-5-nano", messages=[{"role": "user", "content": "x"}]
+            )
             raise AssertionError("expected a 429")
         except openai.RateLimitError as exc:
             assert exc.code == "budget_exceeded"
@@ -349,24 +391,36 @@ async def test_official_sdk(gateway: Gateway, fakes: F.Fakes) -> None:
         await client.close()
 
 
-async def test_chunks_that_travel_together_reach_the_client_in_order(gateway: Gateway, fakes: F.Fakes,
-                                                                    http: aiohttp.ClientSession) -> None:
+async def test_chunks_that_travel_together_reach_the_client_in_order(
+    gateway: Gateway, fakes: F.Fakes, http: aiohttp.ClientSession
+) -> None:
     """A worker of this gateway's frame set sends no Accepted before a quick first token, the events
     of one upstream read in one Chunk frame, and the stream's last read in its Done."""
     seen = asyncio.Event()
 
     async def batched(f: F.Fakes, work: WorkRequest, send: F.Send) -> None:
-        words = [F.chunk_data(work, {"role": "assistant", "content": "He"})] + \
-            [F.chunk_data(work, {"content": w}) for w in ("l", "lo", " there")]
+        words = [F.chunk_data(work, {"role": "assistant", "content": "He"})] + [
+            F.chunk_data(work, {"content": w}) for w in ("l", "lo", " there")
+        ]
         await send(Chunk(0, words[0], more=words[1:3]))
         await asyncio.wait_for(seen.wait(), 10)  # the first read is the client's before the rest
         await send(Chunk(1, words[3]))
-        await send(Done(2, Usage(12, 4), finish_reason="stop", upstream_seconds=0.001,
-                        chunks=[F.chunk_data(work, {}, "stop"), F.usage_chunk(work, Usage(12, 4))]))
+        await send(
+            Done(
+                2,
+                Usage(12, 4),
+                finish_reason="stop",
+                upstream_seconds=0.001,
+                chunks=[F.chunk_data(work, {}, "stop"), F.usage_chunk(work, Usage(12, 4))],
+            )
+        )
 
     await fakes.start({"pa": batched})
-    async with http.post(gateway.url + "/v1/chat/completions", headers=auth(),
-                         json={**CHAT, "stream": True, "stream_options": {"include_usage": True}}) as r:
+    async with http.post(
+        gateway.url + "/v1/chat/completions",
+        headers=auth(),
+        json={**CHAT, "stream": True, "stream_options": {"include_usage": True}},
+    ) as r:
         assert r.status == 200
         first = await r.content.readuntil(b"\n\n")
         seen.set()
@@ -381,4 +435,3 @@ async def test_chunks_that_travel_together_reach_the_client_in_order(gateway: Ga
     assert docs[-2]["choices"][0]["finish_reason"] == "stop" and docs[-1]["usage"]["completion_tokens"] == 4
     settled = await fakes.settlement_for(r.headers["X-Request-Id"])
     assert len(settled) == 1 and settled[0].ok and settled[0].usage == Usage(12, 4)
-

@@ -100,14 +100,24 @@ async def test_usage_document(bus: Bus, start_metering: Start) -> None:
     doc = await usage(bus, "u3")
     assert doc["object"] == "usage" and doc["plan"] == "tiny"
     session = doc["session"]
-    assert session == {"limit": 4500, "used": 90 + 130, "reserved": HOLD, "remaining": 4500 - 220 - HOLD,
-                       "reset": session["reset"], "active": True}  # type: ignore[index]
+    assert session == {
+        "limit": 4500,
+        "used": 90 + 130,
+        "reserved": HOLD,
+        "remaining": 4500 - 220 - HOLD,
+        "reset": session["reset"],
+        "active": True,
+    }  # type: ignore[index]
     assert str(session["reset"]).endswith("Z")  # type: ignore[index]
     week = doc["week"]
     assert week["by_bot"]["mail"]["credits"] == 90  # type: ignore[index]
     assert week["by_bot"]["default"]["credits"] == 130  # type: ignore[index]
-    assert week["by_model"]["gpt-5-nano"] == {"credits": 220, "requests": 2, "input_tokens": 2000,  # type: ignore[index]
-                                              "output_tokens": 300}
+    assert week["by_model"]["gpt-5-nano"] == {
+        "credits": 220,
+        "requests": 2,
+        "input_tokens": 2000,  # type: ignore[index]
+        "output_tokens": 300,
+    }
     assert doc["monthly_tokens"]["input"]["used"] == 2000  # type: ignore[index]
 
 

@@ -58,8 +58,14 @@ def _per_request(seconds: float, n: int) -> float | None:
     return round(seconds * 1000 / n, 3) if n else None
 
 
-def make_row(target: str, run: PhaseRun, janus_names: list[str], *, chunks: int | None = None,
-             bus: tuple[int, int] | None = None) -> Row:
+def make_row(
+    target: str,
+    run: PhaseRun,
+    janus_names: list[str],
+    *,
+    chunks: int | None = None,
+    bus: tuple[int, int] | None = None,
+) -> Row:
     """``bus``: messages into and out of nats-server during the window."""
     r: Result = run.result
     n = r.requests
@@ -68,9 +74,17 @@ def make_row(target: str, run: PhaseRun, janus_names: list[str], *, chunks: int 
         chunks=chunks,
         bus_in_per_request=round(bus[0] / n, 2) if bus and n else None,
         bus_out_per_request=round(bus[1] / n, 2) if bus and n else None,
-        target=target, mode=r.mode, concurrency=r.concurrency, requests=n, errors=r.errors,
-        incomplete_streams=r.incomplete_streams, rps=r.rps, p50_ms=r.p50_ms, p99_ms=r.p99_ms,
-        ttft_p50_ms=r.ttft_p50_ms, ttft_p99_ms=r.ttft_p99_ms,
+        target=target,
+        mode=r.mode,
+        concurrency=r.concurrency,
+        requests=n,
+        errors=r.errors,
+        incomplete_streams=r.incomplete_streams,
+        rps=r.rps,
+        p50_ms=r.p50_ms,
+        p99_ms=r.p99_ms,
+        ttft_p50_ms=r.ttft_p50_ms,
+        ttft_p99_ms=r.ttft_p99_ms,
         janus_cpu_ms_per_request=_per_request(sum(janus_cpu.values()), n) if janus_cpu else None,
         janus_cpu_ms_by_process={k: _per_request(v, n) or 0.0 for k, v in sorted(janus_cpu.items())},
         upstream_cpu_ms_per_request=_per_request(run.cpu.get("upstream", 0.0), n),
@@ -102,15 +116,22 @@ def chunk_slope(rows: list[Row]) -> dict[str, Any] | None:
     """Janus CPU ms per streamed chunk: the slope of CPU per stream against chunks per stream, fitted
     over the two ``slope`` phases (same concurrency, few and many chunks). What a stream costs
     whatever its length (auth, routing, reserve, settle) cancels out."""
-    pts = sorted((r.chunks, r.janus_cpu_ms_per_request) for r in rows
-                 if r.target == "slope" and r.chunks and r.janus_cpu_ms_per_request is not None)
+    pts = sorted(
+        (r.chunks, r.janus_cpu_ms_per_request)
+        for r in rows
+        if r.target == "slope" and r.chunks and r.janus_cpu_ms_per_request is not None
+    )
     if len(pts) < 2 or pts[0][0] == pts[-1][0]:
         return None
     (c0, cpu0), (c1, cpu1) = pts[0], pts[-1]
     assert cpu0 is not None and cpu1 is not None
-    return {"concurrency": SLOPE_CONCURRENCY, "chunks": [c0, c1], "cpu_ms_per_stream": [cpu0, cpu1],
-            "cpu_ms_per_chunk": round((cpu1 - cpu0) / (c1 - c0), 4),
-            "cpu_ms_per_stream_without_chunks": round(cpu0 - c0 * (cpu1 - cpu0) / (c1 - c0), 3)}
+    return {
+        "concurrency": SLOPE_CONCURRENCY,
+        "chunks": [c0, c1],
+        "cpu_ms_per_stream": [cpu0, cpu1],
+        "cpu_ms_per_chunk": round((cpu1 - cpu0) / (c1 - c0), 4),
+        "cpu_ms_per_stream_without_chunks": round(cpu0 - c0 * (cpu1 - cpu0) / (c1 - c0), 3),
+    }
 
 
 def evaluate(rows: list[Row]) -> dict[str, dict[str, Any]]:
@@ -122,27 +143,47 @@ def evaluate(rows: list[Row]) -> dict[str, dict[str, Any]]:
 
     c1 = [r.overhead_p50_ms for r in janus if r.concurrency == 1 and r.mode == "buffered"]
     v = c1[0] if c1 and c1[0] is not None else None
-    put("added_p50_ms_at_c1", v, None if v is None else v <= TARGETS["added_p50_ms_at_c1"],
-        "Janus p50 minus direct p50, buffered, concurrency 1")
+    put(
+        "added_p50_ms_at_c1",
+        v,
+        None if v is None else v <= TARGETS["added_p50_ms_at_c1"],
+        "Janus p50 minus direct p50, buffered, concurrency 1",
+    )
     for c in (1, 16):
         name = f"janus_cpu_ms_per_buffered_request_at_c{c}"
         cpu = [r.janus_cpu_ms_per_request for r in janus if r.mode == "buffered" and r.concurrency == c]
         v = cpu[0] if cpu else None
-        put(name, v, None if v is None else v <= TARGETS[name],
-            f"buffered, concurrency {c}; all services and nats-server summed")
+        put(
+            name,
+            v,
+            None if v is None else v <= TARGETS[name],
+            f"buffered, concurrency {c}; all services and nats-server summed",
+        )
     slope = chunk_slope(rows)
     v = slope["cpu_ms_per_chunk"] if slope else None
     name = "janus_cpu_ms_per_streamed_chunk_at_c16"
-    put(name, v, None if v is None else v <= TARGETS[name],
-        "slope of Janus CPU per stream against chunks per stream (the 'slope' phases)")
+    put(
+        name,
+        v,
+        None if v is None else v <= TARGETS[name],
+        "slope of Janus CPU per stream against chunks per stream (the 'slope' phases)",
+    )
     rps = [r.rps for r in janus if r.mode == "buffered" and r.errors == 0]
     v = max(rps) if rps else None
-    put("janus_rps", v, None if v is None else v >= TARGETS["janus_rps"],
-        "best buffered requests/s through the whole pipeline with no errors")
+    put(
+        "janus_rps",
+        v,
+        None if v is None else v >= TARGETS["janus_rps"],
+        "best buffered requests/s through the whole pipeline with no errors",
+    )
     c64 = [r for r in janus if r.mode == "stream" and r.concurrency == 64]
     v = float(c64[0].incomplete_streams + c64[0].errors) if c64 else None
-    put("incomplete_streams_at_c64", v, None if v is None else v == 0,
-        "streams without [DONE], with an in-band error, or failed, at concurrency 64")
+    put(
+        "incomplete_streams_at_c64",
+        v,
+        None if v is None else v == 0,
+        "streams without [DONE], with an in-band error, or failed, at concurrency 64",
+    )
     return out
 
 
@@ -151,22 +192,50 @@ def _fmt(v: float | None, digits: int = 2) -> str:
 
 
 def table(rows: list[Row]) -> str:
-    head = ("phase", "mode", "conc", "requests", "rps", "p50 ms", "p99 ms", "ttft p50", "+p50 ms",
-            "+p99 ms", "+ttft ms", "cpu ms/req", "incomplete", "errors")
+    head = (
+        "phase",
+        "mode",
+        "conc",
+        "requests",
+        "rps",
+        "p50 ms",
+        "p99 ms",
+        "ttft p50",
+        "+p50 ms",
+        "+p99 ms",
+        "+ttft ms",
+        "cpu ms/req",
+        "incomplete",
+        "errors",
+    )
     lines = [head]
     for r in rows:
-        lines.append((
-            r.target, r.mode, str(r.concurrency), str(r.requests), _fmt(r.rps, 0), _fmt(r.p50_ms, 3),
-            _fmt(r.p99_ms, 3), _fmt(r.ttft_p50_ms, 3), _fmt(r.overhead_p50_ms, 3),
-            _fmt(r.overhead_p99_ms, 3), _fmt(r.overhead_ttft_p50_ms, 3),
-            _fmt(r.janus_cpu_ms_per_request, 3), str(r.incomplete_streams) if r.mode == "stream" else "-",
-            str(r.errors),
-        ))
+        lines.append(
+            (
+                r.target,
+                r.mode,
+                str(r.concurrency),
+                str(r.requests),
+                _fmt(r.rps, 0),
+                _fmt(r.p50_ms, 3),
+                _fmt(r.p99_ms, 3),
+                _fmt(r.ttft_p50_ms, 3),
+                _fmt(r.overhead_p50_ms, 3),
+                _fmt(r.overhead_p99_ms, 3),
+                _fmt(r.overhead_ttft_p50_ms, 3),
+                _fmt(r.janus_cpu_ms_per_request, 3),
+                str(r.incomplete_streams) if r.mode == "stream" else "-",
+                str(r.errors),
+            )
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     # the first two columns are names (left-aligned), the rest figures (right-aligned)
-    text = ["  ".join(c.rjust(w) if i > 1 else c.ljust(w)
-                      for i, (c, w) in enumerate(zip(line, widths, strict=True)))
-            for line in lines]
+    text = [
+        "  ".join(
+            c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True))
+        )
+        for line in lines
+    ]
     text.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(text)
 
@@ -177,23 +246,31 @@ def breakdown(rows: list[Row]) -> str:
     if not janus:
         return ""
     names = sorted({n for r in janus for n in r.janus_cpu_ms_by_process})
-    lines = ["Janus CPU ms per request by process (+ upstream and load generator, not Janus):",
-             "  " + "phase  mode      conc  " + "  ".join(f"{n:>11}" for n in names)
-             + "     upstream   loadgen   bus in/req  bus out/req"]
+    lines = [
+        "Janus CPU ms per request by process (+ upstream and load generator, not Janus):",
+        "  "
+        + "phase  mode      conc  "
+        + "  ".join(f"{n:>11}" for n in names)
+        + "     upstream   loadgen   bus in/req  bus out/req",
+    ]
     for r in janus:
         cells = "  ".join(f"{r.janus_cpu_ms_by_process.get(n, 0.0):>11.3f}" for n in names)
         upstream = _fmt(r.upstream_cpu_ms_per_request, 3)
         client = _fmt(r.client_cpu_ms_per_request, 3)
         bus_in, bus_out = _fmt(r.bus_in_per_request), _fmt(r.bus_out_per_request)
-        lines.append(f"  {r.target:<6} {r.mode:<9} {r.concurrency:>4}  {cells}  {upstream:>11}  {client:>8}"
-                     f"  {bus_in:>11}  {bus_out:>11}")
+        lines.append(
+            f"  {r.target:<6} {r.mode:<9} {r.concurrency:>4}  {cells}  {upstream:>11}  {client:>8}"
+            f"  {bus_in:>11}  {bus_out:>11}"
+        )
     slope = chunk_slope(rows)
     if slope:
         (c0, c1), (cpu0, cpu1) = slope["chunks"], slope["cpu_ms_per_stream"]
-        lines.append(f"Per streamed chunk at c={slope['concurrency']}:"
-                     f" {slope['cpu_ms_per_chunk']:.4f} Janus CPU ms (streams of {c0} and {c1} chunks:"
-                     f" {cpu0:.3f} and {cpu1:.3f} ms a stream;"
-                     f" {slope['cpu_ms_per_stream_without_chunks']:.3f} ms of it is not per chunk)")
+        lines.append(
+            f"Per streamed chunk at c={slope['concurrency']}:"
+            f" {slope['cpu_ms_per_chunk']:.4f} Janus CPU ms (streams of {c0} and {c1} chunks:"
+            f" {cpu0:.3f} and {cpu1:.3f} ms a stream;"
+            f" {slope['cpu_ms_per_stream_without_chunks']:.3f} ms of it is not per chunk)"
+        )
     return "\n".join(lines)
 
 
@@ -216,14 +293,16 @@ def stages_text(rows: list[Row]) -> str:
     if not janus:
         return ""
     present = [(k, h) for k, h in _STAGE_COLUMNS if any(k in r.stages for r in janus)]
-    lines = ["Mean ms per stage, as the services measure it (see rows[].stages in the JSON for all);"
-             " reserves/req: how many requests waited on a reserve (the others were admitted on a"
-             " credit lease):",
-             "  mode      conc  " + "  ".join(f"{h:>{max(len(h), 8)}}" for _, h in present)
-             + "  reserves/req"]
+    lines = [
+        "Mean ms per stage, as the services measure it (see rows[].stages in the JSON for all);"
+        " reserves/req: how many requests waited on a reserve (the others were admitted on a"
+        " credit lease):",
+        "  mode      conc  " + "  ".join(f"{h:>{max(len(h), 8)}}" for _, h in present) + "  reserves/req",
+    ]
     for r in janus:
-        cells = "  ".join(f"{_fmt(r.stages.get(k, {}).get('mean_ms'), 3):>{max(len(h), 8)}}"
-                          for k, h in present)
+        cells = "  ".join(
+            f"{_fmt(r.stages.get(k, {}).get('mean_ms'), 3):>{max(len(h), 8)}}" for k, h in present
+        )
         reserves = r.stages.get(_RESERVE, {}).get("count")
         per = _fmt(reserves / r.requests, 3) if reserves is not None and r.requests else _fmt(None, 3)
         lines.append(f"  {r.mode:<9} {r.concurrency:>4}  {cells}  {per:>12}")
@@ -234,17 +313,27 @@ def targets_text(targets: dict[str, dict[str, Any]]) -> str:
     lines = ["Design targets (measured, not asserted):"]
     for name, t in targets.items():
         verdict = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
-        lines.append(f"  {name:<41} target {t['target']:<8} measured {_fmt(t['measured'], 3):<10} {verdict}"
-                     f"  ({t['how']})")
+        lines.append(
+            f"  {name:<41} target {t['target']:<8} measured {_fmt(t['measured'], 3):<10} {verdict}"
+            f"  ({t['how']})"
+        )
     return "\n".join(lines)
 
 
-def document(rows: list[Row], targets: dict[str, dict[str, Any]], settings: dict[str, Any],
-             notes: list[str], extras: dict[str, Any]) -> dict[str, Any]:
+def document(
+    rows: list[Row],
+    targets: dict[str, dict[str, Any]],
+    settings: dict[str, Any],
+    notes: list[str],
+    extras: dict[str, Any],
+) -> dict[str, Any]:
     return {
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "system": platform.platform()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "system": platform.platform(),
+        },
         "settings": settings,
         "rows": [msgspec.to_builtins(r) for r in rows],
         "targets": targets,
