@@ -199,6 +199,8 @@ def start_nats(
         args = [*launcher, *args[1:]]
         server_env["PATH"] = f"{Path(nats_server_binary()).parent}{os.pathsep}{server_env.get('PATH', '')}"
     log_file = workdir / f"nats-{name}.log"
+    # an earlier attempt's lines (a port taken) must not explain this start's failure
+    log_start = log_file.stat().st_size if log_file.exists() else 0
     proc = _spawn(args, log_file, server_env)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -222,7 +224,9 @@ def start_nats(
             except (ValueError, KeyError, IndexError):
                 pass
         if proc.poll() is not None:
-            err = log_file.read_text(errors="replace")
+            with log_file.open("rb") as log:
+                log.seek(log_start)
+                err = log.read().decode(errors="replace")
             raise RuntimeError(f"nats-server exited: {err[-2000:]}")
         time.sleep(0.05)
     proc.kill()
