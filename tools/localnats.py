@@ -86,11 +86,14 @@ class NatsServer:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
         stop_process(self.proc, sig, timeout)
 
+    @property
+    def log_file(self) -> Path:
+        """Where the server writes its log: beside its store, kept for a post-mortem."""
+        return self.store.parent / f"nats-{self.name}.log"
+
     def restart(self) -> None:
-        """Start again on the same port and store (after ``stop``)."""
-        self.proc = subprocess.Popen(
-            self.args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=self.env or nats_env()
-        )
+        """Start again on the same port and store (after ``stop``), appending to the same log."""
+        self.proc = _spawn(self.args, self.log_file, self.env or nats_env())
         _wait_port(self.port, 10)
 
 
@@ -195,7 +198,10 @@ def start_nats(
     if launcher:
         args = [*launcher, *args[1:]]
         server_env["PATH"] = f"{Path(nats_server_binary()).parent}{os.pathsep}{server_env.get('PATH', '')}"
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=server_env)
+    log_file = workdir / f"nats-{name}.log"
+    # an earlier attempt's lines (a port taken) must not explain this start's failure
+    log_start = log_file.stat().st_size if log_file.exists() else 0
+    proc = _spawn(args, log_file, server_env)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         files = list(ports_dir.glob(f"*_{proc.pid}.ports"))
@@ -218,11 +224,20 @@ def start_nats(
             except (ValueError, KeyError, IndexError):
                 pass
         if proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
+            with log_file.open("rb") as log:
+                log.seek(log_start)
+                err = log.read().decode(errors="replace")
             raise RuntimeError(f"nats-server exited: {err[-2000:]}")
         time.sleep(0.05)
     proc.kill()
     raise RuntimeError("nats-server did not report its port")
+
+
+def _spawn(args: list[str], log_file: Path, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+    # the log goes to a file, not a pipe: nobody drains a pipe while the server runs, so a chatty
+    # server would block on a full pipe, and a failed test's servers' accounts would be lost
+    with log_file.open("ab") as log:
+        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=dict(env))
 
 
 def _wait_port(port: int, timeout: float) -> None:
