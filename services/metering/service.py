@@ -56,6 +56,9 @@ _BYOK = metrics.BUDGET_DECISIONS.labels("byok", "none")
 _RATE_LIMITED = metrics.BUDGET_DECISIONS.labels("rate_limited", "requests")
 _LEASE_GRANTED = metrics.LEASES.labels("granted")
 _LEASE_RETURNED = metrics.LEASES.labels("returned")
+# a lease given back is sent once: a return whose write fails in an election is retried here for
+# this long (a return is applied at most once, so a retry is safe), not left to the reaper's TTL
+RETURN_RETRY_SECONDS = 60.0
 
 
 _TOP_CACHE_SECONDS = 5.0
@@ -127,6 +130,7 @@ class MeteringService(Service[MeteringSettings]):
         self.daily = DailyHistory(settings.daily_batch, settings.daily_interval_seconds)
         self._top_cache: tuple[int, float, contract.UsageReply] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._returns: set[asyncio.Task[None]] = set()
         self._closing = asyncio.Event()
         self._consuming = False
         self._sub: Any = None
@@ -180,6 +184,8 @@ class MeteringService(Service[MeteringSettings]):
         settle, reaper = self._tasks or (None, None)
         if reaper is not None:
             reaper.cancel()
+        for task in list(self._returns):
+            task.cancel()  # an unreturned lease is the reaper's, as if this replica had died
         await self.daily.stop(self.settings.shutdown_grace_seconds)
         if settle is not None:
             # the settle loop finishes the batch in hand; what it has not acked is redelivered
@@ -341,7 +347,14 @@ class MeteringService(Service[MeteringSettings]):
         try:
             upkeep = contract.upkeep_decoder.decode(msg.data)
             if isinstance(upkeep, contract.LeaseReturn):
-                await self.give_back(upkeep)
+                try:
+                    await self.give_back(upkeep)
+                except Exception as exc:
+                    if not map_exception(exc).retryable:
+                        raise
+                    task = asyncio.get_running_loop().create_task(self._give_back_later(upkeep))
+                    self._returns.add(task)
+                    task.add_done_callback(self._returns.discard)
             else:
                 await self.renew(upkeep)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -349,6 +362,25 @@ class MeteringService(Service[MeteringSettings]):
         except Exception as exc:
             # the next renewal comes well before the hold could be reaped
             log.warning("renew_failed", error=map_exception(exc).message)
+
+    async def _give_back_later(self, ret: contract.LeaseReturn) -> None:
+        """Retry a lease return whose write failed (a JetStream election), with capped, jittered
+        backoff, until it is written or ``RETURN_RETRY_SECONDS`` have passed."""
+        deadline = time.monotonic() + RETURN_RETRY_SECONDS
+        attempt = 0
+        while True:
+            await asyncio.sleep(random.uniform(0.0, min(2.0, 0.1 * 2.0**attempt)))
+            attempt += 1
+            try:
+                await self.give_back(ret)
+                return
+            except Exception as exc:
+                error = map_exception(exc)
+                if not error.retryable or time.monotonic() >= deadline:
+                    log.warning(
+                        "lease_return_failed", lease=ret.lease_id, attempts=attempt, error=error.message
+                    )
+                    return
 
     # ------------------------------------------------------------------------------ settlement
     def _submit_settlement(
