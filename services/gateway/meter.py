@@ -130,9 +130,10 @@ class Meter:
                 headers,
             )
         except BaseException as exc:
-            if isinstance(exc, JanusError) and exc.retryable:
+            if isinstance(exc, asyncio.CancelledError) or (isinstance(exc, JanusError) and exc.retryable):
                 # the write may have happened: a lease nobody will use, and the return it carried
-                # (both applied at most once), given back again
+                # (both applied at most once), given back again. This return may overtake the reserve;
+                # metering then remembers it and refuses the late grant.
                 book.send(LeaseReturn(req.user, lease_id, whole=True))
                 if ret is not None:
                     book.send(ret)
@@ -170,11 +171,11 @@ class Meter:
             reply = contract.reserve_reply_decoder.decode(data)
             if isinstance(reply, contract.ErrorReply):
                 raise reply.exception()
-        except JanusError as exc:
-            if exc.retryable:
+        except (JanusError, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError) or exc.retryable:
                 # the hold may have been taken: the request reached metering and only the reply was lost
-                # (a timeout, a reconnect), or metering's write had an unknown outcome. Release it;
-                # releasing a hold that was never taken costs nothing.
+                # (a timeout, a reconnect, the caller gone), or metering's write had an unknown outcome.
+                # Release it; releasing a hold that was never taken costs nothing.
                 self.release(req)
             raise
         self._headers(req, reply, headers)

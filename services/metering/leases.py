@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.metering import windows as w
-from services.metering.record import Hold, Record
+from services.metering.record import Bounds, Hold, Record
 from shared.contract import LeaseDraw, LeaseGrant, LeaseReturn, Settlement
 
 # a slice that would hold fewer requests than this is not worth a lease: near the end of a budget
@@ -66,6 +66,8 @@ def grant(
     seconds when the credit windows reset."""
     if not terms.enabled or want < 1 or not lease_id or lease_id in rec.holds:
         return None
+    if rec.settled_cost(lease_id) is not None:
+        return None  # given back before it was granted (see ``give_back``)
     per = {"credits": unit.credits, "input": unit.input_tokens, "output": unit.output_tokens}
     k = want
     for pool, (limit, taken) in room.items():
@@ -96,10 +98,21 @@ def grant(
     )
 
 
-def give_back(rec: Record, ret: LeaseReturn) -> bool:
+def give_back(rec: Record, ret: LeaseReturn, now: int = 0, memory: Bounds | None = None) -> bool:
     """Return a lease's unused part; whether the record changed. Once per lease: a repeated or
-    unknown return (the reaper took it, or it was never granted) changes nothing."""
+    unknown return (the reaper took it, or it was never granted) changes nothing.
+
+    Except one: a gateway whose reserve asking for a lease timed out gives the whole lease back at
+    once, and that return may overtake the reserve still on its way. Given ``memory``, such a return
+    of a lease not (yet) in the record is remembered among the settled ids, as a release that
+    overtook its reserve is, and the late grant is refused: the lease is never parked unused until
+    the reaper."""
     h = rec.holds.get(ret.lease_id)
+    if h is None and ret.whole and memory is not None and ret.lease_id:
+        if rec.settled_cost(ret.lease_id) is not None:
+            return False
+        rec.remember_settled(ret.lease_id, 0, now, now, memory)
+        return True
     if h is None or not h.lease or h.returned:
         return False
     if ret.whole:

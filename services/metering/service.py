@@ -334,8 +334,10 @@ class MeteringService(Service[MeteringSettings]):
     async def give_back(self, ret: contract.LeaseReturn) -> bool:
         assert self.store is not None
 
+        now = w.now_s(time.time())
+
         def change(rec: Any) -> tuple[bool, bool]:
-            changed = give_back(rec, ret)
+            changed = give_back(rec, ret, now, self.bounds)
             return changed, changed
 
         returned: bool = await self.store.update(ret.user, change)

@@ -3,7 +3,8 @@
 Replicas never coordinate except through the record's revision: every write names the revision it
 read, and a write that lost to another replica re-reads and applies the change again. A local cache
 of (bytes, revision) saves the read on the hot path; it is only a guess, because a stale entry just
-costs one CAS conflict.
+costs one CAS conflict. A batch that changes nothing is never answered from the cache: with no
+write there is no conflict to reveal a stale copy, so it is decided again on a fresh read.
 
 Group commit: within one process each user has at most one write in flight. Changes (reserves,
 settlements, reaps) that arrive for that user while it is in flight queue up; when it completes,
@@ -59,8 +60,9 @@ class _Queue:
         self.ops: list[_Op] = []
 
 
-def _apply(user: str, data: bytes, batch: list[_Op],
-           rec: Record | None = None) -> tuple[Record, list[_Op], list[Any], bool]:
+def _apply(
+    user: str, data: bytes, batch: list[_Op], rec: Record | None = None
+) -> tuple[Record, list[_Op], list[Any], bool]:
     """Apply ``batch`` in order to ``rec`` (the decoded ``data``, decoded here when not given).
 
     A change that raises fails its own caller only; the record it may have half-mutated is thrown
@@ -114,8 +116,9 @@ class BudgetStore:
         rec, _ = await self.read(user_key(user))
         return rec if rec is not None else Record(user=user)
 
-    async def update(self, user: str, change: Callable[[Record], tuple[T, bool]], *,
-                     key: str | None = None) -> T:
+    async def update(
+        self, user: str, change: Callable[[Record], tuple[T, bool]], *, key: str | None = None
+    ) -> T:
         """Apply ``change`` to the user's record and write it back by CAS, retrying on conflicts.
 
         ``change`` must be a pure function of the record (it may run again on a fresh copy after a
@@ -124,8 +127,9 @@ class BudgetStore:
         """
         return await self.submit(user, change, key=key)
 
-    def submit(self, user: str, change: Callable[[Record], tuple[T, bool]], *,
-               key: str | None = None) -> asyncio.Future[T]:
+    def submit(
+        self, user: str, change: Callable[[Record], tuple[T, bool]], *, key: str | None = None
+    ) -> asyncio.Future[T]:
         """``update`` as a future, so a caller can queue many changes without a task for each."""
         key = key or user_key(user)
         loop = asyncio.get_running_loop()
@@ -176,6 +180,15 @@ class BudgetStore:
                 decoded = None
                 rec, batch, results, changed = _apply(user, data, batch, start)
                 if not changed:
+                    if cached is not None:
+                        # a decision without a write was taken on the cached copy, which may be
+                        # behind another replica's write (a lease it granted and a return for it
+                        # that came here): only the current record may answer "nothing to do"
+                        self._cache.pop(key, None)
+                        cached = None
+                        continue
+                    if rev:
+                        self._remember(key, data, rev)
                     _deliver(batch, results)
                     return
                 new = encode_record(rec)

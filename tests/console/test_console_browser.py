@@ -92,12 +92,25 @@ def _usage(stack: Stack, token: str) -> dict[str, Any]:
     return body
 
 
-def _settled(stack: Stack, token: str, deadline: float = 20) -> dict[str, Any]:
+def _settled(stack: Stack, token: str, in_history: int = 0, deadline: float = 20) -> dict[str, Any]:
+    """/v1/usage once no hold is open and, with ``in_history``, once today's history shows that many
+    requests: metering writes the daily history from the ledger every few seconds, after the
+    settlement itself."""
     end = time.monotonic() + deadline
     while True:
         u = _usage(stack, token)
-        if not u["weekly"]["reserved"] or time.monotonic() > end:
+        done = not u["weekly"]["reserved"]
+        if done and in_history:
+            r = httpx.get(
+                stack.base_url + "/usage/daily?days=1",
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=10,
+            )
+            r.raise_for_status()
+            done = r.json()["data"][-1]["requests"] >= in_history
+        if done:
             return u
+        assert time.monotonic() < end, f"usage not settled within {deadline}s: {u}"
         time.sleep(0.1)
 
 
@@ -116,7 +129,7 @@ def test_console_end_to_end_at_desktop_width(stack: Stack, browser: Browser) -> 
     token = make_token("browser-user", "pro", "b@example.com", secret=secret, roles=["janus-admin"])
     base = stack.base_url.removesuffix("/v1")
     _chat(stack, token, "some history for the spend chart")
-    before = _settled(stack, token)
+    before = _settled(stack, token, in_history=1)
     w = Watched(browser, DESKTOP, base)
     w.sign_in(token)
     page = w.page

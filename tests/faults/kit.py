@@ -121,18 +121,23 @@ async def settled_usage(
     except AssertionError as exc:
         if not nats_url:
             raise
-        raise AssertionError(f"{exc}; {user} still holds {await open_holds(nats_url, user)}") from None
+        raise AssertionError(
+            f"{exc}; {user} still holds {await open_holds(nats_url, user, detail=True)}"
+        ) from None
 
 
-async def open_holds(nats_url: str, user: str) -> dict[str, int]:
-    """request id -> credits of every hold the user's budget record still has."""
+async def open_holds(nats_url: str, user: str, *, detail: bool = False) -> dict[str, Any]:
+    """request id -> credits of every hold the user's budget record still has (with ``detail``, the
+    whole hold: what a failure message needs to tell a lease never given back from one given back
+    whose settlements are missing)."""
     from services.metering.record import decode_record, user_key
 
     bus = await Bus.connect(nats_url, "test-holds")
     try:
         kv = await bus.kv(subjects.BUDGET_BUCKET)
         data, _ = await Bus.kv_get(kv, user_key(user))
-        return {rid: h.credits for rid, h in decode_record(data).holds.items()}
+        holds = decode_record(data).holds.items()
+        return {rid: (h if detail else h.credits) for rid, h in holds}
     finally:
         await bus.close()
 

@@ -14,14 +14,15 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from services.metering import budget
+from services.metering import budget, leases
+from services.metering.leases import LeaseTerms
 from services.metering.record import SCHEMA, Record, user_key
 from services.metering.service import MeteringService
 from services.metering.store import BudgetStore
 from shared import metrics, subjects
 from shared.bus import Bus
 from shared.catalog import load_catalog, load_plans
-from shared.contract import ReserveReply, ReserveRequest
+from shared.contract import LeaseReturn, ReserveReply, ReserveRequest
 from shared.errors import ServiceUnavailable
 from shared.money import PriceUnits
 from shared.streams import ensure_settlement_stream
@@ -91,6 +92,33 @@ async def test_a_conflict_reapplies_the_whole_batch_to_the_fresh_record(
     assert [r.admitted for r in replies] == [True] * fits + [False] * (10 - fits)
     rec, _ = await mine.read(user_key("u"))
     assert rec is not None and sorted(rec.holds) == sorted(["a", "b", *(f"c{i}" for i in range(fits))])
+
+
+async def test_nothing_to_do_is_decided_on_the_current_record_not_the_cache(
+    bus: Bus, tiny: tuple[budget.PlanRules, PriceUnits]
+) -> None:
+    """A change that finds nothing to do on this replica's cached copy writes nothing, so no conflict
+    would ever show the copy is behind: a lease the other replica granted, and its return that came
+    here, must still meet."""
+    rules, price = tiny
+    kv = await bus.kv(BUCKET)
+    mine, other = BudgetStore(kv), BudgetStore(kv)  # two replicas
+    now = int(time.time())
+    assert (await mine.update("u", reserving("a", rules, price, now))).admitted  # cached here
+    req = ReserveRequest("b", "u", "tiny", MODEL, 10, 10, lease_requests=8, lease_id="L1")
+    granted = await other.update("u", lambda rec: budget.reserve(rec, req, rules, price, now, LeaseTerms()))
+    lease = granted.lease
+    assert lease is not None
+    back = LeaseReturn("u", "L1", lease.credits, lease.input_tokens, lease.output_tokens, lease.requests)
+
+    def give(rec: Record) -> tuple[bool, bool]:
+        changed = leases.give_back(rec, back)
+        return changed, changed
+
+    assert await mine.update("u", give)
+    assert await mine.update("u", lambda rec: budget.renew(rec, "b", now + 1)) is True
+    rec, _ = await mine.read(user_key("u"))
+    assert rec is not None and "L1" not in rec.holds and rec.holds["b"].seen == now + 1
 
 
 async def test_a_failing_change_fails_only_its_own_caller(

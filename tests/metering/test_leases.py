@@ -8,7 +8,7 @@ import random
 
 import msgspec
 
-from services.metering import budget
+from services.metering import budget, leases
 from services.metering.leases import LeaseTerms
 from services.metering.record import Bounds, Record, decode_record, encode_record
 from shared.catalog import Plan, SessionPool, TokenQuota, WeeklyPool
@@ -117,6 +117,22 @@ def test_a_return_for_a_reserve_that_timed_out_gives_back_everything() -> None:
     budget.reserve(rec, ask("r1", "L1", 8), RULES, PRICE, NOW, TERMS)
     budget.reserve(rec, ask("r2", back=LeaseReturn("u", "L1", whole=True)), RULES, PRICE, NOW, TERMS)
     assert "L1" not in rec.holds and reserved(rec) == 200
+
+
+def test_a_whole_return_that_overtakes_its_grant_refuses_the_late_grant() -> None:
+    """A reserve asking for lease L1 timed out at the gateway, which gave L1 back whole at once; the
+    return reached metering first. Without a memory of it the late grant would park L1 unused until
+    the reaper, minutes later."""
+    rec = Record(user="u")
+    back = LeaseReturn("u", "L1", whole=True)
+    assert leases.give_back(rec, back, NOW, Bounds())  # remembered: the record must be written
+    assert not leases.give_back(rec, back, NOW, Bounds())  # once
+    reply, _ = budget.reserve(rec, ask("r1", "L1", 8), RULES, PRICE, NOW, TERMS)
+    assert reply.admitted and reply.lease is None and list(rec.holds) == ["r1"]
+    # a partial return of a lease never granted (or already reaped) is not remembered
+    assert not leases.give_back(rec, LeaseReturn("u", "L2", credits=100), NOW, Bounds())
+    reply, _ = budget.reserve(rec, ask("r2", "L2", 8), RULES, PRICE, NOW, TERMS)
+    assert reply.lease is not None
 
 
 def test_the_reaper_frees_a_dead_gateways_lease_after_the_lease_ttl() -> None:
