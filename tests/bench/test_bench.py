@@ -233,3 +233,17 @@ def test_bench_through_janus_end_to_end(tmp_path: Path) -> None:
     assert isinstance(fit, dict) and fit["chunks"] == [4, 12]
     measured = doc["targets"]["janus_cpu_ms_per_streamed_chunk_at_c16"]["measured"]  # type: ignore[index]
     assert fit["cpu_ms_per_chunk"] == measured
+
+
+@pytest.mark.timeout(120)
+def test_the_floor_measures_aiohttp_and_nats_py_without_janus() -> None:
+    """Each figure comes from a real process under load: an aiohttp server driven by the bench's load
+    generator, an aiohttp client against the fake upstream, nats-py request/reply through a real
+    nats-server. A part that served nothing, or answered errors, raises instead of giving a figure."""
+    from tools.bench import floor
+
+    out = floor.run((2,), seconds=0.5)
+    figures = out["c2"]
+    assert set(figures) == {"edge_cpu_ms_per_request", "client_cpu_ms_per_request", "hop_cpu_ms_per_message"}
+    for name, value in figures.items():
+        assert 0 < value < 50, (name, value)

@@ -2,6 +2,8 @@
 
 - ``tools.bench_metering``: the metering ledger's benchmark; its ``run()`` (preferred) or ``main()``.
 - ``tools.eval_routing``: the router's decision-time benchmark, ``bench()``.
+- ``tools.bench.floor``: what aiohttp and nats-py alone cost per request and per bus message on
+  this machine, the floor under Janus's figures, ``run()``.
 
 A section may be sync or async and may return anything JSON-like (a dict of figures is best); what
 it returns lands under ``extras.<name>`` in ``bench-results/latest.json``. A missing module or
@@ -27,6 +29,7 @@ import msgspec
 SECTIONS: list[tuple[str, str, tuple[str, ...]]] = [
     ("metering", "tools.bench_metering", ("run", "main")),
     ("routing", "tools.eval_routing", ("bench",)),
+    ("floor", "tools.bench.floor", ("run",)),
 ]
 
 

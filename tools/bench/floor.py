@@ -1,0 +1,279 @@
+"""The floor under Janus's figures: what the libraries the design card names cost per request on this
+machine, with no Janus code at all, measured the way ``make bench`` measures Janus (CPU of each
+process over a window of closed-loop load, read from ``/proc``).
+
+    python -m tools.bench.floor [--concurrency 1,16] [--seconds 3]
+
+- ``edge``: an aiohttp server (uvloop, as the services run) whose one handler reads a chat request,
+  decodes it with msgspec and answers a canned completion: the gateway's HTTP edge, bare. Driven by
+  the bench's own load generator.
+- ``client``: an aiohttp ``ClientSession`` configured as the worker's transport, posting to the
+  bench's fake upstream in ``c`` loops: the worker's upstream call, bare.
+- ``hop``: nats-py request/reply between two processes through a real nats-server (no JetStream):
+  the cost of one message crossing the bus, counted in the sender, the server and the receiver,
+  per message delivered (a round trip is two).
+
+A buffered request through Janus needs at least one edge, one client and a few hops, so
+``edge + client + hops x hop`` (``hops`` = the bus messages in per request that ``make bench``
+reports) is what the stack costs before any of Janus's own work. Also run by ``make bench`` as the
+``floor`` extra section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tools.bench.procs import ROOT, CpuMeter, Phase, Upstream, cpu_seconds, run_phase
+
+_ANSWER = json.dumps(
+    {
+        "id": "chatcmpl-floor",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "floor",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "pong"}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+).encode()
+
+
+def _loop() -> asyncio.AbstractEventLoop:
+    import uvloop
+
+    return uvloop.new_event_loop()
+
+
+# ----------------------------------------------------------------------------------- processes
+def _serve_edge() -> None:
+    import msgspec
+    from aiohttp import web
+
+    decode = msgspec.json.Decoder().decode
+
+    async def chat(request: web.Request) -> web.Response:
+        decode(await request.read())
+        return web.Response(body=_ANSWER, content_type="application/json")
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", chat)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        print(f"listening {port}", flush=True)
+        await asyncio.Event().wait()
+
+    _loop().run_until_complete(main())
+
+
+def _run_client(url: str, concurrency: int, warmup: float, seconds: float) -> None:
+    import aiohttp
+
+    body = json.dumps({"model": "floor", "messages": [{"role": "user", "content": "ping"}]}).encode()
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer floor"}
+
+    async def main() -> None:
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=1024, keepalive_timeout=30.0),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=300),
+            trust_env=False,
+        )
+        done = 0
+        stop = 0.0
+
+        async def one() -> None:
+            nonlocal done
+            while time.monotonic() < stop:
+                async with session.post(url + "/chat/completions", data=body, headers=headers) as resp:
+                    await resp.read()
+                    if resp.status != 200:
+                        raise RuntimeError(f"the fake upstream answered {resp.status}")
+                done += 1
+
+        stop = time.monotonic() + warmup
+        await asyncio.gather(*(one() for _ in range(concurrency)))
+        done, cpu0 = 0, time.process_time()
+        stop = time.monotonic() + seconds
+        await asyncio.gather(*(one() for _ in range(concurrency)))
+        cpu = time.process_time() - cpu0
+        await session.close()
+        if not done:
+            raise RuntimeError("no request reached the fake upstream")
+        print(json.dumps({"requests": done, "cpu_ms_per_request": round(cpu * 1000 / max(done, 1), 4)}))
+
+    _loop().run_until_complete(main())
+
+
+def _run_hop(role: str, url: str, concurrency: int, warmup: float, seconds: float) -> None:
+    import nats
+
+    async def main() -> None:
+        nc = await nats.connect(url)
+        if role == "responder":
+
+            async def answer(msg: Any) -> None:
+                await msg.respond(b"pong" * 16)
+
+            await nc.subscribe("floor.hop", cb=answer)
+            await nc.flush()
+            print("ready", flush=True)
+            await asyncio.Event().wait()
+        done = 0
+        stop = 0.0
+        payload = b"ping" * 64
+
+        async def one() -> None:
+            nonlocal done
+            while time.monotonic() < stop:
+                await nc.request("floor.hop", payload, timeout=5)
+                done += 1
+
+        stop = time.monotonic() + warmup
+        await asyncio.gather(*(one() for _ in range(concurrency)))
+        print("warm", flush=True)
+        sys.stdin.readline()
+        done = 0
+        stop = time.monotonic() + seconds
+        await asyncio.gather(*(one() for _ in range(concurrency)))
+        print(json.dumps({"round_trips": done}), flush=True)
+        sys.stdin.readline()
+        await nc.close()
+
+    _loop().run_until_complete(main())
+
+
+# ------------------------------------------------------------------------------------ measuring
+def _spawn(*args: str, stdin: bool = False) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tools.bench.floor", *args],
+        cwd=str(ROOT),
+        stdin=subprocess.PIPE if stdin else None,
+        stdout=subprocess.PIPE,
+    )
+
+
+def _line(proc: subprocess.Popen[bytes]) -> str:
+    assert proc.stdout is not None
+    return proc.stdout.readline().decode().strip()
+
+
+def _stop(*procs: subprocess.Popen[bytes]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+
+
+def edge(concurrency: int, seconds: float) -> float:
+    server = _spawn("_edge")
+    try:
+        port = int(_line(server).split()[1])
+        meter = CpuMeter({"edge": server.pid})
+        phase = Phase("floor", f"http://127.0.0.1:{port}/v1", "buffered", concurrency, "floor")
+        run = run_phase(phase, meter, requests=0, seconds=seconds, warmup_seconds=1.0, timeout=30)
+        if not run.result.requests or run.result.errors:
+            raise RuntimeError(f"the bare aiohttp edge failed: {run.result}")
+        return run.cpu["edge"] * 1000 / max(run.result.requests, 1)
+    finally:
+        _stop(server)
+
+
+def client(upstream: Upstream, concurrency: int, seconds: float) -> float:
+    proc = _spawn("_client", upstream.base_url, str(concurrency), "1.0", str(seconds))
+    try:
+        out = proc.communicate(timeout=seconds + 60)[0]
+    except subprocess.TimeoutExpired:
+        _stop(proc)
+        raise
+    return float(json.loads(out.decode().strip().splitlines()[-1])["cpu_ms_per_request"])
+
+
+def hop(concurrency: int, seconds: float) -> float:
+    from tools.localnats import start_nats
+
+    with tempfile.TemporaryDirectory() as tmp:
+        server = start_nats(Path(tmp))
+        responder = _spawn("_hop", "responder", server.url, "0", "0", "0")
+        requester = None
+        try:
+            assert _line(responder) == "ready"
+            requester = _spawn(
+                "_hop", "requester", server.url, str(concurrency), "1.0", str(seconds), stdin=True
+            )
+            assert requester.stdin is not None
+            assert _line(requester) == "warm"
+            pids = {"server": server.proc.pid, "responder": responder.pid, "requester": requester.pid}
+            before = {n: cpu_seconds(p) or 0.0 for n, p in pids.items()}
+            requester.stdin.write(b"\n")
+            requester.stdin.flush()
+            trips = json.loads(_line(requester))["round_trips"]
+            if not trips:
+                raise RuntimeError("no request/reply crossed the bus")
+            spent = sum((cpu_seconds(p) or 0.0) - before[n] for n, p in pids.items())
+            requester.stdin.write(b"\n")
+            requester.stdin.flush()
+            return spent * 1000 / max(2 * trips, 1)
+        finally:
+            _stop(responder, *([requester] if requester else []))
+            server.stop()
+
+
+def run(concurrency: tuple[int, ...] = (1, 16), seconds: float = 3.0) -> dict[str, Any]:
+    """CPU ms per request (edge, client) and per message (hop), by concurrency."""
+    upstream = Upstream(chunks=8, chunk_delay_ms=0.0, api_key_env="", env={})
+    out: dict[str, Any] = {}
+    try:
+        for c in concurrency:
+            figures = {
+                "edge_cpu_ms_per_request": round(edge(c, seconds), 4),
+                "client_cpu_ms_per_request": round(client(upstream, c, seconds), 4),
+                "hop_cpu_ms_per_message": round(hop(c, seconds), 4),
+            }
+            out[f"c{c}"] = figures
+            print(
+                f"floor c={c}: aiohttp edge {figures['edge_cpu_ms_per_request']} ms/req, "
+                f"aiohttp client {figures['client_cpu_ms_per_request']} ms/req, "
+                f"one bus message {figures['hop_cpu_ms_per_message']} ms (sender + nats-server + receiver)",
+                flush=True,
+            )
+    finally:
+        upstream.stop()
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "_edge":
+        return _serve_edge()
+    if argv and argv[0] == "_client":
+        return _run_client(argv[1], int(argv[2]), float(argv[3]), float(argv[4]))
+    if argv and argv[0] == "_hop":
+        return _run_hop(argv[1], argv[2], int(argv[3]), float(argv[4]), float(argv[5]))
+    ap = argparse.ArgumentParser(
+        prog="python -m tools.bench.floor",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--concurrency", default="1,16", help="comma list (default 1,16)")
+    ap.add_argument("--seconds", type=float, default=3.0)
+    args = ap.parse_args(argv)
+    conc = tuple(int(x) for x in args.concurrency.split(",") if x.strip())
+    print(json.dumps(run(conc, args.seconds), indent=2))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
