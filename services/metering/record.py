@@ -16,6 +16,7 @@ from shared.errors import ServiceUnavailable
 from shared.subjects import kv_key
 
 DIGEST = 8  # bytes of a settled request id's digest
+INDEX_AFTER_SCANS = 16  # lookups by scan on one decoded record before its ids are indexed
 # The record layout's version, stored in every record written. A replica never overwrites a record
 # of a newer layout than its own: decoding drops the fields it does not know, so during a rolling
 # upgrade an older replica's write would silently lose what a newer one added (holds, settled ids:
@@ -125,7 +126,7 @@ class Record(msgspec.Struct, omit_defaults=True, dict=True):
     # retried reserve of a request already settled. Each id is an 8-byte digest in one bytes field,
     # with its cost at the same index (a redelivery re-publishes the same ledger entry): about
     # 11 bytes an id instead of 35, and one memcpy to decode instead of a string each.
-    settled_ids: bytes = b""
+    settled_ids: bytes = b""  # a bytearray once a decoded copy adds to it (the same msgpack bin)
     settled_costs: list[int] = []
     # Idempotency by time: the publish second of each settled id (same index), and the floor at or
     # below which an id may have been forgotten. A redelivered settlement published after the floor
@@ -137,7 +138,7 @@ class Record(msgspec.Struct, omit_defaults=True, dict=True):
 
     def settled_cost(self, request_id: str) -> int | None:
         if self.settled_ids:
-            i = _find(self.settled_ids, digest(request_id))
+            i = self._position(digest(request_id))
             if i >= 0:
                 return self.settled_costs[i]
         for s in reversed(self.settled):
@@ -145,37 +146,82 @@ class Record(msgspec.Struct, omit_defaults=True, dict=True):
                 return s.credits
         return None
 
+    # A busy user's record holds tens of thousands of settled ids, and every settlement looks its own
+    # id up and adds it. Both stay O(1) on the decoded copy the store keeps between writes: the
+    # lists grow in place, the expired front is cut in slices rather than one id at a time, and
+    # after a few lookups by scan an index of the digests is built (a copy decoded for one
+    # settlement, after a conflict, never pays for it). Private state in ``__dict__``, never encoded:
+    #   _index   digest -> position + _gone;  _gone   ids cut from the front since the index was built;
+    #   _scans   lookups answered by a scan of this copy
+    def _position(self, d: bytes) -> int:
+        state = self.__dict__
+        index: dict[bytes, int] | None = state.get("_index")
+        if index is None:
+            scans = state.get("_scans", 0) + 1
+            if scans < INDEX_AFTER_SCANS:
+                state["_scans"] = scans
+                return _find(self.settled_ids, d)
+            raw = bytes(self.settled_ids)
+            index = state["_index"] = {raw[i : i + DIGEST]: i // DIGEST for i in range(0, len(raw), DIGEST)}
+            state["_gone"] = 0
+        at = index.get(d)
+        return -1 if at is None else at - state["_gone"]
+
     def remember_settled(
         self, request_id: str, credits: int, published: int, now: int, memory: Bounds
     ) -> None:
-        """Add a settled id; forget the ones published more than ``memory.horizon`` seconds ago."""
+        """Add a settled id; forget the ones published more than ``memory.horizon`` seconds ago.
+
+        Forgetting happens in slices of at least 1/16 of the ids (so a busy record is not moved in
+        memory at every settlement): an id may be kept a little past the horizon, never less, and
+        ``settled_floor`` rises only over what was actually forgotten. Likewise the ceiling may be
+        passed by 1/16 of itself before the oldest go."""
+        state = self.__dict__
+        if type(self.settled_ids) is not bytearray:
+            # once per decoded copy, then in place; encoded as the same msgpack bin as bytes
+            self.settled_ids = bytearray(self.settled_ids)  # type: ignore[assignment]
         if self.settled:
             # the former list moves over once; its order (oldest first) is kept
             self.settled_ids += b"".join(digest(s.request_id) for s in self.settled)
             self.settled_costs = [*self.settled_costs, *(s.credits for s in self.settled)]
             self.settled = []
-        ids, costs, times = (
-            self.settled_ids + digest(request_id),
-            [*self.settled_costs, credits],
-            list(self.settled_at),
-        )
-        if len(times) < len(costs) - 1:
+            state.pop("_index", None)
+        ids = self.settled_ids
+        assert isinstance(ids, bytearray)
+        costs, times = self.settled_costs, self.settled_at
+        if len(times) < len(costs):
             # ids from a record of layout 1 have no time: they count as published now
-            times += [now] * (len(costs) - 1 - len(times))
+            times += [now] * (len(costs) - len(times))
+        d = digest(request_id)
+        index: dict[bytes, int] | None = state.get("_index")
+        if index is not None:
+            index[d] = len(costs) + state["_gone"]
+        ids += d
+        costs.append(credits)
         times.append(published)
-        floor = max(self.settled_floor, now - memory.horizon)
-        # ids are settled in about the order they were published: dropping the expired prefix is
+        slack = len(times) // 16
+        expired = max(self.settled_floor, now - memory.horizon)
+        # ids are settled in about the order they were published: the expired prefix is found in
         # O(expired); a straggler left behind is harmless and goes when it reaches the front
         drop = 0
-        while drop < len(times) and times[drop] <= floor:
+        while drop < len(times) and times[drop] <= expired:
             drop += 1
-        if len(times) - drop > memory.ceiling:
-            over = len(times) - drop - memory.ceiling
+        over = len(times) - drop - memory.ceiling
+        if drop <= slack and over <= memory.ceiling // 16:
+            return
+        floor = expired if drop else self.settled_floor
+        if over > 0:
             floor = max(floor, *times[drop : drop + over])
             drop += over
-        if drop:
-            ids, costs, times = ids[drop * DIGEST :], costs[drop:], times[drop:]
-        self.settled_ids, self.settled_costs, self.settled_at, self.settled_floor = ids, costs, times, floor
+        if index is not None:
+            gone = state["_gone"]
+            for k in range(drop):
+                old = bytes(ids[k * DIGEST : (k + 1) * DIGEST])
+                if index.get(old) == gone + k:
+                    del index[old]
+            state["_gone"] = gone + drop
+        del ids[: drop * DIGEST], costs[:drop], times[:drop]
+        self.settled_floor = floor
 
     @property
     def settled_count(self) -> int:
@@ -214,6 +260,8 @@ def encode_record(rec: Record) -> bytes:
             code="metering_version",
         )
     rec.schema = SCHEMA
+    if not rec.settled_ids:
+        rec.settled_ids = b""  # an empty bytearray is not the default: it would be written
     return _encoder.encode(rec)
 
 
