@@ -93,18 +93,22 @@ def _run_client(url: str, concurrency: int, warmup: float, seconds: float) -> No
         )
         done = 0
         stop = 0.0
+        took: list[float] = []
 
         async def one() -> None:
             nonlocal done
             while time.monotonic() < stop:
+                t0 = time.perf_counter()
                 async with session.post(url + "/chat/completions", data=body, headers=headers) as resp:
                     await resp.read()
                     if resp.status != 200:
                         raise RuntimeError(f"the fake upstream answered {resp.status}")
                 done += 1
+                took.append(time.perf_counter() - t0)
 
         stop = time.monotonic() + warmup
         await asyncio.gather(*(one() for _ in range(concurrency)))
+        took.clear()
         done, cpu0 = 0, time.process_time()
         stop = time.monotonic() + seconds
         await asyncio.gather(*(one() for _ in range(concurrency)))
@@ -112,7 +116,7 @@ def _run_client(url: str, concurrency: int, warmup: float, seconds: float) -> No
         await session.close()
         if not done:
             raise RuntimeError("no request reached the fake upstream")
-        print(json.dumps({"requests": done, "cpu_ms_per_request": round(cpu * 1000 / max(done, 1), 4)}))
+        print(json.dumps({"requests": done, "cpu_ms": cpu * 1000 / done, "p50_ms": _p50(took)}))
 
     _loop().run_until_complete(main())
 
@@ -134,21 +138,25 @@ def _run_hop(role: str, url: str, concurrency: int, warmup: float, seconds: floa
         done = 0
         stop = 0.0
         payload = b"ping" * 64
+        took: list[float] = []
 
         async def one() -> None:
             nonlocal done
             while time.monotonic() < stop:
+                t0 = time.perf_counter()
                 await nc.request("floor.hop", payload, timeout=5)
                 done += 1
+                took.append(time.perf_counter() - t0)
 
         stop = time.monotonic() + warmup
         await asyncio.gather(*(one() for _ in range(concurrency)))
         print("warm", flush=True)
         sys.stdin.readline()
         done = 0
+        took.clear()
         stop = time.monotonic() + seconds
         await asyncio.gather(*(one() for _ in range(concurrency)))
-        print(json.dumps({"round_trips": done}), flush=True)
+        print(json.dumps({"round_trips": done, "p50_ms": _p50(took)}), flush=True)
         sys.stdin.readline()
         await nc.close()
 
@@ -177,31 +185,43 @@ def _stop(*procs: subprocess.Popen[bytes]) -> None:
         p.wait()
 
 
-def edge(concurrency: int, seconds: float) -> float:
+def _p50(values: list[float]) -> float:
+    values = sorted(values)
+    return values[len(values) // 2] * 1000 if values else 0.0
+
+
+def _served(pid: int | None, url: str, concurrency: int, seconds: float) -> tuple[float, float]:
+    """The bench's load generator against ``url``: (CPU ms per request of ``pid``, p50 ms)."""
+    meter = CpuMeter({"server": pid} if pid else {})
+    phase = Phase("floor", url, "buffered", concurrency, "floor")
+    run = run_phase(phase, meter, requests=0, seconds=seconds, warmup_seconds=1.0, timeout=30)
+    if not run.result.requests or run.result.errors:
+        raise RuntimeError(f"the load against {url} failed: {run.result}")
+    return run.cpu.get("server", 0.0) * 1000 / run.result.requests, run.result.p50_ms or 0.0
+
+
+def edge(concurrency: int, seconds: float) -> tuple[float, float]:
     server = _spawn("_edge")
     try:
         port = int(_line(server).split()[1])
-        meter = CpuMeter({"edge": server.pid})
-        phase = Phase("floor", f"http://127.0.0.1:{port}/v1", "buffered", concurrency, "floor")
-        run = run_phase(phase, meter, requests=0, seconds=seconds, warmup_seconds=1.0, timeout=30)
-        if not run.result.requests or run.result.errors:
-            raise RuntimeError(f"the bare aiohttp edge failed: {run.result}")
-        return run.cpu["edge"] * 1000 / max(run.result.requests, 1)
+        return _served(server.pid, f"http://127.0.0.1:{port}/v1", concurrency, seconds)
     finally:
         _stop(server)
 
 
-def client(upstream: Upstream, concurrency: int, seconds: float) -> float:
+def client(upstream: Upstream, concurrency: int, seconds: float) -> tuple[float, float]:
     proc = _spawn("_client", upstream.base_url, str(concurrency), "1.0", str(seconds))
     try:
         out = proc.communicate(timeout=seconds + 60)[0]
     except subprocess.TimeoutExpired:
         _stop(proc)
         raise
-    return float(json.loads(out.decode().strip().splitlines()[-1])["cpu_ms_per_request"])
+    doc = json.loads(out.decode().strip().splitlines()[-1])
+    return float(doc["cpu_ms"]), float(doc["p50_ms"])
 
 
-def hop(concurrency: int, seconds: float) -> float:
+def hop(concurrency: int, seconds: float) -> tuple[float, float]:
+    """(CPU ms per message in all three processes, p50 ms of a request/reply round trip)."""
     from tools.localnats import start_nats
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -219,34 +239,48 @@ def hop(concurrency: int, seconds: float) -> float:
             before = {n: cpu_seconds(p) or 0.0 for n, p in pids.items()}
             requester.stdin.write(b"\n")
             requester.stdin.flush()
-            trips = json.loads(_line(requester))["round_trips"]
-            if not trips:
+            doc = json.loads(_line(requester))
+            if not doc["round_trips"]:
                 raise RuntimeError("no request/reply crossed the bus")
             spent = sum((cpu_seconds(p) or 0.0) - before[n] for n, p in pids.items())
             requester.stdin.write(b"\n")
             requester.stdin.flush()
-            return spent * 1000 / max(2 * trips, 1)
+            return spent * 1000 / (2 * doc["round_trips"]), float(doc["p50_ms"])
         finally:
             _stop(responder, *([requester] if requester else []))
             server.stop()
 
 
 def run(concurrency: tuple[int, ...] = (1, 16), seconds: float = 3.0) -> dict[str, Any]:
-    """CPU ms per request (edge, client) and per message (hop), by concurrency."""
+    """Per concurrency: CPU ms per request (edge, client) and per message (hop), and p50 latencies:
+    the fake upstream alone (``direct``), behind a bare aiohttp server (``edge``), called by a bare
+    aiohttp client (``client``), and a bus request/reply (``hop``). ``added_p50_ms`` estimates what
+    these parts alone add to a buffered request through one HTTP edge, one work request/reply on
+    the bus and one upstream call: (edge - direct) + hop + (client - direct)."""
     upstream = Upstream(chunks=8, chunk_delay_ms=0.0, api_key_env="", env={})
     out: dict[str, Any] = {}
     try:
         for c in concurrency:
+            _, direct_p50 = _served(None, upstream.base_url, c, seconds)
+            edge_cpu, edge_p50 = edge(c, seconds)
+            client_cpu, client_p50 = client(upstream, c, seconds)
+            hop_cpu, hop_p50 = hop(c, seconds)
             figures = {
-                "edge_cpu_ms_per_request": round(edge(c, seconds), 4),
-                "client_cpu_ms_per_request": round(client(upstream, c, seconds), 4),
-                "hop_cpu_ms_per_message": round(hop(c, seconds), 4),
+                "edge_cpu_ms_per_request": round(edge_cpu, 4),
+                "client_cpu_ms_per_request": round(client_cpu, 4),
+                "hop_cpu_ms_per_message": round(hop_cpu, 4),
+                "direct_p50_ms": round(direct_p50, 3),
+                "edge_p50_ms": round(edge_p50, 3),
+                "client_p50_ms": round(client_p50, 3),
+                "hop_round_trip_p50_ms": round(hop_p50, 3),
+                "added_p50_ms": round((edge_p50 - direct_p50) + hop_p50 + (client_p50 - direct_p50), 3),
             }
             out[f"c{c}"] = figures
             print(
-                f"floor c={c}: aiohttp edge {figures['edge_cpu_ms_per_request']} ms/req, "
-                f"aiohttp client {figures['client_cpu_ms_per_request']} ms/req, "
-                f"one bus message {figures['hop_cpu_ms_per_message']} ms (sender + nats-server + receiver)",
+                f"floor c={c}: CPU ms: aiohttp edge {edge_cpu:.4f}/req, aiohttp client {client_cpu:.4f}/req, "
+                f"one bus message {hop_cpu:.4f} (sender + nats-server + receiver); p50 ms: direct "
+                f"{direct_p50:.3f}, edge {edge_p50:.3f}, client {client_p50:.3f}, bus round trip "
+                f"{hop_p50:.3f}, so these parts alone add {figures['added_p50_ms']:.3f}",
                 flush=True,
             )
     finally:
