@@ -6,6 +6,7 @@ lease and timed out gives the lease back whole, and a crowd of one user sends on
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -112,6 +113,33 @@ async def test_a_reserve_that_asked_for_a_lease_and_timed_out_gives_it_back_whol
     await eventually(lambda: bool(m.returns), 5, "the lease it may have been granted given back")
     [back] = m.returns
     assert back.whole and back.lease_id == m.reserves[0].lease_id
+
+
+async def test_a_reserve_cancelled_in_flight_releases_its_hold_and_gives_the_lease_back_whole(
+    bus: Bus,
+) -> None:
+    """The caller went away while metering was still answering: the hold and the lease it may have
+    been granted are given back, as for a timeout, instead of waiting minutes for the reapers."""
+    await ensure_settlement_stream(bus)
+    m = Metering(bus, answer=False)
+    await m.start()
+    gw = meter(bus, timeout=30)
+    task = asyncio.ensure_future(gw.admit(request(0), {}))
+    await eventually(lambda: bool(m.reserves), 5, "the reserve reached metering")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await eventually(lambda: bool(m.returns), 5, "the lease it may have been granted given back")
+    [back] = m.returns
+    assert back.whole and back.lease_id == m.reserves[0].lease_id
+
+    async def hold_released() -> bool:
+        # release() settles the request as failed with nothing produced, through the stream
+        info = await bus.js.stream_info(subjects.SETTLE_STREAM)
+        return int(info.state.messages) == 1
+
+    check: Callable[[], Awaitable[bool]] = hold_released
+    await eventually(check, 5, "the request's hold released through the settlement stream")
 
 
 async def test_a_crowd_of_one_user_sends_one_reserve_at_a_time(bus: Bus) -> None:
