@@ -247,3 +247,35 @@ def test_the_floor_measures_aiohttp_and_nats_py_without_janus() -> None:
     for name, value in figures.items():
         if name != "added_p50_ms":  # a difference of latencies: may be anything small
             assert 0 < value < 50, (name, value)
+
+
+def test_the_floor_under_a_target_is_edge_plus_client_plus_janus_messages_times_one_message() -> None:
+    from tools.bench import report
+
+    def row(c: int, cpu: float, msgs: float) -> report.Row:
+        return report.Row(
+            "janus",
+            "buffered",
+            c,
+            100,
+            0,
+            0,
+            1.0,
+            1.0,
+            2.0,
+            None,
+            janus_cpu_ms_per_request=cpu,
+            bus_in_per_request=msgs,
+        )
+
+    parts = {"edge_cpu_ms_per_request": 0.1, "client_cpu_ms_per_request": 0.2, "hop_cpu_ms_per_message": 0.05}
+    under = report.floor_under_targets([row(1, 3.0, 5.0), row(16, 1.5, 4.0)], {"c1": parts, "c16": parts})
+    assert under["c1"] == {
+        "floor_cpu_ms": 0.55,
+        "bus_in_per_request": 5.0,
+        "janus_cpu_ms": 3.0,
+        "target": 1.2,
+    }
+    assert under["c16"]["floor_cpu_ms"] == 0.5 and under["c16"]["target"] == 0.5
+    assert "c1: floor 0.550 (5 messages), Janus 3.000, target 1.2" in report.floor_text(under)
+    assert report.floor_under_targets([row(1, 3.0, 5.0)], {}) == {}  # no floor section: nothing

@@ -133,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
 
     report.add_overheads(rows)
     targets = report.evaluate(rows)
+    floor = extras.get("floor", {}).get("result")
+    under = report.floor_under_targets(rows, floor) if isinstance(floor, dict) else {}
+    if under:
+        extras["floor"]["under_targets"] = under
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                 if k not in ("out", "workdir")}
     settings["wall_seconds"] = round(time.monotonic() - started, 1)
@@ -150,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         print(profile_text(profiles))
     print()
     print(report.targets_text(targets))
+    if under:
+        print()
+        print(report.floor_text(under))
     for note in notes:
         print(f"note: {note}")
     print(f"\nwrote {path} ({settings['wall_seconds']} s)", flush=True)

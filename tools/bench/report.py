@@ -187,6 +187,47 @@ def evaluate(rows: list[Row]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def floor_under_targets(rows: list[Row], floor: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The CPU a buffered request cannot go below with these libraries on this machine: the floor
+    section's bare aiohttp edge and client, plus one bus message's cost times the messages Janus
+    sends per request (its own ``bus in/req``), beside Janus's figure and the target."""
+    out: dict[str, dict[str, float]] = {}
+    for c in (1, 16):
+        parts = floor.get(f"c{c}")
+        janus = [r for r in rows if r.target == "janus" and r.mode == "buffered" and r.concurrency == c]
+        if not isinstance(parts, dict) or not janus or janus[0].bus_in_per_request is None:
+            continue
+        row = janus[0]
+        msgs = row.bus_in_per_request or 0.0
+        cpu = (
+            parts["edge_cpu_ms_per_request"]
+            + parts["client_cpu_ms_per_request"]
+            + msgs * parts["hop_cpu_ms_per_message"]
+        )
+        out[f"c{c}"] = {
+            "floor_cpu_ms": round(cpu, 3),
+            "bus_in_per_request": msgs,
+            "janus_cpu_ms": row.janus_cpu_ms_per_request or 0.0,
+            "target": TARGETS[f"janus_cpu_ms_per_buffered_request_at_c{c}"],
+        }
+    return out
+
+
+def floor_text(under: dict[str, dict[str, float]]) -> str:
+    if not under:
+        return ""
+    lines = [
+        "Floor under the CPU targets (bare aiohttp edge + bare aiohttp client + Janus's bus messages",
+        "per request x one nats-py message; no Janus code), CPU ms per buffered request:",
+    ]
+    for c, f in under.items():
+        lines.append(
+            f"  {c}: floor {f['floor_cpu_ms']:.3f} ({f['bus_in_per_request']:g} messages), "
+            f"Janus {f['janus_cpu_ms']:.3f}, target {f['target']:g}"
+        )
+    return "\n".join(lines)
+
+
 def _fmt(v: float | None, digits: int = 2) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
