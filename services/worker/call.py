@@ -25,6 +25,7 @@ from services.worker.adapters.base import (
     Event,
     PassesOpenAIThrough,
     batch_limit,
+    passes_openai_through,
 )
 from services.worker.replier import Replier
 from services.worker.transport import Transport
@@ -198,8 +199,9 @@ class Call:
         else:
             raw = await self.transport.fetch(self.adapter.chat_request(self.ctx), self.adapter)
             seconds = self.upstream_seconds()
-            if isinstance(self.adapter, PassesOpenAIThrough):
-                return self._passthrough(self._read(self.adapter.parse_chat_openai, raw), seconds)
+            if passes_openai_through(self.adapter):
+                adapter: PassesOpenAIThrough = self.adapter
+                return self._passthrough(self._read(adapter.parse_chat_openai, raw), seconds)
             c = self._read(self.adapter.parse_chat, raw)
         seconds = self.upstream_seconds()
         usage = openai.with_fallback(c.usage, self._prompt_estimate, openai.completion_size(c))
