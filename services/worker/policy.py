@@ -17,6 +17,7 @@ translate only the parameters their adapter knows and drop the rest.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Any
 
@@ -28,6 +29,7 @@ STRIPPED = ("service_tier", "store", "metadata")
 IDENTITY = ("user", "safety_identifier")
 
 
+@functools.lru_cache(maxsize=4096)
 def principal_id(user: str) -> str:
     """A stable, opaque id of an authenticated caller for providers' abuse tracking."""
     return hashlib.sha256(b"janus-principal\x00" + user.encode("utf-8", "replace")).hexdigest()[:32]
@@ -36,11 +38,10 @@ def principal_id(user: str) -> str:
 def apply(req: ChatRequest | EmbeddingsRequest, user: str) -> None:
     """The identity fields the client gave (null included) become the caller's opaque id. The
     stripped options are never translated, so the typed request needs nothing more."""
-    principal = principal_id(user)
     if req.user is not UNSET:
-        req.user = principal
+        req.user = principal_id(user)
     if isinstance(req, ChatRequest) and req.safety_identifier is not UNSET:
-        req.safety_identifier = principal
+        req.safety_identifier = principal_id(user)
 
 
 def passthrough(raw: bytes, req: ChatRequest) -> dict[str, Any]:
