@@ -10,6 +10,7 @@ flood of distinct users costs memory in proportion to the bound, not to the floo
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections import OrderedDict
@@ -31,7 +32,13 @@ QUIET_SECONDS = 1.0
 
 def iso(ts: float) -> str:
     """ISO 8601 UTC, whole seconds rounded up: a stated reset is never early."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(math.ceil(ts)))
+    return _iso_second(math.ceil(ts))
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso_second(second: int) -> str:
+    # the resets of every caller's pools are few distinct seconds: formatted once each
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
 
 
 def credit_headers(pools: list[PoolState]) -> dict[str, str]:
