@@ -50,45 +50,78 @@ def _names(text: str, allowed: tuple[str, ...]) -> list[str]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m tools.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--concurrency", type=_ints, default=[1, 16, 64], help="comma list (default 1,16,64)")
-    ap.add_argument("--modes", type=lambda t: _names(t, MODES), default=["buffered", "stream"],
-                    help="comma list of buffered, stream, embeddings (default buffered,stream)")
+    ap.add_argument(
+        "--modes",
+        type=lambda t: _names(t, MODES),
+        default=["buffered", "stream"],
+        help="comma list of buffered, stream, embeddings (default buffered,stream)",
+    )
     ap.add_argument("--targets", type=lambda t: _names(t, ("direct", "janus")), default=["direct", "janus"])
     ap.add_argument("--seconds", type=float, default=4.0, help="measured seconds per phase")
-    ap.add_argument("--requests", type=int, default=0,
-                    help="measured requests per phase (overrides --seconds)")
+    ap.add_argument(
+        "--requests", type=int, default=0, help="measured requests per phase (overrides --seconds)"
+    )
     ap.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each phase")
     ap.add_argument("--timeout", type=float, default=30.0, help="bound on one request, seconds")
     ap.add_argument("--chunks", type=int, default=8, help="content deltas per upstream stream")
-    ap.add_argument("--long-chunks", type=int, default=64,
-                    help="content deltas per stream of the second slope phase; 0 skips both slope phases")
+    ap.add_argument(
+        "--long-chunks",
+        type=int,
+        default=64,
+        help="content deltas per stream of the second slope phase; 0 skips both slope phases",
+    )
     ap.add_argument("--chunk-delay-ms", type=float, default=0.0, help="upstream pause between events")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-results", help="report directory")
     ap.add_argument("--workdir", type=Path, default=None, help="keep the stack's files and logs here")
     ap.add_argument("--no-extras", action="store_true", help="skip the metering and routing sections")
-    ap.add_argument("--profile", action="store_true",
-                    help="sample every service with py-spy during the Janus buffered phase at --profile-at")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample every service with py-spy during the Janus buffered phase at --profile-at",
+    )
     ap.add_argument("--profile-at", type=int, default=16, help="concurrency of the profiled phase")
     return ap.parse_args(argv)
 
 
-def _phases(target: str, url: str, args: argparse.Namespace, model_for: dict[str, str],
-            token: str = "") -> list[Phase]:
-    return [Phase(target, url, mode, c, model_for[mode], token)
-            for mode in args.modes for c in args.concurrency]
+def _phases(
+    target: str, url: str, args: argparse.Namespace, model_for: dict[str, str], token: str = ""
+) -> list[Phase]:
+    return [
+        Phase(target, url, mode, c, model_for[mode], token) for mode in args.modes for c in args.concurrency
+    ]
 
 
-def _run(phase: Phase, meter: CpuMeter, args: argparse.Namespace,
-         before: Callable[[], None] | None = None, after: Callable[[], None] | None = None) -> PhaseRun:
+def _run(
+    phase: Phase,
+    meter: CpuMeter,
+    args: argparse.Namespace,
+    before: Callable[[], None] | None = None,
+    after: Callable[[], None] | None = None,
+) -> PhaseRun:
     print(f"  {phase.target:<6} {phase.mode:<10} c={phase.concurrency:<3} ...", end="", flush=True)
-    run = run_phase(phase, meter, requests=args.requests, seconds=args.seconds,
-                    warmup_seconds=args.warmup, timeout=args.timeout, before=before, after=after)
+    run = run_phase(
+        phase,
+        meter,
+        requests=args.requests,
+        seconds=args.seconds,
+        warmup_seconds=args.warmup,
+        timeout=args.timeout,
+        before=before,
+        after=after,
+    )
     r = run.result
-    print(f" {r.requests} requests, {r.rps:.0f}/s, p50 {r.p50_ms} ms"
-          + (f", {r.errors} errors" if r.errors else "")
-          + (f", {r.incomplete_streams} incomplete" if r.incomplete_streams else ""), flush=True)
+    print(
+        f" {r.requests} requests, {r.rps:.0f}/s, p50 {r.p50_ms} ms"
+        + (f", {r.errors} errors" if r.errors else "")
+        + (f", {r.incomplete_streams} incomplete" if r.incomplete_streams else ""),
+        flush=True,
+    )
     return run
 
 
@@ -102,17 +135,28 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.workdir or tmp
     assert workdir is not None
     key = janus_mod.new_upstream_key()
-    model_for = {"buffered": janus_mod.CHAT_MODEL, "stream": janus_mod.CHAT_MODEL,
-                 "embeddings": janus_mod.EMBED_MODEL}
+    model_for = {
+        "buffered": janus_mod.CHAT_MODEL,
+        "stream": janus_mod.CHAT_MODEL,
+        "embeddings": janus_mod.EMBED_MODEL,
+    }
 
-    upstream = Upstream(chunks=args.chunks, chunk_delay_ms=args.chunk_delay_ms,
-                        api_key_env=janus_mod.KEY_ENV, env={janus_mod.KEY_ENV: key})
+    upstream = Upstream(
+        chunks=args.chunks,
+        chunk_delay_ms=args.chunk_delay_ms,
+        api_key_env=janus_mod.KEY_ENV,
+        env={janus_mod.KEY_ENV: key},
+    )
     print(f"fake upstream on {upstream.base_url} (pid {upstream.proc.pid})", flush=True)
     long_upstream = None
     try:
         if "janus" in args.targets and args.long_chunks > args.chunks:
-            long_upstream = Upstream(chunks=args.long_chunks, chunk_delay_ms=args.chunk_delay_ms,
-                                     api_key_env=janus_mod.KEY_ENV, env={janus_mod.KEY_ENV: key})
+            long_upstream = Upstream(
+                chunks=args.long_chunks,
+                chunk_delay_ms=args.chunk_delay_ms,
+                api_key_env=janus_mod.KEY_ENV,
+                env={janus_mod.KEY_ENV: key},
+            )
         if "direct" in args.targets:
             meter = CpuMeter({"upstream": upstream.proc.pid})
             for phase in _phases("direct", upstream.base_url, args, model_for, key):
@@ -137,8 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     under = report.floor_under_targets(rows, floor) if isinstance(floor, dict) else {}
     if under:
         extras["floor"]["under_targets"] = under
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                if k not in ("out", "workdir")}
+    settings = {
+        k: (str(v) if isinstance(v, Path) else v)
+        for k, v in vars(args).items()
+        if k not in ("out", "workdir")
+    }
     settings["wall_seconds"] = round(time.monotonic() - started, 1)
     doc = report.document(rows, targets, settings, notes, extras)
     path = report.write(doc, args.out)
@@ -165,13 +212,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _janus_phases(args: argparse.Namespace, workdir: Path, upstream: Upstream, long_upstream: Upstream | None,
-                  key: str, model_for: dict[str, str], notes: list[str],
-                  profiles: dict[str, Any]) -> list[report.Row]:
+def _janus_phases(
+    args: argparse.Namespace,
+    workdir: Path,
+    upstream: Upstream,
+    long_upstream: Upstream | None,
+    key: str,
+    model_for: dict[str, str],
+    notes: list[str],
+    profiles: dict[str, Any],
+) -> list[report.Row]:
     print("starting nats-server and the four services ...", flush=True)
     try:
-        janus = janus_mod.start(workdir / "janus", upstream.base_url, key, dimensions=16,
-                                long_upstream_url=long_upstream.base_url if long_upstream else "")
+        janus = janus_mod.start(
+            workdir / "janus",
+            upstream.base_url,
+            key,
+            dimensions=16,
+            long_upstream_url=long_upstream.base_url if long_upstream else "",
+        )
     except Exception as exc:  # the services may not exist yet or may fail to start: report, go on
         notes.append(f"janus stack did not start: {str(exc)[-1500:]}")
         print(f"janus stack did not start:\n{str(exc)[-1500:]}", flush=True)
@@ -191,19 +250,26 @@ def _janus_phases(args: argparse.Namespace, workdir: Path, upstream: Upstream, l
         meter = CpuMeter({**pids, **upstreams})
         phases = _phases("janus", janus.base_url, args, model_for, janus.token)
         if long_upstream:
-            phases += [Phase("slope", janus.base_url, "stream", report.SLOPE_CONCURRENCY, model, janus.token)
-                       for model in (janus_mod.CHAT_MODEL, janus_mod.LONG_MODEL)]
+            phases += [
+                Phase("slope", janus.base_url, "stream", report.SLOPE_CONCURRENCY, model, janus.token)
+                for model in (janus_mod.CHAT_MODEL, janus_mod.LONG_MODEL)
+            ]
         for phase in phases:
             profiler = None
             if args.profile and phase.mode == "buffered" and phase.concurrency == args.profile_at:
                 if profiler_available():
-                    profiler = Profiler({n: p for n, p in pids.items() if n != "nats-server"},
-                                        workdir / "profiles", args.warmup + args.seconds)
+                    profiler = Profiler(
+                        {n: p for n, p in pids.items() if n != "nats-server"},
+                        workdir / "profiles",
+                        args.warmup + args.seconds,
+                    )
                 else:
                     notes.append("profile: py-spy not installed (pip install py-spy==0.4.1)")
             if profiler:
-                notes.append(f"profile: janus {phase.mode} c={phase.concurrency} ran under py-spy sampling; "
-                             "its figures are slightly pessimistic")
+                notes.append(
+                    f"profile: janus {phase.mode} c={phase.concurrency} ran under py-spy sampling; "
+                    "its figures are slightly pessimistic"
+                )
                 profiler.start()
             scrapes: list[stages.Sample] = []
             bus: list[tuple[int, int]] = []
@@ -216,9 +282,13 @@ def _janus_phases(args: argparse.Namespace, workdir: Path, upstream: Upstream, l
             if profiler:
                 profiles.update(profiler.finish())
             long = phase.model == janus_mod.LONG_MODEL
-            row = report.make_row(phase.target, run, names,
-                                  chunks=args.long_chunks if long else args.chunks,
-                                  bus=(bus[1][0] - bus[0][0], bus[1][1] - bus[0][1]))
+            row = report.make_row(
+                phase.target,
+                run,
+                names,
+                chunks=args.long_chunks if long else args.chunks,
+                bus=(bus[1][0] - bus[0][0], bus[1][1] - bus[0][1]),
+            )
             row.stages = stages.stage_means(*scrapes)
             rows.append(row)
             dead = set(names) - set(janus.alive())
