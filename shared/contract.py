@@ -165,6 +165,33 @@ class Settlement(msgspec.Struct, tag="meter.settle.v1", **_tagged):
     held: LeaseDraw | None = None
 
 
+class SettlementBundle(msgspec.Struct, tag="meter.settle_bundle.v1", **_tagged):
+    """Several settlements in one JetStream message (``Nats-Msg-Id`` = the bundle's id): a gateway
+    gathers what finished within a few milliseconds, so the publish and metering's acknowledgement
+    are paid once per bundle, not once per request. Each settlement is still applied at most once,
+    by its request id (metering's settled ids), whichever bundle or redelivery brings it."""
+
+    bundle_id: str
+    settlements: list[Settlement]
+
+
+# metering applies at most this many settlements from one message; a longer bundle is refused
+# whole (dead-lettered), so no publisher can make one delivery an unbounded batch
+MAX_BUNDLE = 1024
+
+
+def settlements_of(data: bytes) -> list[Settlement]:
+    """The settlements a JANUS_SETTLE message carries: one, or a bundle's (raises on bad data)."""
+    got = settlement_message_decoder.decode(data)
+    if isinstance(got, Settlement):
+        return [got]
+    if len(got.settlements) > MAX_BUNDLE:
+        raise msgspec.ValidationError(
+            f"a bundle of {len(got.settlements)} settlements, over the {MAX_BUNDLE} one message may carry"
+        )
+    return got.settlements
+
+
 class LeaseDraw(msgspec.Struct, array_like=True):
     credits: int
     input_tokens: int
@@ -420,6 +447,8 @@ route_reply_decoder = msgspec.msgpack.Decoder(RoutePlan | ErrorReply)
 reserve_request_decoder = msgspec.msgpack.Decoder(ReserveRequest)
 reserve_reply_decoder = msgspec.msgpack.Decoder(ReserveReply | ErrorReply)
 settlement_decoder = msgspec.msgpack.Decoder(Settlement)
+# what the gateway publishes on janus.settle: a settlement (all releases), or a bundle of them
+settlement_message_decoder = msgspec.msgpack.Decoder(Settlement | SettlementBundle)
 ledger_entry_decoder = msgspec.msgpack.Decoder(LedgerEntry)
 usage_query_decoder = msgspec.msgpack.Decoder(UsageQuery)
 hold_renewal_decoder = msgspec.msgpack.Decoder(HoldRenewal)

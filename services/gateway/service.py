@@ -24,8 +24,9 @@ from services.gateway.leases import LeaseBook
 from services.gateway.meter import Meter
 from services.gateway.settings import GatewaySettings
 from services.gateway.tls import redirect_app, server_context
+from shared import contract
 from shared.bus import Bus
-from shared.catalog import load_catalog, load_plans
+from shared.catalog import ConfigError, load_catalog, load_plans
 from shared.logging import get_logger
 from shared.money import PriceUnits
 from shared.service import Service
@@ -43,6 +44,16 @@ class GatewayService(Service[GatewaySettings]):
 
     def __init__(self, settings: GatewaySettings) -> None:
         super().__init__(settings)
+        if not 1 <= settings.settle_bundle_max <= contract.MAX_BUNDLE:
+            raise ConfigError(
+                f"bad setting: JANUS_SETTLE_BUNDLE_MAX ({settings.settle_bundle_max}) must be within "
+                f"1..{contract.MAX_BUNDLE} (metering refuses a longer bundle)"
+            )
+        if not 0 <= settings.settle_bundle_ms <= 1000:
+            raise ConfigError(
+                f"bad setting: JANUS_SETTLE_BUNDLE_MS ({settings.settle_bundle_ms:g}) must be within "
+                "0..1000: settlements gathered longer are lost with a gateway that dies"
+            )
         self.catalog = load_catalog(settings.catalog or None)
         self.plans = load_plans(settings.plans or None, self.catalog)
         self.api_keys = ApiKeys(
@@ -70,7 +81,12 @@ class GatewayService(Service[GatewaySettings]):
             leases = LeaseBook(bus, prices, max_requests=s.lease_requests, idle_seconds=s.lease_idle_seconds)
             leases.start()
         self.meter = Meter(
-            bus, s.reserve_timeout_seconds, settle_deadline=s.settle_deadline_seconds, leases=leases
+            bus,
+            s.reserve_timeout_seconds,
+            settle_deadline=s.settle_deadline_seconds,
+            leases=leases,
+            bundle_max=s.settle_bundle_max,
+            bundle_seconds=s.settle_bundle_ms / 1000.0,
         )
         names = {m.id: m.name_in_responses for m in self.catalog.models}
         self.dispatcher = Dispatcher(bus, s, self.meter, names)

@@ -4,10 +4,12 @@
     janus.meter.usage    (queue "metering")  UsageQuery      -> UsageReply   | ErrorReply
     janus.meter.renew    (queue "metering")  HoldRenewal     -> (no reply: the hold is marked in use)
                                              LeaseReturn     -> (no reply: a gateway's lease given back)
-    JANUS_SETTLE stream, durable pull consumer "metering" shared by every replica:
-        a fetched batch -> one CAS write per user (group commit) -> ledger entries -> acks;
+    JANUS_SETTLE stream, durable pull consumer "metering" shared by every replica; a message is
+    one Settlement or a gateway's SettlementBundle of them:
+        a fetched batch -> one CAS write per user (group commit) -> ledger entries -> one ack a message;
         a batch that did not fill is followed by a short linger, so low traffic batches too
-        last delivery still failing, unreadable, or too old to prove new -> JANUS_SETTLE_DEAD, term
+        last delivery still failing, or too old to prove new -> that settlement to JANUS_SETTLE_DEAD
+        unreadable -> the message to JANUS_SETTLE_DEAD, term
 
 All state is in JetStream (the ``janus_budget`` KV bucket and the streams), so any number of
 replicas serve the same users and a SIGKILL loses nothing: a settlement is acknowledged only after
@@ -87,6 +89,18 @@ def _settle_failed(s: contract.Settlement, exc: BaseException) -> None:
     # not acked: JetStream redelivers it after ack_wait, to this replica or another
     log.warning("settle_failed", request_id=s.request_id, error=map_exception(exc).message)
     metrics.SETTLEMENTS.labels("retry").inc()
+
+
+class _Held:
+    """A settlement message of a batch: acknowledged when none of its settlements is ``left``
+    unsettled (and not dead-lettered), unless one must come ``again`` (a redelivery)."""
+
+    __slots__ = ("again", "left", "msg")
+
+    def __init__(self, msg: Msg, left: int) -> None:
+        self.msg = msg
+        self.left = left
+        self.again = False
 
 
 class MeteringService(Service[MeteringSettings]):
@@ -400,14 +414,17 @@ class MeteringService(Service[MeteringSettings]):
             s.user, lambda rec: budget.settle(rec, s, rules, price, now, bounds, delivery, prices)
         )
 
-    async def _dead_letter(self, m: Msg, reason: str, s: contract.Settlement | None, error: str) -> None:
-        """Give up on a settlement: keep it in the dead-letter stream, count it, and remove it from
-        the work queue (term), so it is neither lost without trace nor applied twice."""
+    async def _dead_letter(
+        self, m: Msg, reason: str, s: contract.Settlement | None, error: str, *, part: int = -1
+    ) -> bool:
+        """Keep a settlement metering gives up on in the dead-letter stream, and count it, so it is
+        neither lost without trace nor applied twice; False when it could not be stored. ``part``
+        names one settlement of a bundle (kept alone); -1 keeps the whole message."""
         assert self.bus is not None
         deliveries, published = Bus.delivery(m)
         letter = contract.DeadLetter(
             reason,
-            m.data,
+            m.data if part < 0 or s is None else contract.encode(s),
             deliveries,
             published,
             time.time(),
@@ -416,11 +433,11 @@ class MeteringService(Service[MeteringSettings]):
             error=error,
         )
         try:
-            await dead_letter(self.bus, letter, Bus.sequence(m))
+            await dead_letter(self.bus, letter, Bus.sequence(m), part)
         except Exception as exc:
             # not stored: leave it unacked, so JetStream's own bound (max_deliver) still keeps it
             log.error("dead_letter_failed", request_id=letter.request_id, error=map_exception(exc).message)
-            return
+            return False
         log.error(
             "settlement_dead_lettered",
             reason=reason,
@@ -430,33 +447,40 @@ class MeteringService(Service[MeteringSettings]):
         )
         metrics.SETTLEMENTS.labels("dead_lettered").inc()
         metrics.SETTLEMENTS_DEAD.labels(reason).inc()
-        with contextlib.suppress(JanusError):
-            await Bus.ack(m, term=True)
+        return True
 
     async def settle_batch(self, msgs: list[Msg]) -> None:
-        """Apply a fetched batch: KV changes grouped per user (one write each), then every ledger
-        entry published at once, then the acks. A message is acknowledged only after both its KV
-        write and its ledger entry are stored; anything short of that is redelivered after
-        ``ack_wait``, and applying it again is a no-op. Its last delivery (``settle_max_deliver``)
-        failing, or a redelivery too old for the record to vouch for, goes to the dead letters."""
+        """Apply a fetched batch of messages, each one settlement or a gateway's bundle of them: KV
+        changes grouped per user (one write each), then every ledger entry published at once, then
+        one ack per message. A message is acknowledged only when each of its settlements has both its
+        KV write and its ledger entry stored, or is in the dead letters; anything short of that is
+        redelivered after ``ack_wait``, and applying a settlement again is a no-op. A settlement whose
+        last delivery (``settle_max_deliver``) fails, or redelivered too old for the record to vouch
+        for, goes to the dead letters alone; a message nobody can read goes there whole."""
         assert self.bus is not None
         t0 = time.perf_counter()
         last = self.settings.settle_max_deliver
-        batch: list[tuple[Msg, contract.Settlement, budget.Delivery, bool]] = []
+        held: list[_Held] = []
+        batch: list[tuple[_Held, int, contract.Settlement, budget.Delivery, bool]] = []
         for m in msgs:
             try:
-                s = contract.settlement_decoder.decode(m.data)
+                got = contract.settlements_of(m.data)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 # redelivering a message nobody can read would loop for ever
                 metrics.SETTLEMENTS.labels("invalid").inc()
-                await self._dead_letter(m, "undecodable", None, str(exc))
+                if await self._dead_letter(m, "undecodable", None, str(exc)):
+                    with contextlib.suppress(JanusError):
+                        await Bus.ack(m, term=True)
                 continue
             deliveries, stored = Bus.delivery(m)
-            batch.append((m, s, budget.Delivery(int(stored), deliveries > 1), deliveries >= last))
-        if not batch:
-            return
+            delivery, final = budget.Delivery(int(stored), deliveries > 1), deliveries >= last
+            entry = _Held(m, len(got))
+            held.append(entry)
+            for i, s in enumerate(got):
+                # a bundle's settlement given up goes to the dead letters alone
+                batch.append((entry, i if len(got) > 1 else -1, s, delivery, final))
         futures: list[asyncio.Future[budget.Outcome]] = []
-        for _, s, delivery, _ in batch:
+        for _, _, s, delivery, _ in batch:
             try:
                 futures.append(self._submit_settlement(s, delivery))
             except Exception as exc:
@@ -464,35 +488,50 @@ class MeteringService(Service[MeteringSettings]):
                 failed.set_exception(exc)
                 futures.append(failed)
         applied = await asyncio.gather(*futures, return_exceptions=True)
-        done: list[tuple[Msg, contract.Settlement, budget.Outcome, bool]] = []
-        for (m, s, _, final), out in zip(batch, applied, strict=True):
+
+        async def give_up(entry: _Held, part: int, s: contract.Settlement, reason: str, error: str) -> None:
+            if await self._dead_letter(entry.msg, reason, s, error, part=part):
+                entry.left -= 1
+            else:
+                entry.again = True
+
+        done: list[tuple[_Held, int, contract.Settlement, budget.Outcome, bool]] = []
+        for (entry, part, s, _, final), out in zip(batch, applied, strict=True):
             if isinstance(out, BaseException):
                 if final:
-                    await self._dead_letter(m, "max_deliveries", s, map_exception(out).message)
+                    await give_up(entry, part, s, "max_deliveries", map_exception(out).message)
                 else:
                     _settle_failed(s, out)
+                    entry.again = True
             elif out.result == budget.UNPROVABLE:
-                await self._dead_letter(
-                    m, "unprovable", s, "redelivered after the record stopped remembering its time"
+                await give_up(
+                    entry, part, s, "unprovable", "redelivered after the record stopped remembering its time"
                 )
             else:
-                done.append((m, s, out, final))
+                done.append((entry, part, s, out, final))
         # after the KV writes: a crash here redelivers the settlements, which re-publish these entries
-        published = await publish_ledger(self.bus, [out.entry for _, _, out, _ in done])
-        for (m, s, out, final), err in zip(done, published, strict=True):
+        published = await publish_ledger(self.bus, [out.entry for _, _, _, out, _ in done])
+        for (entry, part, s, out, final), err in zip(done, published, strict=True):
             if err is not None:
                 if final:
                     # charged, but its ledger entry is missing: the dead letter says which
-                    await self._dead_letter(m, "max_deliveries", s, f"ledger: {err}")
+                    await give_up(entry, part, s, "max_deliveries", f"ledger: {err}")
                 else:
                     _settle_failed(s, err)
+                    entry.again = True
                 continue
             _count_settlement(s, out, self.rules)
+            entry.left -= 1
+        for entry in held:
+            if entry.left or entry.again:
+                continue  # redelivered after ack_wait; what it carries that was applied is a no-op then
             try:
-                await Bus.ack(m)
+                await Bus.ack(entry.msg)
             except JanusError as exc:
-                log.warning("settle_ack_failed", request_id=s.request_id, error=exc.message)
-            _SETTLE_SECONDS.observe(time.perf_counter() - t0)
+                log.warning("settle_ack_failed", sequence=Bus.sequence(entry.msg), error=exc.message)
+        took = time.perf_counter() - t0
+        for _ in done:
+            _SETTLE_SECONDS.observe(took)
 
     async def _settle_loop(self, sub: Any) -> None:
         self._consuming = True

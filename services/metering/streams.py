@@ -17,10 +17,12 @@ _LEDGER_GET = f"$JS.API.DIRECT.GET.{subjects.LEDGER_STREAM}"
 _READ_MAX_BYTES = 4 * 1024 * 1024  # one read's answer at most: a batch of large entries ends early
 
 
-async def dead_letter(bus: Bus, letter: DeadLetter, sequence: int) -> None:
-    """Store ``letter``, de-duplicated by the settlement's stream sequence (a replica that crashed
-    after storing it but before removing the settlement stores it once)."""
-    await bus.js_publish(subjects.SETTLE_DEAD, encode(letter), msg_id=f"settle-{sequence}")
+async def dead_letter(bus: Bus, letter: DeadLetter, sequence: int, part: int = -1) -> None:
+    """Store ``letter``, de-duplicated by the settlement message's stream sequence and, for one
+    settlement of a bundle, its place in it (a replica that crashed after storing it but before
+    removing the message stores it once)."""
+    key = f"settle-{sequence}" if part < 0 else f"settle-{sequence}.{part}"
+    await bus.js_publish(subjects.SETTLE_DEAD, encode(letter), msg_id=key)
 
 
 async def publish_ledger(

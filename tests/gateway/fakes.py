@@ -313,7 +313,7 @@ class Fakes:
         await msg.respond(contract.encode(contract.UsageReply(body)))
 
     async def _settle(self, msg: Msg) -> None:
-        self.settlements.append(contract.settlement_decoder.decode(msg.data))
+        self.settlements.extend(contract.settlements_of(msg.data))
         self.settled.set()
 
     async def _renew(self, msg: Msg) -> None:

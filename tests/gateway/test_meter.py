@@ -46,11 +46,12 @@ async def stored(bus: Bus) -> list[Settlement]:
         return out
     for seq in range(info.state.first_seq, info.state.last_seq + 1):
         msg = await bus.js.get_msg(subjects.SETTLE_STREAM, seq)
-        out.append(contract.settlement_decoder.decode(msg.data or b""))
+        out.extend(contract.settlements_of(msg.data or b""))
     return out
 
 
 async def until_done(meter: Meter, timeout: float) -> None:
+    meter.flush()
     if meter.tasks:
         await asyncio.wait_for(asyncio.gather(*meter.tasks), timeout)
 
@@ -199,3 +200,83 @@ async def test_reserve_refused_for_budget_releases_nothing(bus: Bus) -> None:
         await meter.reserve(req, {})
     assert not meter.tasks
     assert await released(bus, meter, req) == []
+
+
+async def messages(bus: Bus) -> list[contract.Settlement | contract.SettlementBundle]:
+    """Every message in the settlement stream, as published."""
+    info = await bus.js.stream_info(subjects.SETTLE_STREAM)
+    seqs = range(info.state.first_seq, info.state.last_seq + 1) if info.state.messages else range(0)
+    decode = contract.settlement_message_decoder.decode
+    return [decode((await bus.js.get_msg(subjects.SETTLE_STREAM, q)).data or b"") for q in seqs]
+
+
+async def test_settlements_finishing_together_go_as_one_bundle_and_a_lone_one_as_itself(
+    bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await ensure_settlement_stream(bus)
+    tries = count_publishes(bus, monkeypatch)
+    meter = Meter(bus, 1.0, bundle_seconds=0.05)
+    together = [settlement() for _ in range(5)]
+    for s in together:
+        meter.settle(s)
+    assert not meter.tasks, "gathered for the window, not published one by one"
+    await eventually(lambda: bool(meter.tasks), 5, "the window's bundle published")
+    await until_done(meter, 20)
+    alone = settlement()
+    meter.settle(alone)
+    await eventually(lambda: len(tries) == 2, 5, "the lone settlement published after its window")
+    await until_done(meter, 20)
+
+    first, second = await messages(bus)
+    assert isinstance(first, contract.SettlementBundle) and first.settlements == together
+    assert tries[0] == first.bundle_id and first.bundle_id.startswith("bundle-")
+    # alone: the form from before bundles, de-duplicated by its request id
+    assert second == alone and tries[1] == alone.request_id
+
+
+async def test_a_full_bundle_goes_at_once_and_bundle_max_1_sends_each_alone(bus: Bus) -> None:
+    await ensure_settlement_stream(bus)
+    meter = Meter(bus, 1.0, bundle_max=3, bundle_seconds=30.0)
+    sent = [settlement() for _ in range(7)]
+    for s in sent:
+        meter.settle(s)
+    # two full bundles are on their way without the 30 s window; the seventh waits for it
+    assert len(meter.tasks) == 2
+    await until_done(meter, 20)
+    got = await messages(bus)
+    sizes = [len(m.settlements) if isinstance(m, contract.SettlementBundle) else 1 for m in got]
+    assert sizes == [3, 3, 1]
+    single = Meter(bus, 1.0, bundle_max=1)
+    more = [settlement() for _ in range(2)]
+    for s in more:
+        single.settle(s)
+    assert len(single.tasks) == 2
+    await until_done(single, 20)
+    assert (await messages(bus))[-2:] == more
+    assert sorted(x.request_id for x in await stored(bus)) == sorted(s.request_id for s in sent + more)
+
+
+async def test_a_bundle_whose_acknowledgement_was_lost_is_stored_once(
+    bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await ensure_settlement_stream(bus)
+    tries: list[str] = []
+    real = bus.js_publish
+
+    async def ack_lost_once(subject: str, data: bytes, *, msg_id: str, timeout: float = 5.0) -> bool:
+        tries.append(msg_id)
+        stored_ = await real(subject, data, msg_id=msg_id, timeout=timeout)
+        if len(tries) == 1:
+            raise ServiceUnavailable("no acknowledgement in time", code="timeout")  # stored, ack lost
+        return stored_
+
+    monkeypatch.setattr(bus, "js_publish", ack_lost_once)
+    meter = Meter(bus, 1.0)
+    before = lost()
+    sent = [settlement() for _ in range(4)]
+    for s in sent:
+        meter.settle(s)
+    await until_done(meter, 20)
+    assert len(tries) == 2 and tries[0] == tries[1], "retried under the same bundle id"
+    assert [x.request_id for x in await stored(bus)] == [s.request_id for s in sent]
+    assert lost() == before
