@@ -6,7 +6,8 @@ Those that finish within ``bundle_seconds`` of each other (at most ``bundle_max`
 message, a ``SettlementBundle`` de-duplicated by its bundle id (``Nats-Msg-Id``); a settlement
 alone goes as itself, de-duplicated by its request id. A request's own path never waits for any of
 this: a bundle only moves the moment metering replaces the hold by the charge, by up to
-``bundle_seconds``, and halves the messages a request costs on the bus at low traffic.
+``bundle_seconds``, and pays the publish and metering's acknowledgement (two of the five
+messages a request cost on the bus) once per bundle instead of once per request.
 
 A message the stream did not acknowledge is retried with capped, jittered exponential backoff until
 a deadline (``settle_deadline_seconds``): a JetStream leader election or a NATS reconnect takes

@@ -12,10 +12,14 @@ import pytest
 from prometheus_client import REGISTRY
 
 from services.gateway.meter import Meter, backoff
+from services.gateway.service import GatewayService
+from services.gateway.settings import GatewaySettings
 from shared import contract, subjects
 from shared.bus import Bus, Msg
+from shared.catalog import ConfigError
 from shared.contract import ReserveRequest, Settlement, Usage
 from shared.errors import BudgetExceeded, ServiceUnavailable
+from shared.settings import load_settings
 from shared.streams import ensure_settlement_stream
 from tests.eventually import eventually
 from tools.localnats import NatsServer
@@ -280,3 +284,18 @@ async def test_a_bundle_whose_acknowledgement_was_lost_is_stored_once(
     assert len(tries) == 2 and tries[0] == tries[1], "retried under the same bundle id"
     assert [x.request_id for x in await stored(bus)] == [s.request_id for s in sent]
     assert lost() == before
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"JANUS_SETTLE_BUNDLE_MAX": "0"}, "JANUS_SETTLE_BUNDLE_MAX (0)"),
+        ({"JANUS_SETTLE_BUNDLE_MAX": str(contract.MAX_BUNDLE + 1)}, "metering refuses a longer bundle"),
+        ({"JANUS_SETTLE_BUNDLE_MS": "5000"}, "JANUS_SETTLE_BUNDLE_MS (5000)"),
+        ({"JANUS_SETTLE_BUNDLE_MS": "-1"}, "JANUS_SETTLE_BUNDLE_MS (-1)"),
+    ],
+)
+def test_a_gateway_refuses_a_bundle_setting_out_of_bounds(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        GatewayService(load_settings(GatewaySettings, env))
+    assert named in str(caught.value)
