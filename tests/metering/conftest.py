@@ -9,10 +9,12 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
 
-from services.metering.record import Record
+from services.metering.record import SCHEMA, Record, user_key
 from services.metering.service import MeteringService
 from services.metering.settings import MeteringSettings
 from services.metering.store import BudgetStore
@@ -164,3 +166,26 @@ async def ledger(bus: Bus) -> list[contract.LedgerEntry]:
 async def ledger_count(bus: Bus) -> int:
     info = await bus.js.stream_info(subjects.LEDGER_STREAM)
     return int(info.state.messages)
+
+
+async def stream_empty(bus: Bus, stream: str = subjects.SETTLE_STREAM) -> bool:
+    return int((await bus.js.stream_info(stream)).state.messages) == 0
+
+
+async def dead_letters(bus: Bus) -> list[contract.DeadLetter]:
+    """Every settlement metering gave up on, read without acknowledging."""
+    decoder = msgspec.msgpack.Decoder(contract.DeadLetter)
+    sub: Any = await bus.js.pull_subscribe(subjects.SETTLE_DEAD, stream=subjects.SETTLE_DEAD_STREAM)
+    try:
+        return [decoder.decode(m.data) for m in await Bus.fetch(sub, 100, 1.0)]
+    finally:
+        await sub.unsubscribe()
+
+
+async def newer_record(bus: Bus, user: str) -> bytes:
+    """Store ``user``'s record as a newer metering would write it: this replica refuses to overwrite
+    it, every time, so each of the user's settlements fails. Returns the stored bytes."""
+    kv = await bus.kv(subjects.BUDGET_BUCKET)
+    newer = msgspec.msgpack.encode({**msgspec.to_builtins(Record(user=user)), "schema": SCHEMA + 1})
+    await kv.put(user_key(user), newer)
+    return newer

@@ -7,17 +7,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-import msgspec
 import pytest
 
-from services.metering.record import SCHEMA, Record, user_key
+from services.metering.record import user_key
 from services.metering.service import MeteringService
 from shared import contract, subjects
 from shared.bus import Bus, Msg
 from shared.contract import Settlement, SettlementBundle, Usage
-from tests.metering.conftest import MODEL, ledger, record, reserve, wait_for
+from tests.metering.conftest import (
+    MODEL,
+    dead_letters,
+    ledger,
+    newer_record,
+    record,
+    reserve,
+    stream_empty,
+    wait_for,
+)
 
 Start = Callable[..., Awaitable[MeteringService]]
 
@@ -29,19 +36,6 @@ def _settlement(user: str, rid: str, completion: int = 1000) -> Settlement:
 async def _publish(bus: Bus, settlements: list[Settlement], bundle_id: str) -> None:
     bundle = SettlementBundle(bundle_id, settlements)
     await bus.js_publish(subjects.SETTLE, contract.encode(bundle), msg_id=bundle_id)
-
-
-async def _settled(bus: Bus) -> bool:
-    return int((await bus.js.stream_info(subjects.SETTLE_STREAM)).state.messages) == 0
-
-
-async def _dead_letters(bus: Bus) -> list[contract.DeadLetter]:
-    decoder = msgspec.msgpack.Decoder(contract.DeadLetter)
-    sub: Any = await bus.js.pull_subscribe(subjects.SETTLE_DEAD, stream=subjects.SETTLE_DEAD_STREAM)
-    try:
-        return [decoder.decode(m.data) for m in await Bus.fetch(sub, 100, 1.0)]
-    finally:
-        await sub.unsubscribe()
 
 
 async def test_a_bundle_redelivered_and_repeated_charges_each_settlement_once(
@@ -70,7 +64,7 @@ async def test_a_bundle_redelivered_and_repeated_charges_each_settlement_once(
     assert (await reserve(bus, "ann", "a4", plan="pro")).admitted
     await _publish(bus, [_settlement("ann", "a2"), _settlement("ann", "a4", completion=10)], "bundle-2")
 
-    await wait_for(lambda: _settled(bus), what="both bundles acknowledged")
+    await wait_for(lambda: stream_empty(bus), what="both bundles acknowledged")
     assert max(deliveries) >= 2, "the first delivery's ack was dropped, so a redelivery must have come"
     ann, bob = await record(bus, "ann"), await record(bus, "bob")
     # gpt-5-nano: 0.05 credits an input token, 0.40 an output token
@@ -79,22 +73,20 @@ async def test_a_bundle_redelivered_and_repeated_charges_each_settlement_once(
     assert not ann.holds and not bob.holds
     ids = sorted(e.request_id for e in await ledger(bus))
     assert ids == ["a1", "a2", "a3", "a4", "b1"]
-    assert await _dead_letters(bus) == []
+    assert await dead_letters(bus) == []
 
 
 async def test_one_settlement_of_a_bundle_that_cannot_be_applied_is_dead_lettered_alone(
     bus: Bus, start_metering: Start
 ) -> None:
-    # a record written by a newer metering: this replica refuses to overwrite it, every time
+    newer = await newer_record(bus, "stuck")
     kv = await bus.kv(subjects.BUDGET_BUCKET)
-    newer = msgspec.msgpack.encode({**msgspec.to_builtins(Record(user="stuck")), "schema": SCHEMA + 1})
-    await kv.put(user_key("stuck"), newer)
     await start_metering(settle_ack_wait_seconds=0.5, settle_max_deliver=3)
     assert (await reserve(bus, "fine", "f1", plan="pro")).admitted
     await _publish(bus, [_settlement("fine", "f1"), _settlement("stuck", "s1")], "bundle-mixed")
 
-    await wait_for(lambda: _settled(bus), what="the bundle given up on after its last delivery")
-    letters = await _dead_letters(bus)
+    await wait_for(lambda: stream_empty(bus), what="the bundle given up on after its last delivery")
+    letters = await dead_letters(bus)
     assert [(d.reason, d.request_id, d.user, d.deliveries) for d in letters] == [
         ("max_deliveries", "s1", "stuck", 3)
     ]
@@ -114,8 +106,8 @@ async def test_a_bundle_over_the_bound_is_dead_lettered_whole_and_nothing_of_it_
     assert (await reserve(bus, "many", "m0", plan="pro")).admitted
     many = [_settlement("many", f"m{i}", completion=1) for i in range(contract.MAX_BUNDLE + 1)]
     await _publish(bus, many, "bundle-huge")
-    await wait_for(lambda: _settled(bus), what="the bundle removed")
-    [letter] = await _dead_letters(bus)
+    await wait_for(lambda: stream_empty(bus), what="the bundle removed")
+    [letter] = await dead_letters(bus)
     assert letter.reason == "undecodable" and str(contract.MAX_BUNDLE) in letter.error
     assert contract.settlement_message_decoder.decode(letter.data) == SettlementBundle("bundle-huge", many)
     rec = await record(bus, "many")

@@ -6,17 +6,25 @@ after ``settle_max_deliver`` deliveries and waits in the dead-letter stream."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-import msgspec
 import pytest
 from prometheus_client import REGISTRY
 
-from services.metering.record import SCHEMA, Record, user_key
+from services.metering.record import user_key
 from services.metering.service import MeteringService
 from shared import contract, subjects
 from shared.bus import Bus, Msg
-from tests.metering.conftest import ledger, ledger_count, record, reserve, settle, wait_for
+from tests.metering.conftest import (
+    dead_letters,
+    ledger,
+    ledger_count,
+    newer_record,
+    record,
+    reserve,
+    settle,
+    stream_empty,
+    wait_for,
+)
 
 Start = Callable[..., Awaitable[MeteringService]]
 OTHERS = 300  # more than the 256 ids a record used to keep
@@ -24,10 +32,6 @@ OTHERS = 300  # more than the 256 ids a record used to keep
 
 def _metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-async def _stream_empty(bus: Bus, stream: str) -> bool:
-    return int((await bus.js.stream_info(stream)).state.messages) == 0
 
 
 async def test_a_redelivery_after_300_other_settlements_of_the_user_is_not_charged_twice(
@@ -64,7 +68,7 @@ async def test_a_redelivery_after_300_other_settlements_of_the_user_is_not_charg
     held.clear()  # the next redelivery is acknowledged
 
     async def acked() -> bool:
-        return len(deliveries) > seen and await _stream_empty(bus, subjects.SETTLE_STREAM)
+        return len(deliveries) > seen and await stream_empty(bus)
 
     await wait_for(acked, what="the redelivery after the others, acknowledged")
     assert deliveries[-1] >= 2
@@ -81,16 +85,14 @@ async def _has(items: list[int], n: int) -> bool:
 async def test_a_settlement_that_cannot_be_applied_stops_at_max_deliver_and_is_dead_lettered(
     bus: Bus, start_metering: Start
 ) -> None:
-    # a record written by a newer metering: this replica refuses to overwrite it, every time
+    newer = await newer_record(bus, "stuck")
     kv = await bus.kv(subjects.BUDGET_BUCKET)
-    newer = msgspec.msgpack.encode({**msgspec.to_builtins(Record(user="stuck")), "schema": SCHEMA + 1})
-    await kv.put(user_key("stuck"), newer)
     before = _metric("janus_settlements_dead_lettered_total", reason="max_deliveries")
     await start_metering(settle_ack_wait_seconds=0.5, settle_max_deliver=3)
     await settle(bus, "stuck", "r1", plan="pro")
 
-    await wait_for(lambda: _stream_empty(bus, subjects.SETTLE_STREAM), what="the settlement given up")
-    letters = await _dead_letters(bus)
+    await wait_for(lambda: stream_empty(bus), what="the settlement given up")
+    letters = await dead_letters(bus)
     assert [(d.reason, d.request_id, d.user, d.deliveries) for d in letters] == [
         ("max_deliveries", "r1", "stuck", 3)
     ]
@@ -103,15 +105,6 @@ async def test_a_settlement_that_cannot_be_applied_stops_at_max_deliver_and_is_d
 async def test_an_undecodable_settlement_is_dead_lettered_not_lost(bus: Bus, start_metering: Start) -> None:
     await start_metering()
     await bus.js_publish(subjects.SETTLE, b"\xc1 not msgpack", msg_id="garbage")
-    await wait_for(lambda: _stream_empty(bus, subjects.SETTLE_STREAM), what="the message removed")
-    letters = await _dead_letters(bus)
+    await wait_for(lambda: stream_empty(bus), what="the message removed")
+    letters = await dead_letters(bus)
     assert [(d.reason, d.data) for d in letters] == [("undecodable", b"\xc1 not msgpack")]
-
-
-async def _dead_letters(bus: Bus) -> list[contract.DeadLetter]:
-    decoder = msgspec.msgpack.Decoder(contract.DeadLetter)
-    sub: Any = await bus.js.pull_subscribe(subjects.SETTLE_DEAD, stream=subjects.SETTLE_DEAD_STREAM)
-    try:
-        return [decoder.decode(m.data) for m in await Bus.fetch(sub, 100, 1.0)]
-    finally:
-        await sub.unsubscribe()
