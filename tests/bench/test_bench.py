@@ -217,8 +217,10 @@ def test_bench_through_janus_end_to_end(tmp_path: Path) -> None:
         assert r["janus_cpu_ms_per_request"] is not None
         assert set(r["janus_cpu_ms_by_process"]) == {"nats-server", "metering", "router", "worker", "gateway"}
         assert r["stages"], "no stage histograms were scraped from the services"
-        # nats-server's own counters: a request crosses the bus several times, each way
-        assert r["bus_in_per_request"] >= 3 and r["bus_out_per_request"] >= 3, r
+        # nats-server's own counters: a request crosses the bus several times, each way. Its work and
+        # Done are inside its window; its settlement's messages (bundled for 20 ms, then metering's
+        # linger) may land after a window this short has closed, so only those two are certain
+        assert r["bus_in_per_request"] >= 2 and r["bus_out_per_request"] >= 2, r
 
     slope = [r for r in doc["rows"] if r["target"] == "slope"]  # type: ignore[attr-defined,index]
     shapes = [(r["mode"], r["concurrency"], r["chunks"]) for r in slope]
@@ -226,8 +228,10 @@ def test_bench_through_janus_end_to_end(tmp_path: Path) -> None:
     for r in slope:
         assert r["requests"] == 30 and r["errors"] == 0 and r["incomplete_streams"] == 0, r["first_error"]
     # the longer streams cross the bus no less often, but not once per chunk: the worker puts the
-    # deltas of one upstream read into one frame, and this upstream sends them together
-    assert slope[1]["bus_in_per_request"] >= slope[0]["bus_in_per_request"]
+    # deltas of one upstream read into one frame, and this upstream sends them together. Less one
+    # message: the settlements of a window's last requests (bundled, then lingered on) may land
+    # in the next window, and 30 requests share out what their edges move
+    assert slope[1]["bus_in_per_request"] >= slope[0]["bus_in_per_request"] - 1
     assert slope[1]["bus_in_per_request"] < slope[0]["bus_in_per_request"] + 12 - 4
     fit = doc["chunk_slope"]
     assert isinstance(fit, dict) and fit["chunks"] == [4, 12]
