@@ -92,14 +92,13 @@ def _settle_failed(s: contract.Settlement, exc: BaseException) -> None:
 
 
 class _Held:
-    """A settlement message of a batch: acknowledged when none of its settlements is ``left``
-    unsettled (and not dead-lettered), unless one must come ``again`` (a redelivery)."""
+    """A settlement message of a batch: acknowledged once its settlements are handled (applied with
+    their ledger entries, or in the dead letters), unless one of them must come ``again``."""
 
-    __slots__ = ("again", "left", "msg")
+    __slots__ = ("again", "msg")
 
-    def __init__(self, msg: Msg, left: int) -> None:
+    def __init__(self, msg: Msg) -> None:
         self.msg = msg
-        self.left = left
         self.again = False
 
 
@@ -474,7 +473,7 @@ class MeteringService(Service[MeteringSettings]):
                 continue
             deliveries, stored = Bus.delivery(m)
             delivery, final = budget.Delivery(int(stored), deliveries > 1), deliveries >= last
-            entry = _Held(m, len(got))
+            entry = _Held(m)
             held.append(entry)
             for i, s in enumerate(got):
                 # a bundle's settlement given up goes to the dead letters alone
@@ -490,9 +489,7 @@ class MeteringService(Service[MeteringSettings]):
         applied = await asyncio.gather(*futures, return_exceptions=True)
 
         async def give_up(entry: _Held, part: int, s: contract.Settlement, reason: str, error: str) -> None:
-            if await self._dead_letter(entry.msg, reason, s, error, part=part):
-                entry.left -= 1
-            else:
+            if not await self._dead_letter(entry.msg, reason, s, error, part=part):
                 entry.again = True
 
         done: list[tuple[_Held, int, contract.Settlement, budget.Outcome, bool]] = []
@@ -521,9 +518,8 @@ class MeteringService(Service[MeteringSettings]):
                     entry.again = True
                 continue
             _count_settlement(s, out, self.rules)
-            entry.left -= 1
         for entry in held:
-            if entry.left or entry.again:
+            if entry.again:
                 continue  # redelivered after ack_wait; what it carries that was applied is a no-op then
             try:
                 await Bus.ack(entry.msg)
