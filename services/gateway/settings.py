@@ -28,7 +28,7 @@ class GatewaySettings(CommonSettings, kw_only=True):
     settle_deadline_seconds: float = 60.0
     # settlements finishing within this many ms of each other go as one message of at most
     # settle_bundle_max (1: each alone, the form metering read before bundles; see the README's
-    # "Upgrading"). Off the request path; the hold becomes the charge up to this much later.
+    # "Rollback"). Off the request path; the hold becomes the charge up to this much later.
     settle_bundle_max: int = 64
     settle_bundle_ms: float = 20.0
     cancel_wait_seconds: float = 5.0  # after a cancel, how long to wait for the worker's usage
