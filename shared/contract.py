@@ -180,16 +180,22 @@ class SettlementBundle(msgspec.Struct, tag="meter.settle_bundle.v1", **_tagged):
 MAX_BUNDLE = 1024
 
 
-def settlements_of(data: bytes) -> list[Settlement]:
-    """The settlements a JANUS_SETTLE message carries: one, or a bundle's (raises on bad data)."""
+def settlement_message(data: bytes) -> tuple[list[Settlement], str | None]:
+    """The settlements a JANUS_SETTLE message carries, and the bundle's id (None for a settlement
+    sent alone). Raises on bad data, and on a bundle over ``MAX_BUNDLE``."""
     got = settlement_message_decoder.decode(data)
     if isinstance(got, Settlement):
-        return [got]
+        return [got], None
     if len(got.settlements) > MAX_BUNDLE:
         raise msgspec.ValidationError(
             f"a bundle of {len(got.settlements)} settlements, over the {MAX_BUNDLE} one message may carry"
         )
-    return got.settlements
+    return got.settlements, got.bundle_id
+
+
+def settlements_of(data: bytes) -> list[Settlement]:
+    """The settlements a JANUS_SETTLE message carries: one, or a bundle's (raises on bad data)."""
+    return settlement_message(data)[0]
 
 
 class LeaseDraw(msgspec.Struct, array_like=True):
@@ -226,7 +232,8 @@ class HoldRenewal(msgspec.Struct, tag="meter.renew.v1", **_tagged):
 
 
 class LedgerEntry(msgspec.Struct, tag="meter.ledger.v1", **_tagged):
-    """One applied settlement, appended to the ledger stream with ``Nats-Msg-Id`` = request id."""
+    """One applied settlement. A settlement that came alone is appended to the ledger stream as
+    itself, with ``Nats-Msg-Id`` = request id; those of a bundle go in a ``LedgerBundle``."""
 
     request_id: str
     user: str
@@ -238,6 +245,22 @@ class LedgerEntry(msgspec.Struct, tag="meter.ledger.v1", **_tagged):
     ok: bool = True
     byok: bool = False
     at: float = 0.0  # when metering applied it
+
+
+class LedgerBundle(msgspec.Struct, tag="meter.ledger_bundle.v1", **_tagged):
+    """The ledger entries of one settlement bundle, appended as one message, so the ledger costs a
+    message (and its acknowledgement) per bundle, not per request. ``Nats-Msg-Id`` is the bundle's
+    id with its stream sequence in JANUS_SETTLE: a redelivered bundle is the same message, so its
+    entries land once; a bundle is appended only when each of its settlements is applied or in the
+    dead letters, so what it holds does not depend on which delivery wrote it."""
+
+    entries: list[LedgerEntry]
+
+
+def ledger_entries_of(data: bytes) -> list[LedgerEntry]:
+    """The entries one JANUS_LEDGER message holds: one, or a bundle's (raises on bad data)."""
+    got = ledger_message_decoder.decode(data)
+    return [got] if isinstance(got, LedgerEntry) else got.entries
 
 
 class UsageQuery(msgspec.Struct, tag="meter.usage_query.v1", **_tagged):
@@ -449,7 +472,8 @@ reserve_reply_decoder = msgspec.msgpack.Decoder(ReserveReply | ErrorReply)
 settlement_decoder = msgspec.msgpack.Decoder(Settlement)
 # what the gateway publishes on janus.settle: a settlement (all releases), or a bundle of them
 settlement_message_decoder = msgspec.msgpack.Decoder(Settlement | SettlementBundle)
-ledger_entry_decoder = msgspec.msgpack.Decoder(LedgerEntry)
+# what metering appends to the ledger: an entry (a settlement sent alone), or a bundle's entries
+ledger_message_decoder = msgspec.msgpack.Decoder(LedgerEntry | LedgerBundle)
 usage_query_decoder = msgspec.msgpack.Decoder(UsageQuery)
 hold_renewal_decoder = msgspec.msgpack.Decoder(HoldRenewal)
 # janus.meter.renew carries the upkeep of holds: a long request's renewal, a lease given back

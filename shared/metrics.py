@@ -149,7 +149,8 @@ HOLDS_OPEN = Gauge("janus_holds_open", "Reservations not yet settled, as seen by
 HOLDS_REAPED = Counter("janus_holds_reaped_total", "Reservations released by the reaper")
 DAILY_LAG = Gauge(
     "janus_daily_history_lag_entries",
-    "Ledger entries not yet counted into the daily history, as of this replica's last read of the ledger",
+    "Ledger messages (an entry, or a bundle's entries) not yet counted into the daily history, as of this"
+    " replica's last read of the ledger",
 )
 # credit leases: metering counts grants and the returns sent on their own (idle, a /v1/usage read,
 # a stopping gateway; one riding on the next reserve is not counted), a gateway the requests it

@@ -1,10 +1,11 @@
 """The JetStream streams Janus keeps, declared in one place: what every writer relies on.
 
-A gateway publishes settlements de-duplicated by request id, metering appends ledger entries the
-same way and dead-letters what it gave up on; the duplicate windows below are what makes a retry or
-a redelivery count once, so they are part of the contract, not metering's private choice. Metering
-declares the streams at start-up, ``janus restore`` before the services start; both get the same
-configuration from here.
+A gateway publishes settlements de-duplicated by request id (a bundle of them by the bundle's id),
+metering appends ledger entries the same way (a bundle's entries as one message, by the bundle's
+id and stream sequence) and dead-letters what it gave up on; the duplicate windows below are what
+makes a retry or a redelivery count once, so they are part of the contract, not metering's private
+choice. Metering declares the streams at start-up, ``janus restore`` before the services start;
+both get the same configuration from here.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from shared.bus import Bus
 
 # Settlements are de-duplicated by request id for this long: far longer than any gateway retry.
 SETTLE_DUPLICATE_WINDOW = 20 * 60.0
-# A ledger entry is re-published when a settlement is redelivered after a crash between the
-# ledger write and the ack; the window must outlast any plausible metering outage.
+# A ledger message is re-published when its settlement message is redelivered after a crash
+# between the ledger write and the ack; the window must outlast any plausible metering outage.
 LEDGER_DUPLICATE_WINDOW = 2 * 3600.0
 # Dead letters wait for an operator this long: the alert fires at once, a month is for holidays.
 DEAD_LETTER_MAX_AGE = 30 * 86400.0

@@ -2,7 +2,8 @@
 
     every ``interval`` seconds, in whichever metering replica gets there first:
         the cursor (KV ``janus_daily``, key ``cursor``: the last ledger sequence folded in)
-        -> the next ``batch`` JANUS_LEDGER entries in one direct get (``read_ledger``)
+        -> the next ``batch`` JANUS_LEDGER messages in one direct get (``read_ledger``), each an
+           entry or a bundle's entries
         -> grouped by user -> one CAS write per user in KV ``janus_daily`` -> the cursor moved on
     janus.meter.daily (queue "metering")  DailyQuery -> DailyReply (the JSON document) | ErrorReply
 
@@ -32,6 +33,7 @@ import contextlib
 import random
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 
 import msgspec
 import nats.js.errors
@@ -85,17 +87,23 @@ def _bounded(d: dict[str, Tally], name: str) -> Tally:
     return d.setdefault(name, Tally())
 
 
-def apply(rec: DailyRecord, entry: LedgerEntry, seq: int, today: int) -> bool:
-    """Count one ledger entry into ``rec``; False when nothing changed (already applied, too old)."""
+def apply(rec: DailyRecord, entries: Sequence[LedgerEntry], seq: int, today: int) -> bool:
+    """Count the entries of one ledger message (its sequence ``seq``; the entries of one user, as a
+    bundle may hold several) into ``rec``; False when nothing changed (already applied, too old)."""
     if 0 < seq <= rec.upto or seq in rec.seqs:
         return False
-    day = int(entry.at) // _DAY
-    if day <= today - KEEP_DAYS:
+    counted = False
+    for entry in entries:
+        day = int(entry.at) // _DAY
+        if day <= today - KEEP_DAYS:
+            continue
+        tally = rec.days.setdefault(day, Day())
+        prompt, completion = max(entry.usage.prompt_tokens, 0), max(entry.usage.completion_tokens, 0)
+        _bounded(tally.by_model, entry.model).add(entry.credits, prompt, completion)
+        _bounded(tally.by_bot, entry.bot or "default").add(entry.credits, prompt, completion)
+        counted = True
+    if not counted:
         return False
-    tally = rec.days.setdefault(day, Day())
-    prompt, completion = max(entry.usage.prompt_tokens, 0), max(entry.usage.completion_tokens, 0)
-    _bounded(tally.by_model, entry.model).add(entry.credits, prompt, completion)
-    _bounded(tally.by_bot, entry.bot or "default").add(entry.credits, prompt, completion)
     rec.seqs.append(seq)
     rec.upto = seq
     if len(rec.seqs) > KEEP_SEQS:
@@ -205,12 +213,13 @@ class DailyHistory:
             return DailyRecord(), 0
         return _dec.decode(data), rev
 
-    async def _write_user(self, user: str, entries: list[tuple[LedgerEntry, int]]) -> None:
+    async def _write_user(self, user: str, entries: list[tuple[list[LedgerEntry], int]]) -> None:
+        """Count (this user's entries of one ledger message, its sequence), in sequence order."""
         assert self.kv is not None
         today = int(time.time()) // _DAY
         for _ in range(16):
             rec, rev = await self.read(user)
-            changed = [apply(rec, e, seq, today) for e, seq in entries]
+            changed = [apply(rec, es, seq, today) for es, seq in entries]
             if not any(changed):
                 return
             try:
@@ -218,7 +227,7 @@ class DailyHistory:
                 return
             except CasConflict:
                 continue  # another replica wrote this user's record meanwhile
-        raise CasConflict(f"daily record of a user kept changing ({len(entries)} entries)")
+        raise CasConflict(f"daily record of a user kept changing ({len(entries)} ledger messages)")
 
     async def cursor(self) -> tuple[int, int]:
         """(the last ledger sequence folded in, the cursor's revision; 0 when it does not exist)."""
@@ -230,16 +239,21 @@ class DailyHistory:
         return int(data or b"0"), rev
 
     async def apply_entries(self, got: list[tuple[int, bytes]]) -> bool:
-        """Count ledger entries (sequence, data), in sequence order; True when every user's record
-        was written. An entry nobody can read is logged and passed over: reading it again would not help."""
-        by_user: dict[str, list[tuple[LedgerEntry, int]]] = defaultdict(list)
+        """Count ledger messages (sequence, data), each an entry or a bundle of them, in sequence
+        order; True when every user's record was written. A message nobody can read is logged and
+        passed over: reading it again would not help."""
+        by_user: dict[str, list[tuple[list[LedgerEntry], int]]] = defaultdict(list)
         for seq, data in got:
             try:
-                entry = contract.ledger_entry_decoder.decode(data)
+                entries = contract.ledger_entries_of(data)
             except (msgspec.DecodeError, msgspec.ValidationError):
                 log.error("ledger_entry_undecodable", sequence=seq)
                 continue
-            by_user[entry.user].append((entry, seq))
+            mine: dict[str, list[LedgerEntry]] = {}
+            for entry in entries:
+                mine.setdefault(entry.user, []).append(entry)
+            for user, es in mine.items():
+                by_user[user].append((es, seq))
         users = list(by_user)
         results = await asyncio.gather(
             *(self._write_user(u, by_user[u]) for u in users), return_exceptions=True

@@ -93,12 +93,16 @@ def _settle_failed(s: contract.Settlement, exc: BaseException) -> None:
 
 class _Held:
     """A settlement message of a batch: acknowledged once its settlements are handled (applied with
-    their ledger entries, or in the dead letters), unless one of them must come ``again``."""
+    their ledger entries, or in the dead letters), unless one of them must come ``again``.
+    ``ledger_id`` is a bundle's: its entries go to the ledger as one message under that id; a
+    settlement that came alone ("") has its entry appended alone, under its request id."""
 
-    __slots__ = ("again", "msg")
+    __slots__ = ("again", "final", "ledger_id", "msg")
 
-    def __init__(self, msg: Msg) -> None:
+    def __init__(self, msg: Msg, ledger_id: str, final: bool) -> None:
         self.msg = msg
+        self.ledger_id = ledger_id
+        self.final = final
         self.again = False
 
 
@@ -450,20 +454,22 @@ class MeteringService(Service[MeteringSettings]):
 
     async def settle_batch(self, msgs: list[Msg]) -> None:
         """Apply a fetched batch of messages, each one settlement or a gateway's bundle of them: KV
-        changes grouped per user (one write each), then every ledger entry published at once, then
-        one ack per message. A message is acknowledged only when each of its settlements has both its
-        KV write and its ledger entry stored, or is in the dead letters; anything short of that is
-        redelivered after ``ack_wait``, and applying a settlement again is a no-op. A settlement whose
-        last delivery (``settle_max_deliver``) fails, or redelivered too old for the record to vouch
-        for, goes to the dead letters alone; a message nobody can read goes there whole."""
+        changes grouped per user (one write each), then every ledger message published at once (a
+        bundle's entries in one, when ``ledger_bundles``), then one ack per message. A message is
+        acknowledged only when each of its settlements has both its KV write and its ledger entry
+        stored, or is in the dead letters; anything short of that is redelivered after
+        ``ack_wait``, and applying a settlement again is a no-op. A settlement whose last delivery
+        (``settle_max_deliver``) fails, or redelivered too old for the record to vouch for, goes to
+        the dead letters alone; a message nobody can read goes there whole."""
         assert self.bus is not None
         t0 = time.perf_counter()
         last = self.settings.settle_max_deliver
+        bundled = self.settings.ledger_bundles
         held: list[_Held] = []
-        batch: list[tuple[_Held, int, contract.Settlement, budget.Delivery, bool]] = []
+        batch: list[tuple[_Held, int, contract.Settlement, budget.Delivery]] = []
         for m in msgs:
             try:
-                got = contract.settlements_of(m.data)
+                got, bundle_id = contract.settlement_message(m.data)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 # redelivering a message nobody can read would loop for ever
                 metrics.SETTLEMENTS.labels("invalid").inc()
@@ -472,14 +478,16 @@ class MeteringService(Service[MeteringSettings]):
                         await Bus.ack(m, term=True)
                 continue
             deliveries, stored = Bus.delivery(m)
-            delivery, final = budget.Delivery(int(stored), deliveries > 1), deliveries >= last
-            entry = _Held(m)
+            delivery = budget.Delivery(int(stored), deliveries > 1)
+            # the stream's sequence makes the id one no publisher can reuse for another message
+            ledger_id = f"{bundle_id}.{Bus.sequence(m)}" if bundle_id is not None and bundled else ""
+            entry = _Held(m, ledger_id, deliveries >= last)
             held.append(entry)
             for i, s in enumerate(got):
                 # a bundle's settlement given up goes to the dead letters alone
-                batch.append((entry, i if len(got) > 1 else -1, s, delivery, final))
+                batch.append((entry, i if bundle_id is not None else -1, s, delivery))
         futures: list[asyncio.Future[budget.Outcome]] = []
-        for _, _, s, delivery, _ in batch:
+        for _, _, s, delivery in batch:
             try:
                 futures.append(self._submit_settlement(s, delivery))
             except Exception as exc:
@@ -492,32 +500,59 @@ class MeteringService(Service[MeteringSettings]):
             if not await self._dead_letter(entry.msg, reason, s, error, part=part):
                 entry.again = True
 
-        done: list[tuple[_Held, int, contract.Settlement, budget.Outcome, bool]] = []
-        for (entry, part, s, _, final), out in zip(batch, applied, strict=True):
+        # what each ledger message holds: (message, {request id: (its part, settlement, entry)})
+        ledger: dict[int, tuple[_Held, dict[str, tuple[int, contract.Settlement, contract.LedgerEntry]]]] = {}
+        settled = 0
+        for (entry, part, s, delivery), out in zip(batch, applied, strict=True):
             if isinstance(out, BaseException):
-                if final:
+                if entry.final:
                     await give_up(entry, part, s, "max_deliveries", map_exception(out).message)
                 else:
                     _settle_failed(s, out)
                     entry.again = True
-            elif out.result == budget.UNPROVABLE:
+                continue
+            if out.result == budget.UNPROVABLE:
                 await give_up(
                     entry, part, s, "unprovable", "redelivered after the record stopped remembering its time"
                 )
-            else:
-                done.append((entry, part, s, out, final))
+                continue
+            _count_settlement(s, out, self.rules)
+            settled += 1
+            if entry.ledger_id and out.result == "duplicate" and not delivery.redelivered:
+                # applied by another message, whose ledger entry it is: a bundle's first delivery
+                # cannot have applied it itself
+                continue
+            key = id(entry) if entry.ledger_id else id(s)
+            # once per message, however often a (forged) bundle repeats it
+            ledger.setdefault(key, (entry, {}))[1].setdefault(s.request_id, (part, s, out.entry))
+        # a bundle with a settlement still to come again is appended on that delivery, whole (its
+        # applied settlements are duplicates then, with the same entries); on its last delivery it
+        # is appended as it stands, since nothing comes after
+        sends = [
+            (entry, list(parts.values()))
+            for entry, parts in ledger.values()
+            if not (entry.ledger_id and entry.again and not entry.final)
+        ]
         # after the KV writes: a crash here redelivers the settlements, which re-publish these entries
-        published = await publish_ledger(self.bus, [out.entry for _, _, _, out, _ in done])
-        for (entry, part, s, out, final), err in zip(done, published, strict=True):
-            if err is not None:
-                if final:
+        published = await publish_ledger(
+            self.bus,
+            [
+                (contract.LedgerBundle([e for _, _, e in parts]), entry.ledger_id)
+                if entry.ledger_id
+                else (parts[0][2], parts[0][2].request_id)
+                for entry, parts in sends
+            ],
+        )
+        for (entry, parts), err in zip(sends, published, strict=True):
+            if err is None:
+                continue
+            for part, s, _ in parts:
+                if entry.final:
                     # charged, but its ledger entry is missing: the dead letter says which
                     await give_up(entry, part, s, "max_deliveries", f"ledger: {err}")
                 else:
                     _settle_failed(s, err)
                     entry.again = True
-                continue
-            _count_settlement(s, out, self.rules)
         for entry in held:
             if entry.again:
                 continue  # redelivered after ack_wait; what it carries that was applied is a no-op then
@@ -526,7 +561,7 @@ class MeteringService(Service[MeteringSettings]):
             except JanusError as exc:
                 log.warning("settle_ack_failed", sequence=Bus.sequence(entry.msg), error=exc.message)
         took = time.perf_counter() - t0
-        for _ in done:
+        for _ in range(settled):
             _SETTLE_SECONDS.observe(took)
 
     async def _settle_loop(self, sub: Any) -> None:

@@ -36,7 +36,11 @@ class MeteringSettings(CommonSettings, kw_only=True):
     # budget buckets beside it: each overlay sets it for its volume
     ledger_max_age_seconds: int = 90 * 86400
     ledger_max_bytes: int = 256 * 1024 * 1024
-    # the daily history reads the ledger this often, this many entries at a time (more at once
+    # the settlements of a gateway's bundle go to the ledger as one message (contract.LedgerBundle),
+    # not one each; metering of a release before this cannot read such a message, so while one
+    # still runs (a rollout from it, a rollback to it) set this false: README "Upgrade order"
+    ledger_bundles: bool = True
+    # the daily history reads the ledger this often, this many messages at a time (more at once
     # while it is behind): it lags the ledger by about the interval
     daily_interval_seconds: float = 2.0
     daily_batch: int = 512

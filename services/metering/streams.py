@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 from shared import subjects
 from shared.bus import Bus
-from shared.contract import DeadLetter, LedgerEntry, encode
+from shared.contract import DeadLetter, LedgerBundle, LedgerEntry, encode
 from shared.errors import JanusError, ServiceUnavailable
 
 _LEDGER_GET = f"$JS.API.DIRECT.GET.{subjects.LEDGER_STREAM}"
@@ -26,13 +26,14 @@ async def dead_letter(bus: Bus, letter: DeadLetter, sequence: int, part: int = -
 
 
 async def publish_ledger(
-    bus: Bus, entries: list[LedgerEntry], timeout: float = 5.0
+    bus: Bus, messages: list[tuple[LedgerEntry | LedgerBundle, str]], timeout: float = 5.0
 ) -> list[JanusError | None]:
-    """Append ``entries`` to the ledger, de-duplicated by request id, in one JetStream round trip; one
-    outcome per entry (None: stored). A failed entry's settlement is redelivered and publishes it again."""
+    """Append each (entry or bundle of entries, its id) to the ledger, de-duplicated by that id, in
+    one JetStream round trip; one outcome per message (None: stored). A failed message's
+    settlements are redelivered and publish it again."""
     return await bus.js_publish_batch(
         subjects.LEDGER,
-        [(encode(e), e.request_id) for e in entries],
+        [(encode(m), msg_id) for m, msg_id in messages],
         store=subjects.LEDGER_STREAM,
         timeout=timeout,
     )

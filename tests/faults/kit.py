@@ -166,7 +166,8 @@ async def ledger(nats_url: str, timeout: float = 30) -> list[LedgerEntry]:
             lambda: bus.pull_consumer(subjects.LEDGER_STREAM, durable, subjects.LEDGER), "ledger consumer"
         )
         out: list[LedgerEntry] = []
-        while len(out) < want:
+        read = 0  # messages: one entry each, or a bundle's
+        while read < want:
             try:
                 msgs = await Bus.fetch(sub, 512, 1.0)
             except JanusError:
@@ -174,9 +175,10 @@ async def ledger(nats_url: str, timeout: float = 30) -> list[LedgerEntry]:
                 await asyncio.sleep(0.2)
                 msgs = []
             if not msgs and time.monotonic() > deadline:
-                raise AssertionError(f"read {len(out)} of the ledger's {want} entries in {timeout}s")
+                raise AssertionError(f"read {read} of the ledger's {want} messages in {timeout}s")
             for m in msgs:
-                out.append(contract.ledger_entry_decoder.decode(m.data))
+                out.extend(contract.ledger_entries_of(m.data))
+                read += 1
                 await m.ack()
         return out
     finally:

@@ -76,7 +76,7 @@ def test_the_daily_document_is_the_one_clients_had() -> None:
         [(TODAY - 3, "mail", "m"), (TODAY, "mail", "big"), (TODAY, "x", "m")]
     ):
         entry = LedgerEntry("r", "u", model, 7 + seq, Usage(3, 4 + seq), bot=bot, at=float(day * 86400 + 5))
-        assert daily.apply(rec, entry, seq + 1, day)
+        assert daily.apply(rec, [entry], seq + 1, day)
     legacy = daily.document(rec, 7, TODAY)
     reply = contract.UsageReply(legacy, daily=daily.usage_days(rec, 7, TODAY))
     decoded = contract.usage_reply_decoder.decode(contract.encode(reply))

@@ -156,7 +156,7 @@ async def ledger(bus: Bus) -> list[contract.LedgerEntry]:
             if not msgs:
                 return out
             for m in msgs:
-                out.append(contract.ledger_entry_decoder.decode(m.data))
+                out.extend(contract.ledger_entries_of(m.data))
                 await m.ack()
     finally:
         with contextlib.suppress(Exception):

@@ -110,6 +110,22 @@ async def test_two_replicas_sweeping_one_ledger_count_every_entry_once(bus: Bus,
         assert await totals(a, u) == expected(entries, u)
 
 
+async def test_bundled_and_lone_ledger_messages_count_every_entry_once(bus: Bus, history: Open) -> None:
+    # as metering appends them: a bundle's entries in one message, a settlement sent alone by itself
+    entries = await publish(bus, 5)
+    more = [
+        LedgerEntry(f"b{i}", USERS[i % 2], "gpt-5-nano", 100 + i, Usage(i, i), at=time.time())
+        for i in range(40)
+    ]
+    for n, part in enumerate((more[:17], more[17:18], more[18:])):
+        bundle = contract.LedgerBundle(part)
+        await bus.js_publish(subjects.LEDGER, contract.encode(bundle), msg_id=f"bundle-{n}")
+    a, b = await history(batch=3), await history(batch=3)
+    await asyncio.gather(drain(a, 8), drain(b, 8))
+    for u in USERS:
+        assert await totals(a, u) == expected(entries + more, u)
+
+
 async def test_a_batch_read_again_after_others_moved_on_counts_once(
     bus: Bus, history: Open, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,7 +1,9 @@
 """A gateway's bundle of settlements against a real nats-server with JetStream: each settlement in
 it is charged exactly once, also when the bundle is delivered again or another bundle repeats it;
-one settlement that cannot be applied goes to the dead letters alone while the rest are charged;
-a bundle longer than metering takes is kept whole in the dead letters, never applied in part."""
+its ledger entries are one ledger message, stored once, and written whole even when a settlement
+of it must come again; one settlement that cannot be applied goes to the dead letters alone while
+the rest are charged; a bundle longer than metering takes is kept whole in the dead letters, never
+applied in part."""
 
 from __future__ import annotations
 
@@ -15,10 +17,12 @@ from services.metering.service import MeteringService
 from shared import contract, subjects
 from shared.bus import Bus, Msg
 from shared.contract import Settlement, SettlementBundle, Usage
+from shared.errors import ServiceUnavailable
 from tests.metering.conftest import (
     MODEL,
     dead_letters,
     ledger,
+    ledger_count,
     newer_record,
     record,
     reserve,
@@ -73,7 +77,53 @@ async def test_a_bundle_redelivered_and_repeated_charges_each_settlement_once(
     assert not ann.holds and not bob.holds
     ids = sorted(e.request_id for e in await ledger(bus))
     assert ids == ["a1", "a2", "a3", "a4", "b1"]
+    # one ledger message per bundle, each stored once however often its bundle came
+    assert await ledger_count(bus) == 2
     assert await dead_letters(bus) == []
+
+
+async def test_a_bundle_with_a_settlement_to_come_again_reaches_the_ledger_whole_once(
+    bus: Bus, start_metering: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    svc = await start_metering(settle_ack_wait_seconds=0.5)
+    real = svc._submit_settlement
+    failed: list[str] = []
+
+    def flaky(s: Settlement, delivery: object) -> object:
+        if s.request_id == "k2" and not failed:
+            failed.append(s.request_id)  # its budget write fails once (an election, say)
+            raise ServiceUnavailable("budget bucket unavailable")
+        return real(s, delivery)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(svc, "_submit_settlement", flaky)
+    for rid in ("k1", "k2", "k3"):
+        assert (await reserve(bus, "kim", rid, plan="pro")).admitted
+    await _publish(bus, [_settlement("kim", rid) for rid in ("k1", "k2", "k3")], "bundle-again")
+
+    await wait_for(lambda: stream_empty(bus), what="the bundle applied on its second delivery")
+    assert failed == ["k2"]
+    rec = await record(bus, "kim")
+    assert rec.week_used == 3 * (50 + 400) and not rec.holds
+    # nothing of it went to the ledger on the first delivery: on the second, all three together
+    assert await ledger_count(bus) == 1
+    assert sorted(e.request_id for e in await ledger(bus)) == ["k1", "k2", "k3"]
+    assert [e.credits for e in await ledger(bus)] == [450, 450, 450]
+
+
+async def test_without_ledger_bundles_each_settlement_of_a_bundle_has_its_own_ledger_message(
+    bus: Bus, start_metering: Start
+) -> None:
+    # the form metering of an earlier release reads, for a rollout from it or a rollback to it
+    await start_metering(ledger_bundles=False)
+    for rid in ("p1", "p2", "p3"):
+        assert (await reserve(bus, "pat", rid, plan="pro")).admitted
+    await _publish(bus, [_settlement("pat", rid) for rid in ("p1", "p2", "p3")], "bundle-plain")
+    await wait_for(lambda: stream_empty(bus), what="the bundle applied")
+    assert await ledger_count(bus) == 3
+    sub = await bus.js.pull_subscribe(subjects.LEDGER, stream=subjects.LEDGER_STREAM)
+    msgs = await Bus.fetch(sub, 10, 2.0)
+    assert sorted(m.headers["Nats-Msg-Id"] for m in msgs) == ["p1", "p2", "p3"]  # type: ignore[index]
+    assert all(isinstance(contract.ledger_message_decoder.decode(m.data), contract.LedgerEntry) for m in msgs)
 
 
 async def test_one_settlement_of_a_bundle_that_cannot_be_applied_is_dead_lettered_alone(
