@@ -121,6 +121,35 @@ def settlement(call: Call) -> Settlement:
     )
 
 
+class _HoldKeeper:
+    """Renews a request's hold (or the lease it drew on) every ``interval`` while it runs, until
+    ``cancel``. A loop timer, not a task per request: almost every request ends long before its
+    first renewal, and a timer costs it no wake-up; a task is started only for a renewal that is due."""
+
+    __slots__ = ("_call", "_interval", "_meter", "_task", "_timer")
+
+    def __init__(self, meter: Meter, call: Call, interval: float) -> None:
+        self._meter = meter
+        self._call = call
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(interval, self._due)
+
+    def _due(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done():  # one renewal at a time: a slow one is not stacked
+            call = self._call
+            self._task = loop.create_task(self._meter.renew(call.user, call.lease or call.request_id))
+        self._timer = loop.call_later(self._interval, self._due)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -172,16 +201,9 @@ class Dispatcher:
             usage = Usage(prompt_tokens=call.prompt_tokens, completion_tokens=sink.chunks)
         return usage
 
-    async def _keep_hold(self, call: Call) -> None:
-        """Renew the request's hold (or the lease it drew on) every interval while it runs (cancelled
-        when it ends)."""
-        while True:
-            await asyncio.sleep(self.s.hold_renew_seconds)
-            await self.meter.renew(call.user, call.lease or call.request_id)
-
     async def run(self, call: Call, plan: RoutePlan, work: WorkRequest, sink: Sink) -> web.StreamResponse:
         # a BYOK request holds nothing; any other keeps its hold alive while it runs
-        keeper = None if call.byok else asyncio.get_running_loop().create_task(self._keep_hold(call))
+        keeper = None if call.byok else _HoldKeeper(self.meter, call, self.s.hold_renew_seconds)
         work.frames = FRAMES_BATCHED  # what ``_frames`` reads
         try:
             return await self._attempts(call, plan, work, sink)
