@@ -222,7 +222,7 @@ class Dispatcher:
     async def _attempts(
         self, call: Call, plan: RoutePlan, work: WorkRequest, sink: Sink
     ) -> web.StreamResponse:
-        last: JanusError = ServiceUnavailable("the route plan has no deployments", code="no_targets")
+        last: JanusError | None = None  # made only when an attempt failed: most requests have none
         headers = {
             subjects.H_REQUEST_ID: call.request_id,
             subjects.H_DEADLINE: f"{time.time() + self.s.request_deadline_seconds:.3f}",
@@ -232,7 +232,7 @@ class Dispatcher:
         n = len(plan.targets)
         targets = [plan.targets[i % n] for i in range(max(1, self.s.max_attempts))] if n else []
         for i, target in enumerate(targets):
-            if i:
+            if last is not None:  # the attempt before failed: only that starts another
                 metrics.FALLBACKS.labels(targets[i - 1].provider, last.code or "error").inc()
             work.deployment = target.deployment
             work.provider = target.provider
@@ -272,6 +272,8 @@ class Dispatcher:
             if sink.started or not err.retryable or self.draining:
                 break
             log.info("fallback", provider=target.provider, code=err.code)
+        if last is None:
+            last = ServiceUnavailable("the route plan has no deployments", code="no_targets")
         return await sink.fail(last)
 
     async def _frames(
