@@ -64,23 +64,29 @@ _CHUNK_FRAMING = 32
 
 
 async def _write(
-    request: web.Request, resp: web.StreamResponse, data: bytes, timeout: float, *, eof: bool = False
+    request: web.Request,
+    resp: web.StreamResponse,
+    data: bytes,
+    timeout: float,
+    *,
+    eof: bool = False,
+    size: int | None = None,
 ) -> None:
     """One write to the client, bounded: a client that stops reading (its socket buffers full)
-    would otherwise hold the request, its worker and its hold for as long as it likes.
+    would otherwise hold the request, its worker and its hold for as long as it likes. ``size``:
+    what the write sends when it is not ``data`` (a ``web.Response`` ends with its own body).
 
     A write that fits under the socket's high-water mark while writing is not paused cannot wait
-    (aiohttp waits only for a paused transport), so it goes without a timer: one per streamed chunk
-    was a measurable part of the gateway's cost per chunk."""
+    (aiohttp waits only for a paused transport, the end of a response too), so it goes without a
+    timer: one per streamed chunk was a measurable part of the gateway's cost per chunk."""
     transport = request.transport
     if (
-        not eof
-        and transport is not None
+        transport is not None
         and not request.protocol.writing_paused
-        and transport.get_write_buffer_size() + len(data) + _CHUNK_FRAMING
+        and transport.get_write_buffer_size() + (len(data) if size is None else size) + _CHUNK_FRAMING
         <= transport.get_write_buffer_limits()[1]
     ):
-        await resp.write(data)
+        await (resp.write_eof(data) if eof else resp.write(data))
         return
     try:
         async with asyncio.timeout(timeout):
@@ -134,10 +140,15 @@ class BufferedSink:
         return
 
     async def done(self, frame: Done) -> web.StreamResponse:
+        """Write the answer now, ahead of the request's bookkeeping (its settlement, metrics and log
+        line), which the client need not wait for; the response returned is already sent."""
         headers = self.call.headers
         headers["Content-Type"] = _JSON
         if not self.parts:
-            return web.Response(body=frame.body, headers=headers)
+            whole = self.resp = web.Response(body=frame.body, headers=headers)
+            await whole.prepare(self.request)
+            await _write(self.request, whole, b"", self.write_timeout, eof=True, size=len(frame.body))
+            return whole
         # written slice by slice: joining them first would hold the answer twice
         parts, self.parts = [*self.parts, frame.body], []
         resp = web.StreamResponse(headers=headers)
