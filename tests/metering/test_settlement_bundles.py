@@ -163,3 +163,23 @@ async def test_a_bundle_over_the_bound_is_dead_lettered_whole_and_nothing_of_it_
     rec = await record(bus, "many")
     assert rec.week_used == 0 and len(rec.holds) == 1, "no settlement of it was applied"
     assert await ledger(bus) == []
+
+
+async def test_a_forged_bundle_cannot_double_an_entry_or_hide_one_behind_a_reused_id(
+    bus: Bus, start_metering: Start
+) -> None:
+    await start_metering()
+    for rid in ("z1", "z2", "z3"):
+        assert (await reserve(bus, "zed", rid, plan="pro")).admitted
+    # one bundle naming a settlement twice, and a second bundle (another message) reusing its id
+    twice = SettlementBundle("same-id", [_settlement("zed", "z1"), _settlement("zed", "z1")])
+    await bus.js_publish(subjects.SETTLE, contract.encode(twice), msg_id="message-1")
+    other = SettlementBundle("same-id", [_settlement("zed", "z2"), _settlement("zed", "z3")])
+    await bus.js_publish(subjects.SETTLE, contract.encode(other), msg_id="message-2")
+
+    await wait_for(lambda: stream_empty(bus), what="both bundles applied")
+    rec = await record(bus, "zed")
+    assert rec.week_used == 3 * (50 + 400) and not rec.holds
+    # z1 once, and the reused id did not make the second bundle's entries look like duplicates
+    assert sorted(e.request_id for e in await ledger(bus)) == ["z1", "z2", "z3"]
+    assert await ledger_count(bus) == 2
