@@ -248,9 +248,17 @@ def test_the_floor_measures_aiohttp_and_nats_py_without_janus() -> None:
 
     out = floor.run((2,), seconds=0.5)
     figures = out["c2"]
+    assert {"pipeline_cpu_ms_per_request", "pipeline_p50_ms"} <= figures.keys()
+    by_process = figures.pop("pipeline_cpu_ms_by_process")
+    assert by_process.keys() == {"edge", "worker", "nats-server"}
+    assert all(v > 0 for v in by_process.values()), by_process
+    assert sum(by_process.values()) == pytest.approx(figures["pipeline_cpu_ms_per_request"], abs=1e-3)
     for name, value in figures.items():
         if name != "added_p50_ms":  # a difference of latencies: may be anything small
             assert 0 < value < 50, (name, value)
+    # the bare pipeline is an edge, a worker's client and a round trip on the bus: never cheaper
+    # than the bare edge alone, measured the same way
+    assert figures["pipeline_cpu_ms_per_request"] > figures["edge_cpu_ms_per_request"]
 
 
 def test_the_floor_under_a_target_is_edge_plus_client_plus_janus_messages_times_one_message() -> None:
@@ -283,3 +291,52 @@ def test_the_floor_under_a_target_is_edge_plus_client_plus_janus_messages_times_
     assert under["c16"]["floor_cpu_ms"] == 0.5 and under["c16"]["target"] == 0.5
     assert "c1: floor 0.550 (5 messages), Janus 3.000, target 1.2" in report.floor_text(under)
     assert report.floor_under_targets([row(1, 3.0, 5.0)], {}) == {}  # no floor section: nothing
+    assert "bare pipeline" not in report.floor_text(under)  # a floor section without one
+
+
+def test_the_bare_pipeline_is_reported_beside_janus_with_its_added_p50_at_c1() -> None:
+    from tools.bench import report
+
+    def row(c: int, cpu: float, added: float) -> report.Row:
+        return report.Row(
+            "janus",
+            "buffered",
+            c,
+            100,
+            0,
+            0,
+            1.0,
+            1.0,
+            2.0,
+            None,
+            overhead_p50_ms=added,
+            janus_cpu_ms_per_request=cpu,
+            bus_in_per_request=2.4,
+        )
+
+    parts = {
+        "edge_cpu_ms_per_request": 0.1,
+        "client_cpu_ms_per_request": 0.2,
+        "hop_cpu_ms_per_message": 0.05,
+        "pipeline_cpu_ms_per_request": 0.9,
+    }
+    under = report.floor_under_targets(
+        [row(1, 1.6, 1.1), row(16, 0.9, 9.0)],
+        {
+            "c1": {**parts, "pipeline_added_p50_ms": 0.93},
+            "c16": {
+                **parts,
+                "pipeline_cpu_ms_per_request": 0.53,
+                "pipeline_cpu_ms_by_process": {"edge": 0.15, "worker": 0.2, "nats-server": 0.18},
+            },
+        },
+    )
+    assert under["c1"]["pipeline_cpu_ms"] == 0.9 and under["c16"]["pipeline_cpu_ms"] == 0.53
+    assert under["c1"]["pipeline_added_p50_ms"] == 0.93 and under["c1"]["janus_added_p50_ms"] == 1.1
+    assert "pipeline_added_p50_ms" not in under["c16"]  # latencies above c=1 are queueing
+    text = report.floor_text(under)
+    assert "c1: CPU ms 0.900/req, Janus 1.600, target 1.2; added p50 0.930 ms, Janus 1.100, target 1" in text
+    assert (
+        "c16: CPU ms 0.530/req, Janus 0.900, target 0.5 (edge 0.150, worker 0.200, nats-server 0.180)" in text
+    )
+    assert "c1: CPU ms 0.900/req, Janus 1.600, target 1.2;" in text  # no split given: none printed

@@ -12,6 +12,11 @@ process over a window of closed-loop load, read from ``/proc``).
 - ``hop``: nats-py request/reply between two processes through a real nats-server (no JetStream):
   the cost of one message crossing the bus, counted in the sender, the server and the receiver,
   per message delivered (a round trip is two).
+- ``pipeline``: the four-service design with nothing of Janus in it, end to end: a bare aiohttp
+  edge that sends each request over the bus (nats-py request/reply, two messages) to a bare worker
+  that posts it to the fake upstream with an aiohttp client and publishes the body back, which the
+  edge returns. No auth, budget, routing, metering or settlement. Driven by the bench's load
+  generator; CPU summed over the edge, the worker and nats-server, as ``make bench`` sums Janus's.
 
 A buffered request through Janus needs at least one edge, one client and a few hops, so
 ``edge + client + hops x hop`` (``hops`` = the bus messages in per request that ``make bench``
@@ -163,6 +168,73 @@ def _run_hop(role: str, url: str, concurrency: int, warmup: float, seconds: floa
     _loop().run_until_complete(main())
 
 
+def _serve_pipe_edge(nats_url: str) -> None:
+    import msgspec
+    import nats
+    from aiohttp import web
+
+    decode = msgspec.json.Decoder().decode
+
+    async def main() -> None:
+        nc = await nats.connect(nats_url)
+
+        async def chat(request: web.Request) -> web.Response:
+            body = await request.read()
+            decode(body)
+            reply = await nc.request("floor.work", body, timeout=30)
+            return web.Response(body=reply.data, content_type="application/json")
+
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", chat)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        print(f"listening {runner.addresses[0][1]}", flush=True)
+        await asyncio.Event().wait()
+
+    _loop().run_until_complete(main())
+
+
+def _serve_pipe_worker(nats_url: str, upstream_url: str) -> None:
+    import aiohttp
+    import msgspec
+    import nats
+
+    decode = msgspec.json.Decoder().decode
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer floor"}
+
+    async def main() -> None:
+        nc = await nats.connect(nats_url)
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=1024, keepalive_timeout=30.0),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=300),
+            trust_env=False,
+        )
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def call(msg: Any) -> None:
+            async with session.post(
+                upstream_url + "/chat/completions", data=msg.data, headers=headers
+            ) as resp:
+                body = await resp.read()
+            decode(body)
+            await nc.publish(msg.reply, body)
+
+        async def on_work(msg: Any) -> None:
+            # a subscription callback runs one message at a time: the call is a task of its own
+            task = asyncio.get_running_loop().create_task(call(msg))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        await nc.subscribe("floor.work", queue="workers", cb=on_work)
+        await nc.flush()
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+
+    _loop().run_until_complete(main())
+
+
 # ------------------------------------------------------------------------------------ measuring
 def _spawn(*args: str, stdin: bool = False) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
@@ -251,6 +323,31 @@ def hop(concurrency: int, seconds: float) -> tuple[float, float]:
             server.stop()
 
 
+def pipeline(upstream: Upstream, concurrency: int, seconds: float) -> tuple[dict[str, float], float]:
+    """(CPU ms per request of the bare edge, the bare worker and nats-server, p50 ms)."""
+    from tools.localnats import start_nats
+
+    with tempfile.TemporaryDirectory() as tmp:
+        server = start_nats(Path(tmp))
+        worker = _spawn("_pipe_worker", server.url, upstream.base_url)
+        edge_proc = None
+        try:
+            assert _line(worker) == "ready"
+            edge_proc = _spawn("_pipe_edge", server.url)
+            port = int(_line(edge_proc).split()[1])
+            pids = {"edge": edge_proc.pid, "worker": worker.pid, "nats-server": server.proc.pid}
+            meter = CpuMeter(pids)
+            phase = Phase("floor", f"http://127.0.0.1:{port}/v1", "buffered", concurrency, "floor")
+            run = run_phase(phase, meter, requests=0, seconds=seconds, warmup_seconds=1.0, timeout=30)
+            if not run.result.requests or run.result.errors:
+                raise RuntimeError(f"the load through the bare pipeline failed: {run.result}")
+            per = {n: run.cpu.get(n, 0.0) * 1000 / run.result.requests for n in pids}
+            return per, run.result.p50_ms or 0.0
+        finally:
+            _stop(worker, *([edge_proc] if edge_proc else []))
+            server.stop()
+
+
 def run(concurrency: tuple[int, ...] = (1, 16), seconds: float = 3.0) -> dict[str, Any]:
     """Per concurrency: CPU ms per request (edge, client) and per message (hop), and p50 latencies:
     the fake upstream alone (``direct``), behind a bare aiohttp server (``edge``), called by a bare
@@ -267,6 +364,8 @@ def run(concurrency: tuple[int, ...] = (1, 16), seconds: float = 3.0) -> dict[st
             edge_cpu, edge_p50 = edge(c, seconds)
             client_cpu, client_p50 = client(upstream, c, seconds)
             hop_cpu, hop_p50 = hop(c, seconds)
+            pipe_parts, pipe_p50 = pipeline(upstream, c, seconds)
+            pipe_cpu = sum(pipe_parts.values())
             figures = {
                 "edge_cpu_ms_per_request": round(edge_cpu, 4),
                 "client_cpu_ms_per_request": round(client_cpu, 4),
@@ -275,11 +374,15 @@ def run(concurrency: tuple[int, ...] = (1, 16), seconds: float = 3.0) -> dict[st
                 "edge_p50_ms": round(edge_p50, 3),
                 "client_p50_ms": round(client_p50, 3),
                 "hop_round_trip_p50_ms": round(hop_p50, 3),
+                "pipeline_cpu_ms_per_request": round(pipe_cpu, 4),
+                "pipeline_cpu_ms_by_process": {n: round(v, 4) for n, v in pipe_parts.items()},
+                "pipeline_p50_ms": round(pipe_p50, 3),
             }
             if c == 1:  # above 1 the latencies are mostly queueing, and their sum means nothing
                 figures["added_p50_ms"] = round(
                     (edge_p50 - direct_p50) + hop_p50 + (client_p50 - direct_p50), 3
                 )
+                figures["pipeline_added_p50_ms"] = round(pipe_p50 - direct_p50, 3)
             out[f"c{c}"] = figures
             print(
                 f"floor c={c}: CPU ms: aiohttp edge {edge_cpu:.4f}/req, aiohttp client {client_cpu:.4f}/req, "
@@ -287,6 +390,13 @@ def run(concurrency: tuple[int, ...] = (1, 16), seconds: float = 3.0) -> dict[st
                 f"{direct_p50:.3f}, edge {edge_p50:.3f}, client {client_p50:.3f}, bus round trip "
                 f"{hop_p50:.3f}"
                 + (f", so these parts alone add {figures['added_p50_ms']:.3f}" if c == 1 else ""),
+                flush=True,
+            )
+            print(
+                f"floor c={c}: bare pipeline (edge, bus, worker, upstream; no Janus code): CPU ms "
+                f"{pipe_cpu:.4f}/req (edge {pipe_parts['edge']:.4f}, worker {pipe_parts['worker']:.4f}, "
+                f"nats-server {pipe_parts['nats-server']:.4f}), p50 {pipe_p50:.3f} ms"
+                + (f", {figures['pipeline_added_p50_ms']:.3f} over direct" if c == 1 else ""),
                 flush=True,
             )
     finally:
@@ -300,6 +410,10 @@ def main(argv: list[str] | None = None) -> None:
         return _serve_edge()
     if argv and argv[0] == "_client":
         return _run_client(argv[1], int(argv[2]), float(argv[3]), float(argv[4]))
+    if argv and argv[0] == "_pipe_edge":
+        return _serve_pipe_edge(argv[1])
+    if argv and argv[0] == "_pipe_worker":
+        return _serve_pipe_worker(argv[1], argv[2])
     if argv and argv[0] == "_hop":
         return _run_hop(argv[1], argv[2], int(argv[3]), float(argv[4]), float(argv[5]))
     ap = argparse.ArgumentParser(

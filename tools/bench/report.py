@@ -190,7 +190,9 @@ def evaluate(rows: list[Row]) -> dict[str, dict[str, Any]]:
 def floor_under_targets(rows: list[Row], floor: dict[str, Any]) -> dict[str, dict[str, float]]:
     """The CPU a buffered request cannot go below with these libraries on this machine: the floor
     section's bare aiohttp edge and client, plus one bus message's cost times the messages Janus
-    sends per request (its own ``bus in/req``), beside Janus's figure and the target."""
+    sends per request (its own ``bus in/req``), beside Janus's figure and the target. Where the
+    floor section ran the bare pipeline (edge, bus, worker, upstream with no Janus code), its CPU
+    per request and, at concurrency 1, its added p50 are given too, beside Janus's."""
     out: dict[str, dict[str, float]] = {}
     for c in (1, 16):
         parts = floor.get(f"c{c}")
@@ -204,12 +206,21 @@ def floor_under_targets(rows: list[Row], floor: dict[str, Any]) -> dict[str, dic
             + parts["client_cpu_ms_per_request"]
             + msgs * parts["hop_cpu_ms_per_message"]
         )
-        out[f"c{c}"] = {
+        figures = {
             "floor_cpu_ms": round(cpu, 3),
             "bus_in_per_request": msgs,
             "janus_cpu_ms": row.janus_cpu_ms_per_request or 0.0,
             "target": TARGETS[f"janus_cpu_ms_per_buffered_request_at_c{c}"],
         }
+        if "pipeline_cpu_ms_per_request" in parts:
+            figures["pipeline_cpu_ms"] = parts["pipeline_cpu_ms_per_request"]
+            for name, value in parts.get("pipeline_cpu_ms_by_process", {}).items():
+                figures[f"pipeline_{name}_cpu_ms"] = value
+        if "pipeline_added_p50_ms" in parts and row.overhead_p50_ms is not None:
+            figures["pipeline_added_p50_ms"] = parts["pipeline_added_p50_ms"]
+            figures["janus_added_p50_ms"] = row.overhead_p50_ms
+            figures["added_p50_target"] = TARGETS["added_p50_ms_at_c1"]
+        out[f"c{c}"] = figures
     return out
 
 
@@ -225,6 +236,28 @@ def floor_text(under: dict[str, dict[str, float]]) -> str:
             f"  {c}: floor {f['floor_cpu_ms']:.3f} ({f['bus_in_per_request']:g} messages), "
             f"Janus {f['janus_cpu_ms']:.3f}, target {f['target']:g}"
         )
+    piped = {c: f for c, f in under.items() if "pipeline_cpu_ms" in f}
+    if piped:
+        lines.append(
+            "The bare pipeline (aiohttp edge -> nats-py request/reply -> aiohttp client -> upstream, "
+            "two messages, no Janus code):"
+        )
+        for c, f in piped.items():
+            text = (
+                f"  {c}: CPU ms {f['pipeline_cpu_ms']:.3f}/req, Janus {f['janus_cpu_ms']:.3f}, "
+                f"target {f['target']:g}"
+            )
+            if "pipeline_edge_cpu_ms" in f:
+                text += (
+                    f" (edge {f['pipeline_edge_cpu_ms']:.3f}, worker {f['pipeline_worker_cpu_ms']:.3f}, "
+                    f"nats-server {f['pipeline_nats-server_cpu_ms']:.3f})"
+                )
+            if "pipeline_added_p50_ms" in f:
+                text += (
+                    f"; added p50 {f['pipeline_added_p50_ms']:.3f} ms, Janus {f['janus_added_p50_ms']:.3f}, "
+                    f"target {f['added_p50_target']:g}"
+                )
+            lines.append(text)
     return "\n".join(lines)
 
 
