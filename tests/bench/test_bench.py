@@ -222,6 +222,17 @@ def test_bench_through_janus_end_to_end(tmp_path: Path) -> None:
         # linger) may land after a window this short has closed, so only those two are certain
         assert r["bus_in_per_request"] >= 2 and r["bus_out_per_request"] >= 2, r
 
+    # the bare pipeline ran right after the buffered phase only, through processes of its own
+    bare = [r for r in doc["rows"] if r["target"] == "bare"]  # type: ignore[attr-defined,index]
+    assert [(r["mode"], r["concurrency"]) for r in bare] == [("buffered", 2)]
+    assert bare[0]["requests"] == 30 and bare[0]["errors"] == 0, bare[0]["first_error"]
+    assert set(bare[0]["janus_cpu_ms_by_process"]) == {"edge", "worker", "nats-server"}
+    assert all(v > 0 for v in bare[0]["janus_cpu_ms_by_process"].values()), bare[0]
+    assert bare[0]["overhead_p50_ms"] is not None and bare[0]["upstream_cpu_ms_per_request"] is not None
+    beside = doc["beside_bare"]["c2"]  # type: ignore[index]
+    assert beside["janus_cpu_ms"] == janus[0]["janus_cpu_ms_per_request"]
+    assert beside["bare_cpu_ms"] == bare[0]["janus_cpu_ms_per_request"]
+
     slope = [r for r in doc["rows"] if r["target"] == "slope"]  # type: ignore[attr-defined,index]
     shapes = [(r["mode"], r["concurrency"], r["chunks"]) for r in slope]
     assert shapes == [("stream", 16, 4), ("stream", 16, 12)]
@@ -340,3 +351,57 @@ def test_the_bare_pipeline_is_reported_beside_janus_with_its_added_p50_at_c1() -
         "c16: CPU ms 0.530/req, Janus 0.900, target 0.5 (edge 0.150, worker 0.200, nats-server 0.180)" in text
     )
     assert "c1: CPU ms 0.900/req, Janus 1.600, target 1.2;" in text  # no split given: none printed
+
+
+def test_janus_beside_the_bare_pipeline_pairs_phases_of_the_same_concurrency() -> None:
+    from tools.bench import report
+
+    def row(target: str, c: int, cpu: float, added: float, mode: str = "buffered") -> report.Row:
+        return report.Row(
+            target,
+            mode,
+            c,
+            100,
+            0,
+            0,
+            1.0,
+            1.0,
+            2.0,
+            None,
+            overhead_p50_ms=added,
+            janus_cpu_ms_per_request=cpu,
+            janus_cpu_ms_by_process={"edge": cpu / 2, "worker": cpu / 2}
+            if target == "bare"
+            else {"gateway": cpu},
+        )
+
+    rows = [
+        row("janus", 1, 1.8, 1.2),
+        row("bare", 1, 1.2, 0.9),
+        row("janus", 16, 0.9, 9.0),
+        row("bare", 16, 0.4, 5.0),
+        row("janus", 64, 0.85, 40.0),  # no bare phase beside it: not paired
+        row("janus", 16, 1.5, 9.0, mode="stream"),  # streams have no bare phase
+    ]
+    beside = report.beside_bare(rows)
+    assert set(beside) == {"c1", "c16"}
+    assert beside["c16"] == {
+        "janus_cpu_ms": 0.9,
+        "bare_cpu_ms": 0.4,
+        "bare_cpu_ms_by_process": {"edge": 0.2, "worker": 0.2},
+        "janus_minus_bare_cpu_ms": 0.5,
+        "janus_over_bare": 2.25,
+    }
+    assert beside["c1"]["janus_added_p50_ms"] == 1.2 and beside["c1"]["bare_added_p50_ms"] == 0.9
+    text = report.beside_bare_text(beside)
+    assert (
+        "c16: CPU ms/req Janus 0.900, bare 0.400 (edge 0.200, worker 0.200); Janus adds 0.500 (2.25x)" in text
+    )
+    assert (
+        "c1: CPU ms/req Janus 1.800, bare 1.200 (edge 0.600, worker 0.600); Janus adds 0.600 (1.5x); " in text
+    )
+    assert "added p50 ms Janus 1.200, bare 0.900" in text
+    # the Janus table by process leaves the bare rows out: their processes are not Janus's
+    table = report.breakdown(rows)
+    assert "janus  buffered" in table and "bare" not in table and "edge" not in table
+    assert report.beside_bare_text({}) == ""

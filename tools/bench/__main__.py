@@ -1,7 +1,7 @@
 """``make bench``: the same load sent straight to a fake upstream and through Janus, in one run.
 
     python -m tools.bench [--concurrency 1,16,64] [--modes buffered,stream] [--seconds 4]
-                          [--requests N] [--warmup 1] [--targets direct,janus] [--profile]
+                          [--requests N] [--warmup 1] [--targets direct,janus,bare] [--profile]
 
 1. start the fake OpenAI-compatible upstream (its own process);
 2. direct: for each mode and concurrency, closed-loop load straight at the upstream;
@@ -9,6 +9,9 @@
    the upstream (``openai_compat``), issue a JWT for a plan too large to run out, and send the
    same load through the gateway, reading the CPU time of every Janus process and nats-server's
    message counters (``/varz``) around each window;
+   bare: right after each Janus buffered phase, the same load through the bare pipeline (the
+   design with no Janus code: ``tools.bench.floor.BarePipeline``), so Janus and what its libraries
+   alone cost are measured seconds apart, whatever the machine's speed did in between;
    then the two ``slope`` phases: streams at concurrency 16 of ``--chunks`` and of
    ``--long-chunks`` chunks (a second upstream), whose CPU difference per chunk is what one
    streamed chunk costs Janus;
@@ -32,6 +35,7 @@ from typing import Any
 from tools.bench import janus as janus_mod
 from tools.bench import report, stages
 from tools.bench.extras import run_extras
+from tools.bench.floor import BarePipeline
 from tools.bench.load import MODES
 from tools.bench.procs import ROOT, CpuMeter, Phase, PhaseRun, Upstream, run_phase
 from tools.bench.profile import Profiler, profile_text, profiler_available
@@ -62,7 +66,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=["buffered", "stream"],
         help="comma list of buffered, stream, embeddings (default buffered,stream)",
     )
-    ap.add_argument("--targets", type=lambda t: _names(t, ("direct", "janus")), default=["direct", "janus"])
+    ap.add_argument(
+        "--targets",
+        type=lambda t: _names(t, ("direct", "janus", "bare")),
+        default=["direct", "janus", "bare"],
+        help="comma list of direct, janus, bare (bare runs beside janus's buffered phases)",
+    )
     ap.add_argument("--seconds", type=float, default=4.0, help="measured seconds per phase")
     ap.add_argument(
         "--requests", type=int, default=0, help="measured requests per phase (overrides --seconds)"
@@ -192,7 +201,11 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(report.table(rows))
-    for text in (report.breakdown(rows), report.stages_text(rows)):
+    for text in (
+        report.breakdown(rows),
+        report.stages_text(rows),
+        report.beside_bare_text(report.beside_bare(rows)),
+    ):
         if text:
             print()
             print(text)
@@ -236,7 +249,13 @@ def _janus_phases(
         print(f"janus stack did not start:\n{str(exc)[-1500:]}", flush=True)
         return []
     rows: list[report.Row] = []
+    bare = None
     try:
+        if "bare" in args.targets and "buffered" in args.modes:
+            try:
+                bare = BarePipeline(upstream.base_url)
+            except Exception as exc:
+                notes.append(f"the bare pipeline did not start: {str(exc)[-500:]}")
         problem = janus_mod.probe(janus)
         if problem:
             notes.append(f"janus probe request failed: {problem}")
@@ -296,8 +315,14 @@ def _janus_phases(
                 where = f"{phase.mode} c={phase.concurrency}"
                 notes.append(f"janus processes exited during {where}: {sorted(dead)}")
                 break
+            if bare is not None and phase.target == "janus" and phase.mode == "buffered":
+                bare_meter = CpuMeter({**bare.pids, "upstream": upstream.proc.pid})
+                bare_phase = Phase("bare", bare.url, "buffered", phase.concurrency, "bare")
+                rows.append(report.make_row("bare", _run(bare_phase, bare_meter, args), list(bare.pids)))
     finally:
         janus.stop()
+        if bare is not None:
+            bare.stop()
     return rows
 
 

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tools.bench.procs import ROOT, CpuMeter, Phase, Upstream, cpu_seconds, run_phase
+from tools.bench.procs import ROOT, CpuMeter, Phase, Upstream, _readline, cpu_seconds, run_phase
 
 _ANSWER = json.dumps(
     {
@@ -323,29 +323,56 @@ def hop(concurrency: int, seconds: float) -> tuple[float, float]:
             server.stop()
 
 
+class BarePipeline:
+    """The bare pipeline's processes, started together: a nats-server of its own, the bare worker
+    (posting to ``upstream_url``) and the bare edge, whose base URL is ``url``. ``make bench`` runs
+    load through it right after each Janus buffered phase, so the two are measured a few seconds
+    apart on a machine whose speed moves by the minute."""
+
+    def __init__(self, upstream_url: str) -> None:
+        from tools.localnats import start_nats
+
+        self._tmp = tempfile.TemporaryDirectory()
+        self.server = start_nats(Path(self._tmp.name))
+        self._procs: list[subprocess.Popen[bytes]] = []
+        try:
+            worker = self._start("_pipe_worker", self.server.url, upstream_url)
+            if _readline(worker, 30) != "ready":
+                raise RuntimeError("the bare worker did not start")
+            edge_proc = self._start("_pipe_edge", self.server.url)
+            line = _readline(edge_proc, 30)
+            if not line.startswith("listening "):
+                raise RuntimeError(f"the bare edge did not start: {line!r}")
+        except BaseException:
+            self.stop()
+            raise
+        self.url = f"http://127.0.0.1:{int(line.split()[1])}/v1"
+        self.pids = {"edge": edge_proc.pid, "worker": worker.pid, "nats-server": self.server.proc.pid}
+
+    def _start(self, *args: str) -> subprocess.Popen[bytes]:
+        proc = _spawn(*args)
+        self._procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        _stop(*self._procs)
+        self.server.stop()
+        self._tmp.cleanup()
+
+
 def pipeline(upstream: Upstream, concurrency: int, seconds: float) -> tuple[dict[str, float], float]:
     """(CPU ms per request of the bare edge, the bare worker and nats-server, p50 ms)."""
-    from tools.localnats import start_nats
-
-    with tempfile.TemporaryDirectory() as tmp:
-        server = start_nats(Path(tmp))
-        worker = _spawn("_pipe_worker", server.url, upstream.base_url)
-        edge_proc = None
-        try:
-            assert _line(worker) == "ready"
-            edge_proc = _spawn("_pipe_edge", server.url)
-            port = int(_line(edge_proc).split()[1])
-            pids = {"edge": edge_proc.pid, "worker": worker.pid, "nats-server": server.proc.pid}
-            meter = CpuMeter(pids)
-            phase = Phase("floor", f"http://127.0.0.1:{port}/v1", "buffered", concurrency, "floor")
-            run = run_phase(phase, meter, requests=0, seconds=seconds, warmup_seconds=1.0, timeout=30)
-            if not run.result.requests or run.result.errors:
-                raise RuntimeError(f"the load through the bare pipeline failed: {run.result}")
-            per = {n: run.cpu.get(n, 0.0) * 1000 / run.result.requests for n in pids}
-            return per, run.result.p50_ms or 0.0
-        finally:
-            _stop(worker, *([edge_proc] if edge_proc else []))
-            server.stop()
+    bare = BarePipeline(upstream.base_url)
+    try:
+        meter = CpuMeter(bare.pids)
+        phase = Phase("floor", bare.url, "buffered", concurrency, "floor")
+        run = run_phase(phase, meter, requests=0, seconds=seconds, warmup_seconds=1.0, timeout=30)
+        if not run.result.requests or run.result.errors:
+            raise RuntimeError(f"the load through the bare pipeline failed: {run.result}")
+        per = {n: run.cpu.get(n, 0.0) * 1000 / run.result.requests for n in bare.pids}
+        return per, run.result.p50_ms or 0.0
+    finally:
+        bare.stop()
 
 
 def run(concurrency: tuple[int, ...] = (1, 16), seconds: float = 3.0) -> dict[str, Any]:

@@ -98,11 +98,12 @@ def _minus(a: float | None, b: float | None) -> float | None:
 
 
 def add_overheads(rows: list[Row]) -> None:
-    """Janus minus direct for the same mode and concurrency (differences of percentiles)."""
+    """Janus (and the bare pipeline) minus direct for the same mode and concurrency (differences of
+    percentiles)."""
     direct = {(r.mode, r.concurrency): r for r in rows if r.target == "direct"}
     for r in rows:
         d = direct.get((r.mode, r.concurrency))
-        if r.target != "janus" or d is None:
+        if r.target not in ("janus", "bare") or d is None:
             continue
         r.overhead_p50_ms = _minus(r.p50_ms, d.p50_ms)
         r.overhead_p99_ms = _minus(r.p99_ms, d.p99_ms)
@@ -261,6 +262,52 @@ def floor_text(under: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def beside_bare(rows: list[Row]) -> dict[str, dict[str, Any]]:
+    """Per concurrency with a Janus buffered phase and the bare pipeline's phase right after it:
+    both CPU figures, the bare one by process, what Janus adds and how many times the bare cost it
+    is, and at concurrency 1 both added p50s. Measured seconds apart, these compare whatever the
+    machine's speed was in that minute, which separate runs do not."""
+    bare = {r.concurrency: r for r in rows if r.target == "bare" and r.mode == "buffered"}
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        b = bare.get(r.concurrency)
+        if r.target != "janus" or r.mode != "buffered" or b is None:
+            continue
+        if r.janus_cpu_ms_per_request is None or not b.janus_cpu_ms_per_request:
+            continue
+        figures: dict[str, Any] = {
+            "janus_cpu_ms": r.janus_cpu_ms_per_request,
+            "bare_cpu_ms": b.janus_cpu_ms_per_request,
+            "bare_cpu_ms_by_process": b.janus_cpu_ms_by_process,
+            "janus_minus_bare_cpu_ms": round(r.janus_cpu_ms_per_request - b.janus_cpu_ms_per_request, 3),
+            "janus_over_bare": round(r.janus_cpu_ms_per_request / b.janus_cpu_ms_per_request, 2),
+        }
+        if r.concurrency == 1:
+            figures["janus_added_p50_ms"] = r.overhead_p50_ms
+            figures["bare_added_p50_ms"] = b.overhead_p50_ms
+        out[f"c{r.concurrency}"] = figures
+    return out
+
+
+def beside_bare_text(beside: dict[str, dict[str, Any]]) -> str:
+    if not beside:
+        return ""
+    lines = [
+        "Janus beside the bare pipeline (aiohttp edge -> nats-py request/reply -> aiohttp client ->",
+        "upstream, no Janus code), buffered, each bare phase run right after Janus's:",
+    ]
+    for c, f in beside.items():
+        parts = ", ".join(f"{n} {v:.3f}" for n, v in f["bare_cpu_ms_by_process"].items())
+        text = (
+            f"  {c}: CPU ms/req Janus {f['janus_cpu_ms']:.3f}, bare {f['bare_cpu_ms']:.3f} ({parts}); "
+            f"Janus adds {f['janus_minus_bare_cpu_ms']:.3f} ({f['janus_over_bare']:g}x)"
+        )
+        if f.get("janus_added_p50_ms") is not None and f.get("bare_added_p50_ms") is not None:
+            text += f"; added p50 ms Janus {f['janus_added_p50_ms']:.3f}, bare {f['bare_added_p50_ms']:.3f}"
+        lines.append(text)
+    return "\n".join(lines)
+
+
 def _fmt(v: float | None, digits: int = 2) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
@@ -316,7 +363,7 @@ def table(rows: list[Row]) -> str:
 
 def breakdown(rows: list[Row]) -> str:
     """CPU ms per request by Janus process: where the time goes."""
-    janus = [r for r in rows if r.target != "direct" and r.janus_cpu_ms_by_process]
+    janus = [r for r in rows if r.target not in ("direct", "bare") and r.janus_cpu_ms_by_process]
     if not janus:
         return ""
     names = sorted({n for r in janus for n in r.janus_cpu_ms_by_process})
@@ -412,6 +459,7 @@ def document(
         "rows": [msgspec.to_builtins(r) for r in rows],
         "targets": targets,
         "chunk_slope": chunk_slope(rows),
+        "beside_bare": beside_bare(rows),
         "extras": extras,
         "notes": notes,
     }
