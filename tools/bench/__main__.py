@@ -170,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
             meter = CpuMeter({"upstream": upstream.proc.pid})
             for phase in _phases("direct", upstream.base_url, args, model_for, key):
                 rows.append(report.make_row("direct", _run(phase, meter, args), []))
+        if "bare" in args.targets and "janus" not in args.targets:
+            notes.append(
+                "the bare pipeline runs beside Janus's buffered phases: without janus it did not run"
+            )
         if "janus" in args.targets:
             rows += _janus_phases(args, workdir, upstream, long_upstream, key, model_for, notes, profiles)
     finally:
