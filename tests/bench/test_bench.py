@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -272,24 +273,18 @@ def test_the_floor_measures_aiohttp_and_nats_py_without_janus() -> None:
     assert figures["pipeline_cpu_ms_per_request"] > figures["edge_cpu_ms_per_request"]
 
 
+def _row(target: str, c: int, cpu: float, mode: str = "buffered", **more: Any) -> Any:
+    """A report row of 100 requests, as the bench makes one, with the figures a report test sets."""
+    from tools.bench import report
+
+    return report.Row(target, mode, c, 100, 0, 0, 1.0, 1.0, 2.0, None, janus_cpu_ms_per_request=cpu, **more)
+
+
 def test_the_floor_under_a_target_is_edge_plus_client_plus_janus_messages_times_one_message() -> None:
     from tools.bench import report
 
     def row(c: int, cpu: float, msgs: float) -> report.Row:
-        return report.Row(
-            "janus",
-            "buffered",
-            c,
-            100,
-            0,
-            0,
-            1.0,
-            1.0,
-            2.0,
-            None,
-            janus_cpu_ms_per_request=cpu,
-            bus_in_per_request=msgs,
-        )
+        return _row("janus", c, cpu, bus_in_per_request=msgs)
 
     parts = {"edge_cpu_ms_per_request": 0.1, "client_cpu_ms_per_request": 0.2, "hop_cpu_ms_per_message": 0.05}
     under = report.floor_under_targets([row(1, 3.0, 5.0), row(16, 1.5, 4.0)], {"c1": parts, "c16": parts})
@@ -309,21 +304,7 @@ def test_the_bare_pipeline_is_reported_beside_janus_with_its_added_p50_at_c1() -
     from tools.bench import report
 
     def row(c: int, cpu: float, added: float) -> report.Row:
-        return report.Row(
-            "janus",
-            "buffered",
-            c,
-            100,
-            0,
-            0,
-            1.0,
-            1.0,
-            2.0,
-            None,
-            overhead_p50_ms=added,
-            janus_cpu_ms_per_request=cpu,
-            bus_in_per_request=2.4,
-        )
+        return _row("janus", c, cpu, overhead_p50_ms=added, bus_in_per_request=2.4)
 
     parts = {
         "edge_cpu_ms_per_request": 0.1,
@@ -357,23 +338,8 @@ def test_janus_beside_the_bare_pipeline_pairs_phases_of_the_same_concurrency() -
     from tools.bench import report
 
     def row(target: str, c: int, cpu: float, added: float, mode: str = "buffered") -> report.Row:
-        return report.Row(
-            target,
-            mode,
-            c,
-            100,
-            0,
-            0,
-            1.0,
-            1.0,
-            2.0,
-            None,
-            overhead_p50_ms=added,
-            janus_cpu_ms_per_request=cpu,
-            janus_cpu_ms_by_process={"edge": cpu / 2, "worker": cpu / 2}
-            if target == "bare"
-            else {"gateway": cpu},
-        )
+        split = {"edge": cpu / 2, "worker": cpu / 2} if target == "bare" else {"gateway": cpu}
+        return _row(target, c, cpu, mode, overhead_p50_ms=added, janus_cpu_ms_by_process=split)
 
     rows = [
         row("janus", 1, 1.8, 1.2),

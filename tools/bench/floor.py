@@ -60,6 +60,20 @@ def _loop() -> asyncio.AbstractEventLoop:
 
 
 # ----------------------------------------------------------------------------------- processes
+async def _serve_chat(chat: Any) -> None:
+    """Serve ``chat`` at /v1/chat/completions on a port the system picks, print it, run for ever."""
+    from aiohttp import web
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    print(f"listening {runner.addresses[0][1]}", flush=True)
+    await asyncio.Event().wait()
+
+
 def _serve_edge() -> None:
     import msgspec
     from aiohttp import web
@@ -70,18 +84,7 @@ def _serve_edge() -> None:
         decode(await request.read())
         return web.Response(body=_ANSWER, content_type="application/json")
 
-    async def main() -> None:
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", chat)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
-        print(f"listening {port}", flush=True)
-        await asyncio.Event().wait()
-
-    _loop().run_until_complete(main())
+    _loop().run_until_complete(_serve_chat(chat))
 
 
 def _run_client(url: str, concurrency: int, warmup: float, seconds: float) -> None:
@@ -184,14 +187,7 @@ def _serve_pipe_edge(nats_url: str) -> None:
             reply = await nc.request("floor.work", body, timeout=30)
             return web.Response(body=reply.data, content_type="application/json")
 
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", chat)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        print(f"listening {runner.addresses[0][1]}", flush=True)
-        await asyncio.Event().wait()
+        await _serve_chat(chat)
 
     _loop().run_until_complete(main())
 
