@@ -227,8 +227,9 @@ def test_bench_through_janus_end_to_end(tmp_path: Path) -> None:
     bare = [r for r in doc["rows"] if r["target"] == "bare"]  # type: ignore[attr-defined,index]
     assert [(r["mode"], r["concurrency"]) for r in bare] == [("buffered", 2)]
     assert bare[0]["requests"] == 30 and bare[0]["errors"] == 0, bare[0]["first_error"]
+    # (30 requests last tens of milliseconds: a process's CPU, counted in 10 ms ticks, may read 0)
     assert set(bare[0]["janus_cpu_ms_by_process"]) == {"edge", "worker", "nats-server"}
-    assert all(v > 0 for v in bare[0]["janus_cpu_ms_by_process"].values()), bare[0]
+    assert bare[0]["janus_cpu_ms_per_request"] is not None
     assert bare[0]["overhead_p50_ms"] is not None and bare[0]["upstream_cpu_ms_per_request"] is not None
     beside = doc["beside_bare"]["c2"]  # type: ignore[index]
     assert beside["janus_cpu_ms"] == janus[0]["janus_cpu_ms_per_request"]
@@ -263,7 +264,7 @@ def test_the_floor_measures_aiohttp_and_nats_py_without_janus() -> None:
     assert {"pipeline_cpu_ms_per_request", "pipeline_p50_ms"} <= figures.keys()
     by_process = figures.pop("pipeline_cpu_ms_by_process")
     assert by_process.keys() == {"edge", "worker", "nats-server"}
-    assert all(v > 0 for v in by_process.values()), by_process
+    assert all(v >= 0 for v in by_process.values()), by_process
     assert sum(by_process.values()) == pytest.approx(figures["pipeline_cpu_ms_per_request"], abs=1e-3)
     for name, value in figures.items():
         if name != "added_p50_ms":  # a difference of latencies: may be anything small
@@ -358,6 +359,11 @@ def test_janus_beside_the_bare_pipeline_pairs_phases_of_the_same_concurrency() -
         "janus_minus_bare_cpu_ms": 0.5,
         "janus_over_bare": 2.25,
     }
+    # a bare phase too short to read any CPU (10 ms ticks) is still paired, with no ratio
+    assert (
+        report.beside_bare([row("janus", 2, 0.9, 1.0), row("bare", 2, 0.0, 0.5)])["c2"]["janus_over_bare"]
+        is None
+    )
     assert beside["c1"]["janus_added_p50_ms"] == 1.2 and beside["c1"]["bare_added_p50_ms"] == 0.9
     text = report.beside_bare_text(beside)
     assert (

@@ -274,14 +274,16 @@ def beside_bare(rows: list[Row]) -> dict[str, dict[str, Any]]:
         b = bare.get(r.concurrency)
         if r.target != "janus" or r.mode != "buffered" or b is None:
             continue
-        if r.janus_cpu_ms_per_request is None or not b.janus_cpu_ms_per_request:
+        if r.janus_cpu_ms_per_request is None or b.janus_cpu_ms_per_request is None:
             continue
+        janus_cpu, bare_cpu = r.janus_cpu_ms_per_request, b.janus_cpu_ms_per_request
         figures: dict[str, Any] = {
-            "janus_cpu_ms": r.janus_cpu_ms_per_request,
-            "bare_cpu_ms": b.janus_cpu_ms_per_request,
+            "janus_cpu_ms": janus_cpu,
+            "bare_cpu_ms": bare_cpu,
             "bare_cpu_ms_by_process": b.janus_cpu_ms_by_process,
-            "janus_minus_bare_cpu_ms": round(r.janus_cpu_ms_per_request - b.janus_cpu_ms_per_request, 3),
-            "janus_over_bare": round(r.janus_cpu_ms_per_request / b.janus_cpu_ms_per_request, 2),
+            "janus_minus_bare_cpu_ms": round(janus_cpu - bare_cpu, 3),
+            # a phase too short to read any CPU (10 ms ticks) has no ratio
+            "janus_over_bare": round(janus_cpu / bare_cpu, 2) if bare_cpu else None,
         }
         if r.concurrency == 1:
             figures["janus_added_p50_ms"] = r.overhead_p50_ms
@@ -301,8 +303,10 @@ def beside_bare_text(beside: dict[str, dict[str, Any]]) -> str:
         parts = ", ".join(f"{n} {v:.3f}" for n, v in f["bare_cpu_ms_by_process"].items())
         text = (
             f"  {c}: CPU ms/req Janus {f['janus_cpu_ms']:.3f}, bare {f['bare_cpu_ms']:.3f} ({parts}); "
-            f"Janus adds {f['janus_minus_bare_cpu_ms']:.3f} ({f['janus_over_bare']:g}x)"
+            f"Janus adds {f['janus_minus_bare_cpu_ms']:.3f}"
         )
+        if f["janus_over_bare"] is not None:
+            text += f" ({f['janus_over_bare']:g}x)"
         if f.get("janus_added_p50_ms") is not None and f.get("bare_added_p50_ms") is not None:
             text += f"; added p50 ms Janus {f['janus_added_p50_ms']:.3f}, bare {f['bare_added_p50_ms']:.3f}"
         lines.append(text)
