@@ -40,6 +40,8 @@ class Row(msgspec.Struct, omit_defaults=False):
     overhead_p50_ms: float | None = None
     overhead_p99_ms: float | None = None
     overhead_ttft_p50_ms: float | None = None
+    # the measured stack's processes: Janus's, or in a "bare" row the bare pipeline's (edge, worker,
+    # nats-server), kept in the same fields so the table and the JSON read both alike
     janus_cpu_ms_per_request: float | None = None
     janus_cpu_ms_by_process: dict[str, float] = {}  # per request
     upstream_cpu_ms_per_request: float | None = None
