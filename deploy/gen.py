@@ -267,6 +267,13 @@ METERING: list[Panel] = [
         ("p50", _p(0.5, "janus_metering_commit_operations")),
     ),
     P(
+        "Budget record size per KV write (grows with a user's settled ids)",
+        "bytes",
+        ("p50", _p(0.5, "janus_metering_record_bytes")),
+        ("p99", _p(0.99, "janus_metering_record_bytes")),
+    ),
+    P("Budget record bytes written", "Bps", ("written", _rate("janus_metering_record_bytes_sum"))),
+    P(
         "Usage reported above its hold (charged the hold)",
         "short",
         ("{{gen_ai_request_model}}", _rate("janus_usage_over_hold_total", _MODEL, fn="increase")),

@@ -166,3 +166,10 @@ METER_COMMIT_OPS = Histogram(
     "Reserves and settlements persisted by one budget-record write",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
+# a record carries the ids a user settled within the idempotency horizon and is rewritten whole:
+# its size is what each write costs JetStream (times the bucket's replicas)
+METER_RECORD_BYTES = Histogram(
+    "janus_metering_record_bytes",
+    "Size of each budget record metering writes",
+    buckets=(1024, 4096, 16384, 65536, 262144, 1048576),
+)

@@ -192,6 +192,7 @@ class BudgetStore:
                     _deliver(batch, results)
                     return
                 new = encode_record(rec)
+                metrics.METER_RECORD_BYTES.observe(len(new))
                 new_rev = await Bus.kv_cas(self.kv, key, new, rev)
             except CasConflict:
                 metrics.CAS_RETRIES.inc()

@@ -195,6 +195,9 @@ def test_bench_direct_path_end_to_end(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(150)
 def test_bench_through_janus_end_to_end(tmp_path: Path) -> None:
+    from tools.bench.janus import CHAT_MODEL
+    from tools.bench.load import build_request
+
     doc = _bench(
         tmp_path,
         "--concurrency",
@@ -222,6 +225,11 @@ def test_bench_through_janus_end_to_end(tmp_path: Path) -> None:
         # Done are inside its window; its settlement's messages (bundled for 20 ms, then metering's
         # linger) may land after a window this short has closed, so only those two are certain
         assert r["bus_in_per_request"] >= 2 and r["bus_out_per_request"] >= 2, r
+        # and their bytes: the work message alone carries the client's body to the worker
+        _, _, raw = build_request("http://127.0.0.1:1/v1", r["mode"], CHAT_MODEL, "")
+        body = raw.split(b"\r\n\r\n", 1)[1]
+        assert r["bus_in_bytes_per_request"] > len(body), r
+        assert r["bus_out_bytes_per_request"] > len(body), r
 
     # the bare pipeline ran right after the buffered phase only, through processes of its own
     bare = [r for r in doc["rows"] if r["target"] == "bare"]  # type: ignore[attr-defined,index]

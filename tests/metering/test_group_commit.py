@@ -254,3 +254,26 @@ async def test_a_record_of_a_newer_layout_is_read_but_never_overwritten(
     await kv.put(user_key("u"), msgspec.msgpack.encode(older))
     assert (await BudgetStore(kv).update("u", reserving("b", rules, price, now))).admitted
     assert msgspec.msgpack.decode((await kv.get(user_key("u"))).value)["schema"] == SCHEMA
+
+
+def _written() -> tuple[float, float]:
+    """(writes, bytes) the record-size histogram has observed so far."""
+    samples = {s.name: s.value for s in metrics.METER_RECORD_BYTES.collect()[0].samples}
+    return samples["janus_metering_record_bytes_count"], samples["janus_metering_record_bytes_sum"]
+
+
+async def test_every_write_is_measured_at_the_size_of_the_record_it_stored(
+    bus: Bus, tiny: tuple[budget.PlanRules, PriceUnits]
+) -> None:
+    rules, price = tiny
+    kv = await bus.kv(BUCKET + "_size")
+    store = BudgetStore(kv)
+    now = int(time.time())
+    before = _written()
+    await asyncio.gather(*(store.submit("u", reserving(f"r{i}", rules, price, now)) for i in range(2)))
+    first, _ = await Bus.kv_get(kv, user_key("u"))
+    await store.submit("u", reserving("r9", rules, price, now))
+    second, _ = await Bus.kv_get(kv, user_key("u"))
+    # two writes (the first two changes were one), each observed at the size stored; the record grew
+    assert len(second) > len(first)
+    assert _written() == (before[0] + 2, before[1] + len(first) + len(second))

@@ -8,7 +8,7 @@
 3. janus: start nats-server and the four services with a generated catalog whose one provider is
    the upstream (``openai_compat``), issue a JWT for a plan too large to run out, and send the
    same load through the gateway, reading the CPU time of every Janus process and nats-server's
-   message counters (``/varz``) around each window;
+   message and byte counters (``/varz``) around each window;
    bare: right after each Janus buffered phase, the same load through the bare pipeline (the
    design with no Janus code: ``tools.bench.floor.BarePipeline``), so Janus and what its libraries
    alone cost are measured seconds apart, whatever the machine's speed did in between;
@@ -295,10 +295,12 @@ def _janus_phases(
                 )
                 profiler.start()
             scrapes: list[stages.Sample] = []
-            bus: list[tuple[int, int]] = []
+            bus: list[tuple[int, int, int, int]] = []
 
-            def take(into: list[stages.Sample] = scrapes, msgs: list[tuple[int, int]] = bus) -> None:
-                msgs.append(janus.bus_messages())
+            def take(
+                into: list[stages.Sample] = scrapes, counts: list[tuple[int, int, int, int]] = bus
+            ) -> None:
+                counts.append(janus.bus_counters())
                 into.append(stages.scrape(ports))
 
             run = _run(phase, meter, args, before=take, after=take)
@@ -310,7 +312,7 @@ def _janus_phases(
                 run,
                 names,
                 chunks=args.long_chunks if long else args.chunks,
-                bus=(bus[1][0] - bus[0][0], bus[1][1] - bus[0][1]),
+                bus=tuple(after - before for before, after in zip(bus[0], bus[1], strict=True)),
             )
             row.stages = stages.stage_means(*scrapes)
             rows.append(row)

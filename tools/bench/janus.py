@@ -111,11 +111,12 @@ class Janus:
         out.update({name: svc.proc.pid for name, svc in self.stack.services.items()})
         return out
 
-    def bus_messages(self) -> tuple[int, int]:
-        """Messages into and out of nats-server so far (``/varz``): one publish delivered to one
-        subscriber counts once in each."""
+    def bus_counters(self) -> tuple[int, int, int, int]:
+        """Messages into and out of nats-server so far, then their bytes (``/varz``): one publish
+        delivered to one subscriber counts once in each. The bytes are payloads (headers included),
+        so a budget record's write to its key-value bucket counts whole."""
         varz = self.stack.nats.monitor("varz")
-        return int(varz["in_msgs"]), int(varz["out_msgs"])
+        return int(varz["in_msgs"]), int(varz["out_msgs"]), int(varz["in_bytes"]), int(varz["out_bytes"])
 
     def alive(self) -> list[str]:
         return [n for n, p in self.pids().items() if cpu_seconds(p) is not None]

@@ -54,6 +54,10 @@ class Row(msgspec.Struct, omit_defaults=False):
     # (publishes) and out of it (deliveries); heartbeats and health reports during it included
     bus_in_per_request: float | None = None
     bus_out_per_request: float | None = None
+    # and their bytes (payloads and headers), which a budget record rewritten whole at each write
+    # dominates once its user has settled many requests within the idempotency horizon
+    bus_in_bytes_per_request: int | None = None
+    bus_out_bytes_per_request: int | None = None
 
 
 def _per_request(seconds: float, n: int) -> float | None:
@@ -66,9 +70,9 @@ def make_row(
     janus_names: list[str],
     *,
     chunks: int | None = None,
-    bus: tuple[int, int] | None = None,
+    bus: tuple[int, ...] | None = None,
 ) -> Row:
-    """``bus``: messages into and out of nats-server during the window."""
+    """``bus``: messages into and out of nats-server during the window, then (when given) their bytes."""
     r: Result = run.result
     n = r.requests
     janus_cpu = {k: v for k, v in run.cpu.items() if k in janus_names}
@@ -76,6 +80,8 @@ def make_row(
         chunks=chunks,
         bus_in_per_request=round(bus[0] / n, 2) if bus and n else None,
         bus_out_per_request=round(bus[1] / n, 2) if bus and n else None,
+        bus_in_bytes_per_request=round(bus[2] / n) if bus and len(bus) > 3 and n else None,
+        bus_out_bytes_per_request=round(bus[3] / n) if bus and len(bus) > 3 and n else None,
         target=target,
         mode=r.mode,
         concurrency=r.concurrency,
@@ -319,6 +325,10 @@ def _fmt(v: float | None, digits: int = 2) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
+def _kib(v: int | None) -> str:
+    return "-" if v is None else f"{v / 1024:.1f}"
+
+
 def table(rows: list[Row]) -> str:
     head = (
         "phase",
@@ -379,16 +389,17 @@ def breakdown(rows: list[Row]) -> str:
         "  "
         + "phase  mode      conc  "
         + "  ".join(f"{n:>11}" for n in names)
-        + "     upstream   loadgen   bus in/req  bus out/req",
+        + "     upstream   loadgen   bus in/req  bus out/req  bus in KiB/req  bus out KiB/req",
     ]
     for r in janus:
         cells = "  ".join(f"{r.janus_cpu_ms_by_process.get(n, 0.0):>11.3f}" for n in names)
         upstream = _fmt(r.upstream_cpu_ms_per_request, 3)
         client = _fmt(r.client_cpu_ms_per_request, 3)
         bus_in, bus_out = _fmt(r.bus_in_per_request), _fmt(r.bus_out_per_request)
+        kib_in, kib_out = _kib(r.bus_in_bytes_per_request), _kib(r.bus_out_bytes_per_request)
         lines.append(
             f"  {r.target:<6} {r.mode:<9} {r.concurrency:>4}  {cells}  {upstream:>11}  {client:>8}"
-            f"  {bus_in:>11}  {bus_out:>11}"
+            f"  {bus_in:>11}  {bus_out:>11}  {kib_in:>14}  {kib_out:>15}"
         )
     slope = chunk_slope(rows)
     if slope:
