@@ -7,7 +7,8 @@
     JANUS_SETTLE stream, durable pull consumer "metering" shared by every replica; a message is
     one Settlement or a gateway's SettlementBundle of them:
         a fetched batch -> one CAS write per user (group commit) -> ledger entries -> one ack a message;
-        a batch that did not fill is followed by a short linger, so low traffic batches too
+        a batch that did not fill is followed by a short linger, so low traffic batches too (longer
+        after large budget writes, so a busy user's record is rewritten a few times a second)
         last delivery still failing, or too old to prove new -> that settlement to JANUS_SETTLE_DEAD
         unreadable -> the message to JANUS_SETTLE_DEAD, term
 
@@ -104,6 +105,16 @@ class _Held:
         self.ledger_id = ledger_id
         self.final = final
         self.again = False
+
+
+def settle_linger(base: float, most: float, written: int, rate: int) -> float:
+    """Seconds to wait after a batch that did not fill: ``base``, or what the ``written`` bytes of
+    its budget writes take at ``rate`` bytes a second when that is longer, never above ``most``.
+    Large writes are a busy user's record rewritten whole: the longer wait lets the next batch
+    carry more of its settlements into one write."""
+    if rate <= 0:
+        return base
+    return max(base, min(most, written / rate))
 
 
 class MeteringService(Service[MeteringSettings]):
@@ -565,9 +576,11 @@ class MeteringService(Service[MeteringSettings]):
             _SETTLE_SECONDS.observe(took)
 
     async def _settle_loop(self, sub: Any) -> None:
+        assert self.store is not None
         self._consuming = True
-        linger = self.settings.settle_linger_ms / 1000.0
-        size = self.settings.settle_batch
+        s = self.settings
+        linger = s.settle_linger_ms / 1000.0
+        size = s.settle_batch
         try:
             while not self._closing.is_set():
                 try:
@@ -579,6 +592,7 @@ class MeteringService(Service[MeteringSettings]):
                 if not msgs:
                     continue
                 taken = time.monotonic()
+                written = self.store.bytes_written
                 try:
                     await self.settle_batch(msgs)
                 except Exception:
@@ -587,7 +601,11 @@ class MeteringService(Service[MeteringSettings]):
                 if len(msgs) < size and linger > 0:
                     # the linger runs from when this batch was taken: what arrived meanwhile
                     # is the next batch, fetched in one pull however many it holds
-                    wait = linger - (time.monotonic() - taken)
+                    wrote = self.store.bytes_written - written  # a reserve's meanwhile included
+                    pause = settle_linger(
+                        linger, s.settle_linger_max_ms / 1000.0, wrote, s.settle_write_bytes_per_second
+                    )
+                    wait = pause - (time.monotonic() - taken)
                     if wait > 0:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(self._closing.wait(), wait)

@@ -18,6 +18,14 @@ class MeteringSettings(CommonSettings, kw_only=True):
     # a wake-up and a write each; a settlement (and so its hold) is applied at most this much later.
     # A full batch is followed by the next fetch at once. 0: fetch as soon as a batch is done
     settle_linger_ms: float = 20.0
+    # ... and longer after a batch whose budget writes were large: each write stores a user's whole
+    # record, settled ids included (tens of KiB for a user settling a few requests a second, up to
+    # 625 KiB at the ceiling), so the linger grows to what those bytes take at this rate, up to
+    # settle_linger_max_ms, and a busy user's record is rewritten a few times a second instead of
+    # at every batch. Settlements wait in the stream meanwhile, their holds still in place.
+    # 0: the linger stays settle_linger_ms
+    settle_write_bytes_per_second: int = 4 * 1024 * 1024
+    settle_linger_max_ms: float = 200.0
     # settled request ids are remembered this long after publication: longer than max_deliver x
     # ack_wait, so every redelivery while metering runs is recognised (by time, not by a count)
     settled_horizon_seconds: int = 900

@@ -101,6 +101,7 @@ class BudgetStore:
         self._queues: dict[str, _Queue] = {}
         # strong references: the loop keeps only weak ones to running tasks
         self._committers: set[asyncio.Task[None]] = set()
+        self.bytes_written = 0  # by every successful write: what the settlement loop paces itself on
 
     async def read(self, key: str) -> tuple[Record | None, int]:
         """The stored record and its revision, fresh from KV (never from the cache)."""
@@ -208,6 +209,7 @@ class BudgetStore:
                 for op in batch:
                     op.fail(exc)
                 return
+            self.bytes_written += len(new)
             self._remember(key, new, new_rev)
             self._decoded[key] = (new_rev, rec)
             while len(self._decoded) > self._decoded_size:

@@ -277,3 +277,42 @@ async def test_every_write_is_measured_at_the_size_of_the_record_it_stored(
     # two writes (the first two changes were one), each observed at the size stored; the record grew
     assert len(second) > len(first)
     assert _written() == (before[0] + 2, before[1] + len(first) + len(second))
+
+
+def test_the_linger_grows_with_the_bytes_a_batch_wrote_within_its_bounds() -> None:
+    from services.metering.service import settle_linger
+
+    rate = 4 * 1024 * 1024
+    assert settle_linger(0.02, 0.2, 1_000, rate) == 0.02  # a small record: the base linger
+    assert settle_linger(0.02, 0.2, rate // 10, rate) == pytest.approx(0.1)  # 410 KiB: 0.1 s
+    assert settle_linger(0.02, 0.2, 625 * 1024 * 2, rate) == 0.2  # never above the most
+    assert settle_linger(0.02, 0.2, 10**9, 0) == 0.02  # a rate of 0: the base linger always
+
+
+async def test_after_a_large_write_the_next_settlements_wait_to_share_one(
+    bus: Bus, start_metering: Start, tiny: tuple[budget.PlanRules, PriceUnits]
+) -> None:
+    rules, price = tiny
+    store = BudgetStore(await bus.kv(subjects.BUDGET_BUCKET))
+    now = int(time.time())
+    for i in range(6):
+        await store.update("dave", reserving(f"d-{i}", rules, price, now, user="dave"))
+    # a base linger of 1 ms, but a write rate so low that any record's write pauses the loop 3 s
+    await start_metering(settle_linger_ms=1.0, settle_write_bytes_per_second=1, settle_linger_max_ms=3000.0)
+    await settle(bus, "dave", "d-0", completion=100)
+
+    async def first_applied() -> bool:
+        return (await store.read_user("dave")).settled_count == 1
+
+    await wait_for(first_applied, what="the first settlement applied")
+    before = await writes(bus, subjects.BUDGET_BUCKET)
+    for i in range(1, 6):  # each waits for its stream acknowledgement, as a gateway's does
+        await settle(bus, "dave", f"d-{i}", completion=100)
+
+    async def all_applied() -> bool:
+        return (await store.read_user("dave")).settled_count == 6
+
+    await wait_for(all_applied, what="every settlement applied")
+    assert await writes(bus, subjects.BUDGET_BUCKET) - before == 1
+    rec = await store.read_user("dave")
+    assert not rec.holds and rec.session_used == 6 * 90
