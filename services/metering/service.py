@@ -107,6 +107,9 @@ class _Held:
         self.again = False
 
 
+MAX_LINGER_MS = 5000
+
+
 def settle_linger(base: float, most: float, written: int, rate: int) -> float:
     """Seconds to wait after a batch that did not fill: ``base``, or what the ``written`` bytes of
     its budget writes take at ``rate`` bytes a second when that is longer, never above ``most``.
@@ -142,6 +145,11 @@ class MeteringService(Service[MeteringSettings]):
                 f"above JANUS_SETTLE_MAX_DELIVER ({settings.settle_max_deliver}) x "
                 f"JANUS_SETTLE_ACK_WAIT_SECONDS ({settings.settle_ack_wait_seconds:g}), or a redelivery "
                 "could outlive its settled id"
+            )
+        if not 0 <= settings.settle_linger_max_ms <= MAX_LINGER_MS:
+            raise ConfigError(
+                f"bad setting: JANUS_SETTLE_LINGER_MAX_MS ({settings.settle_linger_max_ms:g}) must be within "
+                f"0..{MAX_LINGER_MS}: settlements wait that long before they replace their holds"
             )
         if not 0 <= settings.lease_fraction <= 0.5:
             raise ConfigError(

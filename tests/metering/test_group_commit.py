@@ -316,3 +316,13 @@ async def test_after_a_large_write_the_next_settlements_wait_to_share_one(
     assert await writes(bus, subjects.BUDGET_BUCKET) - before == 1
     rec = await store.read_user("dave")
     assert not rec.holds and rec.session_used == 6 * 90
+
+
+@pytest.mark.parametrize("most", [-1.0, 5001.0])
+def test_a_linger_bound_out_of_range_is_refused(plans_file: Path, most: float) -> None:
+    from shared.catalog import ConfigError
+    from tests.metering.conftest import settings
+
+    with pytest.raises(ConfigError, match="JANUS_SETTLE_LINGER_MAX_MS"):
+        MeteringService(settings("nats://127.0.0.1:1", plans_file, settle_linger_max_ms=most))
+    MeteringService(settings("nats://127.0.0.1:1", plans_file, settle_linger_max_ms=5000.0))
