@@ -17,16 +17,16 @@ import pytest
 from services.metering import budget, leases
 from services.metering.leases import LeaseTerms
 from services.metering.record import SCHEMA, Record, user_key
-from services.metering.service import MeteringService
+from services.metering.service import MeteringService, settle_linger
 from services.metering.store import BudgetStore
 from shared import metrics, subjects
 from shared.bus import Bus
-from shared.catalog import load_catalog, load_plans
+from shared.catalog import ConfigError, load_catalog, load_plans
 from shared.contract import LeaseReturn, ReserveReply, ReserveRequest
 from shared.errors import ServiceUnavailable
 from shared.money import PriceUnits
 from shared.streams import ensure_settlement_stream
-from tests.metering.conftest import HOLD, MODEL, TINY_SESSION, ledger, settle, wait_for
+from tests.metering.conftest import HOLD, MODEL, TINY_SESSION, ledger, settings, settle, wait_for
 
 Start = Callable[..., Awaitable[MeteringService]]
 BUCKET = "test_group_commit"
@@ -198,16 +198,25 @@ async def test_settlements_fetched_together_are_one_write_per_user(
     assert sorted(e.request_id for e in entries) == sorted(f"{u}-{i}" for u in users for i in range(8))
 
 
+@pytest.mark.parametrize(
+    "linger",
+    [
+        # a linger far longer than publishing five settlements one after the other takes
+        {"settle_linger_ms": 3000.0},
+        # a linger of 1 ms, but a write rate so low that the first write's bytes make it 3 s
+        {"settle_linger_ms": 1.0, "settle_write_bytes_per_second": 1, "settle_linger_max_ms": 3000.0},
+    ],
+    ids=["long-linger", "after-a-large-write"],
+)
 async def test_settlements_arriving_one_by_one_within_the_linger_share_one_write(
-    bus: Bus, start_metering: Start, tiny: tuple[budget.PlanRules, PriceUnits]
+    bus: Bus, start_metering: Start, tiny: tuple[budget.PlanRules, PriceUnits], linger: dict[str, float]
 ) -> None:
     rules, price = tiny
     store = BudgetStore(await bus.kv(subjects.BUDGET_BUCKET))
     now = int(time.time())
     for i in range(6):
         await store.update("carol", reserving(f"c-{i}", rules, price, now, user="carol"))
-    # a linger far longer than publishing five settlements one after the other takes
-    await start_metering(settle_linger_ms=3000.0)
+    await start_metering(**linger)
     await settle(bus, "carol", "c-0", completion=100)
 
     async def first_applied() -> bool:
@@ -280,8 +289,6 @@ async def test_every_write_is_measured_at_the_size_of_the_record_it_stored(
 
 
 def test_the_linger_grows_with_the_bytes_a_batch_wrote_within_its_bounds() -> None:
-    from services.metering.service import settle_linger
-
     rate = 4 * 1024 * 1024
     assert settle_linger(0.02, 0.2, 1_000, rate) == 0.02  # a small record: the base linger
     assert settle_linger(0.02, 0.2, rate // 10, rate) == pytest.approx(0.1)  # 410 KiB: 0.1 s
@@ -289,40 +296,8 @@ def test_the_linger_grows_with_the_bytes_a_batch_wrote_within_its_bounds() -> No
     assert settle_linger(0.02, 0.2, 10**9, 0) == 0.02  # a rate of 0: the base linger always
 
 
-async def test_after_a_large_write_the_next_settlements_wait_to_share_one(
-    bus: Bus, start_metering: Start, tiny: tuple[budget.PlanRules, PriceUnits]
-) -> None:
-    rules, price = tiny
-    store = BudgetStore(await bus.kv(subjects.BUDGET_BUCKET))
-    now = int(time.time())
-    for i in range(6):
-        await store.update("dave", reserving(f"d-{i}", rules, price, now, user="dave"))
-    # a base linger of 1 ms, but a write rate so low that any record's write pauses the loop 3 s
-    await start_metering(settle_linger_ms=1.0, settle_write_bytes_per_second=1, settle_linger_max_ms=3000.0)
-    await settle(bus, "dave", "d-0", completion=100)
-
-    async def first_applied() -> bool:
-        return (await store.read_user("dave")).settled_count == 1
-
-    await wait_for(first_applied, what="the first settlement applied")
-    before = await writes(bus, subjects.BUDGET_BUCKET)
-    for i in range(1, 6):  # each waits for its stream acknowledgement, as a gateway's does
-        await settle(bus, "dave", f"d-{i}", completion=100)
-
-    async def all_applied() -> bool:
-        return (await store.read_user("dave")).settled_count == 6
-
-    await wait_for(all_applied, what="every settlement applied")
-    assert await writes(bus, subjects.BUDGET_BUCKET) - before == 1
-    rec = await store.read_user("dave")
-    assert not rec.holds and rec.session_used == 6 * 90
-
-
 @pytest.mark.parametrize("most", [-1.0, 5001.0])
 def test_a_linger_bound_out_of_range_is_refused(plans_file: Path, most: float) -> None:
-    from shared.catalog import ConfigError
-    from tests.metering.conftest import settings
-
     with pytest.raises(ConfigError, match="JANUS_SETTLE_LINGER_MAX_MS"):
         MeteringService(settings("nats://127.0.0.1:1", plans_file, settle_linger_max_ms=most))
     MeteringService(settings("nats://127.0.0.1:1", plans_file, settle_linger_max_ms=5000.0))
