@@ -193,7 +193,6 @@ class BudgetStore:
                     _deliver(batch, results)
                     return
                 new = encode_record(rec)
-                metrics.METER_RECORD_BYTES.observe(len(new))
                 new_rev = await Bus.kv_cas(self.kv, key, new, rev)
             except CasConflict:
                 metrics.CAS_RETRIES.inc()
@@ -210,6 +209,7 @@ class BudgetStore:
                     op.fail(exc)
                 return
             self.bytes_written += len(new)
+            metrics.METER_RECORD_BYTES.observe(len(new))
             self._remember(key, new, new_rev)
             self._decoded[key] = (new_rev, rec)
             while len(self._decoded) > self._decoded_size:
