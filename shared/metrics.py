@@ -12,16 +12,30 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
+OTHER = "other"  # the label value of whatever a bounded label set has no room for
+# distinct label sets a metric keeps for values another service chose (Janus's own error codes
+# are a few dozen); past it they are counted under OTHER
+PEER_LABEL_SETS = 256
 
-def children(metric: Any) -> Callable[..., Any]:
+
+def children(metric: Any, most: int = 0) -> Callable[..., Any]:
     """``metric.labels(*values)`` resolved once per distinct values: ``labels()`` takes a lock and
     builds its key on every call, which the request path should not pay. Only for labels whose
-    values are few (the rule for every label here anyway)."""
+    values are few (the rule for every label here anyway).
+
+    ``most``: for a label whose values come from another service (an error code in a worker's
+    frame), at most this many distinct label sets; the rest are counted under ``other`` in every
+    label, so a compromised neighbour cannot grow a series set, and this process, without bound."""
     cache: dict[tuple[str, ...], Any] = {}
 
     def child(*values: str) -> Any:
         found = cache.get(values)
         if found is None:
+            if most and len(cache) >= most:
+                values = (OTHER,) * len(values)
+                found = cache.get(values)
+                if found is not None:
+                    return found
             found = cache[values] = metric.labels(*values)
         return found
 

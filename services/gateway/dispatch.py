@@ -47,6 +47,9 @@ from shared.logging import get_logger
 
 log = get_logger("gateway.dispatch")
 
+# the reason is an error code, which may come from a worker's frame: bounded, whatever a worker sends
+_FALLBACKS = metrics.children(metrics.FALLBACKS, most=metrics.PEER_LABEL_SETS)
+
 
 class Call:
     """One HTTP request's state, shared by the handler, the dispatcher and the edge middleware."""
@@ -233,7 +236,7 @@ class Dispatcher:
         targets = [plan.targets[i % n] for i in range(max(1, self.s.max_attempts))] if n else []
         for i, target in enumerate(targets):
             if last is not None:  # the attempt before failed: only that starts another
-                metrics.FALLBACKS.labels(targets[i - 1].provider, last.code or "error").inc()
+                _FALLBACKS(targets[i - 1].provider, last.code or "error").inc()
             work.deployment = target.deployment
             work.provider = target.provider
             work.upstream_model = target.upstream_model

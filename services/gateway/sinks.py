@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from services.gateway.dispatch import Call
 
 _ttft = metrics.children(metrics.TTFT)
+# an error's code may come from a worker's frame: bounded, whatever a worker sends
+_STREAM_ERRORS = metrics.children(metrics.STREAM_ERRORS, most=metrics.PEER_LABEL_SETS)
 
 _SSE_HEADERS = {
     "Content-Type": "text/event-stream",
@@ -260,7 +262,7 @@ class StreamSink:
     async def fail(self, err: JanusError) -> web.StreamResponse:
         if self.resp is None and not self._held:
             raise err
-        metrics.STREAM_ERRORS.labels(err.code or "error").inc()
+        _STREAM_ERRORS(err.code or "error").inc()
         self.call.error_code = err.code or "error"
         try:
             data = await self._take()

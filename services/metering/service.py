@@ -67,14 +67,23 @@ RETURN_RETRY_SECONDS = 60.0
 _TOP_CACHE_SECONDS = 5.0
 
 
-def _count_settlement(s: contract.Settlement, outcome: budget.Outcome, plans: Container[str]) -> None:
-    metrics.SETTLEMENTS.labels(outcome.result).inc()
+_SETTLED = metrics.children(metrics.SETTLEMENTS)
+_CHARGED = metrics.children(metrics.CREDITS_CHARGED)
+_OVER_HOLD = metrics.children(metrics.USAGE_OVER_HOLD)
+
+
+def _count_settlement(
+    s: contract.Settlement, outcome: budget.Outcome, plans: Container[str], models: Container[str]
+) -> None:
+    _SETTLED(outcome.result).inc()
+    # a plan or model label only ever names a configured one (bounded, and never a user), whatever
+    # model a gateway's settlement names
+    model = s.model if s.model in models else metrics.OTHER
     if outcome.result != "duplicate" and outcome.entry.credits:
-        # a plan label only ever names a configured plan (bounded, and never a user)
-        plan = s.plan if s.plan in plans else "other"
-        metrics.CREDITS_CHARGED.labels(s.model, plan).inc(outcome.entry.credits)
+        plan = s.plan if s.plan in plans else metrics.OTHER
+        _CHARGED(model, plan).inc(outcome.entry.credits)
     if outcome.over_hold:
-        metrics.USAGE_OVER_HOLD.labels(s.model).inc()
+        _OVER_HOLD(model).inc()
         log.warning(
             "usage_over_hold",
             request_id=s.request_id,
@@ -535,7 +544,7 @@ class MeteringService(Service[MeteringSettings]):
                     entry, part, s, "unprovable", "redelivered after the record stopped remembering its time"
                 )
                 continue
-            _count_settlement(s, out, self.rules)
+            _count_settlement(s, out, self.rules, self.prices)
             settled += 1
             if entry.ledger_id and out.result == "duplicate" and not delivery.redelivered:
                 # applied by another message, whose ledger entry it is: a bundle's first delivery

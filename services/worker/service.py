@@ -117,6 +117,8 @@ class WorkerService(Service[WorkerSettings]):
         }
         # which provider each served deployment belongs to: a label names only these (bounded)
         self.deployment_provider = {d.id: p.id for p in self.providers.values() for d in p.deployments}
+        # what a model label may say: the catalog's names for its models, in requests and responses
+        self.model_labels = {*self.catalog.model_by_name, *(m.name_in_responses for m in self.catalog.models)}
         self.provider_busy: dict[str, int] = dict.fromkeys(self.caps, 0)
         self.deployment_busy: dict[str, int] = dict.fromkeys(self.deployment_caps, 0)
         self._idle = asyncio.Event()  # set whenever no call is in flight (for a graceful stop)
@@ -389,7 +391,8 @@ class WorkerService(Service[WorkerSettings]):
         provider = req.provider if req.provider in self.providers else "unknown"
         usage: Usage = terminal.usage
         if usage.prompt_tokens or usage.completion_tokens:
-            model = req.response_model
+            # the work names the model: a label only names one of the catalog's (bounded)
+            model = req.response_model if req.response_model in self.model_labels else metrics.OTHER
             for kind, n in (
                 ("input", usage.prompt_tokens),
                 ("output", usage.completion_tokens),

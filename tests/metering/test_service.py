@@ -183,3 +183,33 @@ async def test_a_renewal_over_the_bus_keeps_a_hold_from_the_reaper(bus: Bus, sta
     await wait_for(abandoned_reaped, what="the abandoned hold reaped")
     rec = await record(bus, "u7")
     assert "long" in rec.holds and rec.holds["long"].seen > rec.holds["long"].at
+
+
+async def test_models_a_settlement_invents_are_counted_under_other_not_as_series_of_their_own(
+    bus: Bus, start_metering: Start
+) -> None:
+    """Settlements naming models the catalog lacks (a compromised gateway inventing one per request):
+    each is still charged what it held, and the credits metric counts them under "other" instead of
+    growing a series per invented name."""
+    await start_metering()
+    charged = metrics.CREDITS_CHARGED.labels(metrics.OTHER, "tiny")
+    before = charged._value.get()
+    for i in range(3):
+        assert (await reserve(bus, "inventor", f"r{i}")).admitted
+        await settle(bus, "inventor", f"r{i}", model=f"invented-{i}")
+
+    async def settled() -> bool:
+        return not (await record(bus, "inventor")).holds and charged._value.get() >= before + 3 * HOLD
+
+    await wait_for(settled, what="the three settlements applied and counted")
+    # the model left the catalog between admission and settlement, as far as metering can tell:
+    # what was held is charged
+    assert (await record(bus, "inventor")).session_used == 3 * HOLD
+    assert charged._value.get() == before + 3 * HOLD
+    named = {
+        s.labels.get("gen_ai_request_model", "")
+        for m in (metrics.CREDITS_CHARGED, metrics.USAGE_OVER_HOLD)
+        for family in m.collect()
+        for s in family.samples
+    }
+    assert not [n for n in named if n.startswith("invented-")]

@@ -377,6 +377,21 @@ async def test_a_deployment_label_names_only_a_served_deployment(bus: Bus, worke
     assert bogus not in text
 
 
+async def test_a_model_label_names_only_a_catalog_model(bus: Bus, worker: WorkerService) -> None:
+    """Work naming a model the catalog lacks (the work's response model is the gateway's word) is
+    served, and its tokens are counted under "other": a neighbour inventing a model per request
+    cannot grow the worker's series."""
+    bogus = f"no-such-model-{time.time_ns()}"
+    before = parse_metric(generate_latest().decode(), "janus_tokens_total", gen_ai_request_model="other")
+    done = check_sequence(await run_work(bus, work(bogus, {"messages": MESSAGES})))
+    assert isinstance(done, contract.Done) and done.usage.completion_tokens > 0
+    text = generate_latest().decode()
+    assert bogus not in text
+    counted = parse_metric(text, "janus_tokens_total", gen_ai_request_model="other")
+    u = done.usage
+    assert counted == before + u.prompt_tokens + u.completion_tokens + u.cached_tokens + u.reasoning_tokens
+
+
 async def test_undecodable_work_is_logged_by_the_request_id_beside_it(
     bus: Bus, worker: WorkerService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
