@@ -13,11 +13,12 @@ class MeteringSettings(CommonSettings, kw_only=True):
     # the idempotency horizon below finite while metering runs
     settle_max_deliver: int = 10
     settle_batch: int = 128
-    # after a batch that did not fill, the next fetch waits this long, so that at low traffic
-    # settlements arriving a few ms apart share one fetch and one budget write per user instead of
-    # a wake-up and a write each; a settlement (and so its hold) is applied at most this much later.
-    # A full batch is followed by the next fetch at once. 0: fetch as soon as a batch is done
-    settle_linger_ms: float = 20.0
+    # after a batch that did not fill, the next fetch waits this long, so that below full batches
+    # the settlements of the last 100 ms share one fetch, one budget write per user and one wake-up
+    # of metering and JetStream (each batch costs about the same whatever it carries); a settlement
+    # (and so its hold) is applied at most this much later. A full batch is followed by the next
+    # fetch at once. 0: fetch as soon as a batch is done
+    settle_linger_ms: float = 100.0
     # ... and longer after a batch whose budget writes were large: each write stores a user's whole
     # record, settled ids included (tens of KiB for a user settling a few requests a second, up to
     # 625 KiB at the ceiling), so the linger grows to what those bytes take at this rate, up to
