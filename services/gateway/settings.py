@@ -43,8 +43,12 @@ class GatewaySettings(CommonSettings, kw_only=True):
     max_reply_bytes: int = 48 * 1024 * 1024
     # credit leases (services/gateway/leases.py): the most requests one lease of a user is asked to
     # hold (0: every request is reserved with metering), and how long a lease may sit unused before
-    # it goes back, so its credits are never parked away from the user's other gateways for longer
-    lease_requests: int = 64
+    # it goes back, so its credits are never parked away from the user's other gateways for longer.
+    # A lease is asked for about ten seconds of the user's recent requests; 256 keeps that up to
+    # about 25 requests a second, and a busier user's lease still lasts a while (128 ms at 2,000 a
+    # second) instead of a reserve and a budget write every few dozen requests. Metering grants at
+    # most a quarter of what each pool has left, whatever is asked
+    lease_requests: int = 256
     lease_idle_seconds: float = 2.0
     # JANUS_BYOK_KEY, the worker's key for users' own provider keys: lets PUT /v1/byok seal them.
     # Never logged; empty: keys can be listed and deleted over HTTP but not stored.
