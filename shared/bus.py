@@ -12,6 +12,7 @@ only ``JanusError``, ``KeyNotFound`` and ``CasConflict``. Two exceptions keep th
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import ssl
@@ -103,18 +104,28 @@ class Inbox:
     Bounded: at most ``max_bytes`` of frames wait unread. A sender that outruns its reader (a worker
     streaming to a client that stopped reading, or one that misbehaves) overflows it: the frames
     queued are dropped, ``OVERFLOW`` is queued in their place and nothing more is taken, so one
-    reply can never take more of the gateway's memory than that."""
+    reply can never take more of the gateway's memory than that.
 
-    __slots__ = ("_bus", "max_bytes", "overflowed", "pending", "queue", "subject", "token")
+    One reader at a time (the request's task): a deque, and a future only while that reader waits,
+    whose timeout is a loop timer. ``asyncio.Queue`` and ``asyncio.timeout`` cost several times
+    that per frame, for waiters and cancellation scopes an inbox never has more than one of."""
+
+    __slots__ = ("_bus", "_frames", "_waiter", "max_bytes", "overflowed", "pending", "subject", "token")
 
     def __init__(self, bus: Bus, token: str, max_bytes: int = 0) -> None:
         self._bus = bus
         self.token = token
         self.subject = f"{bus._inbox_prefix}.{token}"
-        self.queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self._frames: collections.deque[Any] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None  # the reader's, while it waits
         self.max_bytes = max_bytes  # 0: unbounded
         self.pending = 0  # bytes queued and not yet read
         self.overflowed = False
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def put(self, msg: Msg) -> None:
         if self.overflowed:
@@ -122,33 +133,43 @@ class Inbox:
         size = len(msg.data)
         if self.max_bytes and self.pending + size > self.max_bytes:
             self.overflowed = True
-            while not self.queue.empty():
-                self.queue.get_nowait()
+            self._frames.clear()
             self.pending = 0
-            self.queue.put_nowait(OVERFLOW)  # type: ignore[arg-type]
-            return
-        self.pending += size
-        self.queue.put_nowait(msg)
+            self._frames.append(OVERFLOW)
+        else:
+            self.pending += size
+            self._frames.append(msg)
+        self._wake()
 
-    def _taken(self, msg: Msg) -> Msg:
-        if msg is not OVERFLOW and isinstance(msg, Msg):
+    def interrupt(self, marker: object) -> None:
+        """Queue ``marker`` for the reader (a sentinel it knows), whatever the bound."""
+        self._frames.append(marker)
+        self._wake()
+
+    def _taken(self) -> Msg:
+        msg = self._frames.popleft()
+        if isinstance(msg, Msg):
             self.pending -= len(msg.data)
-        return msg
+        return msg  # type: ignore[no-any-return]
 
     def ready(self) -> bool:
         """A message has arrived and ``next`` would not wait."""
-        return not self.queue.empty()
+        return bool(self._frames)
 
     async def next(self, timeout: float) -> Msg:
-        queue = self.queue
-        if not queue.empty():
-            return self._taken(queue.get_nowait())  # messages that arrived together: no wait
+        if self._frames:
+            return self._taken()  # messages that arrived together: no wait
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(timeout, _expire, waiter)
         try:
-            # the timeout wraps the get in this task (asyncio.wait_for would start a task per message)
-            async with asyncio.timeout(timeout):
-                return self._taken(await queue.get())
-        except TimeoutError:
-            raise UpstreamTimeout("no frame from the worker in time", code="stall_timeout") from None
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+        if not self._frames:  # woken by the timer, not by a frame
+            raise UpstreamTimeout("no frame from the worker in time", code="stall_timeout")
+        return self._taken()
 
     def close(self) -> None:
         self._bus._inboxes.pop(self.token, None)
@@ -158,6 +179,11 @@ class Inbox:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class Bus:

@@ -377,6 +377,9 @@ class WorkRequest(msgspec.Struct, tag="work.request.v1", **_tagged):
     # the frame set the gateway reads (``FRAMES_*``); a worker never sends a newer one, so either
     # side can roll out first
     frames: int = 1
+    # unix seconds after which the gateway no longer waits for the answer (0: a gateway that sends
+    # it as the ``Janus-Deadline`` header, which a worker still reads)
+    deadline: float = 0.0
 
 
 # a gateway that predates ``WorkRequest.frames``: one event per Chunk, nothing in ``Done.chunks``
@@ -482,6 +485,15 @@ usage_reply_decoder = msgspec.msgpack.Decoder(UsageReply | ErrorReply)
 daily_query_decoder = msgspec.msgpack.Decoder(DailyQuery)
 admin_query_decoder = msgspec.msgpack.Decoder(AdminQuery)
 work_decoder = msgspec.msgpack.Decoder(WorkRequest)
+
+
+class WorkId(msgspec.Struct):
+    """Only the request id of a work message: read when the whole does not decode, to log it."""
+
+    request_id: str = ""
+
+
+work_id_decoder = msgspec.msgpack.Decoder(WorkId)
 cancel_decoder = msgspec.msgpack.Decoder(Cancel)
 frame_decoder = msgspec.msgpack.Decoder(Frame)
 health_decoder = msgspec.msgpack.Decoder(HealthReport)

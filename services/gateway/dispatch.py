@@ -173,7 +173,7 @@ class Dispatcher:
         """Wake every request still waiting on a worker so it ends now (shutdown past the grace)."""
         self.draining = True
         for box in list(self.active):
-            box.queue.put_nowait(SHUTDOWN)  # type: ignore[arg-type]
+            box.interrupt(SHUTDOWN)
 
     async def _cancel(self, request_id: str) -> None:
         try:
@@ -226,10 +226,9 @@ class Dispatcher:
         self, call: Call, plan: RoutePlan, work: WorkRequest, sink: Sink
     ) -> web.StreamResponse:
         last: JanusError | None = None  # made only when an attempt failed: most requests have none
-        headers = {
-            subjects.H_REQUEST_ID: call.request_id,
-            subjects.H_DEADLINE: f"{time.time() + self.s.request_deadline_seconds:.3f}",
-        }
+        # in the work itself, not in NATS headers: a worker reads no headers then (a worker of an
+        # earlier release, without the field, keeps its own upstream timeouts)
+        work.deadline = time.time() + self.s.request_deadline_seconds
         # cycle through the plan: with a single deployment, a retry still lands on another worker
         # replica of the same pool (a killed worker's subscription is gone from the queue group)
         n = len(plan.targets)
@@ -258,7 +257,7 @@ class Dispatcher:
                 if self.draining:
                     raise ServiceUnavailable("the gateway is shutting down", code="shutting_down")
                 await self.bus.publish(
-                    subjects.work(target.provider), contract.encode(work), reply=box.subject, headers=headers
+                    subjects.work(target.provider), contract.encode(work), reply=box.subject
                 )
                 outcome = await self._frames(call, reader, sink)
             finally:

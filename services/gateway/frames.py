@@ -13,7 +13,7 @@ from shared import contract
 from shared.bus import OVERFLOW, Bus, Inbox
 from shared.errors import JanusError, ServiceUnavailable, UpstreamError, UpstreamTimeout
 
-# put into an inbox's queue to wake its reader when the gateway must end the request now
+# queued in an inbox (``Inbox.interrupt``) to wake its reader when the gateway must end the request now
 SHUTDOWN = object()
 REPLY_OVERFLOW = "reply_too_large"
 

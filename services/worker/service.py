@@ -41,6 +41,7 @@ from shared.contract import (
     cancel_decoder,
     encode,
     work_decoder,
+    work_id_decoder,
 )
 from shared.errors import (
     Cancelled,
@@ -206,13 +207,9 @@ class WorkerService(Service[WorkerSettings]):
         try:
             req = work_decoder.decode(msg.data)
         except msgspec.DecodeError as exc:
-            # the work's own request id is unreadable: the header's ties this refusal to the request
-            # the gateway logged (a gateway of another release, or a neighbour sending junk)
-            log.warning(
-                "work_undecodable",
-                request_id=(msg.headers or {}).get(subjects.H_REQUEST_ID, ""),
-                error=str(exc)[:200],
-            )
+            # the work as a whole is unreadable (a gateway of another release, or a neighbour sending
+            # junk): its request id, where it can be read, ties this refusal to the request logged
+            log.warning("work_undecodable", request_id=_request_id_of(msg), error=str(exc)[:200])
             await r.send(Failed(seq=r.next(), error=InvalidRequest("malformed work request").to_wire()))
             return
         full = self._full(req)
@@ -339,7 +336,7 @@ class WorkerService(Service[WorkerSettings]):
         )
         try:
             try:
-                async with asyncio.timeout(_remaining(headers)):
+                async with asyncio.timeout(_remaining(req, headers)):
                     user_key = await self._user_key(req) if req.byok else None
                     _, _, adapter, ctx = self._context(req, user_key)
                     call = Call(req, ctx, adapter, self.transport, r)
@@ -432,8 +429,21 @@ class WorkerService(Service[WorkerSettings]):
             health.record(req.deployment, provider, seconds, error=error_type, retryable=err.retryable)
 
 
-def _remaining(headers: dict[str, str]) -> float | None:
-    """Seconds left before the gateway's deadline (``Janus-Deadline``: unix seconds), if it sent one."""
+def _request_id_of(msg: Msg) -> str:
+    """The request id of a work message that does not decode as a whole: its own field, else the
+    ``Janus-Request-Id`` header a gateway of an earlier release sent."""
+    try:
+        request_id = work_id_decoder.decode(msg.data).request_id
+    except msgspec.DecodeError:
+        request_id = ""
+    return request_id[:100] or (msg.headers or {}).get(subjects.H_REQUEST_ID, "")[:100]
+
+
+def _remaining(req: WorkRequest, headers: dict[str, str]) -> float | None:
+    """Seconds left before the gateway's deadline (unix seconds: the work's own, else the
+    ``Janus-Deadline`` header a gateway of an earlier release sent), if it sent one."""
+    if req.deadline:
+        return max(0.0, req.deadline - time.time())
     raw = headers.get(subjects.H_DEADLINE)
     if not raw:
         return None

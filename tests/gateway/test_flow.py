@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import aiohttp
@@ -69,7 +70,8 @@ async def test_buffered_chat(gateway: Gateway, fakes: F.Fakes, http: aiohttp.Cli
     # the worker got the client's bytes unchanged, the reservation the capped output and the estimate
     work, headers = fakes.works[0]
     assert json.loads(work.body)["tools"][0]["function"]["name"] == "get_weather"
-    assert headers["Janus-Request-Id"] == rid and float(headers["Janus-Deadline"]) > 0
+    # the request id and the deadline travel in the work itself: the worker parses no NATS headers
+    assert work.request_id == rid and work.deadline > time.time() and headers == {}
     assert fakes.route_requests[0].needs_tools is True
     reserve = fakes.reserves[0]
     assert reserve.model == "gpt-5-nano" and reserve.max_output_tokens == 4096 and reserve.input_tokens > 0

@@ -8,7 +8,7 @@ import pytest
 
 from shared import contract
 from shared.bus import OVERFLOW, Bus, CasConflict, KeyNotFound, map_exception
-from shared.errors import JanusError, PayloadTooLarge, ServiceUnavailable
+from shared.errors import JanusError, PayloadTooLarge, ServiceUnavailable, UpstreamTimeout
 
 
 async def test_request_reply_through_a_queue_group(bus: Bus) -> None:
@@ -95,6 +95,39 @@ async def test_a_fetch_refused_by_jetstream_is_service_unavailable() -> None:
     # consumers catch it, wait and fetch again; a foreign nats error would escape the error tree
     with pytest.raises(ServiceUnavailable):
         await Bus.fetch(_LeaderlessPull(), 10, 1.0)
+
+
+async def test_an_inbox_reader_waits_for_its_frame_times_out_alone_and_survives_a_cancel(bus: Bus) -> None:
+    with bus.open_inbox("waits") as box:
+        # nothing comes: the reader's own deadline, as the gateway's stall error
+        with pytest.raises(UpstreamTimeout) as ei:
+            await box.next(0.05)
+        assert ei.value.code == "stall_timeout"
+        # a frame published while the reader waits wakes it, long before its timeout
+        reader = asyncio.ensure_future(box.next(30))
+        await asyncio.sleep(0)
+        assert not reader.done()
+        await bus.publish(box.subject, b"first")
+        assert (await asyncio.wait_for(reader, 5)).data == b"first"
+        # a reader cancelled while it waits (a client that left) leaves the inbox usable
+        reader = asyncio.ensure_future(box.next(30))
+        await asyncio.sleep(0)
+        reader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+        await bus.publish(box.subject, b"second")
+        assert (await box.next(5)).data == b"second"
+        assert box.pending == 0 and not box.ready()
+    with bus.open_inbox("full", max_bytes=10) as full:
+        await bus.publish(full.subject, b"z" * 100)
+        await bus.publish(full.subject, b"z")
+        assert await full.next(5) is OVERFLOW
+        # an interrupt reaches the reader past the bound, and wakes one already waiting
+        reader = asyncio.ensure_future(full.next(30))
+        await asyncio.sleep(0)
+        marker = object()
+        full.interrupt(marker)
+        assert await asyncio.wait_for(reader, 5) is marker
 
 
 async def test_an_inbox_whose_reader_falls_behind_overflows_instead_of_growing(bus: Bus) -> None:

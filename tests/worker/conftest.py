@@ -122,7 +122,7 @@ async def run_work(
             subjects.work(req.provider),
             contract.encode(req),
             reply=box.subject,
-            headers={subjects.H_REQUEST_ID: req.request_id, **(headers or {})},
+            headers=headers,
         )
         while True:
             msg = await box.next(timeout)

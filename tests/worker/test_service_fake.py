@@ -7,6 +7,7 @@ import base64
 import json
 import time
 
+import msgspec
 import numpy as np
 import pytest
 from prometheus_client import generate_latest
@@ -263,9 +264,15 @@ def slow(body: dict[str, object]) -> contract.WorkRequest:
     return work("slow-chat", body, provider="slowfake", deployment="fake-slow", upstream="slow-upstream-name")
 
 
-async def test_deadline_ends_the_call(bus: Bus, worker: WorkerService) -> None:
-    deadline = {subjects.H_DEADLINE: f"{time.time() + 0.4:.3f}"}
-    frames = await run_work(bus, slow({"messages": MESSAGES, "stream": True}), headers=deadline)
+@pytest.mark.parametrize("sent_as", ["field", "header of an earlier gateway"])
+async def test_deadline_ends_the_call(bus: Bus, worker: WorkerService, sent_as: str) -> None:
+    req = slow({"messages": MESSAGES, "stream": True})
+    headers = None
+    if sent_as == "field":
+        req.deadline = time.time() + 0.4
+    else:
+        headers = {subjects.H_DEADLINE: f"{time.time() + 0.4:.3f}"}
+    frames = await run_work(bus, req, headers=headers)
     failed = check_sequence(frames)
     assert isinstance(failed, contract.Failed) and failed.error.code == "deadline_exceeded"
     assert JanusError.from_wire(failed.error).retryable and not failed.produced
@@ -402,13 +409,17 @@ async def test_undecodable_work_is_logged_by_the_request_id_beside_it(
             return lambda event, **kw: seen.append((event, kw))
 
     monkeypatch.setattr(worker_service, "log", Recorder())
-    with bus.open_inbox("junk") as box:
-        await bus.publish(
-            subjects.work("fake"),
-            b"\xc1 not msgpack",
-            reply=box.subject,
-            headers={subjects.H_REQUEST_ID: "req-junk-1"},
-        )
-        failed = contract.frame_decoder.decode((await box.next(5)).data)
-    assert isinstance(failed, contract.Failed) and failed.error.kind == "invalid_request"
-    assert [kw["request_id"] for event, kw in seen if event == "work_undecodable"] == ["req-junk-1"]
+    sent = [
+        # a gateway of an earlier release named the request in a header
+        (b"\xc1 not msgpack", {subjects.H_REQUEST_ID: "req-junk-1"}),
+        # one of a later release whose work this worker cannot read still names it in the work
+        (msgspec.msgpack.encode({"type": "work.request.v9", "request_id": "req-junk-2", "kind": 7}), None),
+        (b"\xc1 not msgpack", None),
+    ]
+    for data, headers in sent:
+        with bus.open_inbox("junk") as box:
+            await bus.publish(subjects.work("fake"), data, reply=box.subject, headers=headers)
+            failed = contract.frame_decoder.decode((await box.next(5)).data)
+        assert isinstance(failed, contract.Failed) and failed.error.kind == "invalid_request"
+    logged = [kw["request_id"] for event, kw in seen if event == "work_undecodable"]
+    assert logged == ["req-junk-1", "req-junk-2", ""]
