@@ -94,7 +94,8 @@ def inbox_prefix(identity: str) -> str:
     return f"{INBOX_ROOT}.{token(identity)}"
 
 
-# NATS headers
+# NATS headers a gateway of an earlier release put on a work message; the work now carries both as
+# fields (``WorkRequest.request_id``, ``.deadline``), so a worker parses no headers. Still read.
 H_REQUEST_ID = "Janus-Request-Id"
 H_DEADLINE = "Janus-Deadline"
 
