@@ -123,9 +123,8 @@ class Inbox:
         self.overflowed = False
 
     def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if self._waiter is not None:
+            _release(self._waiter)
 
     def put(self, msg: Msg) -> None:
         if self.overflowed:
@@ -161,7 +160,7 @@ class Inbox:
             return self._taken()  # messages that arrived together: no wait
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
-        timer = loop.call_later(timeout, _expire, waiter)
+        timer = loop.call_later(timeout, _release, waiter)
         try:
             await waiter
         finally:
@@ -181,7 +180,8 @@ class Inbox:
         self.close()
 
 
-def _expire(waiter: asyncio.Future[None]) -> None:
+def _release(waiter: asyncio.Future[None]) -> None:
+    """Wake an inbox's reader: a frame came, or its timer ran out (it then finds no frame)."""
     if not waiter.done():
         waiter.set_result(None)
 
