@@ -39,7 +39,7 @@ async def chunk_then_fail_with_a_new_code(f: F.Fakes, work: WorkRequest, send: F
 async def _send_all(
     http: aiohttp.ClientSession, gateway: Gateway, body: dict[str, object], status: int
 ) -> None:
-    """``CODES`` requests, 16 at a time, each answered with ``status``."""
+    """At least ``CODES`` requests (rounds of 16), each answered with ``status``."""
 
     async def one() -> None:
         async with http.post(gateway.url + "/v1/chat/completions", json=body, headers=auth()) as r:
