@@ -95,6 +95,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="sample every service with py-spy during the Janus buffered phase at --profile-at",
     )
     ap.add_argument("--profile-at", type=int, default=16, help="concurrency of the profiled phase")
+    ap.add_argument(
+        "--log-level",
+        default="WARNING",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="the services' JANUS_LOG_LEVEL (default WARNING: no access line per request; INFO is the "
+        "services' own default, which adds the gateway's line for every request to what is measured)",
+    )
     return ap.parse_args(argv)
 
 
@@ -247,6 +254,7 @@ def _janus_phases(
             key,
             dimensions=16,
             long_upstream_url=long_upstream.base_url if long_upstream else "",
+            log_level=args.log_level,
         )
     except Exception as exc:  # the services may not exist yet or may fail to start: report, go on
         notes.append(f"janus stack did not start: {str(exc)[-1500:]}")

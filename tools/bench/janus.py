@@ -126,7 +126,13 @@ class Janus:
 
 
 def start(
-    workdir: Path, upstream_base_url: str, upstream_key: str, *, dimensions: int, long_upstream_url: str = ""
+    workdir: Path,
+    upstream_base_url: str,
+    upstream_key: str,
+    *,
+    dimensions: int,
+    long_upstream_url: str = "",
+    log_level: str = "WARNING",
 ) -> Janus:
     workdir.mkdir(parents=True, exist_ok=True)
     files = {
@@ -140,7 +146,7 @@ def start(
         "JANUS_CATALOG": str(workdir / "catalog.yaml"),
         "JANUS_PLANS": str(workdir / "plans.yaml"),
         "JANUS_ROUTING": str(workdir / "routing.yaml"),
-        "JANUS_LOG_LEVEL": "WARNING",
+        "JANUS_LOG_LEVEL": log_level,
         KEY_ENV: upstream_key,
     }
     stack = start_stack(workdir / "stack", env=env, nats_monitor=True)
