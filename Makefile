@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ROUTING_DATA ?= ../shared/data/routing
 
-.PHONY: install test-tools run test unit validate-deploy gen-deploy bench bench-metering bench-router token faults compose-keys \
+.PHONY: install test-tools run test unit validate-deploy gen-deploy bench bench-instructions bench-metering bench-router \
+        token faults compose-keys \
         train-router eval-routing lint soak clean
 
 $(STAMP): pyproject.toml
@@ -37,10 +38,12 @@ unit: install test-tools
 	$(BIN)/python -m pytest --ignore=tests/faults --ignore=tests/scale
 
 ## programs the tests drive, from Debian's packages, installed with apt-get when missing: headless
-## chromium (the console's browser tests) and prometheus (the live dashboard test)
+## chromium (the console's browser tests), prometheus (the live dashboard test) and valgrind
+## (make bench-instructions, which the bench tests run once with tiny numbers)
 test-tools:
 	@bash scripts/ensure-tool.sh chromium chromium fonts-dejavu-core >/dev/null
 	@bash scripts/ensure-tool.sh prometheus prometheus >/dev/null
+	@bash scripts/ensure-tool.sh valgrind valgrind >/dev/null
 
 validate-deploy: install
 	bash deploy/validate.sh
@@ -48,6 +51,12 @@ validate-deploy: install
 ## make bench: direct vs through Janus, at concurrency 1, 16 and 64, buffered and streaming
 bench: install
 	$(BIN)/python -m tools.bench
+
+## make bench-instructions: instructions per request in the gateway and the worker beside the bare
+## pipeline's, counted by callgrind: repeatable to 0.1 % whatever the machine's speed that minute
+bench-instructions: install
+	@bash scripts/ensure-tool.sh valgrind valgrind >/dev/null
+	$(BIN)/python -m tools.bench.instructions
 
 bench-metering: install
 	$(BIN)/python -m tools.bench_metering

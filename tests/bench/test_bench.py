@@ -385,3 +385,38 @@ def test_janus_beside_the_bare_pipeline_pairs_phases_of_the_same_concurrency() -
     table = report.breakdown(rows)
     assert "janus  buffered" in table and "bare" not in table and "edge" not in table
     assert report.beside_bare_text({}) == ""
+
+
+@pytest.mark.timeout(420)
+def test_instructions_are_counted_per_request_in_the_measured_window(tmp_path: Path) -> None:
+    """``make bench-instructions`` end to end with tiny numbers: each process ran under callgrind and
+    its counters covered the counted requests only. Starting Python with aiohttp and nats-py under
+    callgrind runs to hundreds of millions of instructions, so a count that took in the start, or
+    the warm-up, would show as millions per request here."""
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tools.bench.instructions",
+            "--processes",
+            "gateway,edge",
+            "--requests",
+            "40",
+            "--warmup",
+            "10",
+            "--out",
+            str(out),
+        ],
+        cwd=str(ROOT),
+        capture_output=True,
+        timeout=400,
+    )
+    assert proc.returncode == 0, proc.stdout.decode()[-2000:] + proc.stderr.decode()[-2000:]
+    doc = json.loads((out / "instructions.json").read_text())
+    per = doc["instructions_per_request"]
+    assert set(per) == {"gateway", "edge"}
+    for name, n in per.items():
+        assert 50_000 < n < 5_000_000, (name, n)
+    assert doc["janus_over_bare"] == {"gateway": round(per["gateway"] / per["edge"], 2)}
+    assert doc["settings"] == {"requests": 40, "warmup": 10, "concurrency": 1, "log_level": "WARNING"}

@@ -232,9 +232,10 @@ def _serve_pipe_worker(nats_url: str, upstream_url: str) -> None:
 
 
 # ------------------------------------------------------------------------------------ measuring
-def _spawn(*args: str, stdin: bool = False) -> subprocess.Popen[bytes]:
+def _spawn(*args: str, stdin: bool = False, prefix: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+    """``prefix``: a command the process runs under (``valgrind ...``), or none."""
     return subprocess.Popen(
-        [sys.executable, "-m", "tools.bench.floor", *args],
+        [*prefix, sys.executable, "-m", "tools.bench.floor", *args],
         cwd=str(ROOT),
         stdin=subprocess.PIPE if stdin else None,
         stdout=subprocess.PIPE,
@@ -323,20 +324,33 @@ class BarePipeline:
     """The bare pipeline's processes, started together: a nats-server of its own, the bare worker
     (posting to ``upstream_url``) and the bare edge, whose base URL is ``url``. ``make bench`` runs
     load through it right after each Janus buffered phase, so the two are measured a few seconds
-    apart on a machine whose speed moves by the minute."""
+    apart on a machine whose speed moves by the minute.
 
-    def __init__(self, upstream_url: str) -> None:
+    ``under`` names a process ("edge" or "worker") to run under a command (``under_prefix``, e.g.
+    callgrind, for ``tools.bench.instructions``), given ``start_timeout`` seconds to come up."""
+
+    def __init__(
+        self,
+        upstream_url: str,
+        *,
+        under: str = "",
+        under_prefix: tuple[str, ...] = (),
+        start_timeout: float = 30,
+    ) -> None:
         from tools.localnats import start_nats
 
         self._tmp = tempfile.TemporaryDirectory()
         self.server = start_nats(Path(self._tmp.name))
         self._procs: list[subprocess.Popen[bytes]] = []
         try:
-            worker = self._start("_pipe_worker", self.server.url, upstream_url)
-            if _readline(worker, 30) != "ready":
+            prefix = {under: under_prefix} if under else {}
+            worker = self._start(
+                "_pipe_worker", self.server.url, upstream_url, prefix=prefix.get("worker", ())
+            )
+            if _readline(worker, start_timeout) != "ready":
                 raise RuntimeError("the bare worker did not start")
-            edge_proc = self._start("_pipe_edge", self.server.url)
-            line = _readline(edge_proc, 30)
+            edge_proc = self._start("_pipe_edge", self.server.url, prefix=prefix.get("edge", ()))
+            line = _readline(edge_proc, start_timeout)
             if not line.startswith("listening "):
                 raise RuntimeError(f"the bare edge did not start: {line!r}")
         except BaseException:
@@ -345,8 +359,8 @@ class BarePipeline:
         self.url = f"http://127.0.0.1:{int(line.split()[1])}/v1"
         self.pids = {"edge": edge_proc.pid, "worker": worker.pid, "nats-server": self.server.proc.pid}
 
-    def _start(self, *args: str) -> subprocess.Popen[bytes]:
-        proc = _spawn(*args)
+    def _start(self, *args: str, prefix: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+        proc = _spawn(*args, prefix=prefix)
         self._procs.append(proc)
         return proc
 

@@ -1,0 +1,226 @@
+"""Instructions per buffered request in the gateway and the worker, counted by callgrind, beside the
+bare pipeline's edge and worker: a figure that does not move with the machine's minute.
+
+    python -m tools.bench.instructions [--requests 1500] [--warmup 300]
+                                       [--processes gateway,worker,edge,bare-worker]
+    make bench-instructions
+
+Why. ``make bench`` reads CPU time, which is what the design targets are stated in; on a shared
+2-core machine the same code measures up to twice as much on a slow minute as on a fast one, far
+more than most changes to the request path are worth. Valgrind's callgrind counts the instructions
+a process executes, whatever the machine's speed: at concurrency 1, two runs of the same code agree
+to within 0.1 %. A change to the hot path is judged here, before and after, on any day; its
+effect in milliseconds is then ``make bench``'s to show when the machine lets it.
+
+How. The fake upstream starts as in ``make bench``. For each process measured, a fresh Janus stack
+(or bare pipeline) starts and that one process is restarted under ``valgrind --tool=callgrind``
+while the others run natively. It is warmed with ``--warmup`` buffered requests, its counters are
+zeroed (``callgrind_control -z``), it is sent ``--requests`` more at concurrency 1, and its counters
+are dumped (``callgrind_control -d``): instructions divided by requests.
+
+What the figure is not. Under callgrind a process runs about 40 times slower, so what it does per
+unit of time (the gateway's 20 ms settlement bundles, the worker's heartbeats) falls on fewer
+requests than it does natively; and an instruction is not a fixed amount of time. The figure
+compares code with code, Janus with the bare pipeline; it does not convert to milliseconds.
+nats-server (Go) and metering (its work per request depends on how requests fall into its
+batches in time) are not measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tools.bench import janus as janus_mod
+from tools.bench.floor import BarePipeline
+from tools.bench.load import run_load
+from tools.bench.procs import ROOT, Upstream
+
+JANUS = ("gateway", "worker")
+BARE = {"edge": "edge", "bare-worker": "worker"}
+PROCESSES = (*JANUS, *BARE)
+
+
+def callgrind_prefix(out_file: Path) -> tuple[str, ...]:
+    return (
+        "valgrind",
+        "--tool=callgrind",
+        f"--callgrind-out-file={out_file}",
+        f"--log-file={out_file}-valgrind.log",
+        "--dump-instr=no",
+    )
+
+
+def instructions(dump: Path) -> int:
+    """The total instructions (``Ir``) a callgrind dump file records."""
+    for line in dump.read_text().splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    raise RuntimeError(f"no totals in {dump}")
+
+
+def _control(flag: str, pid: int) -> None:
+    subprocess.run(["callgrind_control", flag, str(pid)], check=True, capture_output=True, timeout=120)
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the process under callgrind exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"not ready under callgrind in {timeout:.0f}s: {url}")
+
+
+def _count(pid: int, dump: Path, send: Callable[[int], Any], warmup: int, requests: int) -> float:
+    """Instructions per request of ``pid``, running under callgrind with ``dump`` as its output."""
+    send(warmup)
+    _control("-z", pid)
+    result = send(requests)
+    if result.errors or result.requests != requests:
+        raise RuntimeError(f"the load did not complete: {result}")
+    _control("-d", pid)
+    dumps = sorted(dump.parent.glob(dump.name + ".*"), key=lambda p: p.stat().st_mtime)
+    if not dumps:
+        raise RuntimeError(f"callgrind wrote no dump next to {dump}")
+    return instructions(dumps[-1]) / requests
+
+
+def _sender(url: str, model: str, token: str) -> Callable[[int], Any]:
+    def send(n: int) -> Any:
+        return asyncio.run(
+            run_load(url, "buffered", 1, model=model, token=token, requests=n, request_timeout=120)
+        )
+
+    return send
+
+
+def _janus_process(
+    name: str, upstream: Upstream, key: str, work: Path, log_level: str, warmup: int, requests: int
+) -> float:
+    janus = janus_mod.start(work / name, upstream.base_url, key, dimensions=16, log_level=log_level)
+    under: subprocess.Popen[bytes] | None = None
+    try:
+        svc = janus.stack.services[name]
+        svc.stop()
+        dump = work / f"callgrind.{name}.out"
+        with (work / f"{name}.callgrind.log").open("ab") as log:
+            under = subprocess.Popen(
+                [*callgrind_prefix(dump), sys.executable, "-m", f"services.{name}"],
+                cwd=str(ROOT),
+                env=svc.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        _wait_ready(f"http://127.0.0.1:{svc.ops_port}/readyz", under, 300)
+        return _count(
+            under.pid, dump, _sender(janus.base_url, janus_mod.CHAT_MODEL, janus.token), warmup, requests
+        )
+    finally:
+        if under is not None and under.poll() is None:
+            under.send_signal(signal.SIGTERM)
+            try:
+                under.wait(60)
+            except subprocess.TimeoutExpired:
+                under.kill()
+                under.wait()
+        janus.stop()
+
+
+def _bare_process(role: str, upstream: Upstream, work: Path, warmup: int, requests: int) -> float:
+    dump = work / f"callgrind.bare-{role}.out"
+    bare = BarePipeline(upstream.base_url, under=role, under_prefix=callgrind_prefix(dump), start_timeout=300)
+    try:
+        return _count(bare.pids[role], dump, _sender(bare.url, "bare", ""), warmup, requests)
+    finally:
+        bare.stop()
+
+
+def run(processes: tuple[str, ...], requests: int, warmup: int, log_level: str) -> dict[str, Any]:
+    key = janus_mod.new_upstream_key()
+    upstream = Upstream(
+        chunks=8, chunk_delay_ms=0.0, api_key_env=janus_mod.KEY_ENV, env={janus_mod.KEY_ENV: key}
+    )
+    per: dict[str, float] = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="janus-instructions-") as tmp:
+            work = Path(tmp)
+            for name in processes:
+                print(
+                    f"{name}: under callgrind, {warmup} requests to warm, {requests} counted ...", flush=True
+                )
+                if name in JANUS:
+                    per[name] = _janus_process(name, upstream, key, work, log_level, warmup, requests)
+                else:
+                    per[name] = _bare_process(BARE[name], upstream, work, warmup, requests)
+    finally:
+        upstream.stop()
+    ratios = {
+        janus: round(per[janus] / per[bare], 2)
+        for janus, bare in (("gateway", "edge"), ("worker", "bare-worker"))
+        if janus in per and bare in per
+    }
+    return {
+        "instructions_per_request": {k: round(v) for k, v in per.items()},
+        "janus_over_bare": ratios,
+        "settings": {"requests": requests, "warmup": warmup, "concurrency": 1, "log_level": log_level},
+    }
+
+
+def report(result: dict[str, Any]) -> str:
+    lines = ["instructions per buffered request at concurrency 1 (callgrind):"]
+    for name, n in result["instructions_per_request"].items():
+        lines.append(f"  {name:12s} {n:>12,}")
+    for name, ratio in result["janus_over_bare"].items():
+        lines.append(f"  {name} over its bare counterpart: {ratio:.2f}x")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(
+        prog="python -m tools.bench.instructions",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--requests", type=int, default=1500, help="requests counted per process")
+    ap.add_argument("--warmup", type=int, default=300, help="requests sent before counting")
+    ap.add_argument("--processes", default=",".join(PROCESSES), help=f"comma list of {', '.join(PROCESSES)}")
+    ap.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    ap.add_argument("--out", type=Path, default=ROOT / "bench-results", help="report directory")
+    args = ap.parse_args(argv)
+    processes = tuple(p.strip() for p in args.processes.split(",") if p.strip())
+    unknown = set(processes) - set(PROCESSES)
+    if unknown:
+        ap.error(f"unknown processes: {sorted(unknown)}")
+    for tool in ("valgrind", "callgrind_control"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is not installed (Debian: apt-get install valgrind)")
+    result = run(processes, args.requests, args.warmup, args.log_level)
+    print(report(result))
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "instructions.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
