@@ -15,6 +15,7 @@ import contextlib
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import msgspec
@@ -63,7 +64,6 @@ log = get_logger("worker")
 
 # label children resolved once per provider (and model, kind) instead of on every call
 _IN_FLIGHT = metrics.children(metrics.WORKER_IN_FLIGHT)
-_DEPLOYMENT_IN_FLIGHT = metrics.children(metrics.WORKER_DEPLOYMENT_IN_FLIGHT)
 _CALLS = metrics.children(metrics.UPSTREAM_CALLS)
 _UPSTREAM_SECONDS = metrics.children(metrics.UPSTREAM_DURATION)
 _TOKENS = metrics.children(metrics.TOKENS)
@@ -122,6 +122,8 @@ class WorkerService(Service[WorkerSettings]):
         self.model_labels = {*self.catalog.model_by_name, *(m.name_in_responses for m in self.catalog.models)}
         self.provider_busy: dict[str, int] = dict.fromkeys(self.caps, 0)
         self.deployment_busy: dict[str, int] = dict.fromkeys(self.deployment_caps, 0)
+        # calls in flight per served deployment, capped or not: the gauges read these when scraped
+        self.deployment_flight: dict[str, int] = dict.fromkeys(self.deployment_provider, 0)
         self._idle = asyncio.Event()  # set whenever no call is in flight (for a graceful stop)
         self._work_subs: list[Any] = []
         self._started = False
@@ -146,12 +148,15 @@ class WorkerService(Service[WorkerSettings]):
         cap = self.settings.max_concurrency
         for pid in self.providers:
             metrics.WORKER_CAPACITY.labels(pid).set(self.caps[pid])
-            metrics.WORKER_IN_FLIGHT.labels(pid).set(0)
+            # read when scraped, not moved twice per call
+            metrics.WORKER_IN_FLIGHT.labels(pid).set_function(_reader(self.provider_busy, pid))
             for d in self.providers[pid].deployments:
                 metrics.WORKER_DEPLOYMENT_CAPACITY.labels(pid, d.id).set(
                     min(self.deployment_caps.get(d.id, self.caps[pid]), self.caps[pid])
                 )
-                _DEPLOYMENT_IN_FLIGHT(pid, d.id).set(0)
+                metrics.WORKER_DEPLOYMENT_IN_FLIGHT.labels(pid, d.id).set_function(
+                    _reader(self.deployment_flight, d.id)
+                )
             # the subscription admits a little more than the capacity, so that excess work is
             # refused at once (and the gateway falls back) rather than left waiting unanswered
             sub = await bus.serve(
@@ -232,12 +237,14 @@ class WorkerService(Service[WorkerSettings]):
         ]
         for busy, k in held:
             busy[k] += 1
-        # a label only ever names a provider this worker serves (bounded cardinality)
-        label = req.provider if req.provider in self.providers else "unknown"
-        _IN_FLIGHT(label).inc()
+        # a provider this worker serves is counted in provider_busy, which its gauge reads; work
+        # naming another is counted under "unknown" (a label only names a served provider)
+        unknown = req.provider not in self.providers
+        if unknown:
+            _IN_FLIGHT("unknown").inc()
         served = self._served_deployment(req)
         if served:
-            _DEPLOYMENT_IN_FLIGHT(label, served).inc()
+            self.deployment_flight[served] += 1
         bind_request(request_id=req.request_id)
         try:
             await self._run(req, r, msg.headers or {})
@@ -249,9 +256,10 @@ class WorkerService(Service[WorkerSettings]):
             self.in_flight -= 1
             for busy, k in held:
                 busy[k] -= 1
-            _IN_FLIGHT(label).dec()
+            if unknown:
+                _IN_FLIGHT("unknown").dec()
             if served:
-                _DEPLOYMENT_IN_FLIGHT(label, served).dec()
+                self.deployment_flight[served] -= 1
             if not self.in_flight:
                 self._idle.set()
 
@@ -427,6 +435,11 @@ class WorkerService(Service[WorkerSettings]):
         )
         if health is not None and err.blames_deployment:
             health.record(req.deployment, provider, seconds, error=error_type, retryable=err.retryable)
+
+
+def _reader(counts: dict[str, int], key: str) -> Callable[[], float]:
+    """What a gauge reads when scraped: ``counts[key]`` as it is then."""
+    return lambda: counts.get(key, 0)
 
 
 def _request_id_of(msg: Msg) -> str:

@@ -1,5 +1,5 @@
 """Graceful shutdown: the socket closes, open streams get until the grace bound, then an in-band error;
-their settlements still go out."""
+their settlements still go out. The in-flight gauge shows the open stream before it."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import aiohttp
 from tests.gateway import fakes as F
 from tests.gateway.conftest import auth, start_gateway
 from tests.gateway.test_flow import CHAT, sse_events
+from tests.kit.metrics import parse_metric
 from tools.localnats import NatsServer
 
 
@@ -29,6 +30,8 @@ async def test_sigterm_ends_open_streams_in_band_and_settles(
             assert r.status == 200
             rid = r.headers["X-Request-Id"]
             await r.content.readuntil(b"\n\n")
+            # the gauge the autoscaler reads, from the count the drain waits on
+            assert parse_metric(await asyncio.to_thread(gw.proc.metrics), "janus_in_flight_requests") == 1
             gw.proc.proc.send_signal(signal.SIGTERM)
             raw = b"data: " + (await r.content.read()).split(b"data: ", 1)[-1]
         events = sse_events(raw)

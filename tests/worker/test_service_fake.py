@@ -347,6 +347,7 @@ async def test_a_capped_deployment_fills_only_its_own_cap(bus: Bus, worker: Work
         lambda: worker.deployment_busy["fake-slow-capped"] == cap, 5, "the capped deployment reaching its cap"
     )
     assert _metric("janus_worker_deployment_in_flight", **labels) == cap
+    assert _metric("janus_worker_in_flight", gen_ai_provider_name="slowfake") == cap
     busy_when_taken: list[int] = []
 
     async def taken(frame: object) -> None:
@@ -364,6 +365,7 @@ async def test_a_capped_deployment_fills_only_its_own_cap(bus: Bus, worker: Work
     assert JanusError.from_wire(refused[0].error).retryable
     assert _metric("janus_upstream_calls_total", outcome="ok", **labels) == ok_before + cap
     assert _metric("janus_worker_deployment_in_flight", **labels) == 0
+    assert _metric("janus_worker_in_flight", gen_ai_provider_name="slowfake") == 0
     # uncapped, a deployment's capacity is its provider's share
     assert (
         _metric("janus_worker_deployment_capacity", gen_ai_provider_name="slowfake", deployment="fake-slow")
