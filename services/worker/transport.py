@@ -189,10 +189,15 @@ class Transport:
             async with self._open(req) as resp:
                 await self._raise_for_status(resp, adapter)
                 limit = self.max_body_bytes
+                length = resp.content_length
                 if not limit:
                     return await resp.read()
-                if resp.content_length is not None and resp.content_length > limit:
-                    raise _too_large(limit)
+                if length is not None and "Content-Encoding" not in resp.headers:
+                    if length > limit:
+                        raise _too_large(limit)
+                    # the parser stops at the stated length: read whole, the body is that size
+                    return await resp.read()
+                # no stated length, or a compressed one (what it inflates to is counted)
                 parts: list[bytes] = []
                 size = 0
                 async for chunk in resp.content.iter_any():
