@@ -419,4 +419,10 @@ def test_instructions_are_counted_per_request_in_the_measured_window(tmp_path: P
     for name, n in per.items():
         assert 50_000 < n < 5_000_000, (name, n)
     assert doc["janus_over_bare"] == {"gateway": round(per["gateway"] / per["edge"], 2)}
-    assert doc["settings"] == {"requests": 40, "warmup": 10, "concurrency": 1, "log_level": "WARNING"}
+    assert doc["settings"] == {
+        "requests": 40,
+        "warmup": 10,
+        "concurrency": 1,
+        "log_level": "WARNING",
+        "janus": {"JANUS_SETTLE_BUNDLE_MS": "1000"},
+    }

@@ -133,6 +133,7 @@ def start(
     dimensions: int,
     long_upstream_url: str = "",
     log_level: str = "WARNING",
+    settings: dict[str, str] | None = None,
 ) -> Janus:
     workdir.mkdir(parents=True, exist_ok=True)
     files = {
@@ -148,6 +149,7 @@ def start(
         "JANUS_ROUTING": str(workdir / "routing.yaml"),
         "JANUS_LOG_LEVEL": log_level,
         KEY_ENV: upstream_key,
+        **(settings or {}),
     }
     stack = start_stack(workdir / "stack", env=env, nats_monitor=True)
     token = make_token("bench-user", PLAN, "bench@example.com", secret=stack.env["JANUS_JWT_SECRET"])
