@@ -100,26 +100,19 @@ class Edge:
         _duration(route).observe(duration)
         if call.upstream_seconds:
             _overhead(route).observe(max(duration - call.upstream_seconds, 0.0))
+        # a failure of ours at warning, with its message; everything else at info
+        emit, extra = log.info, {}
         if error is not None and error.http_status >= 500:
-            log.warning(
-                "request",
-                route=route,
-                method=request.method,
-                status=status,
-                model=call.model,
-                duration_ms=round(duration * 1000, 2),
-                code=error.code,
-                error=error.message,
-            )
-        else:
-            log.info(
-                "request",
-                route=route,
-                method=request.method,
-                status=status,
-                model=call.model,
-                duration_ms=round(duration * 1000, 2),
-                code=error.code if error else call.error_code,
-            )
+            emit, extra = log.warning, {"error": error.message}
+        emit(
+            "request",
+            route=route,
+            method=request.method,
+            status=status,
+            model=call.model,
+            duration_ms=round(duration * 1000, 2),
+            code=error.code if error else call.error_code,
+            **extra,
+        )
         unbind_request("request_id")
         return resp

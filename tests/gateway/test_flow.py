@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 
 from shared.contract import FRAMES_BATCHED, Accepted, Chunk, Done, Heartbeat, Usage, WorkRequest
+from tests.eventually import eventually
 from tests.gateway import fakes as F
 from tests.gateway.conftest import Gateway, auth
 from tests.openai_schema import validate
@@ -45,6 +46,20 @@ def assert_error(body: bytes, code: str | None = None) -> dict[str, Any]:
     if code is not None:
         assert doc["error"]["code"] == code, doc
     return doc["error"]
+
+
+async def access_line(gateway: Gateway, request_id: str) -> dict[str, Any]:
+    """The gateway's access line for ``request_id``, once it is in the log."""
+    found: list[dict[str, Any]] = []
+
+    def logged() -> bool:
+        lines = (json.loads(x) for x in gateway.proc.log_tail(200_000).splitlines() if x.startswith("{"))
+        found[:] = [x for x in lines if x.get("event") == "request" and x.get("request_id") == request_id]
+        return bool(found)
+
+    await eventually(logged, 5, "the access line")
+    [line] = found
+    return line
 
 
 async def test_buffered_chat(gateway: Gateway, fakes: F.Fakes, http: aiohttp.ClientSession) -> None:
@@ -250,6 +265,10 @@ async def test_gap_in_frames_is_an_error(
     r, body = await post(http, gateway, CHAT)
     assert r.status == 502
     assert_error(body, "frame_gap")
+    # the access line: a failure of ours at warning, with its message
+    line = await access_line(gateway, r.headers["X-Request-Id"])
+    assert line["level"] == "warning" and line["status"] == 502 and line["code"] == "frame_gap"
+    assert line["error"] and line["route"] == "/v1/chat/completions" and line["service"] == "gateway"
 
 
 async def test_budget_refused(gateway: Gateway, fakes: F.Fakes, http: aiohttp.ClientSession) -> None:
@@ -257,6 +276,9 @@ async def test_budget_refused(gateway: Gateway, fakes: F.Fakes, http: aiohttp.Cl
     await fakes.start({"pa": F.answer})
     r, body = await post(http, gateway, CHAT)
     assert r.status == 429
+    # the caller's to fix: an info line with the code, no message
+    line = await access_line(gateway, r.headers["X-Request-Id"])
+    assert line["level"] == "info" and line["status"] == 429 and line["code"] and "error" not in line
     assert r.headers["x-should-retry"] == "false"
     for k, v in CREDIT_HEADERS.items():
         if k != "X-RateLimit-Session-Remaining-Credits":
