@@ -41,12 +41,9 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,6 +52,7 @@ from tools.bench import janus as janus_mod
 from tools.bench.floor import BarePipeline
 from tools.bench.load import run_load
 from tools.bench.procs import ROOT, Upstream
+from tools.localstack import ServiceProc
 
 JANUS = ("gateway", "worker")
 # settings of the measured Janus stack: the gateway's settlement bundle window, stretched as the
@@ -86,21 +84,6 @@ def _control(flag: str, pid: int) -> None:
     subprocess.run(["callgrind_control", flag, str(pid)], check=True, capture_output=True, timeout=120)
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the process under callgrind exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"not ready under callgrind in {timeout:.0f}s: {url}")
-
-
 def _count(pid: int, dump: Path, send: Callable[[int], Any], warmup: int, requests: int) -> float:
     """Instructions per request of ``pid``, running under callgrind with ``dump`` as its output."""
     send(warmup)
@@ -130,31 +113,28 @@ def _janus_process(
     janus = janus_mod.start(
         work / name, upstream.base_url, key, dimensions=16, log_level=log_level, settings=STRETCHED
     )
-    under: subprocess.Popen[bytes] | None = None
+    under: ServiceProc | None = None
     try:
         svc = janus.stack.services[name]
         svc.stop()
         dump = work / f"callgrind.{name}.out"
-        with (work / f"{name}.callgrind.log").open("ab") as log:
-            under = subprocess.Popen(
+        log_path = work / f"{name}.callgrind.log"
+        with log_path.open("ab") as log:
+            proc = subprocess.Popen(
                 [*callgrind_prefix(dump), sys.executable, "-m", f"services.{name}"],
                 cwd=str(ROOT),
                 env=svc.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        _wait_ready(f"http://127.0.0.1:{svc.ops_port}/readyz", under, 300)
+        under = ServiceProc(name, proc, svc.ops_port, svc.env, log_path)
+        under.wait_ready(300)
         return _count(
-            under.pid, dump, _sender(janus.base_url, janus_mod.CHAT_MODEL, janus.token), warmup, requests
+            proc.pid, dump, _sender(janus.base_url, janus_mod.CHAT_MODEL, janus.token), warmup, requests
         )
     finally:
-        if under is not None and under.poll() is None:
-            under.send_signal(signal.SIGTERM)
-            try:
-                under.wait(60)
-            except subprocess.TimeoutExpired:
-                under.kill()
-                under.wait()
+        if under is not None:
+            under.stop(timeout=60)
         janus.stop()
 
 
