@@ -63,7 +63,11 @@ PROCESSES = (*JANUS, *BARE)
 
 
 def callgrind_prefix(out_file: Path) -> tuple[str, ...]:
+    """The command a measured process runs under: callgrind, with string hashing fixed (Python
+    salts it per process, which moves dict and set work by up to 1-2 % from one start to the next)."""
     return (
+        "env",
+        "PYTHONHASHSEED=0",
         "valgrind",
         "--tool=callgrind",
         f"--callgrind-out-file={out_file}",
