@@ -28,6 +28,10 @@ is therefore stretched to ``STRETCHED`` (1 s, about what 20 ms is at that slowdo
 agree within 0.1 %, also with another process holding a core. The window's own cost per request
 is what ``make bench`` measures.
 
+Before and after. Run both from the same checkout (``git stash`` or ``git checkout`` in place, not
+a second worktree): the same bare edge counts about 1.2 % apart when started from two checkouts at
+different paths (415,165 against 419,998), which is more than a small change is worth.
+
 What the figure is not. An instruction is not a fixed amount of time, and the figure compares code
 with code, Janus with the bare pipeline; it does not convert to milliseconds. nats-server (Go) and
 metering (its work per request depends on how requests fall into its batches in time) are not
@@ -64,7 +68,7 @@ PROCESSES = (*JANUS, *BARE)
 
 def callgrind_prefix(out_file: Path) -> tuple[str, ...]:
     """The command a measured process runs under: callgrind, with string hashing fixed (Python
-    salts it per process, which moves dict and set work by up to 1-2 % from one start to the next)."""
+    salts it per process, which moved the bare edge's count by 0.5 % from one start to the next)."""
     return (
         "env",
         "PYTHONHASHSEED=0",
