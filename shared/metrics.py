@@ -7,10 +7,14 @@ request id as a label: those are unbounded and personal.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import CollectorRegistry
+from prometheus_client.utils import floatToGoString
 
 OTHER = "other"  # the label value of whatever a bounded label set has no room for
 # distinct label sets a metric keeps for values another service chose (Janus's own error codes
@@ -42,6 +46,135 @@ def children(metric: Any, most: int = 0) -> Callable[..., Any]:
     return child
 
 
+class _Count:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        if amount < 0:
+            raise ValueError("a counter only goes up")
+        self.value += amount
+
+
+class _Observed:
+    __slots__ = ("_bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = bounds
+        self.counts = [0] * len(bounds)
+        self.sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        # the first bucket whose upper bound is at least the amount, as prometheus_client files it
+        self.counts[bisect_left(self._bounds, amount)] += 1
+        self.sum += amount
+
+
+class _LoopMetric:
+    """A metric the request path moves, kept as plain numbers per label set and turned into
+    Prometheus samples when scraped (a collector on the registry: prometheus_client's public
+    interface for that). prometheus_client's own ``inc`` and ``observe`` take a lock, check the
+    metric is observable and look for an exemplar on every call, and a histogram walks its bounds
+    in Python; these do none of that (measured with ``make bench-instructions``: the gateway 3.5 %
+    and the worker 2.4 % fewer instructions a request).
+
+    For the event loop's thread only: a service moves and scrapes them there (the ops server's
+    ``/metrics`` runs on the same loop), so no update is ever half seen. Exported under the same
+    names, types and labels as before, without the ``_created`` series."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: tuple[str, ...] | list[str] = (),
+        registry: CollectorRegistry | None = REGISTRY,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._children: dict[tuple[str, ...], Any] = {}
+        if registry is not None:
+            registry.register(self)
+
+    def _child(self) -> Any:
+        raise NotImplementedError
+
+    def labels(self, *values: str) -> Any:
+        if len(values) != len(self.labelnames):
+            raise ValueError(f"{self.name} takes {len(self.labelnames)} label values, got {len(values)}")
+        found = self._children.get(values)
+        if found is None:
+            found = self._children[values] = self._child()
+        return found
+
+    def _family(self) -> Metric:
+        raise NotImplementedError
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        for values, child in list(self._children.items()):
+            self._add(family, list(values), child)
+        yield family
+
+    def _add(self, family: Any, values: list[str], child: Any) -> None:
+        raise NotImplementedError
+
+
+class LoopCounter(_LoopMetric):
+    """A counter (see ``_LoopMetric``); with no labels, ``inc`` on the metric itself."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._only: _Count | None = None if self.labelnames else self.labels()
+
+    def inc(self, amount: float = 1.0) -> None:
+        if self._only is None:
+            raise ValueError(f"{self.name} has labels: inc on one of its labels(...)")
+        self._only.inc(amount)
+
+    def _child(self) -> _Count:
+        return _Count()
+
+    def _family(self) -> Metric:
+        return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+    def _add(self, family: Any, values: list[str], child: Any) -> None:
+        family.add_metric(values, child.value)
+
+
+class LoopHistogram(_LoopMetric):
+    """A histogram (see ``_LoopMetric``): ``buckets`` are upper bounds, +Inf added."""
+
+    def __init__(self, *args: Any, buckets: tuple[float, ...], **kwargs: Any) -> None:
+        bounds = tuple(sorted(float(b) for b in buckets))
+        self._bounds = bounds if bounds and bounds[-1] == float("inf") else (*bounds, float("inf"))
+        super().__init__(*args, **kwargs)
+        self._only: _Observed | None = None if self.labelnames else self.labels()
+
+    def observe(self, amount: float) -> None:
+        if self._only is None:
+            raise ValueError(f"{self.name} has labels: observe on one of its labels(...)")
+        self._only.observe(amount)
+
+    def _child(self) -> _Observed:
+        return _Observed(self._bounds)
+
+    def _family(self) -> Metric:
+        return HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+    def _add(self, family: Any, values: list[str], child: Any) -> None:
+        buckets, total = [], 0
+        for bound, n in zip(self._bounds, child.counts, strict=True):
+            total += n
+            buckets.append((floatToGoString(bound), total))
+        family.add_metric(values, buckets, child.sum)
+
+
 _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _FAST = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
 
@@ -61,19 +194,19 @@ NATS_CONNECTED = Gauge("janus_nats_connected", "1 while the service is connected
 UP_INFO = Gauge("janus_service_info", "Constant 1, labelled with the service name", ["service"])
 
 # --- gateway
-HTTP_REQUESTS = Counter(
+HTTP_REQUESTS = LoopCounter(
     "janus_http_requests_total", "HTTP requests answered by the gateway", ["route", "method", "status"]
 )
-HTTP_DURATION = Histogram(
+HTTP_DURATION = LoopHistogram(
     "janus_http_request_duration_seconds", "Time from request to the last byte", ["route"], buckets=_LATENCY
 )
-OVERHEAD = Histogram(
+OVERHEAD = LoopHistogram(
     "janus_gateway_overhead_seconds",
     "Time Janus adds: the request's duration minus the worker's upstream time",
     ["route"],
     buckets=(*_FAST, 0.25, 0.5, 1.0),
 )
-TTFT = Histogram(
+TTFT = LoopHistogram(
     "janus_time_to_first_token_seconds",
     "Time from the request to the first content chunk sent to the client",
     ["gen_ai_request_model"],
@@ -100,12 +233,12 @@ CIRCUIT_STATE = Gauge(
 )
 
 # --- provider worker
-TOKENS = Counter(
+TOKENS = LoopCounter(
     "janus_tokens_total",
     "Tokens processed, by provider, model and type",
     ["gen_ai_provider_name", "gen_ai_request_model", "gen_ai_token_type"],
 )
-UPSTREAM_DURATION = Histogram(
+UPSTREAM_DURATION = LoopHistogram(
     "janus_upstream_request_duration_seconds",
     "Time spent on the upstream provider call",
     ["gen_ai_provider_name"],
@@ -114,7 +247,7 @@ UPSTREAM_DURATION = Histogram(
 UPSTREAM_ERRORS = Counter(
     "janus_upstream_errors_total", "Failed upstream calls by class", ["gen_ai_provider_name", "error_type"]
 )
-UPSTREAM_CALLS = Counter(
+UPSTREAM_CALLS = LoopCounter(
     "janus_upstream_calls_total",
     "Upstream calls by provider, deployment (a catalog id) and outcome (ok or error)",
     ["gen_ai_provider_name", "deployment", "outcome"],
@@ -170,7 +303,9 @@ DAILY_LAG = Gauge(
 # a stopping gateway; one riding on the next reserve is not counted), a gateway the requests it
 # admitted on one without a reserve
 LEASES = Counter("janus_credit_leases_total", "Credit leases granted to gateways and given back", ["event"])
-LEASE_ADMISSIONS = Counter("janus_lease_admissions_total", "Requests a gateway admitted on its credit lease")
+LEASE_ADMISSIONS = LoopCounter(
+    "janus_lease_admissions_total", "Requests a gateway admitted on its credit lease"
+)
 METER_OP_SECONDS = Histogram(
     "janus_metering_operation_seconds", "Time to reserve or settle", ["operation"], buckets=(*_FAST, 0.25)
 )

@@ -65,13 +65,15 @@ def metric_names(expr: str) -> set[str]:
 def exported_names() -> set[str]:
     names: set[str] = set()
     for obj in vars(metrics).values():
-        if not isinstance(obj, MetricWrapperBase):
+        if not isinstance(obj, (MetricWrapperBase, metrics.LoopCounter, metrics.LoopHistogram)):
             continue
+        # the request path's own metrics (Loop*) export no _created series
+        created = ("_created",) if isinstance(obj, MetricWrapperBase) else ()
         for family in obj.describe():
             if family.type == "counter":
-                names |= {family.name + "_total", family.name + "_created"}
+                names |= {family.name + s for s in ("_total", *created)}
             elif family.type == "histogram":
-                names |= {family.name + s for s in ("_bucket", "_sum", "_count", "_created")}
+                names |= {family.name + s for s in ("_bucket", "_sum", "_count", *created)}
             else:
                 names.add(family.name)
     return names
