@@ -72,13 +72,18 @@ def request_rate_headers(rate: RequestRate) -> dict[str, str]:
 class CreditView:
     """What one user's pools looked like at metering's last answer."""
 
-    __slots__ = ("fraction", "headers")
+    __slots__ = ("_pools", "headers")
 
     def __init__(self, pools: list[PoolState]) -> None:
         self.headers = credit_headers(pools)
-        # the tightest pool decides how close to running out the caller is
-        fractions = [max(p.remaining, 0) / p.limit for p in pools if p.limit > 0]
-        self.fraction: float | None = min(fractions) if fractions else None
+        self._pools = pools
+
+    @property
+    def fraction(self) -> float | None:
+        """How close to running out the caller is: the tightest pool's share left. Worked out only
+        when asked (an ``auto`` request's routing), not for every view made."""
+        fractions = [max(p.remaining, 0) / p.limit for p in self._pools if p.limit > 0]
+        return min(fractions) if fractions else None
 
 
 class Credits:

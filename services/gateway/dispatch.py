@@ -107,7 +107,12 @@ def _add(total: Usage, more: Usage) -> Usage:
 def settlement(call: Call) -> Settlement:
     """The request's one settlement: the model that served it (the last one tried) with its usage,
     and what attempts on other models produced, each to be priced at its own model's price."""
-    other = [ModelUsage(m, u) for m, u in call.by_model.items() if m != call.model and u != Usage()]
+    by_model = call.by_model
+    other = (
+        []
+        if len(by_model) == 1 and call.model in by_model  # one model tried: most requests
+        else [ModelUsage(m, u) for m, u in by_model.items() if m != call.model and u != Usage()]
+    )
     return Settlement(
         call.request_id,
         call.user,
@@ -231,11 +236,12 @@ class Dispatcher:
         work.deadline = time.time() + self.s.request_deadline_seconds
         # cycle through the plan: with a single deployment, a retry still lands on another worker
         # replica of the same pool (a killed worker's subscription is gone from the queue group)
-        n = len(plan.targets)
-        targets = [plan.targets[i % n] for i in range(max(1, self.s.max_attempts))] if n else []
-        for i, target in enumerate(targets):
+        plan_targets = plan.targets
+        n = len(plan_targets)
+        for i in range(max(1, self.s.max_attempts) if n else 0):
+            target = plan_targets[i % n]
             if last is not None:  # the attempt before failed: only that starts another
-                _FALLBACKS(targets[i - 1].provider, last.code or "error").inc()
+                _FALLBACKS(plan_targets[(i - 1) % n].provider, last.code or "error").inc()
             work.deployment = target.deployment
             work.provider = target.provider
             work.upstream_model = target.upstream_model
@@ -264,8 +270,11 @@ class Dispatcher:
                 self.active.discard(box)
                 box.close()
             resp, err, got = outcome
-            call.usage = _add(call.usage, got)
-            call.by_model[call.model] = _add(call.by_model.get(call.model, Usage()), got)
+            if call.by_model:
+                call.usage = _add(call.usage, got)
+                call.by_model[call.model] = _add(call.by_model.get(call.model, Usage()), got)
+            else:  # the first attempt (usage is never changed in place, so one object serves both)
+                call.usage = call.by_model[call.model] = got
             if resp is not None:
                 call.ok = err is None
                 return resp

@@ -230,16 +230,18 @@ class WorkerService(Service[WorkerSettings]):
         tasks = self.calls.setdefault(req.request_id, set())
         tasks.add(task)
         self.in_flight += 1
-        held = [
-            (busy, k)
-            for busy, k in ((self.provider_busy, req.provider), (self.deployment_busy, req.deployment))
-            if k in busy
-        ]
-        for busy, k in held:
-            busy[k] += 1
+        provider_busy, deployment_busy = self.provider_busy, self.deployment_busy
+        provider, deployment = req.provider, req.deployment
+        # only keys the worker counts (its providers', its deployments') are moved
+        provider_held = provider in provider_busy
+        if provider_held:
+            provider_busy[provider] += 1
+        deployment_held = deployment in deployment_busy
+        if deployment_held:
+            deployment_busy[deployment] += 1
         # a provider this worker serves is counted in provider_busy, which its gauge reads; work
         # naming another is counted under "unknown" (a label only names a served provider)
-        unknown = req.provider not in self.providers
+        unknown = provider not in self.providers
         if unknown:
             _IN_FLIGHT("unknown").inc()
         served = self._served_deployment(req)
@@ -247,15 +249,17 @@ class WorkerService(Service[WorkerSettings]):
             self.deployment_flight[served] += 1
         bind_request(request_id=req.request_id)
         try:
-            await self._run(req, r, msg.headers or {})
+            await self._run(req, r, msg.headers or {}, served)
         finally:
             unbind_request("request_id")
             tasks.discard(task)
             if not tasks:
                 self.calls.pop(req.request_id, None)
             self.in_flight -= 1
-            for busy, k in held:
-                busy[k] -= 1
+            if provider_held:
+                provider_busy[provider] -= 1
+            if deployment_held:
+                deployment_busy[deployment] -= 1
             if unknown:
                 _IN_FLIGHT("unknown").dec()
             if served:
@@ -336,7 +340,7 @@ class WorkerService(Service[WorkerSettings]):
         )
         return provider, deployment, self.adapters[provider.id], ctx
 
-    async def _run(self, req: WorkRequest, r: Replier, headers: dict[str, str]) -> None:
+    async def _run(self, req: WorkRequest, r: Replier, headers: dict[str, str], served: str = "") -> None:
         call: Call | None = None
         terminal: Done | Failed
         r.start_heartbeats(
@@ -390,31 +394,29 @@ class WorkerService(Service[WorkerSettings]):
             )
             terminal.usage, terminal.seq = usage, r.next()
             await r.send(terminal)
-        self._account(req, call, terminal)
+        self._account(req, call, terminal, served)
 
-    def _account(self, req: WorkRequest, call: Call | None, terminal: Done | Failed) -> None:
+    def _account(self, req: WorkRequest, call: Call | None, terminal: Done | Failed, served: str) -> None:
+        """Metrics and deployment health for one call; ``served``: its deployment as a label may
+        name it (``_served_deployment``), else ''."""
         provider = req.provider if req.provider in self.providers else "unknown"
         usage: Usage = terminal.usage
         if usage.prompt_tokens or usage.completion_tokens:
             # the work names the model: a label only names one of the catalog's (bounded)
             model = req.response_model if req.response_model in self.model_labels else metrics.OTHER
-            for kind, n in (
-                ("input", usage.prompt_tokens),
-                ("output", usage.completion_tokens),
-                ("cached", usage.cached_tokens),
-                ("reasoning", usage.reasoning_tokens),
-            ):
-                if n:
-                    _TOKENS(provider, model, kind).inc(n)
+            if usage.prompt_tokens:
+                _TOKENS(provider, model, "input").inc(usage.prompt_tokens)
+            if usage.completion_tokens:
+                _TOKENS(provider, model, "output").inc(usage.completion_tokens)
+            if usage.cached_tokens:
+                _TOKENS(provider, model, "cached").inc(usage.cached_tokens)
+            if usage.reasoning_tokens:
+                _TOKENS(provider, model, "reasoning").inc(usage.reasoning_tokens)
         if call is None:
             return
         seconds = terminal.upstream_seconds
         _UPSTREAM_SECONDS(provider).observe(seconds)
-        _CALLS(
-            provider,
-            self._served_deployment(req) or "unknown",
-            "ok" if isinstance(terminal, Done) else "error",
-        ).inc()
+        _CALLS(provider, served or "unknown", "ok" if isinstance(terminal, Done) else "error").inc()
         health = self.health
         if isinstance(terminal, Done):
             if health is not None:

@@ -36,3 +36,14 @@ def test_one_model_settles_as_before() -> None:
     call.by_model = {"m": Usage(3, 4)}
     s = settlement(call)
     assert (s.model, s.usage, s.other) == ("m", Usage(3, 4), [])
+
+
+def test_an_attempt_that_never_ran_leaves_the_earlier_model_charged() -> None:
+    """The fallback's attempt ended before any outcome (the gateway began shutting down): the one
+    model with usage is not the model named last, and its usage still goes in ``other``."""
+    call = Call("r2", 0.0)
+    call.by_model = {"gpt-5-nano": Usage(5, 0)}
+    call.model = "gpt-5-mini"
+    s = settlement(call)
+    assert (s.model, s.usage) == ("gpt-5-mini", Usage())
+    assert s.other == [ModelUsage("gpt-5-nano", Usage(5, 0))]
