@@ -41,31 +41,45 @@ def _iso_second(second: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
 
 
+# each pool's three header names (limit, remaining, reset); a pool of another name has none
+_POOL_HEADERS = {
+    pool: (
+        f"X-RateLimit-{title}-Limit-Credits",
+        f"X-RateLimit-{title}-Remaining-Credits",
+        f"X-RateLimit-{title}-Reset",
+    )
+    for pool, title in (("session", "Session"), ("weekly", "Weekly"))
+}
+
+
 def credit_headers(pools: list[PoolState]) -> dict[str, str]:
     """The six ``X-RateLimit-*`` headers from metering's view of the caller's pools."""
     out: dict[str, str] = {}
     for p in pools:
-        if p.name == "session":
-            prefix = "X-RateLimit-Session-"
-        elif p.name == "weekly":
-            prefix = "X-RateLimit-Weekly-"
-        else:
+        names = _POOL_HEADERS.get(p.name)
+        if names is None:
             continue
-        out[prefix + "Limit-Credits"] = str(p.limit)
-        out[prefix + "Remaining-Credits"] = str(max(p.remaining, 0))
-        out[prefix + "Reset"] = iso(p.reset)
+        limit, remaining, reset = names
+        out[limit] = str(p.limit)
+        out[remaining] = str(p.remaining) if p.remaining > 0 else "0"
+        out[reset] = iso(p.reset)
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _duration(seconds: int) -> str:
+    """``6m0s``, ``1h0m5s``, ``1s``: a request window's reset, formatted once per distinct value."""
+    m, s = divmod(max(seconds, 0), 60)
+    h, m = divmod(m, 60)
+    return (f"{h}h" if h else "") + (f"{m}m" if h or m else "") + f"{s}s"
 
 
 def request_rate_headers(rate: RequestRate) -> dict[str, str]:
     """OpenAI's ``x-ratelimit-*-requests`` headers (reset as a duration, like ``6m0s`` or ``1s``)."""
-    m, s = divmod(max(rate.reset, 0), 60)
-    h, m = divmod(m, 60)
-    reset = (f"{h}h" if h else "") + (f"{m}m" if h or m else "") + f"{s}s"
     return {
         "X-RateLimit-Limit-Requests": str(rate.limit),
-        "X-RateLimit-Remaining-Requests": str(max(rate.remaining, 0)),
-        "X-RateLimit-Reset-Requests": reset,
+        "X-RateLimit-Remaining-Requests": str(rate.remaining) if rate.remaining > 0 else "0",
+        "X-RateLimit-Reset-Requests": _duration(rate.reset),
     }
 
 

@@ -73,3 +73,12 @@ def test_reset_header_is_a_duration_like_openais(reset: int, text: str) -> None:
         "X-RateLimit-Remaining-Requests": "2",
         "X-RateLimit-Reset-Requests": text,
     }
+
+
+def test_an_overdrawn_pool_or_window_shows_zero_remaining() -> None:
+    view = CreditView(pools(-5, 0))
+    assert view.headers["X-RateLimit-Session-Remaining-Credits"] == "0"
+    assert view.headers["X-RateLimit-Weekly-Remaining-Credits"] == "0"
+    assert view.fraction == 0.0
+    h = request_rate_headers(RequestRate(limit=5, remaining=-1, reset=1))
+    assert h["X-RateLimit-Remaining-Requests"] == "0"
