@@ -356,23 +356,35 @@ class Bus:
     ) -> Subscription:
         """Run ``handler`` for every message, one task each, at most ``concurrency`` at once.
 
-        A subscription callback runs one message at a time, so the work is moved to a task; the
-        semaphore bounds memory when a burst arrives.
+        A subscription callback runs one message at a time, so the work is moved to a task; a count
+        of free places bounds memory when a burst arrives. The callback is the only one that waits
+        for a place (nats-py calls it for one message at a time), so one future is enough: a
+        handler that ends wakes it, and it looks again (a semaphore did the same per message, with
+        a lock's worth of bookkeeping).
         """
-        sem = asyncio.Semaphore(concurrency)
+        free = concurrency
+        room: asyncio.Future[None] | None = None  # the callback waiting for a place, if it is
         tasks = self._tasks
 
         async def run(msg: Msg) -> None:
+            nonlocal free
             try:
                 await handler(msg)
             except Exception:
                 log.exception("handler_failed", subject=subject)
             finally:
-                sem.release()
+                free += 1
+                if room is not None and not room.done():
+                    room.set_result(None)
 
         async def cb(msg: Msg) -> None:
-            await sem.acquire()
-            t = asyncio.get_running_loop().create_task(run(msg))
+            nonlocal free, room
+            loop = asyncio.get_running_loop()
+            while free <= 0:
+                room = loop.create_future()
+                await room
+            free -= 1
+            t = loop.create_task(run(msg))
             tasks.add(t)
             t.add_done_callback(tasks.discard)
 

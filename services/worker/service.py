@@ -313,8 +313,8 @@ class WorkerService(Service[WorkerSettings]):
             raise UpstreamError(
                 f"deployment {deployment.id!r} has no API key configured", code="upstream_auth"
             )
-        model = self.catalog.model(req.response_model)
         chat = req.kind == "chat"
+        model = None if chat else self.catalog.model(req.response_model)  # an embedding's dimensions
         # the request's one decode here, with the gateway's decoder, so adapters translate exactly what
         # the gateway checked and priced; a body it would refuse is refused here the same way
         request: ChatRequest | EmbeddingsRequest

@@ -104,6 +104,9 @@ def _too_large(limit: int) -> PayloadTooLarge:
     )
 
 
+_PARSED_URLS = 1024  # upstream URLs kept parsed; past it the table starts again
+
+
 class Transport:
     def __init__(
         self,
@@ -121,6 +124,8 @@ class Transport:
         self._pool_size = pool_size
         self._dns_ttl = dns_ttl
         self._session: aiohttp.ClientSession | None = None
+        # each upstream URL parsed once: deployments and their model paths are few (bounded anyway)
+        self._urls: dict[str, yarl.URL] = {}
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -149,7 +154,11 @@ class Transport:
                 req.headers = headers
         # encoded=True: send the URL exactly as the adapter built (and, for Bedrock, signed) it;
         # yarl would otherwise decode %3A in a model id back to ':' and break the signature
-        url = yarl.URL(req.url, encoded=True)
+        url = self._urls.get(req.url)
+        if url is None:
+            if len(self._urls) >= _PARSED_URLS:
+                self._urls.clear()
+            url = self._urls[req.url] = yarl.URL(req.url, encoded=True)
         proxy = None
         # not in typeshed, but part of urllib.request since Python 3.0
         bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]

@@ -9,6 +9,7 @@ import pytest
 from shared import contract
 from shared.bus import OVERFLOW, Bus, CasConflict, KeyNotFound, map_exception
 from shared.errors import JanusError, PayloadTooLarge, ServiceUnavailable, UpstreamTimeout
+from tests.eventually import eventually
 
 
 async def test_request_reply_through_a_queue_group(bus: Bus) -> None:
@@ -202,3 +203,36 @@ def test_a_failed_write_counts_against_its_store() -> None:
     full = nats.js.errors.APIError(code=400, err_code=10047, description="insufficient storage")
     assert map_exception(full, store="JANUS_LEDGER").code == "storage_full"
     assert map_exception(nats.errors.TimeoutError(), store="JANUS_LEDGER").code == "service_unavailable"
+
+
+async def test_serve_runs_at_most_its_concurrency_and_every_message_in_the_end(bus: Bus) -> None:
+    """Handlers that hold their place until let go: never more than ``concurrency`` run at once, the
+    rest wait in the subscription, and each handler that ends lets the next one in, through a
+    handler that fails as well."""
+    running, most, done = 0, 0, 0
+    go = asyncio.Event()
+
+    async def handler(msg) -> None:  # type: ignore[no-untyped-def]
+        nonlocal running, most, done
+        running += 1
+        most = max(most, running)
+        try:
+            await go.wait()
+            if msg.data == b"3":
+                raise RuntimeError("a failing handler still gives its place back")
+        finally:
+            running -= 1
+            done += 1
+
+    await bus.serve("janus.test.bounded", handler, concurrency=2)
+    await bus.flush()
+    for i in range(7):
+        await bus.publish("janus.test.bounded", str(i).encode())
+    await bus.flush()
+    await eventually(lambda: running == 2, 5, "the first two handlers started")
+    # an absence: the other five had the time to start, were they let in (they arrive within ms)
+    await asyncio.sleep(0.3)
+    assert (running, most, done) == (2, 2, 0)
+    go.set()
+    await eventually(lambda: done == 7, 5, "every message handled")
+    assert (most, running) == (2, 0)
