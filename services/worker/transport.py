@@ -131,8 +131,15 @@ class Transport:
         connector = aiohttp.TCPConnector(
             limit=self._pool_size, ttl_dns_cache=self._dns_ttl, keepalive_timeout=30.0
         )
+        # No cookie jar: one session serves every caller, and a provider's cookies (OpenAI's API,
+        # behind Cloudflare, sets __cf_bm and _cfuvid on every answer) would otherwise ride on every
+        # other caller's calls, their own keys' included, and be parsed on every answer.
         self._session = aiohttp.ClientSession(
-            connector=connector, timeout=self._timeout, auto_decompress=True, trust_env=False
+            connector=connector,
+            timeout=self._timeout,
+            auto_decompress=True,
+            trust_env=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         # Proxies are read once here: aiohttp's trust_env re-reads the environment and ~/.netrc in a
         # thread on every request, which cost a third of the worker's CPU in the benchmark.

@@ -105,3 +105,35 @@ def test_redact(text: str, kept: str) -> None:
     assert kept in out and "[redacted]" in out
     for secret in ("sk-ant", "AIza", "10.0.0.7", "fd00", "eyJ"):
         assert secret not in out
+
+
+async def test_a_providers_cookies_never_ride_on_another_call(transport: Transport) -> None:
+    """OpenAI's API (behind Cloudflare) sets ``__cf_bm`` and ``_cfuvid`` on its answers. One session
+    serves every caller, so a cookie kept from one call would go out with the next caller's, their
+    own key's calls included: none is kept. Reached by a host name, as a provider is (a cookie jar
+    keeps nothing for a bare IP address, which would let this pass for the wrong reason)."""
+    sent: list[str | None] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        sent.append(request.headers.get("Cookie"))
+        resp = web.json_response(
+            {"id": "c", "object": "chat.completion", "created": 0, "model": "m", "choices": []}
+        )
+        resp.headers.add("Set-Cookie", "__cf_bm=abc; path=/; HttpOnly; SameSite=None")
+        resp.headers.add("Set-Cookie", "_cfuvid=def; path=/; HttpOnly; SameSite=None")
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        adapter = ADAPTERS["openai_compat"]()
+        for _ in range(3):
+            req = adapter.chat_request(context("openai_compat", f"http://localhost:{port}/v1", False))
+            await transport.fetch(req, adapter)
+        assert sent == [None, None, None]
+    finally:
+        await runner.cleanup()
