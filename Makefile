@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ROUTING_DATA ?= ../shared/data/routing
 
-.PHONY: install test-tools run test unit validate-deploy gen-deploy bench bench-instructions bench-metering bench-router \
+.PHONY: install test-tools run test unit validate-deploy gen-deploy bench bench-instructions bench-bytecodes \
+        bench-metering bench-router \
         token faults compose-keys \
         train-router eval-routing lint soak clean
 
@@ -57,6 +58,11 @@ bench: install
 bench-instructions: install
 	@bash scripts/ensure-tool.sh valgrind valgrind >/dev/null
 	$(BIN)/python -m tools.bench.instructions
+
+## make bench-bytecodes: Python bytecodes per request in the gateway and the worker, by function and
+## line, beside the bare pipeline's: where in Python the counted instructions go
+bench-bytecodes: install
+	$(BIN)/python -m tools.bench.bytecodes
 
 bench-metering: install
 	$(BIN)/python -m tools.bench_metering

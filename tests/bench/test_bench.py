@@ -426,3 +426,46 @@ def test_instructions_are_counted_per_request_in_the_measured_window(tmp_path: P
         "log_level": "WARNING",
         "janus": {"JANUS_SETTLE_BUNDLE_MS": "1000"},
     }
+
+
+def test_bytecodes_are_counted_per_request_by_function(tmp_path: Path) -> None:
+    """``make bench-bytecodes`` end to end with tiny numbers: the gateway and the bare edge each ran
+    under the tracer, counting only the requests sent after it was told to (starting the services
+    alone runs millions of bytecodes, which would show as tens of thousands a request here), and the
+    gateway's own functions are named in its list."""
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tools.bench.bytecodes",
+            "--processes",
+            "gateway,edge",
+            "--requests",
+            "30",
+            "--warmup",
+            "10",
+            "--lines",
+            "services/gateway/app.py",
+            "--out",
+            str(out),
+        ],
+        cwd=str(ROOT),
+        capture_output=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout.decode()[-2000:] + proc.stderr.decode()[-2000:]
+    doc = json.loads((out / "bytecodes.json").read_text())
+    gateway, edge = doc["processes"]["gateway"], doc["processes"]["edge"]
+    for p in (gateway, edge):
+        assert 1_000 < p["bytecodes_per_request"] < 30_000, p["bytecodes_per_request"]
+    assert gateway["bytecodes_per_request"] > edge["bytecodes_per_request"]  # the edge does less
+    functions = [f["function"] for f in gateway["top_functions"]]
+    assert any(f.startswith("services/gateway/") for f in functions), functions
+    assert not any(f.startswith("services/") for f in (g["function"] for g in edge["top_functions"]))
+    assert gateway["lines"] and all(
+        r["line"].startswith("services/gateway/app.py:") for r in gateway["lines"]
+    )
+    assert doc["janus_over_bare"] == {
+        "gateway": round(gateway["bytecodes_per_request"] / edge["bytecodes_per_request"], 2)
+    }
