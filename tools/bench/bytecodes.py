@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import linecache
 import os
 import runpy
 import signal
@@ -195,7 +196,11 @@ def summarise(raw: dict[str, Any], requests: int, top: int, lines_of: str = "") 
     if lines_of:
         rows = sorted((p, ln, n) for p, ln, n in raw["lines"] if lines_of in p and ln is not None)
         out["lines"] = [
-            {"line": f"{_short(p)}:{ln}", "bytecodes": round(n / requests, 1)}
+            {
+                "line": f"{_short(p)}:{ln}",
+                "bytecodes": round(n / requests, 1),
+                "source": linecache.getline(p, ln).strip()[:100],
+            }
             for p, ln, n in rows
             if n >= requests / 2
         ]
@@ -246,7 +251,7 @@ def report(result: dict[str, Any]) -> str:
             for f in p["top_functions"]
         ]
         for row in p.get("lines", []):
-            lines.append(f"    {row['bytecodes']:9,.1f}  {row['line']}")
+            lines.append(f"    {row['bytecodes']:9,.1f}  {row['line']}  {row['source']}")
     for name, ratio in result["janus_over_bare"].items():
         lines.append(f"{name} over its bare counterpart: {ratio:.2f}x")
     return "\n".join(lines)
