@@ -8,7 +8,7 @@ request id as a label: those are unbounded and personal.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
@@ -112,14 +112,15 @@ class _LoopMetric:
     def _family(self) -> Metric:
         raise NotImplementedError
 
-    def describe(self) -> Iterator[Metric]:
-        yield self._family()
+    def describe(self) -> list[Metric]:
+        return [self._family()]
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> list[Metric]:
+        """One family with every label set's samples (a list, as prometheus_client's metrics give)."""
         family = self._family()
         for values, child in list(self._children.items()):
             self._add(family, list(values), child)
-        yield family
+        return [family]
 
     def _add(self, family: Any, values: list[str], child: Any) -> None:
         raise NotImplementedError
@@ -271,18 +272,18 @@ WORKER_DEPLOYMENT_CAPACITY = Gauge(
 )
 
 # --- metering
-BUDGET_DECISIONS = Counter("janus_budget_decisions_total", "Admission decisions", ["decision", "pool"])
-CREDITS_CHARGED = Counter(
+BUDGET_DECISIONS = LoopCounter("janus_budget_decisions_total", "Admission decisions", ["decision", "pool"])
+CREDITS_CHARGED = LoopCounter(
     "janus_credits_charged_total",
     "Credits (microdollars) charged, by model and plan",
     ["gen_ai_request_model", "plan"],
 )
-SETTLEMENTS = Counter(
+SETTLEMENTS = LoopCounter(
     "janus_settlements_total",
     "Settlements by outcome (metering's results; 'lost' counted by the gateway)",
     ["result"],
 )
-USAGE_OVER_HOLD = Counter(
+USAGE_OVER_HOLD = LoopCounter(
     "janus_usage_over_hold_total",
     "Settlements whose reported usage cost more than their hold (charged the hold only)",
     ["gen_ai_request_model"],
@@ -306,18 +307,18 @@ LEASES = Counter("janus_credit_leases_total", "Credit leases granted to gateways
 LEASE_ADMISSIONS = LoopCounter(
     "janus_lease_admissions_total", "Requests a gateway admitted on its credit lease"
 )
-METER_OP_SECONDS = Histogram(
+METER_OP_SECONDS = LoopHistogram(
     "janus_metering_operation_seconds", "Time to reserve or settle", ["operation"], buckets=(*_FAST, 0.25)
 )
 CAS_RETRIES = Counter("janus_metering_cas_retries_total", "Compare-and-set conflicts retried")
-METER_COMMIT_OPS = Histogram(
+METER_COMMIT_OPS = LoopHistogram(
     "janus_metering_commit_operations",
     "Reserves and settlements persisted by one budget-record write",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
 # a record carries the ids a user settled within the idempotency horizon and is rewritten whole:
 # its size is what each write costs JetStream (times the bucket's replicas)
-METER_RECORD_BYTES = Histogram(
+METER_RECORD_BYTES = LoopHistogram(
     "janus_metering_record_bytes",
     "Size of each budget record metering writes",
     buckets=(1024, 4096, 16384, 65536, 262144, 1048576),

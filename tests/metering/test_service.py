@@ -155,18 +155,18 @@ async def test_usage_above_the_hold_is_charged_the_hold_and_counted(bus: Bus, st
     """A worker reporting a million completion tokens for a request held at 1000 + 1000 tokens."""
     await start_metering()
     counter = metrics.USAGE_OVER_HOLD.labels(MODEL)
-    before = counter._value.get()
+    before = counter.value
     assert (await reserve(bus, "liar", "r1")).hold == HOLD
     await settle(bus, "liar", "r1", completion=1_000_000)
 
     async def settled() -> bool:
         # counted once its ledger entry is stored, a moment after the record is written
-        return not (await record(bus, "liar")).holds and counter._value.get() > before
+        return not (await record(bus, "liar")).holds and counter.value > before
 
     await wait_for(settled, what="the hold settled and counted")
     rec = await record(bus, "liar")
     assert rec.session_used == rec.week_used == HOLD
-    assert counter._value.get() == before + 1
+    assert counter.value == before + 1
 
 
 async def test_a_renewal_over_the_bus_keeps_a_hold_from_the_reaper(bus: Bus, start_metering: Start) -> None:
@@ -193,19 +193,19 @@ async def test_models_a_settlement_invents_are_counted_under_other_not_as_series
     growing a series per invented name."""
     await start_metering()
     charged = metrics.CREDITS_CHARGED.labels(metrics.OTHER, "tiny")
-    before = charged._value.get()
+    before = charged.value
     for i in range(3):
         assert (await reserve(bus, "inventor", f"r{i}")).admitted
         await settle(bus, "inventor", f"r{i}", model=f"invented-{i}")
 
     async def settled() -> bool:
-        return not (await record(bus, "inventor")).holds and charged._value.get() >= before + 3 * HOLD
+        return not (await record(bus, "inventor")).holds and charged.value >= before + 3 * HOLD
 
     await wait_for(settled, what="the three settlements applied and counted")
     # the model left the catalog between admission and settlement, as far as metering can tell:
     # what was held is charged
     assert (await record(bus, "inventor")).session_used == 3 * HOLD
-    assert charged._value.get() == before + 3 * HOLD
+    assert charged.value == before + 3 * HOLD
     named = {
         s.labels.get("gen_ai_request_model", "")
         for m in (metrics.CREDITS_CHARGED, metrics.USAGE_OVER_HOLD)
