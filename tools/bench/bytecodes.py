@@ -27,14 +27,12 @@ what decides. Use both: this to find, that to measure.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import linecache
 import os
 import runpy
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,11 +41,18 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from tools.bench import janus as janus_mod
-from tools.bench.floor import BarePipeline
-from tools.bench.instructions import BARE, JANUS, PROCESSES, STRETCHED, _sender
-from tools.bench.procs import ROOT, Upstream
-from tools.localstack import ServiceProc
+from tools.bench.instructions import (
+    BARE,
+    JANUS,
+    STRETCHED,
+    arguments,
+    bare_under,
+    fake_upstream,
+    janus_under,
+    processes_of,
+    save,
+)
+from tools.bench.procs import ROOT
 
 _OWN = (str(ROOT / "services") + os.sep, str(ROOT / "shared") + os.sep)
 
@@ -123,42 +128,6 @@ def _prefix(out: Path) -> tuple[str, ...]:
     return ("env", "PYTHONHASHSEED=0", sys.executable, "-m", "tools.bench.bytecodes", "_trace", str(out))
 
 
-def _janus_process(name: str, upstream: Upstream, key: str, work: Path, warmup: int, requests: int) -> Any:
-    janus = janus_mod.start(work / name, upstream.base_url, key, dimensions=16, settings=STRETCHED)
-    under: ServiceProc | None = None
-    try:
-        svc = janus.stack.services[name]
-        svc.stop()
-        out = work / f"{name}.bytecodes.json"
-        log_path = work / f"{name}.traced.log"
-        with log_path.open("ab") as log:
-            proc = subprocess.Popen(
-                [*_prefix(out), "-m", f"services.{name}"],
-                cwd=str(ROOT),
-                env=svc.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        under = ServiceProc(name, proc, svc.ops_port, svc.env, log_path)
-        under.wait_ready(120)
-        return _count(
-            proc.pid, out, _sender(janus.base_url, janus_mod.CHAT_MODEL, janus.token), warmup, requests
-        )
-    finally:
-        if under is not None:
-            under.stop(timeout=60)
-        janus.stop()
-
-
-def _bare_process(role: str, upstream: Upstream, work: Path, warmup: int, requests: int) -> Any:
-    out = work / f"bare-{role}.bytecodes.json"
-    bare = BarePipeline(upstream.base_url, under=role, under_prefix=_prefix(out), start_timeout=120)
-    try:
-        return _count(bare.pids[role], out, _sender(bare.url, "bare", ""), warmup, requests)
-    finally:
-        bare.stop()
-
-
 def _short(path: str) -> str:
     for marker in ("site-packages" + os.sep, str(ROOT) + os.sep):
         if marker in path:
@@ -208,20 +177,21 @@ def summarise(raw: dict[str, Any], requests: int, top: int, lines_of: str = "") 
 
 
 def run(processes: tuple[str, ...], requests: int, warmup: int, top: int, lines_of: str) -> dict[str, Any]:
-    key = janus_mod.new_upstream_key()
-    upstream = Upstream(
-        chunks=8, chunk_delay_ms=0.0, api_key_env=janus_mod.KEY_ENV, env={janus_mod.KEY_ENV: key}
-    )
+    key, upstream = fake_upstream()
     per: dict[str, Any] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="janus-bytecodes-") as tmp:
             work = Path(tmp)
             for name in processes:
                 print(f"{name}: traced, {warmup} requests to warm, {requests} counted ...", flush=True)
-                if name in JANUS:
-                    raw = _janus_process(name, upstream, key, work, warmup, requests)
-                else:
-                    raw = _bare_process(BARE[name], upstream, work, warmup, requests)
+                out = work / f"{name}.bytecodes.json"
+                under = (
+                    janus_under(name, upstream, key, work, _prefix(out), start_timeout=120)
+                    if name in JANUS
+                    else bare_under(BARE[name], upstream, _prefix(out), start_timeout=120)
+                )
+                with under as (pid, send):
+                    raw = _count(pid, out, send, warmup, requests)
                 per[name] = summarise(raw, requests, top, lines_of)
     finally:
         upstream.stop()
@@ -262,28 +232,12 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == ["_trace"]:
         _trace(argv[1], argv[2:])
         return
-    ap = argparse.ArgumentParser(
-        prog="python -m tools.bench.bytecodes",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    ap.add_argument("--requests", type=int, default=300, help="requests counted per process")
-    ap.add_argument("--warmup", type=int, default=200, help="requests sent before counting")
-    ap.add_argument("--processes", default=",".join(PROCESSES), help=f"comma list of {', '.join(PROCESSES)}")
+    ap = arguments("python -m tools.bench.bytecodes", __doc__, 300, 200)
     ap.add_argument("--top", type=int, default=40, help="functions and modules listed per process")
     ap.add_argument("--lines", default="", help="also list the lines of Janus files whose path has this")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench-results", help="report directory")
     args = ap.parse_args(argv)
-    processes = tuple(p.strip() for p in args.processes.split(",") if p.strip())
-    unknown = set(processes) - set(PROCESSES)
-    if unknown:
-        ap.error(f"unknown processes: {sorted(unknown)}")
-    result = run(processes, args.requests, args.warmup, args.top, args.lines)
-    print(report(result))
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "bytecodes.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path}")
+    result = run(processes_of(ap, args.processes), args.requests, args.warmup, args.top, args.lines)
+    save(result, report(result), args.out, "bytecodes.json")
 
 
 if __name__ == "__main__":

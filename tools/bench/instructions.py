@@ -42,13 +42,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,9 +116,18 @@ def _sender(url: str, model: str, token: str) -> Callable[[int], Any]:
     return send
 
 
-def _janus_process(
-    name: str, upstream: Upstream, key: str, work: Path, log_level: str, warmup: int, requests: int
-) -> float:
+@contextlib.contextmanager
+def janus_under(
+    name: str,
+    upstream: Upstream,
+    key: str,
+    work: Path,
+    prefix: tuple[str, ...],
+    log_level: str = "WARNING",
+    start_timeout: float = 300,
+) -> Iterator[tuple[int, Callable[[int], Any]]]:
+    """A fresh Janus stack (its settlement window ``STRETCHED``) whose process ``name`` runs under
+    the command ``prefix``: (that process's pid, a sender of buffered requests at concurrency 1)."""
     janus = janus_mod.start(
         work / name, upstream.base_url, key, dimensions=16, log_level=log_level, settings=STRETCHED
     )
@@ -125,41 +135,46 @@ def _janus_process(
     try:
         svc = janus.stack.services[name]
         svc.stop()
-        dump = work / f"callgrind.{name}.out"
-        log_path = work / f"{name}.callgrind.log"
+        log_path = work / f"{name}.under.log"
         with log_path.open("ab") as log:
             proc = subprocess.Popen(
-                [*callgrind_prefix(dump), sys.executable, "-m", f"services.{name}"],
+                [*prefix, sys.executable, "-m", f"services.{name}"],
                 cwd=str(ROOT),
                 env=svc.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
         under = ServiceProc(name, proc, svc.ops_port, svc.env, log_path)
-        under.wait_ready(300)
-        return _count(
-            proc.pid, dump, _sender(janus.base_url, janus_mod.CHAT_MODEL, janus.token), warmup, requests
-        )
+        under.wait_ready(start_timeout)
+        yield proc.pid, _sender(janus.base_url, janus_mod.CHAT_MODEL, janus.token)
     finally:
         if under is not None:
             under.stop(timeout=60)
         janus.stop()
 
 
-def _bare_process(role: str, upstream: Upstream, work: Path, warmup: int, requests: int) -> float:
-    dump = work / f"callgrind.bare-{role}.out"
-    bare = BarePipeline(upstream.base_url, under=role, under_prefix=callgrind_prefix(dump), start_timeout=300)
+@contextlib.contextmanager
+def bare_under(
+    role: str, upstream: Upstream, prefix: tuple[str, ...], start_timeout: float = 300
+) -> Iterator[tuple[int, Callable[[int], Any]]]:
+    """The bare pipeline with its ``role`` ("edge" or "worker") under the command ``prefix``."""
+    bare = BarePipeline(upstream.base_url, under=role, under_prefix=prefix, start_timeout=start_timeout)
     try:
-        return _count(bare.pids[role], dump, _sender(bare.url, "bare", ""), warmup, requests)
+        yield bare.pids[role], _sender(bare.url, "bare", "")
     finally:
         bare.stop()
 
 
-def run(processes: tuple[str, ...], requests: int, warmup: int, log_level: str) -> dict[str, Any]:
+def fake_upstream() -> tuple[str, Upstream]:
+    """The bench's fake upstream (buffered answers, streams of 8 chunks) and the key it takes."""
     key = janus_mod.new_upstream_key()
-    upstream = Upstream(
+    return key, Upstream(
         chunks=8, chunk_delay_ms=0.0, api_key_env=janus_mod.KEY_ENV, env={janus_mod.KEY_ENV: key}
     )
+
+
+def run(processes: tuple[str, ...], requests: int, warmup: int, log_level: str) -> dict[str, Any]:
+    key, upstream = fake_upstream()
     per: dict[str, float] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="janus-instructions-") as tmp:
@@ -168,10 +183,14 @@ def run(processes: tuple[str, ...], requests: int, warmup: int, log_level: str) 
                 print(
                     f"{name}: under callgrind, {warmup} requests to warm, {requests} counted ...", flush=True
                 )
-                if name in JANUS:
-                    per[name] = _janus_process(name, upstream, key, work, log_level, warmup, requests)
-                else:
-                    per[name] = _bare_process(BARE[name], upstream, work, warmup, requests)
+                dump = work / f"callgrind.{name}.out"
+                under = (
+                    janus_under(name, upstream, key, work, callgrind_prefix(dump), log_level)
+                    if name in JANUS
+                    else bare_under(BARE[name], upstream, callgrind_prefix(dump))
+                )
+                with under as (pid, send):
+                    per[name] = _count(pid, dump, send, warmup, requests)
     finally:
         upstream.stop()
     ratios = {
@@ -201,31 +220,45 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
+def arguments(prog: str, doc: str | None, requests: int, warmup: int) -> argparse.ArgumentParser:
+    """The options this tool and ``tools.bench.bytecodes`` share."""
     ap = argparse.ArgumentParser(
-        prog="python -m tools.bench.instructions",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--requests", type=int, default=1500, help="requests counted per process")
-    ap.add_argument("--warmup", type=int, default=300, help="requests sent before counting")
+    ap.add_argument("--requests", type=int, default=requests, help="requests counted per process")
+    ap.add_argument("--warmup", type=int, default=warmup, help="requests sent before counting")
     ap.add_argument("--processes", default=",".join(PROCESSES), help=f"comma list of {', '.join(PROCESSES)}")
-    ap.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     ap.add_argument("--out", type=Path, default=ROOT / "bench-results", help="report directory")
-    args = ap.parse_args(argv)
-    processes = tuple(p.strip() for p in args.processes.split(",") if p.strip())
+    return ap
+
+
+def processes_of(ap: argparse.ArgumentParser, raw: str) -> tuple[str, ...]:
+    processes = tuple(p.strip() for p in raw.split(",") if p.strip())
     unknown = set(processes) - set(PROCESSES)
     if unknown:
         ap.error(f"unknown processes: {sorted(unknown)}")
+    return processes
+
+
+def save(result: dict[str, Any], text: str, out: Path, name: str) -> None:
+    """Print the report and write the result as ``out/name``."""
+    print(text)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / name
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = arguments("python -m tools.bench.instructions", __doc__, 1500, 300)
+    ap.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    args = ap.parse_args(argv)
+    processes = processes_of(ap, args.processes)
     for tool in ("valgrind", "callgrind_control"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not installed (Debian: apt-get install valgrind)")
     result = run(processes, args.requests, args.warmup, args.log_level)
-    print(report(result))
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "instructions.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path}")
+    save(result, report(result), args.out, "instructions.json")
 
 
 if __name__ == "__main__":
