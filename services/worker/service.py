@@ -455,8 +455,8 @@ def _past_deadline() -> JanusError:
 class _Deadline:
     """Cancels a call's task once the gateway's deadline passes (``seconds`` from now; None: no
     deadline). What ``asyncio.timeout`` does for the worker, with one loop timer and a flag instead of
-    its state machine, entered and left around every call (about 150 bytecodes a call, 2 % of the
-    worker's instructions per request)."""
+    its state machine, entered and left around every call (about 150 bytecodes a call; the worker
+    ran 2.9 % fewer instructions a request without it, by ``make bench-instructions``)."""
 
     __slots__ = ("_handle", "_task", "expired")
 
