@@ -101,11 +101,17 @@ def test_slow_headers_are_cut_off(hostile: Hostile) -> None:
         assert _should_retry(raw) == b"false"
 
 
-def test_slow_body_is_cut_off(hostile: Hostile) -> None:
+@pytest.mark.parametrize("late_byte", [False, True], ids=["stops", "sends-after-the-answer"])
+def test_slow_body_is_cut_off(hostile: Hostile, late_byte: bool) -> None:
+    """One answer, 408, and the connection closed. A client that sent another byte of its body
+    as the answer arrived gets no second one (the byte, read while aiohttp drains the unread
+    body, once started the header timer, whose 408 followed the first on the same connection)."""
     body = json.dumps({"model": "gpt-5-nano", "messages": [{"role": "user", "content": "x" * 200}]}).encode()
-    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Authorization: Bearer " + hostile.token("slow-body").encode() + b"\r\n"
-            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer " + hostile.token("slow-body").encode() + b"\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+    )
     with _connect(hostile) as s:
         s.sendall(head)
         start = time.monotonic()
@@ -121,10 +127,16 @@ def test_slow_body_is_cut_off(hostile: Hostile) -> None:
                 break
             if raw or time.monotonic() - start > BOUND:
                 break
+        if late_byte and raw:
+            try:
+                s.sendall(body[-1:])
+            except (BrokenPipeError, ConnectionResetError):
+                pass
         s.settimeout(BOUND)
         raw += _read_all(s)
         elapsed = time.monotonic() - start
     assert elapsed < BOUND, "the gateway waited for the slow body"
+    assert raw.count(b"HTTP/1.1 ") == 1, raw
     status, doc = _status_and_body(raw)
     assert status == 408 and doc["error"]["code"] == "request_timeout"
     assert b"Connection: close" in raw.split(b"\r\n\r\n")[0]
@@ -132,6 +144,9 @@ def test_slow_body_is_cut_off(hostile: Hostile) -> None:
 
 def test_gateway_still_serves(hostile: Hostile) -> None:
     tok = hostile.token("after-limits").encode()
-    raw = _request(hostile, b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-                            b"Authorization: Bearer " + tok + b"\r\n\r\n")
+    raw = _request(
+        hostile,
+        b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Authorization: Bearer " + tok + b"\r\n\r\n",
+    )
     assert raw.startswith(b"HTTP/1.1 200"), raw[:200]
