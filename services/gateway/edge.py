@@ -48,7 +48,9 @@ def _error_response(err: JanusError, call: Call, extra: dict[str, str] | None = 
         headers.update(extra)
     resp = web.Response(status=err.http_status, body=err.to_body(), headers=headers)
     if err.http_status == 408:
-        resp.force_close()  # the rest of a trickled body is not worth waiting for
+        # no keep-alive after a trickled body: aiohttp drains its rest for at most
+        # JANUS_LINGERING_SECONDS (so the client reads this answer), then closes
+        resp.force_close()
     return resp
 
 
