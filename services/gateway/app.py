@@ -283,6 +283,10 @@ class Gateway:
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
         call: Call = request[CALL]
         principal = await self._principal(request, call)
+        # as for chat: before anything can refuse the request, so that a 400 or 404 carries them
+        credits = await self.meter.credits.view(call.user, call.plan_name)
+        if credits is not None:
+            call.headers.update(credits.headers)
         body = await self._body(request)
         req, prompt_tokens = parse_embeddings(body)
         call.prompt_tokens = prompt_tokens

@@ -1,6 +1,7 @@
-"""The six ``X-RateLimit-*`` credit headers on every chat completion answer to an authenticated
-caller, refusals included (400, 404, 413, 429, 503), with what metering last reported for the user;
-and budget-aware ``auto``: a caller low on credits is steered to a cheaper class (``reason=budget``)."""
+"""The six ``X-RateLimit-*`` credit headers on every chat completion and embeddings answer to an
+authenticated caller, refusals included (400, 404, 413, 429, 503), with what metering last reported
+for the user; and budget-aware ``auto``: a caller low on credits is steered to a cheaper class
+(``reason=budget``)."""
 
 from __future__ import annotations
 
@@ -102,6 +103,27 @@ def test_refusals_carry_the_credit_headers_metering_last_reported(small_budget: 
         assert _credits(unknown) == last and _credits(too_big) == last
         assert _credits(over)["x-ratelimit-session-limit-credits"] == str(SESSION)
 
+    with _client(small_budget, "embeddings-user") as c:
+        # the same for embeddings, from a caller's first request on (it once answered without them)
+        refused = [
+            c.post("/embeddings", json={"model": "text-embedding-3-small", "input": 1}),
+            c.post("/embeddings", json={"model": "no-such-model", "input": "hi"}),
+            c.post("/embeddings", json={"model": "gpt-5-nano", "input": "hi"}),
+            c.post(
+                "/embeddings",
+                content=b"{" + b" " * MAX_BODY + b"}",
+                headers={"Content-Type": "application/json"},
+            ),
+        ]
+        assert [r.status_code for r in refused] == [400, 404, 400, 413]
+        views = [_credits(r) for r in refused]
+        assert views[0]["x-ratelimit-session-remaining-credits"] == str(SESSION)
+        assert all(v == views[0] for v in views)
+        ok = c.post("/embeddings", json={"model": "text-embedding-3-small", "input": "hi"})
+        assert ok.status_code == 200, ok.text
+        assert int(_credits(ok)["x-ratelimit-session-remaining-credits"]) < SESSION
+
+    with _client(small_budget, "headers-user") as c:
         # a 503 (no worker answers) after authentication carries them as well
         small_budget.services["worker"].stop()
         gone = _chat(c, model="gpt-5-nano", max_tokens=16)
