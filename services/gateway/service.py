@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from typing import Any
 
 from aiohttp import web
 
@@ -93,8 +94,8 @@ class GatewayService(Service[GatewaySettings]):
         byok = ByokProbe()
         await byok.start(bus, s.nats_replicas)
         gw = Gateway(s, bus, self.catalog, self.auth, self.meter, self.dispatcher, byok)
-        self.runner = GuardedRunner(
-            build_app(gw, self.edge),
+        # the same bounds on every listener: the plain redirect one faces the same clients
+        limits: dict[str, Any] = dict(
             header_timeout=s.header_timeout_seconds,
             access_log=None,
             handle_signals=False,
@@ -104,6 +105,7 @@ class GatewayService(Service[GatewaySettings]):
             keepalive_timeout=s.keepalive_timeout_seconds,
             lingering_time=s.lingering_seconds,
         )
+        self.runner = GuardedRunner(build_app(gw, self.edge), **limits)
         await self.runner.setup()
         site = web.TCPSite(self.runner, s.host, s.port, backlog=1024, ssl_context=self.tls)
         await site.start()
@@ -112,14 +114,7 @@ class GatewayService(Service[GatewaySettings]):
         self.port = sockets[0].getsockname()[1] if sockets else s.port
         log.info("listening", host=s.host, port=self.port, tls=self.tls is not None)
         if s.http_redirect_port:
-            self.redirect = web.AppRunner(
-                redirect_app(self.port),
-                access_log=None,
-                handle_signals=False,
-                max_line_size=s.max_header_bytes,
-                max_field_size=s.max_header_bytes,
-                max_headers=s.max_headers,
-            )
+            self.redirect = GuardedRunner(redirect_app(self.port), **limits)
             await self.redirect.setup()
             await web.TCPSite(self.redirect, s.host, s.http_redirect_port).start()
             log.info("redirecting", host=s.host, port=s.http_redirect_port, to=self.port)

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,6 +67,7 @@ def tls_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack,
         "JANUS_TLS_KEY": str(key),
         "JANUS_HTTP_REDIRECT_PORT": str(plain),
         "JANUS_CORS_ORIGINS": f"{ORIGIN}, https://other.example.com",
+        "JANUS_HEADER_TIMEOUT_SECONDS": "1",
     }
     s = start_stack(work, env=env)
     try:
@@ -102,6 +106,37 @@ def test_a_host_header_that_is_not_a_host_is_not_redirected_to(tls_stack: tuple[
     _, _, plain = tls_stack
     r = httpx.get(f"http://127.0.0.1:{plain}/v1/models", headers={"Host": "evil.example/@x"}, timeout=5)
     assert r.status_code == 400 and "Location" not in r.headers
+
+
+def test_the_plain_listener_cuts_off_slow_and_garbled_clients(tls_stack: tuple[Stack, Path, int]) -> None:
+    """The redirect listener faces the internet as the gateway's own does, with the same bounds: a
+    client trickling its headers is answered 408 and cut off (this stack allows 1 s for them), and
+    bytes that are not HTTP get an OpenAI-shaped 400, not aiohttp's text."""
+    _, _, plain = tls_stack
+    bound = 6.0
+    with socket.create_connection(("127.0.0.1", plain), timeout=bound) as s:
+        start = time.monotonic()
+        raw = b""
+        s.settimeout(0.1)
+        for b in b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\nX-Slow: " + b"z" * 200:
+            try:
+                s.sendall(bytes([b]))
+                raw += s.recv(65536)
+            except TimeoutError:
+                pass
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            if raw or time.monotonic() - start > bound:
+                break
+        elapsed = time.monotonic() - start
+    assert elapsed < bound, "the plain listener waited for a client trickling its headers"
+    assert raw.startswith(b"HTTP/1.1 408"), raw[:200]
+    with socket.create_connection(("127.0.0.1", plain), timeout=bound) as s:
+        s.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        garbled = s.recv(65536)
+    head, _, body = garbled.partition(b"\r\n\r\n")
+    assert head.split(b" ", 2)[1] == b"400", garbled
+    assert json.loads(body)["error"]["code"] == "bad_http_request", garbled
 
 
 def test_preflight_from_an_allowed_origin_is_answered(tls_stack: tuple[Stack, Path, int]) -> None:
