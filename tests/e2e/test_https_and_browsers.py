@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.kit.trickle import trickle
 from tools.localnats import free_port
 from tools.localstack import Stack, start_stack
 from tools.token import make_token
@@ -116,18 +117,7 @@ def test_the_plain_listener_cuts_off_slow_and_garbled_clients(tls_stack: tuple[S
     bound = 6.0
     with socket.create_connection(("127.0.0.1", plain), timeout=bound) as s:
         start = time.monotonic()
-        raw = b""
-        s.settimeout(0.1)
-        for b in b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\nX-Slow: " + b"z" * 200:
-            try:
-                s.sendall(bytes([b]))
-                raw += s.recv(65536)
-            except TimeoutError:
-                pass
-            except (BrokenPipeError, ConnectionResetError):
-                break
-            if raw or time.monotonic() - start > bound:
-                break
+        raw = trickle(s, b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\nX-Slow: " + b"z" * 200, bound, 0.1)
         elapsed = time.monotonic() - start
     assert elapsed < bound, "the plain listener waited for a client trickling its headers"
     assert raw.startswith(b"HTTP/1.1 408"), raw[:200]

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from tests.hostile.conftest import Hostile
+from tests.kit.trickle import trickle
 from tests.openai_schema import validate
 
 BOUND = 6.0  # seconds within which the gateway must have given up on a slow client
@@ -115,18 +116,7 @@ def test_slow_body_is_cut_off(hostile: Hostile, late_byte: bool) -> None:
     with _connect(hostile) as s:
         s.sendall(head)
         start = time.monotonic()
-        s.settimeout(0.05)
-        raw = b""
-        for b in body:
-            try:
-                s.sendall(bytes([b]))
-                raw += s.recv(65536)
-            except TimeoutError:
-                pass
-            except (BrokenPipeError, ConnectionResetError):
-                break
-            if raw or time.monotonic() - start > BOUND:
-                break
+        raw = trickle(s, body, BOUND)
         if late_byte and raw:
             try:
                 s.sendall(body[-1:])

@@ -17,20 +17,13 @@ from typing import Any
 
 import aiohttp
 
+from tests.e2e.test_openai_sdk import RATE_HEADERS
 from tests.eventually import eventually
 from tests.hostile.conftest import Hostile
 from tests.openai_schema import validate
 
 SEED = 19
 BODIES = 400
-CREDIT_HEADERS = (
-    "X-RateLimit-Session-Limit-Credits",
-    "X-RateLimit-Session-Remaining-Credits",
-    "X-RateLimit-Session-Reset",
-    "X-RateLimit-Weekly-Limit-Credits",
-    "X-RateLimit-Weekly-Remaining-Credits",
-    "X-RateLimit-Weekly-Reset",
-)
 
 CHAT = "/v1/chat/completions"
 EMBEDDINGS = "/v1/embeddings"
@@ -160,7 +153,7 @@ def _bodies() -> list[tuple[str, bytes]]:
 
 
 def _faults(path: str, data: bytes, status: int, headers: Any, raw: bytes) -> list[str]:
-    found = [f"no {h}" for h in CREDIT_HEADERS if h not in headers]
+    found = [f"no {h}" for h in RATE_HEADERS if h not in headers]
     if status >= 500:
         found.append("a server error")
     if status == 200:
