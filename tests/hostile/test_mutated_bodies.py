@@ -125,17 +125,15 @@ def _mutated(rng: random.Random, body: dict[str, Any]) -> Any:
         roll = rng.random()
         if not path:
             out = odd
-        elif roll < 0.15:
-            parent = out
-            for key in path[:-1]:
-                parent = parent[key]
+            continue
+        parent = out
+        for key in path[:-1]:
+            parent = parent[key]
+        if roll < 0.15:
             del parent[path[-1]]
         elif roll < 0.25 and isinstance(out, dict):
             out[rng.choice(EXTRA_FIELDS)] = odd
         else:
-            parent = out
-            for key in path[:-1]:
-                parent = parent[key]
             parent[path[-1]] = odd
     return out
 
